@@ -1,0 +1,154 @@
+//! intercept's XDP program: runs on the assistant host's interface that the
+//! target's responses are routed to. A response that matches the `-F`
+//! filter (source address/port in `FILTER`) has its IPv4 header and the first
+//! 44 bytes of its TCP header written as one 64-byte record into the `RECORDS`
+//! ring buffer, and is then dropped: the assistant is a black hole, whether
+//! the ring had room or not. Everything else (ARP, SSH, the control channel)
+//! passes.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::XdpContext,
+};
+use tcpcopy_common::{intercept_counter as ctr, PortKey, ResponseRecord, RECORD_IP_LEN};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+/// Ask for a wakeup only once this many bytes wait in the ring; userspace
+/// polls with a short timeout, so a quiet ring still drains promptly.
+const WAKEUP_BYTES: u64 = 64 * 1024;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// (source address, source port) of responses to capture; address 0 = any.
+#[map]
+static FILTER: HashMap<PortKey, u8> = HashMap::with_max_entries(64, 0);
+
+#[map]
+static RECORDS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ctr::COUNT, 0);
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+#[xdp]
+pub fn intercept(ctx: XdpContext) -> u32 {
+    bump(ctr::SEEN);
+    match classify(&ctx) {
+        Some(true) => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// Returns Some(true) when the frame is a matched response (to be dropped).
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Option<bool> {
+    let mut off = ETH_HLEN;
+    let mut proto = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 12)? });
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        proto = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 16)? });
+        off += 4;
+    }
+    if proto != ETH_P_IP {
+        return None;
+    }
+    let ip = ptr_at::<[u8; 20]>(ctx, off)?;
+    let ip_bytes = unsafe { *ip };
+    if ip_bytes[0] >> 4 != 4 || ip_bytes[9] != IPPROTO_TCP {
+        return None;
+    }
+    let ihl = ((ip_bytes[0] & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return None;
+    }
+    let saddr = u32::from_ne_bytes([ip_bytes[12], ip_bytes[13], ip_bytes[14], ip_bytes[15]]);
+    let tcp_off = off + (ihl & 0x3c);
+    let tcp = ptr_at::<[u8; 20]>(ctx, tcp_off)?;
+    let tcp_bytes = unsafe { *tcp };
+    let sport = u16::from_ne_bytes([tcp_bytes[0], tcp_bytes[1]]);
+    let doff = ((tcp_bytes[12] >> 4) as usize) * 4;
+    if doff < 20 {
+        return None;
+    }
+    let matched = unsafe {
+        FILTER.get(PortKey::new(saddr, sport)).is_some()
+            || FILTER.get(PortKey::new(0, sport)).is_some()
+    };
+    if !matched {
+        return None;
+    }
+    bump(ctr::MATCHED);
+    export(ctx, &ip_bytes, &tcp_bytes, tcp_off, doff);
+    Some(true)
+}
+
+#[inline(always)]
+fn export(ctx: &XdpContext, ip: &[u8; 20], tcp: &[u8; 20], tcp_off: usize, doff: usize) {
+    let Some(mut entry) = RECORDS.reserve::<ResponseRecord>(0) else {
+        bump(ctr::RING_FULL);
+        return;
+    };
+    let mut rec = ResponseRecord { bytes: [0u8; 64] };
+    rec.bytes[..RECORD_IP_LEN].copy_from_slice(ip);
+    rec.bytes[RECORD_IP_LEN..RECORD_IP_LEN + 20].copy_from_slice(tcp);
+    // Options, 4 bytes at a time, at most 24 bytes (spec §3.3).
+    let opt_len = doff - 20;
+    macro_rules! option_word {
+        ($i:expr) => {
+            if opt_len > $i * 4 {
+                if let Some(p) = ptr_at::<[u8; 4]>(ctx, tcp_off + 20 + $i * 4) {
+                    let w = unsafe { *p };
+                    rec.bytes[40 + $i * 4..44 + $i * 4].copy_from_slice(&w);
+                }
+            }
+        };
+    }
+    option_word!(0);
+    option_word!(1);
+    option_word!(2);
+    option_word!(3);
+    option_word!(4);
+    option_word!(5);
+    entry.write(rec);
+    let flags = if RECORDS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
+    bump(ctr::EXPORTED);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,114 @@
+//! Types shared by the eBPF programs and userspace: `#[repr(C)]` map keys,
+//! records and counter indices. `no_std`; the `user` feature adds `aya::Pod`
+//! impls so userspace can read and write the maps.
+#![no_std]
+
+/// Default TCP port of the tcpcopy ⇄ intercept control channel.
+pub const CONTROL_PORT: u16 = 36524;
+
+/// Key of the port-match maps of both programs: an IPv4 address and a TCP
+/// port, both in network byte order as they appear on the wire. An address of
+/// 0 means "any address" (a `-x 80-...` entry without an IP, or a `-F` clause
+/// without `src host`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+impl PortKey {
+    pub const fn new(addr_be: u32, port_be: u16) -> Self {
+        PortKey { addr: addr_be, port: port_be, _pad: 0 }
+    }
+}
+
+/// Counters of the tcpcopy capture program (one slot each in a per-CPU array).
+pub mod tcpcopy_counter {
+    /// Frames the program ran on.
+    pub const SEEN: u32 = 0;
+    /// IPv4/TCP segments that matched a `-x` source.
+    pub const MATCHED: u32 = 1;
+    /// Matched segments copied into a tap ring buffer.
+    pub const TAPPED: u32 = 2;
+    /// Matched segments lost because the tap ring buffer was full.
+    pub const RING_FULL: u32 = 3;
+    /// Matched segments redirected to an AF_XDP socket.
+    pub const REDIRECTED: u32 = 4;
+    /// Matched segments that could not be redirected (no socket on the queue).
+    pub const REDIRECT_FAILED: u32 = 5;
+    /// Matched segments longer than a tap record holds.
+    pub const TOO_BIG: u32 = 6;
+    pub const COUNT: u32 = 7;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "seen",
+        "matched",
+        "tapped",
+        "ring_full",
+        "redirected",
+        "redirect_failed",
+        "too_big",
+    ];
+}
+
+/// Counters of the intercept program (one slot each in a per-CPU array).
+pub mod intercept_counter {
+    /// Frames the program ran on.
+    pub const SEEN: u32 = 0;
+    /// IPv4/TCP responses that matched the `-F` filter (all of them dropped).
+    pub const MATCHED: u32 = 1;
+    /// Matched responses whose header record went into the ring buffer.
+    pub const EXPORTED: u32 = 2;
+    /// Matched responses whose record was lost because the ring was full
+    /// (still dropped: the assistant is a black hole).
+    pub const RING_FULL: u32 = 3;
+    pub const COUNT: u32 = 4;
+    pub const NAMES: [&str; COUNT as usize] = ["seen", "matched", "exported", "ring_full"];
+}
+
+/// Capture modes of the tcpcopy program (global `CAPTURE_MODE`).
+pub mod capture_mode {
+    /// Count matched segments and pass everything (no copy).
+    pub const COUNT_ONLY: u32 = 0;
+    /// Copy matched segments into the tap ring buffer, pass everything.
+    pub const TAP: u32 = 1;
+    /// Redirect matched frames to the AF_XDP socket of their RX queue.
+    pub const XSK: u32 = 2;
+}
+
+/// Size of one response record as carried on the control channel: the
+/// 20-byte IPv4 header followed by the first 44 bytes of the TCP header
+/// (spec §3.3). The intercept program writes exactly this into its ring.
+pub const RESPONSE_RECORD_LEN: usize = 64;
+/// IPv4 header bytes kept in a response record.
+pub const RECORD_IP_LEN: usize = 20;
+/// TCP header bytes (with options) kept at most in a response record.
+pub const RECORD_TCP_MAX: usize = 44;
+
+/// A response record as the intercept program writes it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ResponseRecord {
+    pub bytes: [u8; RESPONSE_RECORD_LEN],
+}
+
+/// Largest IPv4 packet a tap record carries; longer segments are counted as
+/// `too_big` (GSO super-packets seen by generic XDP can exceed it).
+pub const TAP_MAX_PACKET: usize = 65535;
+
+/// Header in front of every tap record: the IPv4 packet's length, then the
+/// packet bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TapHeader {
+    pub len: u32,
+    pub ifindex: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::ResponseRecord {}
+    unsafe impl aya::Pod for super::TapHeader {}
+}

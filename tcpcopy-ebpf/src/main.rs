@@ -1,0 +1,228 @@
+//! tcpcopy's XDP capture program. Parses Ethernet (one 802.1Q tag), IPv4 and
+//! TCP, and matches the destination against the `-x` sources in `SOURCES`
+//! (address 0 = any local address). What happens to a matched segment
+//! depends on the global `CAPTURE_MODE` (see `tcpcopy_common::capture_mode`):
+//! - count only: count it and pass;
+//! - tap (on the online server itself): copy the IPv4 packet into the ring
+//!   buffer of the worker that owns the flow and always pass — production
+//!   traffic is never dropped or delayed, a full ring is only counted;
+//! - xsk (mirror ports, dedicated NICs): redirect the frame to the AF_XDP
+//!   socket of its RX queue.
+//! Unmatched frames always pass (ARP and the host's own traffic keep working).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::bpf_xdp_load_bytes,
+    macros::{map, xdp},
+    maps::{HashMap, PerCpuArray, RingBuf, XskMap},
+    programs::XdpContext,
+};
+use tcpcopy_common::{capture_mode, tcpcopy_counter as ctr, PortKey, TapHeader};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const WAKEUP_BYTES: u64 = 256 * 1024;
+/// Largest IPv4 packet copied into a tap record (power of two, for the
+/// verifier-friendly length mask below).
+const TAP_COPY_MAX: usize = 16384;
+const MAX_TAP_RINGS: u32 = 4;
+
+/// Set by userspace before load (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+static CAPTURE_MODE: u32 = capture_mode::COUNT_ONLY;
+/// Number of tap rings in use (workers), 1..=MAX_TAP_RINGS.
+#[unsafe(no_mangle)]
+static TAP_RINGS: u32 = 1;
+
+/// `-x` sources: (destination address, destination port); address 0 = any.
+#[map]
+static SOURCES: HashMap<PortKey, u8> = HashMap::with_max_entries(256, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ctr::COUNT, 0);
+
+#[map]
+static XSKS: XskMap = XskMap::with_max_entries(64, 0);
+
+#[map]
+static TAP0: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+#[map]
+static TAP1: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+#[map]
+static TAP2: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+#[map]
+static TAP3: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+#[repr(C)]
+pub struct Scratch {
+    hdr: TapHeader,
+    data: [u8; TAP_COPY_MAX],
+}
+
+/// Per-CPU staging area: the packet is copied here, then output to a ring
+/// with its real length.
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+#[xdp]
+pub fn tcpcopy_capture(ctx: XdpContext) -> u32 {
+    bump(ctr::SEEN);
+    let Some(m) = matched(&ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    bump(ctr::MATCHED);
+    let mode = unsafe { core::ptr::read_volatile(&CAPTURE_MODE) };
+    if mode == capture_mode::XSK {
+        let queue = unsafe { (*ctx.ctx).rx_queue_index };
+        return match XSKS.redirect(queue, 0) {
+            Ok(action) => {
+                bump(ctr::REDIRECTED);
+                action
+            }
+            Err(_) => {
+                bump(ctr::REDIRECT_FAILED);
+                xdp_action::XDP_PASS
+            }
+        };
+    }
+    if mode == capture_mode::TAP {
+        tap(&ctx, &m);
+    }
+    xdp_action::XDP_PASS
+}
+
+struct Matched {
+    ip_off: usize,
+    ip_len: usize,
+    flow_hash: u32,
+}
+
+#[inline(always)]
+fn matched(ctx: &XdpContext) -> Option<Matched> {
+    let mut off = ETH_HLEN;
+    let mut proto = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 12)? });
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        proto = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 16)? });
+        off += 4;
+    }
+    if proto != ETH_P_IP {
+        return None;
+    }
+    let ip = unsafe { *ptr_at::<[u8; 20]>(ctx, off)? };
+    if ip[0] >> 4 != 4 || ip[9] != IPPROTO_TCP {
+        return None;
+    }
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return None;
+    }
+    let tcp = unsafe { *ptr_at::<[u8; 4]>(ctx, off + (ihl & 0x3c))? };
+    let daddr = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    let dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
+    let hit = unsafe {
+        SOURCES.get(PortKey::new(daddr, dport)).is_some()
+            || SOURCES.get(PortKey::new(0, dport)).is_some()
+    };
+    if !hit {
+        return None;
+    }
+    // Flow hash of (client IP, client port): must equal
+    // `tcpcopy::capture::flow_hash` in userspace.
+    let saddr = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    let sport = u16::from_be_bytes([tcp[0], tcp[1]]) as u32;
+    let mut h = saddr ^ sport.wrapping_mul(0x9e37_79b1);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    let ip_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    Some(Matched { ip_off: off, ip_len, flow_hash: h })
+}
+
+#[inline(always)]
+fn tap(ctx: &XdpContext, m: &Matched) {
+    // Never trust tot_len past what the frame holds.
+    let frame_room = ctx.data_end() - ctx.data() - m.ip_off;
+    let len = if m.ip_len == 0 || m.ip_len > frame_room { frame_room } else { m.ip_len };
+    if len == 0 || len > TAP_COPY_MAX {
+        bump(ctr::TOO_BIG);
+        return;
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
+    // Bound the length in a form the verifier can follow.
+    let len = unsafe { core::ptr::read_volatile(&(len as u32)) };
+    let bounded = ((len - 1) & (TAP_COPY_MAX as u32 - 1)) + 1;
+    let ret = unsafe {
+        (*scratch).hdr.len = bounded;
+        (*scratch).hdr.ifindex = (*ctx.ctx).ingress_ifindex;
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            m.ip_off as u32,
+            (*scratch).data.as_mut_ptr() as *mut _,
+            bounded,
+        )
+    };
+    if ret != 0 {
+        bump(ctr::TOO_BIG);
+        return;
+    }
+    let rings = unsafe { core::ptr::read_volatile(&TAP_RINGS) };
+    let rings = if rings == 0 || rings > MAX_TAP_RINGS { 1 } else { rings };
+    let total = core::mem::size_of::<TapHeader>() + bounded as usize;
+    let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, total as usize) };
+    let out = match m.flow_hash % rings {
+        0 => output(&TAP0, bytes),
+        1 => output(&TAP1, bytes),
+        2 => output(&TAP2, bytes),
+        _ => output(&TAP3, bytes),
+    };
+    if out {
+        bump(ctr::TAPPED);
+    } else {
+        bump(ctr::RING_FULL);
+    }
+}
+
+#[inline(always)]
+fn output(ring: &RingBuf, bytes: &[u8]) -> bool {
+    let flags = if ring.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    ring.output::<[u8]>(bytes, flags).is_ok()
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
