@@ -7,14 +7,22 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed=build.rs");
     if std::env::var_os("AYA_BUILD_SKIP").is_none() {
         if let Some(missing) = missing_toolchain() {
-            println!("cargo:warning=eBPF toolchain incomplete ({missing}): run `cargo xtask setup`");
+            println!(
+                "cargo:warning=eBPF toolchain incomplete ({missing}): run `cargo xtask setup`"
+            );
             anyhow::bail!("eBPF toolchain incomplete ({missing}): run `cargo xtask setup`");
         }
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
     let tcpcopy_ebpf = root.join("tcpcopy-ebpf");
     let intercept_ebpf = root.join("intercept-ebpf");
-    println!("cargo:rerun-if-changed={}", root.join("tcpcopy-common/src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("tcpcopy-common/src").display()
+    );
     aya_build::build_ebpf(
         [
             aya_build::Package {
@@ -33,15 +41,24 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn missing_toolchain() -> Option<&'static str> {
-    let sysroot = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output().ok()?;
+    let sysroot = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .ok()?;
     if !sysroot.status.success() {
         return Some("no nightly toolchain");
     }
     let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
-    if !Path::new(&sysroot).join("lib/rustlib/src/rust/library/core").exists() {
+    if !Path::new(&sysroot)
+        .join("lib/rustlib/src/rust/library/core")
+        .exists()
+    {
         return Some("rust-src missing for nightly");
     }
-    let linker_ok = Command::new("bpf-linker").arg("--version").output().map(|o| o.status.success());
+    let linker_ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success());
     if !matches!(linker_ok, Ok(true)) {
         return Some("bpf-linker missing or broken");
     }

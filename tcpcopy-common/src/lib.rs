@@ -20,7 +20,11 @@ pub struct PortKey {
 
 impl PortKey {
     pub const fn new(addr_be: u32, port_be: u16) -> Self {
-        PortKey { addr: addr_be, port: port_be, _pad: 0 }
+        PortKey {
+            addr: addr_be,
+            port: port_be,
+            _pad: 0,
+        }
     }
 }
 

@@ -1,1 +1,13 @@
+//! tcpcopy in Rust: live TCP traffic replication. This library holds every
+//! room of the userspace side (see ../shared/design.md); the binaries
+//! `tcpcopy` and `intercept` are thin shells around it.
+//!
+//! Rooms, each reaching only into the ones above it:
+//! - [`wire`]: packet views, builders and checksums;
+//! - [`proto`]: the control channel's messages and framing;
+//! - [`session`]: the sans-IO session engine;
+//! - [`xdp`]: loading and attaching the eBPF programs behind a detach guard.
 
+pub mod proto;
+pub mod wire;
+pub mod xdp;

@@ -1,1 +1,99 @@
-fn main(){}
+//! Every developer and user task of the project, so nobody needs a shell
+//! recipe: `setup`, `build`, `run`, `lab`, `demo`, `test`, `bench`.
+
+mod demo;
+mod lab;
+mod setup;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "tcpcopy project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build, the tests and the lab need (idempotent).
+    Setup,
+    /// Build the release binaries (runs setup first if something is missing).
+    Build,
+    /// Build and run a binary on a network interface.
+    Run {
+        /// Interface to capture on (passed as `-i`).
+        #[arg(long)]
+        iface: String,
+        /// Which binary: tcpcopy or intercept.
+        #[arg(long, default_value = "tcpcopy")]
+        bin: String,
+        /// Arguments passed to the binary.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The namespace lab: client, online, target, assistant and mirror hosts.
+    Lab {
+        #[command(subcommand)]
+        action: lab::Action,
+    },
+    /// Bring the lab up, replay live traffic, print a summary, take it down.
+    Demo {
+        /// Seconds of load.
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+    },
+    /// Unit tests, then the root-only integration tests in namespaces.
+    Test,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Setup => setup::setup(true),
+        Cmd::Build => {
+            setup::setup(false)?;
+            util::cargo(&["build", "--release"])
+        }
+        Cmd::Run { iface, bin, args } => {
+            setup::setup(false)?;
+            util::cargo(&["build", "--release"])?;
+            let path = util::root().join("target/release").join(&bin);
+            let mut full = vec!["-i".to_string(), iface];
+            full.extend(args);
+            util::exec_replace(&path, &full)
+        }
+        Cmd::Lab { action } => lab::run(action),
+        Cmd::Demo { seconds } => demo::demo(seconds),
+        Cmd::Test => test(),
+    }
+}
+
+fn test() -> Result<()> {
+    setup::setup(false)?;
+    // Unit and property tests first: no root, no network.
+    util::cargo(&["test", "--release"])?;
+    // Then the integration tests that build namespaces; they refuse to skip.
+    util::require_root("the namespace integration tests")?;
+    util::cargo_env(
+        &[
+            "test",
+            "--release",
+            "--package",
+            "tcpcopy",
+            "--test",
+            "netns",
+            "--",
+            "--test-threads=1",
+        ],
+        &[("TCPCOPY_NETNS_TESTS", "1")],
+    )
+}

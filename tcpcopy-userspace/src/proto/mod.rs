@@ -1,0 +1,415 @@
+//! The tcpcopy ⇄ intercept control channel (spec §3), wire-compatible with
+//! the C tools at protocol version 6: 14-byte route messages from tcpcopy,
+//! 64-byte response records from intercept, in combined frames (a u16 count,
+//! at most 16 records) or bare. Pure encode/decode; no sockets.
+
+use std::net::Ipv4Addr;
+use thiserror::Error;
+
+pub use tcpcopy_common::CONTROL_PORT;
+
+/// Protocol version carried in the version message's type field.
+pub const INTERNAL_VERSION: u16 = 6;
+pub const ROUTE_MSG_LEN: usize = 14;
+pub const RECORD_LEN: usize = tcpcopy_common::RESPONSE_RECORD_LEN;
+/// Most records in one combined frame.
+pub const MAX_COMBINED: usize = 16;
+
+pub const MSG_CLIENT_ADD: u16 = 1;
+pub const MSG_CLIENT_DEL: u16 = 2;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ProtoError {
+    #[error("combined frame announces {0} records (max {MAX_COMBINED})")]
+    BadCount(u16),
+    #[error("peer speaks the old 8-byte protocol (non-zero address in the version message)")]
+    TooOld,
+    #[error("peer speaks protocol version {0}, not {INTERNAL_VERSION}")]
+    Version(u16),
+}
+
+/// A 14-byte message from tcpcopy to intercept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RouteMsg {
+    pub client_ip: Ipv4Addr,
+    pub client_port: u16,
+    pub kind: u16,
+    pub target_ip: Ipv4Addr,
+    pub target_port: u16,
+}
+
+impl RouteMsg {
+    /// The first message on every connection.
+    pub fn version() -> Self {
+        RouteMsg {
+            client_ip: Ipv4Addr::UNSPECIFIED,
+            client_port: 0,
+            kind: INTERNAL_VERSION,
+            target_ip: Ipv4Addr::UNSPECIFIED,
+            target_port: 0,
+        }
+    }
+    pub fn client_add(client: (Ipv4Addr, u16), target: (Ipv4Addr, u16)) -> Self {
+        RouteMsg {
+            client_ip: client.0,
+            client_port: client.1,
+            kind: MSG_CLIENT_ADD,
+            target_ip: target.0,
+            target_port: target.1,
+        }
+    }
+    pub fn encode(&self) -> [u8; ROUTE_MSG_LEN] {
+        let mut b = [0u8; ROUTE_MSG_LEN];
+        b[0..4].copy_from_slice(&self.client_ip.octets());
+        b[4..6].copy_from_slice(&self.client_port.to_be_bytes());
+        b[6..8].copy_from_slice(&self.kind.to_be_bytes());
+        b[8..12].copy_from_slice(&self.target_ip.octets());
+        b[12..14].copy_from_slice(&self.target_port.to_be_bytes());
+        b
+    }
+    pub fn decode(b: &[u8; ROUTE_MSG_LEN]) -> Self {
+        RouteMsg {
+            client_ip: Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+            client_port: u16::from_be_bytes([b[4], b[5]]),
+            kind: u16::from_be_bytes([b[6], b[7]]),
+            target_ip: Ipv4Addr::new(b[8], b[9], b[10], b[11]),
+            target_port: u16::from_be_bytes([b[12], b[13]]),
+        }
+    }
+    /// Check a version message the way intercept does (spec §3.2).
+    pub fn check_version(&self) -> Result<(), ProtoError> {
+        if !self.client_ip.is_unspecified() || self.client_port != 0 {
+            return Err(ProtoError::TooOld);
+        }
+        if self.kind != INTERNAL_VERSION {
+            return Err(ProtoError::Version(self.kind));
+        }
+        Ok(())
+    }
+}
+
+/// A response header record: the target's IPv4 header (20 bytes) and the
+/// first 44 bytes of its TCP header, all as on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ResponseRecord(pub [u8; RECORD_LEN]);
+
+impl std::fmt::Debug for ResponseRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let h = self.header();
+        f.debug_struct("ResponseRecord")
+            .field("src", &(h.src_ip, h.src_port))
+            .field("dst", &(h.dst_ip, h.dst_port))
+            .field("seq", &h.seq)
+            .field("ack", &h.ack)
+            .field("flags", &h.flags)
+            .field("payload_len", &h.payload_len)
+            .finish()
+    }
+}
+
+/// The fields of a response record tcpcopy works with, in host order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseHeader {
+    pub src_ip: Ipv4Addr,
+    pub src_port: u16,
+    pub dst_ip: Ipv4Addr,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub window: u16,
+    /// Response payload length, from the IPv4 total length of the original
+    /// packet minus the headers.
+    pub payload_len: u32,
+    pub wscale: Option<u8>,
+    pub timestamps: Option<(u32, u32)>,
+    pub mss: Option<u16>,
+}
+
+impl ResponseRecord {
+    /// Build a record from a captured IPv4 packet the way intercept does.
+    pub fn from_ipv4_packet(packet: &[u8]) -> Option<Self> {
+        let ip = crate::wire::Ipv4View::new_checked(packet).ok()?;
+        let tcp = crate::wire::TcpView::new_checked(ip.payload()).ok()?;
+        let mut r = [0u8; RECORD_LEN];
+        r[..20].copy_from_slice(&packet[..20]);
+        let n = tcp.header_len().min(44);
+        r[20..20 + n].copy_from_slice(&ip.payload()[..n]);
+        Some(ResponseRecord(r))
+    }
+
+    /// Decode the record. The TCP header always sits at offset 20 (IP options
+    /// are not carried; the C tool's ihl-based offset is a quirk we fix).
+    pub fn header(&self) -> ResponseHeader {
+        let b = &self.0;
+        let ip_hl = ((b[0] & 0x0f) as u32) * 4;
+        let tot = u16::from_be_bytes([b[2], b[3]]) as u32;
+        let t = &b[20..];
+        let doff = ((t[12] >> 4) as u32) * 4;
+        let payload_len = tot.saturating_sub(ip_hl.max(20) + doff.max(20));
+        let opt_end = (doff as usize).clamp(20, 44);
+        let opts = crate::wire::TcpOptions::parse(&t[20..opt_end]);
+        ResponseHeader {
+            src_ip: Ipv4Addr::new(b[12], b[13], b[14], b[15]),
+            dst_ip: Ipv4Addr::new(b[16], b[17], b[18], b[19]),
+            src_port: u16::from_be_bytes([t[0], t[1]]),
+            dst_port: u16::from_be_bytes([t[2], t[3]]),
+            seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+            ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+            flags: t[13],
+            window: u16::from_be_bytes([t[14], t[15]]),
+            payload_len,
+            wscale: opts.wscale,
+            timestamps: opts.timestamps,
+            mss: opts.mss,
+        }
+    }
+}
+
+/// Framing of intercept → tcpcopy records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// u16 count + records (the C tools' default).
+    #[default]
+    Combined,
+    /// Back-to-back records.
+    Bare,
+}
+
+/// Encode records as one or more frames and append them to `out`.
+pub fn encode_records(framing: Framing, records: &[ResponseRecord], out: &mut Vec<u8>) {
+    match framing {
+        Framing::Bare => {
+            for r in records {
+                out.extend_from_slice(&r.0);
+            }
+        }
+        Framing::Combined => {
+            for chunk in records.chunks(MAX_COMBINED) {
+                out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+                for r in chunk {
+                    out.extend_from_slice(&r.0);
+                }
+            }
+        }
+    }
+}
+
+/// Incremental decoder for the intercept → tcpcopy byte stream. Feed it
+/// whatever the socket returned; it yields whole records and keeps partial
+/// ones for the next read.
+#[derive(Debug, Default)]
+pub struct RecordDecoder {
+    framing: Framing,
+    buf: Vec<u8>,
+    /// Records still expected in the current combined frame.
+    remaining: usize,
+}
+
+impl RecordDecoder {
+    pub fn new(framing: Framing) -> Self {
+        RecordDecoder {
+            framing,
+            buf: Vec::new(),
+            remaining: 0,
+        }
+    }
+
+    /// Append bytes and decode every complete record into `out`. Returns the
+    /// number of frames whose count header was read. A bad count is an error:
+    /// the stream cannot be resynchronised and the connection must be dropped.
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        out: &mut Vec<ResponseRecord>,
+    ) -> Result<usize, ProtoError> {
+        self.buf.extend_from_slice(data);
+        let mut pos = 0;
+        let mut frames = 0;
+        loop {
+            if self.framing == Framing::Combined && self.remaining == 0 {
+                if self.buf.len() - pos < 2 {
+                    break;
+                }
+                let n = u16::from_be_bytes([self.buf[pos], self.buf[pos + 1]]);
+                if n == 0 || n as usize > MAX_COMBINED {
+                    self.buf.clear();
+                    return Err(ProtoError::BadCount(n));
+                }
+                self.remaining = n as usize;
+                frames += 1;
+                pos += 2;
+            }
+            if self.buf.len() - pos < RECORD_LEN {
+                break;
+            }
+            let mut r = [0u8; RECORD_LEN];
+            r.copy_from_slice(&self.buf[pos..pos + RECORD_LEN]);
+            out.push(ResponseRecord(r));
+            pos += RECORD_LEN;
+            if self.framing == Framing::Combined {
+                self.remaining -= 1;
+            }
+        }
+        self.buf.drain(..pos);
+        Ok(frames)
+    }
+}
+
+/// Incremental decoder for the tcpcopy → intercept stream of 14-byte
+/// messages; the first message must be the version message.
+#[derive(Debug, Default)]
+pub struct RouteDecoder {
+    buf: Vec<u8>,
+    got_version: bool,
+}
+
+impl RouteDecoder {
+    pub fn feed(&mut self, data: &[u8], out: &mut Vec<RouteMsg>) -> Result<(), ProtoError> {
+        self.buf.extend_from_slice(data);
+        let mut pos = 0;
+        while self.buf.len() - pos >= ROUTE_MSG_LEN {
+            let mut m = [0u8; ROUTE_MSG_LEN];
+            m.copy_from_slice(&self.buf[pos..pos + ROUTE_MSG_LEN]);
+            pos += ROUTE_MSG_LEN;
+            let msg = RouteMsg::decode(&m);
+            if !self.got_version {
+                msg.check_version()?;
+                self.got_version = true;
+                continue;
+            }
+            out.push(msg);
+        }
+        self.buf.drain(..pos);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_message_bytes() {
+        // Spec §11 scenario 2.
+        assert_eq!(
+            RouteMsg::version().encode(),
+            [0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn client_add_bytes() {
+        // Spec §11 scenario 3: type 00 01, everything in network order.
+        let m = RouteMsg::client_add(
+            (Ipv4Addr::new(10, 9, 9, 5), 40000),
+            (Ipv4Addr::new(10, 0, 2, 2), 8080),
+        );
+        let b = m.encode();
+        assert_eq!(b, [10, 9, 9, 5, 0x9c, 0x40, 0, 1, 10, 0, 2, 2, 0x1f, 0x90]);
+        assert_eq!(RouteMsg::decode(&b), m);
+    }
+
+    #[test]
+    fn old_and_foreign_versions_rejected() {
+        let mut old = RouteMsg::version();
+        old.client_port = 5;
+        assert_eq!(old.check_version(), Err(ProtoError::TooOld));
+        let mut v5 = RouteMsg::version();
+        v5.kind = 5;
+        assert_eq!(v5.check_version(), Err(ProtoError::Version(5)));
+    }
+
+    fn sample_packet(payload: usize) -> Vec<u8> {
+        // 20-byte IP + 32-byte TCP (timestamps) + payload, as in scenario 23.
+        let tot = 20 + 32 + payload;
+        let mut p = vec![0u8; tot];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(tot as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[10, 0, 2, 2]);
+        p[16..20].copy_from_slice(&[10, 9, 9, 5]);
+        let t = &mut p[20..];
+        t[0..2].copy_from_slice(&8080u16.to_be_bytes());
+        t[2..4].copy_from_slice(&40000u16.to_be_bytes());
+        t[4..8].copy_from_slice(&1000u32.to_be_bytes());
+        t[8..12].copy_from_slice(&2000u32.to_be_bytes());
+        t[12] = 8 << 4;
+        t[13] = 0x18;
+        t[14..16].copy_from_slice(&512u16.to_be_bytes());
+        t[20..32].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 7, 0, 0, 0, 9]);
+        p
+    }
+
+    #[test]
+    fn record_layout_matches_scenario_23() {
+        let p = sample_packet(300);
+        let r = ResponseRecord::from_ipv4_packet(&p).unwrap();
+        assert_eq!(&r.0[..20], &p[..20]);
+        assert_eq!(&r.0[20..52], &p[20..52]);
+        assert_eq!(&r.0[52..], &[0u8; 12]);
+        let h = r.header();
+        assert_eq!(h.payload_len, 300);
+        assert_eq!((h.seq, h.ack), (1000, 2000));
+        assert_eq!(h.timestamps, Some((7, 9)));
+        assert_eq!(h.dst_port, 40000);
+    }
+
+    #[test]
+    fn combined_frames_split_at_16_and_decode_across_reads() {
+        let rec = ResponseRecord::from_ipv4_packet(&sample_packet(0)).unwrap();
+        let records = vec![rec; 100];
+        let mut wire = Vec::new();
+        encode_records(Framing::Combined, &records, &mut wire);
+        assert_eq!(wire.len(), 100 * 64 + 7 * 2);
+        assert_eq!(&wire[..2], &[0, 16]);
+        let mut dec = RecordDecoder::new(Framing::Combined);
+        let mut out = Vec::new();
+        let mut frames = 0;
+        for chunk in wire.chunks(37) {
+            frames += dec.feed(chunk, &mut out).unwrap();
+        }
+        assert_eq!(out.len(), 100);
+        assert_eq!(frames, 7);
+    }
+
+    #[test]
+    fn bare_framing_round_trip() {
+        let rec = ResponseRecord::from_ipv4_packet(&sample_packet(1)).unwrap();
+        let mut wire = Vec::new();
+        encode_records(Framing::Bare, &[rec, rec, rec], &mut wire);
+        assert_eq!(wire.len(), 192);
+        let mut out = Vec::new();
+        RecordDecoder::new(Framing::Bare)
+            .feed(&wire, &mut out)
+            .unwrap();
+        assert_eq!(out, vec![rec; 3]);
+    }
+
+    #[test]
+    fn oversized_count_is_an_error() {
+        let mut dec = RecordDecoder::new(Framing::Combined);
+        let mut out = Vec::new();
+        assert_eq!(dec.feed(&[0, 17], &mut out), Err(ProtoError::BadCount(17)));
+        assert_eq!(dec.feed(&[0, 0], &mut out), Err(ProtoError::BadCount(0)));
+    }
+
+    #[test]
+    fn route_decoder_requires_version_first() {
+        let mut d = RouteDecoder::default();
+        let mut out = Vec::new();
+        let add = RouteMsg::client_add(
+            (Ipv4Addr::new(1, 2, 3, 4), 5),
+            (Ipv4Addr::new(6, 7, 8, 9), 10),
+        );
+        assert!(d.feed(&add.encode(), &mut out).is_err());
+        let mut d = RouteDecoder::default();
+        let mut bytes = RouteMsg::version().encode().to_vec();
+        bytes.extend_from_slice(&add.encode());
+        d.feed(&bytes[..20], &mut out).unwrap();
+        assert!(out.is_empty());
+        d.feed(&bytes[20..], &mut out).unwrap();
+        assert_eq!(out, vec![add]);
+    }
+}

@@ -1,0 +1,75 @@
+//! Packet views and builders: Ethernet/802.1Q framing, IPv4 and TCP headers,
+//! TCP options, checksums. Views borrow the bytes they describe and never
+//! trust a captured checksum (offloads leave them partial): everything that
+//! is emitted gets its checksums recomputed.
+
+mod checksum;
+mod ipv4;
+mod tcp;
+
+pub use checksum::{internet_checksum, tcp_checksum};
+pub use ipv4::{Ipv4View, IPV4_MIN_HEADER};
+pub use tcp::{TcpFlags, TcpOptions, TcpView, TCP_MIN_HEADER};
+
+use thiserror::Error;
+
+/// Why a frame or packet was not accepted.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame too short")]
+    Truncated,
+    #[error("not IPv4")]
+    NotIpv4,
+    #[error("not TCP")]
+    NotTcp,
+    #[error("bad IPv4 header length")]
+    BadIpHeader,
+    #[error("bad TCP header length")]
+    BadTcpHeader,
+}
+
+pub const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+/// Offset of the IPv4 header inside an Ethernet frame (one 802.1Q/802.1ad
+/// tag allowed).
+pub fn ipv4_offset_in_ethernet(frame: &[u8]) -> Result<usize, WireError> {
+    if frame.len() < ETH_HLEN {
+        return Err(WireError::Truncated);
+    }
+    let mut proto = u16::from_be_bytes([frame[12], frame[13]]);
+    let mut off = ETH_HLEN;
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        if frame.len() < ETH_HLEN + 4 {
+            return Err(WireError::Truncated);
+        }
+        proto = u16::from_be_bytes([frame[16], frame[17]]);
+        off += 4;
+    }
+    if proto != ETH_P_IP {
+        return Err(WireError::NotIpv4);
+    }
+    Ok(off)
+}
+
+/// The IPv4 packet inside an Ethernet frame, trimmed to its total length
+/// (Ethernet padding removed).
+pub fn ipv4_in_ethernet(frame: &[u8]) -> Result<&[u8], WireError> {
+    let off = ipv4_offset_in_ethernet(frame)?;
+    trim_to_ip_len(&frame[off..])
+}
+
+/// Trim trailing link padding: the packet ends at the IPv4 total length.
+/// A total length of 0 (TSO/GSO super-packets) or one longer than the bytes
+/// present keeps what is there.
+pub fn trim_to_ip_len(packet: &[u8]) -> Result<&[u8], WireError> {
+    let ip = Ipv4View::new_checked(packet)?;
+    let tot = ip.total_len() as usize;
+    if tot >= ip.header_len() && tot <= packet.len() {
+        Ok(&packet[..tot])
+    } else {
+        Ok(packet)
+    }
+}

@@ -1,0 +1,152 @@
+//! Loading the embedded eBPF objects and attaching their XDP programs behind
+//! a guard: dropping an [`AttachedXdp`] detaches every attachment it made
+//! (Ctrl-C, SIGTERM, errors and panics all end in a drop). Attachments are
+//! made through bpf_link where the kernel has it, so even a SIGKILLed
+//! process leaves no program behind.
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use tcpcopy_common::PortKey;
+
+/// The tcpcopy capture program, built by build.rs.
+pub static TCPCOPY_EBPF: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpcopy-ebpf"));
+/// The intercept program, built by build.rs.
+pub static INTERCEPT_EBPF: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/intercept-ebpf"));
+
+/// How to attach: `auto` lets the kernel choose (driver mode where the NIC
+/// has it), `driver` insists on native XDP, `skb` uses generic XDP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    #[default]
+    Auto,
+    Driver,
+    Skb,
+}
+
+impl AttachMode {
+    fn aya(self) -> XdpMode {
+        match self {
+            AttachMode::Auto => XdpMode::Default,
+            AttachMode::Driver => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        }
+    }
+}
+
+/// A loaded eBPF object whose XDP program is attached to some interfaces.
+/// Dropping it detaches the program from all of them.
+pub struct AttachedXdp {
+    ebpf: Ebpf,
+    program: &'static str,
+    ifaces: Vec<String>,
+}
+
+impl AttachedXdp {
+    /// Load `object`, setting `globals` (name, u32 value) first, and attach
+    /// `program` to every interface in `ifaces`.
+    pub fn load(
+        object: &[u8],
+        program: &'static str,
+        globals: &[(&str, u32)],
+        ifaces: &[String],
+        mode: AttachMode,
+    ) -> Result<Self> {
+        raise_memlock_limit();
+        let mut loader = EbpfLoader::new();
+        for (name, value) in globals {
+            loader.override_global(*name, value, true);
+        }
+        let mut ebpf = loader.load(object).context("loading the eBPF object")?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("loading XDP program {program} (verifier)"))?;
+        let mut attached = AttachedXdp {
+            ebpf,
+            program,
+            ifaces: Vec::new(),
+        };
+        for iface in ifaces {
+            attached.attach(iface, mode)?;
+        }
+        Ok(attached)
+    }
+
+    fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
+        let prog: &mut Xdp = self.ebpf.program_mut(self.program).unwrap().try_into()?;
+        prog.attach(iface, mode.aya()).with_context(|| {
+            format!(
+                "attaching XDP program {} to {iface} in {mode:?} mode",
+                self.program
+            )
+        })?;
+        tracing::info!(iface, ?mode, program = self.program, "XDP program attached");
+        self.ifaces.push(iface.to_string());
+        Ok(())
+    }
+
+    pub fn ifaces(&self) -> &[String] {
+        &self.ifaces
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Insert match keys into a `HashMap<PortKey, u8>` map of the object.
+    pub fn set_port_keys(&mut self, map: &str, keys: &[PortKey]) -> Result<()> {
+        let m = self
+            .ebpf
+            .map_mut(map)
+            .ok_or_else(|| anyhow!("map {map} missing"))?;
+        let mut hm: BpfHashMap<&mut MapData, PortKey, u8> = BpfHashMap::try_from(m)?;
+        for k in keys {
+            hm.insert(k, 1u8, 0)
+                .with_context(|| format!("filling map {map}"))?;
+        }
+        Ok(())
+    }
+
+    /// Sum a per-CPU counter array over all CPUs.
+    pub fn read_counters(&self, map: &str, count: u32) -> Result<Vec<u64>> {
+        let m = self
+            .ebpf
+            .map(map)
+            .ok_or_else(|| anyhow!("map {map} missing"))?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(m)?;
+        (0..count)
+            .map(|i| Ok(arr.get(&i, 0)?.iter().sum()))
+            .collect()
+    }
+}
+
+impl Drop for AttachedXdp {
+    fn drop(&mut self) {
+        if !self.ifaces.is_empty() {
+            tracing::info!(ifaces = ?self.ifaces, program = self.program, "detaching XDP program");
+        }
+        // The Ebpf object owns the links; dropping it (right after this)
+        // detaches every attachment.
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}
