@@ -11,3 +11,4 @@
 pub mod proto;
 pub mod wire;
 pub mod xdp;
+pub mod session;

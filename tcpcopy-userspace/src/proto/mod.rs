@@ -118,6 +118,8 @@ pub struct ResponseHeader {
     pub ack: u32,
     pub flags: u8,
     pub window: u16,
+    /// IPv4 total length of the original response packet.
+    pub ip_total_len: u16,
     /// Response payload length, from the IPv4 total length of the original
     /// packet minus the headers.
     pub payload_len: u32,
@@ -158,6 +160,7 @@ impl ResponseRecord {
             ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
             flags: t[13],
             window: u16::from_be_bytes([t[14], t[15]]),
+            ip_total_len: tot as u16,
             payload_len,
             wscale: opts.wscale,
             timestamps: opts.timestamps,

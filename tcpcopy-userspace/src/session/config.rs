@@ -1,0 +1,315 @@
+//! What the session engine is told by the command line: the `-x` transfer
+//! map, the `-c` client pool, replication and port shift, sampling, sizes
+//! and timeouts. Parsing of the option strings lives here too, so every
+//! parser error names the option and the bad element.
+
+use std::{
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+};
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("-x: bad transfer `{0}`: expected [IP:]PORT-IP:PORT")]
+    Transfer(String),
+    #[error("-c: bad client address `{0}`: expected A.B.C.D or A.B.C.x")]
+    ClientIp(String),
+    #[error("-c: more than 4096 client addresses")]
+    TooManyClientIps,
+    #[error("-c: no usable address (every one is a target address)")]
+    EmptyPool,
+}
+
+/// One `-x` entry: traffic to `src` (address optional = any) goes to `dst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    pub src_ip: Option<Ipv4Addr>,
+    pub src_port: u16,
+    pub dst_ip: Ipv4Addr,
+    pub dst_port: u16,
+}
+
+impl Transfer {
+    /// Does a captured packet to (ip, port) match this entry?
+    pub fn matches(&self, ip: Ipv4Addr, port: u16) -> bool {
+        self.src_port == port && self.src_ip.is_none_or(|a| a == ip)
+    }
+}
+
+/// Parse a `-x` list: `[IP:]PORT-IP:PORT[,...]`. MAC suffixes (`@MAC`) of
+/// the C tool's pcap-send build are accepted and ignored here.
+pub fn parse_transfers(s: &str) -> Result<Vec<Transfer>, ConfigError> {
+    s.split(',')
+        .map(|item| {
+            let bad = || ConfigError::Transfer(item.to_string());
+            let (src, dst) = item.split_once('-').ok_or_else(bad)?;
+            let strip_mac = |x: &str| x.split('@').next().unwrap_or("").to_string();
+            let (src, dst) = (strip_mac(src), strip_mac(dst));
+            let (src_ip, src_port) = match src.rsplit_once(':') {
+                Some((ip, port)) => (Some(ip.parse().map_err(|_| bad())?), port),
+                None => (None, src.as_str()),
+            };
+            let src_port: u16 = src_port.parse().map_err(|_| bad())?;
+            let (dst_ip, dst_port) = dst.rsplit_once(':').ok_or_else(bad)?;
+            let dst_ip: Ipv4Addr = dst_ip.parse().map_err(|_| bad())?;
+            let dst_port: u16 = dst_port.parse().map_err(|_| bad())?;
+            if src_port == 0 || dst_port == 0 {
+                return Err(bad());
+            }
+            Ok(Transfer { src_ip, src_port, dst_ip, dst_port })
+        })
+        .collect()
+}
+
+/// Parse a `-c` list (`A.B.C.D` or `A.B.C.x` for .1–.254), leaving out
+/// every target address (spec §2.1.2).
+pub fn parse_client_pool(s: &str, targets: &[Transfer]) -> Result<Vec<Ipv4Addr>, ConfigError> {
+    let mut out = Vec::new();
+    for item in s.split(',').filter(|i| !i.is_empty()) {
+        if let Some(prefix) = item.strip_suffix('x') {
+            let parts: Vec<&str> = prefix.trim_end_matches('.').split('.').collect();
+            if parts.len() != 3 || !prefix.ends_with('.') {
+                return Err(ConfigError::ClientIp(item.into()));
+            }
+            let p: Vec<u8> = parts
+                .iter()
+                .map(|x| x.parse::<u8>().map_err(|_| ConfigError::ClientIp(item.into())))
+                .collect::<Result<_, _>>()?;
+            out.extend((1..=254).map(|d| Ipv4Addr::new(p[0], p[1], p[2], d)));
+        } else {
+            out.push(item.parse().map_err(|_| ConfigError::ClientIp(item.into()))?);
+        }
+    }
+    out.retain(|ip| !targets.iter().any(|t| t.dst_ip == *ip));
+    if out.len() > 4096 {
+        return Err(ConfigError::TooManyClientIps);
+    }
+    if out.is_empty() {
+        return Err(ConfigError::EmptyPool);
+    }
+    Ok(out)
+}
+
+/// The `-c` pool: each client address is bound, on first sight, to the next
+/// pool address in round-robin order, and keeps it for the life of the
+/// process. Shared by all workers (so a client keeps one address whichever
+/// worker sees it); each engine caches the bindings it has used, so the lock
+/// is taken only the first time a worker meets a client.
+#[derive(Debug)]
+pub struct ClientPool {
+    addrs: Vec<Ipv4Addr>,
+    bound: Mutex<(usize, hashbrown::HashMap<Ipv4Addr, Ipv4Addr>)>,
+}
+
+impl ClientPool {
+    pub fn new(addrs: Vec<Ipv4Addr>) -> Arc<Self> {
+        Arc::new(ClientPool { addrs, bound: Mutex::new((0, hashbrown::HashMap::new())) })
+    }
+    pub fn bind(&self, client: Ipv4Addr) -> Ipv4Addr {
+        let mut g = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        let (next, map) = &mut *g;
+        *map.entry(client).or_insert_with(|| {
+            let a = self.addrs[*next % self.addrs.len()];
+            *next += 1;
+            a
+        })
+    }
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+}
+
+/// Everything the engine needs to know.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub transfers: Vec<Transfer>,
+    /// `-c`: rewrite client addresses from this pool.
+    pub client_pool: Option<Arc<ClientPool>>,
+    /// `-H`: replace source 127.0.0.1 with this address.
+    pub localhost_as: Option<Ipv4Addr>,
+    /// `-n`: each session is replayed this many times (1 = once).
+    pub replicas: u16,
+    /// `-f`: port shift factor, 0 = off.
+    pub port_shift: u8,
+    /// The random offset R ∈ [0, 512) drawn at startup (spec §4.4).
+    pub random_offset: u16,
+    /// `-r`: replay this percentage of sessions; 0 or 100 = all.
+    pub sample_percent: u8,
+    /// `-M`: captured segments longer than this are cut.
+    pub mtu: u16,
+    /// `-D`: MSS in fabricated SYNs.
+    pub mss: u16,
+    /// `-t`, ms.
+    pub session_timeout_ms: u64,
+    /// `-k`, ms.
+    pub keepalive_timeout_ms: u64,
+    /// `-O`: only sessions whose SYN was captured.
+    pub only_complete: bool,
+    /// `-W`: don't wait for the previous response.
+    pub no_wait: bool,
+    /// A session's handshake must complete within this (first GC check).
+    pub handshake_timeout_ms: u64,
+    /// Idle checks after the handshake check.
+    pub gc_interval_ms: u64,
+    /// How long a finished session lingers to absorb late packets.
+    pub linger_ms: u64,
+    /// A gap in the captured stream older than this ends the session (the C
+    /// tool meant 10 s and compared 10000 with seconds: a quirk we fix).
+    pub gap_timeout_ms: u64,
+    /// First retransmission timeout toward the target (doubles per retry).
+    pub rto_ms: u64,
+    /// Retransmissions of one segment before the session is given up.
+    pub max_retransmits: u32,
+    /// Captured segments a session may hold; more ends it.
+    pub max_buffered_segments: usize,
+    /// Sessions a worker may hold; new ones beyond are refused and counted.
+    pub max_sessions: usize,
+    /// Send route (CLIENT_ADD) messages before each SYN (off: `--single`).
+    pub send_routes: bool,
+    /// A held request is released when the target has sent no response
+    /// data this long after the previous request (no deadlock on a
+    /// request the target never answers).
+    pub response_wait_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            transfers: Vec::new(),
+            client_pool: None,
+            localhost_as: None,
+            replicas: 1,
+            port_shift: 0,
+            random_offset: 0,
+            sample_percent: 0,
+            mtu: 1500,
+            mss: 1460,
+            session_timeout_ms: 600_000,
+            keepalive_timeout_ms: 720_000,
+            only_complete: false,
+            no_wait: false,
+            handshake_timeout_ms: 3_000,
+            gc_interval_ms: 6_000,
+            linger_ms: 6_000,
+            gap_timeout_ms: 10_000,
+            rto_ms: 100,
+            max_retransmits: 8,
+            max_buffered_segments: 32_768,
+            max_sessions: 2_000_000,
+            send_routes: true,
+            response_wait_ms: 5_000,
+        }
+    }
+}
+
+impl Config {
+    /// First `-x` entry matching a captured destination.
+    pub fn transfer_for(&self, ip: Ipv4Addr, port: u16) -> Option<&Transfer> {
+        self.transfers.iter().find(|t| t.matches(ip, port))
+    }
+    pub fn target_is_localhost(&self) -> bool {
+        self.transfers.iter().any(|t| t.dst_ip == Ipv4Addr::LOCALHOST)
+    }
+}
+
+/// The C tool's sampling bucket (spec §4.2 step 8), computed on the client
+/// address after `-c` and the port before `-f`, so sessions are sampled
+/// whole and the same set is chosen on every run.
+pub fn sample_bucket(client_ip: Ipv4Addr, client_port: u16) -> u8 {
+    let [a, b, _, _] = client_ip.octets();
+    let [ph, pl] = client_port.to_be_bytes();
+    let s = (((pl as u32) << 8) | ph as u32) + (((b as u32) << 8) | a as u32);
+    let s = s & 0xffff;
+    (((s >> 8) + (s & 0xff)) % 100) as u8
+}
+
+/// The port a replayed copy prefers: `-f` shift for the original, then
+/// `32·(2i−1) + R` for replica i (spec §4.4; the C tool shifts replicas by
+/// `-f` twice, a quirk we fix: replicas are shifted once, from the shifted
+/// original).
+pub fn preferred_port(cfg: &Config, port: u16, replica: u16) -> u16 {
+    let wrap = |p: u32, add: u32| -> u16 {
+        if p + add < 65536 {
+            (p + add) as u16
+        } else {
+            (1024 + add) as u16
+        }
+    };
+    let mut p = port as u32;
+    if cfg.port_shift != 0 {
+        p = wrap(p, 2048 * cfg.port_shift as u32 + cfg.random_offset as u32) as u32;
+    }
+    if replica > 0 {
+        let add = (32 * (2 * replica as u32 - 1) + cfg.random_offset as u32) & 0xffff;
+        p = wrap(p, add) as u32;
+    }
+    p as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfers_parse_with_and_without_source_ip() {
+        let t = parse_transfers("80-10.0.2.2:8080,10.0.0.1:81-10.0.2.3:9090").unwrap();
+        assert_eq!(t[0].src_ip, None);
+        assert_eq!(t[0].dst_port, 8080);
+        assert_eq!(t[1].src_ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert!(t[1].matches(Ipv4Addr::new(10, 0, 0, 1), 81));
+        assert!(!t[1].matches(Ipv4Addr::new(10, 0, 0, 2), 81));
+        let mac = parse_transfers("80@00:13:21:B2:5E:42-1.2.3.4:18080@00:0F:1F:03:F2:E6").unwrap();
+        assert_eq!(mac[0].dst_port, 18080);
+    }
+
+    #[test]
+    fn bad_transfers_name_themselves() {
+        for bad in ["80", "80-10.0.2.2", "x-10.0.2.2:80", "80-10.0.2.300:80", "0-1.2.3.4:5"] {
+            let e = parse_transfers(bad).unwrap_err();
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn client_pool_expands_x_and_excludes_targets() {
+        let t = parse_transfers("80-10.0.2.2:8080").unwrap();
+        let p = parse_client_pool("10.9.9.x", &t).unwrap();
+        assert_eq!(p.len(), 254);
+        assert_eq!(p[0], Ipv4Addr::new(10, 9, 9, 1));
+        let p = parse_client_pool("10.0.2.2,10.9.9.7", &t).unwrap();
+        assert_eq!(p, vec![Ipv4Addr::new(10, 9, 9, 7)]);
+        assert!(parse_client_pool("10.9.9.*", &t).is_err());
+        assert_eq!(parse_client_pool("10.0.2.2", &t), Err(ConfigError::EmptyPool));
+    }
+
+    #[test]
+    fn pool_binding_is_round_robin_and_sticky() {
+        let pool = ClientPool::new(vec![Ipv4Addr::new(10, 9, 9, 5), Ipv4Addr::new(10, 9, 9, 6)]);
+        let a = Ipv4Addr::new(10, 0, 1, 10);
+        let b = Ipv4Addr::new(10, 0, 1, 11);
+        assert_eq!(pool.bind(a), Ipv4Addr::new(10, 9, 9, 5));
+        assert_eq!(pool.bind(b), Ipv4Addr::new(10, 9, 9, 6));
+        assert_eq!(pool.bind(a), Ipv4Addr::new(10, 9, 9, 5));
+    }
+
+    #[test]
+    fn replica_ports_follow_the_c_formula() {
+        let cfg = Config { random_offset: 100, ..Config::default() };
+        assert_eq!(preferred_port(&cfg, 40000, 0), 40000);
+        assert_eq!(preferred_port(&cfg, 40000, 1), 40000 + 32 + 100);
+        assert_eq!(preferred_port(&cfg, 40000, 2), 40000 + 96 + 100);
+        assert_eq!(preferred_port(&cfg, 65500, 1), 1024 + 132);
+        let f = Config { port_shift: 1, random_offset: 7, ..Config::default() };
+        assert_eq!(preferred_port(&f, 40000, 0), 40000 + 2048 + 7);
+    }
+
+    #[test]
+    fn sample_bucket_is_the_c_formula() {
+        // ip 10.0.1.10, port 0x1234: S = 0x3412 + 0x000a = 0x341c; (0x34 + 0x1c) % 100 = 80.
+        assert_eq!(sample_bucket(Ipv4Addr::new(10, 0, 1, 10), 0x1234), 80);
+    }
+}

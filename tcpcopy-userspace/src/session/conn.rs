@@ -1,0 +1,1026 @@
+//! One replayed connection: the client TCP stack tcpcopy impersonates
+//! toward the target. Fed captured client segments and the target's
+//! response headers; writes the packets to send into a [`Ctx`]. Sans-IO:
+//! time comes in as milliseconds.
+
+use super::{
+    config::Config,
+    counters::Counters,
+    emit::{self, SegmentSpec},
+};
+use crate::proto::{ResponseHeader, RouteMsg};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::Ipv4Addr,
+};
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const PSH: u8 = 0x08;
+const ACK: u8 = 0x10;
+
+/// A captured client segment, already rewritten to its replayed addresses.
+#[derive(Clone, Debug)]
+pub struct ClientSegment {
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub window: u16,
+    pub options: Vec<u8>,
+    pub ts_offset: Option<usize>,
+    pub tsval: Option<u32>,
+    pub payload: Vec<u8>,
+    pub ip_id: u16,
+    pub ttl: u8,
+    pub tos: u8,
+}
+
+impl ClientSegment {
+    pub fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+    pub fn len(&self) -> u64 {
+        self.payload.len() as u64
+    }
+    pub fn is_pure_ack(&self) -> bool {
+        self.payload.is_empty() && self.flags & (SYN | FIN | RST) == 0
+    }
+}
+
+/// Where the engine's outputs go while a session runs.
+pub struct Ctx<'a> {
+    pub cfg: &'a Config,
+    pub c: &'a mut Counters,
+    pub packets: &'a mut VecDeque<Vec<u8>>,
+    pub routes: &'a mut VecDeque<RouteMsg>,
+}
+
+/// Why a session's unsent data was given up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    TargetRefused,
+    HandshakeTimeout,
+    TimedOut,
+    CaptureGap,
+    BufferFull,
+    TargetClosed,
+    ClientReset,
+    Shutdown,
+}
+
+impl Loss {
+    fn counter(self, c: &mut Counters) -> &mut u64 {
+        match self {
+            Loss::TargetRefused => &mut c.lost_target_refused,
+            Loss::HandshakeTimeout => &mut c.lost_handshake_timeout,
+            Loss::TimedOut => &mut c.lost_timed_out,
+            Loss::CaptureGap => &mut c.lost_capture_gap,
+            Loss::BufferFull => &mut c.lost_buffer_full,
+            Loss::TargetClosed => &mut c.lost_target_closed,
+            Loss::ClientReset => &mut c.lost_client_reset,
+            Loss::Shutdown => &mut c.lost_shutdown,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// No SYN sent on the current target connection.
+    Closed,
+    SynSent,
+    Established,
+    /// Finished; absorbing late packets until destroyed.
+    Lingering,
+}
+
+pub struct Session {
+    pub client: (Ipv4Addr, u16),
+    pub target: (Ipv4Addr, u16),
+    pub phase: Phase,
+    /// Set when the engine must remove the session now.
+    pub destroy: bool,
+    /// Deadline the engine's timer heap holds for this session.
+    pub scheduled: Option<u64>,
+    /// The handshake is fabricated (mid-stream start or reconnect).
+    fabricated: bool,
+    /// Sequence number of stream offset 0 (the byte after the client ISN).
+    base_seq: u32,
+    /// Captured data not sent yet, by stream offset.
+    pending: BTreeMap<u64, ClientSegment>,
+    /// Sent, not yet acknowledged by the target.
+    unacked: VecDeque<(u64, ClientSegment)>,
+    snd_una: u64,
+    snd_nxt: u64,
+    /// Stream offset of the client's FIN once captured.
+    fin_off: Option<u64>,
+    /// The FIN came on a bare segment (a disposition of its own).
+    fin_bare: bool,
+    fin_sent: bool,
+    rst: Option<ClientSegment>,
+    held_ack: Option<ClientSegment>,
+    // target side
+    target_isn: u32,
+    rcv_nxt: u32,
+    peer_window: u64,
+    wscale: u8,
+    ts_recent: Option<u32>,
+    last_tsval: u32,
+    last_resp: (u32, u32, u16),
+    dup_acks: u8,
+    fast_retransmitted: bool,
+    // pacing
+    waiting: bool,
+    cur_req_ack: u32,
+    resp_since_tick: bool,
+    last_resp_full: bool,
+    any_request_sent: bool,
+    last_sent_captured_ack: Option<u32>,
+    greeting_received: bool,
+    rtt: u64,
+    syn_time: Option<u64>,
+    // timers
+    handshake_started: u64,
+    last_response: u64,
+    delay_ack_at: Option<u64>,
+    rto_at: Option<u64>,
+    rto_cur: u64,
+    retries: u32,
+    reconnect_at: Option<u64>,
+    reconnecting: bool,
+    /// Release a held request if the target sends nothing for this long.
+    wait_deadline: Option<u64>,
+    gc_at: u64,
+    gap_since: Option<u64>,
+    ip_id: u16,
+    ttl: u8,
+    tos: u8,
+}
+
+impl Session {
+    /// A session started by a captured SYN, which is sent right away.
+    pub fn from_syn(
+        now: u64,
+        client: (Ipv4Addr, u16),
+        target: (Ipv4Addr, u16),
+        syn: ClientSegment,
+        ctx: &mut Ctx,
+    ) -> Session {
+        let mut s = Session::new(now, client, target, syn.seq.wrapping_add(1), &syn, ctx.cfg);
+        s.syn_time = Some(now);
+        s.send_route(ctx);
+        s.phase = Phase::SynSent;
+        s.last_tsval = syn.tsval.unwrap_or(0);
+        let pkt = emit::build(&SegmentSpec {
+            src: s.client,
+            dst: s.target,
+            seq: syn.seq,
+            ack: 0,
+            flags: syn.flags & !(ACK | PSH),
+            window: syn.window,
+            options: &syn.options,
+            payload: &[],
+            ip_id: syn.ip_id,
+            ttl: syn.ttl,
+            tos: syn.tos,
+        });
+        ctx.packets.push_back(pkt);
+        ctx.c.packets_sent += 1;
+        ctx.c.syns_sent += 1;
+        ctx.c.replayed += 1;
+        s
+    }
+
+    /// A session captured mid-stream: its first payload segment starts the
+    /// stream; a SYN is fabricated by the first pump.
+    pub fn mid_stream(
+        now: u64,
+        client: (Ipv4Addr, u16),
+        target: (Ipv4Addr, u16),
+        first: &ClientSegment,
+        rtt: u64,
+        cfg: &Config,
+    ) -> Session {
+        let mut s = Session::new(now, client, target, first.seq, first, cfg);
+        s.fabricated = true;
+        s.rtt = rtt.max(1);
+        s
+    }
+
+    fn new(
+        now: u64,
+        client: (Ipv4Addr, u16),
+        target: (Ipv4Addr, u16),
+        base_seq: u32,
+        seg: &ClientSegment,
+        cfg: &Config,
+    ) -> Session {
+        Session {
+            client,
+            target,
+            phase: Phase::Closed,
+            destroy: false,
+            scheduled: None,
+            fabricated: false,
+            base_seq,
+            pending: BTreeMap::new(),
+            unacked: VecDeque::new(),
+            snd_una: 0,
+            snd_nxt: 0,
+            fin_off: None,
+            fin_bare: false,
+            fin_sent: false,
+            rst: None,
+            held_ack: None,
+            target_isn: 0,
+            rcv_nxt: 0,
+            peer_window: 65535,
+            wscale: 0,
+            ts_recent: None,
+            last_tsval: 0,
+            last_resp: (0, 0, 0),
+            dup_acks: 0,
+            fast_retransmitted: false,
+            waiting: false,
+            cur_req_ack: 0,
+            resp_since_tick: false,
+            last_resp_full: false,
+            any_request_sent: false,
+            last_sent_captured_ack: None,
+            greeting_received: false,
+            rtt: 1,
+            syn_time: None,
+            handshake_started: now,
+            last_response: now,
+            delay_ack_at: None,
+            rto_at: None,
+            rto_cur: cfg.rto_ms,
+            retries: 0,
+            reconnect_at: None,
+            reconnecting: false,
+            wait_deadline: None,
+            gc_at: now + cfg.handshake_timeout_ms,
+            gap_since: None,
+            ip_id: seg.ip_id,
+            ttl: if seg.ttl == 0 { 64 } else { seg.ttl },
+            tos: seg.tos,
+        }
+    }
+
+    // ---- sequence helpers
+
+    fn seq_at(&self, off: u64) -> u32 {
+        self.base_seq.wrapping_add(off as u32)
+    }
+    /// Stream offset of `seq`, relative to the send position (negative:
+    /// before the stream started).
+    fn off(&self, seq: u32) -> i64 {
+        let d = seq.wrapping_sub(self.seq_at(self.snd_nxt)) as i32 as i64;
+        self.snd_nxt as i64 + d
+    }
+    /// The client's ISN on the current target connection.
+    fn isn(&self) -> u32 {
+        self.seq_at(self.snd_una).wrapping_sub(1)
+    }
+    /// Is `seq` beyond everything this session has seen? (a new connection
+    /// reusing the port without a captured SYN).
+    pub fn is_beyond(&self, seq: u32) -> bool {
+        let end = self.pending.iter().next_back().map(|(o, s)| o + s.len()).unwrap_or(0);
+        self.off(seq) > end.max(self.snd_nxt) as i64
+    }
+    pub fn captured_isn(&self) -> u32 {
+        self.base_seq.wrapping_sub(1)
+    }
+    pub fn rtt(&self) -> u64 {
+        self.rtt
+    }
+    pub fn buffered(&self) -> u64 {
+        self.pending.len() as u64
+            + self.rst.is_some() as u64
+            + self.held_ack.is_some() as u64
+            + (self.fin_bare && !self.fin_sent) as u64
+    }
+    fn outstanding(&self) -> bool {
+        self.snd_una < self.snd_nxt || (self.fin_sent && !self.fin_acked())
+    }
+    fn fin_acked(&self) -> bool {
+        // The FIN occupies offset fin_off; acked when snd_una passed it.
+        matches!(self.fin_off, Some(f) if self.fin_sent && self.snd_una > f)
+    }
+
+    // ---- output helpers
+
+    fn next_id(&mut self) -> u16 {
+        self.ip_id = self.ip_id.wrapping_add(1);
+        self.ip_id
+    }
+
+    fn send_route(&self, ctx: &mut Ctx) {
+        if ctx.cfg.send_routes {
+            ctx.routes.push_back(RouteMsg::client_add(self.client, self.target));
+            ctx.c.route_msgs += 1;
+        }
+    }
+
+    fn ts_opts(&self) -> Option<[u8; 12]> {
+        self.ts_recent.map(|r| emit::ts_options(self.last_tsval, r))
+    }
+
+    /// A packet tcpcopy makes up (no captured counterpart).
+    fn fabricate(&mut self, seq: u32, ack: u32, flags: u8, ctx: &mut Ctx) {
+        let id = self.next_id();
+        let ts = if flags & RST == 0 { self.ts_opts() } else { None };
+        let pkt = emit::build(&SegmentSpec {
+            src: self.client,
+            dst: self.target,
+            seq,
+            ack,
+            flags,
+            window: 65535,
+            options: ts.as_ref().map(|o| &o[..]).unwrap_or(&[]),
+            payload: &[],
+            ip_id: id,
+            ttl: 64,
+            tos: 0,
+        });
+        ctx.packets.push_back(pkt);
+        ctx.c.packets_sent += 1;
+        if flags & RST != 0 {
+            ctx.c.rsts_sent += 1;
+        } else if flags == ACK {
+            ctx.c.acks_fabricated += 1;
+        }
+    }
+
+    fn send_ack(&mut self, ctx: &mut Ctx) {
+        let seq = self.seq_at(self.snd_nxt).wrapping_add(self.fin_sent as u32);
+        self.fabricate(seq, self.rcv_nxt, ACK, ctx);
+    }
+
+    fn send_rst(&mut self, ctx: &mut Ctx) {
+        let seq = self.seq_at(self.snd_nxt).wrapping_add(self.fin_sent as u32);
+        self.fabricate(seq, self.rcv_nxt, RST | ACK, ctx);
+    }
+
+    /// Emit a captured segment with the current ack, timestamps rewritten.
+    fn emit_captured(&mut self, seg: &ClientSegment, seq: u32, flags: u8, ctx: &mut Ctx) {
+        let mut opts_buf;
+        let mut options: &[u8] = &seg.options;
+        if let (Some(off), Some(recent)) = (seg.ts_offset, self.ts_recent) {
+            let tsval = seg.tsval.unwrap_or(0);
+            if tsval.wrapping_sub(self.last_tsval) as i32 > 0 {
+                self.last_tsval = tsval;
+            }
+            opts_buf = seg.options.clone();
+            emit::rewrite_ts(&mut opts_buf, off, self.last_tsval, recent);
+            options = &opts_buf;
+        } else if seg.ts_offset.is_some() && self.ts_recent.is_none() && self.phase == Phase::Established {
+            // The target does not use timestamps: leave the option out.
+            opts_buf = strip_ts(&seg.options, seg.ts_offset.unwrap_or(0));
+            options = &opts_buf;
+        }
+        let window = if self.fabricated { 65535 } else { seg.window };
+        self.ip_id = seg.ip_id;
+        let pkt = emit::build(&SegmentSpec {
+            src: self.client,
+            dst: self.target,
+            seq,
+            ack: if flags & ACK != 0 { self.rcv_nxt } else { 0 },
+            flags,
+            window,
+            options,
+            payload: &seg.payload[(seq.wrapping_sub(seg.seq) as usize).min(seg.payload.len())..],
+            ip_id: seg.ip_id,
+            ttl: seg.ttl,
+            tos: seg.tos,
+        });
+        ctx.packets.push_back(pkt);
+    }
+
+    // ---- client side
+
+    /// A captured segment for this session (not a SYN: the engine handles
+    /// those).
+    pub fn on_client_segment(&mut self, now: u64, seg: ClientSegment, ctx: &mut Ctx) {
+        if self.phase == Phase::Lingering {
+            ctx.c.late_for_closed += 1;
+            return;
+        }
+        if seg.has(RST) {
+            if self.rst.replace(seg).is_some() {
+                ctx.c.duplicates += 1;
+            }
+            self.pump(now, ctx);
+            return;
+        }
+        if seg.is_pure_ack() {
+            self.on_pure_ack(now, seg, ctx);
+            return;
+        }
+        let off = self.off(seg.seq);
+        let len = seg.len();
+        if off < 0 {
+            // Before the stream began: an older connection's leftovers.
+            ctx.c.duplicates += 1;
+            return;
+        }
+        let off = off as u64;
+        if seg.has(FIN) {
+            let f = off + len;
+            if self.fin_off.is_some() {
+                if len == 0 {
+                    ctx.c.duplicates += 1;
+                    return;
+                }
+            } else {
+                self.fin_off = Some(f);
+                if len == 0 {
+                    self.fin_bare = true;
+                    self.pump(now, ctx);
+                    return;
+                }
+            }
+        }
+        self.measure_rtt(now);
+        if off + len <= self.snd_nxt {
+            ctx.c.duplicates += 1;
+            return;
+        }
+        match self.pending.get(&off) {
+            Some(old) if old.len() >= len => {
+                ctx.c.duplicates += 1;
+                return;
+            }
+            Some(_) => ctx.c.duplicates += 1, // replaced by the longer copy
+            None => {}
+        }
+        self.pending.insert(off, seg);
+        if self.pending.len() > ctx.cfg.max_buffered_segments {
+            self.obsolete(now, Loss::BufferFull, ctx);
+            return;
+        }
+        self.pump(now, ctx);
+    }
+
+    fn measure_rtt(&mut self, now: u64) {
+        if let Some(t) = self.syn_time.take() {
+            self.rtt = now.saturating_sub(t).max(1);
+        }
+    }
+
+    fn on_pure_ack(&mut self, now: u64, seg: ClientSegment, ctx: &mut Ctx) {
+        if self.fabricated || self.last_sent_captured_ack.is_some() {
+            ctx.c.pure_acks_absorbed += 1;
+            return;
+        }
+        // The client's third handshake ACK.
+        self.measure_rtt(now);
+        match self.phase {
+            Phase::Established => self.send_handshake_ack(seg, ctx),
+            _ => {
+                if self.held_ack.replace(seg).is_some() {
+                    ctx.c.pure_acks_absorbed += 1;
+                }
+            }
+        }
+    }
+
+    fn send_handshake_ack(&mut self, seg: ClientSegment, ctx: &mut Ctx) {
+        let seq = self.seq_at(self.snd_nxt);
+        self.emit_captured(&seg, seq, ACK, ctx);
+        self.last_sent_captured_ack = Some(seg.ack);
+        ctx.c.packets_sent += 1;
+        ctx.c.replayed += 1;
+    }
+
+    /// Send whatever may go now.
+    fn pump(&mut self, now: u64, ctx: &mut Ctx) {
+        match self.phase {
+            Phase::Lingering | Phase::SynSent => return,
+            Phase::Closed => {
+                if self.reconnect_at.is_none() && self.has_unsent() {
+                    self.send_fabricated_syn(now, ctx);
+                }
+                return;
+            }
+            Phase::Established => {}
+        }
+        loop {
+            let Some((&off, seg)) = self.pending.iter().next() else {
+                self.gap_since = None;
+                break;
+            };
+            if off > self.snd_nxt {
+                self.gap_since.get_or_insert(now);
+                break;
+            }
+            self.gap_since = None;
+            let end = off + seg.len();
+            if end <= self.snd_nxt {
+                self.pending.remove(&off);
+                ctx.c.duplicates += 1;
+                continue;
+            }
+            // A segment whose captured ack differs from the current
+            // request's is the next request: the client had received
+            // response bytes in between.
+            let continuation = self.any_request_sent && seg.ack == self.cur_req_ack;
+            if self.waiting && !continuation {
+                break;
+            }
+            if !self.any_request_sent && !self.greeting_received {
+                if let Some(a) = self.last_sent_captured_ack {
+                    if seg.ack != a {
+                        // The client had seen server data before its first
+                        // request: wait for the target's greeting.
+                        break;
+                    }
+                }
+            }
+            let send_len = end - self.snd_nxt;
+            if self.snd_nxt > self.snd_una
+                && (self.snd_nxt - self.snd_una) + send_len > self.peer_window
+            {
+                break;
+            }
+            let seg = self.pending.remove(&off).unwrap();
+            let seq = self.seq_at(self.snd_nxt);
+            let flags = ACK | (seg.flags & PSH);
+            self.emit_captured(&seg, seq, flags, ctx);
+            ctx.c.packets_sent += 1;
+            ctx.c.replayed += 1;
+            ctx.c.bytes_replayed += send_len;
+            if !continuation {
+                ctx.c.requests_replayed += 1;
+                self.any_request_sent = true;
+                self.waiting = !ctx.cfg.no_wait;
+                self.cur_req_ack = seg.ack;
+                self.resp_since_tick = false;
+                if self.waiting {
+                    self.wait_deadline = Some(now + ctx.cfg.response_wait_ms);
+                }
+            }
+            self.last_sent_captured_ack = Some(seg.ack);
+            let start = self.snd_nxt;
+            self.snd_nxt = end;
+            self.unacked.push_back((start, trim_front(seg, seq)));
+            if self.rto_at.is_none() {
+                self.rto_at = Some(now + self.rto_cur);
+            }
+        }
+        self.maybe_send_fin(now, ctx);
+        self.maybe_send_rst(now, ctx);
+    }
+
+    fn has_unsent(&self) -> bool {
+        !self.pending.is_empty() || !self.unacked.is_empty()
+    }
+
+    fn maybe_send_fin(&mut self, now: u64, ctx: &mut Ctx) {
+        let Some(f) = self.fin_off else { return };
+        if self.fin_sent || !self.pending.is_empty() || self.snd_nxt != f {
+            return;
+        }
+        if (self.waiting && !ctx.cfg.no_wait) || self.snd_una != self.snd_nxt {
+            return;
+        }
+        let seq = self.seq_at(f);
+        self.fabricate_fin(seq, ctx);
+        self.fin_sent = true;
+        if self.fin_bare {
+            ctx.c.replayed += 1;
+        }
+        ctx.c.fins_sent += 1;
+        if self.rto_at.is_none() {
+            self.rto_at = Some(now + self.rto_cur);
+        }
+    }
+
+    fn fabricate_fin(&mut self, seq: u32, ctx: &mut Ctx) {
+        let id = self.next_id();
+        let ts = self.ts_opts();
+        let pkt = emit::build(&SegmentSpec {
+            src: self.client,
+            dst: self.target,
+            seq,
+            ack: self.rcv_nxt,
+            flags: FIN | ACK,
+            window: 65535,
+            options: ts.as_ref().map(|o| &o[..]).unwrap_or(&[]),
+            payload: &[],
+            ip_id: id,
+            ttl: self.ttl,
+            tos: self.tos,
+        });
+        ctx.packets.push_back(pkt);
+        ctx.c.packets_sent += 1;
+    }
+
+    fn maybe_send_rst(&mut self, now: u64, ctx: &mut Ctx) {
+        if self.rst.is_none() || (self.waiting && !ctx.cfg.no_wait) {
+            return;
+        }
+        // Everything captured before the RST goes first.
+        if let Some(rst) = &self.rst {
+            let rst_off = self.off(rst.seq).max(0) as u64;
+            if self.pending.keys().next().is_some_and(|&o| o < rst_off && o <= self.snd_nxt) {
+                return;
+            }
+        }
+        self.rst = None;
+        self.send_rst(ctx);
+        ctx.c.replayed += 1;
+        self.finish(now, Loss::ClientReset, ctx);
+    }
+
+    fn send_fabricated_syn(&mut self, now: u64, ctx: &mut Ctx) {
+        self.send_route(ctx);
+        let isn = self.isn();
+        let id = self.ip_id.wrapping_sub(1);
+        let opts = emit::syn_options(ctx.cfg.mss);
+        let pkt = emit::build(&SegmentSpec {
+            src: self.client,
+            dst: self.target,
+            seq: isn,
+            ack: 0,
+            flags: SYN,
+            window: 65535,
+            options: &opts,
+            payload: &[],
+            ip_id: id,
+            ttl: 64,
+            tos: 0,
+        });
+        ctx.packets.push_back(pkt);
+        ctx.c.packets_sent += 1;
+        ctx.c.syns_sent += 1;
+        if !std::mem::take(&mut self.reconnecting) {
+            ctx.c.syns_fabricated += 1;
+        }
+        self.fabricated = true;
+        self.phase = Phase::SynSent;
+        self.handshake_started = now;
+        self.gc_at = self.gc_at.min(now + ctx.cfg.handshake_timeout_ms);
+    }
+
+    // ---- target side
+
+    pub fn on_response(&mut self, now: u64, h: &ResponseHeader, ctx: &mut Ctx) {
+        let rst = h.flags & RST != 0;
+        let syn = h.flags & SYN != 0;
+        let fin = h.flags & FIN != 0;
+        if self.phase == Phase::Lingering {
+            if !rst && (h.payload_len > 0 || fin) {
+                let ack = h.seq.wrapping_add(h.payload_len).wrapping_add(fin as u32);
+                self.fabricate(h.ack, ack, RST | ACK, ctx);
+            }
+            return;
+        }
+        ctx.c.responses += 1;
+        if self.phase == Phase::SynSent || self.phase == Phase::Closed {
+            if syn && h.flags & ACK != 0 && h.ack == self.isn().wrapping_add(1) && self.phase == Phase::SynSent {
+                self.on_syn_ack(now, h, ctx);
+            } else if rst {
+                if self.phase == Phase::SynSent && h.ack == self.isn().wrapping_add(1) {
+                    // The target refused the connection (port closed).
+                    ctx.c.response_rsts += 1;
+                    self.abandon(Loss::TargetRefused, ctx);
+                    self.destroy = true;
+                }
+            } else if self.phase == Phase::SynSent {
+                // An answer from an older incarnation of this 4-tuple: clear
+                // it with an RST and try again after an RTT.
+                let ack = h.seq.wrapping_add(h.payload_len).wrapping_add((syn || fin) as u32);
+                self.fabricate(h.ack, ack, RST | ACK, ctx);
+                self.phase = Phase::Closed;
+                self.fabricated = true;
+                self.reconnecting = true;
+                self.reconnect_at = Some(now + self.rtt);
+            }
+            return;
+        }
+        // Established.
+        self.last_response = now;
+        if let Some((tsval, _)) = h.timestamps {
+            if self.ts_recent.is_some() {
+                self.ts_recent = Some(tsval);
+            }
+        }
+        if rst {
+            ctx.c.response_rsts += 1;
+            self.target_closed(now, false, ctx);
+            return;
+        }
+        // Acknowledgement of client data.
+        let ack_off = self.off(h.ack);
+        let window = (h.window as u64) << self.wscale;
+        let ack_advanced = ack_off > self.snd_una as i64;
+        if ack_advanced {
+            let new_una = (ack_off as u64).min(self.snd_nxt + self.fin_sent as u64);
+            self.snd_una = new_una;
+            while let Some((o, s)) = self.unacked.front() {
+                if o + s.len() <= self.snd_una {
+                    self.unacked.pop_front();
+                } else {
+                    break;
+                }
+            }
+            self.dup_acks = 0;
+            self.fast_retransmitted = false;
+            self.retries = 0;
+            self.rto_cur = ctx.cfg.rto_ms;
+            self.rto_at = if self.outstanding() { Some(now + self.rto_cur) } else { None };
+        } else if h.payload_len == 0
+            && !fin
+            && self.outstanding()
+            && (h.seq, h.ack, h.window) == self.last_resp
+        {
+            self.dup_acks = self.dup_acks.saturating_add(1);
+            if self.dup_acks >= 3 && !self.fast_retransmitted {
+                self.fast_retransmitted = true;
+                ctx.c.fast_retransmits += 1;
+                self.retransmit(ctx);
+            }
+        }
+        self.last_resp = (h.seq, h.ack, h.window);
+        self.peer_window = window;
+        // Response data.
+        if h.payload_len > 0 {
+            ctx.c.response_payloads += 1;
+            let end = h.seq.wrapping_add(h.payload_len);
+            if end.wrapping_sub(self.rcv_nxt) as i32 > 0 {
+                self.rcv_nxt = end;
+            } else {
+                // The target retransmitted: our ACK was lost; ack again now.
+                self.send_ack(ctx);
+            }
+            if !self.any_request_sent {
+                // A server-first greeting: acknowledge it and go on.
+                self.greeting_received = true;
+                self.send_ack(ctx);
+            } else {
+                self.resp_since_tick = true;
+                self.wait_deadline = None;
+                let tot = h.ip_total_len;
+                self.last_resp_full = tot >= 2048 || [576, 1492, 1500, ctx.cfg.mtu].contains(&tot);
+                self.delay_ack_at.get_or_insert(now + self.rtt);
+                if self.waiting && self.rtt <= 1 && !self.pending.is_empty() {
+                    // LAN client (RTT ≤ 1 ms): the next request may follow
+                    // the first response segment, as the C tool does.
+                    self.waiting = false;
+                }
+            }
+        }
+        if fin {
+            ctx.c.response_fins += 1;
+            self.rcv_nxt = h.seq.wrapping_add(h.payload_len).wrapping_add(1);
+            if self.fin_sent {
+                self.send_ack(ctx);
+                self.finish(now, Loss::TargetClosed, ctx);
+                return;
+            }
+            self.target_closed(now, true, ctx);
+            return;
+        }
+        self.pump(now, ctx);
+    }
+
+    fn on_syn_ack(&mut self, now: u64, h: &ResponseHeader, ctx: &mut Ctx) {
+        ctx.c.connections += 1;
+        self.target_isn = h.seq;
+        self.rcv_nxt = h.seq.wrapping_add(1);
+        self.wscale = h.wscale.unwrap_or(0);
+        self.peer_window = h.window as u64; // the SYN-ACK window is not scaled
+        self.ts_recent = h.timestamps.map(|(v, _)| v);
+        self.last_response = now;
+        self.last_resp = (h.seq, h.ack, h.window);
+        self.phase = Phase::Established;
+        self.gc_at = now + ctx.cfg.gc_interval_ms;
+        if let Some(ack) = self.held_ack.take() {
+            self.send_handshake_ack(ack, ctx);
+        } else if self.fabricated {
+            self.send_ack(ctx);
+        }
+        self.pump(now, ctx);
+    }
+
+    /// The target closed (FIN) or reset the connection.
+    fn target_closed(&mut self, now: u64, by_fin: bool, ctx: &mut Ctx) {
+        if by_fin {
+            self.send_ack(ctx);
+        }
+        let unsent_data = self.has_unsent();
+        if unsent_data {
+            // Reconnect: a new connection carries what the target did not
+            // acknowledge.
+            if by_fin {
+                self.send_rst(ctx);
+            }
+            ctx.c.reconnects += 1;
+            self.reconnecting = true;
+            while let Some((o, s)) = self.unacked.pop_back() {
+                // Not acknowledged, so not known to have arrived: it goes
+                // again on the new connection, and its first-transmission
+                // count moves with it (each captured segment keeps exactly
+                // one disposition).
+                ctx.c.replayed -= 1;
+                ctx.c.bytes_replayed -= s.len();
+                match self.pending.entry(o) {
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(s);
+                    }
+                    std::collections::btree_map::Entry::Occupied(_) => ctx.c.duplicates += 1,
+                }
+            }
+            self.snd_nxt = self.snd_una;
+            self.fin_sent = false;
+            self.phase = Phase::Closed;
+            self.fabricated = true;
+            self.waiting = false;
+            self.any_request_sent = false;
+            self.greeting_received = false;
+            self.last_sent_captured_ack = None;
+            self.ts_recent = None;
+            self.rto_at = None;
+            self.delay_ack_at = None;
+            self.reconnect_at = Some(now + self.rtt.max(1));
+            return;
+        }
+        // Nothing left to say: let a captured FIN go if it can, else reset.
+        if by_fin {
+            self.waiting = false;
+            self.pump(now, ctx);
+            if self.phase == Phase::Lingering {
+                return;
+            }
+            if !self.fin_sent {
+                self.send_rst(ctx);
+            }
+        }
+        self.finish(now, Loss::TargetClosed, ctx);
+    }
+
+    fn retransmit(&mut self, ctx: &mut Ctx) {
+        ctx.c.retransmits += 1;
+        if let Some((_, seg)) = self.unacked.front().cloned() {
+            let seq = self.seq_at(self.snd_una);
+            let seg = trim_front(seg, seq);
+            self.emit_captured(&seg, seq, ACK | (seg.flags & PSH), ctx);
+        } else if self.fin_sent {
+            let seq = self.seq_at(self.fin_off.unwrap_or(self.snd_nxt));
+            self.fabricate_fin(seq, ctx);
+            ctx.c.packets_sent -= 1;
+        }
+    }
+
+    // ---- timers
+
+    pub fn next_deadline(&self) -> Option<u64> {
+        [Some(self.gc_at), self.delay_ack_at, self.rto_at, self.reconnect_at, self.wait_deadline]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    pub fn on_timeout(&mut self, now: u64, ctx: &mut Ctx) {
+        if self.phase == Phase::Lingering {
+            if now >= self.gc_at {
+                self.destroy = true;
+            }
+            return;
+        }
+        if self.reconnect_at.is_some_and(|t| now >= t) {
+            self.reconnect_at = None;
+            if self.phase == Phase::Closed {
+                self.pump(now, ctx);
+            }
+        }
+        if self.rto_at.is_some_and(|t| now >= t) {
+            self.rto_at = None;
+            if self.phase == Phase::Established && self.outstanding() {
+                self.retries += 1;
+                if self.retries > ctx.cfg.max_retransmits {
+                    self.obsolete(now, Loss::TimedOut, ctx);
+                    return;
+                }
+                self.retransmit(ctx);
+                self.rto_cur = (self.rto_cur * 2).min(6_400);
+                self.rto_at = Some(now + self.rto_cur);
+            }
+        }
+        if self.delay_ack_at.is_some_and(|t| now >= t) {
+            self.delay_ack_at = None;
+            if self.resp_since_tick {
+                self.resp_since_tick = false;
+                self.send_ack(ctx);
+                let half = (self.rtt / 2).max(1);
+                let next = if self.last_resp_full && self.pending.is_empty() { self.rtt } else { half };
+                self.delay_ack_at = Some(now + next);
+            } else if self.waiting {
+                // No response data for a whole interval: the response is
+                // complete; release the next request.
+                self.waiting = false;
+                self.pump(now, ctx);
+            }
+        }
+        if self.wait_deadline.is_some_and(|t| now >= t) {
+            self.wait_deadline = None;
+            if self.waiting && !self.resp_since_tick && self.delay_ack_at.is_none() {
+                ctx.c.response_waits_expired += 1;
+                self.waiting = false;
+                self.pump(now, ctx);
+            }
+        }
+        if now >= self.gc_at && self.phase != Phase::Lingering {
+            self.gc_check(now, ctx);
+        }
+    }
+
+    fn gc_check(&mut self, now: u64, ctx: &mut Ctx) {
+        let cfg = ctx.cfg;
+        self.gc_at = now + cfg.gc_interval_ms;
+        if self.phase != Phase::Established {
+            if now.saturating_sub(self.handshake_started) >= cfg.handshake_timeout_ms {
+                self.obsolete(now, Loss::HandshakeTimeout, ctx);
+            }
+            return;
+        }
+        if self.gap_since.is_some_and(|t| now.saturating_sub(t) >= cfg.gap_timeout_ms) {
+            self.obsolete(now, Loss::CaptureGap, ctx);
+            return;
+        }
+        let idle = now.saturating_sub(self.last_response);
+        if idle > cfg.session_timeout_ms {
+            let keep = self.pending.is_empty()
+                && self.any_request_sent
+                && idle <= cfg.keepalive_timeout_ms;
+            if !keep {
+                self.obsolete(now, Loss::TimedOut, ctx);
+            }
+        }
+    }
+
+    /// Give up on the session: count what was not sent, reset the target's
+    /// side, linger.
+    pub fn obsolete(&mut self, now: u64, reason: Loss, ctx: &mut Ctx) {
+        ctx.c.obsolete += 1;
+        if matches!(self.phase, Phase::Established | Phase::SynSent) {
+            self.send_rst(ctx);
+        }
+        self.finish(now, reason, ctx);
+    }
+
+    /// tcpcopy is stopping: reset the target's side of a live session.
+    pub fn shutdown(&mut self, ctx: &mut Ctx) {
+        if self.phase == Phase::Lingering {
+            return;
+        }
+        if matches!(self.phase, Phase::Established | Phase::SynSent) {
+            self.send_rst(ctx);
+        }
+        self.abandon(Loss::Shutdown, ctx);
+        self.phase = Phase::Lingering;
+    }
+
+    /// Count everything captured but never sent under `reason`.
+    fn abandon(&mut self, reason: Loss, ctx: &mut Ctx) {
+        let n = self.buffered();
+        *reason.counter(ctx.c) += n;
+        self.pending.clear();
+        self.rst = None;
+        self.held_ack = None;
+        if self.fin_bare && !self.fin_sent {
+            self.fin_bare = false;
+        }
+    }
+
+    /// The session is over: linger to absorb late packets.
+    fn finish(&mut self, now: u64, reason: Loss, ctx: &mut Ctx) {
+        self.abandon(reason, ctx);
+        self.phase = Phase::Lingering;
+        self.delay_ack_at = None;
+        self.rto_at = None;
+        self.reconnect_at = None;
+        self.wait_deadline = None;
+        self.gc_at = now + ctx.cfg.linger_ms;
+    }
+}
+
+/// Cut the bytes before `seq` off a segment about to be (re)sent.
+fn trim_front(mut seg: ClientSegment, seq: u32) -> ClientSegment {
+    let cut = seq.wrapping_sub(seg.seq) as usize;
+    if cut > 0 && cut <= seg.payload.len() {
+        seg.payload.drain(..cut);
+        seg.seq = seq;
+    }
+    seg
+}
+
+/// Remove the 10-byte timestamp option at `off`, replacing it with NOPs.
+fn strip_ts(options: &[u8], off: usize) -> Vec<u8> {
+    let mut o = options.to_vec();
+    if off + 10 <= o.len() {
+        o[off..off + 10].fill(1);
+    }
+    o
+}

@@ -1,0 +1,383 @@
+//! The session engine: one per worker. Takes captured client packets,
+//! filters and rewrites them (spec §4.2–4.4), keeps the session table and
+//! the timers, and queues what must be sent: IPv4 packets for the target
+//! and route messages for intercept. Sans-IO: the caller supplies the time
+//! (milliseconds on any monotonic clock) and drains the queues.
+
+use super::{
+    config::{preferred_port, sample_bucket, Config},
+    conn::{ClientSegment, Ctx, Phase, Session},
+    counters::Counters,
+};
+use crate::{
+    proto::{ResponseHeader, RouteMsg},
+    wire::{Ipv4View, TcpView},
+};
+use hashbrown::HashMap;
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, VecDeque},
+    net::Ipv4Addr,
+    sync::Arc,
+};
+
+/// (client address, client port) as replayed: the session key.
+pub type SessionKey = (Ipv4Addr, u16);
+/// (captured client address, captured port, copy number).
+type OriginKey = (Ipv4Addr, u16, u16);
+
+/// How many ports past the preferred one the allocator tries.
+const PORT_PROBES: u16 = 64;
+
+struct Entry {
+    origin: OriginKey,
+    session: Session,
+}
+
+pub struct Engine {
+    cfg: Arc<Config>,
+    sessions: HashMap<SessionKey, Entry>,
+    origins: HashMap<OriginKey, SessionKey>,
+    pool_cache: HashMap<Ipv4Addr, Ipv4Addr>,
+    timers: BinaryHeap<Reverse<(u64, SessionKey)>>,
+    packets: VecDeque<Vec<u8>>,
+    routes: VecDeque<RouteMsg>,
+    counters: Counters,
+}
+
+impl Engine {
+    pub fn new(cfg: Arc<Config>) -> Self {
+        Engine {
+            cfg,
+            sessions: HashMap::new(),
+            origins: HashMap::new(),
+            pool_cache: HashMap::new(),
+            timers: BinaryHeap::new(),
+            packets: VecDeque::new(),
+            routes: VecDeque::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+    /// Sessions in the table, lingering ones included.
+    pub fn active_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+    /// Captured segments held by live sessions (the `buffered` term of the
+    /// counters' second invariant).
+    pub fn buffered(&self) -> u64 {
+        self.sessions.values().map(|e| e.session.buffered()).sum()
+    }
+    /// Next IPv4 packet to send to the target.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.packets.pop_front()
+    }
+    /// Next route message for intercept (send it before any packet).
+    pub fn poll_route(&mut self) -> Option<RouteMsg> {
+        self.routes.pop_front()
+    }
+    /// When `handle_timeout` should next be called.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// A packet as captured: an IPv4 packet (link header removed).
+    pub fn handle_client_packet(&mut self, now: u64, packet: &[u8]) {
+        self.counters.captured += 1;
+        let Some((segs, src, sport, dst, dport)) = self.ingress(packet) else { return };
+        let Some(t) = self.cfg.transfer_for(dst, dport).copied() else {
+            self.counters.no_transfer += 1;
+            return;
+        };
+        let mut src = src;
+        if self.cfg.target_is_localhost() {
+            if src != Ipv4Addr::LOCALHOST {
+                self.counters.localhost_dropped += 1;
+                return;
+            }
+        } else if src == Ipv4Addr::LOCALHOST {
+            if let Some(h) = self.cfg.localhost_as {
+                src = h;
+            }
+        }
+        let captured_src = src;
+        if let Some(pool) = &self.cfg.client_pool {
+            src = *self.pool_cache.entry(src).or_insert_with(|| pool.bind(captured_src));
+        }
+        let pct = self.cfg.sample_percent;
+        if pct > 0 && pct < 100 && sample_bucket(src, sport) >= pct {
+            self.counters.sampled_out += 1;
+            return;
+        }
+        self.counters.accepted += 1;
+        let target = (t.dst_ip, t.dst_port);
+        for copy in 0..self.cfg.replicas.max(1) {
+            for seg in &segs {
+                self.counters.session_inputs += 1;
+                self.dispatch(now, (captured_src, sport, copy), src, target, seg.clone());
+            }
+        }
+    }
+
+    /// Parse and validate; cut segments longer than `-M`.
+    #[allow(clippy::type_complexity)]
+    fn ingress(
+        &mut self,
+        packet: &[u8],
+    ) -> Option<(Vec<ClientSegment>, Ipv4Addr, u16, Ipv4Addr, u16)> {
+        let c = &mut self.counters;
+        let ip = match Ipv4View::new_checked(packet) {
+            Ok(ip) => ip,
+            Err(crate::wire::WireError::NotIpv4) => {
+                c.not_tcp += 1;
+                return None;
+            }
+            Err(_) => {
+                c.malformed += 1;
+                return None;
+            }
+        };
+        if ip.protocol() != 6 {
+            c.not_tcp += 1;
+            return None;
+        }
+        let frag = ip.frag_field();
+        if frag != 0x4000 {
+            c.fragments += 1;
+            if frag & 0x3fff != 0 {
+                // A fragment of a larger datagram is not a whole segment.
+                c.malformed += 1;
+                return None;
+            }
+        }
+        let tot = ip.total_len() as usize;
+        let packet = if tot >= ip.header_len() && tot <= packet.len() {
+            &packet[..tot]
+        } else if tot == 0 {
+            packet // TSO/GSO super-packet: the length is what was captured
+        } else {
+            c.malformed += 1; // truncated capture
+            return None;
+        };
+        let ip = Ipv4View::new_checked(packet).ok()?;
+        let Ok(tcp) = TcpView::new_checked(ip.payload()) else {
+            c.malformed += 1;
+            return None;
+        };
+        let opts = tcp.options();
+        let seg = ClientSegment {
+            seq: tcp.seq(),
+            ack: tcp.ack(),
+            flags: tcp.flags().0,
+            window: tcp.window(),
+            options: tcp.options_bytes().to_vec(),
+            ts_offset: opts.ts_offset,
+            tsval: opts.timestamps.map(|t| t.0),
+            payload: Vec::new(),
+            ip_id: ip.ident(),
+            ttl: ip.ttl(),
+            tos: ip.tos(),
+        };
+        let payload = tcp.payload();
+        let max = (self.cfg.mtu as usize).saturating_sub(ip.header_len() + tcp.header_len()).max(1);
+        let segs = if payload.len() <= max {
+            vec![ClientSegment { payload: payload.to_vec(), ..seg }]
+        } else {
+            self.counters.split_oversize += 1;
+            let n = payload.len().div_ceil(max);
+            payload
+                .chunks(max)
+                .enumerate()
+                .map(|(i, chunk)| {
+                    let mut s = seg.clone();
+                    s.seq = seg.seq.wrapping_add((i * max) as u32);
+                    s.ip_id = seg.ip_id.wrapping_add(i as u16);
+                    s.payload = chunk.to_vec();
+                    if i + 1 < n {
+                        s.flags &= !0x09; // FIN and PSH only on the last piece
+                    }
+                    s
+                })
+                .collect()
+        };
+        Some((segs, ip.src().into(), tcp.src_port(), ip.dst().into(), tcp.dst_port()))
+    }
+
+    fn ctx(&mut self) -> (Ctx<'_>, &mut HashMap<SessionKey, Entry>) {
+        (
+            Ctx {
+                cfg: &self.cfg,
+                c: &mut self.counters,
+                packets: &mut self.packets,
+                routes: &mut self.routes,
+            },
+            &mut self.sessions,
+        )
+    }
+
+    fn dispatch(
+        &mut self,
+        now: u64,
+        origin: OriginKey,
+        client_ip: Ipv4Addr,
+        target: (Ipv4Addr, u16),
+        seg: ClientSegment,
+    ) {
+        let syn = seg.has(0x02);
+        if let Some(&key) = self.origins.get(&origin) {
+            let entry = self.sessions.get(&key).expect("origin without session");
+            let s = &entry.session;
+            let lingering = s.phase == Phase::Lingering;
+            if syn {
+                if !lingering && s.captured_isn() == seg.seq {
+                    self.counters.duplicates += 1; // the client's SYN retransmission
+                    return;
+                }
+                // A new connection on this port: the old replay ends now.
+                self.end_session(now, key);
+            } else if lingering {
+                if seg.payload.is_empty() || !s.is_beyond(seg.seq) {
+                    self.counters.late_for_closed += 1;
+                    return;
+                }
+                self.end_session(now, key);
+            } else {
+                let (mut ctx, sessions) = self.ctx();
+                let e = sessions.get_mut(&key).unwrap();
+                e.session.on_client_segment(now, seg, &mut ctx);
+                self.after(key);
+                return;
+            }
+        }
+        // No session for this connection yet.
+        if !syn {
+            if seg.payload.is_empty() {
+                self.counters.no_session += 1;
+                return;
+            }
+            if self.cfg.only_complete {
+                self.counters.only_complete_skipped += 1;
+                return;
+            }
+        }
+        if self.sessions.len() >= self.cfg.max_sessions {
+            self.counters.session_limit += 1;
+            return;
+        }
+        let Some(key) = self.allocate(client_ip, origin) else {
+            self.counters.port_conflicts += 1;
+            return;
+        };
+        let (mut ctx, sessions) = self.ctx();
+        let session = if syn {
+            Session::from_syn(now, key, target, seg, &mut ctx)
+        } else {
+            let mut s = Session::mid_stream(now, key, target, &seg, 1, ctx.cfg);
+            s.on_client_segment(now, seg, &mut ctx);
+            s
+        };
+        sessions.insert(key, Entry { origin, session });
+        self.origins.insert(origin, key);
+        self.counters.sessions_created += 1;
+        self.after(key);
+    }
+
+    /// Choose the (client IP, port) a copy is replayed from: the C tool's
+    /// port, or the next free one if a live session already uses it.
+    fn allocate(&self, ip: Ipv4Addr, origin: OriginKey) -> Option<SessionKey> {
+        let first = preferred_port(&self.cfg, origin.1, origin.2);
+        (0..PORT_PROBES)
+            .map(|i| {
+                let p = first.wrapping_add(i);
+                if p < 1024 && first >= 1024 {
+                    p.wrapping_add(1024)
+                } else {
+                    p
+                }
+            })
+            .map(|p| (ip, p))
+            .find(|k| !self.sessions.contains_key(k))
+    }
+
+    fn end_session(&mut self, now: u64, key: SessionKey) {
+        let (mut ctx, sessions) = self.ctx();
+        if let Some(e) = sessions.get_mut(&key) {
+            if e.session.phase != Phase::Lingering {
+                e.session.obsolete(now, super::conn::Loss::TimedOut, &mut ctx);
+            }
+        }
+        self.remove(key);
+    }
+
+    fn remove(&mut self, key: SessionKey) {
+        if let Some(e) = self.sessions.remove(&key) {
+            self.origins.remove(&e.origin);
+            self.counters.sessions_destroyed += 1;
+        }
+    }
+
+    /// After a session ran: remove it or (re)schedule its timer.
+    fn after(&mut self, key: SessionKey) {
+        let Some(e) = self.sessions.get_mut(&key) else { return };
+        if e.session.destroy {
+            self.remove(key);
+            return;
+        }
+        if let Some(d) = e.session.next_deadline() {
+            if e.session.scheduled.is_none_or(|s| d < s) {
+                e.session.scheduled = Some(d);
+                self.timers.push(Reverse((d, key)));
+            }
+        }
+    }
+
+    /// A response header from intercept.
+    pub fn handle_response(&mut self, now: u64, h: &ResponseHeader) {
+        let key = (h.dst_ip, h.dst_port);
+        let (mut ctx, sessions) = self.ctx();
+        let Some(e) = sessions.get_mut(&key) else {
+            self.counters.responses_unmatched += 1;
+            return;
+        };
+        e.session.on_response(now, h, &mut ctx);
+        self.after(key);
+    }
+
+    /// Run every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: u64) {
+        while let Some(&Reverse((t, key))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let (mut ctx, sessions) = self.ctx();
+            let Some(e) = sessions.get_mut(&key) else { continue };
+            if e.session.scheduled != Some(t) {
+                continue; // superseded by an earlier deadline
+            }
+            e.session.scheduled = None;
+            e.session.on_timeout(now, &mut ctx);
+            self.after(key);
+        }
+    }
+
+    /// tcpcopy is stopping: reset every live session at the target and
+    /// count what was never sent.
+    pub fn shutdown(&mut self) {
+        let (mut ctx, sessions) = self.ctx();
+        for e in sessions.values_mut() {
+            e.session.shutdown(&mut ctx);
+        }
+        let keys: Vec<_> = self.sessions.keys().copied().collect();
+        for k in keys {
+            self.remove(k);
+        }
+        self.timers.clear();
+    }
+}

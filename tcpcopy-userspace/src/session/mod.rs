@@ -1,0 +1,54 @@
+//! The heart of tcpcopy: a sans-IO simulation of each client's TCP stack.
+//! No sockets, clocks or threads (shaped like quinn-proto): feed it
+//! `(now, captured client packet)`, `(now, response header)` and
+//! `handle_timeout(now)`; drain `poll_transmit()` (IPv4 packets for the
+//! target), `poll_route()` (CLIENT_ADD messages for intercept, to be sent
+//! before the packets) and ask `poll_timeout()` when to call again.
+//!
+//! Behaviour follows spec §4 (tcpcopy-behaviour.md). Sequence numbers of
+//! the client are kept end to end; acknowledgements are translated into the
+//! target's sequence space learned from intercept; client pure ACKs after
+//! the handshake are absorbed and tcpcopy acknowledges response data itself;
+//! a request is held until the response to the previous one is complete
+//! (`-W` turns that off); sessions captured mid-stream get a fabricated SYN
+//! (`-O` skips them); gaps in the capture are held, duplicates skipped,
+//! replayed data retransmitted toward the target.
+//!
+//! Quirks of the C tool, and what we chose:
+//! - replica ports were shifted by `-f` twice: fixed (once);
+//! - replicated/shifted ports could collide with live sessions: a port
+//!   allocator probes the next free port and counts `port_conflicts`;
+//! - distinct clients sharing a 16-bit key shared a `-c` address: bindings
+//!   are exact per client address (round-robin, as before);
+//! - the gap timeout compared 10000 with seconds: it is 10 s;
+//! - one fixed 100 ms RTO, retransmitted once: RTO starts at 100 ms and
+//!   doubles, up to `max_retransmits` tries, then the session is given up;
+//! - the first server greeting was neither acknowledged nor pumped: it is
+//!   acknowledged at once and the held request follows it;
+//! - `-R`'s value was ignored: not offered;
+//! - a request the target never answers held the next one until the
+//!   session timeout: released after `response_wait_ms` (counted);
+//! - on reconnect the C tool resumed from "the next unsent segment"; we
+//!   resume from the first byte the target did not acknowledge, so no byte
+//!   the target acknowledged is sent twice and none it did not is skipped;
+//! - the response record's TCP header is always at offset 20 (the C tool
+//!   used the response's ihl, wrong with IP options).
+//! Kept for compatibility: sampling bucket formula (`-r`), replica port
+//! formula, the C pacing of LAN clients (RTT ≤ 1 ms: the next request
+//! follows the first response segment).
+
+mod config;
+mod conn;
+mod counters;
+mod emit;
+mod engine;
+
+pub use config::{
+    parse_client_pool, parse_transfers, preferred_port, sample_bucket, ClientPool, Config,
+    ConfigError, Transfer,
+};
+pub use counters::Counters;
+pub use engine::{Engine, SessionKey};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,615 @@
+//! Deterministic scenario tests (spec §11, the parts the engine decides)
+//! and property tests, driven by scripted segments and a fake clock.
+
+use super::*;
+use crate::{
+    proto::{ResponseHeader, RouteMsg},
+    wire::{Ipv4View, TcpView},
+};
+use std::{net::Ipv4Addr, sync::Arc};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 10);
+const ONLINE: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
+const TARGET: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+const TISN: u32 = 5_000_000;
+
+/// A packet the engine sent, parsed.
+#[derive(Clone, Debug)]
+struct Out {
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
+    options: Vec<u8>,
+    payload: Vec<u8>,
+    ttl: u8,
+    df: bool,
+}
+
+fn parse_out(p: &[u8]) -> Out {
+    let ip = Ipv4View::new_checked(p).unwrap();
+    assert_eq!(crate::wire::internet_checksum(&p[..20]), 0, "IP checksum");
+    assert_eq!(crate::wire::tcp_checksum(ip.src(), ip.dst(), ip.payload()), 0, "TCP checksum");
+    let t = TcpView::new_checked(ip.payload()).unwrap();
+    Out {
+        src: (ip.src().into(), t.src_port()),
+        dst: (ip.dst().into(), t.dst_port()),
+        seq: t.seq(),
+        ack: t.ack(),
+        flags: t.flags().0,
+        window: t.window(),
+        options: t.options_bytes().to_vec(),
+        payload: t.payload().to_vec(),
+        ttl: ip.ttl(),
+        df: ip.frag_field() & 0x4000 != 0,
+    }
+}
+
+/// Build a captured client packet.
+#[allow(clippy::too_many_arguments)]
+fn client_pkt(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), seq: u32, ack: u32, flags: u8, payload: &[u8], options: &[u8]) -> Vec<u8> {
+    super::emit::build(&super::emit::SegmentSpec {
+        src,
+        dst,
+        seq,
+        ack,
+        flags,
+        window: 501,
+        options,
+        payload,
+        ip_id: 100,
+        ttl: 63,
+        tos: 0,
+    })
+}
+
+const SYN_OPTS: [u8; 20] = [2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7];
+
+struct Lab {
+    e: Engine,
+    now: u64,
+    sent: Vec<Out>,
+    routes: Vec<RouteMsg>,
+}
+
+impl Lab {
+    fn new(cfg: Config) -> Lab {
+        Lab { e: Engine::new(Arc::new(cfg)), now: 0, sent: Vec::new(), routes: Vec::new() }
+    }
+    fn default_cfg() -> Config {
+        Config {
+            transfers: parse_transfers("80-10.0.2.2:8080").unwrap(),
+            ..Config::default()
+        }
+    }
+    fn drain(&mut self) -> Vec<Out> {
+        let mut v = Vec::new();
+        while let Some(r) = self.e.poll_route() {
+            self.routes.push(r);
+        }
+        while let Some(p) = self.e.poll_transmit() {
+            v.push(parse_out(&p));
+        }
+        self.sent.extend(v.iter().cloned());
+        v
+    }
+    fn capture(&mut self, port: u16, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<Out> {
+        let opts: &[u8] = if flags & 0x02 != 0 { &SYN_OPTS } else { &[] };
+        let p = client_pkt((CLIENT, port), (ONLINE, 80), seq, ack, flags, payload, opts);
+        self.e.handle_client_packet(self.now, &p);
+        self.drain()
+    }
+    fn advance(&mut self, ms: u64) -> Vec<Out> {
+        let end = self.now + ms;
+        let mut out = Vec::new();
+        loop {
+            match self.e.poll_timeout() {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    self.e.handle_timeout(self.now);
+                    out.extend(self.drain());
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+        out
+    }
+    /// A response from the target to `client` (as replayed).
+    #[allow(clippy::too_many_arguments)]
+    fn respond(&mut self, client: (Ipv4Addr, u16), seq: u32, ack: u32, flags: u8, len: u32, ts: Option<(u32, u32)>) -> Vec<Out> {
+        let h = ResponseHeader {
+            src_ip: TARGET,
+            src_port: 8080,
+            dst_ip: client.0,
+            dst_port: client.1,
+            seq,
+            ack,
+            flags,
+            window: 65535,
+            ip_total_len: (40 + len) as u16,
+            payload_len: len,
+            wscale: if flags & 0x02 != 0 { Some(7) } else { None },
+            timestamps: ts,
+            mss: None,
+        };
+        self.e.handle_response(self.now, &h);
+        self.drain()
+    }
+    fn check_invariants(&self) {
+        let c = self.e.counters();
+        assert_eq!(c.captured, c.accepted + c.ingress_dropped(), "{c:#?}");
+        assert_eq!(
+            c.session_inputs,
+            c.replayed + c.session_dropped() + self.e.buffered(),
+            "second invariant: {c:#?}"
+        );
+    }
+}
+
+const ISN: u32 = 1000;
+const P: u16 = 40000;
+
+/// Captured SYN, SYN-ACK from the target, client's third ACK.
+fn handshake(l: &mut Lab) -> (Ipv4Addr, u16) {
+    let out = l.capture(P, ISN, 0, 0x02, &[]);
+    assert_eq!(out.len(), 1);
+    let key = out[0].src;
+    l.respond(key, TISN, ISN + 1, 0x12, 0, None);
+    l.capture(P, ISN + 1, 777, 0x10, &[]);
+    key
+}
+
+#[test]
+fn basic_replay_of_one_request() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let out = l.capture(P, ISN, 0, 0x02, &[]);
+    // Route before SYN, SYN with the client's options.
+    assert_eq!(l.routes, vec![RouteMsg::client_add((CLIENT, P), (TARGET, 8080))]);
+    assert_eq!(out[0].flags, 0x02);
+    assert_eq!(out[0].options, SYN_OPTS.to_vec());
+    assert_eq!(out[0].dst, (TARGET, 8080));
+    assert_eq!(out[0].seq, ISN);
+    let out = l.respond((CLIENT, P), TISN, ISN + 1, 0x12, 0, None);
+    assert!(out.is_empty(), "waits for the client's ACK");
+    let out = l.capture(P, ISN + 1, 777, 0x10, &[]);
+    assert_eq!((out[0].flags, out[0].seq, out[0].ack), (0x10, ISN + 1, TISN + 1));
+    let out = l.capture(P, ISN + 1, 777, 0x18, b"GET / 1\n");
+    assert_eq!(out[0].payload, b"GET / 1\n");
+    assert_eq!((out[0].seq, out[0].ack), (ISN + 1, TISN + 1));
+    // Target answers 100 bytes, acking the request.
+    l.respond((CLIENT, P), TISN + 1, ISN + 9, 0x18, 100, None);
+    let out = l.advance(5);
+    assert!(out.iter().any(|o| o.flags == 0x10 && o.ack == TISN + 101), "response acked: {out:?}");
+    // Client acks the response (absorbed), then closes.
+    assert!(l.capture(P, ISN + 9, 877, 0x10, &[]).is_empty());
+    let out = l.capture(P, ISN + 9, 877, 0x11, &[]);
+    assert_eq!(out[0].flags & 0x01, 0x01, "FIN forwarded: {out:?}");
+    assert_eq!(out[0].seq, ISN + 9);
+    // Target FIN: tcpcopy acks it, sends no RST.
+    let out = l.respond((CLIENT, P), TISN + 101, ISN + 10, 0x11, 0, None);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].flags, out[0].ack), (0x10, TISN + 102));
+    let c = l.e.counters().clone();
+    assert_eq!((c.syns_sent, c.connections, c.requests_replayed, c.fins_sent, c.rsts_sent), (1, 1, 1, 1, 0));
+    assert_eq!(c.response_fins, 1);
+    assert_eq!(l.e.active_sessions(), 1, "lingering");
+    l.advance(6_001);
+    assert_eq!(l.e.active_sessions(), 0, "released after the linger");
+    l.check_invariants();
+}
+
+#[test]
+fn request_waits_for_previous_response_and_w_turns_it_off() {
+    for no_wait in [false, true] {
+        let mut l = Lab::new(Config { no_wait, ..Lab::default_cfg() });
+        let key = handshake(&mut l);
+        l.capture(P, ISN + 1, 777, 0x18, b"req1");
+        // The client got resp1 (its ack moved) and sent req2 at once.
+        let out = l.capture(P, ISN + 5, 800, 0x18, b"req2");
+        if no_wait {
+            assert_eq!(out.len(), 1, "-W sends at once");
+            continue;
+        }
+        assert!(out.is_empty(), "req2 held until resp1 arrives");
+        let out = l.advance(400);
+        assert!(out.is_empty(), "still held while the target thinks");
+        // resp1 arrives (the target acks req1 too).
+        let out = l.respond(key, TISN + 1, ISN + 5, 0x18, 23, None);
+        // LAN client (rtt ≤ 1 ms): released on the first response segment.
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].payload, b"req2");
+        assert_eq!(out[0].ack, TISN + 24, "req2 acks resp1");
+        l.check_invariants();
+    }
+}
+
+#[test]
+fn pacing_with_a_measured_rtt_waits_for_a_quiet_period() {
+    let mut l = Lab::new(Lab::default_cfg());
+    l.capture(P, ISN, 0, 0x02, &[]);
+    let key = (CLIENT, P);
+    l.now += 40; // client RTT 40 ms
+    l.respond(key, TISN, ISN + 1, 0x12, 0, None);
+    l.capture(P, ISN + 1, 777, 0x10, &[]);
+    l.capture(P, ISN + 1, 777, 0x18, b"req1");
+    assert!(l.capture(P, ISN + 5, 900, 0x18, b"req2").is_empty());
+    l.respond(key, TISN + 1, ISN + 5, 0x10, 1448, None);
+    l.advance(10);
+    l.respond(key, TISN + 1449, ISN + 5, 0x18, 100, None);
+    let out = l.advance(39);
+    assert!(out.iter().all(|o| o.payload.is_empty()), "not before a quiet RTT: {out:?}");
+    let out = l.advance(100);
+    let req2 = out.iter().find(|o| o.payload == b"req2").expect("req2 released after the quiet period");
+    assert_eq!(req2.ack, TISN + 1549);
+    l.check_invariants();
+}
+
+#[test]
+fn server_first_greeting_is_awaited_and_acknowledged() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l); // third ACK captured ack 777
+    // The client's first data acks 12 greeting bytes: server speaks first.
+    let out = l.capture(P, ISN + 1, 789, 0x18, b"HELO");
+    assert!(out.is_empty(), "held for the greeting");
+    l.advance(1000);
+    let out = l.respond(key, TISN + 1, ISN + 1, 0x18, 12, None);
+    let cmd = out.iter().find(|o| o.payload == b"HELO").expect("command follows the greeting");
+    assert_eq!(cmd.ack, TISN + 13, "covers the greeting");
+    l.check_invariants();
+}
+
+#[test]
+fn mid_stream_session_gets_a_fabricated_syn_and_o_skips_it() {
+    let mut l = Lab::new(Config { mss: 1400, ..Lab::default_cfg() });
+    let out = l.capture(P, 7000, 1234, 0x18, b"req2");
+    assert_eq!(out.len(), 1);
+    let syn = &out[0];
+    assert_eq!((syn.flags, syn.seq, syn.window, syn.ttl, syn.df), (0x02, 6999, 65535, 64, true));
+    assert_eq!(syn.options, vec![2, 4, 0x05, 0x78], "exactly one option, MSS = -D");
+    let out = l.respond((CLIENT, P), TISN, 7000, 0x12, 0, None);
+    assert_eq!((out[0].flags, out[0].seq, out[0].ack), (0x10, 7000, TISN + 1));
+    assert_eq!(out[1].payload, b"req2");
+    assert_eq!(out[1].window, 65535);
+    let c = l.e.counters();
+    assert_eq!((c.syns_sent, c.syns_fabricated, c.connections), (1, 1, 1));
+    l.check_invariants();
+
+    let mut o = Lab::new(Config { only_complete: true, ..Lab::default_cfg() });
+    assert!(o.capture(P, 7000, 1234, 0x18, b"req2").is_empty());
+    assert_eq!(o.e.counters().only_complete_skipped, 1);
+    assert_eq!(o.e.counters().syns_sent, 0);
+    o.check_invariants();
+}
+
+#[test]
+fn pure_acks_are_absorbed_and_response_data_is_acked_by_tcpcopy() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    l.capture(P, ISN + 1, 777, 0x18, b"GET /big");
+    let mut fabricated = 0;
+    for i in 0..10u32 {
+        l.respond(key, TISN + 1 + i * 1448, ISN + 9, 0x10, 1448, None);
+        assert!(l.capture(P, ISN + 9, 777 + (i + 1) * 1448, 0x10, &[]).is_empty());
+        fabricated += l.advance(1).iter().filter(|o| o.flags == 0x10 && o.payload.is_empty()).count();
+    }
+    l.advance(50);
+    let last = l.sent.iter().rev().find(|o| o.flags == 0x10).unwrap();
+    assert_eq!(last.ack, TISN + 1 + 10 * 1448);
+    assert_eq!(last.seq, ISN + 9);
+    assert!(fabricated > 0);
+    assert_eq!(l.e.counters().pure_acks_absorbed, 10);
+    l.check_invariants();
+}
+
+#[test]
+fn replicas_use_distinct_ports_and_collisions_are_avoided() {
+    let mut l = Lab::new(Config { replicas: 3, random_offset: 5, ..Lab::default_cfg() });
+    let out = l.capture(P, ISN, 0, 0x02, &[]);
+    let ports: Vec<u16> = out.iter().map(|o| o.src.1).collect();
+    assert_eq!(ports, vec![P, P + 32 + 5, P + 96 + 5]);
+    assert_eq!(l.e.counters().syns_sent, 3);
+    // A real client whose port is a replica's port gets the next free one.
+    let p2 = P + 37;
+    let out = l.capture(p2, 9000, 0, 0x02, &[]);
+    assert_eq!(out[0].src.1, P + 38, "{out:?}");
+    let mut seen = std::collections::HashSet::new();
+    for o in &l.sent {
+        assert!(seen.insert(o.src), "two sessions share {:?}", o.src);
+    }
+    l.check_invariants();
+}
+
+#[test]
+fn sampling_keeps_whole_sessions_by_the_c_bucket() {
+    let mut l = Lab::new(Config { sample_percent: 30, ..Lab::default_cfg() });
+    let mut expected = 0;
+    for port in 30000..30200u16 {
+        if sample_bucket(CLIENT, port) < 30 {
+            expected += 1;
+        }
+        l.capture(port, 1, 0, 0x02, &[]);
+        l.capture(port, 2, 5, 0x18, b"x");
+    }
+    let c = l.e.counters();
+    assert_eq!(c.syns_sent, expected);
+    assert_eq!(c.sampled_out, 2 * (200 - expected));
+    l.check_invariants();
+}
+
+#[test]
+fn client_pool_binds_each_client_to_one_address() {
+    let pool = parse_client_pool("10.9.9.5,10.9.9.6", &parse_transfers("80-10.0.2.2:8080").unwrap()).unwrap();
+    let mut l = Lab::new(Config { client_pool: Some(ClientPool::new(pool)), ..Lab::default_cfg() });
+    let a = l.capture(P, ISN, 0, 0x02, &[]);
+    let other = client_pkt((Ipv4Addr::new(10, 0, 1, 11), P), (ONLINE, 80), ISN, 0, 0x02, &[], &[]);
+    l.e.handle_client_packet(0, &other);
+    let b = l.drain();
+    let a2 = l.capture(P + 1, ISN, 0, 0x02, &[]);
+    assert_eq!(a[0].src.0, Ipv4Addr::new(10, 9, 9, 5));
+    assert_eq!(b[0].src.0, Ipv4Addr::new(10, 9, 9, 6));
+    assert_eq!(a2[0].src.0, Ipv4Addr::new(10, 9, 9, 5));
+    l.check_invariants();
+}
+
+#[test]
+fn several_transfers_route_by_destination() {
+    let cfg = Config { transfers: parse_transfers("80-10.0.2.2:8080,81-10.0.2.2:9090,10.0.1.1:82-10.0.2.3:82").unwrap(), ..Config::default() };
+    let mut l = Lab::new(cfg);
+    let a = client_pkt((CLIENT, 1), (ONLINE, 81), 1, 0, 0x02, &[], &[]);
+    let b = client_pkt((CLIENT, 2), (Ipv4Addr::new(10, 0, 1, 2), 82), 1, 0, 0x02, &[], &[]);
+    l.e.handle_client_packet(0, &a);
+    l.e.handle_client_packet(0, &b);
+    let out = l.drain();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dst, (TARGET, 9090));
+    assert_eq!(l.e.counters().no_transfer, 1);
+    l.check_invariants();
+}
+
+#[test]
+fn client_rst_is_held_while_a_response_is_pending() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    l.capture(P, ISN + 1, 777, 0x18, b"req");
+    assert!(l.capture(P, ISN + 4, 777, 0x14, &[]).is_empty(), "RST held");
+    l.advance(500);
+    l.respond(key, TISN + 1, ISN + 4, 0x18, 10, None);
+    let out = l.advance(10);
+    let rst = out.iter().find(|o| o.flags & 0x04 != 0).expect("RST after the response");
+    assert_eq!(rst.seq, ISN + 4);
+    l.check_invariants();
+}
+
+#[test]
+fn target_closing_first_gets_ack_then_rst() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    l.capture(P, ISN + 1, 777, 0x18, b"req");
+    l.respond(key, TISN + 1, ISN + 4, 0x18, 10, None);
+    l.advance(10);
+    let out = l.respond(key, TISN + 11, ISN + 4, 0x11, 0, None);
+    assert_eq!(out[0].flags, 0x10);
+    assert_eq!(out[0].ack, TISN + 12);
+    assert_eq!(out[1].flags & 0x04, 0x04);
+    assert!(l.capture(P, ISN + 4, 800, 0x11, &[]).is_empty(), "a later client FIN sends nothing");
+    assert_eq!(l.e.counters().late_for_closed, 1);
+    l.advance(6_001);
+    assert_eq!(l.e.active_sessions(), 0);
+    l.check_invariants();
+}
+
+#[test]
+fn target_reset_with_unsent_data_reconnects_from_the_first_unacked_byte() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    l.capture(P, ISN + 1, 777, 0x18, b"req1");
+    assert!(l.capture(P, ISN + 5, 800, 0x18, b"req2").is_empty());
+    // The target acks req1, says nothing, then resets.
+    l.respond(key, TISN + 1, ISN + 5, 0x10, 0, None);
+    l.now += 300;
+    let out = l.respond(key, TISN + 1, ISN + 5, 0x14, 0, None);
+    assert!(out.iter().all(|o| o.payload.is_empty()));
+    let out = l.advance(5);
+    let syn = out.iter().find(|o| o.flags == 0x02).expect("new SYN");
+    assert_eq!(syn.seq, ISN + 4, "seq(req2) - 1");
+    assert_eq!(syn.options, vec![2, 4, 0x05, 0xb4]);
+    assert_eq!(l.routes.len(), 2, "a route precedes the new SYN");
+    let out = l.respond(key, TISN + 9000, ISN + 5, 0x12, 0, None);
+    let req2 = out.iter().find(|o| !o.payload.is_empty()).unwrap();
+    assert_eq!((req2.payload.as_slice(), req2.ack), (&b"req2"[..], TISN + 9001));
+    let c = l.e.counters();
+    assert_eq!((c.reconnects, c.response_rsts, c.connections), (1, 1, 2));
+    // req1 was sent exactly once.
+    assert_eq!(l.sent.iter().filter(|o| o.payload == b"req1").count(), 1);
+    l.check_invariants();
+}
+
+#[test]
+fn refused_and_unanswered_handshakes() {
+    let mut l = Lab::new(Lab::default_cfg());
+    l.capture(P, 7000, 1, 0x18, b"data");
+    l.respond((CLIENT, P), 0, 7000, 0x14, 0, None);
+    assert_eq!(l.e.active_sessions(), 0, "refused: gone at once");
+    assert_eq!(l.e.counters().lost_target_refused, 1);
+    l.capture(P, 7004, 1, 0x18, b"more");
+    assert_eq!(l.e.counters().syns_fabricated, 2, "each later segment tries again");
+    // No SYN-ACK at all: obsolete after 3 s, RST sent.
+    let mut m = Lab::new(Lab::default_cfg());
+    m.capture(P, ISN, 0, 0x02, &[]);
+    let out = m.advance(3_000);
+    assert!(out.iter().any(|o| o.flags & 0x04 != 0));
+    assert_eq!(m.e.counters().obsolete, 1);
+    assert_eq!(m.e.counters().lost_handshake_timeout, 0);
+    l.check_invariants();
+    m.check_invariants();
+}
+
+#[test]
+fn idle_sessions_time_out_after_keepalive() {
+    let mut l = Lab::new(Config { session_timeout_ms: 10_000, keepalive_timeout_ms: 20_000, ..Lab::default_cfg() });
+    let key = handshake(&mut l);
+    l.capture(P, ISN + 1, 777, 0x18, b"req");
+    l.respond(key, TISN + 1, ISN + 4, 0x18, 10, None);
+    let out = l.advance(15_000);
+    assert!(out.iter().all(|o| o.flags & 0x04 == 0), "kept past -t: a request was answered");
+    let out = l.advance(13_000);
+    assert!(out.iter().any(|o| o.flags & 0x04 != 0), "reset after -k");
+    assert_eq!(l.e.counters().obsolete, 1);
+    l.check_invariants();
+}
+
+#[test]
+fn duplicate_captures_reach_the_target_once() {
+    let mut l = Lab::new(Config { no_wait: true, ..Lab::default_cfg() });
+    handshake(&mut l);
+    for (seq, data) in [(ISN + 1, &b"abcd"[..]), (ISN + 5, b"efgh")] {
+        l.capture(P, seq, 777, 0x18, data);
+        l.capture(P, seq, 777, 0x18, data);
+    }
+    let payloads: Vec<_> = l.sent.iter().filter(|o| !o.payload.is_empty()).map(|o| o.payload.clone()).collect();
+    assert_eq!(payloads, vec![b"abcd".to_vec(), b"efgh".to_vec()]);
+    assert_eq!(l.e.counters().duplicates, 2);
+    l.check_invariants();
+}
+
+#[test]
+fn unacknowledged_data_is_retransmitted() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    l.capture(P, ISN + 1, 777, 0x18, b"req");
+    let out = l.advance(100);
+    assert_eq!(out.iter().filter(|o| o.payload == b"req").count(), 1, "RTO 100 ms");
+    l.respond(key, TISN + 1, ISN + 4, 0x18, 5, None);
+    assert_eq!(l.e.counters().retransmits, 1);
+    let out = l.advance(1_000);
+    assert!(out.iter().all(|o| o.payload.is_empty()), "acked: no more retransmissions");
+    l.check_invariants();
+}
+
+#[test]
+fn oversized_captured_segments_are_cut_to_the_mtu() {
+    let mut l = Lab::new(Config { no_wait: true, ..Lab::default_cfg() });
+    handshake(&mut l);
+    let data: Vec<u8> = (0..4000u32).map(|i| i as u8).collect();
+    let out = l.capture(P, ISN + 1, 777, 0x19, &data);
+    let pieces: Vec<_> = out.iter().filter(|o| !o.payload.is_empty()).collect();
+    assert_eq!(pieces.len(), 3);
+    assert!(pieces.iter().all(|o| o.payload.len() + 40 <= 1500));
+    let joined: Vec<u8> = pieces.iter().flat_map(|o| o.payload.clone()).collect();
+    assert_eq!(joined, data);
+    assert_eq!(pieces[1].seq, ISN + 1 + 1460);
+    assert_eq!(l.e.counters().split_oversize, 1);
+    l.check_invariants();
+}
+
+#[test]
+fn shutdown_resets_live_sessions_and_counts_unsent_data() {
+    let mut l = Lab::new(Lab::default_cfg());
+    handshake(&mut l);
+    l.capture(P, ISN + 1, 777, 0x18, b"req1");
+    l.capture(P, ISN + 5, 800, 0x18, b"req2"); // held
+    l.e.shutdown();
+    let out = l.drain();
+    assert!(out.iter().any(|o| o.flags & 0x04 != 0));
+    assert_eq!(l.e.counters().lost_shutdown, 1);
+    assert_eq!(l.e.active_sessions(), 0);
+    l.check_invariants();
+}
+
+#[test]
+fn session_buffer_is_bounded() {
+    let mut l = Lab::new(Config { max_buffered_segments: 100, ..Lab::default_cfg() });
+    handshake(&mut l);
+    // A gap at the front: nothing can be sent, everything is held.
+    for i in 0..200u32 {
+        l.capture(P, ISN + 11 + i * 10, 777, 0x18, b"0123456789");
+    }
+    assert_eq!(l.e.buffered(), 0, "the session gave up at its cap");
+    assert_eq!(l.e.counters().lost_buffer_full, 101);
+    l.check_invariants();
+}
+
+#[test]
+fn capture_gap_is_held_then_filled_or_given_up() {
+    let mut l = Lab::new(Config { no_wait: true, ..Lab::default_cfg() });
+    handshake(&mut l);
+    assert!(l.capture(P, ISN + 5, 777, 0x18, b"efgh").is_empty(), "gap: held");
+    let out = l.capture(P, ISN + 1, 777, 0x18, b"abcd");
+    let data: Vec<u8> = out.iter().flat_map(|o| o.payload.clone()).collect();
+    assert_eq!(data, b"abcdefgh");
+    l.capture(P, ISN + 20, 777, 0x18, b"zz");
+    l.advance(20_000);
+    assert_eq!(l.e.counters().lost_capture_gap, 1);
+    l.check_invariants();
+}
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A simple target: accepts in-order data, acks everything it has.
+    fn run(order: Vec<usize>, dups: Vec<bool>, chunks: Vec<Vec<u8>>) -> (Vec<u8>, Counters, u64) {
+        let mut l = Lab::new(Config { no_wait: true, ..Lab::default_cfg() });
+        let key = handshake(&mut l);
+        let mut seqs = Vec::new();
+        let mut s = ISN + 1;
+        for c in &chunks {
+            seqs.push(s);
+            s += c.len() as u32;
+        }
+        let mut delivered = Vec::new();
+        let mut next = ISN + 1;
+        let mut feed = |l: &mut Lab, out: Vec<Out>, delivered: &mut Vec<u8>, next: &mut u32| {
+            let mut pending = out;
+            while !pending.is_empty() {
+                let mut more = Vec::new();
+                for o in pending {
+                    if !o.payload.is_empty() && o.seq == *next {
+                        delivered.extend_from_slice(&o.payload);
+                        *next += o.payload.len() as u32;
+                    }
+                    if !o.payload.is_empty() {
+                        more.extend(l.respond(key, TISN + 1, *next, 0x10, 0, None));
+                    }
+                }
+                pending = more;
+            }
+        };
+        for (k, &i) in order.iter().enumerate() {
+            let i = i % chunks.len();
+            let out = l.capture(P, seqs[i], 777, 0x18, &chunks[i]);
+            feed(&mut l, out, &mut delivered, &mut next);
+            if dups.get(k).copied().unwrap_or(false) {
+                let out = l.capture(P, seqs[i], 777, 0x18, &chunks[i]);
+                feed(&mut l, out, &mut delivered, &mut next);
+            }
+        }
+        // The client retransmits everything at the end (as a real one would).
+        for i in 0..chunks.len() {
+            let out = l.capture(P, seqs[i], 777, 0x18, &chunks[i]);
+            feed(&mut l, out, &mut delivered, &mut next);
+        }
+        let out = l.advance(1000);
+        feed(&mut l, out, &mut delivered, &mut next);
+        l.check_invariants();
+        (delivered, l.e.counters().clone(), l.e.buffered())
+    }
+
+    proptest! {
+        #[test]
+        fn any_reordering_and_duplication_delivers_the_stream_once(
+            chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..50), 1..12),
+            order in prop::collection::vec(0usize..12, 0..30),
+            dups in prop::collection::vec(any::<bool>(), 0..30),
+        ) {
+            let expected: Vec<u8> = chunks.concat();
+            let (delivered, c, buffered) = run(order, dups, chunks);
+            prop_assert_eq!(delivered, expected);
+            prop_assert_eq!(buffered, 0);
+            prop_assert_eq!(c.lost(), 0);
+        }
+    }
+}
