@@ -9,6 +9,6 @@
 //! - [`xdp`]: loading and attaching the eBPF programs behind a detach guard.
 
 pub mod proto;
+pub mod session;
 pub mod wire;
 pub mod xdp;
-pub mod session;

@@ -57,7 +57,12 @@ pub fn parse_transfers(s: &str) -> Result<Vec<Transfer>, ConfigError> {
             if src_port == 0 || dst_port == 0 {
                 return Err(bad());
             }
-            Ok(Transfer { src_ip, src_port, dst_ip, dst_port })
+            Ok(Transfer {
+                src_ip,
+                src_port,
+                dst_ip,
+                dst_port,
+            })
         })
         .collect()
 }
@@ -74,11 +79,17 @@ pub fn parse_client_pool(s: &str, targets: &[Transfer]) -> Result<Vec<Ipv4Addr>,
             }
             let p: Vec<u8> = parts
                 .iter()
-                .map(|x| x.parse::<u8>().map_err(|_| ConfigError::ClientIp(item.into())))
+                .map(|x| {
+                    x.parse::<u8>()
+                        .map_err(|_| ConfigError::ClientIp(item.into()))
+                })
                 .collect::<Result<_, _>>()?;
             out.extend((1..=254).map(|d| Ipv4Addr::new(p[0], p[1], p[2], d)));
         } else {
-            out.push(item.parse().map_err(|_| ConfigError::ClientIp(item.into()))?);
+            out.push(
+                item.parse()
+                    .map_err(|_| ConfigError::ClientIp(item.into()))?,
+            );
         }
     }
     out.retain(|ip| !targets.iter().any(|t| t.dst_ip == *ip));
@@ -104,7 +115,10 @@ pub struct ClientPool {
 
 impl ClientPool {
     pub fn new(addrs: Vec<Ipv4Addr>) -> Arc<Self> {
-        Arc::new(ClientPool { addrs, bound: Mutex::new((0, hashbrown::HashMap::new())) })
+        Arc::new(ClientPool {
+            addrs,
+            bound: Mutex::new((0, hashbrown::HashMap::new())),
+        })
     }
     pub fn bind(&self, client: Ipv4Addr) -> Ipv4Addr {
         let mut g = self.bound.lock().unwrap_or_else(|e| e.into_inner());
@@ -212,7 +226,9 @@ impl Config {
         self.transfers.iter().find(|t| t.matches(ip, port))
     }
     pub fn target_is_localhost(&self) -> bool {
-        self.transfers.iter().any(|t| t.dst_ip == Ipv4Addr::LOCALHOST)
+        self.transfers
+            .iter()
+            .any(|t| t.dst_ip == Ipv4Addr::LOCALHOST)
     }
 }
 
@@ -268,7 +284,13 @@ mod tests {
 
     #[test]
     fn bad_transfers_name_themselves() {
-        for bad in ["80", "80-10.0.2.2", "x-10.0.2.2:80", "80-10.0.2.300:80", "0-1.2.3.4:5"] {
+        for bad in [
+            "80",
+            "80-10.0.2.2",
+            "x-10.0.2.2:80",
+            "80-10.0.2.300:80",
+            "0-1.2.3.4:5",
+        ] {
             let e = parse_transfers(bad).unwrap_err();
             assert!(e.to_string().contains(bad), "{e}");
         }
@@ -283,7 +305,10 @@ mod tests {
         let p = parse_client_pool("10.0.2.2,10.9.9.7", &t).unwrap();
         assert_eq!(p, vec![Ipv4Addr::new(10, 9, 9, 7)]);
         assert!(parse_client_pool("10.9.9.*", &t).is_err());
-        assert_eq!(parse_client_pool("10.0.2.2", &t), Err(ConfigError::EmptyPool));
+        assert_eq!(
+            parse_client_pool("10.0.2.2", &t),
+            Err(ConfigError::EmptyPool)
+        );
     }
 
     #[test]
@@ -298,12 +323,19 @@ mod tests {
 
     #[test]
     fn replica_ports_follow_the_c_formula() {
-        let cfg = Config { random_offset: 100, ..Config::default() };
+        let cfg = Config {
+            random_offset: 100,
+            ..Config::default()
+        };
         assert_eq!(preferred_port(&cfg, 40000, 0), 40000);
         assert_eq!(preferred_port(&cfg, 40000, 1), 40000 + 32 + 100);
         assert_eq!(preferred_port(&cfg, 40000, 2), 40000 + 96 + 100);
         assert_eq!(preferred_port(&cfg, 65500, 1), 1024 + 132);
-        let f = Config { port_shift: 1, random_offset: 7, ..Config::default() };
+        let f = Config {
+            port_shift: 1,
+            random_offset: 7,
+            ..Config::default()
+        };
         assert_eq!(preferred_port(&f, 40000, 0), 40000 + 2048 + 7);
     }
 

@@ -112,6 +112,8 @@ pub struct Session {
     unacked: VecDeque<(u64, ClientSegment)>,
     snd_una: u64,
     snd_nxt: u64,
+    /// End of the highest captured data (sent or not).
+    captured_end: u64,
     /// Stream offset of the client's FIN once captured.
     fin_off: Option<u64>,
     /// The FIN came on a bare segment (a disposition of its own).
@@ -227,6 +229,7 @@ impl Session {
             unacked: VecDeque::new(),
             snd_una: 0,
             snd_nxt: 0,
+            captured_end: 0,
             fin_off: None,
             fin_bare: false,
             fin_sent: false,
@@ -285,14 +288,10 @@ impl Session {
     /// Is `seq` beyond everything this session has seen? (a new connection
     /// reusing the port without a captured SYN).
     pub fn is_beyond(&self, seq: u32) -> bool {
-        let end = self.pending.iter().next_back().map(|(o, s)| o + s.len()).unwrap_or(0);
-        self.off(seq) > end.max(self.snd_nxt) as i64
+        self.off(seq) >= self.captured_end.max(self.snd_nxt) as i64
     }
     pub fn captured_isn(&self) -> u32 {
         self.base_seq.wrapping_sub(1)
-    }
-    pub fn rtt(&self) -> u64 {
-        self.rtt
     }
     pub fn buffered(&self) -> u64 {
         self.pending.len() as u64
@@ -317,7 +316,8 @@ impl Session {
 
     fn send_route(&self, ctx: &mut Ctx) {
         if ctx.cfg.send_routes {
-            ctx.routes.push_back(RouteMsg::client_add(self.client, self.target));
+            ctx.routes
+                .push_back(RouteMsg::client_add(self.client, self.target));
             ctx.c.route_msgs += 1;
         }
     }
@@ -329,7 +329,11 @@ impl Session {
     /// A packet tcpcopy makes up (no captured counterpart).
     fn fabricate(&mut self, seq: u32, ack: u32, flags: u8, ctx: &mut Ctx) {
         let id = self.next_id();
-        let ts = if flags & RST == 0 { self.ts_opts() } else { None };
+        let ts = if flags & RST == 0 {
+            self.ts_opts()
+        } else {
+            None
+        };
         let pkt = emit::build(&SegmentSpec {
             src: self.client,
             dst: self.target,
@@ -374,7 +378,10 @@ impl Session {
             opts_buf = seg.options.clone();
             emit::rewrite_ts(&mut opts_buf, off, self.last_tsval, recent);
             options = &opts_buf;
-        } else if seg.ts_offset.is_some() && self.ts_recent.is_none() && self.phase == Phase::Established {
+        } else if seg.ts_offset.is_some()
+            && self.ts_recent.is_none()
+            && self.phase == Phase::Established
+        {
             // The target does not use timestamps: leave the option out.
             opts_buf = strip_ts(&seg.options, seg.ts_offset.unwrap_or(0));
             options = &opts_buf;
@@ -454,6 +461,7 @@ impl Session {
             Some(_) => ctx.c.duplicates += 1, // replaced by the longer copy
             None => {}
         }
+        self.captured_end = self.captured_end.max(off + len);
         self.pending.insert(off, seg);
         if self.pending.len() > ctx.cfg.max_buffered_segments {
             self.obsolete(now, Loss::BufferFull, ctx);
@@ -623,7 +631,12 @@ impl Session {
         // Everything captured before the RST goes first.
         if let Some(rst) = &self.rst {
             let rst_off = self.off(rst.seq).max(0) as u64;
-            if self.pending.keys().next().is_some_and(|&o| o < rst_off && o <= self.snd_nxt) {
+            if self
+                .pending
+                .keys()
+                .next()
+                .is_some_and(|&o| o < rst_off && o <= self.snd_nxt)
+            {
                 return;
             }
         }
@@ -678,7 +691,11 @@ impl Session {
         }
         ctx.c.responses += 1;
         if self.phase == Phase::SynSent || self.phase == Phase::Closed {
-            if syn && h.flags & ACK != 0 && h.ack == self.isn().wrapping_add(1) && self.phase == Phase::SynSent {
+            if syn
+                && h.flags & ACK != 0
+                && h.ack == self.isn().wrapping_add(1)
+                && self.phase == Phase::SynSent
+            {
                 self.on_syn_ack(now, h, ctx);
             } else if rst {
                 if self.phase == Phase::SynSent && h.ack == self.isn().wrapping_add(1) {
@@ -690,7 +707,10 @@ impl Session {
             } else if self.phase == Phase::SynSent {
                 // An answer from an older incarnation of this 4-tuple: clear
                 // it with an RST and try again after an RTT.
-                let ack = h.seq.wrapping_add(h.payload_len).wrapping_add((syn || fin) as u32);
+                let ack = h
+                    .seq
+                    .wrapping_add(h.payload_len)
+                    .wrapping_add((syn || fin) as u32);
                 self.fabricate(h.ack, ack, RST | ACK, ctx);
                 self.phase = Phase::Closed;
                 self.fabricated = true;
@@ -729,7 +749,11 @@ impl Session {
             self.fast_retransmitted = false;
             self.retries = 0;
             self.rto_cur = ctx.cfg.rto_ms;
-            self.rto_at = if self.outstanding() { Some(now + self.rto_cur) } else { None };
+            self.rto_at = if self.outstanding() {
+                Some(now + self.rto_cur)
+            } else {
+                None
+            };
         } else if h.payload_len == 0
             && !fin
             && self.outstanding()
@@ -876,10 +900,16 @@ impl Session {
     // ---- timers
 
     pub fn next_deadline(&self) -> Option<u64> {
-        [Some(self.gc_at), self.delay_ack_at, self.rto_at, self.reconnect_at, self.wait_deadline]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            Some(self.gc_at),
+            self.delay_ack_at,
+            self.rto_at,
+            self.reconnect_at,
+            self.wait_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn on_timeout(&mut self, now: u64, ctx: &mut Ctx) {
@@ -914,7 +944,11 @@ impl Session {
                 self.resp_since_tick = false;
                 self.send_ack(ctx);
                 let half = (self.rtt / 2).max(1);
-                let next = if self.last_resp_full && self.pending.is_empty() { self.rtt } else { half };
+                let next = if self.last_resp_full && self.pending.is_empty() {
+                    self.rtt
+                } else {
+                    half
+                };
                 self.delay_ack_at = Some(now + next);
             } else if self.waiting {
                 // No response data for a whole interval: the response is
@@ -945,7 +979,10 @@ impl Session {
             }
             return;
         }
-        if self.gap_since.is_some_and(|t| now.saturating_sub(t) >= cfg.gap_timeout_ms) {
+        if self
+            .gap_since
+            .is_some_and(|t| now.saturating_sub(t) >= cfg.gap_timeout_ms)
+        {
             self.obsolete(now, Loss::CaptureGap, ctx);
             return;
         }

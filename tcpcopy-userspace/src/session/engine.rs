@@ -90,7 +90,9 @@ impl Engine {
     /// A packet as captured: an IPv4 packet (link header removed).
     pub fn handle_client_packet(&mut self, now: u64, packet: &[u8]) {
         self.counters.captured += 1;
-        let Some((segs, src, sport, dst, dport)) = self.ingress(packet) else { return };
+        let Some((segs, src, sport, dst, dport)) = self.ingress(packet) else {
+            return;
+        };
         let Some(t) = self.cfg.transfer_for(dst, dport).copied() else {
             self.counters.no_transfer += 1;
             return;
@@ -108,7 +110,10 @@ impl Engine {
         }
         let captured_src = src;
         if let Some(pool) = &self.cfg.client_pool {
-            src = *self.pool_cache.entry(src).or_insert_with(|| pool.bind(captured_src));
+            src = *self
+                .pool_cache
+                .entry(src)
+                .or_insert_with(|| pool.bind(captured_src));
         }
         let pct = self.cfg.sample_percent;
         if pct > 0 && pct < 100 && sample_bucket(src, sport) >= pct {
@@ -185,9 +190,14 @@ impl Engine {
             tos: ip.tos(),
         };
         let payload = tcp.payload();
-        let max = (self.cfg.mtu as usize).saturating_sub(ip.header_len() + tcp.header_len()).max(1);
+        let max = (self.cfg.mtu as usize)
+            .saturating_sub(ip.header_len() + tcp.header_len())
+            .max(1);
         let segs = if payload.len() <= max {
-            vec![ClientSegment { payload: payload.to_vec(), ..seg }]
+            vec![ClientSegment {
+                payload: payload.to_vec(),
+                ..seg
+            }]
         } else {
             self.counters.split_oversize += 1;
             let n = payload.len().div_ceil(max);
@@ -206,7 +216,13 @@ impl Engine {
                 })
                 .collect()
         };
-        Some((segs, ip.src().into(), tcp.src_port(), ip.dst().into(), tcp.dst_port()))
+        Some((
+            segs,
+            ip.src().into(),
+            tcp.src_port(),
+            ip.dst().into(),
+            tcp.dst_port(),
+        ))
     }
 
     fn ctx(&mut self) -> (Ctx<'_>, &mut HashMap<SessionKey, Entry>) {
@@ -309,7 +325,8 @@ impl Engine {
         let (mut ctx, sessions) = self.ctx();
         if let Some(e) = sessions.get_mut(&key) {
             if e.session.phase != Phase::Lingering {
-                e.session.obsolete(now, super::conn::Loss::TimedOut, &mut ctx);
+                e.session
+                    .obsolete(now, super::conn::Loss::TimedOut, &mut ctx);
             }
         }
         self.remove(key);
@@ -324,7 +341,9 @@ impl Engine {
 
     /// After a session ran: remove it or (re)schedule its timer.
     fn after(&mut self, key: SessionKey) {
-        let Some(e) = self.sessions.get_mut(&key) else { return };
+        let Some(e) = self.sessions.get_mut(&key) else {
+            return;
+        };
         if e.session.destroy {
             self.remove(key);
             return;
@@ -357,7 +376,9 @@ impl Engine {
             }
             self.timers.pop();
             let (mut ctx, sessions) = self.ctx();
-            let Some(e) = sessions.get_mut(&key) else { continue };
+            let Some(e) = sessions.get_mut(&key) else {
+                continue;
+            };
             if e.session.scheduled != Some(t) {
                 continue; // superseded by an earlier deadline
             }

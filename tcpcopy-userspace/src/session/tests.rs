@@ -31,7 +31,11 @@ struct Out {
 fn parse_out(p: &[u8]) -> Out {
     let ip = Ipv4View::new_checked(p).unwrap();
     assert_eq!(crate::wire::internet_checksum(&p[..20]), 0, "IP checksum");
-    assert_eq!(crate::wire::tcp_checksum(ip.src(), ip.dst(), ip.payload()), 0, "TCP checksum");
+    assert_eq!(
+        crate::wire::tcp_checksum(ip.src(), ip.dst(), ip.payload()),
+        0,
+        "TCP checksum"
+    );
     let t = TcpView::new_checked(ip.payload()).unwrap();
     Out {
         src: (ip.src().into(), t.src_port()),
@@ -49,7 +53,15 @@ fn parse_out(p: &[u8]) -> Out {
 
 /// Build a captured client packet.
 #[allow(clippy::too_many_arguments)]
-fn client_pkt(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), seq: u32, ack: u32, flags: u8, payload: &[u8], options: &[u8]) -> Vec<u8> {
+fn client_pkt(
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: &[u8],
+    options: &[u8],
+) -> Vec<u8> {
     super::emit::build(&super::emit::SegmentSpec {
         src,
         dst,
@@ -65,7 +77,9 @@ fn client_pkt(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), seq: u32, ack: u32, fl
     })
 }
 
-const SYN_OPTS: [u8; 20] = [2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7];
+const SYN_OPTS: [u8; 20] = [
+    2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+];
 
 struct Lab {
     e: Engine,
@@ -76,7 +90,12 @@ struct Lab {
 
 impl Lab {
     fn new(cfg: Config) -> Lab {
-        Lab { e: Engine::new(Arc::new(cfg)), now: 0, sent: Vec::new(), routes: Vec::new() }
+        Lab {
+            e: Engine::new(Arc::new(cfg)),
+            now: 0,
+            sent: Vec::new(),
+            routes: Vec::new(),
+        }
     }
     fn default_cfg() -> Config {
         Config {
@@ -119,7 +138,15 @@ impl Lab {
     }
     /// A response from the target to `client` (as replayed).
     #[allow(clippy::too_many_arguments)]
-    fn respond(&mut self, client: (Ipv4Addr, u16), seq: u32, ack: u32, flags: u8, len: u32, ts: Option<(u32, u32)>) -> Vec<Out> {
+    fn respond(
+        &mut self,
+        client: (Ipv4Addr, u16),
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        len: u32,
+        ts: Option<(u32, u32)>,
+    ) -> Vec<Out> {
         let h = ResponseHeader {
             src_ip: TARGET,
             src_port: 8080,
@@ -167,7 +194,10 @@ fn basic_replay_of_one_request() {
     let mut l = Lab::new(Lab::default_cfg());
     let out = l.capture(P, ISN, 0, 0x02, &[]);
     // Route before SYN, SYN with the client's options.
-    assert_eq!(l.routes, vec![RouteMsg::client_add((CLIENT, P), (TARGET, 8080))]);
+    assert_eq!(
+        l.routes,
+        vec![RouteMsg::client_add((CLIENT, P), (TARGET, 8080))]
+    );
     assert_eq!(out[0].flags, 0x02);
     assert_eq!(out[0].options, SYN_OPTS.to_vec());
     assert_eq!(out[0].dst, (TARGET, 8080));
@@ -175,14 +205,20 @@ fn basic_replay_of_one_request() {
     let out = l.respond((CLIENT, P), TISN, ISN + 1, 0x12, 0, None);
     assert!(out.is_empty(), "waits for the client's ACK");
     let out = l.capture(P, ISN + 1, 777, 0x10, &[]);
-    assert_eq!((out[0].flags, out[0].seq, out[0].ack), (0x10, ISN + 1, TISN + 1));
+    assert_eq!(
+        (out[0].flags, out[0].seq, out[0].ack),
+        (0x10, ISN + 1, TISN + 1)
+    );
     let out = l.capture(P, ISN + 1, 777, 0x18, b"GET / 1\n");
     assert_eq!(out[0].payload, b"GET / 1\n");
     assert_eq!((out[0].seq, out[0].ack), (ISN + 1, TISN + 1));
     // Target answers 100 bytes, acking the request.
     l.respond((CLIENT, P), TISN + 1, ISN + 9, 0x18, 100, None);
     let out = l.advance(5);
-    assert!(out.iter().any(|o| o.flags == 0x10 && o.ack == TISN + 101), "response acked: {out:?}");
+    assert!(
+        out.iter().any(|o| o.flags == 0x10 && o.ack == TISN + 101),
+        "response acked: {out:?}"
+    );
     // Client acks the response (absorbed), then closes.
     assert!(l.capture(P, ISN + 9, 877, 0x10, &[]).is_empty());
     let out = l.capture(P, ISN + 9, 877, 0x11, &[]);
@@ -193,7 +229,16 @@ fn basic_replay_of_one_request() {
     assert_eq!(out.len(), 1);
     assert_eq!((out[0].flags, out[0].ack), (0x10, TISN + 102));
     let c = l.e.counters().clone();
-    assert_eq!((c.syns_sent, c.connections, c.requests_replayed, c.fins_sent, c.rsts_sent), (1, 1, 1, 1, 0));
+    assert_eq!(
+        (
+            c.syns_sent,
+            c.connections,
+            c.requests_replayed,
+            c.fins_sent,
+            c.rsts_sent
+        ),
+        (1, 1, 1, 1, 0)
+    );
     assert_eq!(c.response_fins, 1);
     assert_eq!(l.e.active_sessions(), 1, "lingering");
     l.advance(6_001);
@@ -204,7 +249,10 @@ fn basic_replay_of_one_request() {
 #[test]
 fn request_waits_for_previous_response_and_w_turns_it_off() {
     for no_wait in [false, true] {
-        let mut l = Lab::new(Config { no_wait, ..Lab::default_cfg() });
+        let mut l = Lab::new(Config {
+            no_wait,
+            ..Lab::default_cfg()
+        });
         let key = handshake(&mut l);
         l.capture(P, ISN + 1, 777, 0x18, b"req1");
         // The client got resp1 (its ack moved) and sent req2 at once.
@@ -214,6 +262,7 @@ fn request_waits_for_previous_response_and_w_turns_it_off() {
             continue;
         }
         assert!(out.is_empty(), "req2 held until resp1 arrives");
+        l.respond(key, TISN + 1, ISN + 5, 0x10, 0, None); // req1 acked
         let out = l.advance(400);
         assert!(out.is_empty(), "still held while the target thinks");
         // resp1 arrives (the target acks req1 too).
@@ -240,9 +289,15 @@ fn pacing_with_a_measured_rtt_waits_for_a_quiet_period() {
     l.advance(10);
     l.respond(key, TISN + 1449, ISN + 5, 0x18, 100, None);
     let out = l.advance(39);
-    assert!(out.iter().all(|o| o.payload.is_empty()), "not before a quiet RTT: {out:?}");
+    assert!(
+        out.iter().all(|o| o.payload.is_empty()),
+        "not before a quiet RTT: {out:?}"
+    );
     let out = l.advance(100);
-    let req2 = out.iter().find(|o| o.payload == b"req2").expect("req2 released after the quiet period");
+    let req2 = out
+        .iter()
+        .find(|o| o.payload == b"req2")
+        .expect("req2 released after the quiet period");
     assert_eq!(req2.ack, TISN + 1549);
     l.check_invariants();
 }
@@ -251,33 +306,52 @@ fn pacing_with_a_measured_rtt_waits_for_a_quiet_period() {
 fn server_first_greeting_is_awaited_and_acknowledged() {
     let mut l = Lab::new(Lab::default_cfg());
     let key = handshake(&mut l); // third ACK captured ack 777
-    // The client's first data acks 12 greeting bytes: server speaks first.
+                                 // The client's first data acks 12 greeting bytes: server speaks first.
     let out = l.capture(P, ISN + 1, 789, 0x18, b"HELO");
     assert!(out.is_empty(), "held for the greeting");
     l.advance(1000);
     let out = l.respond(key, TISN + 1, ISN + 1, 0x18, 12, None);
-    let cmd = out.iter().find(|o| o.payload == b"HELO").expect("command follows the greeting");
+    let cmd = out
+        .iter()
+        .find(|o| o.payload == b"HELO")
+        .expect("command follows the greeting");
     assert_eq!(cmd.ack, TISN + 13, "covers the greeting");
     l.check_invariants();
 }
 
 #[test]
 fn mid_stream_session_gets_a_fabricated_syn_and_o_skips_it() {
-    let mut l = Lab::new(Config { mss: 1400, ..Lab::default_cfg() });
+    let mut l = Lab::new(Config {
+        mss: 1400,
+        ..Lab::default_cfg()
+    });
     let out = l.capture(P, 7000, 1234, 0x18, b"req2");
     assert_eq!(out.len(), 1);
     let syn = &out[0];
-    assert_eq!((syn.flags, syn.seq, syn.window, syn.ttl, syn.df), (0x02, 6999, 65535, 64, true));
-    assert_eq!(syn.options, vec![2, 4, 0x05, 0x78], "exactly one option, MSS = -D");
+    assert_eq!(
+        (syn.flags, syn.seq, syn.window, syn.ttl, syn.df),
+        (0x02, 6999, 65535, 64, true)
+    );
+    assert_eq!(
+        syn.options,
+        vec![2, 4, 0x05, 0x78],
+        "exactly one option, MSS = -D"
+    );
     let out = l.respond((CLIENT, P), TISN, 7000, 0x12, 0, None);
-    assert_eq!((out[0].flags, out[0].seq, out[0].ack), (0x10, 7000, TISN + 1));
+    assert_eq!(
+        (out[0].flags, out[0].seq, out[0].ack),
+        (0x10, 7000, TISN + 1)
+    );
     assert_eq!(out[1].payload, b"req2");
     assert_eq!(out[1].window, 65535);
     let c = l.e.counters();
     assert_eq!((c.syns_sent, c.syns_fabricated, c.connections), (1, 1, 1));
     l.check_invariants();
 
-    let mut o = Lab::new(Config { only_complete: true, ..Lab::default_cfg() });
+    let mut o = Lab::new(Config {
+        only_complete: true,
+        ..Lab::default_cfg()
+    });
     assert!(o.capture(P, 7000, 1234, 0x18, b"req2").is_empty());
     assert_eq!(o.e.counters().only_complete_skipped, 1);
     assert_eq!(o.e.counters().syns_sent, 0);
@@ -292,8 +366,14 @@ fn pure_acks_are_absorbed_and_response_data_is_acked_by_tcpcopy() {
     let mut fabricated = 0;
     for i in 0..10u32 {
         l.respond(key, TISN + 1 + i * 1448, ISN + 9, 0x10, 1448, None);
-        assert!(l.capture(P, ISN + 9, 777 + (i + 1) * 1448, 0x10, &[]).is_empty());
-        fabricated += l.advance(1).iter().filter(|o| o.flags == 0x10 && o.payload.is_empty()).count();
+        assert!(l
+            .capture(P, ISN + 9, 777 + (i + 1) * 1448, 0x10, &[])
+            .is_empty());
+        fabricated += l
+            .advance(1)
+            .iter()
+            .filter(|o| o.flags == 0x10 && o.payload.is_empty())
+            .count();
     }
     l.advance(50);
     let last = l.sent.iter().rev().find(|o| o.flags == 0x10).unwrap();
@@ -306,7 +386,11 @@ fn pure_acks_are_absorbed_and_response_data_is_acked_by_tcpcopy() {
 
 #[test]
 fn replicas_use_distinct_ports_and_collisions_are_avoided() {
-    let mut l = Lab::new(Config { replicas: 3, random_offset: 5, ..Lab::default_cfg() });
+    let mut l = Lab::new(Config {
+        replicas: 3,
+        random_offset: 5,
+        ..Lab::default_cfg()
+    });
     let out = l.capture(P, ISN, 0, 0x02, &[]);
     let ports: Vec<u16> = out.iter().map(|o| o.src.1).collect();
     assert_eq!(ports, vec![P, P + 32 + 5, P + 96 + 5]);
@@ -324,7 +408,10 @@ fn replicas_use_distinct_ports_and_collisions_are_avoided() {
 
 #[test]
 fn sampling_keeps_whole_sessions_by_the_c_bucket() {
-    let mut l = Lab::new(Config { sample_percent: 30, ..Lab::default_cfg() });
+    let mut l = Lab::new(Config {
+        sample_percent: 30,
+        ..Lab::default_cfg()
+    });
     let mut expected = 0;
     for port in 30000..30200u16 {
         if sample_bucket(CLIENT, port) < 30 {
@@ -341,10 +428,25 @@ fn sampling_keeps_whole_sessions_by_the_c_bucket() {
 
 #[test]
 fn client_pool_binds_each_client_to_one_address() {
-    let pool = parse_client_pool("10.9.9.5,10.9.9.6", &parse_transfers("80-10.0.2.2:8080").unwrap()).unwrap();
-    let mut l = Lab::new(Config { client_pool: Some(ClientPool::new(pool)), ..Lab::default_cfg() });
+    let pool = parse_client_pool(
+        "10.9.9.5,10.9.9.6",
+        &parse_transfers("80-10.0.2.2:8080").unwrap(),
+    )
+    .unwrap();
+    let mut l = Lab::new(Config {
+        client_pool: Some(ClientPool::new(pool)),
+        ..Lab::default_cfg()
+    });
     let a = l.capture(P, ISN, 0, 0x02, &[]);
-    let other = client_pkt((Ipv4Addr::new(10, 0, 1, 11), P), (ONLINE, 80), ISN, 0, 0x02, &[], &[]);
+    let other = client_pkt(
+        (Ipv4Addr::new(10, 0, 1, 11), P),
+        (ONLINE, 80),
+        ISN,
+        0,
+        0x02,
+        &[],
+        &[],
+    );
     l.e.handle_client_packet(0, &other);
     let b = l.drain();
     let a2 = l.capture(P + 1, ISN, 0, 0x02, &[]);
@@ -356,10 +458,22 @@ fn client_pool_binds_each_client_to_one_address() {
 
 #[test]
 fn several_transfers_route_by_destination() {
-    let cfg = Config { transfers: parse_transfers("80-10.0.2.2:8080,81-10.0.2.2:9090,10.0.1.1:82-10.0.2.3:82").unwrap(), ..Config::default() };
+    let cfg = Config {
+        transfers: parse_transfers("80-10.0.2.2:8080,81-10.0.2.2:9090,10.0.1.1:82-10.0.2.3:82")
+            .unwrap(),
+        ..Config::default()
+    };
     let mut l = Lab::new(cfg);
     let a = client_pkt((CLIENT, 1), (ONLINE, 81), 1, 0, 0x02, &[], &[]);
-    let b = client_pkt((CLIENT, 2), (Ipv4Addr::new(10, 0, 1, 2), 82), 1, 0, 0x02, &[], &[]);
+    let b = client_pkt(
+        (CLIENT, 2),
+        (Ipv4Addr::new(10, 0, 1, 2), 82),
+        1,
+        0,
+        0x02,
+        &[],
+        &[],
+    );
     l.e.handle_client_packet(0, &a);
     l.e.handle_client_packet(0, &b);
     let out = l.drain();
@@ -378,7 +492,10 @@ fn client_rst_is_held_while_a_response_is_pending() {
     l.advance(500);
     l.respond(key, TISN + 1, ISN + 4, 0x18, 10, None);
     let out = l.advance(10);
-    let rst = out.iter().find(|o| o.flags & 0x04 != 0).expect("RST after the response");
+    let rst = out
+        .iter()
+        .find(|o| o.flags & 0x04 != 0)
+        .expect("RST after the response");
     assert_eq!(rst.seq, ISN + 4);
     l.check_invariants();
 }
@@ -394,7 +511,10 @@ fn target_closing_first_gets_ack_then_rst() {
     assert_eq!(out[0].flags, 0x10);
     assert_eq!(out[0].ack, TISN + 12);
     assert_eq!(out[1].flags & 0x04, 0x04);
-    assert!(l.capture(P, ISN + 4, 800, 0x11, &[]).is_empty(), "a later client FIN sends nothing");
+    assert!(
+        l.capture(P, ISN + 4, 800, 0x11, &[]).is_empty(),
+        "a later client FIN sends nothing"
+    );
     assert_eq!(l.e.counters().late_for_closed, 1);
     l.advance(6_001);
     assert_eq!(l.e.active_sessions(), 0);
@@ -419,7 +539,10 @@ fn target_reset_with_unsent_data_reconnects_from_the_first_unacked_byte() {
     assert_eq!(l.routes.len(), 2, "a route precedes the new SYN");
     let out = l.respond(key, TISN + 9000, ISN + 5, 0x12, 0, None);
     let req2 = out.iter().find(|o| !o.payload.is_empty()).unwrap();
-    assert_eq!((req2.payload.as_slice(), req2.ack), (&b"req2"[..], TISN + 9001));
+    assert_eq!(
+        (req2.payload.as_slice(), req2.ack),
+        (&b"req2"[..], TISN + 9001)
+    );
     let c = l.e.counters();
     assert_eq!((c.reconnects, c.response_rsts, c.connections), (1, 1, 2));
     // req1 was sent exactly once.
@@ -435,7 +558,11 @@ fn refused_and_unanswered_handshakes() {
     assert_eq!(l.e.active_sessions(), 0, "refused: gone at once");
     assert_eq!(l.e.counters().lost_target_refused, 1);
     l.capture(P, 7004, 1, 0x18, b"more");
-    assert_eq!(l.e.counters().syns_fabricated, 2, "each later segment tries again");
+    assert_eq!(
+        l.e.counters().syns_fabricated,
+        2,
+        "each later segment tries again"
+    );
     // No SYN-ACK at all: obsolete after 3 s, RST sent.
     let mut m = Lab::new(Lab::default_cfg());
     m.capture(P, ISN, 0, 0x02, &[]);
@@ -449,12 +576,19 @@ fn refused_and_unanswered_handshakes() {
 
 #[test]
 fn idle_sessions_time_out_after_keepalive() {
-    let mut l = Lab::new(Config { session_timeout_ms: 10_000, keepalive_timeout_ms: 20_000, ..Lab::default_cfg() });
+    let mut l = Lab::new(Config {
+        session_timeout_ms: 10_000,
+        keepalive_timeout_ms: 20_000,
+        ..Lab::default_cfg()
+    });
     let key = handshake(&mut l);
     l.capture(P, ISN + 1, 777, 0x18, b"req");
     l.respond(key, TISN + 1, ISN + 4, 0x18, 10, None);
     let out = l.advance(15_000);
-    assert!(out.iter().all(|o| o.flags & 0x04 == 0), "kept past -t: a request was answered");
+    assert!(
+        out.iter().all(|o| o.flags & 0x04 == 0),
+        "kept past -t: a request was answered"
+    );
     let out = l.advance(13_000);
     assert!(out.iter().any(|o| o.flags & 0x04 != 0), "reset after -k");
     assert_eq!(l.e.counters().obsolete, 1);
@@ -463,13 +597,21 @@ fn idle_sessions_time_out_after_keepalive() {
 
 #[test]
 fn duplicate_captures_reach_the_target_once() {
-    let mut l = Lab::new(Config { no_wait: true, ..Lab::default_cfg() });
+    let mut l = Lab::new(Config {
+        no_wait: true,
+        ..Lab::default_cfg()
+    });
     handshake(&mut l);
     for (seq, data) in [(ISN + 1, &b"abcd"[..]), (ISN + 5, b"efgh")] {
         l.capture(P, seq, 777, 0x18, data);
         l.capture(P, seq, 777, 0x18, data);
     }
-    let payloads: Vec<_> = l.sent.iter().filter(|o| !o.payload.is_empty()).map(|o| o.payload.clone()).collect();
+    let payloads: Vec<_> = l
+        .sent
+        .iter()
+        .filter(|o| !o.payload.is_empty())
+        .map(|o| o.payload.clone())
+        .collect();
     assert_eq!(payloads, vec![b"abcd".to_vec(), b"efgh".to_vec()]);
     assert_eq!(l.e.counters().duplicates, 2);
     l.check_invariants();
@@ -481,17 +623,27 @@ fn unacknowledged_data_is_retransmitted() {
     let key = handshake(&mut l);
     l.capture(P, ISN + 1, 777, 0x18, b"req");
     let out = l.advance(100);
-    assert_eq!(out.iter().filter(|o| o.payload == b"req").count(), 1, "RTO 100 ms");
+    assert_eq!(
+        out.iter().filter(|o| o.payload == b"req").count(),
+        1,
+        "RTO 100 ms"
+    );
     l.respond(key, TISN + 1, ISN + 4, 0x18, 5, None);
     assert_eq!(l.e.counters().retransmits, 1);
     let out = l.advance(1_000);
-    assert!(out.iter().all(|o| o.payload.is_empty()), "acked: no more retransmissions");
+    assert!(
+        out.iter().all(|o| o.payload.is_empty()),
+        "acked: no more retransmissions"
+    );
     l.check_invariants();
 }
 
 #[test]
 fn oversized_captured_segments_are_cut_to_the_mtu() {
-    let mut l = Lab::new(Config { no_wait: true, ..Lab::default_cfg() });
+    let mut l = Lab::new(Config {
+        no_wait: true,
+        ..Lab::default_cfg()
+    });
     handshake(&mut l);
     let data: Vec<u8> = (0..4000u32).map(|i| i as u8).collect();
     let out = l.capture(P, ISN + 1, 777, 0x19, &data);
@@ -521,22 +673,35 @@ fn shutdown_resets_live_sessions_and_counts_unsent_data() {
 
 #[test]
 fn session_buffer_is_bounded() {
-    let mut l = Lab::new(Config { max_buffered_segments: 100, ..Lab::default_cfg() });
+    let mut l = Lab::new(Config {
+        max_buffered_segments: 100,
+        ..Lab::default_cfg()
+    });
     handshake(&mut l);
     // A gap at the front: nothing can be sent, everything is held.
-    for i in 0..200u32 {
+    for i in 0..150u32 {
         l.capture(P, ISN + 11 + i * 10, 777, 0x18, b"0123456789");
+        assert!(l.e.buffered() <= 100, "never more than the cap");
     }
-    assert_eq!(l.e.buffered(), 0, "the session gave up at its cap");
-    assert_eq!(l.e.counters().lost_buffer_full, 101);
+    assert_eq!(
+        l.e.counters().lost_buffer_full,
+        101,
+        "the session gave up at its cap"
+    );
     l.check_invariants();
 }
 
 #[test]
 fn capture_gap_is_held_then_filled_or_given_up() {
-    let mut l = Lab::new(Config { no_wait: true, ..Lab::default_cfg() });
+    let mut l = Lab::new(Config {
+        no_wait: true,
+        ..Lab::default_cfg()
+    });
     handshake(&mut l);
-    assert!(l.capture(P, ISN + 5, 777, 0x18, b"efgh").is_empty(), "gap: held");
+    assert!(
+        l.capture(P, ISN + 5, 777, 0x18, b"efgh").is_empty(),
+        "gap: held"
+    );
     let out = l.capture(P, ISN + 1, 777, 0x18, b"abcd");
     let data: Vec<u8> = out.iter().flat_map(|o| o.payload.clone()).collect();
     assert_eq!(data, b"abcdefgh");
@@ -550,18 +715,35 @@ mod property {
     use super::*;
     use proptest::prelude::*;
 
-    /// A simple target: accepts in-order data, acks everything it has.
-    fn run(order: Vec<usize>, dups: Vec<bool>, chunks: Vec<Vec<u8>>) -> (Vec<u8>, Counters, u64) {
-        let mut l = Lab::new(Config { no_wait: true, ..Lab::default_cfg() });
+    struct Script {
+        chunks: Vec<Vec<u8>>,
+        /// Order in which chunks are captured (indices wrap).
+        order: Vec<usize>,
+        /// Capture this one twice.
+        dups: Vec<bool>,
+        /// Lose the target's ACK record for this packet (cyclic).
+        lose_acks: Vec<bool>,
+        /// The client retransmits everything at the end (no capture loss).
+        client_retransmits: bool,
+    }
+
+    /// A simple target: accepts in-order data and acks all it has; some of
+    /// its ACK records never reach tcpcopy.
+    fn run(sc: &Script) -> (Vec<u8>, Counters, u64) {
+        let mut l = Lab::new(Config {
+            no_wait: true,
+            ..Lab::default_cfg()
+        });
         let key = handshake(&mut l);
         let mut seqs = Vec::new();
         let mut s = ISN + 1;
-        for c in &chunks {
+        for c in &sc.chunks {
             seqs.push(s);
             s += c.len() as u32;
         }
         let mut delivered = Vec::new();
         let mut next = ISN + 1;
+        let mut nth = 0usize;
         let mut feed = |l: &mut Lab, out: Vec<Out>, delivered: &mut Vec<u8>, next: &mut u32| {
             let mut pending = out;
             while !pending.is_empty() {
@@ -572,44 +754,75 @@ mod property {
                         *next += o.payload.len() as u32;
                     }
                     if !o.payload.is_empty() {
-                        more.extend(l.respond(key, TISN + 1, *next, 0x10, 0, None));
+                        nth += 1;
+                        let lost =
+                            !sc.lose_acks.is_empty() && sc.lose_acks[nth % sc.lose_acks.len()];
+                        if !lost {
+                            more.extend(l.respond(key, TISN + 1, *next, 0x10, 0, None));
+                        }
                     }
                 }
                 pending = more;
             }
         };
-        for (k, &i) in order.iter().enumerate() {
-            let i = i % chunks.len();
-            let out = l.capture(P, seqs[i], 777, 0x18, &chunks[i]);
-            feed(&mut l, out, &mut delivered, &mut next);
-            if dups.get(k).copied().unwrap_or(false) {
-                let out = l.capture(P, seqs[i], 777, 0x18, &chunks[i]);
+        let n = sc.chunks.len();
+        for (k, &i) in sc.order.iter().enumerate() {
+            let i = i % n;
+            for _ in 0..1 + sc.dups.get(k).copied().unwrap_or(false) as usize {
+                let out = l.capture(P, seqs[i], 777, 0x18, &sc.chunks[i]);
                 feed(&mut l, out, &mut delivered, &mut next);
             }
         }
-        // The client retransmits everything at the end (as a real one would).
-        for i in 0..chunks.len() {
-            let out = l.capture(P, seqs[i], 777, 0x18, &chunks[i]);
+        if sc.client_retransmits {
+            for i in 0..n {
+                let out = l.capture(P, seqs[i], 777, 0x18, &sc.chunks[i]);
+                feed(&mut l, out, &mut delivered, &mut next);
+            }
+        }
+        // Let retransmission timers and the gap timeout run.
+        for _ in 0..300 {
+            let out = l.advance(100);
             feed(&mut l, out, &mut delivered, &mut next);
         }
-        let out = l.advance(1000);
-        feed(&mut l, out, &mut delivered, &mut next);
         l.check_invariants();
         (delivered, l.e.counters().clone(), l.e.buffered())
     }
 
+    fn chunks() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 1..50), 1..12)
+    }
+
     proptest! {
         #[test]
-        fn any_reordering_and_duplication_delivers_the_stream_once(
-            chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..50), 1..12),
+        fn reordering_duplication_and_lost_acks_still_deliver_the_stream_once(
+            chunks in chunks(),
             order in prop::collection::vec(0usize..12, 0..30),
             dups in prop::collection::vec(any::<bool>(), 0..30),
+            lose_acks in prop::collection::vec(prop::bool::weighted(0.3), 0..8),
         ) {
             let expected: Vec<u8> = chunks.concat();
-            let (delivered, c, buffered) = run(order, dups, chunks);
+            let sc = Script { chunks, order, dups, lose_acks, client_retransmits: true };
+            let (delivered, c, buffered) = run(&sc);
             prop_assert_eq!(delivered, expected);
             prop_assert_eq!(buffered, 0);
             prop_assert_eq!(c.lost(), 0);
+        }
+
+        #[test]
+        fn lost_captures_give_an_ordered_prefix_and_a_counted_loss(
+            chunks in chunks(),
+            order in prop::collection::vec(0usize..12, 0..30),
+        ) {
+            let expected: Vec<u8> = chunks.concat();
+            let sc = Script { chunks, order, dups: vec![], lose_acks: vec![], client_retransmits: false };
+            let (delivered, c, buffered) = run(&sc);
+            prop_assert!(expected.starts_with(&delivered), "delivered bytes are the stream's prefix, in order");
+            if delivered.len() < expected.len() {
+                // Whatever was captured but could not be delivered is counted.
+                prop_assert_eq!(buffered, 0);
+                let captured_beyond = c.session_inputs - c.replayed - c.duplicates;
+                prop_assert_eq!(c.lost(), captured_beyond);
+            }
         }
     }
 }
