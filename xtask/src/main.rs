@@ -47,6 +47,8 @@ enum Cmd {
     },
     /// Unit tests, then the root-only integration tests in namespaces.
     Test,
+    /// Benchmarks; reports go to bench/results/. Today: the session engine.
+    Bench,
 }
 
 fn main() {
@@ -74,6 +76,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Lab { action } => lab::run(action),
         Cmd::Demo { seconds } => demo::demo(seconds),
         Cmd::Test => test(),
+        Cmd::Bench => {
+            setup::setup(false)?;
+            util::cargo(&["run", "--release", "--package", "bench", "--", "engine"])
+        }
     }
 }
 

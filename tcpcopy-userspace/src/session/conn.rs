@@ -3,12 +3,11 @@
 //! response headers; writes the packets to send into a [`Ctx`]. Sans-IO:
 //! time comes in as milliseconds.
 
-use super::{
-    config::Config,
-    counters::Counters,
-    emit::{self, SegmentSpec},
+use super::{config::Config, counters::Counters};
+use crate::{
+    proto::{ResponseHeader, RouteMsg},
+    wire::build::{self as emit, SegmentSpec},
 };
-use crate::proto::{ResponseHeader, RouteMsg};
 use std::{
     collections::{BTreeMap, VecDeque},
     net::Ipv4Addr,

@@ -40,7 +40,6 @@
 mod config;
 mod conn;
 mod counters;
-mod emit;
 mod engine;
 
 pub use config::{

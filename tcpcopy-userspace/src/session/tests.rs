@@ -62,7 +62,7 @@ fn client_pkt(
     payload: &[u8],
     options: &[u8],
 ) -> Vec<u8> {
-    super::emit::build(&super::emit::SegmentSpec {
+    crate::wire::build::build(&crate::wire::build::SegmentSpec {
         src,
         dst,
         seq,

@@ -3,6 +3,7 @@
 //! trust a captured checksum (offloads leave them partial): everything that
 //! is emitted gets its checksums recomputed.
 
+pub mod build;
 mod checksum;
 mod ipv4;
 mod tcp;

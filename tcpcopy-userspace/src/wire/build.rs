@@ -1,7 +1,7 @@
-//! Building the IPv4/TCP packets the engine sends to the target, with fresh
-//! checksums (captured ones are never trusted).
+//! Building IPv4/TCP packets (what the session engine sends to the target),
+//! always with fresh checksums (captured ones are never trusted).
 
-use crate::wire::{internet_checksum, tcp_checksum};
+use super::{internet_checksum, tcp_checksum};
 use std::net::Ipv4Addr;
 
 /// Everything that goes into one emitted segment.
