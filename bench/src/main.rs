@@ -77,7 +77,11 @@ fn establish(e: &mut Engine, n: u32) -> Vec<(Ipv4Addr, u16)> {
 
 fn rss_kib() -> u64 {
     let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = s.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
     pages * 4
 }
 
@@ -89,7 +93,8 @@ fn engine_bench() -> String {
     // Throughput: 1000 keep-alive sessions, rounds of request → response.
     let mut e = Engine::new(cfg.clone());
     let sessions = establish(&mut e, 1000);
-    let request = b"GET /index.html HTTP/1.1\r\nHost: example\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n";
+    let request =
+        b"GET /index.html HTTP/1.1\r\nHost: example\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n";
     let rounds = 300u32;
     let packets: Vec<Vec<Vec<u8>>> = (0..rounds)
         .map(|r| {

@@ -154,8 +154,6 @@ pub struct Session {
     gc_at: u64,
     gap_since: Option<u64>,
     ip_id: u16,
-    ttl: u8,
-    tos: u8,
 }
 
 impl Session {
@@ -264,8 +262,6 @@ impl Session {
             gc_at: now + cfg.handshake_timeout_ms,
             gap_since: None,
             ip_id: seg.ip_id,
-            ttl: if seg.ttl == 0 { 64 } else { seg.ttl },
-            tos: seg.tos,
         }
     }
 
@@ -604,23 +600,7 @@ impl Session {
     }
 
     fn fabricate_fin(&mut self, seq: u32, ctx: &mut Ctx) {
-        let id = self.next_id();
-        let ts = self.ts_opts();
-        let pkt = emit::build(&SegmentSpec {
-            src: self.client,
-            dst: self.target,
-            seq,
-            ack: self.rcv_nxt,
-            flags: FIN | ACK,
-            window: 65535,
-            options: ts.as_ref().map(|o| &o[..]).unwrap_or(&[]),
-            payload: &[],
-            ip_id: id,
-            ttl: self.ttl,
-            tos: self.tos,
-        });
-        ctx.packets.push_back(pkt);
-        ctx.c.packets_sent += 1;
+        self.fabricate(seq, self.rcv_nxt, FIN | ACK, ctx);
     }
 
     fn maybe_send_rst(&mut self, now: u64, ctx: &mut Ctx) {
