@@ -826,3 +826,42 @@ mod property {
         }
     }
 }
+
+#[test]
+fn timestamps_echo_the_target_and_never_go_backwards() {
+    let mut l = Lab::new(Config {
+        no_wait: true,
+        ..Lab::default_cfg()
+    });
+    l.capture(P, ISN, 0, 0x02, &[]);
+    let key = (CLIENT, P);
+    // The target uses timestamps: TSval 900.
+    l.respond(key, TISN, ISN + 1, 0x12, 0, Some((900, 1)));
+    let ts = |v: u32, e: u32| -> Vec<u8> {
+        let mut o = vec![1, 1, 8, 10];
+        o.extend_from_slice(&v.to_be_bytes());
+        o.extend_from_slice(&e.to_be_bytes());
+        o
+    };
+    let send = |l: &mut Lab, seq: u32, tsval: u32, data: &[u8]| {
+        let p = client_pkt(
+            (CLIENT, P),
+            (ONLINE, 80),
+            seq,
+            777,
+            0x18,
+            data,
+            &ts(tsval, 12345),
+        );
+        l.e.handle_client_packet(l.now, &p);
+        l.drain()
+    };
+    let out = send(&mut l, ISN + 1, 50, b"a");
+    let o = crate::wire::TcpOptions::parse(&out[0].options);
+    assert_eq!(o.timestamps, Some((50, 900)), "TSecr = the target's TSval");
+    l.respond(key, TISN + 1, ISN + 2, 0x10, 0, Some((950, 50)));
+    let out = send(&mut l, ISN + 2, 40, b"b"); // a captured TSval that went back
+    let o = crate::wire::TcpOptions::parse(&out[0].options);
+    assert_eq!(o.timestamps, Some((50, 950)), "TSval never decreases");
+    l.check_invariants();
+}
