@@ -6,8 +6,12 @@
 //! - [`wire`]: packet views, builders and checksums;
 //! - [`proto`]: the control channel's messages and framing;
 //! - [`session`]: the sans-IO session engine;
-//! - [`xdp`]: loading and attaching the eBPF programs behind a detach guard.
+//! - [`xdp`]: loading and attaching the eBPF programs behind a detach guard;
+//! - [`process`]: logging, daemon, pid file, shutdown signals;
+//! - [`intercept`]: the intercept program (router, control channel server).
 
+pub mod intercept;
+pub mod process;
 pub mod proto;
 pub mod session;
 pub mod wire;

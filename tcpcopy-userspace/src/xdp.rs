@@ -80,7 +80,8 @@ impl AttachedXdp {
         Ok(attached)
     }
 
-    fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
+    /// Attach the program to one more interface.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
         let prog: &mut Xdp = self.ebpf.program_mut(self.program).unwrap().try_into()?;
         prog.attach(iface, mode.aya()).with_context(|| {
             format!(

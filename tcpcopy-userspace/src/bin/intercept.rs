@@ -1,9 +1,11 @@
-//! The `intercept` program. Its control channel is not wired up yet; until
-//! it is, this binary says so instead of pretending to serve tcpcopy.
+//! The `intercept` program: see [`tcpcopy::intercept`].
+
+use clap::Parser;
+use tcpcopy::intercept::{run, InterceptOptions};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-v" || a == "--version") {
+    let opts = InterceptOptions::parse();
+    if opts.version {
         println!(
             "intercept version:{} (protocol {})",
             env!("CARGO_PKG_VERSION"),
@@ -11,6 +13,8 @@ fn main() {
         );
         return;
     }
-    eprintln!("intercept: the control channel is not built yet (see README: status)");
-    std::process::exit(2);
+    if let Err(e) = run(opts) {
+        eprintln!("intercept: {e:#}");
+        std::process::exit(1);
+    }
 }

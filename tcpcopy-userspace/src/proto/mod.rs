@@ -268,6 +268,11 @@ pub struct RouteDecoder {
 }
 
 impl RouteDecoder {
+    /// Bytes of an incomplete message held for the next read.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<RouteMsg>) -> Result<(), ProtoError> {
         self.buf.extend_from_slice(data);
         let mut pos = 0;

@@ -1,0 +1,170 @@
+//! The `intercept` program: attaches intercept-ebpf to the interfaces the
+//! target's responses arrive on (they are dropped there), reads the header
+//! records from the ring buffer and serves them to the tcpcopy connections
+//! that own the sessions, over the C tools' control channel.
+
+mod options;
+mod router;
+mod server;
+
+pub use options::{parse_filter, FilterClause, FilterError, InterceptOptions};
+pub use router::{Disposition, PeerId, RouteKey, Router, RouterStats};
+pub use server::{ControlServer, RecordSource, ServerConfig, ServerStats};
+
+use std::{
+    net::SocketAddrV4,
+    os::fd::{AsRawFd, RawFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::maps::{MapData, RingBuf};
+use tcpcopy_common::{intercept_counter, PortKey};
+
+use crate::{
+    process,
+    proto::{Framing, ResponseRecord, RECORD_LEN},
+    xdp::{AttachedXdp, INTERCEPT_EBPF},
+};
+
+/// The XDP program's ring buffer as a record source.
+pub struct RingSource {
+    ring: RingBuf<MapData>,
+    /// Records whose length was not 64 bytes (never expected).
+    pub malformed: u64,
+}
+
+impl RingSource {
+    pub fn new(xdp: &mut AttachedXdp) -> Result<Self> {
+        let map = xdp
+            .ebpf_mut()
+            .take_map("RECORDS")
+            .context("ring buffer RECORDS missing from intercept-ebpf")?;
+        Ok(RingSource {
+            ring: RingBuf::try_from(map)?,
+            malformed: 0,
+        })
+    }
+}
+
+impl RecordSource for RingSource {
+    fn fd(&self) -> Option<RawFd> {
+        Some(self.ring.as_raw_fd())
+    }
+    fn drain(&mut self, out: &mut Vec<ResponseRecord>, max: usize) {
+        for _ in 0..max {
+            let Some(item) = self.ring.next() else {
+                return;
+            };
+            if item.len() < RECORD_LEN {
+                self.malformed += 1;
+                continue;
+            }
+            let mut r = [0u8; RECORD_LEN];
+            r.copy_from_slice(&item[..RECORD_LEN]);
+            out.push(ResponseRecord(r));
+        }
+    }
+}
+
+/// Map keys for the `-F` clauses.
+pub fn filter_keys(clauses: &[FilterClause]) -> Vec<PortKey> {
+    clauses
+        .iter()
+        .map(|c| {
+            let addr = c.src_host.map_or(0, |ip| u32::from_ne_bytes(ip.octets()));
+            PortKey::new(addr, c.src_port.to_be())
+        })
+        .collect()
+}
+
+/// Run intercept until SIGINT/SIGTERM/SIGHUP.
+pub fn run(opts: InterceptOptions) -> Result<()> {
+    let Some(filter) = opts.filter.as_deref() else {
+        bail!("please set a filter (-F) for the responses to take, e.g. -F 'tcp and src port 8080'");
+    };
+    let clauses = parse_filter(filter)?;
+    if opts.ifaces.is_empty() {
+        bail!("-i: name the interfaces the target's responses arrive on");
+    }
+    if opts.daemon {
+        process::daemonize()?;
+    }
+    process::init_logging(opts.log_file.as_deref())?;
+    let _pid = opts.pid_file.as_deref().map(process::PidFile::create).transpose()?;
+    let stop = process::shutdown_flag()?;
+    tracing::info!(
+        "intercept version:{} protocol:{}",
+        env!("CARGO_PKG_VERSION"),
+        crate::proto::INTERNAL_VERSION
+    );
+
+    let mut xdp = AttachedXdp::load(INTERCEPT_EBPF, "intercept", &[], &[], opts.xdp_mode)?;
+    xdp.set_port_keys("FILTER", &filter_keys(&clauses))?;
+    let mut source = RingSource::new(&mut xdp)?;
+    let mut server = ControlServer::bind(ServerConfig {
+        listen: SocketAddrV4::new(opts.bind, opts.port),
+        framing: if opts.bare { Framing::Bare } else { Framing::Combined },
+        max_routes: opts.max_routes,
+        delay_table_size: opts.delay_table_size,
+        allow: opts.allow.clone(),
+    })?;
+    server.register_source(&source)?;
+    // Attach only once the channel is up: from here on responses are dropped.
+    for iface in &opts.ifaces {
+        xdp.attach(iface, opts.xdp_mode)?;
+    }
+    tracing::info!(
+        listen = %server.local_addr()?,
+        filter,
+        ifaces = ?opts.ifaces,
+        "intercept ready"
+    );
+
+    let interval = Duration::from_secs(opts.stats_interval.max(1));
+    let mut next_stats = Instant::now() + interval;
+    while !process::should_stop(&stop) {
+        server.turn(&mut source, Duration::from_millis(2))?;
+        if Instant::now() >= next_stats {
+            log_stats(&server, &source, &xdp, false);
+            next_stats += interval;
+        }
+    }
+    tracing::info!("shutting down");
+    log_stats(&server, &source, &xdp, true);
+    drop(server);
+    drop(xdp);
+    Ok(())
+}
+
+fn log_stats(server: &ControlServer, source: &RingSource, xdp: &AttachedXdp, at_exit: bool) {
+    let s = server.stats();
+    let r = server.router_stats();
+    let k = xdp
+        .read_counters("COUNTERS", intercept_counter::COUNT)
+        .unwrap_or_else(|_| vec![0; intercept_counter::COUNT as usize]);
+    tracing::info!(
+        "{}kernel seen:{} matched:{} exported:{} ring_full:{} | records in:{} sent:{} frames:{} unrouted:{} parked:{} parked_sent:{} parked_expired:{} delay_full:{} | conns:{} peers:{} refused:{} dropped:{} route_adds:{} routes:{} evicted:{} malformed:{}",
+        if at_exit { "final: " } else { "" },
+        k[intercept_counter::SEEN as usize],
+        k[intercept_counter::MATCHED as usize],
+        k[intercept_counter::EXPORTED as usize],
+        k[intercept_counter::RING_FULL as usize],
+        s.records_in,
+        s.records_sent,
+        s.frames_sent,
+        r.unrouted,
+        r.parked,
+        r.parked_sent,
+        r.parked_expired,
+        r.delay_table_full,
+        s.connections,
+        server.peers(),
+        s.refused,
+        s.dropped_peers,
+        r.route_adds,
+        server.routes(),
+        r.routes_evicted,
+        source.malformed,
+    );
+}

@@ -1,0 +1,233 @@
+//! intercept's command line: the C tool's letters (spec §2.2) with long
+//! names, plus `--xdp-mode`, `--bare` and `--allow`; and the `-F` filter,
+//! a subset of pcap syntax that an XDP map can express.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use clap::Parser;
+use thiserror::Error;
+
+use crate::xdp::AttachMode;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "intercept",
+    disable_version_flag = true,
+    about = "Drops the target's responses with XDP and sends their headers to tcpcopy"
+)]
+pub struct InterceptOptions {
+    /// Interfaces the target's responses arrive on (comma separated or repeated).
+    #[arg(short = 'i', long = "iface", value_delimiter = ',', required_unless_present = "version")]
+    pub ifaces: Vec<String>,
+    /// Which responses to take: `tcp and src port N [and src host A]`,
+    /// alternatives joined by `or`.
+    #[arg(short = 'F', long = "filter", required_unless_present = "version")]
+    pub filter: Option<String>,
+    /// Port the control channel listens on.
+    #[arg(short = 'p', long = "port", default_value_t = crate::proto::CONTROL_PORT)]
+    pub port: u16,
+    /// Address the control channel binds to.
+    #[arg(short = 'b', long = "bind", default_value = "0.0.0.0")]
+    pub bind: Ipv4Addr,
+    /// Most responses parked while they wait for their CLIENT_ADD (delay table).
+    #[arg(short = 's', long = "delay-table-size", default_value_t = 65536)]
+    pub delay_table_size: usize,
+    /// Most routes (client 4-tuples) remembered; the oldest is evicted beyond it.
+    #[arg(long = "routes", default_value_t = 1 << 20)]
+    pub max_routes: usize,
+    /// Log file (appended); stderr when absent.
+    #[arg(short = 'l', long = "log")]
+    pub log_file: Option<PathBuf>,
+    /// Run as a daemon.
+    #[arg(short = 'd', long = "daemon")]
+    pub daemon: bool,
+    /// Write the process id to this file (removed at exit).
+    #[arg(short = 'P', long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// XDP attach mode.
+    #[arg(long = "xdp-mode", value_enum, default_value_t = AttachMode::Auto)]
+    pub xdp_mode: AttachMode,
+    /// Send records back to back, without the u16 count (the C tools'
+    /// --disable-combined build).
+    #[arg(long = "bare")]
+    pub bare: bool,
+    /// Only accept control connections from these networks (CIDR, repeatable).
+    #[arg(long = "allow", value_parser = parse_cidr)]
+    pub allow: Vec<(Ipv4Addr, u8)>,
+    /// Seconds between statistics lines.
+    #[arg(long = "stats-interval", default_value_t = 30)]
+    pub stats_interval: u64,
+    /// Print the version and exit.
+    #[arg(short = 'v', long = "version")]
+    pub version: bool,
+}
+
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
+    let ip: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| format!("--allow {s}: not an IPv4 address or CIDR"))?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| format!("--allow {s}: prefix length must be 0..32"))?;
+    Ok((ip, len))
+}
+
+pub fn cidr_contains((net, len): (Ipv4Addr, u8), ip: Ipv4Addr) -> bool {
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    u32::from(net) & mask == u32::from(ip) & mask
+}
+
+/// One alternative of `-F`: responses from this source port (and address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterClause {
+    pub src_host: Option<Ipv4Addr>,
+    pub src_port: u16,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("-F '{filter}': {why}. Accepted forms: `tcp and src port N`, `tcp and src port N and src host A` (or `src host A and src port N`), several joined by `or`, each optionally in parentheses")]
+pub struct FilterError {
+    pub filter: String,
+    pub why: String,
+}
+
+/// Parse the `-F` subset. Everything the XDP program cannot express is
+/// refused, naming the forms it takes.
+pub fn parse_filter(filter: &str) -> Result<Vec<FilterClause>, FilterError> {
+    let err = |why: String| FilterError {
+        filter: filter.to_string(),
+        why,
+    };
+    let text = filter.trim();
+    if text.is_empty() {
+        return Err(err("empty filter".into()));
+    }
+    let mut clauses = Vec::new();
+    for alt in split_word(text, "or") {
+        let alt = strip_parens(alt.trim());
+        let mut host = None;
+        let mut port = None;
+        let parts = split_word(alt, "and");
+        for (i, part) in parts.iter().enumerate() {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            match words.as_slice() {
+                ["tcp"] if i == 0 => {}
+                ["src", "port", p] => {
+                    let n: u16 = p
+                        .parse()
+                        .ok()
+                        .filter(|n| *n != 0)
+                        .ok_or_else(|| err(format!("`{p}` is not a port")))?;
+                    if port.replace(n).is_some() {
+                        return Err(err("two ports in one alternative".into()));
+                    }
+                }
+                ["src", "host", a] => {
+                    let ip: Ipv4Addr = a
+                        .parse()
+                        .map_err(|_| err(format!("`{a}` is not an IPv4 address")))?;
+                    if host.replace(ip).is_some() {
+                        return Err(err("two hosts in one alternative".into()));
+                    }
+                }
+                _ => return Err(err(format!("`{}` is not supported", part.trim()))),
+            }
+        }
+        let Some(src_port) = port else {
+            return Err(err(format!("`{alt}` names no `src port`")));
+        };
+        clauses.push(FilterClause {
+            src_host: host,
+            src_port,
+        });
+    }
+    if clauses.len() > 64 {
+        return Err(err("more than 64 alternatives".into()));
+    }
+    Ok(clauses)
+}
+
+/// Split on a whole word (`or`, `and`), outside of nothing fancier: the
+/// subset has no nested parentheses.
+fn split_word<'a>(s: &'a str, word: &str) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let bytes = s.as_bytes();
+    let w = word.len();
+    let mut i = 0;
+    while i + w <= s.len() {
+        let before_ok = i == 0 || bytes[i - 1].is_ascii_whitespace() || bytes[i - 1] == b')';
+        let after_ok = i + w == s.len() || bytes[i + w].is_ascii_whitespace() || bytes[i + w] == b'(';
+        if before_ok && after_ok && s[i..i + w].eq_ignore_ascii_case(word) {
+            out.push(&s[start..i]);
+            start = i + w;
+            i += w;
+        } else {
+            i += 1;
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+fn strip_parens(s: &str) -> &str {
+    let t = s.trim();
+    if t.starts_with('(') && t.ends_with(')') {
+        t[1..t.len() - 1].trim()
+    } else {
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_forms() {
+        assert_eq!(
+            parse_filter("tcp and src port 8080").unwrap(),
+            vec![FilterClause { src_host: None, src_port: 8080 }]
+        );
+        assert_eq!(
+            parse_filter("tcp and src port 80 and src host 10.0.2.2 or (tcp and src host 10.0.2.3 and src port 6379)")
+                .unwrap(),
+            vec![
+                FilterClause { src_host: Some(Ipv4Addr::new(10, 0, 2, 2)), src_port: 80 },
+                FilterClause { src_host: Some(Ipv4Addr::new(10, 0, 2, 3)), src_port: 6379 },
+            ]
+        );
+        assert_eq!(parse_filter("src port 11211").unwrap()[0].src_port, 11211);
+    }
+
+    #[test]
+    fn refused_forms_name_the_accepted_ones() {
+        for bad in [
+            "",
+            "tcp",
+            "udp and src port 53",
+            "tcp and dst port 80",
+            "tcp and src port 80 and not src host 1.2.3.4",
+            "tcp and src port http",
+            "tcp and src port 80 and src port 81",
+            "tcp and src host 10.0.0.1",
+            "tcp and src port 0",
+        ] {
+            let e = parse_filter(bad).unwrap_err();
+            assert!(e.to_string().contains("Accepted forms"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn cidr() {
+        let n = parse_cidr("10.0.4.0/24").unwrap();
+        assert!(cidr_contains(n, Ipv4Addr::new(10, 0, 4, 3)));
+        assert!(!cidr_contains(n, Ipv4Addr::new(10, 0, 5, 3)));
+        assert!(cidr_contains(parse_cidr("0.0.0.0/0").unwrap(), Ipv4Addr::new(1, 2, 3, 4)));
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("x").is_err());
+    }
+}

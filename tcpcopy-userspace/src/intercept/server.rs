@@ -1,0 +1,560 @@
+//! intercept's control channel server (spec §3.1–3.4): one thread, one
+//! epoll loop (mio) over the listen socket, every tcpcopy connection and the
+//! record source. Route messages go into the [`Router`]; response records
+//! are routed and written to their connection in combined frames (≤ 16
+//! records) or bare. A peer that sends garbage, an old or foreign version,
+//! half a message, or stops reading is dropped with one log line; the others
+//! are not affected. A message type other than CLIENT_ADD/CLIENT_DEL means
+//! the stream is out of step (the C tcpcopy never sends one), so its peer is
+//! dropped instead of the C tool's "log and read on".
+
+use std::{
+    io::{self, Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    os::fd::RawFd,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use hashbrown::HashMap;
+use mio::{
+    net::{TcpListener, TcpStream},
+    unix::SourceFd,
+    Events, Interest, Poll, Token,
+};
+
+use super::options::cidr_contains;
+use super::router::{Disposition, PeerId, Router, RouterStats};
+use crate::proto::{
+    encode_records, Framing, ResponseRecord, RouteDecoder, RouteMsg, MSG_CLIENT_ADD,
+    MSG_CLIENT_DEL,
+};
+
+const LISTENER: Token = Token(0);
+const SOURCE: Token = Token(1);
+/// A peer with this many bytes it has not read is considered stuck.
+const MAX_UNSENT: usize = 16 << 20;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddrV4,
+    pub framing: Framing,
+    pub max_routes: usize,
+    pub delay_table_size: usize,
+    /// Empty: everyone may connect.
+    pub allow: Vec<(Ipv4Addr, u8)>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    pub connections: u64,
+    pub refused: u64,
+    /// Peers dropped for misbehaving (garbage, bad version, stuck).
+    pub dropped_peers: u64,
+    pub closed_peers: u64,
+    pub records_in: u64,
+    pub records_sent: u64,
+    pub frames_sent: u64,
+    pub route_dels: u64,
+}
+
+struct Peer {
+    stream: TcpStream,
+    addr: SocketAddr,
+    decoder: RouteDecoder,
+    pending: Vec<ResponseRecord>,
+    out: Vec<u8>,
+    out_pos: usize,
+}
+
+pub struct ControlServer {
+    poll: Poll,
+    events: Events,
+    listener: TcpListener,
+    peers: HashMap<PeerId, Peer>,
+    next_peer: PeerId,
+    router: Router,
+    cfg: ServerConfig,
+    stats: ServerStats,
+    started: Instant,
+    scratch: Vec<ResponseRecord>,
+    routes: Vec<RouteMsg>,
+}
+
+/// Where response records come from: the XDP ring buffer in production, a
+/// channel or generator in tests and benchmarks.
+pub trait RecordSource {
+    /// A file descriptor that becomes readable when records wait, if any.
+    fn fd(&self) -> Option<RawFd>;
+    /// Append up to `max` waiting records to `out`.
+    fn drain(&mut self, out: &mut Vec<ResponseRecord>, max: usize);
+}
+
+impl ControlServer {
+    pub fn bind(cfg: ServerConfig) -> Result<Self> {
+        let poll = Poll::new().context("creating epoll")?;
+        let mut listener = TcpListener::bind(SocketAddr::V4(cfg.listen))
+            .with_context(|| format!("listening on {}", cfg.listen))?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(ControlServer {
+            poll,
+            events: Events::with_capacity(256),
+            listener,
+            peers: HashMap::new(),
+            next_peer: 2,
+            router: Router::new(cfg.max_routes, cfg.delay_table_size),
+            cfg,
+            stats: ServerStats::default(),
+            started: Instant::now(),
+            scratch: Vec::new(),
+            routes: Vec::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Watch the source's fd (if it has one) for readiness.
+    pub fn register_source(&mut self, source: &dyn RecordSource) -> Result<()> {
+        if let Some(fd) = source.fd() {
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&fd), SOURCE, Interest::READABLE)?;
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> ServerStats {
+        self.stats
+    }
+    pub fn router_stats(&self) -> RouterStats {
+        self.router.stats()
+    }
+    pub fn peers(&self) -> usize {
+        self.peers.len()
+    }
+    pub fn routes(&self) -> usize {
+        self.router.routes()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// One turn of the loop: wait up to `timeout` for sockets or records,
+    /// take in route messages, route every waiting record, flush frames.
+    pub fn turn(&mut self, source: &mut dyn RecordSource, timeout: Duration) -> Result<()> {
+        self.poll.poll(&mut self.events, Some(timeout)).or_else(|e| {
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        let ready: Vec<(Token, bool, bool)> = self
+            .events
+            .iter()
+            .map(|e| (e.token(), e.is_readable() || e.is_read_closed() || e.is_error(), e.is_writable()))
+            .collect();
+        for (token, readable, writable) in ready {
+            match token {
+                LISTENER => self.accept_all(),
+                SOURCE => {}
+                Token(id) => {
+                    let id = id as PeerId;
+                    if readable {
+                        self.read_peer(id);
+                    }
+                    if writable {
+                        self.write_peer(id);
+                    }
+                }
+            }
+        }
+        // Records are drained every turn: the kernel side batches wakeups,
+        // so a quiet ring is only noticed by the poll timeout.
+        let now = self.now_ms();
+        loop {
+            self.scratch.clear();
+            source.drain(&mut self.scratch, 65536);
+            if self.scratch.is_empty() {
+                break;
+            }
+            let batch = std::mem::take(&mut self.scratch);
+            self.stats.records_in += batch.len() as u64;
+            for rec in &batch {
+                if let Disposition::Send(peer) = self.router.route(now, rec) {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.pending.push(*rec);
+                    }
+                }
+            }
+            self.scratch = batch;
+            if self.scratch.len() < 65536 {
+                break;
+            }
+        }
+        self.router.expire(now);
+        let ids: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.pending.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.flush_peer(id);
+        }
+        Ok(())
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, addr)) => {
+                    let allowed = self.cfg.allow.is_empty()
+                        || match addr.ip() {
+                            std::net::IpAddr::V4(ip) => {
+                                self.cfg.allow.iter().any(|n| cidr_contains(*n, ip))
+                            }
+                            _ => false,
+                        };
+                    if !allowed {
+                        self.stats.refused += 1;
+                        tracing::warn!(%addr, "refused control connection: not in --allow");
+                        continue;
+                    }
+                    let id = self.next_peer;
+                    self.next_peer += 1;
+                    let _ = stream.set_nodelay(true);
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        Token(id as usize),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        tracing::warn!(%addr, error = %e, "could not watch control connection");
+                        continue;
+                    }
+                    self.stats.connections += 1;
+                    tracing::info!(%addr, peer = id, "tcpcopy connected");
+                    self.peers.insert(
+                        id,
+                        Peer {
+                            stream,
+                            addr,
+                            decoder: RouteDecoder::default(),
+                            pending: Vec::new(),
+                            out: Vec::new(),
+                            out_pos: 0,
+                        },
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_peer(&mut self, id: PeerId) {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                return;
+            };
+            match peer.stream.read(&mut buf) {
+                Ok(0) => {
+                    let partial = peer.decoder.buffered();
+                    if partial > 0 {
+                        self.drop_peer(id, &format!("closed in the middle of a message ({partial} of 14 bytes)"));
+                    } else {
+                        self.close_peer(id);
+                    }
+                    return;
+                }
+                Ok(n) => {
+                    self.routes.clear();
+                    let mut routes = std::mem::take(&mut self.routes);
+                    let res = peer.decoder.feed(&buf[..n], &mut routes);
+                    if let Err(e) = res {
+                        self.routes = routes;
+                        self.drop_peer(id, &format!("bad handshake: {e}"));
+                        return;
+                    }
+                    for m in &routes {
+                        match m.kind {
+                            MSG_CLIENT_ADD => {
+                                let parked = self.router.add_route(m, id);
+                                if let Some(p) = self.peers.get_mut(&id) {
+                                    p.pending.extend_from_slice(&parked);
+                                }
+                            }
+                            MSG_CLIENT_DEL => self.stats.route_dels += 1,
+                            other => {
+                                self.routes = routes;
+                                self.drop_peer(id, &format!("sent garbage (message type {other})"));
+                                return;
+                            }
+                        }
+                    }
+                    self.routes = routes;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.drop_peer(id, &format!("read error: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn flush_peer(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if !peer.pending.is_empty() {
+            if peer.out_pos == peer.out.len() {
+                peer.out.clear();
+                peer.out_pos = 0;
+            }
+            let n = peer.pending.len() as u64;
+            encode_records(self.cfg.framing, &peer.pending, &mut peer.out);
+            self.stats.records_sent += n;
+            if self.cfg.framing == Framing::Combined {
+                self.stats.frames_sent += n.div_ceil(crate::proto::MAX_COMBINED as u64);
+            }
+            peer.pending.clear();
+        }
+        self.write_peer(id);
+    }
+
+    fn write_peer(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        while peer.out_pos < peer.out.len() {
+            match peer.stream.write(&peer.out[peer.out_pos..]) {
+                Ok(0) => break,
+                Ok(n) => peer.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.drop_peer(id, &format!("write error: {e}"));
+                    return;
+                }
+            }
+        }
+        let unsent = peer.out.len() - peer.out_pos;
+        if unsent == 0 {
+            peer.out.clear();
+            peer.out_pos = 0;
+        } else if unsent > MAX_UNSENT {
+            self.drop_peer(id, &format!("stopped reading ({unsent} bytes unsent)"));
+        } else if peer.out_pos > MAX_UNSENT / 2 {
+            peer.out.drain(..peer.out_pos);
+            peer.out_pos = 0;
+        }
+    }
+
+    /// Drop a misbehaving peer with one log line.
+    fn drop_peer(&mut self, id: PeerId, why: &str) {
+        if let Some(p) = self.remove_peer(id) {
+            self.stats.dropped_peers += 1;
+            tracing::warn!(addr = %p.addr, peer = id, "dropping tcpcopy connection: {why}");
+        }
+    }
+
+    /// A peer that closed cleanly.
+    fn close_peer(&mut self, id: PeerId) {
+        if let Some(p) = self.remove_peer(id) {
+            self.stats.closed_peers += 1;
+            tracing::info!(addr = %p.addr, peer = id, "tcpcopy disconnected");
+        }
+    }
+
+    fn remove_peer(&mut self, id: PeerId) -> Option<Peer> {
+        let mut p = self.peers.remove(&id)?;
+        let _ = self.poll.registry().deregister(&mut p.stream);
+        self.router.peer_closed(id);
+        Some(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::RecordDecoder;
+    use std::net::TcpStream as StdStream;
+
+    #[derive(Default)]
+    struct VecSource(Vec<ResponseRecord>);
+    impl RecordSource for VecSource {
+        fn fd(&self) -> Option<RawFd> {
+            None
+        }
+        fn drain(&mut self, out: &mut Vec<ResponseRecord>, max: usize) {
+            let n = self.0.len().min(max);
+            out.extend(self.0.drain(..n));
+        }
+    }
+
+    fn server(framing: Framing) -> ControlServer {
+        ControlServer::bind(ServerConfig {
+            listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+            framing,
+            max_routes: 1000,
+            delay_table_size: 100,
+            allow: Vec::new(),
+        })
+        .unwrap()
+    }
+
+    fn connect(s: &ControlServer) -> StdStream {
+        let c = StdStream::connect(s.local_addr().unwrap()).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        c
+    }
+
+    fn spin(s: &mut ControlServer, src: &mut VecSource, turns: usize) {
+        for _ in 0..turns {
+            s.turn(src, Duration::from_millis(2)).unwrap();
+        }
+    }
+
+    fn record(flags: u8, client_port: u16, seq: u32) -> ResponseRecord {
+        let mut b = [0u8; 64];
+        b[0] = 0x45;
+        b[2..4].copy_from_slice(&40u16.to_be_bytes());
+        b[9] = 6;
+        b[12..16].copy_from_slice(&[10, 0, 2, 2]);
+        b[16..20].copy_from_slice(&[10, 9, 9, 5]);
+        b[20..22].copy_from_slice(&8080u16.to_be_bytes());
+        b[22..24].copy_from_slice(&client_port.to_be_bytes());
+        b[24..28].copy_from_slice(&seq.to_be_bytes());
+        b[32] = 5 << 4;
+        b[33] = flags;
+        ResponseRecord(b)
+    }
+
+    fn hello(port: u16) -> Vec<u8> {
+        let mut v = RouteMsg::version().encode().to_vec();
+        v.extend_from_slice(
+            &RouteMsg::client_add((Ipv4Addr::new(10, 9, 9, 5), port), (Ipv4Addr::new(10, 0, 2, 2), 8080))
+                .encode(),
+        );
+        v
+    }
+
+    fn read_records(c: &mut StdStream, framing: Framing) -> Vec<ResponseRecord> {
+        let mut dec = RecordDecoder::new(framing);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            dec.feed(&buf[..n], &mut out).unwrap();
+        }
+        out
+    }
+
+    fn is_closed(c: &mut StdStream) -> bool {
+        let mut b = [0u8; 1];
+        matches!(c.read(&mut b), Ok(0)) || matches!(c.read(&mut b), Err(e) if e.kind() == io::ErrorKind::ConnectionReset)
+    }
+
+    #[test]
+    fn garbage_and_old_peers_are_dropped_while_a_good_peer_gets_every_record() {
+        let mut s = server(Framing::Combined);
+        let mut src = VecSource::default();
+        let mut good = connect(&s);
+        let mut garbage = connect(&s);
+        let mut old = connect(&s);
+        let mut short = connect(&s);
+        spin(&mut s, &mut src, 3);
+        good.write_all(&hello(40000)).unwrap();
+        garbage.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        old.write_all(&[10, 9, 9, 5, 0x9c, 0x40, 0, 1, 10, 0, 2, 2, 0x1f, 0x90]).unwrap();
+        short.write_all(&[0, 0, 0]).unwrap();
+        drop(short);
+        spin(&mut s, &mut src, 5);
+        src.0 = (0..100).map(|i| record(0x18, 40000, i)).collect();
+        src.0.push(record(0x10, 40001, 0)); // nobody's
+        spin(&mut s, &mut src, 5);
+        let got = read_records(&mut good, Framing::Combined);
+        assert_eq!(got.len(), 100);
+        assert!(got.iter().enumerate().all(|(i, r)| r.header().seq == i as u32));
+        assert!(is_closed(&mut garbage));
+        assert!(is_closed(&mut old));
+        let st = s.stats();
+        assert_eq!(st.dropped_peers, 3, "{st:?}");
+        assert_eq!(st.records_in, 101);
+        assert_eq!(st.records_sent, 100);
+        assert_eq!(st.frames_sent, 7);
+        assert_eq!(s.router_stats().unrouted, 1);
+        assert_eq!(s.peers(), 1);
+    }
+
+    #[test]
+    fn syn_ack_captured_before_client_add_is_delivered_after_it_bare_framing() {
+        let mut s = server(Framing::Bare);
+        let mut src = VecSource::default();
+        let mut c = connect(&s);
+        spin(&mut s, &mut src, 2);
+        src.0.push(record(0x12, 40000, 77));
+        spin(&mut s, &mut src, 2);
+        c.write_all(&hello(40000)).unwrap();
+        spin(&mut s, &mut src, 5);
+        let got = read_records(&mut c, Framing::Bare);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].header().seq, 77);
+        assert_eq!(s.router_stats().parked_sent, 1);
+    }
+
+    #[test]
+    fn a_peer_that_stops_reading_is_dropped_and_others_go_on() {
+        let mut s = server(Framing::Combined);
+        let mut src = VecSource::default();
+        let mut stuck = connect(&s);
+        let mut good = connect(&s);
+        spin(&mut s, &mut src, 2);
+        stuck.write_all(&hello(1)).unwrap();
+        good.write_all(&hello(2)).unwrap();
+        spin(&mut s, &mut src, 3);
+        let mut received = 0;
+        // 64 B a record: 24 MiB for the stuck peer overflows its 16 MiB queue
+        // plus the socket buffers.
+        for round in 0..40 {
+            src.0.extend((0..10_000).map(|i| record(0x18, 1, round * 10_000 + i)));
+            src.0.push(record(0x18, 2, round));
+            spin(&mut s, &mut src, 1);
+            received += read_records(&mut good, Framing::Combined).len();
+        }
+        spin(&mut s, &mut src, 3);
+        received += read_records(&mut good, Framing::Combined).len();
+        assert_eq!(received, 40);
+        assert_eq!(s.stats().dropped_peers, 1);
+        assert_eq!(s.peers(), 1);
+    }
+
+    #[test]
+    fn allow_list_refuses_other_peers() {
+        let mut s = ControlServer::bind(ServerConfig {
+            listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+            framing: Framing::Combined,
+            max_routes: 10,
+            delay_table_size: 10,
+            allow: vec![(Ipv4Addr::new(10, 0, 4, 0), 24)],
+        })
+        .unwrap();
+        let mut src = VecSource::default();
+        let mut c = connect(&s);
+        spin(&mut s, &mut src, 3);
+        assert!(is_closed(&mut c));
+        assert_eq!(s.stats().refused, 1);
+    }
+}
