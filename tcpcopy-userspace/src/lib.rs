@@ -7,12 +7,14 @@
 //! - [`proto`]: the control channel's messages and framing;
 //! - [`session`]: the sans-IO session engine;
 //! - [`xdp`]: loading and attaching the eBPF programs behind a detach guard;
+//! - [`send`]: sending replayed packets (raw IPv4 socket);
 //! - [`process`]: logging, daemon, pid file, shutdown signals;
 //! - [`intercept`]: the intercept program (router, control channel server).
 
 pub mod intercept;
 pub mod process;
 pub mod proto;
+pub mod send;
 pub mod session;
 pub mod wire;
 pub mod xdp;

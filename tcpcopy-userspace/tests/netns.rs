@@ -149,7 +149,7 @@ fn intercept_program_drops_matched_responses_exports_headers_and_passes_the_rest
         return;
     }
     let pair = Pair::new();
-    let (ip_a, ip_b) = (pair.ip_a(), pair.ip_b());
+    let (_ip_a, ip_b) = (pair.ip_a(), pair.ip_b());
     let server = spawn_echo(&pair.b, format!("{ip_b}:8080").parse().unwrap(), 4);
     let other = spawn_echo(&pair.b, format!("{ip_b}:9090").parse().unwrap(), 4);
 
@@ -311,4 +311,268 @@ fn tcpcopy_program_taps_matched_segments_and_passes_everything() {
         saw_payload |= tcp.payload() == b"hello tap";
     }
     assert!(saw_payload, "the request bytes are in the tap ring");
+}
+
+/// Namespaces `R` (a hand-driven replayer and fake tcpcopy), `T` (target
+/// with a real nginx) and `S` (assistant running the intercept binary):
+/// R–T 10.211.N.0/24, T–S 10.212.N.0/24, R–S control link 10.213.N.0/24.
+/// T routes 10.9.9.0/24 (the replayed client) via S, and S forwards it on
+/// to R, so any response intercept failed to drop would reach R.
+struct Triangle {
+    r: String,
+    t: String,
+    s: String,
+    n: u32,
+    dir: std::path::PathBuf,
+}
+
+impl Triangle {
+    fn new() -> Triangle {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let tri = Triangle {
+            r: format!("tct-{pid}-{n}-r"),
+            t: format!("tct-{pid}-{n}-t"),
+            s: format!("tct-{pid}-{n}-s"),
+            n,
+            dir: std::env::temp_dir().join(format!("tct-{pid}-{n}")),
+        };
+        std::fs::create_dir_all(&tri.dir).unwrap();
+        for ns in [&tri.r, &tri.t, &tri.s] {
+            sh(&format!("ip netns add {ns}"));
+            sh(&format!("ip -n {ns} link set lo up"));
+            sh(&format!("ip netns exec {ns} sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0"));
+        }
+        let (r, t, s) = (&tri.r, &tri.t, &tri.s);
+        for (a, an, b, bn, net, ha, hb) in [
+            (r, "rt", t, "tr", 211, 1, 2),
+            (t, "ts", s, "st", 212, 2, 3),
+            (r, "rs", s, "sr", 213, 1, 3),
+        ] {
+            sh(&format!(
+                "ip -n {a} link add {an} type veth peer name {bn} netns {b}"
+            ));
+            sh(&format!("ip -n {a} addr add 10.{net}.{n}.{ha}/24 dev {an}"));
+            sh(&format!("ip -n {b} addr add 10.{net}.{n}.{hb}/24 dev {bn}"));
+            sh(&format!("ip -n {a} link set {an} up"));
+            sh(&format!("ip -n {b} link set {bn} up"));
+        }
+        sh(&format!("ip -n {r} addr add 10.9.9.5/32 dev lo"));
+        sh(&format!("ip -n {t} route add 10.9.9.0/24 via 10.212.{n}.3"));
+        sh(&format!("ip -n {s} route add 10.9.9.0/24 via 10.213.{n}.1"));
+        sh(&format!(
+            "ip netns exec {s} sysctl -qw net.ipv4.ip_forward=1"
+        ));
+        tri
+    }
+    fn target_ip(&self) -> std::net::Ipv4Addr {
+        format!("10.211.{}.2", self.n).parse().unwrap()
+    }
+    fn control_addr(&self) -> SocketAddr {
+        format!("10.213.{}.3:36524", self.n).parse().unwrap()
+    }
+    /// Start nginx in T on target_ip:8080; returns the access log path.
+    fn start_nginx(&self) -> std::path::PathBuf {
+        let d = self.dir.display();
+        let conf = self.dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{ access_log {d}/access.log; client_body_temp_path {d}/body;\n\
+                 server {{ listen {}:8080; location / {{ return 200 \"hello\\n\"; }} }} }}\n",
+                self.target_ip()
+            ),
+        )
+        .unwrap();
+        sh(&format!(
+            "ip netns exec {} nginx -e {d}/nginx-error.log -c {}",
+            self.t,
+            conf.display()
+        ));
+        self.dir.join("access.log")
+    }
+}
+
+impl Drop for Triangle {
+    fn drop(&mut self) {
+        for ns in [&self.r, &self.t, &self.s] {
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "ip netns pids {ns} | xargs -r kill -9; ip netns del {ns}"
+                ))
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Read records from a fake-tcpcopy connection until `want` matches one.
+fn await_record(
+    conn: &mut TcpStream,
+    dec: &mut tcpcopy::proto::RecordDecoder,
+    seen: &mut Vec<ResponseRecord>,
+    want: impl Fn(&tcpcopy::proto::ResponseHeader) -> bool,
+) -> Option<tcpcopy::proto::ResponseHeader> {
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(h) = seen.iter().map(|r| r.header()).find(|h| want(h)) {
+            return Some(h);
+        }
+        if std::time::Instant::now() > end {
+            return None;
+        }
+        match conn.read(&mut buf) {
+            Ok(0) => return None,
+            Ok(n) => {
+                dec.feed(&buf[..n], seen).expect("well-formed frames");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[test]
+fn intercept_binary_routes_real_nginx_responses_to_its_tcpcopy_and_drops_them() {
+    use tcpcopy::{
+        proto::{Framing, RecordDecoder, RouteMsg},
+        send::RawSender,
+        wire::build::{build, syn_options, SegmentSpec},
+    };
+    if !enabled() {
+        return;
+    }
+    let tri = Triangle::new();
+    let access_log = tri.start_nginx();
+    let log = tri.dir.join("intercept.log");
+    let mut intercept = Command::new("ip")
+        .args(["netns", "exec", &tri.s, env!("CARGO_BIN_EXE_intercept")])
+        .args([
+            "-i",
+            "st",
+            "-F",
+            "tcp and src port 8080",
+            "--stats-interval",
+            "1",
+        ])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let target = tri.target_ip();
+    let control = tri.control_addr();
+    let client = (std::net::Ipv4Addr::new(10, 9, 9, 5), 40000u16);
+    let request = b"GET /replayed HTTP/1.1\r\nHost: t\r\n\r\n";
+
+    let outcome = in_netns(&tri.r.clone(), move || {
+        let mut conn = None;
+        for _ in 0..100 {
+            if let Ok(c) = TcpStream::connect_timeout(&control, Duration::from_millis(100)) {
+                conn = Some(c);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut conn = conn.expect("intercept listens on the control link");
+        conn.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        // A garbage peer next to the good one.
+        let mut garbage = TcpStream::connect(control).unwrap();
+        garbage
+            .write_all(b"SSH-2.0-OpenSSH_9.6\r\n\0\0\0\0\0\0\0\0\0\0")
+            .unwrap();
+        // Anything arriving at the replayed client's address (S forwards there).
+        let sniffer = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        sniffer.set_nonblocking(true).unwrap();
+
+        let mut hello = RouteMsg::version().encode().to_vec();
+        hello.extend_from_slice(&RouteMsg::client_add(client, (target, 8080)).encode());
+        conn.write_all(&hello).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+
+        let mut raw = RawSender::new().unwrap();
+        let seg = |seq, ack, flags, options: &[u8], payload: &[u8]| {
+            build(&SegmentSpec {
+                src: client,
+                dst: (target, 8080),
+                seq,
+                ack,
+                flags,
+                window: 65535,
+                options,
+                payload,
+                ip_id: 1,
+                ttl: 64,
+                tos: 0,
+            })
+        };
+        raw.send(&seg(1000, 0, 0x02, &syn_options(1460), b""))
+            .unwrap();
+        let mut dec = RecordDecoder::new(Framing::Combined);
+        let mut seen = Vec::new();
+        let synack = await_record(&mut conn, &mut dec, &mut seen, |h| h.flags & 0x12 == 0x12)
+            .expect("SYN-ACK header reaches the fake tcpcopy");
+        raw.send(&seg(1001, synack.seq.wrapping_add(1), 0x18, &[], request))
+            .unwrap();
+        let reply = await_record(&mut conn, &mut dec, &mut seen, |h| h.payload_len > 0)
+            .expect("the response's header reaches the fake tcpcopy");
+        raw.send(&seg(1001 + request.len() as u32, 0, 0x04, &[], b""))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut leaked = 0;
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+        while let Ok(n) = sniffer.recv(&mut buf) {
+            // SAFETY: recv initialised the first n bytes.
+            let p: Vec<u8> = buf[..n]
+                .iter()
+                .map(|b| unsafe { b.assume_init() })
+                .collect();
+            if p.len() >= 24 && u16::from_be_bytes([p[20], p[21]]) == 8080 {
+                leaked += 1;
+            }
+        }
+        let mut g = [0u8; 1];
+        garbage
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let garbage_closed = matches!(garbage.read(&mut g), Ok(0) | Err(_));
+        (synack, reply, leaked, garbage_closed, seen.len())
+    });
+    let (synack, reply, leaked, garbage_closed, records) = outcome;
+    assert_eq!(synack.ack, 1001, "SYN-ACK acknowledges our SYN");
+    assert_eq!(synack.src_port, 8080);
+    assert_eq!(synack.dst_ip, client.0);
+    assert_eq!(reply.ack, 1001 + request.len() as u32, "{reply:?}");
+    assert_eq!(reply.seq, synack.seq.wrapping_add(1));
+    assert!(records >= 2);
+    assert_eq!(leaked, 0, "no response may get past the assistant");
+    assert!(garbage_closed, "the garbage peer is dropped");
+
+    sh(&format!("kill -TERM {}", intercept.id()));
+    let status = intercept.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "intercept exits cleanly: {text}");
+    assert!(text.contains("dropping tcpcopy connection"), "{text}");
+    assert!(text.contains("final:"), "{text}");
+    let out = Command::new("ip")
+        .args(["-n", &tri.s, "link", "show", "st"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("xdp"),
+        "detached at exit"
+    );
+    let hits = std::fs::read_to_string(&access_log).unwrap_or_default();
+    assert_eq!(
+        hits.matches("/replayed").count(),
+        1,
+        "nginx saw the request once: {hits}"
+    );
 }

@@ -81,7 +81,9 @@ pub fn filter_keys(clauses: &[FilterClause]) -> Vec<PortKey> {
 /// Run intercept until SIGINT/SIGTERM/SIGHUP.
 pub fn run(opts: InterceptOptions) -> Result<()> {
     let Some(filter) = opts.filter.as_deref() else {
-        bail!("please set a filter (-F) for the responses to take, e.g. -F 'tcp and src port 8080'");
+        bail!(
+            "please set a filter (-F) for the responses to take, e.g. -F 'tcp and src port 8080'"
+        );
     };
     let clauses = parse_filter(filter)?;
     if opts.ifaces.is_empty() {
@@ -91,7 +93,11 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
         process::daemonize()?;
     }
     process::init_logging(opts.log_file.as_deref())?;
-    let _pid = opts.pid_file.as_deref().map(process::PidFile::create).transpose()?;
+    let _pid = opts
+        .pid_file
+        .as_deref()
+        .map(process::PidFile::create)
+        .transpose()?;
     let stop = process::shutdown_flag()?;
     tracing::info!(
         "intercept version:{} protocol:{}",
@@ -104,7 +110,11 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
     let mut source = RingSource::new(&mut xdp)?;
     let mut server = ControlServer::bind(ServerConfig {
         listen: SocketAddrV4::new(opts.bind, opts.port),
-        framing: if opts.bare { Framing::Bare } else { Framing::Combined },
+        framing: if opts.bare {
+            Framing::Bare
+        } else {
+            Framing::Combined
+        },
         max_routes: opts.max_routes,
         delay_table_size: opts.delay_table_size,
         allow: opts.allow.clone(),

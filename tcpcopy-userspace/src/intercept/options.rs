@@ -17,7 +17,12 @@ use crate::xdp::AttachMode;
 )]
 pub struct InterceptOptions {
     /// Interfaces the target's responses arrive on (comma separated or repeated).
-    #[arg(short = 'i', long = "iface", value_delimiter = ',', required_unless_present = "version")]
+    #[arg(
+        short = 'i',
+        long = "iface",
+        value_delimiter = ',',
+        required_unless_present = "version"
+    )]
     pub ifaces: Vec<String>,
     /// Which responses to take: `tcp and src port N [and src host A]`,
     /// alternatives joined by `or`.
@@ -160,7 +165,8 @@ fn split_word<'a>(s: &'a str, word: &str) -> Vec<&'a str> {
     let mut i = 0;
     while i + w <= s.len() {
         let before_ok = i == 0 || bytes[i - 1].is_ascii_whitespace() || bytes[i - 1] == b')';
-        let after_ok = i + w == s.len() || bytes[i + w].is_ascii_whitespace() || bytes[i + w] == b'(';
+        let after_ok =
+            i + w == s.len() || bytes[i + w].is_ascii_whitespace() || bytes[i + w] == b'(';
         if before_ok && after_ok && s[i..i + w].eq_ignore_ascii_case(word) {
             out.push(&s[start..i]);
             start = i + w;
@@ -190,7 +196,10 @@ mod tests {
     fn accepted_forms() {
         assert_eq!(
             parse_filter("tcp and src port 8080").unwrap(),
-            vec![FilterClause { src_host: None, src_port: 8080 }]
+            vec![FilterClause {
+                src_host: None,
+                src_port: 8080
+            }]
         );
         assert_eq!(
             parse_filter("tcp and src port 80 and src host 10.0.2.2 or (tcp and src host 10.0.2.3 and src port 6379)")
@@ -226,7 +235,10 @@ mod tests {
         let n = parse_cidr("10.0.4.0/24").unwrap();
         assert!(cidr_contains(n, Ipv4Addr::new(10, 0, 4, 3)));
         assert!(!cidr_contains(n, Ipv4Addr::new(10, 0, 5, 3)));
-        assert!(cidr_contains(parse_cidr("0.0.0.0/0").unwrap(), Ipv4Addr::new(1, 2, 3, 4)));
+        assert!(cidr_contains(
+            parse_cidr("0.0.0.0/0").unwrap(),
+            Ipv4Addr::new(1, 2, 3, 4)
+        ));
         assert!(parse_cidr("10.0.0.0/33").is_err());
         assert!(parse_cidr("x").is_err());
     }

@@ -232,7 +232,10 @@ mod tests {
     }
 
     fn add(port: u16) -> RouteMsg {
-        RouteMsg::client_add((Ipv4Addr::new(10, 9, 9, 5), port), (Ipv4Addr::new(10, 0, 2, 2), 8080))
+        RouteMsg::client_add(
+            (Ipv4Addr::new(10, 9, 9, 5), port),
+            (Ipv4Addr::new(10, 0, 2, 2), 8080),
+        )
     }
 
     #[test]

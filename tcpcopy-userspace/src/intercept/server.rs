@@ -26,8 +26,7 @@ use mio::{
 use super::options::cidr_contains;
 use super::router::{Disposition, PeerId, Router, RouterStats};
 use crate::proto::{
-    encode_records, Framing, ResponseRecord, RouteDecoder, RouteMsg, MSG_CLIENT_ADD,
-    MSG_CLIENT_DEL,
+    encode_records, Framing, ResponseRecord, RouteDecoder, RouteMsg, MSG_CLIENT_ADD, MSG_CLIENT_DEL,
 };
 
 const LISTENER: Token = Token(0);
@@ -146,17 +145,25 @@ impl ControlServer {
     /// One turn of the loop: wait up to `timeout` for sockets or records,
     /// take in route messages, route every waiting record, flush frames.
     pub fn turn(&mut self, source: &mut dyn RecordSource, timeout: Duration) -> Result<()> {
-        self.poll.poll(&mut self.events, Some(timeout)).or_else(|e| {
-            if e.kind() == io::ErrorKind::Interrupted {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })?;
+        self.poll
+            .poll(&mut self.events, Some(timeout))
+            .or_else(|e| {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
         let ready: Vec<(Token, bool, bool)> = self
             .events
             .iter()
-            .map(|e| (e.token(), e.is_readable() || e.is_read_closed() || e.is_error(), e.is_writable()))
+            .map(|e| {
+                (
+                    e.token(),
+                    e.is_readable() || e.is_read_closed() || e.is_error(),
+                    e.is_writable(),
+                )
+            })
             .collect();
         for (token, readable, writable) in ready {
             match token {
@@ -269,7 +276,10 @@ impl ControlServer {
                 Ok(0) => {
                     let partial = peer.decoder.buffered();
                     if partial > 0 {
-                        self.drop_peer(id, &format!("closed in the middle of a message ({partial} of 14 bytes)"));
+                        self.drop_peer(
+                            id,
+                            &format!("closed in the middle of a message ({partial} of 14 bytes)"),
+                        );
                     } else {
                         self.close_peer(id);
                     }
@@ -443,8 +453,11 @@ mod tests {
     fn hello(port: u16) -> Vec<u8> {
         let mut v = RouteMsg::version().encode().to_vec();
         v.extend_from_slice(
-            &RouteMsg::client_add((Ipv4Addr::new(10, 9, 9, 5), port), (Ipv4Addr::new(10, 0, 2, 2), 8080))
-                .encode(),
+            &RouteMsg::client_add(
+                (Ipv4Addr::new(10, 9, 9, 5), port),
+                (Ipv4Addr::new(10, 0, 2, 2), 8080),
+            )
+            .encode(),
         );
         v
     }
@@ -464,7 +477,8 @@ mod tests {
 
     fn is_closed(c: &mut StdStream) -> bool {
         let mut b = [0u8; 1];
-        matches!(c.read(&mut b), Ok(0)) || matches!(c.read(&mut b), Err(e) if e.kind() == io::ErrorKind::ConnectionReset)
+        matches!(c.read(&mut b), Ok(0))
+            || matches!(c.read(&mut b), Err(e) if e.kind() == io::ErrorKind::ConnectionReset)
     }
 
     #[test]
@@ -477,8 +491,11 @@ mod tests {
         let mut short = connect(&s);
         spin(&mut s, &mut src, 3);
         good.write_all(&hello(40000)).unwrap();
-        garbage.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        old.write_all(&[10, 9, 9, 5, 0x9c, 0x40, 0, 1, 10, 0, 2, 2, 0x1f, 0x90]).unwrap();
+        garbage
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        old.write_all(&[10, 9, 9, 5, 0x9c, 0x40, 0, 1, 10, 0, 2, 2, 0x1f, 0x90])
+            .unwrap();
         short.write_all(&[0, 0, 0]).unwrap();
         drop(short);
         spin(&mut s, &mut src, 5);
@@ -487,7 +504,10 @@ mod tests {
         spin(&mut s, &mut src, 5);
         let got = read_records(&mut good, Framing::Combined);
         assert_eq!(got.len(), 100);
-        assert!(got.iter().enumerate().all(|(i, r)| r.header().seq == i as u32));
+        assert!(got
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.header().seq == i as u32));
         assert!(is_closed(&mut garbage));
         assert!(is_closed(&mut old));
         let st = s.stats();
@@ -529,7 +549,8 @@ mod tests {
         // 64 B a record: 24 MiB for the stuck peer overflows its 16 MiB queue
         // plus the socket buffers.
         for round in 0..40 {
-            src.0.extend((0..10_000).map(|i| record(0x18, 1, round * 10_000 + i)));
+            src.0
+                .extend((0..10_000).map(|i| record(0x18, 1, round * 10_000 + i)));
             src.0.push(record(0x18, 2, round));
             spin(&mut s, &mut src, 1);
             received += read_records(&mut good, Framing::Combined).len();
