@@ -21,12 +21,6 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
-/// Ask for a wakeup only once this many bytes wait in the ring; userspace
-/// polls with a short timeout, so a quiet ring still drains promptly.
-const WAKEUP_BYTES: u64 = 64 * 1024;
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// (source address, source port) of responses to capture; address 0 = any.
 #[map]
@@ -134,12 +128,9 @@ fn export(ctx: &XdpContext, ip: &[u8; 20], tcp: &[u8; 20], tcp_off: usize, doff:
     option_word!(4);
     option_word!(5);
     entry.write(rec);
-    let flags = if RECORDS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    entry.submit(flags);
+    // Flags 0: the kernel wakes the reader only when it had caught up, so
+    // a busy ring costs no wakeup per record and a quiet one no latency.
+    entry.submit(0);
     bump(ctr::EXPORTED);
 }
 

@@ -101,6 +101,20 @@ pub struct ResponseRecord {
 /// `too_big` (GSO super-packets seen by generic XDP can exceed it).
 pub const TAP_MAX_PACKET: usize = 65535;
 
+/// Most tap ring buffers (`TAP0`..`TAP3`), so most workers in tap mode.
+pub const MAX_TAP_RINGS: u32 = 4;
+
+/// The flow hash both sides use to choose a worker for a client: client
+/// address and port in host order. The eBPF program and userspace share it.
+#[inline(always)]
+pub fn flow_hash(saddr: u32, sport: u16) -> u32 {
+    let mut h = saddr ^ (sport as u32).wrapping_mul(0x9e37_79b1);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h
+}
+
 /// Header in front of every tap record: the IPv4 packet's length, then the
 /// packet bytes.
 #[repr(C)]

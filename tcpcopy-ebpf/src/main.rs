@@ -19,17 +19,13 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf, XskMap},
     programs::XdpContext,
 };
-use tcpcopy_common::{capture_mode, tcpcopy_counter as ctr, PortKey, TapHeader};
+use tcpcopy_common::{capture_mode, flow_hash, tcpcopy_counter as ctr, PortKey, TapHeader};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
-const WAKEUP_BYTES: u64 = 256 * 1024;
 /// Largest IPv4 packet copied into a tap record (power of two, for the
 /// verifier-friendly length mask below).
 const TAP_COPY_MAX: usize = 16384;
@@ -150,14 +146,10 @@ fn matched(ctx: &XdpContext) -> Option<Matched> {
     if !hit {
         return None;
     }
-    // Flow hash of (client IP, client port): must equal
-    // `tcpcopy::capture::flow_hash` in userspace.
+    // Flow hash of (client IP, client port), shared with userspace.
     let saddr = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
-    let sport = u16::from_be_bytes([tcp[0], tcp[1]]) as u32;
-    let mut h = saddr ^ sport.wrapping_mul(0x9e37_79b1);
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
+    let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+    let h = flow_hash(saddr, sport);
     let ip_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
     Some(Matched {
         ip_off: off,
@@ -224,12 +216,9 @@ fn tap(ctx: &XdpContext, m: &Matched) {
 
 #[inline(always)]
 fn output(ring: &RingBuf, bytes: &[u8]) -> bool {
-    let flags = if ring.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    ring.output::<[u8]>(bytes, flags).is_ok()
+    // Flags 0: the kernel wakes the reader only when it had caught up, so
+    // a busy ring costs no wakeup per record and a quiet one no latency.
+    ring.output::<[u8]>(bytes, 0).is_ok()
 }
 
 #[cfg(not(test))]

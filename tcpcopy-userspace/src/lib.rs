@@ -9,12 +9,16 @@
 //! - [`xdp`]: loading and attaching the eBPF programs behind a detach guard;
 //! - [`send`]: sending replayed packets (raw IPv4 socket);
 //! - [`process`]: logging, daemon, pid file, shutdown signals;
+//! - [`capture`]: sources of captured client segments (tap ring, AF_PACKET);
+//! - [`tcpcopy`]: the tcpcopy program (options, channel client, workers, summary);
 //! - [`intercept`]: the intercept program (router, control channel server).
 
+pub mod capture;
 pub mod intercept;
 pub mod process;
 pub mod proto;
 pub mod send;
 pub mod session;
+pub mod tcpcopy;
 pub mod wire;
 pub mod xdp;

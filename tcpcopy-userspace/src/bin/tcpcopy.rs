@@ -1,10 +1,11 @@
-//! The `tcpcopy` program. The live pipeline (capture → session engine →
-//! send) is not wired up yet; until it is, this binary says so instead of
-//! pretending to replay.
+//! The `tcpcopy` program: see [`tcpcopy::tcpcopy`].
+
+use clap::Parser;
+use tcpcopy::tcpcopy::{run, TcpcopyOptions};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-v" || a == "--version") {
+    let opts = TcpcopyOptions::parse();
+    if opts.version {
         println!(
             "tcpcopy version:{} (protocol {})",
             env!("CARGO_PKG_VERSION"),
@@ -12,6 +13,8 @@ fn main() {
         );
         return;
     }
-    eprintln!("tcpcopy: the live replay pipeline is not built yet (see README: status)");
-    std::process::exit(2);
+    if let Err(e) = run(opts) {
+        eprintln!("tcpcopy: {e:#}");
+        std::process::exit(1);
+    }
 }

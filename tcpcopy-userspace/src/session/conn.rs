@@ -134,6 +134,9 @@ pub struct Session {
     waiting: bool,
     cur_req_ack: u32,
     resp_since_tick: bool,
+    /// Response data arrived since the current request was sent: only
+    /// then can a quiet period mean "the response is complete".
+    resp_for_request: bool,
     last_resp_full: bool,
     any_request_sent: bool,
     last_sent_captured_ack: Option<u32>,
@@ -244,6 +247,7 @@ impl Session {
             waiting: false,
             cur_req_ack: 0,
             resp_since_tick: false,
+            resp_for_request: false,
             last_resp_full: false,
             any_request_sent: false,
             last_sent_captured_ack: None,
@@ -481,8 +485,14 @@ impl Session {
         match self.phase {
             Phase::Established => self.send_handshake_ack(seg, ctx),
             _ => {
-                if self.held_ack.replace(seg).is_some() {
+                // Keep the first: it is the handshake ACK. A later one (the
+                // client already acknowledging response data while our SYN
+                // waits for the target) carries an ack the replayed stream
+                // has not reached.
+                if self.held_ack.is_some() {
                     ctx.c.pure_acks_absorbed += 1;
+                } else {
+                    self.held_ack = Some(seg);
                 }
             }
         }
@@ -535,7 +545,10 @@ impl Session {
                 if let Some(a) = self.last_sent_captured_ack {
                     if seg.ack != a {
                         // The client had seen server data before its first
-                        // request: wait for the target's greeting.
+                        // request: wait for the target's greeting (not
+                        // forever: the response wait bounds it).
+                        self.wait_deadline
+                            .get_or_insert(now + ctx.cfg.response_wait_ms);
                         break;
                     }
                 }
@@ -559,6 +572,7 @@ impl Session {
                 self.waiting = !ctx.cfg.no_wait;
                 self.cur_req_ack = seg.ack;
                 self.resp_since_tick = false;
+                self.resp_for_request = false;
                 if self.waiting {
                     self.wait_deadline = Some(now + ctx.cfg.response_wait_ms);
                 }
@@ -763,6 +777,7 @@ impl Session {
                 self.send_ack(ctx);
             } else {
                 self.resp_since_tick = true;
+                self.resp_for_request = true;
                 self.wait_deadline = None;
                 let tot = h.ip_total_len;
                 self.last_resp_full = tot >= 2048 || [576, 1492, 1500, ctx.cfg.mtu].contains(&tot);
@@ -929,9 +944,12 @@ impl Session {
                     half
                 };
                 self.delay_ack_at = Some(now + next);
-            } else if self.waiting {
-                // No response data for a whole interval: the response is
-                // complete; release the next request.
+            } else if self.waiting && self.resp_for_request {
+                // No response data for a whole interval after some came:
+                // the response is complete; release the next request. (A
+                // quiet period left over from the previous response must
+                // not release it: that pipelined requests the target then
+                // answered late.)
                 self.waiting = false;
                 self.pump(now, ctx);
             }
@@ -941,6 +959,11 @@ impl Session {
             if self.waiting && !self.resp_since_tick && self.delay_ack_at.is_none() {
                 ctx.c.response_waits_expired += 1;
                 self.waiting = false;
+                self.pump(now, ctx);
+            } else if !self.any_request_sent && !self.greeting_received {
+                // The greeting never came: send the first request anyway.
+                ctx.c.response_waits_expired += 1;
+                self.greeting_received = true;
                 self.pump(now, ctx);
             }
         }
@@ -990,6 +1013,19 @@ impl Session {
     pub fn shutdown(&mut self, ctx: &mut Ctx) {
         if self.phase == Phase::Lingering {
             return;
+        }
+        if self.has_unsent() {
+            let first = self
+                .pending
+                .iter()
+                .next()
+                .map(|(o, s)| (*o, s.len(), s.ack));
+            tracing::debug!(
+                "unsent at shutdown: session {:?}: phase {:?} pending {} first {:?} snd_una {} snd_nxt {} waiting {} cur_req_ack {} resp_since_tick {} delay_ack_at {:?} wait_deadline {:?} rto_at {:?} gap_since {:?} rtt {} peer_window {} unacked {} scheduled {:?} gc_at {} lsca {:?} fabricated {} any_req {}",
+                self.client, self.phase, self.pending.len(), first, self.snd_una, self.snd_nxt, self.waiting,
+                self.cur_req_ack, self.resp_since_tick, self.delay_ack_at, self.wait_deadline, self.rto_at,
+                self.gap_since, self.rtt, self.peer_window, self.unacked.len(), self.scheduled, self.gc_at, self.last_sent_captured_ack, self.fabricated, self.any_request_sent
+            );
         }
         if matches!(self.phase, Phase::Established | Phase::SynSent) {
             self.send_rst(ctx);

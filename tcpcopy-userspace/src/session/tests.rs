@@ -865,3 +865,80 @@ fn timestamps_echo_the_target_and_never_go_backwards() {
     assert_eq!(o.timestamps, Some((50, 950)), "TSval never decreases");
     l.check_invariants();
 }
+
+/// Found live: the client finished its handshake, sent a request, got the
+/// online answer and acknowledged it, all before the target's SYN-ACK came
+/// back. The handshake ACK must be the one replayed, and the request must
+/// not be held as if it waited for a server greeting.
+#[test]
+fn client_running_ahead_of_the_replayed_handshake_does_not_stall() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let out = l.capture(P, ISN, 0, 0x02, &[]);
+    let key = out[0].src;
+    assert!(l.capture(P, ISN + 1, 777, 0x10, &[]).is_empty());
+    assert!(l.capture(P, ISN + 1, 777, 0x18, b"GET / 1\n").is_empty());
+    // The client acknowledges 166 bytes of the online server's response.
+    assert!(l.capture(P, ISN + 9, 777 + 166, 0x10, &[]).is_empty());
+    let out = l.respond(key, TISN, ISN + 1, 0x12, 0, None);
+    assert_eq!((out[0].flags, out[0].ack), (0x10, TISN + 1), "{out:?}");
+    assert_eq!(
+        out[1].payload, b"GET / 1\n",
+        "the request follows at once: {out:?}"
+    );
+    assert_eq!(l.e.counters().pure_acks_absorbed, 1);
+    l.check_invariants();
+}
+
+/// A request held for a server greeting that never comes is sent after the
+/// response wait instead of never.
+#[test]
+fn a_greeting_that_never_comes_releases_the_request_after_the_wait() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    // The client's first request acks 20 greeting bytes the target never sends.
+    assert!(l
+        .capture(P, ISN + 1, 777 + 20, 0x18, b"HELO\r\n")
+        .is_empty());
+    let out = l.advance(l.e.config().response_wait_ms + 1);
+    assert!(out.iter().any(|o| o.payload == b"HELO\r\n"), "{out:?}");
+    assert_eq!(l.e.counters().response_waits_expired, 1);
+    let _ = key;
+    l.check_invariants();
+}
+
+/// Found live (wrk -c50 against a busy target): the quiet-period timer left
+/// over from response N released request N+2 before request N+1 had any
+/// answer, so requests piled up at the target unanswered.
+#[test]
+fn a_quiet_period_from_the_previous_response_does_not_release_the_next_request() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    let req = b"GET / 1\n";
+    let n = req.len() as u32;
+    let out = l.capture(P, ISN + 1, 777, 0x18, req);
+    assert_eq!(out.len(), 1);
+    // The client already sent requests 2 and 3 (it is faster than the replay).
+    assert!(l.capture(P, ISN + 1 + n, 877, 0x18, req).is_empty());
+    assert!(l.capture(P, ISN + 1 + 2 * n, 977, 0x18, req).is_empty());
+    // Response 1: request 2 follows.
+    let out = l.respond(key, TISN + 1, ISN + 1 + n, 0x18, 100, None);
+    assert_eq!(
+        out.iter().filter(|o| !o.payload.is_empty()).count(),
+        1,
+        "{out:?}"
+    );
+    // Time passes, the target has not answered request 2 yet.
+    let out = l.advance(50);
+    assert!(
+        out.iter().all(|o| o.payload.is_empty()),
+        "request 3 must wait for an answer to request 2: {out:?}"
+    );
+    let out = l.respond(key, TISN + 101, ISN + 1 + 2 * n, 0x18, 100, None);
+    let out: Vec<_> = out.into_iter().chain(l.advance(10)).collect();
+    assert_eq!(
+        out.iter().filter(|o| !o.payload.is_empty()).count(),
+        1,
+        "{out:?}"
+    );
+    l.check_invariants();
+}

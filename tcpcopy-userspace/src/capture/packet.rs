@@ -1,0 +1,156 @@
+//! AF_PACKET capture without eBPF (the C tool's raw-socket capture): one
+//! SOCK_DGRAM socket per worker in a PACKET_FANOUT_HASH group, so the
+//! kernel keeps each flow on one worker. Only frames arriving at the host
+//! are taken (our own replayed packets leave as "outgoing" and are skipped),
+//! and only IPv4/TCP segments that match a `-x` source.
+
+use std::{
+    io,
+    mem::{size_of, zeroed},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::Arc,
+};
+
+use super::{Capture, CaptureStats};
+use crate::session::Config;
+
+pub struct PacketSocket {
+    fd: OwnedFd,
+    config: Arc<Config>,
+    buf: Vec<u8>,
+    stats: CaptureStats,
+}
+
+fn check(r: libc::c_int, what: &str) -> io::Result<()> {
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(())
+}
+
+impl PacketSocket {
+    /// `ifindex` 0 = every interface. Sockets with the same `group` share
+    /// the flows.
+    pub fn open(ifindex: u32, group: u16, config: Arc<Config>) -> io::Result<Self> {
+        let proto = (libc::ETH_P_IP as u16).to_be();
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                proto as libc::c_int,
+            )
+        };
+        check(raw, "AF_PACKET socket (needs CAP_NET_RAW)")?;
+        // SAFETY: raw is a fresh, valid fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: valid fd and sockaddr of the stated size.
+        check(
+            unsafe {
+                libc::bind(
+                    raw,
+                    &sll as *const _ as *const libc::sockaddr,
+                    size_of::<libc::sockaddr_ll>() as u32,
+                )
+            },
+            "binding the AF_PACKET socket",
+        )?;
+        let rcvbuf: libc::c_int = 32 << 20;
+        let fanout: libc::c_int =
+            group as libc::c_int | (libc::PACKET_FANOUT_HASH << 16) as libc::c_int;
+        // SAFETY: valid fd and option values of the stated sizes.
+        unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                &rcvbuf as *const _ as *const libc::c_void,
+                size_of::<libc::c_int>() as u32,
+            );
+            check(
+                libc::setsockopt(
+                    raw,
+                    libc::SOL_PACKET,
+                    libc::PACKET_FANOUT,
+                    &fanout as *const _ as *const libc::c_void,
+                    size_of::<libc::c_int>() as u32,
+                ),
+                "joining the AF_PACKET fanout group",
+            )?;
+        }
+        Ok(PacketSocket {
+            fd,
+            config,
+            buf: vec![0u8; 65536],
+            stats: CaptureStats::default(),
+        })
+    }
+
+    fn wanted(&self, p: &[u8]) -> bool {
+        let Ok(ip) = crate::wire::Ipv4View::new_checked(p) else {
+            return false;
+        };
+        if ip.protocol() != 6 || ip.payload().len() < 4 {
+            return false;
+        }
+        let t = ip.payload();
+        let dport = u16::from_be_bytes([t[2], t[3]]);
+        self.config
+            .transfer_for(std::net::Ipv4Addr::from(ip.dst()), dport)
+            .is_some()
+    }
+}
+
+impl Capture for PacketSocket {
+    fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        while n < max {
+            // SAFETY: zeroed sockaddr_ll is valid for recvfrom to fill.
+            let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+            let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: buffer and address are valid for the stated sizes.
+            let r = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr() as *mut libc::c_void,
+                    self.buf.len(),
+                    0,
+                    &mut sll as *mut _ as *mut libc::sockaddr,
+                    &mut len,
+                )
+            };
+            if r < 0 {
+                break;
+            }
+            let packet = &self.buf[..r as usize];
+            if sll.sll_pkttype == libc::PACKET_OUTGOING as u8 || !self.wanted(packet) {
+                self.stats.skipped += 1;
+                continue;
+            }
+            match crate::wire::trim_to_ip_len(packet) {
+                Ok(p) => f(p),
+                Err(_) => {
+                    self.stats.malformed += 1;
+                    continue;
+                }
+            }
+            n += 1;
+        }
+        self.stats.packets += n as u64;
+        n
+    }
+
+    fn stats(&self) -> CaptureStats {
+        self.stats
+    }
+}

@@ -1,0 +1,58 @@
+//! A worker's tap ring buffer (`TAPn` of tcpcopy-ebpf): records of a
+//! [`TapHeader`] followed by the IPv4 packet.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use aya::maps::{MapData, RingBuf};
+use tcpcopy_common::TapHeader;
+
+use super::{Capture, CaptureStats};
+
+pub struct TapRing {
+    ring: RingBuf<MapData>,
+    stats: CaptureStats,
+}
+
+impl TapRing {
+    pub fn new(ring: RingBuf<MapData>) -> Self {
+        TapRing {
+            ring,
+            stats: CaptureStats::default(),
+        }
+    }
+}
+
+const HDR: usize = std::mem::size_of::<TapHeader>();
+
+impl Capture for TapRing {
+    fn fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+
+    fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(item) = self.ring.next() else {
+                break;
+            };
+            if item.len() < HDR {
+                self.stats.malformed += 1;
+                continue;
+            }
+            let len = u32::from_ne_bytes([item[0], item[1], item[2], item[3]]) as usize;
+            match item.get(HDR..HDR + len) {
+                Some(packet) => {
+                    f(packet);
+                    n += 1;
+                }
+                None => self.stats.malformed += 1,
+            }
+        }
+        self.stats.packets += n as u64;
+        n
+    }
+
+    fn stats(&self) -> CaptureStats {
+        self.stats
+    }
+}

@@ -1,0 +1,192 @@
+//! The `tcpcopy` program, live capture: loads tcpcopy-ebpf in tap mode on
+//! `-i` (or opens AF_PACKET sockets), connects every worker to every
+//! intercept, starts one pinned worker per ring/socket, prints statistics
+//! every `--stats-interval` and a summary at exit, and detaches on every
+//! exit path (the XDP guard is dropped last).
+
+mod channel;
+mod options;
+mod summary;
+mod worker;
+
+pub use options::{parse_servers, CaptureMode, SendMode, Settings, TcpcopyOptions};
+pub use summary::Totals;
+pub use worker::WorkerReport;
+
+use std::{
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Context, Result};
+use aya::maps::RingBuf;
+use tcpcopy_common::{capture_mode, PortKey};
+
+use self::{channel::Channel, worker::Worker};
+use crate::{
+    capture::{Capture, PacketSocket, TapRing},
+    process,
+    proto::Framing,
+    session::Config,
+    xdp::{AttachedXdp, TCPCOPY_EBPF},
+};
+
+/// XDP map keys for the `-x` sources.
+pub fn source_keys(cfg: &Config) -> Vec<PortKey> {
+    cfg.transfers
+        .iter()
+        .map(|t| {
+            let addr = t.src_ip.map_or(0, |ip| u32::from_ne_bytes(ip.octets()));
+            PortKey::new(addr, t.src_port.to_be())
+        })
+        .collect()
+}
+
+fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        return Err(anyhow!("-i {name}: no such interface"));
+    }
+    Ok(i)
+}
+
+/// Run tcpcopy until SIGINT/SIGTERM/SIGHUP or a fatal worker error.
+pub fn run(opts: TcpcopyOptions) -> Result<()> {
+    let settings = opts.settings()?;
+    if opts.daemon {
+        process::daemonize()?;
+    }
+    process::init_logging(opts.log_file.as_deref())?;
+    let _pid = opts
+        .pid_file
+        .as_deref()
+        .map(process::PidFile::create)
+        .transpose()?;
+    let stop = process::shutdown_flag()?;
+    let cfg = Arc::clone(&settings.config);
+    tracing::info!(
+        "tcpcopy version:{} protocol:{} target:{} capture:{:?} workers:{} intercept:{:?}",
+        env!("CARGO_PKG_VERSION"),
+        crate::proto::INTERNAL_VERSION,
+        opts.transfer.as_deref().unwrap_or(""),
+        settings.capture,
+        settings.workers,
+        settings.servers
+    );
+
+    // Capture sources, one per worker; XDP is attached only once every
+    // worker is connected, so nothing is captured that cannot be replayed.
+    let mut xdp = None;
+    let mut captures: Vec<Box<dyn Capture>> = Vec::new();
+    match settings.capture {
+        CaptureMode::Tap => {
+            let mut x = AttachedXdp::load(
+                TCPCOPY_EBPF,
+                "tcpcopy_capture",
+                &[
+                    ("CAPTURE_MODE", capture_mode::TAP),
+                    ("TAP_RINGS", settings.workers as u32),
+                ],
+                &[],
+                opts.xdp_mode,
+            )?;
+            x.set_port_keys("SOURCES", &source_keys(&cfg))?;
+            for i in 0..settings.workers {
+                let map = x
+                    .ebpf_mut()
+                    .take_map(&format!("TAP{i}"))
+                    .ok_or_else(|| anyhow!("tap ring TAP{i} missing"))?;
+                captures.push(Box::new(TapRing::new(RingBuf::try_from(map)?)));
+            }
+            xdp = Some(x);
+        }
+        CaptureMode::Packet => {
+            let idx = match opts.ifaces.first() {
+                Some(name) => ifindex(name)?,
+                None => 0,
+            };
+            let group = (std::process::id() & 0xffff) as u16;
+            for _ in 0..settings.workers {
+                captures.push(Box::new(
+                    PacketSocket::open(idx, group, Arc::clone(&cfg)).context("--capture packet")?,
+                ));
+            }
+        }
+        CaptureMode::Xdp => unreachable!("refused by settings()"),
+    }
+
+    let epoch = Instant::now();
+    let mut workers = Vec::new();
+    for (id, capture) in captures.into_iter().enumerate() {
+        let channel = Channel::connect(&settings.servers, settings.connections, Framing::Combined)?;
+        workers.push(Worker::new(
+            id,
+            capture,
+            channel,
+            Arc::clone(&cfg),
+            opts.lonely,
+            epoch,
+        )?);
+    }
+    if let Some(x) = xdp.as_mut() {
+        for iface in &opts.ifaces {
+            x.attach(iface, opts.xdp_mode)?;
+        }
+    }
+
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut reports: Vec<Arc<Mutex<WorkerReport>>> = Vec::new();
+    let mut handles: Vec<JoinHandle<Result<()>>> = Vec::new();
+    for w in workers {
+        reports.push(Arc::clone(&w.report));
+        let stop = Arc::clone(&stop);
+        let core = (!cores.is_empty()).then(|| cores[w.id % cores.len()]);
+        let id = w.id;
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("tcpcopy-w{id}"))
+                .spawn(move || {
+                    if let Some(c) = core {
+                        core_affinity::set_for_current(c);
+                    }
+                    w.run(stop)
+                })?,
+        );
+    }
+    tracing::info!("tcpcopy ready: replaying to the target");
+
+    let interval = Duration::from_secs(opts.stats_interval.max(1));
+    let mut next_stats = Instant::now() + interval;
+    let mut failure = None;
+    while !process::should_stop(&stop) {
+        std::thread::sleep(Duration::from_millis(50));
+        if handles.iter().any(|h| h.is_finished()) {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            break;
+        }
+        if Instant::now() >= next_stats {
+            let t = Totals::collect(&reports, xdp.as_ref());
+            tracing::info!("{}", t.stats_line());
+            next_stats += interval;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some(anyhow!("a worker panicked")),
+        }
+    }
+    let totals = Totals::collect(&reports, xdp.as_ref());
+    tracing::info!("{}", totals.stats_line());
+    eprintln!("{}", totals.summary());
+    drop(xdp);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,358 @@
+//! tcpcopy's command line: the C tool's letters of spec §2.1 that apply to
+//! a live capture, with long names, plus the capture/worker/send options of
+//! this port. C options this port does not offer are accepted by the parser
+//! only to be refused with a message that says why.
+
+use std::{net::SocketAddrV4, path::PathBuf, sync::Arc};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+
+use crate::{
+    session::{parse_client_pool, parse_transfers, ClientPool, Config},
+    xdp::AttachMode,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CaptureMode {
+    /// XDP copies matched segments into per-worker ring buffers and passes
+    /// every frame (the online server itself).
+    Tap,
+    /// XDP redirects matched frames to AF_XDP sockets (mirror ports).
+    Xdp,
+    /// AF_PACKET sockets with fanout by flow hash (no eBPF).
+    Packet,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SendMode {
+    /// Raw IPv4 socket: the kernel routes and resolves the next hop.
+    Raw,
+    /// AF_XDP TX on `-o`.
+    Xdp,
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "tcpcopy",
+    disable_version_flag = true,
+    about = "Captures live client traffic and replays whole sessions to a test server"
+)]
+pub struct TcpcopyOptions {
+    /// What to replay and where: [IP:]PORT-IP:PORT[,...]
+    #[arg(short = 'x', long = "transfer", required_unless_present = "version")]
+    pub transfer: Option<String>,
+    /// intercept servers: IP[:PORT][,...]
+    #[arg(short = 's', long = "server", required_unless_present = "version")]
+    pub servers: Option<String>,
+    /// Port for `-s` entries that name none.
+    #[arg(short = 'p', long = "port", default_value_t = crate::proto::CONTROL_PORT)]
+    pub port: u16,
+    /// Control connections per intercept server, per worker (1..11).
+    #[arg(short = 'C', long = "connections", default_value_t = 2)]
+    pub connections: u8,
+    /// Rewrite client addresses from this pool: A.B.C.D or A.B.C.x, comma separated.
+    #[arg(short = 'c', long = "client-ips")]
+    pub client_ips: Option<String>,
+    /// Replace a captured 127.0.0.1 source with this address.
+    #[arg(short = 'H', long = "localhost-as")]
+    pub localhost_as: Option<std::net::Ipv4Addr>,
+    /// Replay every session this many times.
+    #[arg(short = 'n', long = "replicas", default_value_t = 1)]
+    pub replicas: u16,
+    /// Port shift factor, to run several tcpcopy instances side by side (0..255).
+    #[arg(short = 'f', long = "port-shift", default_value_t = 0)]
+    pub port_shift: u8,
+    /// Replay only this percentage of sessions (1..99; 0 or 100 = all).
+    #[arg(short = 'r', long = "percent", default_value_t = 0)]
+    pub percent: u8,
+    /// MTU: captured segments longer than this are cut.
+    #[arg(short = 'M', long = "mtu", default_value_t = 1500)]
+    pub mtu: u16,
+    /// MSS advertised in fabricated SYNs.
+    #[arg(short = 'D', long = "mss", default_value_t = 1460)]
+    pub mss: u16,
+    /// Session timeout in seconds (no response from the target).
+    #[arg(short = 't', long = "session-timeout", default_value_t = 600)]
+    pub session_timeout: u64,
+    /// Keepalive timeout in seconds (default: -t + 120).
+    #[arg(short = 'k', long = "keepalive-timeout")]
+    pub keepalive_timeout: Option<u64>,
+    /// Only replay sessions whose SYN was captured.
+    #[arg(short = 'O', long = "only-complete")]
+    pub only_complete: bool,
+    /// Do not wait for the previous response before sending the next request.
+    #[arg(short = 'W', long = "no-wait")]
+    pub no_wait: bool,
+    /// Keep running when every intercept connection is lost (reconnect every 12 s).
+    #[arg(short = 'L', long = "lonely")]
+    pub lonely: bool,
+    /// Most sessions per worker (memory bound).
+    #[arg(long = "max-sessions", default_value_t = 2_000_000)]
+    pub max_sessions: usize,
+    /// Log file (appended); stderr when absent.
+    #[arg(short = 'l', long = "log")]
+    pub log_file: Option<PathBuf>,
+    /// Write the process id to this file (removed at exit).
+    #[arg(short = 'P', long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Run as a daemon.
+    #[arg(short = 'd', long = "daemon")]
+    pub daemon: bool,
+    /// Interfaces to capture on (comma separated or repeated).
+    #[arg(short = 'i', long = "iface", value_delimiter = ',')]
+    pub ifaces: Vec<String>,
+    /// Capture mode (default: tap with -i, packet without).
+    #[arg(long = "capture", value_enum)]
+    pub capture: Option<CaptureMode>,
+    /// Worker threads, each pinned to a core (tap: at most 4).
+    #[arg(long = "workers")]
+    pub workers: Option<usize>,
+    /// How replayed packets leave.
+    #[arg(long = "send", value_enum, default_value_t = SendMode::Raw)]
+    pub send: SendMode,
+    /// Output interface for `--send xdp`.
+    #[arg(short = 'o', long = "out-iface")]
+    pub out_iface: Option<String>,
+    /// XDP attach mode.
+    #[arg(long = "xdp-mode", value_enum, default_value_t = AttachMode::Auto)]
+    pub xdp_mode: AttachMode,
+    /// Seconds between statistics lines.
+    #[arg(long = "stats-interval", default_value_t = 30)]
+    pub stats_interval: u64,
+    /// Print the version and exit.
+    #[arg(short = 'v', long = "version")]
+    pub version: bool,
+
+    // C options this port does not offer: refused with a reason.
+    #[arg(short = 'g', hide = true)]
+    pub c_gradual: bool,
+    #[arg(short = 'R', hide = true)]
+    pub c_rtt: Option<String>,
+    #[arg(short = 'U', hide = true)]
+    pub c_pool: Option<String>,
+    #[arg(short = 'm', hide = true)]
+    pub c_memory: Option<String>,
+    #[arg(short = 'F', hide = true)]
+    pub c_filter: Option<String>,
+    #[arg(short = 'B', hide = true)]
+    pub c_buffer: Option<String>,
+    #[arg(short = 'S', hide = true)]
+    pub c_snaplen: Option<String>,
+}
+
+/// Everything `run` needs, validated.
+#[derive(Debug)]
+pub struct Settings {
+    pub config: Arc<Config>,
+    pub servers: Vec<SocketAddrV4>,
+    pub connections: usize,
+    pub capture: CaptureMode,
+    pub workers: usize,
+}
+
+impl TcpcopyOptions {
+    /// Check the options and build the engine configuration.
+    pub fn settings(&self) -> Result<Settings> {
+        self.refuse_unsupported()?;
+        let transfers = parse_transfers(self.transfer.as_deref().unwrap_or(""))?;
+        let servers = parse_servers(self.servers.as_deref().unwrap_or(""), self.port)?;
+        let client_pool = match &self.client_ips {
+            Some(s) => Some(ClientPool::new(parse_client_pool(s, &transfers)?)),
+            None => None,
+        };
+        let capture = match self.capture {
+            Some(c) => c,
+            None if self.ifaces.is_empty() => CaptureMode::Packet,
+            None => CaptureMode::Tap,
+        };
+        if capture == CaptureMode::Xdp {
+            bail!("--capture xdp (AF_XDP) is not built yet: use --capture tap on the online host or --capture packet");
+        }
+        if self.send == SendMode::Xdp {
+            bail!("--send xdp (AF_XDP TX) is not built yet: use --send raw (the default)");
+        }
+        if capture == CaptureMode::Tap && self.ifaces.is_empty() {
+            bail!("--capture tap needs -i IFACE: the interfaces client traffic arrives on");
+        }
+        if capture == CaptureMode::Packet && self.ifaces.len() > 1 {
+            bail!("--capture packet takes one -i interface (or none: every interface)");
+        }
+        let cpus = core_affinity::get_core_ids().map_or(1, |c| c.len()).max(1);
+        let workers = self.workers.unwrap_or(cpus.min(4));
+        if workers == 0 {
+            bail!("--workers must be at least 1");
+        }
+        if capture == CaptureMode::Tap && workers > tcpcopy_common::MAX_TAP_RINGS as usize {
+            bail!(
+                "--workers {workers}: tap capture has at most {} rings",
+                tcpcopy_common::MAX_TAP_RINGS
+            );
+        }
+        let session_timeout_ms = self.session_timeout.max(1) * 1000;
+        let keepalive_timeout_ms = self
+            .keepalive_timeout
+            .filter(|k| *k > 0)
+            .map_or(session_timeout_ms + 120_000, |k| k * 1000);
+        let config = Config {
+            transfers,
+            client_pool,
+            localhost_as: self.localhost_as,
+            replicas: self.replicas.max(1),
+            port_shift: self.port_shift,
+            sample_percent: if self.percent >= 100 { 0 } else { self.percent },
+            mtu: self.mtu,
+            mss: self.mss,
+            session_timeout_ms,
+            keepalive_timeout_ms,
+            only_complete: self.only_complete,
+            no_wait: self.no_wait,
+            max_sessions: self.max_sessions,
+            ..Config::default()
+        };
+        Ok(Settings {
+            config: Arc::new(config),
+            servers,
+            connections: self.connections.clamp(1, 11) as usize,
+            capture,
+            workers,
+        })
+    }
+
+    fn refuse_unsupported(&self) -> Result<()> {
+        let refuse =
+            |flag: &str, why: &str| -> Result<()> { bail!("{flag} is not supported: {why}") };
+        if self.c_gradual {
+            refuse(
+                "-g (gradual ramp-up)",
+                "not built yet; use -r PERCENT for a fixed share",
+            )?;
+        }
+        if self.c_rtt.is_some() {
+            refuse(
+                "-R",
+                "the C tool ignored its value; the RTT is always measured",
+            )?;
+        }
+        if self.c_pool.is_some() {
+            refuse("-U", "per-session memory pools are a C allocator detail")?;
+        }
+        if self.c_memory.is_some() {
+            refuse(
+                "-m",
+                "not built yet; --max-sessions bounds memory per worker",
+            )?;
+        }
+        if self.c_filter.is_some() || self.c_buffer.is_some() || self.c_snaplen.is_some() {
+            refuse(
+                "-F/-B/-S (pcap capture)",
+                "capture is filtered by -x in XDP or AF_PACKET",
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `-s ip[:port][,...]`, at most 32.
+pub fn parse_servers(s: &str, default_port: u16) -> Result<Vec<SocketAddrV4>> {
+    let mut out = Vec::new();
+    for item in s.split(',').filter(|i| !i.is_empty()) {
+        let addr = match item.split_once(':') {
+            Some((ip, port)) => SocketAddrV4::new(
+                ip.parse()
+                    .with_context(|| format!("-s {item}: bad address"))?,
+                port.parse()
+                    .with_context(|| format!("-s {item}: bad port"))?,
+            ),
+            None => SocketAddrV4::new(
+                item.parse()
+                    .with_context(|| format!("-s {item}: bad address"))?,
+                default_port,
+            ),
+        };
+        out.push(addr);
+    }
+    if out.is_empty() {
+        bail!("-s: tcpcopy needs the intercept addresses, e.g. -s 10.0.4.3");
+    }
+    if out.len() > 32 {
+        bail!("-s: at most 32 intercept servers");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(args: &[&str]) -> TcpcopyOptions {
+        let mut v = vec!["tcpcopy"];
+        v.extend_from_slice(args);
+        TcpcopyOptions::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn live_defaults_and_letters() {
+        let o = opts(&[
+            "-x",
+            "80-10.0.2.2:8080",
+            "-s",
+            "10.0.4.3",
+            "-i",
+            "onl0",
+            "-n",
+            "2",
+            "-t",
+            "60",
+        ]);
+        let s = o.settings().unwrap();
+        assert_eq!(s.capture, CaptureMode::Tap);
+        assert_eq!(s.servers, vec!["10.0.4.3:36524".parse().unwrap()]);
+        assert_eq!(s.connections, 2);
+        assert_eq!(s.config.replicas, 2);
+        assert_eq!(s.config.session_timeout_ms, 60_000);
+        assert_eq!(s.config.keepalive_timeout_ms, 180_000);
+    }
+
+    #[test]
+    fn unsupported_c_options_name_themselves() {
+        for (flag, arg) in [
+            ("-g", None),
+            ("-R", Some("5")),
+            ("-m", Some("100")),
+            ("-F", Some("tcp")),
+        ] {
+            let mut a = vec!["-x", "80-10.0.2.2:8080", "-s", "10.0.4.3", flag];
+            a.extend(arg);
+            let e = opts(&a).settings().unwrap_err().to_string();
+            assert!(e.contains(&flag[..2]) && e.contains("not supported"), "{e}");
+        }
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let e = opts(&["-x", "80", "-s", "10.0.4.3"])
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("-x"), "{e}");
+        let e = opts(&["-x", "80-10.0.2.2:8080", "-s", "nowhere"])
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("-s"), "{e}");
+        let e = opts(&[
+            "-x",
+            "80-10.0.2.2:8080",
+            "-s",
+            "1.2.3.4",
+            "--capture",
+            "tap",
+        ])
+        .settings()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("-i"), "{e}");
+        assert!(TcpcopyOptions::try_parse_from(["tcpcopy", "--bogus"]).is_err());
+    }
+}

@@ -1,0 +1,143 @@
+//! Adding up the workers' reports: the periodic statistics line and the
+//! exit summary, which says in words where every captured segment went.
+
+use std::sync::{Arc, Mutex};
+
+use tcpcopy_common::tcpcopy_counter as kc;
+
+use super::worker::WorkerReport;
+use crate::{capture::CaptureStats, session::Counters, xdp::AttachedXdp};
+
+#[derive(Clone, Debug, Default)]
+pub struct Totals {
+    pub engine: Counters,
+    pub capture: CaptureStats,
+    pub records: u64,
+    pub routes_sent: u64,
+    pub routes_unsent: u64,
+    pub conns_lost: u64,
+    pub sent: u64,
+    pub send_errors: u64,
+    pub active_sessions: usize,
+    /// Kernel counters of tcpcopy-ebpf (tap mode), by `tcpcopy_counter`.
+    pub kernel: Option<Vec<u64>>,
+}
+
+impl Totals {
+    pub fn collect(reports: &[Arc<Mutex<WorkerReport>>], xdp: Option<&AttachedXdp>) -> Totals {
+        let mut t = Totals::default();
+        for r in reports {
+            let r = r.lock().unwrap_or_else(|e| e.into_inner());
+            t.engine.add(&r.engine);
+            t.capture.packets += r.capture.packets;
+            t.capture.skipped += r.capture.skipped;
+            t.capture.malformed += r.capture.malformed;
+            t.records += r.channel.records;
+            t.routes_sent += r.channel.routes_sent;
+            t.routes_unsent += r.channel.routes_unsent;
+            t.conns_lost += r.channel.conns_lost;
+            t.sent += r.sent;
+            t.send_errors += r.send_errors;
+            t.active_sessions += r.active_sessions;
+        }
+        t.kernel = xdp.and_then(|x| x.read_counters("COUNTERS", kc::COUNT).ok());
+        t
+    }
+
+    pub fn stats_line(&self) -> String {
+        let e = &self.engine;
+        let kernel = match &self.kernel {
+            Some(k) => format!(
+                "kernel matched:{} tapped:{} ring_full:{} too_big:{} | ",
+                k[kc::MATCHED as usize],
+                k[kc::TAPPED as usize],
+                k[kc::RING_FULL as usize],
+                k[kc::TOO_BIG as usize]
+            ),
+            None => String::new(),
+        };
+        format!(
+            "{kernel}captured:{} replayed:{} requests:{} bytes:{} lost:{} | sessions active:{} created:{} conns:{} reconnects:{} | sent:{} send_errors:{} retransmits:{} | responses:{} routes:{}",
+            e.captured,
+            e.replayed,
+            e.requests_replayed,
+            e.bytes_replayed,
+            e.lost(),
+            self.active_sessions,
+            e.sessions_created,
+            e.connections,
+            e.reconnects,
+            self.sent,
+            self.send_errors,
+            e.retransmits,
+            self.records,
+            self.routes_sent,
+        )
+    }
+
+    /// The exit summary: every counter that is not zero, then the answer
+    /// in words.
+    pub fn summary(&self) -> String {
+        let mut out = String::from("tcpcopy summary\n");
+        if let Some(k) = &self.kernel {
+            for (i, name) in kc::NAMES.iter().enumerate() {
+                if k[i] != 0 {
+                    out.push_str(&format!("  kernel {name:<24} {:>12}\n", k[i]));
+                }
+            }
+        }
+        for (name, v) in self.engine.fields() {
+            if v != 0 {
+                out.push_str(&format!("  {name:<31} {v:>12}\n"));
+            }
+        }
+        for (name, v) in [
+            ("packets_sent_ok", self.sent),
+            ("send_errors", self.send_errors),
+            ("response_records", self.records),
+            ("intercept_conns_lost", self.conns_lost),
+        ] {
+            if v != 0 {
+                out.push_str(&format!("  {name:<31} {v:>12}\n"));
+            }
+        }
+        out.push_str(&self.in_words());
+        out
+    }
+
+    pub fn in_words(&self) -> String {
+        let e = &self.engine;
+        let ring_full = self
+            .kernel
+            .as_ref()
+            .map_or(0, |k| k[kc::RING_FULL as usize]);
+        let mut lost: Vec<(String, u64)> = [
+            ("kernel ring full", ring_full),
+            ("target refused the connection", e.lost_target_refused),
+            ("handshake timed out", e.lost_handshake_timeout),
+            ("session timed out", e.lost_timed_out),
+            ("capture gap never filled", e.lost_capture_gap),
+            ("session buffer full", e.lost_buffer_full),
+            ("target closed or reset", e.lost_target_closed),
+            ("client reset", e.lost_client_reset),
+            ("still buffered at shutdown", e.lost_shutdown),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| (s.to_string(), n))
+        .collect();
+        lost.sort_by(|a, b| b.1.cmp(&a.1));
+        let total: u64 = lost.iter().map(|(_, n)| n).sum();
+        let mut s = format!(
+            "{} segments captured, {} replayed ({} requests, {} bytes) to the target",
+            e.captured, e.replayed, e.requests_replayed, e.bytes_replayed
+        );
+        if total == 0 {
+            s.push_str("; none lost.\n");
+        } else {
+            let why: Vec<String> = lost.iter().map(|(w, n)| format!("{n} {w}")).collect();
+            s.push_str(&format!("; {total} lost: {}.\n", why.join(", ")));
+        }
+        s
+    }
+}

@@ -1,0 +1,173 @@
+//! One replay worker, pinned to a core: it owns a capture source, a session
+//! engine, a raw send socket and its own control channel, so intercept
+//! routes each response straight back to the worker that owns the session.
+//! Nothing is shared on the hot path; a snapshot of the counters is
+//! published for the stats thread a few times a second.
+
+use std::{
+    os::fd::RawFd,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+
+use super::channel::{Channel, ChannelStats};
+use crate::{
+    capture::{Capture, CaptureStats},
+    proto::ResponseRecord,
+    send::RawSender,
+    session::{Config, Counters, Engine},
+};
+
+/// What a worker reports to the stats thread.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerReport {
+    pub engine: Counters,
+    pub capture: CaptureStats,
+    pub channel: ChannelStats,
+    pub sent: u64,
+    pub send_errors: u64,
+    pub active_sessions: usize,
+    pub finished: bool,
+}
+
+pub struct Worker {
+    pub id: usize,
+    pub capture: Box<dyn Capture>,
+    pub channel: Channel,
+    pub sender: RawSender,
+    pub engine: Engine,
+    pub lonely: bool,
+    pub report: Arc<Mutex<WorkerReport>>,
+    /// Process start: the engine's clock is milliseconds since then.
+    pub epoch: Instant,
+}
+
+const BATCH: usize = 256;
+const IDLE_POLL: Duration = Duration::from_millis(1);
+const RECONNECT_EVERY: Duration = Duration::from_secs(12);
+const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+
+impl Worker {
+    pub fn new(
+        id: usize,
+        capture: Box<dyn Capture>,
+        channel: Channel,
+        config: Arc<Config>,
+        lonely: bool,
+        epoch: Instant,
+    ) -> Result<Self> {
+        Ok(Worker {
+            id,
+            capture,
+            channel,
+            sender: RawSender::new()
+                .map_err(|e| anyhow::anyhow!("raw send socket (needs CAP_NET_RAW): {e}"))?,
+            engine: Engine::new(config),
+            lonely,
+            report: Arc::new(Mutex::new(WorkerReport::default())),
+            epoch,
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Run until `stop` is raised (or every intercept is gone without `-L`).
+    pub fn run(mut self, stop: Arc<AtomicBool>) -> Result<()> {
+        let result = self.run_loop(&stop);
+        // Close what is open toward the target: RST every live session.
+        self.engine.shutdown();
+        self.flush_outputs();
+        self.publish(true);
+        result
+    }
+
+    fn run_loop(&mut self, stop: &AtomicBool) -> Result<()> {
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut records: Vec<ResponseRecord> = Vec::new();
+        let mut last_publish = Instant::now();
+        let mut last_reconnect = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            // Responses first: they release held requests.
+            records.clear();
+            self.channel.poll_records(&mut records);
+            let now = self.now();
+            for r in &records {
+                self.engine.handle_response(now, &r.header());
+            }
+            let engine = &mut self.engine;
+            let got = self
+                .capture
+                .read_batch(BATCH, &mut |p| engine.handle_client_packet(now, p));
+            self.engine.handle_timeout(self.now());
+            self.flush_outputs();
+
+            if self.channel.active() == 0 {
+                if !self.lonely {
+                    bail!("worker {}: every intercept connection is lost (active num is zero); use -L to keep running", self.id);
+                }
+                if last_reconnect.elapsed() >= RECONNECT_EVERY {
+                    self.channel.reconnect();
+                    last_reconnect = Instant::now();
+                }
+            }
+            if last_publish.elapsed() >= PUBLISH_EVERY {
+                self.publish(false);
+                last_publish = Instant::now();
+            }
+            if got == BATCH || !records.is_empty() {
+                continue;
+            }
+            self.wait(&mut fds);
+        }
+        Ok(())
+    }
+
+    /// Sleep until capture or control traffic, the engine's next timer, or
+    /// the idle poll (ring wakeups are batched by the kernel side).
+    fn wait(&mut self, fds: &mut Vec<libc::pollfd>) {
+        let mut raw: Vec<RawFd> = vec![self.capture.fd()];
+        self.channel.fds(&mut raw);
+        fds.clear();
+        fds.extend(raw.iter().map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        let mut timeout = IDLE_POLL.as_millis() as i64;
+        if let Some(t) = self.engine.poll_timeout() {
+            timeout = timeout.min(t.saturating_sub(self.now()) as i64);
+        }
+        // SAFETY: fds is a valid array of pollfd for its length.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout as i32) };
+    }
+
+    /// Route messages before the packets they announce (spec §3.2).
+    fn flush_outputs(&mut self) {
+        while let Some(m) = self.engine.poll_route() {
+            self.channel.send_route(&m);
+        }
+        while let Some(p) = self.engine.poll_transmit() {
+            if let Err(e) = self.sender.send(&p) {
+                tracing::debug!(worker = self.id, error = %e, "send to target failed");
+            }
+        }
+    }
+
+    fn publish(&self, finished: bool) {
+        let mut r = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        r.engine = self.engine.counters().clone();
+        r.capture = self.capture.stats();
+        r.channel = self.channel.stats;
+        r.sent = self.sender.sent;
+        r.send_errors = self.sender.errors;
+        r.active_sessions = self.engine.active_sessions();
+        r.finished = finished;
+    }
+}
