@@ -1,11 +1,15 @@
 //! `cargo xtask demo`: the main job on an embedded default. Brings the lab
-//! up, starts the tools, drives wrk at the online nginx, waits until the
-//! target stops receiving, prints what the servers themselves counted next
-//! to the tools' counters, and takes the lab down (whatever happens).
+//! up, starts intercept on the assistant and tcpcopy (XDP tap capture, two
+//! workers) on the online host, drives wrk at the online nginx, waits until
+//! the target stops receiving, prints what the servers themselves counted
+//! next to tcpcopy's own summary, and takes the lab down (whatever happens).
 
-use crate::lab::{self, in_ns, ONLINE_IP};
+use crate::{
+    lab::{self, in_ns, ONLINE_IP},
+    replay::{self, Replay},
+};
 use anyhow::Result;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct LabGuard;
 impl Drop for LabGuard {
@@ -21,48 +25,54 @@ pub fn demo(seconds: u32) -> Result<()> {
     println!("demo: bringing the lab up");
     let _guard = LabGuard;
     lab::up()?;
+    let args = ["-x", "80-10.0.2.2:8080", "-i", "onl0", "--workers", "2"];
+    println!(
+        "demo: intercept on the assistant, tcpcopy {} on the online host",
+        args.join(" ")
+    );
+    let replay = Replay::start("demo", &args)?;
+    replay::reset_logs()?;
 
     println!("demo: wrk -c10 for {seconds}s at http://{ONLINE_IP}/ from the client namespace");
     in_ns(
         "client",
         &format!(
-            "wrk -t1 -c10 -d{seconds}s http://{ONLINE_IP}/ > {}/wrk.txt 2>&1",
+            "wrk -t2 -c10 -d{seconds}s http://{ONLINE_IP}/ > {}/wrk.txt 2>&1",
             lab::RUN_DIR
         ),
     )?;
     let online = lab::count_lines("online-nginx-access.log");
-    let target = wait_for_quiet(
-        "target-nginx-access.log",
+    let (target, last_change) = replay::wait_until_quiet(
+        || lab::count_lines("target-nginx-access.log"),
         Duration::from_secs(2),
-        Duration::from_secs(15),
+        Duration::from_secs(20),
     );
+    // The wait starts as the load stops: its last change is the drain time.
+    let drain = last_change;
+    let log = replay.stop()?;
 
     println!();
     println!("== summary ==");
     println!("requests served by online nginx (its access log): {online}");
     println!("requests served by target nginx (its access log): {target}");
-    println!(
-        "not there yet: the live replay path (tcpcopy capture → session engine → send, and\n\
-         intercept's control channel) is still being built, so nothing is replayed and no\n\
-         ratio is printed; tool counters will appear here once the tools run in the demo."
-    );
-    Ok(())
-}
-
-/// Wait until a log file stops growing for `quiet`, at most `max`.
-fn wait_for_quiet(name: &str, quiet: Duration, max: Duration) -> u64 {
-    let start = Instant::now();
-    let mut last = lab::count_lines(name);
-    let mut since = Instant::now();
-    while start.elapsed() < max {
-        std::thread::sleep(Duration::from_millis(200));
-        let now = lab::count_lines(name);
-        if now != last {
-            last = now;
-            since = Instant::now();
-        } else if since.elapsed() >= quiet {
-            break;
-        }
+    if online > 0 {
+        println!(
+            "replay ratio target/online: {:.4}; target's last request {:.2}s after the load stopped",
+            target as f64 / online as f64,
+            drain.as_secs_f64()
+        );
     }
-    last
+    println!();
+    match log.find("tcpcopy summary") {
+        Some(i) => println!(
+            "{}",
+            log[i..]
+                .lines()
+                .filter(|l| !l.contains(" INFO "))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+        None => println!("(tcpcopy printed no summary)\n{log}"),
+    }
+    Ok(())
 }

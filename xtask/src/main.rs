@@ -2,7 +2,9 @@
 //! recipe: `setup`, `build`, `run`, `lab`, `demo`, `test`, `bench`.
 
 mod demo;
+mod e2e;
 mod lab;
+mod replay;
 mod setup;
 mod util;
 
@@ -45,8 +47,11 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         seconds: u32,
     },
-    /// Unit tests, then the root-only integration tests in namespaces.
+    /// Unit tests, the root-only integration tests in namespaces, then the
+    /// end-to-end tests in the lab.
     Test,
+    /// Only the end-to-end tests in the lab (real binaries, real servers).
+    E2e,
     /// Benchmarks; reports go to bench/results/. Today: the session engine.
     Bench,
 }
@@ -76,6 +81,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Lab { action } => lab::run(action),
         Cmd::Demo { seconds } => demo::demo(seconds),
         Cmd::Test => test(),
+        Cmd::E2e => {
+            setup::setup(false)?;
+            util::cargo(&["build", "--release"])?;
+            e2e::run_all()
+        }
         Cmd::Bench => {
             setup::setup(false)?;
             util::cargo(&["run", "--release", "--package", "bench", "--", "engine"])
@@ -101,5 +111,7 @@ fn test() -> Result<()> {
             "--test-threads=1",
         ],
         &[("TCPCOPY_NETNS_TESTS", "1")],
-    )
+    )?;
+    util::cargo(&["build", "--release"])?;
+    e2e::run_all()
 }

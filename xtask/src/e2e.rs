@@ -1,0 +1,290 @@
+//! End-to-end tests in the lab: the real tcpcopy and intercept binaries
+//! replay traffic that wrk, curl and redis-benchmark send to the online
+//! servers, and each test counts what the target servers themselves saw
+//! (nginx access log, redis total_commands_processed). Run by
+//! `cargo xtask test` after the cargo tests; `cargo xtask e2e` runs them
+//! alone.
+
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Result};
+
+use crate::{
+    lab::{self, in_ns, ONLINE_IP, TARGET_IP},
+    replay::{self, Replay},
+};
+
+struct LabGuard;
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        lab::down();
+    }
+}
+
+const TAP: &[&str] = &[
+    "-x",
+    "80-10.0.2.2:8080,6379-10.0.2.2:6379",
+    "-i",
+    "onl0",
+    "--workers",
+    "2",
+];
+
+fn online() -> u64 {
+    lab::count_lines("online-nginx-access.log")
+}
+fn target() -> u64 {
+    lab::count_lines("target-nginx-access.log")
+}
+
+/// Load, then wait for the target to go quiet; returns (online, target).
+fn drive(load: &str) -> Result<(u64, u64)> {
+    replay::reset_logs()?;
+    in_ns("client", &format!("{load} > /dev/null 2>&1"))?;
+    let online = online();
+    let (target, _) =
+        replay::wait_until_quiet(target, Duration::from_millis(1500), Duration::from_secs(20));
+    Ok((online, target))
+}
+
+fn exact(what: &str, online: u64, target: u64) -> Result<()> {
+    println!("    {what}: online {online}, target {target}");
+    ensure!(online > 100, "{what}: too little load ({online} requests)");
+    ensure!(
+        target == online,
+        "{what}: target saw {target} requests, online {online}"
+    );
+    Ok(())
+}
+
+fn wrk(conns: u32, secs: u32, extra: &str) -> String {
+    format!("wrk -t2 -c{conns} -d{secs}s {extra} http://{ONLINE_IP}/")
+}
+
+fn keepalive_and_short_connections() -> Result<()> {
+    let r = Replay::start("keepalive", TAP)?;
+    let (o, t) = drive(&wrk(10, 2, ""))?;
+    exact("wrk -c10 keep-alive", o, t)?;
+    let (o, t) = drive(&wrk(10, 2, "-H 'Connection: close'"))?;
+    exact("wrk -c10 short connections", o, t)?;
+    let log = r.stop()?;
+    ensure!(
+        log.contains("none lost"),
+        "summary should say none lost:\n{log}"
+    );
+    Ok(())
+}
+
+fn redis_benchmark() -> Result<()> {
+    let r = Replay::start("redis", TAP)?;
+    let before = (
+        replay::redis_commands("online", ONLINE_IP)?,
+        replay::redis_commands("target", TARGET_IP)?,
+    );
+    in_ns(
+        "client",
+        &format!(
+            "redis-benchmark -h {ONLINE_IP} -c 10 -n 20000 -t set,get,incr,lpush -q > /dev/null"
+        ),
+    )?;
+    let online = replay::redis_commands("online", ONLINE_IP)? - before.0;
+    let (target, _) = replay::wait_until_quiet(
+        || replay::redis_commands("target", TARGET_IP).unwrap_or(0),
+        Duration::from_millis(1500),
+        Duration::from_secs(20),
+    );
+    let target = target - before.1;
+    exact("redis-benchmark -c10", online, target)?;
+    r.stop()?;
+    Ok(())
+}
+
+fn replicas_double() -> Result<()> {
+    let mut args = TAP.to_vec();
+    args.extend(["-n", "2"]);
+    let r = Replay::start("replicas", &args)?;
+    let (o, t) = drive(&wrk(10, 2, ""))?;
+    println!("    -n 2: online {o}, target {t}");
+    ensure!(t == 2 * o, "-n 2: target saw {t}, expected {}", 2 * o);
+    r.stop()?;
+    Ok(())
+}
+
+fn sampling_halves() -> Result<()> {
+    let mut args = TAP.to_vec();
+    args.extend(["-r", "50"]);
+    let r = Replay::start("sampling", &args)?;
+    // Many short sessions: -r samples whole sessions.
+    let (o, t) = drive(&wrk(10, 2, "-H 'Connection: close'"))?;
+    let ratio = t as f64 / o as f64;
+    println!("    -r 50: online {o}, target {t}, ratio {ratio:.3}");
+    ensure!(
+        (ratio - 0.5).abs() <= 0.05,
+        "-r 50: ratio {ratio:.3} not within 5% of 0.5"
+    );
+    r.stop()?;
+    Ok(())
+}
+
+fn client_pool_shows_in_target_log() -> Result<()> {
+    let mut args = TAP.to_vec();
+    args.extend(["-c", "10.9.9.x"]);
+    let r = Replay::start("pool", &args)?;
+    let (o, t) = drive(&wrk(4, 1, ""))?;
+    exact("-c 10.9.9.x", o, t)?;
+    let text = std::fs::read_to_string(lab::run_dir().join("target-nginx-access.log"))?;
+    ensure!(
+        text.lines().all(|l| l.starts_with("10.9.9.")),
+        "-c: every target log line should come from 10.9.9.x"
+    );
+    r.stop()?;
+    Ok(())
+}
+
+fn session_open_before_start_is_replayed_from_its_next_request() -> Result<()> {
+    replay::reset_logs()?;
+    // One keep-alive connection, a request every 250 ms for 5 s.
+    let url = format!("http://{ONLINE_IP}/early[1-20]");
+    let curl = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "client",
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "--rate",
+            "240/m",
+            &url,
+        ])
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1200));
+    let r = Replay::start("midstream", TAP)?;
+    let mut curl = curl;
+    curl.wait()?;
+    let count = |name: &str| {
+        std::fs::read_to_string(lab::run_dir().join(name))
+            .map(|s| s.matches("/early").count() as u64)
+            .unwrap_or(0)
+    };
+    let (t, _) = replay::wait_until_quiet(
+        || count("target-nginx-access.log"),
+        Duration::from_millis(1500),
+        Duration::from_secs(20),
+    );
+    let o = count("online-nginx-access.log");
+    println!("    mid-stream session: online {o}, target {t}");
+    ensure!(o == 20, "curl should have made 20 requests, online saw {o}");
+    ensure!(
+        t >= 10 && t < o,
+        "the requests after tcpcopy started should be replayed (target {t})"
+    );
+    let log = r.stop()?;
+    ensure!(
+        log.contains("syns_fabricated"),
+        "a fabricated SYN should be counted:\n{log}"
+    );
+    Ok(())
+}
+
+fn packet_capture() -> Result<()> {
+    let r = Replay::start(
+        "packet",
+        &[
+            "-x",
+            "80-10.0.2.2:8080",
+            "--capture",
+            "packet",
+            "-i",
+            "onl0",
+            "--workers",
+            "2",
+        ],
+    )?;
+    let (o, t) = drive(&wrk(10, 2, ""))?;
+    exact("--capture packet, wrk -c10", o, t)?;
+    r.stop()?;
+    Ok(())
+}
+
+fn production_unharmed_while_tcpcopy_is_stopped() -> Result<()> {
+    let r = Replay::start("sigstop", TAP)?;
+    r.tcpcopy.signal("-STOP");
+    replay::reset_logs()?;
+    let out = crate::util::output(&format!("ip netns exec client {}", wrk(10, 2, "")))?;
+    r.tcpcopy.signal("-CONT");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let served = online();
+    let reported: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    println!("    tcpcopy stopped: wrk completed {reported}, online nginx served {served}");
+    ensure!(
+        !text.contains("Socket errors") && !text.contains("Non-2xx"),
+        "wrk saw errors:\n{text}"
+    );
+    ensure!(
+        served >= reported && reported > 100,
+        "online must serve every request"
+    );
+    r.stop()?;
+    Ok(())
+}
+
+type Scenario = (&'static str, fn() -> Result<()>);
+
+const SCENARIOS: &[Scenario] = &[
+    (
+        "nginx keep-alive and short connections, exactly once",
+        keepalive_and_short_connections,
+    ),
+    ("redis-benchmark commands, exactly once", redis_benchmark),
+    ("-n 2 doubles", replicas_double),
+    ("-r 50 halves", sampling_halves),
+    (
+        "-c rewrites the client address",
+        client_pool_shows_in_target_log,
+    ),
+    (
+        "a session open before tcpcopy starts",
+        session_open_before_start_is_replayed_from_its_next_request,
+    ),
+    ("--capture packet (AF_PACKET)", packet_capture),
+    (
+        "tap mode: a SIGSTOPped tcpcopy costs production nothing",
+        production_unharmed_while_tcpcopy_is_stopped,
+    ),
+];
+
+pub fn run_all() -> Result<()> {
+    crate::util::require_root("the lab end-to-end tests")?;
+    let _guard = LabGuard;
+    lab::down();
+    lab::up()?;
+    let mut failed = Vec::new();
+    for (name, f) in SCENARIOS {
+        println!("e2e: {name}");
+        match f() {
+            Ok(()) => println!("    ok"),
+            Err(e) => {
+                println!("    FAILED: {e:#}");
+                failed.push(*name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} end-to-end tests failed: {failed:?}",
+            failed.len(),
+            SCENARIOS.len()
+        );
+    }
+    println!("e2e: all {} passed", SCENARIOS.len());
+    Ok(())
+}

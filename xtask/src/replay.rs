@@ -1,0 +1,223 @@
+//! Running the two real binaries in the lab: intercept on the assistant,
+//! tcpcopy on the online host, each a child process that is stopped with
+//! SIGINT (so it detaches and prints its summary) when the guard drops.
+//! Shared by the demo, the end-to-end tests and the benchmarks.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::lab::{self, ASSISTANT_CTL_IP};
+
+pub struct Tool {
+    child: Option<Child>,
+    pub log: PathBuf,
+    name: &'static str,
+}
+
+fn binary(name: &str) -> PathBuf {
+    crate::util::root().join("target/release").join(name)
+}
+
+impl Tool {
+    fn spawn(name: &'static str, ns: &str, args: &[String], tag: &str) -> Result<Tool> {
+        let log = lab::run_dir().join(format!("{name}-{tag}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(binary(name))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Tool {
+            child: Some(child),
+            log,
+            name,
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_for(&mut self, needle: &str, max: Duration) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < max {
+            if self.log_text().contains(needle) {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    bail!(
+                        "{} exited ({status}) before it was ready:\n{}",
+                        self.name,
+                        self.log_text()
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "{} not ready after {max:?}:\n{}",
+            self.name,
+            self.log_text()
+        )
+    }
+
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            // `ip netns exec` execs the binary, so the pid is the tool's.
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// SIGINT and wait; returns the log.
+    pub fn stop(&mut self) -> Result<String> {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let start = Instant::now();
+            loop {
+                if let Some(status) = c.try_wait()? {
+                    if !status.success() {
+                        bail!("{} exited with {status}:\n{}", self.name, self.log_text());
+                    }
+                    break;
+                }
+                if start.elapsed() > Duration::from_secs(10) {
+                    let _ = c.kill();
+                    bail!("{} did not stop on SIGINT", self.name);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(self.log_text())
+    }
+}
+
+impl Drop for Tool {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// intercept + tcpcopy, started in that order (tcpcopy connects at start).
+pub struct Replay {
+    pub tcpcopy: Tool,
+    pub intercept: Tool,
+}
+
+/// The `-F` filter for the lab's target services.
+pub const FILTER: &str = "tcp and src port 8080 or tcp and src port 6379";
+
+impl Replay {
+    /// `tcpcopy_args` come after `-s` (which points at the assistant).
+    pub fn start(tag: &str, tcpcopy_args: &[&str]) -> Result<Replay> {
+        let intercept_args: Vec<String> = [
+            "-i",
+            "ast0",
+            "-F",
+            FILTER,
+            "-b",
+            ASSISTANT_CTL_IP,
+            "--stats-interval",
+            "5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut intercept = Tool::spawn("intercept", "assistant", &intercept_args, tag)?;
+        intercept.wait_for("intercept ready", Duration::from_secs(10))?;
+        let mut args: Vec<String> = vec![
+            "-s".into(),
+            ASSISTANT_CTL_IP.into(),
+            "--stats-interval".into(),
+            "5".into(),
+        ];
+        args.extend(tcpcopy_args.iter().map(|s| s.to_string()));
+        let mut tcpcopy = Tool::spawn("tcpcopy", "online", &args, tag)?;
+        tcpcopy.wait_for("tcpcopy ready", Duration::from_secs(10))?;
+        Ok(Replay { tcpcopy, intercept })
+    }
+
+    /// Stop both (tcpcopy first) and return tcpcopy's log.
+    pub fn stop(mut self) -> Result<String> {
+        let log = self.tcpcopy.stop()?;
+        self.intercept.stop()?;
+        Ok(log)
+    }
+}
+
+/// Wait until `count` stops changing for `quiet` (at most `max`); returns
+/// the last value and how long after the call it last changed.
+pub fn wait_until_quiet(
+    count: impl Fn() -> u64,
+    quiet: Duration,
+    max: Duration,
+) -> (u64, Duration) {
+    let start = Instant::now();
+    let mut last = count();
+    let mut changed = Duration::ZERO;
+    while start.elapsed() < max {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = count();
+        if now != last {
+            last = now;
+            changed = start.elapsed();
+        } else if start.elapsed() - changed >= quiet {
+            break;
+        }
+    }
+    (last, changed)
+}
+
+/// Truncate the nginx access logs (nginx appends with O_APPEND, so the next
+/// line starts at 0).
+pub fn reset_logs() -> Result<()> {
+    for name in ["online-nginx-access.log", "target-nginx-access.log"] {
+        std::fs::write(lab::run_dir().join(name), b"")?;
+    }
+    Ok(())
+}
+
+/// Commands a redis server has processed, not counting our own INFO calls
+/// (the sum of `info commandstats` calls except `info`).
+pub fn redis_commands(ns: &str, ip: &str) -> Result<u64> {
+    let out = crate::util::output(&format!(
+        "ip netns exec {ns} redis-cli -h {ip} info commandstats"
+    ))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains("Commandstats"),
+        "redis-cli info commandstats failed: {text}"
+    );
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum())
+}
