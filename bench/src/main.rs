@@ -1,8 +1,11 @@
 //! Benchmark harness, run by `cargo xtask bench`. Today it measures the
 //! session engine on one core (segments per second for small HTTP-sized
 //! keep-alive requests, and memory per idle session) and writes
-//! `bench/results/engine.md`. The lab benchmarks (capture rates, replay
-//! fidelity, scaling) come with the live pipeline.
+//! `bench/results/engine.md`; and intercept's ring-buffer-to-tcpcopy record
+//! rate (`bench/results/intercept.md`, needs root). The lab benchmarks
+//! (capture rates, replay fidelity, scaling) are not built yet.
+
+mod intercept;
 
 use std::{net::Ipv4Addr, sync::Arc, time::Instant};
 use tcpcopy::{
@@ -152,23 +155,31 @@ fn engine_bench() -> String {
     )
 }
 
+fn write_report(name: &str, report: &str) {
+    println!("{report}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(name);
+    if let Err(e) = std::fs::write(&path, report) {
+        eprintln!("bench: could not write {}: {e}", path.display());
+        std::process::exit(1);
+    }
+    eprintln!("bench: wrote {}", path.display());
+}
+
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "engine".into());
     match what.as_str() {
-        "engine" => {
-            let report = engine_bench();
-            println!("{report}");
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
-            let _ = std::fs::create_dir_all(&dir);
-            let path = dir.join("engine.md");
-            if let Err(e) = std::fs::write(&path, &report) {
-                eprintln!("bench: could not write {}: {e}", path.display());
+        "engine" => write_report("engine.md", &engine_bench()),
+        "intercept" => match intercept::intercept_bench(2.0) {
+            Ok(report) => write_report("intercept.md", &report),
+            Err(e) => {
+                eprintln!("bench: intercept: {e:#}");
                 std::process::exit(1);
             }
-            eprintln!("bench: wrote {}", path.display());
-        }
+        },
         other => {
-            eprintln!("bench: unknown benchmark `{other}` (known: engine)");
+            eprintln!("bench: unknown benchmark `{other}` (known: engine, intercept)");
             std::process::exit(2);
         }
     }
