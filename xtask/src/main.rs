@@ -1,6 +1,7 @@
 //! Every developer and user task of the project, so nobody needs a shell
 //! recipe: `setup`, `build`, `run`, `lab`, `demo`, `test`, `bench`.
 
+mod bench;
 mod demo;
 mod e2e;
 mod lab;
@@ -52,7 +53,8 @@ enum Cmd {
     Test,
     /// Only the end-to-end tests in the lab (real binaries, real servers).
     E2e,
-    /// Benchmarks; reports go to bench/results/. Today: the session engine.
+    /// Benchmarks; reports go to bench/results/: session engine, intercept
+    /// record rate, replay fidelity and cost in the lab.
     Bench,
 }
 
@@ -88,7 +90,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench => {
             setup::setup(false)?;
-            util::cargo(&["run", "--release", "--package", "bench", "--", "engine"])
+            bench::bench()
         }
     }
 }

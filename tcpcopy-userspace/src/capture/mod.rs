@@ -2,9 +2,10 @@
 //! reads IPv4 packets from it:
 //! - [`TapRing`]: the tcpcopy-ebpf tap ring buffer of this worker (the XDP
 //!   program already chose the worker by flow hash);
-//! - [`PacketSocket`]: an AF_PACKET socket in a fanout group (the kernel
-//!   spreads flows over the workers), filtered by `-x` here.
+//! - [`PacketSocket`]: an AF_PACKET socket, filtered by `-x` here, whose
+//!   packets a [`dispatch`] thread hands to the workers by flow hash.
 
+pub mod dispatch;
 mod packet;
 mod tap;
 

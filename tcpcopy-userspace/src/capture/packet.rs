@@ -1,6 +1,6 @@
 //! AF_PACKET capture without eBPF (the C tool's raw-socket capture): one
-//! SOCK_DGRAM socket per worker in a PACKET_FANOUT_HASH group, so the
-//! kernel keeps each flow on one worker. Only frames arriving at the host
+//! SOCK_DGRAM socket, read by the dispatcher (see `dispatch` for why not a
+//! kernel fanout group). Only frames arriving at the host
 //! are taken (our own replayed packets leave as "outgoing" and are skipped),
 //! and only IPv4/TCP segments that match a `-x` source.
 
@@ -30,9 +30,8 @@ fn check(r: libc::c_int, what: &str) -> io::Result<()> {
 }
 
 impl PacketSocket {
-    /// `ifindex` 0 = every interface. Sockets with the same `group` share
-    /// the flows.
-    pub fn open(ifindex: u32, group: u16, config: Arc<Config>) -> io::Result<Self> {
+    /// `ifindex` 0 = every interface.
+    pub fn open(ifindex: u32, config: Arc<Config>) -> io::Result<Self> {
         let proto = (libc::ETH_P_IP as u16).to_be();
         // SAFETY: plain socket(2); the fd is owned right away.
         let raw = unsafe {
@@ -62,9 +61,7 @@ impl PacketSocket {
             "binding the AF_PACKET socket",
         )?;
         let rcvbuf: libc::c_int = 32 << 20;
-        let fanout: libc::c_int =
-            group as libc::c_int | (libc::PACKET_FANOUT_HASH << 16) as libc::c_int;
-        // SAFETY: valid fd and option values of the stated sizes.
+        // SAFETY: valid fd and option value of the stated size.
         unsafe {
             libc::setsockopt(
                 raw,
@@ -73,16 +70,6 @@ impl PacketSocket {
                 &rcvbuf as *const _ as *const libc::c_void,
                 size_of::<libc::c_int>() as u32,
             );
-            check(
-                libc::setsockopt(
-                    raw,
-                    libc::SOL_PACKET,
-                    libc::PACKET_FANOUT,
-                    &fanout as *const _ as *const libc::c_void,
-                    size_of::<libc::c_int>() as u32,
-                ),
-                "joining the AF_PACKET fanout group",
-            )?;
         }
         Ok(PacketSocket {
             fd,

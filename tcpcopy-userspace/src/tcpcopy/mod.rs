@@ -25,7 +25,7 @@ use tcpcopy_common::{capture_mode, PortKey};
 
 use self::{channel::Channel, worker::Worker};
 use crate::{
-    capture::{Capture, PacketSocket, TapRing},
+    capture::{dispatch, Capture, PacketSocket, TapRing},
     process,
     proto::Framing,
     session::Config,
@@ -81,6 +81,7 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
     // worker is connected, so nothing is captured that cannot be replayed.
     let mut xdp = None;
     let mut captures: Vec<Box<dyn Capture>> = Vec::new();
+    let mut dispatcher = None;
     match settings.capture {
         CaptureMode::Tap => {
             let mut x = AttachedXdp::load(
@@ -108,12 +109,11 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
                 Some(name) => ifindex(name)?,
                 None => 0,
             };
-            let group = (std::process::id() & 0xffff) as u16;
-            for _ in 0..settings.workers {
-                captures.push(Box::new(
-                    PacketSocket::open(idx, group, Arc::clone(&cfg)).context("--capture packet")?,
-                ));
-            }
+            let socket = PacketSocket::open(idx, Arc::clone(&cfg)).context("--capture packet")?;
+            let (ends, handle) =
+                dispatch::start(Box::new(socket), settings.workers, Arc::clone(&stop))?;
+            captures = ends;
+            dispatcher = Some(handle);
         }
         CaptureMode::Xdp => unreachable!("refused by settings()"),
     }
@@ -181,7 +181,12 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
             Err(_) => failure = Some(anyhow!("a worker panicked")),
         }
     }
-    let totals = Totals::collect(&reports, xdp.as_ref());
+    let mut totals = Totals::collect(&reports, xdp.as_ref());
+    if let Some(d) = dispatcher {
+        if let Ok(ds) = d.join() {
+            totals.dispatch_queue_full = ds.queue_full;
+        }
+    }
     tracing::info!("{}", totals.stats_line());
     eprintln!("{}", totals.summary());
     drop(xdp);

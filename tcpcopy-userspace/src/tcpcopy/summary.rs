@@ -19,6 +19,8 @@ pub struct Totals {
     pub sent: u64,
     pub send_errors: u64,
     pub active_sessions: usize,
+    /// Packets the dispatcher dropped because a worker's queue was full.
+    pub dispatch_queue_full: u64,
     /// Kernel counters of tcpcopy-ebpf (tap mode), by `tcpcopy_counter`.
     pub kernel: Option<Vec<u64>>,
 }
@@ -96,6 +98,7 @@ impl Totals {
             ("send_errors", self.send_errors),
             ("response_records", self.records),
             ("intercept_conns_lost", self.conns_lost),
+            ("dispatch_queue_full", self.dispatch_queue_full),
         ] {
             if v != 0 {
                 out.push_str(&format!("  {name:<31} {v:>12}\n"));
@@ -113,6 +116,7 @@ impl Totals {
             .map_or(0, |k| k[kc::RING_FULL as usize]);
         let mut lost: Vec<(String, u64)> = [
             ("kernel ring full", ring_full),
+            ("worker queue full", self.dispatch_queue_full),
             ("target refused the connection", e.lost_target_refused),
             ("handshake timed out", e.lost_handshake_timeout),
             ("session timed out", e.lost_timed_out),
