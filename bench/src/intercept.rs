@@ -96,6 +96,23 @@ fn test_run(prog_fd: i32, data: &[u8], repeat: u32) -> Result<()> {
     Ok(())
 }
 
+/// intercept's server on loopback and a fake tcpcopy connected to it that
+/// has sent the version message and the CLIENT_ADD of the benchmark's flow.
+fn server_and_fake_tcpcopy() -> Result<(ControlServer, TcpStream)> {
+    let server = ControlServer::bind(ServerConfig {
+        listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+        framing: Framing::Combined,
+        max_routes: 1 << 20,
+        delay_table_size: 65536,
+        allow: Vec::new(),
+    })?;
+    let mut conn = TcpStream::connect(server.local_addr()?)?;
+    let mut hello = RouteMsg::version().encode().to_vec();
+    hello.extend_from_slice(&RouteMsg::client_add(CLIENT, TARGET).encode());
+    conn.write_all(&hello)?;
+    Ok((server, conn))
+}
+
 struct Step {
     offered_rate: f64,
     offered: u64,
@@ -120,24 +137,13 @@ pub fn intercept_bench(seconds_per_step: f64) -> Result<String> {
         p.fd()?.as_fd().as_raw_fd()
     };
     let mut source = RingSource::new(&mut xdp)?;
-    let mut server = ControlServer::bind(ServerConfig {
-        listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
-        framing: Framing::Combined,
-        max_routes: 1 << 20,
-        delay_table_size: 65536,
-        allow: Vec::new(),
-    })?;
+    let (mut server, mut conn) = server_and_fake_tcpcopy()?;
     server.register_source(&source)?;
-    let addr = server.local_addr()?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
 
     // The fake tcpcopy: version, CLIENT_ADD, then count records.
     let delivered = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
-    let mut conn = TcpStream::connect(addr)?;
-    let mut hello = RouteMsg::version().encode().to_vec();
-    hello.extend_from_slice(&RouteMsg::client_add(CLIENT, TARGET).encode());
-    conn.write_all(&hello)?;
     let reader = {
         let delivered = Arc::clone(&delivered);
         let done = Arc::clone(&done);
@@ -286,17 +292,7 @@ impl tcpcopy::intercept::RecordSource for MemorySource {
 
 /// Delivered records per second with the server loop fed from memory.
 fn server_ceiling(total: u64) -> Result<f64> {
-    let mut server = ControlServer::bind(ServerConfig {
-        listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
-        framing: Framing::Combined,
-        max_routes: 1 << 20,
-        delay_table_size: 65536,
-        allow: Vec::new(),
-    })?;
-    let mut conn = TcpStream::connect(server.local_addr()?)?;
-    let mut hello = RouteMsg::version().encode().to_vec();
-    hello.extend_from_slice(&RouteMsg::client_add(CLIENT, TARGET).encode());
-    conn.write_all(&hello)?;
+    let (mut server, mut conn) = server_and_fake_tcpcopy()?;
     let frame = response_frame();
     let record = tcpcopy::proto::ResponseRecord::from_ipv4_packet(&frame[14..])
         .ok_or_else(|| anyhow!("bad frame"))?;

@@ -90,6 +90,21 @@ pub fn shutdown_flag() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
+/// The common start of both programs: daemonize (`-d`), log to `-l` or
+/// stderr, write the `-P` pid file, install the shutdown signals.
+pub fn start(
+    daemon: bool,
+    log_file: Option<&Path>,
+    pid_file: Option<&Path>,
+) -> Result<(Option<PidFile>, Arc<AtomicBool>)> {
+    if daemon {
+        daemonize()?;
+    }
+    init_logging(log_file)?;
+    let pid = pid_file.map(PidFile::create).transpose()?;
+    Ok((pid, shutdown_flag()?))
+}
+
 pub fn should_stop(flag: &AtomicBool) -> bool {
     flag.load(Ordering::Relaxed)
 }

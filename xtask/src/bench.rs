@@ -17,13 +17,6 @@ use crate::{
     util,
 };
 
-struct LabGuard;
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        lab::down();
-    }
-}
-
 pub fn bench() -> Result<()> {
     util::cargo(&["build", "--release"])?;
     util::cargo(&["run", "--release", "--package", "bench", "--", "engine"])?;
@@ -33,7 +26,7 @@ pub fn bench() -> Result<()> {
 }
 
 fn replay_bench() -> Result<()> {
-    let _guard = LabGuard;
+    let _guard = lab::Guard;
     lab::down();
     lab::up()?;
     let loads: [(&str, String); 4] = [

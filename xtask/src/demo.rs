@@ -11,19 +11,12 @@ use crate::{
 use anyhow::Result;
 use std::time::Duration;
 
-struct LabGuard;
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        lab::down();
-    }
-}
-
 pub fn demo(seconds: u32) -> Result<()> {
     crate::util::require_root("the demo")?;
     crate::setup::setup(false)?;
     crate::util::cargo(&["build", "--release"])?;
     println!("demo: bringing the lab up");
-    let _guard = LabGuard;
+    let _guard = lab::Guard;
     lab::up()?;
     let args = ["-x", "80-10.0.2.2:8080", "-i", "onl0", "--workers", "2"];
     println!(

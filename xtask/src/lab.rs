@@ -280,6 +280,15 @@ fn status() {
     }
 }
 
+/// Takes the lab down when dropped (the demo, tests and benchmarks hold one).
+pub struct Guard;
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        down();
+    }
+}
+
 /// Count lines of a file in the lab's run dir (0 when absent).
 pub fn count_lines(name: &str) -> u64 {
     std::fs::read_to_string(run_dir().join(name))

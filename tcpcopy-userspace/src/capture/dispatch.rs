@@ -43,9 +43,14 @@ fn signal(fd: RawFd) {
     unsafe { libc::write(fd, &one as *const u64 as *const libc::c_void, 8) };
 }
 
+/// A batch of IPv4 packets for one worker.
+type Batch = Vec<Vec<u8>>;
+/// The dispatcher's side of a worker: its queue and its eventfd.
+type Lane = (Sender<Batch>, Arc<OwnedFd>);
+
 /// A worker's end.
 pub struct DispatchedCapture {
-    rx: Receiver<Vec<Vec<u8>>>,
+    rx: Receiver<Batch>,
     event: Arc<OwnedFd>,
     stats: CaptureStats,
     carry: Vec<Vec<u8>>,
@@ -93,6 +98,9 @@ impl Capture for DispatchedCapture {
     }
 }
 
+/// The workers' ends of a dispatcher.
+pub type Ends = Vec<Box<dyn Capture>>;
+
 /// Start a dispatcher over `source` for `workers` workers; it runs until
 /// `stop` is raised. Returns the workers' ends and the thread, which yields
 /// [`DispatchStats`] when it ends.
@@ -100,9 +108,9 @@ pub fn start(
     mut source: Box<dyn Capture>,
     workers: usize,
     stop: Arc<AtomicBool>,
-) -> io::Result<(Vec<Box<dyn Capture>>, JoinHandle<DispatchStats>)> {
+) -> io::Result<(Ends, JoinHandle<DispatchStats>)> {
     let mut ends: Vec<Box<dyn Capture>> = Vec::new();
-    let mut lanes: Vec<(Sender<Vec<Vec<u8>>>, Arc<OwnedFd>)> = Vec::new();
+    let mut lanes: Vec<Lane> = Vec::new();
     for _ in 0..workers {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE_BATCHES);
         let event = Arc::new(eventfd()?);
@@ -118,7 +126,7 @@ pub fn start(
         .name("tcpcopy-dispatch".into())
         .spawn(move || {
             let mut stats = DispatchStats::default();
-            let mut pending: Vec<Vec<Vec<u8>>> = vec![Vec::new(); lanes.len()];
+            let mut pending: Vec<Batch> = vec![Vec::new(); lanes.len()];
             let n = lanes.len() as u32;
             while !stop.load(Ordering::Relaxed) {
                 let got = source.read_batch(1024, &mut |p| {

@@ -120,7 +120,7 @@ impl Capture for PacketSocket {
                 break;
             }
             let packet = &self.buf[..r as usize];
-            if sll.sll_pkttype == libc::PACKET_OUTGOING as u8 || !self.wanted(packet) {
+            if sll.sll_pkttype == libc::PACKET_OUTGOING || !self.wanted(packet) {
                 self.stats.skipped += 1;
                 continue;
             }

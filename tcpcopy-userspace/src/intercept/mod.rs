@@ -89,16 +89,11 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
     if opts.ifaces.is_empty() {
         bail!("-i: name the interfaces the target's responses arrive on");
     }
-    if opts.daemon {
-        process::daemonize()?;
-    }
-    process::init_logging(opts.log_file.as_deref())?;
-    let _pid = opts
-        .pid_file
-        .as_deref()
-        .map(process::PidFile::create)
-        .transpose()?;
-    let stop = process::shutdown_flag()?;
+    let (_pid, stop) = process::start(
+        opts.daemon,
+        opts.log_file.as_deref(),
+        opts.pid_file.as_deref(),
+    )?;
     tracing::info!(
         "intercept version:{} protocol:{}",
         env!("CARGO_PKG_VERSION"),

@@ -436,18 +436,7 @@ mod tests {
     }
 
     fn record(flags: u8, client_port: u16, seq: u32) -> ResponseRecord {
-        let mut b = [0u8; 64];
-        b[0] = 0x45;
-        b[2..4].copy_from_slice(&40u16.to_be_bytes());
-        b[9] = 6;
-        b[12..16].copy_from_slice(&[10, 0, 2, 2]);
-        b[16..20].copy_from_slice(&[10, 9, 9, 5]);
-        b[20..22].copy_from_slice(&8080u16.to_be_bytes());
-        b[22..24].copy_from_slice(&client_port.to_be_bytes());
-        b[24..28].copy_from_slice(&seq.to_be_bytes());
-        b[32] = 5 << 4;
-        b[33] = flags;
-        ResponseRecord(b)
+        super::super::router::test_record(flags, client_port, seq)
     }
 
     fn hello(port: u16) -> Vec<u8> {

@@ -33,6 +33,7 @@
 //!   the target acknowledged is sent twice and none it did not is skipped;
 //! - the response record's TCP header is always at offset 20 (the C tool
 //!   used the response's ihl, wrong with IP options).
+//!
 //! Kept for compatibility: sampling bucket formula (`-r`), replica port
 //! formula, the C pacing of LAN clients (RTT ≤ 1 ms: the next request
 //! follows the first response segment).

@@ -56,16 +56,11 @@ fn ifindex(name: &str) -> Result<u32> {
 /// Run tcpcopy until SIGINT/SIGTERM/SIGHUP or a fatal worker error.
 pub fn run(opts: TcpcopyOptions) -> Result<()> {
     let settings = opts.settings()?;
-    if opts.daemon {
-        process::daemonize()?;
-    }
-    process::init_logging(opts.log_file.as_deref())?;
-    let _pid = opts
-        .pid_file
-        .as_deref()
-        .map(process::PidFile::create)
-        .transpose()?;
-    let stop = process::shutdown_flag()?;
+    let (_pid, stop) = process::start(
+        opts.daemon,
+        opts.log_file.as_deref(),
+        opts.pid_file.as_deref(),
+    )?;
     let cfg = Arc::clone(&settings.config);
     tracing::info!(
         "tcpcopy version:{} protocol:{} target:{} capture:{:?} workers:{} intercept:{:?}",

@@ -130,7 +130,7 @@ impl Totals {
         .filter(|(_, n)| *n > 0)
         .map(|(s, n)| (s.to_string(), n))
         .collect();
-        lost.sort_by(|a, b| b.1.cmp(&a.1));
+        lost.sort_by_key(|l| std::cmp::Reverse(l.1));
         let total: u64 = lost.iter().map(|(_, n)| n).sum();
         let mut s = format!(
             "{} segments captured, {} replayed ({} requests, {} bytes) to the target",
