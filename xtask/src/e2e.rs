@@ -42,7 +42,9 @@ fn drive(load: &str) -> Result<(u64, u64)> {
 
 /// tcpcopy's summary in words, for failure messages.
 fn in_words(log: &str) -> &str {
-    log.lines().find(|l| l.contains("segments captured")).unwrap_or("(no summary)")
+    log.lines()
+        .find(|l| l.contains("segments captured"))
+        .unwrap_or("(no summary)")
 }
 
 fn exact(what: &str, online: u64, target: u64) -> Result<()> {
@@ -106,7 +108,12 @@ fn replicas_double() -> Result<()> {
     let (o, t) = drive(&wrk(4, 2, ""))?;
     println!("    -n 2: online {o}, target {t}");
     let log = r.stop()?;
-    ensure!(t == 2 * o, "-n 2: target saw {t}, expected {}; tcpcopy: {}", 2 * o, in_words(&log));
+    ensure!(
+        t == 2 * o,
+        "-n 2: target saw {t}, expected {}; tcpcopy: {}",
+        2 * o,
+        in_words(&log)
+    );
     Ok(())
 }
 
