@@ -1,5 +1,5 @@
 //! The `tcpcopy` program, live capture: loads tcpcopy-ebpf in tap mode on
-//! `-i` (or opens AF_PACKET sockets), connects every worker to every
+//! `-i` (or opens an AF_PACKET socket and a dispatcher), connects every worker to every
 //! intercept, starts one pinned worker per ring/socket, prints statistics
 //! every `--stats-interval` and a summary at exit, and detaches on every
 //! exit path (the XDP guard is dropped last).

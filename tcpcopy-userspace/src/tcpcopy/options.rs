@@ -20,7 +20,7 @@ pub enum CaptureMode {
     Tap,
     /// XDP redirects matched frames to AF_XDP sockets (mirror ports).
     Xdp,
-    /// AF_PACKET sockets with fanout by flow hash (no eBPF).
+    /// One AF_PACKET socket and a flow-hash dispatcher (no eBPF).
     Packet,
 }
 
