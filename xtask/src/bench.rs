@@ -48,26 +48,8 @@ fn replay_bench() -> Result<()> {
         ),
     ];
     let mut table = String::new();
-    for (mode, args) in [
-        (
-            "tap",
-            vec!["-x", "80-10.0.2.2:8080", "-i", "onl0", "--workers", "2"],
-        ),
-        (
-            "packet",
-            vec![
-                "-x",
-                "80-10.0.2.2:8080",
-                "--capture",
-                "packet",
-                "-i",
-                "onl0",
-                "--workers",
-                "2",
-            ],
-        ),
-    ] {
-        let r = Replay::start(&format!("bench-{mode}"), &args)?;
+    for (mode, args) in [("tap", replay::TAP_HTTP), ("packet", replay::PACKET_HTTP)] {
+        let r = Replay::start(&format!("bench-{mode}"), args)?;
         for (name, cmd) in &loads {
             replay::reset_logs()?;
             let cpu0 = r.tcpcopy.cpu_seconds();

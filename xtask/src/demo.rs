@@ -18,12 +18,12 @@ pub fn demo(seconds: u32) -> Result<()> {
     println!("demo: bringing the lab up");
     let _guard = lab::Guard;
     lab::up()?;
-    let args = ["-x", "80-10.0.2.2:8080", "-i", "onl0", "--workers", "2"];
+    let args = replay::TAP_HTTP;
     println!(
         "demo: intercept on the assistant, tcpcopy {} on the online host",
         args.join(" ")
     );
-    let replay = Replay::start("demo", &args)?;
+    let replay = Replay::start("demo", args)?;
     replay::reset_logs()?;
 
     println!("demo: wrk -c10 for {seconds}s at http://{ONLINE_IP}/ from the client namespace");

@@ -196,19 +196,7 @@ fn session_open_before_start_is_replayed_from_its_next_request() -> Result<()> {
 }
 
 fn packet_capture() -> Result<()> {
-    let r = Replay::start(
-        "packet",
-        &[
-            "-x",
-            "80-10.0.2.2:8080",
-            "--capture",
-            "packet",
-            "-i",
-            "onl0",
-            "--workers",
-            "2",
-        ],
-    )?;
+    let r = Replay::start("packet", replay::PACKET_HTTP)?;
     let (o, t) = drive(&wrk(10, 2, ""))?;
     exact("--capture packet, wrk -c10", o, t)?;
     r.stop()?;

@@ -141,6 +141,20 @@ pub struct Replay {
     pub intercept: Tool,
 }
 
+/// tcpcopy arguments for the lab's nginx: XDP tap capture, two workers.
+pub const TAP_HTTP: &[&str] = &["-x", "80-10.0.2.2:8080", "-i", "onl0", "--workers", "2"];
+/// The same with AF_PACKET capture.
+pub const PACKET_HTTP: &[&str] = &[
+    "-x",
+    "80-10.0.2.2:8080",
+    "--capture",
+    "packet",
+    "-i",
+    "onl0",
+    "--workers",
+    "2",
+];
+
 /// The `-F` filter for the lab's target services.
 pub const FILTER: &str = "tcp and src port 8080 or tcp and src port 6379";
 
