@@ -203,6 +203,23 @@ fn packet_capture() -> Result<()> {
     Ok(())
 }
 
+/// The mirror box: tc copies every client frame to a 2-queue veth, where
+/// tcpcopy reads both queues over AF_XDP with one worker each.
+fn mirror_box_af_xdp() -> Result<()> {
+    let r = Replay::start_mirror("mirror")?;
+    let (o, t) = drive(&wrk(10, 2, ""))?;
+    let (o2, t2) = drive(&wrk(10, 2, "-H 'Connection: close'"))?;
+    let log = r.stop()?;
+    exact("--capture xdp on the mirror, wrk -c10 keep-alive", o, t)
+        .and_then(|_| exact("--capture xdp on the mirror, 10 short", o2, t2))
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", in_words(&log)))?;
+    ensure!(
+        log.contains("queues=2 workers=2"),
+        "expected one worker per queue:\n{log}"
+    );
+    Ok(())
+}
+
 fn production_unharmed_while_tcpcopy_is_stopped() -> Result<()> {
     let r = Replay::start("sigstop", TAP)?;
     r.tcpcopy.signal("-STOP");
@@ -252,18 +269,27 @@ const SCENARIOS: &[Scenario] = &[
     ),
     ("--capture packet (AF_PACKET)", packet_capture),
     (
+        "--capture xdp (AF_XDP) on the mirror box, 2 queues",
+        mirror_box_af_xdp,
+    ),
+    (
         "tap mode: a SIGSTOPped tcpcopy costs production nothing",
         production_unharmed_while_tcpcopy_is_stopped,
     ),
 ];
 
-pub fn run_all() -> Result<()> {
+/// Run every scenario, or those whose name contains `only`.
+pub fn run_all(only: Option<&str>) -> Result<()> {
     crate::util::require_root("the lab end-to-end tests")?;
     let _guard = lab::Guard;
     lab::down();
     lab::up()?;
     let mut failed = Vec::new();
-    for (name, f) in SCENARIOS {
+    let chosen: Vec<&Scenario> = SCENARIOS
+        .iter()
+        .filter(|(name, _)| only.is_none_or(|o| name.contains(o)))
+        .collect();
+    for (name, f) in chosen.iter().copied() {
         println!("e2e: {name}");
         match f() {
             Ok(()) => println!("    ok"),
@@ -277,9 +303,9 @@ pub fn run_all() -> Result<()> {
         bail!(
             "{} of {} end-to-end tests failed: {failed:?}",
             failed.len(),
-            SCENARIOS.len()
+            chosen.len()
         );
     }
-    println!("e2e: all {} passed", SCENARIOS.len());
+    println!("e2e: all {} passed", chosen.len());
     Ok(())
 }

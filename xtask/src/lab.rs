@@ -6,7 +6,8 @@
 //!                                    online 10.0.2.1 ─onl1──tgt0─ target 10.0.2.2 (nginx :8080, redis :6379)
 //!  target 10.0.3.2 ─tgt1──ast0─ assistant 10.0.3.3 (intercept; ip_forward=0: a black hole)
 //!  online 10.0.4.1 ─onl2──ast1─ assistant 10.0.4.3 (control channel, port 36524)
-//!  online ─onl3──mir0─ mirror (2 queues): client→online frames mirrored by tc, as a switch port would
+//!  online 10.0.5.1 ─onl3──mir0─ mirror 10.0.5.2 (2 queues): client→online frames mirrored by tc,
+//!                                    as a switch port would; mirror reaches target and assistant via online
 //! ```
 //! target routes the client network (10.0.1.0/24) and the `-c` pool
 //! (10.9.9.0/24) to assistant, so the target's answers to replayed sessions
@@ -107,6 +108,8 @@ fn build() -> Result<()> {
         ("assistant", "ast0", "10.0.3.3/24"),
         ("online", "onl2", "10.0.4.1/24"),
         ("assistant", "ast1", "10.0.4.3/24"),
+        ("online", "onl3", "10.0.5.1/24"),
+        ("mirror", "mir0", "10.0.5.2/24"),
     ];
     for (ns, dev, addr) in addrs {
         in_ns(ns, &format!("ip addr add {addr} dev {dev}"))?;
@@ -141,6 +144,11 @@ fn build() -> Result<()> {
     in_ns("target", "sysctl -qw net.ipv4.conf.tgt0.rp_filter=0")?;
     in_ns("assistant", "sysctl -qw net.ipv4.ip_forward=0")?;
     in_ns("mirror", "ip link set mir0 promisc on")?;
+    // The mirror box replays through online, which forwards to target and
+    // assistant (and only that: client traffic is addressed to online).
+    in_ns("mirror", "ip route add default via 10.0.5.1")?;
+    in_ns("online", "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.onl3.rp_filter=0")?;
+    in_ns("assistant", "ip route add 10.0.5.0/24 via 10.0.4.1")?;
     // Switch-mirror port: copy every frame arriving from the client.
     in_ns("online", "tc qdisc add dev onl0 ingress")?;
     in_ns(

@@ -52,7 +52,11 @@ enum Cmd {
     /// end-to-end tests in the lab.
     Test,
     /// Only the end-to-end tests in the lab (real binaries, real servers).
-    E2e,
+    E2e {
+        /// Run only the scenarios whose name contains this text.
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Benchmarks; reports go to bench/results/: session engine, intercept
     /// record rate, replay fidelity and cost in the lab.
     Bench,
@@ -83,10 +87,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Lab { action } => lab::run(action),
         Cmd::Demo { seconds } => demo::demo(seconds),
         Cmd::Test => test(),
-        Cmd::E2e => {
+        Cmd::E2e { only } => {
             setup::setup(false)?;
             util::cargo(&["build", "--release"])?;
-            e2e::run_all()
+            e2e::run_all(only.as_deref())
         }
         Cmd::Bench => {
             setup::setup(false)?;
@@ -115,5 +119,5 @@ fn test() -> Result<()> {
         &[("TCPCOPY_NETNS_TESTS", "1")],
     )?;
     util::cargo(&["build", "--release"])?;
-    e2e::run_all()
+    e2e::run_all(None)
 }

@@ -155,12 +155,25 @@ pub const PACKET_HTTP: &[&str] = &[
     "2",
 ];
 
+/// AF_XDP capture on the mirror box's 2-queue port: one worker per queue.
+pub const MIRROR_HTTP: &[&str] = &["-x", "80-10.0.2.2:8080", "--capture", "xdp", "-i", "mir0"];
+
 /// The `-F` filter for the lab's target services.
 pub const FILTER: &str = "tcp and src port 8080 or tcp and src port 6379";
 
 impl Replay {
-    /// `tcpcopy_args` come after `-s` (which points at the assistant).
+    /// tcpcopy on the online host; `tcpcopy_args` come after `-s` (which
+    /// points at the assistant).
     pub fn start(tag: &str, tcpcopy_args: &[&str]) -> Result<Replay> {
+        Replay::start_on(tag, "online", tcpcopy_args)
+    }
+
+    /// tcpcopy on the mirror box, capturing with AF_XDP.
+    pub fn start_mirror(tag: &str) -> Result<Replay> {
+        Replay::start_on(tag, "mirror", MIRROR_HTTP)
+    }
+
+    fn start_on(tag: &str, host: &str, tcpcopy_args: &[&str]) -> Result<Replay> {
         let intercept_args: Vec<String> = [
             "-i",
             "ast0",
@@ -183,7 +196,7 @@ impl Replay {
             "5".into(),
         ];
         args.extend(tcpcopy_args.iter().map(|s| s.to_string()));
-        let mut tcpcopy = Tool::spawn("tcpcopy", "online", &args, tag)?;
+        let mut tcpcopy = Tool::spawn("tcpcopy", host, &args, tag)?;
         tcpcopy.wait_for("tcpcopy ready", Duration::from_secs(10))?;
         Ok(Replay { tcpcopy, intercept })
     }

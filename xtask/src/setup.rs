@@ -7,11 +7,12 @@ use crate::util::{output, sh};
 use anyhow::{bail, Context, Result};
 use std::{path::PathBuf, process::Command};
 
-/// Debian packages: the xsk-rs C build, the lab's servers and load tools.
+/// Debian packages: the xsk-rs C build (libxdp wants libpcap headers), the lab's servers and load tools.
 const PACKAGES: &[&str] = &[
     "clang",
     "m4",
     "libelf-dev",
+    "libpcap-dev",
     "pkg-config",
     "zlib1g-dev",
     "make",

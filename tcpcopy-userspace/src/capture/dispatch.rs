@@ -4,6 +4,12 @@
 //! uses), in batches over crossbeam channels. Each worker's end is a
 //! [`Capture`] whose fd is an eventfd the dispatcher signals after a batch.
 //!
+//! [`steer`] is the same hand-over without the extra thread, for sources
+//! that already belong to workers (one AF_XDP socket per RX queue): each
+//! worker reads its own queues and forwards only the segments of flows
+//! another worker owns. A NIC's RSS keeps a flow on one queue, so almost
+//! nothing moves; veth spreads by the sender's txhash, which TCP re-rolls.
+//!
 //! Why not PACKET_FANOUT_HASH: the kernel's fanout hash is skb->hash, which
 //! on veth (and anything forwarding a local socket's packets) is the
 //! sender's random txhash, re-rolled by TCP on retransmissions, so one flow
@@ -57,8 +63,8 @@ pub struct DispatchedCapture {
 }
 
 impl Capture for DispatchedCapture {
-    fn fd(&self) -> RawFd {
-        self.event.as_raw_fd()
+    fn fds(&self, out: &mut Vec<RawFd>) {
+        out.push(self.event.as_raw_fd());
     }
     fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
         let mut counter = 0u64;
@@ -109,19 +115,11 @@ pub fn start(
     workers: usize,
     stop: Arc<AtomicBool>,
 ) -> io::Result<(Ends, JoinHandle<DispatchStats>)> {
-    let mut ends: Vec<Box<dyn Capture>> = Vec::new();
-    let mut lanes: Vec<Lane> = Vec::new();
-    for _ in 0..workers {
-        let (tx, rx) = crossbeam_channel::bounded(QUEUE_BATCHES);
-        let event = Arc::new(eventfd()?);
-        lanes.push((tx, Arc::clone(&event)));
-        ends.push(Box::new(DispatchedCapture {
-            rx,
-            event,
-            stats: CaptureStats::default(),
-            carry: Vec::new(),
-        }));
-    }
+    let (inboxes, lanes) = lanes(workers)?;
+    let ends: Ends = inboxes
+        .into_iter()
+        .map(|i| Box::new(i) as Box<dyn Capture>)
+        .collect();
     let handle = std::thread::Builder::new()
         .name("tcpcopy-dispatch".into())
         .spawn(move || {
@@ -130,11 +128,7 @@ pub fn start(
             let n = lanes.len() as u32;
             while !stop.load(Ordering::Relaxed) {
                 let got = source.read_batch(1024, &mut |p| {
-                    let lane = match flow_of(p) {
-                        Some((ip, port)) => tcpcopy_common::flow_hash(ip, port) % n,
-                        None => 0,
-                    };
-                    pending[lane as usize].push(p.to_vec());
+                    pending[lane_of(p, n)].push(p.to_vec());
                 });
                 for (i, (tx, event)) in lanes.iter().enumerate() {
                     if pending[i].is_empty() || (got == 1024 && pending[i].len() < BATCH) {
@@ -150,19 +144,139 @@ pub fn start(
                     }
                 }
                 if got == 0 {
-                    let mut pfd = libc::pollfd {
-                        fd: source.fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd.
-                    unsafe { libc::poll(&mut pfd, 1, 5) };
+                    let mut fds = Vec::new();
+                    source.fds(&mut fds);
+                    let mut pfds: Vec<libc::pollfd> = fds
+                        .iter()
+                        .map(|&fd| libc::pollfd {
+                            fd,
+                            events: libc::POLLIN,
+                            revents: 0,
+                        })
+                        .collect();
+                    // SAFETY: a valid array of pollfd for its length.
+                    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 5) };
                 }
             }
             stats.source = source.stats();
             stats
         })?;
     Ok((ends, handle))
+}
+
+/// One inbox per worker and the senders that feed them.
+fn lanes(workers: usize) -> io::Result<(Vec<DispatchedCapture>, Vec<Lane>)> {
+    let mut inboxes = Vec::new();
+    let mut lanes = Vec::new();
+    for _ in 0..workers {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE_BATCHES);
+        let event = Arc::new(eventfd()?);
+        lanes.push((tx, Arc::clone(&event)));
+        inboxes.push(DispatchedCapture {
+            rx,
+            event,
+            stats: CaptureStats::default(),
+            carry: Vec::new(),
+        });
+    }
+    Ok((inboxes, lanes))
+}
+
+/// The worker that owns the flow of IPv4/TCP packet `p`, of `n`.
+fn lane_of(p: &[u8], n: u32) -> usize {
+    match flow_of(p) {
+        Some((ip, port)) => (tcpcopy_common::flow_hash(ip, port) % n) as usize,
+        None => 0,
+    }
+}
+
+/// Give each worker its own sources (`sources[i]` for worker `i`, possibly
+/// none) plus an inbox for the segments the other workers forward to it.
+pub fn steer(sources: Vec<Vec<Box<dyn Capture>>>) -> io::Result<Ends> {
+    let (inboxes, lanes) = lanes(sources.len())?;
+    let lanes = Arc::new(lanes);
+    let n = sources.len();
+    Ok(sources
+        .into_iter()
+        .zip(inboxes)
+        .enumerate()
+        .map(|(index, (own, inbox))| {
+            Box::new(Steered {
+                index,
+                own,
+                inbox,
+                lanes: Arc::clone(&lanes),
+                pending: vec![Vec::new(); n],
+                queue_full: 0,
+                steered: 0,
+            }) as Box<dyn Capture>
+        })
+        .collect())
+}
+
+/// A worker's end under [`steer`].
+struct Steered {
+    index: usize,
+    own: Vec<Box<dyn Capture>>,
+    inbox: DispatchedCapture,
+    lanes: Arc<Vec<Lane>>,
+    pending: Vec<Batch>,
+    queue_full: u64,
+    steered: u64,
+}
+
+impl Capture for Steered {
+    fn fds(&self, out: &mut Vec<RawFd>) {
+        self.inbox.fds(out);
+        for s in &self.own {
+            s.fds(out);
+        }
+    }
+
+    fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
+        let mut n = self.inbox.read_batch(max, f);
+        let lanes = self.lanes.len() as u32;
+        for source in &mut self.own {
+            let index = self.index;
+            let pending = &mut self.pending;
+            n += source.read_batch(max, &mut |p| {
+                let lane = lane_of(p, lanes);
+                if lane == index {
+                    f(p);
+                } else {
+                    pending[lane].push(p.to_vec());
+                }
+            });
+        }
+        for (lane, batch) in self.pending.iter_mut().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(batch);
+            let len = batch.len() as u64;
+            let (tx, event) = &self.lanes[lane];
+            match tx.try_send(batch) {
+                Ok(()) => {
+                    self.steered += len;
+                    signal(event.as_raw_fd());
+                }
+                Err(_) => self.queue_full += len,
+            }
+        }
+        n
+    }
+
+    /// The sources' counters (each segment counted once, by the worker
+    /// that read it off the wire) and the hand-overs that failed.
+    fn stats(&self) -> CaptureStats {
+        let mut s = CaptureStats::default();
+        for source in &self.own {
+            s.add(&source.stats());
+        }
+        s.queue_full += self.queue_full;
+        s.steered += self.steered;
+        s
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]

@@ -3,14 +3,19 @@
 //! - [`TapRing`]: the tcpcopy-ebpf tap ring buffer of this worker (the XDP
 //!   program already chose the worker by flow hash);
 //! - [`PacketSocket`]: an AF_PACKET socket, filtered by `-x` here, whose
-//!   packets a [`dispatch`] thread hands to the workers by flow hash.
+//!   packets a [`dispatch`] thread hands to the workers by flow hash;
+//! - [`XskSocket`]: the AF_XDP socket of one RX queue (mirror ports), read
+//!   by the worker that owns the queue; [`dispatch::steer`] forwards the
+//!   segments of flows another worker owns.
 
 pub mod dispatch;
 mod packet;
 mod tap;
+mod xsk;
 
 pub use packet::PacketSocket;
 pub use tap::TapRing;
+pub use xsk::{rx_queues, XskSocket};
 
 use std::os::fd::RawFd;
 
@@ -23,12 +28,34 @@ pub struct CaptureStats {
     pub skipped: u64,
     /// Records or frames too short to hold what they claim.
     pub malformed: u64,
+    /// Frames the kernel dropped at an AF_XDP socket (RX ring full, no
+    /// fill frame).
+    pub kernel_dropped: u64,
+    /// Times the kernel found the AF_XDP fill ring empty.
+    pub fill_ring_empty: u64,
+    /// Segments of another worker's flow that could not be handed to it
+    /// (its queue was full).
+    pub queue_full: u64,
+    /// Segments read by one worker and handed to the worker owning the flow.
+    pub steered: u64,
+}
+
+impl CaptureStats {
+    pub fn add(&mut self, o: &CaptureStats) {
+        self.packets += o.packets;
+        self.skipped += o.skipped;
+        self.malformed += o.malformed;
+        self.kernel_dropped += o.kernel_dropped;
+        self.fill_ring_empty += o.fill_ring_empty;
+        self.queue_full += o.queue_full;
+        self.steered += o.steered;
+    }
 }
 
 pub trait Capture: Send {
-    /// Becomes readable when packets wait (wakeups may be batched: poll
-    /// with a short timeout too).
-    fn fd(&self) -> RawFd;
+    /// The fds that become readable when packets wait (wakeups may be
+    /// batched: poll with a short timeout too).
+    fn fds(&self, out: &mut Vec<RawFd>);
     /// Hand up to `max` waiting IPv4 packets to `f`; returns how many.
     fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize;
     fn stats(&self) -> CaptureStats;

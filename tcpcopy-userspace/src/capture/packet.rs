@@ -95,8 +95,8 @@ impl PacketSocket {
 }
 
 impl Capture for PacketSocket {
-    fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    fn fds(&self, out: &mut Vec<RawFd>) {
+        out.push(self.fd.as_raw_fd());
     }
 
     fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {

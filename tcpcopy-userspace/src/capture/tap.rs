@@ -25,8 +25,8 @@ impl TapRing {
 const HDR: usize = std::mem::size_of::<TapHeader>();
 
 impl Capture for TapRing {
-    fn fd(&self) -> RawFd {
-        self.ring.as_raw_fd()
+    fn fds(&self, out: &mut Vec<RawFd>) {
+        out.push(self.ring.as_raw_fd());
     }
 
     fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {

@@ -1,5 +1,6 @@
-//! The `tcpcopy` program, live capture: loads tcpcopy-ebpf in tap mode on
-//! `-i` (or opens an AF_PACKET socket and a dispatcher), connects every worker to every
+//! The `tcpcopy` program, live capture: loads tcpcopy-ebpf on `-i` in tap
+//! mode (ring buffers) or xdp mode (AF_XDP sockets), or opens an AF_PACKET
+//! socket and a dispatcher; connects every worker to every
 //! intercept, starts one pinned worker per ring/socket, prints statistics
 //! every `--stats-interval` and a summary at exit, and detaches on every
 //! exit path (the XDP guard is dropped last).
@@ -20,12 +21,12 @@ use std::{
 };
 
 use anyhow::{anyhow, Context, Result};
-use aya::maps::RingBuf;
+use aya::maps::{RingBuf, XskMap};
 use tcpcopy_common::{capture_mode, PortKey};
 
 use self::{channel::Channel, worker::Worker};
 use crate::{
-    capture::{dispatch, Capture, PacketSocket, TapRing},
+    capture::{dispatch, rx_queues, Capture, PacketSocket, TapRing, XskSocket},
     process,
     proto::Framing,
     session::Config,
@@ -51,6 +52,36 @@ fn ifindex(name: &str) -> Result<u32> {
         return Err(anyhow!("-i {name}: no such interface"));
     }
     Ok(i)
+}
+
+/// One AF_XDP socket per RX queue of every interface, each entered in the
+/// program's `XSKS` map at its queue, dealt out to the workers; segments of
+/// a flow another worker owns are steered to it.
+fn open_xsk_sockets(
+    x: &mut AttachedXdp,
+    ifaces: &[String],
+    workers: usize,
+) -> Result<Vec<Box<dyn Capture>>> {
+    if ifaces.len() > 1 {
+        // XSKS is keyed by queue index only.
+        anyhow::bail!("--capture xdp takes one -i interface");
+    }
+    let iface = &ifaces[0];
+    let queues = rx_queues(iface)?;
+    let mut map = XskMap::try_from(
+        x.ebpf_mut()
+            .map_mut("XSKS")
+            .ok_or_else(|| anyhow!("map XSKS missing"))?,
+    )?;
+    let mut per_worker: Vec<Vec<Box<dyn Capture>>> = (0..workers).map(|_| Vec::new()).collect();
+    for q in 0..queues {
+        let socket = XskSocket::open(iface, q)?;
+        map.set(q, socket.raw_fd(), 0)
+            .with_context(|| format!("entering the AF_XDP socket of queue {q} in XSKS"))?;
+        per_worker[q as usize % workers].push(Box::new(socket));
+    }
+    tracing::info!(iface, queues, workers, "AF_XDP sockets bound");
+    Ok(dispatch::steer(per_worker)?)
 }
 
 /// Run tcpcopy until SIGINT/SIGTERM/SIGHUP or a fatal worker error.
@@ -110,7 +141,18 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
             captures = ends;
             dispatcher = Some(handle);
         }
-        CaptureMode::Xdp => unreachable!("refused by settings()"),
+        CaptureMode::Xdp => {
+            let mut x = AttachedXdp::load(
+                TCPCOPY_EBPF,
+                "tcpcopy_capture",
+                &[("CAPTURE_MODE", capture_mode::XSK)],
+                &[],
+                opts.xdp_mode,
+            )?;
+            x.set_port_keys("SOURCES", &source_keys(&cfg))?;
+            captures = open_xsk_sockets(&mut x, &opts.ifaces, settings.workers)?;
+            xdp = Some(x);
+        }
     }
 
     let epoch = Instant::now();

@@ -166,8 +166,8 @@ impl TcpcopyOptions {
             None if self.ifaces.is_empty() => CaptureMode::Packet,
             None => CaptureMode::Tap,
         };
-        if capture == CaptureMode::Xdp {
-            bail!("--capture xdp (AF_XDP) is not built yet: use --capture tap on the online host or --capture packet");
+        if capture == CaptureMode::Xdp && self.ifaces.is_empty() {
+            bail!("--capture xdp needs -i IFACE: the mirror port or NIC to read");
         }
         if self.send == SendMode::Xdp {
             bail!("--send xdp (AF_XDP TX) is not built yet: use --send raw (the default)");
@@ -179,7 +179,18 @@ impl TcpcopyOptions {
             bail!("--capture packet takes one -i interface (or none: every interface)");
         }
         let cpus = core_affinity::get_core_ids().map_or(1, |c| c.len()).max(1);
-        let workers = self.workers.unwrap_or(cpus.min(4));
+        let workers = match (self.workers, capture) {
+            (Some(w), _) => w,
+            // One worker per RX queue.
+            (None, CaptureMode::Xdp) => {
+                let mut queues = 0;
+                for iface in &self.ifaces {
+                    queues += crate::capture::rx_queues(iface)? as usize;
+                }
+                queues
+            }
+            (None, _) => cpus.min(4),
+        };
         if workers == 0 {
             bail!("--workers must be at least 1");
         }

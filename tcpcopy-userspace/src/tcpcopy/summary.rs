@@ -31,9 +31,7 @@ impl Totals {
         for r in reports {
             let r = r.lock().unwrap_or_else(|e| e.into_inner());
             t.engine.add(&r.engine);
-            t.capture.packets += r.capture.packets;
-            t.capture.skipped += r.capture.skipped;
-            t.capture.malformed += r.capture.malformed;
+            t.capture.add(&r.capture);
             t.records += r.channel.records;
             t.routes_sent += r.channel.routes_sent;
             t.routes_unsent += r.channel.routes_unsent;
@@ -50,9 +48,9 @@ impl Totals {
         let e = &self.engine;
         let kernel = match &self.kernel {
             Some(k) => format!(
-                "kernel matched:{} tapped:{} ring_full:{} too_big:{} | ",
+                "kernel matched:{} to_user:{} ring_full:{} too_big:{} | ",
                 k[kc::MATCHED as usize],
-                k[kc::TAPPED as usize],
+                k[kc::TAPPED as usize] + k[kc::REDIRECTED as usize],
                 k[kc::RING_FULL as usize],
                 k[kc::TOO_BIG as usize]
             ),
@@ -99,6 +97,11 @@ impl Totals {
             ("response_records", self.records),
             ("intercept_conns_lost", self.conns_lost),
             ("dispatch_queue_full", self.dispatch_queue_full),
+            ("steered_to_owner", self.capture.steered),
+            ("steer_queue_full", self.capture.queue_full),
+            ("xsk_kernel_dropped", self.capture.kernel_dropped),
+            ("xsk_fill_ring_empty", self.capture.fill_ring_empty),
+            ("capture_malformed", self.capture.malformed),
         ] {
             if v != 0 {
                 out.push_str(&format!("  {name:<31} {v:>12}\n"));
@@ -116,7 +119,11 @@ impl Totals {
             .map_or(0, |k| k[kc::RING_FULL as usize]);
         let mut lost: Vec<(String, u64)> = [
             ("kernel ring full", ring_full),
-            ("worker queue full", self.dispatch_queue_full),
+            ("AF_XDP socket full", self.capture.kernel_dropped),
+            (
+                "worker queue full",
+                self.dispatch_queue_full + self.capture.queue_full,
+            ),
             ("target refused the connection", e.lost_target_refused),
             ("handshake timed out", e.lost_handshake_timeout),
             ("session timed out", e.lost_timed_out),

@@ -132,7 +132,8 @@ impl Worker {
     /// Sleep until capture or control traffic, the engine's next timer, or
     /// the idle poll (ring wakeups are batched by the kernel side).
     fn wait(&mut self, fds: &mut Vec<libc::pollfd>) {
-        let mut raw: Vec<RawFd> = vec![self.capture.fd()];
+        let mut raw: Vec<RawFd> = Vec::new();
+        self.capture.fds(&mut raw);
         self.channel.fds(&mut raw);
         fds.clear();
         fds.extend(raw.iter().map(|&fd| libc::pollfd {

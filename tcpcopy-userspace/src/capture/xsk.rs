@@ -1,0 +1,169 @@
+//! AF_XDP capture (`--capture xdp`, mirror ports and dedicated NICs): one
+//! socket per RX queue (xsk-rs, copy or zero-copy as the driver allows).
+//! tcpcopy-ebpf redirects the matched frames of queue N to the socket in
+//! slot N of its `XSKS` map and passes everything else, so the host keeps
+//! its ARP and its own traffic. libxdp's default program is inhibited: the
+//! socket is put into our map instead.
+//!
+//! The fill ring is kept full: every frame read is handed straight back
+//! once its IPv4 packet has been given to the engine (the engine copies what
+//! it keeps).
+
+use std::{
+    num::NonZeroU32,
+    os::fd::{AsRawFd, RawFd},
+};
+
+use anyhow::{anyhow, Result};
+use xsk_rs::{
+    config::{FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
+    CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
+};
+
+use super::{Capture, CaptureStats};
+
+/// Ring sizes and frame count: the fill ring can hold every frame not in
+/// the RX ring, so the kernel never finds it empty while we keep up.
+const RING: u32 = 8192;
+const FRAMES: u32 = 2 * RING;
+/// Holds a 1500-byte MTU frame after the kernel's 256-byte headroom.
+const FRAME_SIZE: u32 = 2048;
+
+/// The AF_XDP socket of one RX queue.
+pub struct XskSocket {
+    queue: u32,
+    umem: Umem,
+    rx: RxQueue,
+    fill: FillQueue,
+    // Held so the socket (and its rings) live as long as we do.
+    _tx: TxQueue,
+    _comp: CompQueue,
+    /// Descriptors of frames owned by userspace, waiting to go back on
+    /// the fill ring.
+    free: Vec<FrameDesc>,
+    /// Scratch for RX descriptors.
+    rx_descs: Vec<FrameDesc>,
+    stats: CaptureStats,
+}
+
+impl XskSocket {
+    /// Create and bind the socket of `iface`'s RX queue `queue`. The caller
+    /// puts [`XskSocket::fd`] into the XDP program's `XSKS` map at `queue`.
+    pub fn open(iface: &str, queue: u32) -> Result<Self> {
+        let umem_config = UmemConfig::builder()
+            .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| anyhow!("{e}"))?)
+            .fill_queue_size(QueueSize::new(RING).map_err(|e| anyhow!("{e}"))?)
+            .comp_queue_size(QueueSize::new(RING).map_err(|e| anyhow!("{e}"))?)
+            .build()
+            .map_err(|e| anyhow!("UMEM config: {e}"))?;
+        let (umem, descs) = Umem::new(umem_config, NonZeroU32::new(FRAMES).unwrap(), false)
+            .map_err(|e| anyhow!("creating the UMEM for {iface} queue {queue}: {e}"))?;
+        let socket_config = SocketConfig::builder()
+            .rx_queue_size(QueueSize::new(RING).map_err(|e| anyhow!("{e}"))?)
+            .tx_queue_size(QueueSize::new(RING).map_err(|e| anyhow!("{e}"))?)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .build();
+        let name: Interface = iface
+            .parse()
+            .map_err(|_| anyhow!("-i {iface}: not a valid interface name"))?;
+        // SAFETY: the UMEM is not shared; every frame descriptor handed to
+        // the rings below comes from this UMEM.
+        let (tx, rx, rings) = unsafe { Socket::new(socket_config, &umem, &name, queue) }
+            .map_err(|e| anyhow!("AF_XDP socket on {iface} queue {queue}: {e}"))?;
+        let (fill, comp) =
+            rings.ok_or_else(|| anyhow!("AF_XDP socket on {iface} queue {queue}: no fill ring"))?;
+        let mut socket = XskSocket {
+            queue,
+            umem,
+            rx,
+            fill,
+            _tx: tx,
+            _comp: comp,
+            free: descs,
+            rx_descs: Vec::new(),
+            stats: CaptureStats::default(),
+        };
+        socket.rx_descs = socket.free[..RING as usize].to_vec();
+        socket.refill();
+        if socket.free.len() as u32 > FRAMES - RING {
+            return Err(anyhow!(
+                "AF_XDP socket on {iface} queue {queue}: the fill ring took no frames"
+            ));
+        }
+        Ok(socket)
+    }
+
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.rx.fd().as_raw_fd()
+    }
+
+    /// Hand every free frame the fill ring has room for back to the kernel.
+    /// (The insert is all-or-nothing, so ask for no more than there is room.)
+    fn refill(&mut self) {
+        let room = self.fill.nb_free(self.free.len() as u32) as usize;
+        let n = room.min(self.free.len());
+        if n == 0 {
+            return;
+        }
+        let start = self.free.len() - n;
+        // SAFETY: these frames belong to our UMEM and are owned by us (they
+        // came off the RX ring or were never handed out).
+        let done = unsafe { self.fill.produce(&self.free[start..]) };
+        if done == n {
+            self.free.truncate(start);
+        }
+    }
+}
+
+impl Capture for XskSocket {
+    fn fds(&self, out: &mut Vec<RawFd>) {
+        out.push(self.raw_fd());
+    }
+
+    fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
+        let want = max.min(self.rx_descs.len());
+        // SAFETY: the RX ring returns frames of our UMEM.
+        let got = unsafe { self.rx.consume(&mut self.rx_descs[..want]) };
+        let mut n = 0;
+        for desc in &self.rx_descs[..got] {
+            // SAFETY: the frame came off the RX ring, so the kernel is done
+            // with it until we put it back on the fill ring below.
+            let data = unsafe { self.umem.data(desc) };
+            match crate::wire::ipv4_in_ethernet(data.contents()) {
+                Ok(p) => {
+                    f(p);
+                    n += 1;
+                }
+                Err(_) => self.stats.malformed += 1,
+            }
+        }
+        self.free.extend_from_slice(&self.rx_descs[..got]);
+        self.refill();
+        self.stats.packets += n as u64;
+        n
+    }
+
+    fn stats(&self) -> CaptureStats {
+        let mut s = self.stats;
+        if let Ok(x) = self.rx.fd().xdp_statistics() {
+            s.kernel_dropped = x.rx_dropped() + x.rx_ring_full();
+            s.fill_ring_empty = x.rx_fill_ring_empty_descs();
+        }
+        s
+    }
+}
+
+/// Number of RX queues of `iface`, from sysfs.
+pub fn rx_queues(iface: &str) -> Result<u32> {
+    let dir = format!("/sys/class/net/{iface}/queues");
+    let n = std::fs::read_dir(&dir)
+        .map_err(|e| anyhow!("-i {iface}: reading {dir}: {e}"))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count() as u32;
+    Ok(n.max(1))
+}
