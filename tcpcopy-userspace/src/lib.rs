@@ -9,12 +9,16 @@
 //! - [`xdp`]: loading and attaching the eBPF programs behind a detach guard;
 //! - [`send`]: sending replayed packets (raw IPv4 socket);
 //! - [`process`]: logging, daemon, pid file, shutdown signals;
-//! - [`capture`]: sources of captured client segments (tap ring, AF_PACKET);
+//! - [`capture`]: sources of captured client segments (tap ring, AF_XDP,
+//!   AF_PACKET);
+//! - [`offline`]: capture files: reading them as a paced source, recording
+//!   live captures to pcapng;
 //! - [`tcpcopy`]: the tcpcopy program (options, channel client, workers, summary);
 //! - [`intercept`]: the intercept program (router, control channel server).
 
 pub mod capture;
 pub mod intercept;
+pub mod offline;
 pub mod process;
 pub mod proto;
 pub mod send;

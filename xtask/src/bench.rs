@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the session engine micro-benchmark, intercept's
 //! record rate (both in `bench/`), then replay fidelity and cost in the lab
-//! with the real binaries: for tap and AF_PACKET capture, wrk with 1, 10
+//! with the real binaries: for AF_XDP (mirror box), tap and AF_PACKET
+//! capture, wrk with 1, 10
 //! and 50 keep-alive connections and 10 short-lived ones at saturation; the
 //! target/online request ratio counted from the nginx logs, how long after
 //! the load stopped the target saw its last request, and tcpcopy's CPU
@@ -48,8 +49,13 @@ fn replay_bench() -> Result<()> {
         ),
     ];
     let mut table = String::new();
-    for (mode, args) in [("tap", replay::TAP_HTTP), ("packet", replay::PACKET_HTTP)] {
-        let r = Replay::start(&format!("bench-{mode}"), args)?;
+    let modes: [(&str, fn(&str) -> Result<Replay>); 3] = [
+        ("xdp (mirror)", Replay::start_mirror),
+        ("tap", |tag| Replay::start(tag, replay::TAP_HTTP)),
+        ("packet", |tag| Replay::start(tag, replay::PACKET_HTTP)),
+    ];
+    for (mode, start) in modes {
+        let r = start(&format!("bench-{}", mode.split(' ').next().unwrap_or(mode)))?;
         for (name, cmd) in &loads {
             replay::reset_logs()?;
             let cpu0 = r.tcpcopy.cpu_seconds();
@@ -75,7 +81,9 @@ fn replay_bench() -> Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let report = format!(
         "# Replay fidelity and cost in the lab\n\n\
-         Real tcpcopy (2 workers) and intercept in the namespace lab, wrk for 3 s at saturation of \
+         Real tcpcopy (2 workers) and intercept in the namespace lab (xdp: tcpcopy on the mirror \
+         box, reading a 2-queue veth that tc feeds with a copy of every client frame; tap and \
+         packet: tcpcopy on the online host), wrk for 3 s at saturation of \
          the online nginx; the same {cpus}-CPU machine also runs wrk, both nginx and intercept, so \
          the load is whatever wrk reaches with everything sharing it. `ratio` = target / online \
          requests, each counted from the server's own access log; `drain` = seconds from the end \

@@ -1,0 +1,353 @@
+//! Reading a capture file as a stream of timestamped IPv4 packets: pcap
+//! (either byte order, micro- or nanosecond timestamps) and pcapng, link
+//! types Ethernet (with one VLAN tag), Linux cooked (SLL and SLL2), raw IP
+//! and BSD loopback. Parsing is pcap-file's; this module only streams the
+//! file through a buffer, converts timestamps and strips link headers.
+//!
+//! Bad input never aborts a replay half-way: a record cut short by the end
+//! of the file or a corrupt record ends the stream with
+//! [`Next::Stopped`], which names the byte offset; records snapped short by
+//! the capture's snaplen and frames that are not IPv4 are skipped and
+//! counted. A file that is not a capture, or whose first link type cannot
+//! carry IPv4, is refused by [`CaptureFile::open`] before anything is sent.
+
+use std::{
+    fs::File,
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use pcap_file::{
+    pcap::PcapParser,
+    pcapng::{blocks::interface_description::InterfaceDescriptionOption, Block, PcapNgParser},
+    DataLink, PcapError,
+};
+
+const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
+const CHUNK: usize = 1 << 20;
+
+/// How a link layer carries the IPv4 packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    Ethernet,
+    LinuxSll,
+    LinuxSll2,
+    RawIp,
+    Loopback,
+}
+
+impl Link {
+    pub fn of(dl: DataLink) -> Option<Link> {
+        Some(match dl {
+            DataLink::ETHERNET => Link::Ethernet,
+            DataLink::LINUX_SLL => Link::LinuxSll,
+            DataLink::LINUX_SLL2 => Link::LinuxSll2,
+            DataLink::RAW | DataLink::IPV4 => Link::RawIp,
+            DataLink::NULL | DataLink::LOOP => Link::Loopback,
+            DataLink::Unknown(12) | DataLink::Unknown(14) => Link::RawIp,
+            _ => return None,
+        })
+    }
+
+    /// The IPv4 packet inside a frame of this link type.
+    pub fn ipv4(self, frame: &[u8]) -> Option<&[u8]> {
+        let (proto_ok, ip) = match self {
+            Link::Ethernet => return crate::wire::ipv4_in_ethernet(frame).ok(),
+            Link::LinuxSll => (
+                frame.get(14..16) == Some(&[0x08, 0x00]),
+                frame.get(16..)?,
+            ),
+            Link::LinuxSll2 => (frame.get(0..2) == Some(&[0x08, 0x00]), frame.get(20..)?),
+            Link::RawIp => (true, frame),
+            // The address family in host order of the capturing machine.
+            Link::Loopback => {
+                let fam = frame.get(0..4)?;
+                (fam == [2, 0, 0, 0] || fam == [0, 0, 0, 2], frame.get(4..)?)
+            }
+        };
+        if !proto_ok || ip.first()? >> 4 != 4 {
+            return None;
+        }
+        crate::wire::trim_to_ip_len(ip).ok()
+    }
+}
+
+/// What the next read gives.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// An IPv4 packet and its capture time in nanoseconds.
+    Packet { ts_ns: u64, ip: Vec<u8> },
+    /// A record that is not an IPv4 packet or was snapped short (counted).
+    Skipped,
+    /// The end of the file.
+    End,
+    /// The file could not be read further: what remains is cut or corrupt.
+    Stopped { offset: u64, reason: String },
+}
+
+/// Counters of a file read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    pub packets: u64,
+    /// Records shorter than the packet on the wire (snaplen).
+    pub snapped: u64,
+    /// Records that hold no IPv4 packet (other protocols, other links).
+    pub not_ipv4: u64,
+}
+
+impl ReadStats {
+    pub fn add(&mut self, o: &ReadStats) {
+        self.packets += o.packets;
+        self.snapped += o.snapped;
+        self.not_ipv4 += o.not_ipv4;
+    }
+}
+
+enum Format {
+    Pcap { parser: PcapParser, link: Link },
+    PcapNg { parser: PcapNgParser, last_ts: u64 },
+}
+
+pub struct CaptureFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already parsed.
+    pos: usize,
+    /// File offset of `buf[0]`.
+    base: u64,
+    eof: bool,
+    format: Format,
+    pub stats: ReadStats,
+}
+
+impl CaptureFile {
+    /// Open `path` and check that it is a capture this reader can replay.
+    pub fn open(path: &Path) -> Result<CaptureFile> {
+        let mut file = File::open(path).with_context(|| format!("--offline {}", path.display()))?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut buf = Vec::with_capacity(CHUNK);
+        let eof = fill(&mut file, &mut buf, CHUNK)?;
+        let name = path.display();
+        let (rest, format) = if buf.starts_with(&PCAPNG_MAGIC) {
+            let (rest, parser) = PcapNgParser::new(&buf)
+                .map_err(|e| anyhow!("--offline {name}: not a valid pcapng file ({e})"))?;
+            (
+                rest.len(),
+                Format::PcapNg { parser, last_ts: 0 },
+            )
+        } else {
+            let (rest, parser) = PcapParser::new(&buf).map_err(|_| {
+                anyhow!("--offline {name}: not a pcap or pcapng capture file")
+            })?;
+            let dl = parser.header().datalink;
+            let link = Link::of(dl).ok_or_else(|| {
+                anyhow!("--offline {name}: link type {dl:?} is not supported (Ethernet, Linux cooked SLL/SLL2, raw IP and loopback are)")
+            })?;
+            (rest.len(), Format::Pcap { parser, link })
+        };
+        let pos = buf.len() - rest;
+        let mut f = CaptureFile {
+            path: path.to_path_buf(),
+            file,
+            size,
+            buf,
+            pos,
+            base: 0,
+            eof,
+            format,
+            stats: ReadStats::default(),
+        };
+        f.check_first_link()?;
+        Ok(f)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes parsed so far.
+    pub fn offset(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    /// pcapng: the first interface must have a usable link type.
+    fn check_first_link(&mut self) -> Result<()> {
+        let Format::PcapNg { parser, .. } = &mut self.format else {
+            return Ok(());
+        };
+        let mut at = self.pos;
+        while at < self.buf.len() {
+            let Ok((rest, block)) = parser.next_block(&self.buf[at..]) else {
+                break;
+            };
+            let consumed = self.buf.len() - at - rest.len();
+            if let Block::InterfaceDescription(idb) = block {
+                if Link::of(idb.linktype).is_none() {
+                    bail!(
+                        "--offline {}: link type {:?} is not supported (Ethernet, Linux cooked SLL/SLL2, raw IP and loopback are)",
+                        self.path.display(),
+                        idb.linktype
+                    );
+                }
+                break;
+            }
+            at += consumed;
+        }
+        // Parse again from the start for real (the parser keeps state).
+        let (_, parser) = PcapNgParser::new(&self.buf).map_err(|e| anyhow!("{e}"))?;
+        self.format = Format::PcapNg { parser, last_ts: 0 };
+        Ok(())
+    }
+
+    /// Read the next record.
+    pub fn next(&mut self) -> Next {
+        loop {
+            let slice = &self.buf[self.pos..];
+            if slice.is_empty() && self.eof {
+                return Next::End;
+            }
+            let parsed = match &mut self.format {
+                Format::Pcap { parser, link } => parser.next_packet(slice).map(|(rest, p)| {
+                    let n = slice.len() - rest.len();
+                    let out = if (p.data.len() as u32) < p.orig_len {
+                        Some(Err(true))
+                    } else {
+                        Some(
+                            link.ipv4(&p.data)
+                                .map(|ip| (p.timestamp.as_nanos() as u64, ip.to_vec()))
+                                .ok_or(false),
+                        )
+                    };
+                    (n, out)
+                }),
+                Format::PcapNg { parser, last_ts } => {
+                    parser.next_block(slice).map(|(rest, block)| {
+                        let n = slice.len() - rest.len();
+                        let out = match block {
+                            Block::EnhancedPacket(p) => {
+                                let iface = parser.interfaces().get(p.interface_id as usize);
+                                let link = iface.and_then(|i| Link::of(i.linktype));
+                                let ts = to_ns(p.timestamp.as_nanos() as u64, iface.map(tsresol).unwrap_or(6));
+                                *last_ts = ts;
+                                Some(if (p.data.len() as u32) < p.original_len {
+                                    Err(true)
+                                } else {
+                                    link.and_then(|l| l.ipv4(&p.data))
+                                        .map(|ip| (ts, ip.to_vec()))
+                                        .ok_or(false)
+                                })
+                            }
+                            Block::SimplePacket(p) => {
+                                let link = parser.interfaces().first().and_then(|i| Link::of(i.linktype));
+                                Some(
+                                    link.and_then(|l| l.ipv4(&p.data))
+                                        .map(|ip| (*last_ts, ip.to_vec()))
+                                        .ok_or(false),
+                                )
+                            }
+                            // Section headers, interfaces, statistics, ...
+                            _ => None,
+                        };
+                        (n, out)
+                    })
+                }
+            };
+            match parsed {
+                Ok((n, out)) => {
+                    self.pos += n;
+                    match out {
+                        None => continue,
+                        Some(Ok((ts_ns, ip))) => {
+                            self.stats.packets += 1;
+                            return Next::Packet { ts_ns, ip };
+                        }
+                        Some(Err(true)) => {
+                            self.stats.snapped += 1;
+                            return Next::Skipped;
+                        }
+                        Some(Err(false)) => {
+                            self.stats.not_ipv4 += 1;
+                            return Next::Skipped;
+                        }
+                    }
+                }
+                Err(PcapError::IncompleteBuffer) if !self.eof => {
+                    if let Err(e) = self.read_more() {
+                        return self.stopped(format!("read error: {e}"));
+                    }
+                }
+                Err(PcapError::IncompleteBuffer) => {
+                    return self.stopped("the file ends inside a record (truncated)".into());
+                }
+                Err(e) => return self.stopped(format!("corrupt record: {e}")),
+            }
+        }
+    }
+
+    fn stopped(&mut self, reason: String) -> Next {
+        let offset = self.offset();
+        // Nothing more will be read from this file.
+        self.pos = self.buf.len();
+        self.eof = true;
+        Next::Stopped { offset, reason }
+    }
+
+    /// Drop what was parsed and read another chunk (at least doubling the
+    /// window, for records larger than a chunk).
+    fn read_more(&mut self) -> std::io::Result<()> {
+        self.base += self.pos as u64;
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        let want = CHUNK.max(self.buf.len());
+        self.eof = fill(&mut self.file, &mut self.buf, want)?;
+        Ok(())
+    }
+}
+
+/// Append up to `want` bytes; returns true at the end of the file.
+fn fill(file: &mut File, buf: &mut Vec<u8>, want: usize) -> std::io::Result<bool> {
+    let start = buf.len();
+    buf.resize(start + want, 0);
+    let mut got = 0;
+    while got < want {
+        match file.read(&mut buf[start + got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    buf.truncate(start + got);
+    Ok(got < want)
+}
+
+/// The interface's timestamp resolution option (pcapng default: 10^-6 s).
+fn tsresol(idb: &pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock) -> u8 {
+    idb.options
+        .iter()
+        .find_map(|o| match o {
+            InterfaceDescriptionOption::IfTsResol(r) => Some(*r),
+            _ => None,
+        })
+        .unwrap_or(6)
+}
+
+/// pcapng timestamp units to nanoseconds. pcap-file hands the raw unit
+/// count as if it were nanoseconds.
+fn to_ns(units: u64, resol: u8) -> u64 {
+    if resol & 0x80 != 0 {
+        let shift = (resol & 0x7f) as u32;
+        return ((units as u128 * 1_000_000_000) >> shift.min(127)) as u64;
+    }
+    let exp = resol as u32;
+    if exp <= 9 {
+        units.saturating_mul(10u64.pow(9 - exp))
+    } else {
+        units / 10u64.pow((exp - 9).min(19))
+    }
+}
