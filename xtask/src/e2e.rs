@@ -5,7 +5,10 @@
 //! `cargo xtask test` after the cargo tests; `cargo xtask e2e` runs them
 //! alone.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{bail, ensure, Result};
 
@@ -220,6 +223,114 @@ fn mirror_box_af_xdp() -> Result<()> {
     Ok(())
 }
 
+/// Two captures of the same wrk run, made once and shared by the offline
+/// scenarios: tcpdump's pcap on the online port, and tcpcopy's own
+/// `--record` pcapng from a live tap replay.
+fn capture_files() -> Result<(PathBuf, PathBuf)> {
+    let dir = lab::run_dir();
+    let (dump, rec) = (dir.join("wrk.pcap"), dir.join("wrk-record.pcapng"));
+    if dump.exists() && rec.exists() {
+        return Ok((dump, rec));
+    }
+    let mut tcpdump = std::process::Command::new("ip")
+        .args(["netns", "exec", "online", "tcpdump", "-i", "onl0", "-U", "-w"])
+        .arg(&dump)
+        .arg("tcp dst port 80")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let rec_arg = rec.display().to_string();
+    let mut args = replay::TAP_HTTP.to_vec();
+    args.extend(["--record", &rec_arg]);
+    let r = Replay::start("record", &args)?;
+    std::thread::sleep(Duration::from_millis(1000));
+    // Below saturation, so tcpdump keeps up with every packet.
+    in_ns("client", &format!("{} > /dev/null 2>&1", wrk(4, 2, "")))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &tcpdump.id().to_string()])
+        .status();
+    let _ = tcpdump.wait();
+    let log = r.stop()?;
+    ensure!(
+        log.contains("recorded "),
+        "tcpcopy should say what it recorded:\n{log}"
+    );
+    Ok((dump, rec))
+}
+
+fn offline(tag: &str, file: &Path, extra: &[&str]) -> Result<(u64, String)> {
+    replay::reset_logs()?;
+    let f = file.display().to_string();
+    let mut args = vec!["-x", "80-10.0.2.2:8080", "--offline", &f];
+    args.extend_from_slice(extra);
+    let log = replay::run_offline(tag, &args, Duration::from_secs(60))?;
+    let (target, _) =
+        replay::wait_until_quiet(target, Duration::from_millis(500), Duration::from_secs(5));
+    Ok((target, log))
+}
+
+/// The offline replay of each file brings the target exactly the requests
+/// the file holds (counted by tcpdump from the file itself).
+fn offline_replays_tcpdump_and_recorded_files() -> Result<()> {
+    let (dump, rec) = capture_files()?;
+    let mut intercept = replay::start_intercept("offline")?;
+    for file in [&dump, &rec] {
+        let want = replay::requests_in(file)?;
+        let (got, log) = offline("offline", file, &[])?;
+        exact(&format!("offline {}", file.display()), want, got)
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", in_words(&log)))?;
+    }
+    intercept.stop()?;
+    Ok(())
+}
+
+/// `-a 2` reads the file in half its duration; `-n 2 --speed max` doubles;
+/// a file cut in the middle replays its first part and says where it
+/// stopped.
+fn offline_timing_replicas_and_a_cut_file() -> Result<()> {
+    let (dump, _) = capture_files()?;
+    let mut intercept = replay::start_intercept("offline-opts")?;
+    let want = replay::requests_in(&dump)?;
+
+    let (_, log) = offline("offline-a2", &dump, &["-a", "2"])?;
+    let (span, wall) = log
+        .lines()
+        .find_map(|l| {
+            let rest = l.split_once("pass 1: ")?.1;
+            let (span, rest) = rest.split_once(" s of capture read in ")?;
+            Some((span.parse::<f64>().ok()?, rest.trim_end_matches(" s").parse::<f64>().ok()?))
+        })
+        .ok_or_else(|| anyhow::anyhow!("no pass timing in the log:\n{log}"))?;
+    let ratio = wall / span;
+    println!("    -a 2: {span:.3} s of capture read in {wall:.3} s (ratio {ratio:.3})");
+    ensure!(
+        (0.45..=0.55).contains(&ratio),
+        "-a 2 should take half the file's duration (within 10%)"
+    );
+
+    let (got, log) = offline("offline-n2", &dump, &["-n", "2", "--speed", "max"])?;
+    println!("    -n 2 --speed max: file {want}, target {got}");
+    ensure!(
+        got == 2 * want,
+        "-n 2 should double: target {got}, file {want}\n{}",
+        in_words(&log)
+    );
+
+    let bytes = std::fs::read(&dump)?;
+    let cut = lab::run_dir().join("wrk-cut.pcap");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2])?;
+    let want_cut = replay::requests_in(&cut)?;
+    let (got, log) = offline("offline-cut", &cut, &["--speed", "max"])?;
+    exact("the first half of a cut file", want_cut, got)?;
+    ensure!(
+        log.contains("stopped reading at byte") && log.contains("truncated"),
+        "a cut file must say where it stopped:\n{log}"
+    );
+    intercept.stop()?;
+    Ok(())
+}
+
 fn production_unharmed_while_tcpcopy_is_stopped() -> Result<()> {
     let r = Replay::start("sigstop", TAP)?;
     r.tcpcopy.signal("-STOP");
@@ -271,6 +382,14 @@ const SCENARIOS: &[Scenario] = &[
     (
         "--capture xdp (AF_XDP) on the mirror box, 2 queues",
         mirror_box_af_xdp,
+    ),
+    (
+        "offline: tcpdump and --record files replay exactly",
+        offline_replays_tcpdump_and_recorded_files,
+    ),
+    (
+        "offline: -a 2, -n 2 --speed max, a cut file",
+        offline_timing_replicas_and_a_cut_file,
     ),
     (
         "tap mode: a SIGSTOPped tcpcopy costs production nothing",

@@ -97,6 +97,32 @@ impl Tool {
         }
     }
 
+    /// Wait for the tool to exit by itself (at most `max`); returns the log,
+    /// or an error if it failed or had to be killed.
+    pub fn wait(&mut self, max: Duration) -> Result<String> {
+        if let Some(mut c) = self.child.take() {
+            let start = Instant::now();
+            loop {
+                if let Some(status) = c.try_wait()? {
+                    ensure!(
+                        status.success(),
+                        "{} exited with {status}:\n{}",
+                        self.name,
+                        self.log_text()
+                    );
+                    break;
+                }
+                if start.elapsed() > max {
+                    self.child = Some(c);
+                    let log = self.stop();
+                    bail!("{} still running after {max:?}:\n{}", self.name, log.unwrap_or_default());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(self.log_text())
+    }
+
     /// SIGINT and wait; returns the log.
     pub fn stop(&mut self) -> Result<String> {
         if let Some(mut c) = self.child.take() {
@@ -174,21 +200,7 @@ impl Replay {
     }
 
     fn start_on(tag: &str, host: &str, tcpcopy_args: &[&str]) -> Result<Replay> {
-        let intercept_args: Vec<String> = [
-            "-i",
-            "ast0",
-            "-F",
-            FILTER,
-            "-b",
-            ASSISTANT_CTL_IP,
-            "--stats-interval",
-            "5",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut intercept = Tool::spawn("intercept", "assistant", &intercept_args, tag)?;
-        intercept.wait_for("intercept ready", Duration::from_secs(10))?;
+        let intercept = start_intercept(tag)?;
         let mut args: Vec<String> = vec![
             "-s".into(),
             ASSISTANT_CTL_IP.into(),
@@ -207,6 +219,43 @@ impl Replay {
         self.intercept.stop()?;
         Ok(log)
     }
+}
+
+/// intercept on the assistant, ready for tcpcopy to connect.
+pub fn start_intercept(tag: &str) -> Result<Tool> {
+        let intercept_args: Vec<String> = [
+            "-i",
+            "ast0",
+            "-F",
+            FILTER,
+            "-b",
+            ASSISTANT_CTL_IP,
+            "--stats-interval",
+            "5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut intercept = Tool::spawn("intercept", "assistant", &intercept_args, tag)?;
+        intercept.wait_for("intercept ready", Duration::from_secs(10))?;
+        Ok(intercept)
+}
+
+/// An offline tcpcopy on the online host (intercept must be running): runs
+/// until it exits by itself; returns its log.
+pub fn run_offline(tag: &str, args: &[&str], max: Duration) -> Result<String> {
+    let mut all: Vec<String> = vec!["-s".into(), ASSISTANT_CTL_IP.into()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    Tool::spawn("tcpcopy", "online", &all, tag)?.wait(max)
+}
+
+/// HTTP GET requests in a capture file, counted by tcpdump.
+pub fn requests_in(file: &std::path::Path) -> Result<u64> {
+    let out = crate::util::output(&format!(
+        "tcpdump -nn -r {} 'tcp[((tcp[12]&0xf0)>>2):4] = 0x47455420' 2>/dev/null | wc -l",
+        file.display()
+    ))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
 
 /// Wait until `count` stops changing for `quiet` (at most `max`); returns

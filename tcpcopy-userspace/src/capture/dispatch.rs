@@ -109,11 +109,13 @@ pub type Ends = Vec<Box<dyn Capture>>;
 
 /// Start a dispatcher over `source` for `workers` workers; it runs until
 /// `stop` is raised. Returns the workers' ends and the thread, which yields
-/// [`DispatchStats`] when it ends.
+/// [`DispatchStats`] when it ends. `lossless` (offline replay): wait for a
+/// full worker queue instead of dropping, which holds the source back.
 pub fn start(
     mut source: Box<dyn Capture>,
     workers: usize,
     stop: Arc<AtomicBool>,
+    lossless: bool,
 ) -> io::Result<(Ends, JoinHandle<DispatchStats>)> {
     let (inboxes, lanes) = lanes(workers)?;
     let ends: Ends = inboxes
@@ -134,13 +136,22 @@ pub fn start(
                     if pending[i].is_empty() || (got == 1024 && pending[i].len() < BATCH) {
                         continue;
                     }
-                    let batch = std::mem::take(&mut pending[i]);
+                    let mut batch = std::mem::take(&mut pending[i]);
                     let len = batch.len() as u64;
-                    match tx.try_send(batch) {
-                        Ok(()) => signal(event.as_raw_fd()),
-                        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                            stats.queue_full += len;
+                    loop {
+                        match tx.try_send(batch) {
+                            Ok(()) => signal(event.as_raw_fd()),
+                            Err(TrySendError::Full(b)) if lossless && !stop.load(Ordering::Relaxed) => {
+                                batch = b;
+                                signal(event.as_raw_fd());
+                                std::thread::sleep(std::time::Duration::from_micros(200));
+                                continue;
+                            }
+                            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                                stats.queue_full += len;
+                            }
                         }
+                        break;
                     }
                 }
                 if got == 0 {

@@ -54,6 +54,11 @@ pub struct Pacer {
 }
 
 impl Pacer {
+    /// File time from the first packet to the latest one.
+    pub fn span_ns(&self) -> u64 {
+        self.first.map_or(0, |f| self.last.saturating_sub(f))
+    }
+
     pub fn new(pace: Pace) -> Pacer {
         Pacer {
             pace,
@@ -66,12 +71,13 @@ impl Pacer {
     /// Nanoseconds after the start of the pass at which a packet captured
     /// at `ts_ns` is due. Timestamps that go backwards are due at once.
     pub fn due(&mut self, ts_ns: u64) -> u64 {
-        if self.pace.max_speed {
-            return 0;
-        }
         let first = *self.first.get_or_insert(ts_ns);
         if self.last == 0 {
             self.last = ts_ns;
+        }
+        if self.pace.max_speed {
+            self.last = self.last.max(ts_ns);
+            return 0;
         }
         if let Some(idle) = self.pace.idle_gap_ns {
             if ts_ns > self.last + idle {
@@ -104,6 +110,10 @@ pub struct Progress {
     /// Why the file could not be read to its end (truncated, corrupt).
     pub stopped: Mutex<Option<String>>,
     pub read: Mutex<ReadStats>,
+    /// Of the last finished pass: file time it covered, and wall time it
+    /// took to release (ns).
+    pub last_pass_span_ns: AtomicU64,
+    pub last_pass_wall_ns: AtomicU64,
 }
 
 pub struct OfflineSource {
@@ -113,7 +123,8 @@ pub struct OfflineSource {
     pacer: Pacer,
     passes: u32,
     pass: u32,
-    pass_start: Instant,
+    /// Set when the pass's first packet is read.
+    pass_start: Option<Instant>,
     waiting: bool,
     pending: Option<(u64, Vec<u8>)>,
     progress: Arc<Progress>,
@@ -138,7 +149,7 @@ impl OfflineSource {
                 pacer: Pacer::new(pace),
                 passes: passes.max(1),
                 pass: 1,
-                pass_start: Instant::now(),
+                pass_start: None,
                 waiting: false,
                 pending: None,
                 progress: Arc::clone(&progress),
@@ -149,7 +160,18 @@ impl OfflineSource {
         ))
     }
 
+    fn elapsed_ns(&self) -> u64 {
+        self.pass_start
+            .map_or(0, |s| s.elapsed().as_nanos() as u64)
+    }
+
     fn end_of_pass(&mut self) {
+        self.progress
+            .last_pass_span_ns
+            .store(self.pacer.span_ns(), Ordering::Relaxed);
+        self.progress
+            .last_pass_wall_ns
+            .store(self.elapsed_ns(), Ordering::Relaxed);
         let s = self.file.stats;
         self.totals.add(&s);
         self.file.stats = ReadStats::default();
@@ -175,7 +197,7 @@ impl OfflineSource {
                 self.file = f;
                 self.pacer = Pacer::new(self.pace);
                 self.pass += 1;
-                self.pass_start = Instant::now();
+                self.pass_start = None;
                 self.waiting = false;
                 self.progress.pass.store(self.pass, Ordering::Relaxed);
                 self.progress.pass_done.store(false, Ordering::Release);
@@ -204,7 +226,10 @@ impl Capture for OfflineSource {
             }
             if self.pending.is_none() {
                 match self.file.next() {
-                    Next::Packet { ts_ns, ip } => self.pending = Some((self.pacer.due(ts_ns), ip)),
+                    Next::Packet { ts_ns, ip } => {
+                        self.pass_start.get_or_insert_with(Instant::now);
+                        self.pending = Some((self.pacer.due(ts_ns), ip));
+                    }
                     Next::Skipped => {
                         self.stats.skipped += 1;
                         continue;
@@ -228,7 +253,7 @@ impl Capture for OfflineSource {
                 }
             }
             let Some((due, _)) = &self.pending else { break };
-            if *due > self.pass_start.elapsed().as_nanos() as u64 {
+            if *due > self.elapsed_ns() {
                 break;
             }
             let (_, ip) = self.pending.take().unwrap();

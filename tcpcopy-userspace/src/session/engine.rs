@@ -27,7 +27,9 @@ pub type SessionKey = (Ipv4Addr, u16);
 type OriginKey = (Ipv4Addr, u16, u16);
 
 /// How many ports past the preferred one the allocator tries.
-const PORT_PROBES: u16 = 64;
+/// Ports tried for a copy whose preferred port is taken (or, with several
+/// workers, belongs to another worker's lane: about one in N fits).
+const PORT_PROBES: u16 = 4096;
 
 struct Entry {
     origin: OriginKey,
@@ -43,9 +45,23 @@ pub struct Engine {
     packets: VecDeque<Vec<u8>>,
     routes: VecDeque<RouteMsg>,
     counters: Counters,
+    /// This engine's worker and the number of workers: every session it
+    /// opens uses a (client IP, port) whose flow hash picks this worker,
+    /// so no other worker can open the same connection to the target.
+    lane: (u32, u32),
 }
 
 impl Engine {
+    /// Make this the engine of worker `index` of `count` (see `lane`).
+    pub fn set_lane(&mut self, index: u32, count: u32) {
+        self.lane = (index, count.max(1));
+    }
+
+    fn in_lane(&self, ip: Ipv4Addr, port: u16) -> bool {
+        let (index, count) = self.lane;
+        count <= 1 || tcpcopy_common::flow_hash(u32::from(ip), port) % count == index
+    }
+
     pub fn new(cfg: Arc<Config>) -> Self {
         Engine {
             cfg,
@@ -56,6 +72,7 @@ impl Engine {
             packets: VecDeque::new(),
             routes: VecDeque::new(),
             counters: Counters::default(),
+            lane: (0, 1),
         }
     }
 
@@ -73,6 +90,15 @@ impl Engine {
     /// counters' second invariant).
     pub fn buffered(&self) -> u64 {
         self.sessions.values().map(|e| e.session.buffered()).sum()
+    }
+    /// The most captured segments any one session holds (offline replay
+    /// stops reading while a session nears `max_buffered_segments`).
+    pub fn largest_backlog(&self) -> u64 {
+        self.sessions
+            .values()
+            .map(|e| e.session.buffered())
+            .max()
+            .unwrap_or(0)
     }
     /// Next IPv4 packet to send to the target.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
@@ -305,7 +331,8 @@ impl Engine {
     }
 
     /// Choose the (client IP, port) a copy is replayed from: the C tool's
-    /// port, or the next free one if a live session already uses it.
+    /// port, or the next one that no live session uses and that is in this
+    /// worker's lane (so another worker's original cannot collide with it).
     fn allocate(&self, ip: Ipv4Addr, origin: OriginKey) -> Option<SessionKey> {
         let first = preferred_port(&self.cfg, origin.1, origin.2);
         (0..PORT_PROBES)
@@ -318,7 +345,7 @@ impl Engine {
                 }
             })
             .map(|p| (ip, p))
-            .find(|k| !self.sessions.contains_key(k))
+            .find(|k| !self.sessions.contains_key(k) && self.in_lane(k.0, k.1))
     }
 
     fn end_session(&mut self, now: u64, key: SessionKey) {

@@ -406,6 +406,38 @@ fn replicas_use_distinct_ports_and_collisions_are_avoided() {
     l.check_invariants();
 }
 
+/// Two workers: worker 0 sees the clients whose flow hash is even. Every
+/// connection it opens to the target (replicas, `-c` addresses) must hash
+/// to worker 0 too, or worker 1 could open the same 4-tuple for one of its
+/// own clients (found replaying `-n 2` at full speed).
+#[test]
+fn copies_stay_in_their_workers_lane() {
+    let lane = |ip: Ipv4Addr, port: u16| tcpcopy_common::flow_hash(u32::from(ip), port) % 2;
+    for pool in [None, Some("10.9.9.x")] {
+        let mut cfg = Config {
+            replicas: 3,
+            random_offset: 5,
+            ..Lab::default_cfg()
+        };
+        if let Some(p) = pool {
+            cfg.client_pool = Some(ClientPool::new(parse_client_pool(p, &cfg.transfers).unwrap()));
+        }
+        let mut l = Lab::new(cfg);
+        l.e.set_lane(0, 2);
+        let ours: Vec<u16> = (20000..20400u16).filter(|p| lane(CLIENT, *p) == 0).collect();
+        for &port in &ours {
+            l.capture(port, 1, 0, 0x02, &[]);
+        }
+        assert_eq!(l.e.counters().syns_sent, 3 * ours.len() as u64);
+        let mut seen = std::collections::HashSet::new();
+        for o in &l.sent {
+            assert_eq!(lane(o.src.0, o.src.1), 0, "{:?} is worker 1's", o.src);
+            assert!(seen.insert(o.src), "two sessions share {:?}", o.src);
+        }
+        l.check_invariants();
+    }
+}
+
 #[test]
 fn sampling_keeps_whole_sessions_by_the_c_bucket() {
     let mut l = Lab::new(Config {

@@ -6,11 +6,14 @@
 //! exit path (the XDP guard is dropped last).
 
 mod channel;
+mod offline_watch;
 mod options;
 mod summary;
 mod worker;
 
-pub use options::{parse_servers, CaptureMode, SendMode, Settings, TcpcopyOptions};
+pub use options::{
+    parse_servers, CaptureMode, OfflinePlan, SendMode, Settings, Speed, TcpcopyOptions,
+};
 pub use summary::Totals;
 pub use worker::WorkerReport;
 
@@ -24,9 +27,10 @@ use anyhow::{anyhow, Context, Result};
 use aya::maps::{RingBuf, XskMap};
 use tcpcopy_common::{capture_mode, PortKey};
 
-use self::{channel::Channel, worker::Worker};
+use self::{channel::Channel, offline_watch::{offline_words, OfflineWatch}, worker::Worker};
 use crate::{
     capture::{dispatch, rx_queues, Capture, PacketSocket, TapRing, XskSocket},
+    offline::{record, OfflineSource},
     process,
     proto::Framing,
     session::Config,
@@ -108,7 +112,26 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
     let mut xdp = None;
     let mut captures: Vec<Box<dyn Capture>> = Vec::new();
     let mut dispatcher = None;
+    let mut offline = None;
     match settings.capture {
+        _ if settings.offline.is_some() => {
+            let plan = settings.offline.clone().unwrap();
+            let (source, progress) =
+                OfflineSource::open(plan.path.clone(), plan.pace, plan.passes)?;
+            tracing::info!(
+                file = %plan.path.display(),
+                bytes = progress.size,
+                accelerate = plan.pace.accel,
+                max_speed = plan.pace.max_speed,
+                passes = plan.passes,
+                "offline replay"
+            );
+            let (ends, handle) =
+                dispatch::start(Box::new(source), settings.workers, Arc::clone(&stop), true)?;
+            captures = ends;
+            dispatcher = Some(handle);
+            offline = Some((plan, progress));
+        }
         CaptureMode::Tap => {
             let mut x = AttachedXdp::load(
                 TCPCOPY_EBPF,
@@ -137,7 +160,7 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
             };
             let socket = PacketSocket::open(idx, Arc::clone(&cfg)).context("--capture packet")?;
             let (ends, handle) =
-                dispatch::start(Box::new(socket), settings.workers, Arc::clone(&stop))?;
+                dispatch::start(Box::new(socket), settings.workers, Arc::clone(&stop), false)?;
             captures = ends;
             dispatcher = Some(handle);
         }
@@ -155,19 +178,33 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
         }
     }
 
+    let recorder = match &opts.record {
+        Some(path) => {
+            let rotate = opts.record_size.unwrap_or(0) * 1_000_000;
+            Some(record::start(path, rotate)?)
+        }
+        None => None,
+    };
     let epoch = Instant::now();
     let mut workers = Vec::new();
+    let count = captures.len();
     for (id, capture) in captures.into_iter().enumerate() {
         let channel = Channel::connect(&settings.servers, settings.connections, Framing::Combined)?;
-        workers.push(Worker::new(
+        let mut w = Worker::new(
             id,
+            count,
             capture,
             channel,
             Arc::clone(&cfg),
             opts.lonely,
             epoch,
-        )?);
+        )?;
+        w.backpressure = offline.is_some();
+        w.record = recorder.as_ref().map(|(tap, _)| tap.clone());
+        workers.push(w);
     }
+    // The workers hold the only taps now: the recorder ends with them.
+    let recorder = recorder.map(|(_, r)| r);
     if let Some(x) = xdp.as_mut() {
         for iface in &opts.ifaces {
             x.attach(iface, opts.xdp_mode)?;
@@ -198,17 +235,32 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
     let interval = Duration::from_secs(opts.stats_interval.max(1));
     let mut next_stats = Instant::now() + interval;
     let mut failure = None;
+    let mut watch = offline
+        .as_ref()
+        .map(|(plan, progress)| OfflineWatch::new(plan.clone(), Arc::clone(progress)));
     while !process::should_stop(&stop) {
         std::thread::sleep(Duration::from_millis(50));
         if handles.iter().any(|h| h.is_finished()) {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             break;
         }
+        if let Some(w) = watch.as_mut() {
+            if w.step(&Totals::collect(&reports, None)) {
+                break;
+            }
+        }
         if Instant::now() >= next_stats {
             let t = Totals::collect(&reports, xdp.as_ref());
-            tracing::info!("{}", t.stats_line());
+            let line = t.stats_line();
+            match &watch {
+                Some(w) => w.log(&format!("{} | {}", w.position(), line)),
+                None => tracing::info!("{line}"),
+            }
             next_stats += interval;
         }
+    }
+    if let Some(w) = watch.take() {
+        w.finish();
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for h in handles {
@@ -225,7 +277,31 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
         }
     }
     tracing::info!("{}", totals.stats_line());
-    eprintln!("{}", totals.summary());
+    let mut summary = totals.summary();
+    if let Some((plan, progress)) = &offline {
+        summary.push_str(&offline_words(plan, progress));
+    }
+    if let Some(r) = recorder {
+        match r.finish() {
+            Ok(rs) => summary.push_str(&format!(
+                "recorded {} segments ({} bytes) to {}{}\n",
+                rs.packets,
+                rs.bytes,
+                rs.files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if rs.dropped > 0 {
+                    format!("; {} not recorded: the writer fell behind", rs.dropped)
+                } else {
+                    String::new()
+                }
+            )),
+            Err(e) => summary.push_str(&format!("recording failed: {e:#}\n")),
+        }
+    }
+    eprintln!("{summary}");
     drop(xdp);
     match failure {
         Some(e) => Err(e),

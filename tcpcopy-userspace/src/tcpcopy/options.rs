@@ -1,17 +1,30 @@
-//! tcpcopy's command line: the C tool's letters of spec §2.1 that apply to
-//! a live capture, with long names, plus the capture/worker/send options of
-//! this port. C options this port does not offer are accepted by the parser
+//! tcpcopy's command line: the C tool's letters of spec §2.1 for live and
+//! offline replay, with long names, plus the capture/worker/send/record
+//! options of this port. C options this port does not offer are accepted by the parser
 //! only to be refused with a message that says why.
 
-use std::{net::SocketAddrV4, path::PathBuf, sync::Arc};
+use std::{
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 
 use crate::{
+    offline::Pace,
     session::{parse_client_pool, parse_transfers, ClientPool, Config},
     xdp::AttachMode,
 };
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Speed {
+    /// The file's own timing (divided by -a).
+    File,
+    /// No clock: only the target's responses pace the replay.
+    Max,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum CaptureMode {
@@ -120,6 +133,33 @@ pub struct TcpcopyOptions {
     /// Seconds between statistics lines.
     #[arg(long = "stats-interval", default_value_t = 30)]
     pub stats_interval: u64,
+
+    /// Replay a capture file (pcap or pcapng) instead of capturing live.
+    #[arg(long = "offline", value_name = "FILE", conflicts_with_all = ["capture", "record"])]
+    pub offline: Option<PathBuf>,
+    /// Offline: the file's clock runs this many times faster.
+    #[arg(short = 'a', long = "accelerate", default_value_t = 1.0, value_name = "FACTOR")]
+    pub accelerate: f64,
+    /// Offline: collapse gaps between packets longer than this many ms.
+    #[arg(short = 'I', long = "idle-gap", value_name = "MS")]
+    pub idle_gap: Option<u64>,
+    /// Offline: replay the file this many times.
+    #[arg(short = 'T', long = "times", default_value_t = 1)]
+    pub times: u32,
+    /// Offline: `file` keeps the file's timing; `max` sends as fast as the
+    /// target answers.
+    #[arg(long = "speed", value_enum, default_value_t = Speed::File)]
+    pub speed: Speed,
+    /// Offline: at the end of the file (and of each -T pass), wait at most
+    /// this many seconds for open sessions to finish.
+    #[arg(long = "drain-timeout", default_value_t = 5, value_name = "SECS")]
+    pub drain_timeout: u64,
+    /// Live: also write the captured client segments to this pcapng file.
+    #[arg(long = "record", value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// With --record: start a new file (FILE.1, FILE.2, ...) every this many MB.
+    #[arg(long = "record-size", value_name = "MB", requires = "record")]
+    pub record_size: Option<u64>,
     /// Print the version and exit.
     #[arg(short = 'v', long = "version")]
     pub version: bool,
@@ -149,6 +189,16 @@ pub struct Settings {
     pub connections: usize,
     pub capture: CaptureMode,
     pub workers: usize,
+    /// `--offline` (or the C tool's `-i FILE`): replay a file, not live.
+    pub offline: Option<OfflinePlan>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OfflinePlan {
+    pub path: PathBuf,
+    pub pace: Pace,
+    pub passes: u32,
+    pub drain_timeout: std::time::Duration,
 }
 
 impl TcpcopyOptions {
@@ -161,21 +211,23 @@ impl TcpcopyOptions {
             Some(s) => Some(ClientPool::new(parse_client_pool(s, &transfers)?)),
             None => None,
         };
+        let offline = self.offline_plan()?;
         let capture = match self.capture {
+            _ if offline.is_some() => CaptureMode::Packet,
             Some(c) => c,
             None if self.ifaces.is_empty() => CaptureMode::Packet,
             None => CaptureMode::Tap,
         };
-        if capture == CaptureMode::Xdp && self.ifaces.is_empty() {
+        if offline.is_none() && capture == CaptureMode::Xdp && self.ifaces.is_empty() {
             bail!("--capture xdp needs -i IFACE: the mirror port or NIC to read");
         }
         if self.send == SendMode::Xdp {
             bail!("--send xdp (AF_XDP TX) is not built yet: use --send raw (the default)");
         }
-        if capture == CaptureMode::Tap && self.ifaces.is_empty() {
+        if offline.is_none() && capture == CaptureMode::Tap && self.ifaces.is_empty() {
             bail!("--capture tap needs -i IFACE: the interfaces client traffic arrives on");
         }
-        if capture == CaptureMode::Packet && self.ifaces.len() > 1 {
+        if offline.is_none() && capture == CaptureMode::Packet && self.ifaces.len() > 1 {
             bail!("--capture packet takes one -i interface (or none: every interface)");
         }
         let cpus = core_affinity::get_core_ids().map_or(1, |c| c.len()).max(1);
@@ -227,7 +279,39 @@ impl TcpcopyOptions {
             connections: self.connections.clamp(1, 11) as usize,
             capture,
             workers,
+            offline,
         })
+    }
+
+    /// `--offline FILE`, or `-i FILE` naming a file, not an interface (how
+    /// the C tool's offline build is started).
+    fn offline_plan(&self) -> Result<Option<OfflinePlan>> {
+        let path = match (&self.offline, self.ifaces.as_slice()) {
+            (Some(p), _) => p.clone(),
+            (None, [one])
+                if Path::new(one).is_file()
+                    && !Path::new(&format!("/sys/class/net/{one}")).exists() =>
+            {
+                PathBuf::from(one)
+            }
+            _ => return Ok(None),
+        };
+        if !(self.accelerate > 0.0 && self.accelerate.is_finite()) {
+            bail!("-a/--accelerate {}: must be a positive factor", self.accelerate);
+        }
+        if self.times == 0 {
+            bail!("-T/--times 0: replay the file at least once");
+        }
+        Ok(Some(OfflinePlan {
+            path,
+            pace: Pace {
+                accel: self.accelerate,
+                idle_gap_ns: self.idle_gap.filter(|g| *g > 0).map(|g| g * 1_000_000),
+                max_speed: self.speed == Speed::Max,
+            },
+            passes: self.times,
+            drain_timeout: std::time::Duration::from_secs(self.drain_timeout),
+        }))
     }
 
     fn refuse_unsupported(&self) -> Result<()> {

@@ -19,6 +19,8 @@ pub struct Totals {
     pub sent: u64,
     pub send_errors: u64,
     pub active_sessions: usize,
+    /// Captured segments held by sessions, not yet sent.
+    pub buffered: u64,
     /// Packets the dispatcher dropped because a worker's queue was full.
     pub dispatch_queue_full: u64,
     /// Kernel counters of tcpcopy-ebpf (tap mode), by `tcpcopy_counter`.
@@ -39,6 +41,7 @@ impl Totals {
             t.sent += r.sent;
             t.send_errors += r.send_errors;
             t.active_sessions += r.active_sessions;
+            t.buffered += r.buffered;
         }
         t.kernel = xdp.and_then(|x| x.read_counters("COUNTERS", kc::COUNT).ok());
         t

@@ -18,6 +18,7 @@ use anyhow::{bail, Result};
 use super::channel::{Channel, ChannelStats};
 use crate::{
     capture::{Capture, CaptureStats},
+    offline::record::RecordTap,
     proto::ResponseRecord,
     send::RawSender,
     session::{Config, Counters, Engine},
@@ -32,6 +33,8 @@ pub struct WorkerReport {
     pub sent: u64,
     pub send_errors: u64,
     pub active_sessions: usize,
+    /// Captured segments the sessions hold, not yet sent.
+    pub buffered: u64,
     pub finished: bool,
 }
 
@@ -45,16 +48,24 @@ pub struct Worker {
     pub report: Arc<Mutex<WorkerReport>>,
     /// Process start: the engine's clock is milliseconds since then.
     pub epoch: Instant,
+    /// Offline replay: stop reading while a session's backlog nears its
+    /// cap, so a fast file waits for the target instead of losing data.
+    pub backpressure: bool,
+    /// `--record`: a copy of every captured segment goes here.
+    pub record: Option<RecordTap>,
 }
 
 const BATCH: usize = 256;
 const IDLE_POLL: Duration = Duration::from_millis(1);
 const RECONNECT_EVERY: Duration = Duration::from_secs(12);
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+const CONGESTION_CHECK: Duration = Duration::from_millis(20);
 
 impl Worker {
+    /// Worker `id` of `count`.
     pub fn new(
         id: usize,
+        count: usize,
         capture: Box<dyn Capture>,
         channel: Channel,
         config: Arc<Config>,
@@ -67,10 +78,16 @@ impl Worker {
             channel,
             sender: RawSender::new()
                 .map_err(|e| anyhow::anyhow!("raw send socket (needs CAP_NET_RAW): {e}"))?,
-            engine: Engine::new(config),
+            engine: {
+                let mut e = Engine::new(config);
+                e.set_lane(id as u32, count as u32);
+                e
+            },
             lonely,
             report: Arc::new(Mutex::new(WorkerReport::default())),
             epoch,
+            backpressure: false,
+            record: None,
         })
     }
 
@@ -93,7 +110,14 @@ impl Worker {
         let mut records: Vec<ResponseRecord> = Vec::new();
         let mut last_publish = Instant::now();
         let mut last_reconnect = Instant::now();
+        let mut congested = false;
+        let mut last_congestion_check = Instant::now();
+        let high_water = (self.engine.config().max_buffered_segments / 2) as u64;
         while !stop.load(Ordering::Relaxed) {
+            if self.backpressure && last_congestion_check.elapsed() >= CONGESTION_CHECK {
+                congested = self.engine.largest_backlog() >= high_water;
+                last_congestion_check = Instant::now();
+            }
             // Responses first: they release held requests.
             records.clear();
             self.channel.poll_records(&mut records);
@@ -102,9 +126,17 @@ impl Worker {
                 self.engine.handle_response(now, &r.header());
             }
             let engine = &mut self.engine;
-            let got = self
-                .capture
-                .read_batch(BATCH, &mut |p| engine.handle_client_packet(now, p));
+            let record = self.record.as_ref();
+            let got = if congested {
+                0
+            } else {
+                self.capture.read_batch(BATCH, &mut |p| {
+                    if let Some(r) = record {
+                        r.record(p);
+                    }
+                    engine.handle_client_packet(now, p)
+                })
+            };
             self.engine.handle_timeout(self.now());
             self.flush_outputs();
 
@@ -124,16 +156,18 @@ impl Worker {
             if got == BATCH || !records.is_empty() {
                 continue;
             }
-            self.wait(&mut fds);
+            self.wait(&mut fds, !congested);
         }
         Ok(())
     }
 
     /// Sleep until capture or control traffic, the engine's next timer, or
     /// the idle poll (ring wakeups are batched by the kernel side).
-    fn wait(&mut self, fds: &mut Vec<libc::pollfd>) {
+    fn wait(&mut self, fds: &mut Vec<libc::pollfd>, capture: bool) {
         let mut raw: Vec<RawFd> = Vec::new();
-        self.capture.fds(&mut raw);
+        if capture {
+            self.capture.fds(&mut raw);
+        }
         self.channel.fds(&mut raw);
         fds.clear();
         fds.extend(raw.iter().map(|&fd| libc::pollfd {
@@ -169,6 +203,7 @@ impl Worker {
         r.sent = self.sender.sent;
         r.send_errors = self.sender.errors;
         r.active_sessions = self.engine.active_sessions();
+        r.buffered = self.engine.buffered();
         r.finished = finished;
     }
 }
