@@ -51,7 +51,7 @@ fn in_words(log: &str) -> &str {
 }
 
 fn exact(what: &str, online: u64, target: u64) -> Result<()> {
-    println!("    {what}: online {online}, target {target}");
+    println!("    {what}: expected {online}, target {target}");
     ensure!(online > 100, "{what}: too little load ({online} requests)");
     ensure!(
         target == online,

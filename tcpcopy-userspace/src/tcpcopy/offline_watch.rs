@@ -1,7 +1,8 @@
 //! Watching an offline replay from `run`'s loop: a progress bar (position,
 //! rate, ETA) when stderr is a terminal, and the end of each pass: once the
 //! file is read, wait until every released packet reached a worker and no
-//! session holds unsent segments (or `--drain-timeout`), then start the
+//! session holds unsent segments (or until nothing was sent for
+//! `--drain-timeout`), then start the
 //! next `-T` pass or end the replay.
 
 use std::{
@@ -22,7 +23,9 @@ const SETTLE: Duration = Duration::from_millis(450);
 pub struct OfflineWatch {
     plan: OfflinePlan,
     progress: Arc<Progress>,
+    /// Since the end of the pass, or since the replay last made progress.
     eof_at: Option<Instant>,
+    last_replayed: u64,
     drained_since: Option<Instant>,
     bar: Option<ProgressBar>,
 }
@@ -44,6 +47,7 @@ impl OfflineWatch {
             plan,
             progress,
             eof_at: None,
+            last_replayed: 0,
             drained_since: None,
             bar,
         }
@@ -93,6 +97,12 @@ impl OfflineWatch {
                 self.progress.last_pass_wall_ns.load(Ordering::Relaxed) as f64 / 1e9
             ));
         }
+        // The drain timeout runs while nothing is sent: a replay still
+        // working through its backlog is never cut short.
+        if t.engine.replayed != self.last_replayed {
+            self.last_replayed = t.engine.replayed;
+            self.eof_at = Some(Instant::now());
+        }
         let eof_at = *self.eof_at.get_or_insert_with(Instant::now);
         let released = self.progress.released.load(Ordering::Acquire);
         let drained = t.capture.packets >= released && t.buffered == 0;
@@ -108,7 +118,7 @@ impl OfflineWatch {
         }
         if !settled {
             self.log(&format!(
-                "drain timeout ({} s): {} segments still held by {} sessions",
+                "drain timeout: nothing sent for {} s; {} segments still held by {} sessions",
                 self.plan.drain_timeout.as_secs(),
                 t.buffered,
                 t.active_sessions
