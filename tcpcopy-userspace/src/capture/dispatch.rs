@@ -32,6 +32,9 @@ use super::{Capture, CaptureStats};
 const BATCH: usize = 64;
 /// Batches a worker may have waiting before the dispatcher counts drops.
 const QUEUE_BATCHES: usize = 4096;
+/// Lossless (offline) dispatch: a short queue, so the workers' back-pressure
+/// reaches the file reader instead of the whole file piling up in memory.
+const LOSSLESS_QUEUE_BATCHES: usize = 64;
 
 fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain eventfd(2); the fd is owned right away.
@@ -117,7 +120,12 @@ pub fn start(
     stop: Arc<AtomicBool>,
     lossless: bool,
 ) -> io::Result<(Ends, JoinHandle<DispatchStats>)> {
-    let (inboxes, lanes) = lanes(workers)?;
+    let depth = if lossless {
+        LOSSLESS_QUEUE_BATCHES
+    } else {
+        QUEUE_BATCHES
+    };
+    let (inboxes, lanes) = lanes(workers, depth)?;
     let ends: Ends = inboxes
         .into_iter()
         .map(|i| Box::new(i) as Box<dyn Capture>)
@@ -176,11 +184,11 @@ pub fn start(
 }
 
 /// One inbox per worker and the senders that feed them.
-fn lanes(workers: usize) -> io::Result<(Vec<DispatchedCapture>, Vec<Lane>)> {
+fn lanes(workers: usize, depth: usize) -> io::Result<(Vec<DispatchedCapture>, Vec<Lane>)> {
     let mut inboxes = Vec::new();
     let mut lanes = Vec::new();
     for _ in 0..workers {
-        let (tx, rx) = crossbeam_channel::bounded(QUEUE_BATCHES);
+        let (tx, rx) = crossbeam_channel::bounded(depth);
         let event = Arc::new(eventfd()?);
         lanes.push((tx, Arc::clone(&event)));
         inboxes.push(DispatchedCapture {
@@ -204,7 +212,7 @@ fn lane_of(p: &[u8], n: u32) -> usize {
 /// Give each worker its own sources (`sources[i]` for worker `i`, possibly
 /// none) plus an inbox for the segments the other workers forward to it.
 pub fn steer(sources: Vec<Vec<Box<dyn Capture>>>) -> io::Result<Ends> {
-    let (inboxes, lanes) = lanes(sources.len())?;
+    let (inboxes, lanes) = lanes(sources.len(), QUEUE_BATCHES)?;
     let lanes = Arc::new(lanes);
     let n = sources.len();
     Ok(sources

@@ -18,6 +18,9 @@ const SYN: u8 = 0x02;
 const RST: u8 = 0x04;
 const PSH: u8 = 0x08;
 const ACK: u8 = 0x10;
+/// SYN retransmission interval while the handshake is pending (Linux's
+/// initial RTO).
+const SYN_RTO_MS: u64 = 1000;
 
 /// A captured client segment, already rewritten to its replayed addresses.
 #[derive(Clone, Debug)]
@@ -145,6 +148,10 @@ pub struct Session {
     syn_time: Option<u64>,
     // timers
     handshake_started: u64,
+    /// The SYN last sent, resent every `SYN_RTO` until the SYN-ACK comes
+    /// (a SYN lost to a full listen queue must not cost the session).
+    syn_sent: Option<Vec<u8>>,
+    syn_retx_at: Option<u64>,
     last_response: u64,
     delay_ack_at: Option<u64>,
     rto_at: Option<u64>,
@@ -186,6 +193,8 @@ impl Session {
             ttl: syn.ttl,
             tos: syn.tos,
         });
+        s.syn_sent = Some(pkt.clone());
+        s.syn_retx_at = Some(now + SYN_RTO_MS);
         ctx.packets.push_back(pkt);
         ctx.c.packets_sent += 1;
         ctx.c.syns_sent += 1;
@@ -255,6 +264,8 @@ impl Session {
             rtt: 1,
             syn_time: None,
             handshake_started: now,
+            syn_sent: None,
+            syn_retx_at: None,
             last_response: now,
             delay_ack_at: None,
             rto_at: None,
@@ -288,6 +299,14 @@ impl Session {
     /// reusing the port without a captured SYN).
     pub fn is_beyond(&self, seq: u32) -> bool {
         self.off(seq) >= self.captured_end.max(self.snd_nxt) as i64
+    }
+    /// A SYN that belongs to this mid-stream session's own connection and
+    /// was merely captured late (its data went ahead of it, e.g. read from
+    /// another RX queue first): its sequence lies just before the first
+    /// byte captured.
+    pub fn is_late_syn(&self, seq: u32) -> bool {
+        let ahead = self.base_seq.wrapping_sub(seq.wrapping_add(1));
+        self.fabricated && ahead < (1 << 20)
     }
     pub fn captured_isn(&self) -> u32 {
         self.base_seq.wrapping_sub(1)
@@ -657,6 +676,8 @@ impl Session {
             ttl: 64,
             tos: 0,
         });
+        self.syn_sent = Some(pkt.clone());
+        self.syn_retx_at = Some(now + SYN_RTO_MS);
         ctx.packets.push_back(pkt);
         ctx.c.packets_sent += 1;
         ctx.c.syns_sent += 1;
@@ -804,6 +825,8 @@ impl Session {
     }
 
     fn on_syn_ack(&mut self, now: u64, h: &ResponseHeader, ctx: &mut Ctx) {
+        self.syn_sent = None;
+        self.syn_retx_at = None;
         ctx.c.connections += 1;
         self.target_isn = h.seq;
         self.rcv_nxt = h.seq.wrapping_add(1);
@@ -900,6 +923,7 @@ impl Session {
             self.rto_at,
             self.reconnect_at,
             self.wait_deadline,
+            self.syn_retx_at.filter(|_| self.phase == Phase::SynSent),
         ]
         .into_iter()
         .flatten()
@@ -912,6 +936,13 @@ impl Session {
                 self.destroy = true;
             }
             return;
+        }
+        if self.phase == Phase::SynSent && self.syn_retx_at.is_some_and(|t| now >= t) {
+            if let Some(syn) = &self.syn_sent {
+                ctx.packets.push_back(syn.clone());
+                ctx.c.retransmits += 1;
+            }
+            self.syn_retx_at = Some(now + SYN_RTO_MS);
         }
         if self.reconnect_at.is_some_and(|t| now >= t) {
             self.reconnect_at = None;

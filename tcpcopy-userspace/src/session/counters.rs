@@ -103,6 +103,9 @@ counters! {
     route_msgs,
     // --- sessions
     sessions_created,
+    /// Sessions left to finish on their own when a new connection reused
+    /// their client port before their replay was done.
+    sessions_overlapped,
     sessions_destroyed,
     /// Handshakes completed with the target (SYN-ACK received).
     connections,

@@ -91,14 +91,12 @@ impl Engine {
     pub fn buffered(&self) -> u64 {
         self.sessions.values().map(|e| e.session.buffered()).sum()
     }
-    /// The most captured segments any one session holds (offline replay
-    /// stops reading while a session nears `max_buffered_segments`).
-    pub fn largest_backlog(&self) -> u64 {
-        self.sessions
-            .values()
-            .map(|e| e.session.buffered())
-            .max()
-            .unwrap_or(0)
+    /// The same number as [`Engine::buffered`], from the counters' second
+    /// invariant: O(1), for a check after every batch.
+    pub fn backlog(&self) -> u64 {
+        let c = &self.counters;
+        c.session_inputs
+            .saturating_sub(c.replayed + c.session_dropped())
     }
     /// Next IPv4 packet to send to the target.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
@@ -277,12 +275,23 @@ impl Engine {
             let s = &entry.session;
             let lingering = s.phase == Phase::Lingering;
             if syn {
-                if !lingering && s.captured_isn() == seg.seq {
-                    self.counters.duplicates += 1; // the client's SYN retransmission
+                if !lingering && (s.captured_isn() == seg.seq || s.is_late_syn(seg.seq)) {
+                    // The client's SYN retransmission, or its first SYN
+                    // captured after its data.
+                    self.counters.duplicates += 1;
                     return;
                 }
-                // A new connection on this port: the old replay ends now.
-                self.end_session(now, key);
+                if !lingering && s.buffered() > 0 {
+                    // A new connection on this port while the old replay
+                    // still has captured data to send (the replay runs
+                    // behind the capture): the old one finishes on its own,
+                    // the new one takes the next free port.
+                    self.origins.remove(&origin);
+                    self.counters.sessions_overlapped += 1;
+                } else {
+                    // The old replay ends now.
+                    self.end_session(now, key);
+                }
             } else if lingering {
                 if seg.payload.is_empty() || !s.is_beyond(seg.seq) {
                     self.counters.late_for_closed += 1;
@@ -361,7 +370,11 @@ impl Engine {
 
     fn remove(&mut self, key: SessionKey) {
         if let Some(e) = self.sessions.remove(&key) {
-            self.origins.remove(&e.origin);
+            // A session detached by a newer connection on its port no
+            // longer owns the origin.
+            if self.origins.get(&e.origin) == Some(&key) {
+                self.origins.remove(&e.origin);
+            }
             self.counters.sessions_destroyed += 1;
         }
     }

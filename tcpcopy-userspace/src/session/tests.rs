@@ -173,6 +173,7 @@ impl Lab {
             c.replayed + c.session_dropped() + self.e.buffered(),
             "second invariant: {c:#?}"
         );
+        assert_eq!(self.e.backlog(), self.e.buffered());
     }
 }
 
@@ -972,5 +973,88 @@ fn a_quiet_period_from_the_previous_response_does_not_release_the_next_request()
         1,
         "{out:?}"
     );
+    l.check_invariants();
+}
+
+/// A SYN captured after its own data (read from another RX queue first):
+/// the mid-stream session carries on and nothing is replayed twice.
+#[test]
+fn a_late_syn_joins_its_mid_stream_session() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let out = l.capture(P, ISN + 1, 777, 0x18, b"GET /1\r\n\r\n");
+    assert_eq!(out.len(), 1, "a fabricated SYN: {out:?}");
+    assert_eq!(out[0].flags, 0x02);
+    let late = l.capture(P, ISN, 0, 0x02, &[]);
+    assert!(late.is_empty(), "the late SYN must not start anything: {late:?}");
+    assert_eq!(l.e.active_sessions(), 1);
+    assert_eq!(l.e.counters().duplicates, 1);
+    let key = out[0].src;
+    l.respond(key, TISN, out[0].seq + 1, 0x12, 0, None);
+    let sent: Vec<Out> = l.sent.iter().filter(|o| !o.payload.is_empty()).cloned().collect();
+    assert_eq!(sent.len(), 1, "the request once: {sent:?}");
+    l.check_invariants();
+}
+
+/// A client reuses its port while the replay of the old connection still
+/// holds captured requests (the replay runs behind the capture, as with
+/// `--speed max`): the old session finishes, the new one gets another port,
+/// and every request reaches the target once.
+#[test]
+fn a_reused_port_does_not_cut_the_replay_still_running_on_it() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    l.capture(P, ISN + 1, 777, 0x18, b"GET /1\r\n\r\n");
+    l.capture(P, ISN + 11, 888, 0x18, b"GET /2\r\n\r\n");
+    l.capture(P, ISN + 21, 999, 0x11, &[]);
+    // The new connection, before the target answered request 1.
+    let isn2 = 900_000_000;
+    let out = l.capture(P, isn2, 0, 0x02, &[]);
+    assert_eq!(l.e.counters().sessions_overlapped, 1);
+    let syn2 = out.iter().find(|o| o.flags == 0x02).expect("new SYN");
+    assert_ne!(syn2.src, key, "the new connection takes another port");
+    l.respond(syn2.src, TISN + 7, isn2 + 1, 0x12, 0, None);
+    l.capture(P, isn2 + 1, 777, 0x10, &[]);
+    l.capture(P, isn2 + 1, 777, 0x18, b"GET /3\r\n\r\n");
+    // The target answers the old connection's requests: both go out.
+    l.respond(key, TISN + 1, ISN + 11, 0x18, 100, None);
+    l.respond(key, TISN + 101, ISN + 21, 0x18, 100, None);
+    let requests: Vec<(u16, Vec<u8>)> = l
+        .sent
+        .iter()
+        .filter(|o| !o.payload.is_empty())
+        .map(|o| (o.src.1, o.payload.clone()))
+        .collect();
+    assert_eq!(
+        requests,
+        vec![
+            (key.1, b"GET /1\r\n\r\n".to_vec()),
+            (syn2.src.1, b"GET /3\r\n\r\n".to_vec()),
+            (key.1, b"GET /2\r\n\r\n".to_vec()),
+        ]
+    );
+    l.advance(3000);
+    assert!(l.sent.iter().any(|o| o.src == key && o.flags & 0x01 != 0), "the old FIN");
+    assert_eq!(l.e.counters().lost(), 0);
+    l.check_invariants();
+}
+
+/// The target's listen queue dropped our SYN: it is sent again after 1 s,
+/// and the session goes on when the SYN-ACK comes.
+#[test]
+fn a_lost_syn_is_retransmitted() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let out = l.capture(P, ISN, 0, 0x02, &[]);
+    let key = out[0].src;
+    l.capture(P, ISN + 1, 777, 0x18, b"GET / HTTP/1.1\r\n\r\n");
+    let again = l.advance(1100);
+    let syns: Vec<&Out> = again.iter().filter(|o| o.flags & 0x02 != 0).collect();
+    assert_eq!(syns.len(), 1, "{again:?}");
+    assert_eq!((syns[0].seq, syns[0].src), (ISN, key));
+    l.respond(key, TISN, ISN + 1, 0x12, 0, None);
+    let data: Vec<&Out> = l.sent.iter().filter(|o| !o.payload.is_empty()).collect();
+    assert_eq!(data.len(), 1);
+    assert_eq!(l.e.counters().lost(), 0);
+    // No more SYNs once established.
+    assert!(l.advance(3000).iter().all(|o| o.flags & 0x02 == 0));
     l.check_invariants();
 }

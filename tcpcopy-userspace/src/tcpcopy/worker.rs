@@ -48,10 +48,9 @@ pub struct Worker {
     pub report: Arc<Mutex<WorkerReport>>,
     /// Process start: the engine's clock is milliseconds since then.
     pub epoch: Instant,
-    /// Offline replay: stop reading while a session's backlog nears its
-    /// cap or the worker's whole backlog is large, so a fast file waits for
-    /// the target instead of losing data (or ending long before the target
-    /// has seen it).
+    /// Offline replay: stop reading while the sessions hold many unsent
+    /// segments, so a fast file waits for the target instead of losing data
+    /// (or ending long before the target has seen it).
     pub backpressure: bool,
     /// `--record`: a copy of every captured segment goes here.
     pub record: Option<RecordTap>,
@@ -61,10 +60,10 @@ const BATCH: usize = 256;
 const IDLE_POLL: Duration = Duration::from_millis(1);
 const RECONNECT_EVERY: Duration = Duration::from_secs(12);
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
-const CONGESTION_CHECK: Duration = Duration::from_millis(20);
 /// Offline: captured segments a worker may hold unsent, over all its
-/// sessions, before it stops reading the file.
-const BACKLOG_LIMIT: u64 = 65_536;
+/// sessions, before it stops reading the file. Below half a session's cap
+/// (`max_buffered_segments`), so no session overflows while it waits.
+const BACKLOG_LIMIT: u64 = 16_384;
 
 impl Worker {
     /// Worker `id` of `count`.
@@ -115,15 +114,8 @@ impl Worker {
         let mut records: Vec<ResponseRecord> = Vec::new();
         let mut last_publish = Instant::now();
         let mut last_reconnect = Instant::now();
-        let mut congested = false;
-        let mut last_congestion_check = Instant::now();
-        let high_water = (self.engine.config().max_buffered_segments / 2) as u64;
         while !stop.load(Ordering::Relaxed) {
-            if self.backpressure && last_congestion_check.elapsed() >= CONGESTION_CHECK {
-                congested = self.engine.largest_backlog() >= high_water
-                    || self.engine.buffered() >= BACKLOG_LIMIT;
-                last_congestion_check = Instant::now();
-            }
+            let congested = self.backpressure && self.engine.backlog() >= BACKLOG_LIMIT;
             // Responses first: they release held requests.
             records.clear();
             self.channel.poll_records(&mut records);
