@@ -9,6 +9,7 @@
 //! - [`xdp`]: loading and attaching the eBPF programs behind a detach guard;
 //! - [`send`]: sending replayed packets (raw IPv4 socket);
 //! - [`process`]: logging, daemon, pid file, shutdown signals;
+//! - [`metrics`]: the Prometheus endpoint (`--metrics`) of both programs;
 //! - [`capture`]: sources of captured client segments (tap ring, AF_XDP,
 //!   AF_PACKET);
 //! - [`offline`]: capture files: reading them as a paced source, recording
@@ -18,6 +19,7 @@
 
 pub mod capture;
 pub mod intercept;
+pub mod metrics;
 pub mod offline;
 pub mod process;
 pub mod proto;

@@ -19,7 +19,7 @@ use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     thread::JoinHandle,
@@ -119,7 +119,7 @@ pub fn start(
     workers: usize,
     stop: Arc<AtomicBool>,
     lossless: bool,
-) -> io::Result<(Ends, JoinHandle<DispatchStats>)> {
+) -> io::Result<(Ends, Dispatcher)> {
     let depth = if lossless {
         LOSSLESS_QUEUE_BATCHES
     } else {
@@ -130,6 +130,8 @@ pub fn start(
         .into_iter()
         .map(|i| Box::new(i) as Box<dyn Capture>)
         .collect();
+    let queue_full = Arc::new(AtomicU64::new(0));
+    let dropped = Arc::clone(&queue_full);
     let handle = std::thread::Builder::new()
         .name("tcpcopy-dispatch".into())
         .spawn(move || {
@@ -156,7 +158,7 @@ pub fn start(
                                 continue;
                             }
                             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                                stats.queue_full += len;
+                                dropped.fetch_add(len, Ordering::Relaxed);
                             }
                         }
                         break;
@@ -178,9 +180,10 @@ pub fn start(
                 }
             }
             stats.source = source.stats();
+            stats.queue_full = dropped.load(Ordering::Relaxed);
             stats
         })?;
-    Ok((ends, handle))
+    Ok((ends, Dispatcher { handle, queue_full }))
 }
 
 /// One inbox per worker and the senders that feed them.
@@ -295,6 +298,24 @@ impl Capture for Steered {
         s.queue_full += self.queue_full;
         s.steered += self.steered;
         s
+    }
+}
+
+/// The dispatcher thread.
+pub struct Dispatcher {
+    handle: JoinHandle<DispatchStats>,
+    queue_full: Arc<AtomicU64>,
+}
+
+impl Dispatcher {
+    /// Packets dropped so far because a worker's queue was full.
+    pub fn queue_full(&self) -> u64 {
+        self.queue_full.load(Ordering::Relaxed)
+    }
+
+    /// Wait for the thread (after `stop` was raised).
+    pub fn join(self) -> DispatchStats {
+        self.handle.join().unwrap_or_default()
     }
 }
 

@@ -23,8 +23,10 @@ use xsk_rs::{
 use super::{Capture, CaptureStats};
 
 /// Ring sizes and frame count: the fill ring can hold every frame not in
-/// the RX ring, so the kernel never finds it empty while we keep up.
-const RING: u32 = 8192;
+/// the RX ring, so the kernel never finds it empty while we keep up; 16384
+/// frames are a quarter second at 64 kpps per queue, for a worker that is
+/// briefly descheduled (32 MiB of UMEM per queue).
+const RING: u32 = 16384;
 const FRAMES: u32 = 2 * RING;
 /// Holds a 1500-byte MTU frame after the kernel's 256-byte headroom.
 const FRAME_SIZE: u32 = 2048;

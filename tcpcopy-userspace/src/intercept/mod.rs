@@ -14,6 +14,7 @@ pub use server::{ControlServer, RecordSource, ServerConfig, ServerStats};
 use std::{
     net::SocketAddrV4,
     os::fd::{AsRawFd, RawFd},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -22,6 +23,7 @@ use aya::maps::{MapData, RingBuf};
 use tcpcopy_common::{intercept_counter, PortKey};
 
 use crate::{
+    metrics::Exposition,
     process,
     proto::{Framing, ResponseRecord, RECORD_LEN},
     xdp::{AttachedXdp, INTERCEPT_EBPF},
@@ -126,10 +128,23 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
         "intercept ready"
     );
 
+    let published = Arc::new(Mutex::new(String::new()));
+    if let Some(addr) = opts.metrics {
+        let published = Arc::clone(&published);
+        crate::metrics::serve(addr, move || {
+            published.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        })?;
+    }
+    let mut next_publish = Instant::now();
     let interval = Duration::from_secs(opts.stats_interval.max(1));
     let mut next_stats = Instant::now() + interval;
     while !process::should_stop(&stop) {
         server.turn(&mut source, Duration::from_millis(2))?;
+        if opts.metrics.is_some() && Instant::now() >= next_publish {
+            let text = exposition(&server, &source, &xdp).render();
+            *published.lock().unwrap_or_else(|e| e.into_inner()) = text;
+            next_publish = Instant::now() + Duration::from_millis(250);
+        }
         if Instant::now() >= next_stats {
             log_stats(&server, &source, &xdp, false);
             next_stats += interval;
@@ -140,6 +155,58 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
     drop(server);
     drop(xdp);
     Ok(())
+}
+
+/// The Prometheus exposition of intercept's counters (names in the README).
+fn exposition(server: &ControlServer, source: &RingSource, xdp: &AttachedXdp) -> Exposition {
+    let s = server.stats();
+    let r = server.router_stats();
+    let mut x = Exposition::default();
+    if let Ok(k) = xdp.read_counters("COUNTERS", intercept_counter::COUNT) {
+        x.counters(
+            "intercept_kernel_packets",
+            "intercept-ebpf counters, summed over CPUs.",
+            "counter",
+            intercept_counter::NAMES.iter().copied().zip(k),
+        );
+    }
+    x.counters(
+        "intercept_records",
+        "Response header records: read from the ring, sent, and not.",
+        "event",
+        [
+            ("in", s.records_in),
+            ("sent", s.records_sent),
+            ("routed", r.routed),
+            ("unrouted", r.unrouted),
+            ("parked", r.parked),
+            ("parked_sent", r.parked_sent),
+            ("parked_expired", r.parked_expired),
+            ("delay_table_full", r.delay_table_full),
+            ("malformed", source.malformed),
+        ],
+    );
+    x.counter("intercept_frames_sent", "Frames sent to tcpcopy peers.", s.frames_sent);
+    x.counter("intercept_connections", "Control connections accepted.", s.connections);
+    x.counter(
+        "intercept_peers_refused",
+        "Connections refused by --allow.",
+        s.refused,
+    );
+    x.counter(
+        "intercept_peers_dropped",
+        "Peers dropped for garbage, a bad version or not reading.",
+        s.dropped_peers,
+    );
+    x.counter("intercept_route_adds", "CLIENT_ADD messages received.", r.route_adds);
+    x.counter(
+        "intercept_routes_evicted",
+        "Routes evicted at the --routes bound.",
+        r.routes_evicted,
+    );
+    x.gauge("intercept_peers", "Connected tcpcopy peers.", server.peers() as i64);
+    x.gauge("intercept_routes", "Routes in the table.", server.routes() as i64);
+    x
 }
 
 fn log_stats(server: &ControlServer, source: &RingSource, xdp: &AttachedXdp, at_exit: bool) {

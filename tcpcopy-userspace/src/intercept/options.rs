@@ -62,6 +62,9 @@ pub struct InterceptOptions {
     /// Seconds between statistics lines.
     #[arg(long = "stats-interval", default_value_t = 30)]
     pub stats_interval: u64,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long = "metrics", value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Print the version and exit.
     #[arg(short = 'v', long = "version")]
     pub version: bool,

@@ -300,6 +300,27 @@ impl Session {
     pub fn is_beyond(&self, seq: u32) -> bool {
         self.off(seq) >= self.captured_end.max(self.snd_nxt) as i64
     }
+    /// Captured segments, not yet sent, that belong to a newer connection
+    /// on this port whose SYN (`syn_seq`) was captured after them (its
+    /// packets came in on two RX queues): taken out for the new session.
+    pub fn take_newer(&mut self, syn_seq: u32) -> Vec<ClientSegment> {
+        let from = self.off(syn_seq.wrapping_add(1));
+        if from <= self.snd_nxt as i64 {
+            return Vec::new();
+        }
+        let later = self.pending.split_off(&(from as u64));
+        let end = self
+            .pending
+            .iter()
+            .next_back()
+            .map_or(0, |(o, s)| o + s.len());
+        self.captured_end = self.snd_nxt.max(end);
+        if self.pending.keys().next().is_none_or(|o| *o <= self.snd_nxt) {
+            self.gap_since = None;
+        }
+        later.into_values().collect()
+    }
+
     /// A SYN that belongs to this mid-stream session's own connection and
     /// was merely captured late (its data went ahead of it, e.g. read from
     /// another RX queue first): its sequence lies just before the first

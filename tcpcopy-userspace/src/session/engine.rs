@@ -270,6 +270,8 @@ impl Engine {
         seg: ClientSegment,
     ) {
         let syn = seg.has(0x02);
+        // Segments of this new connection that arrived before its SYN.
+        let mut early = Vec::new();
         if let Some(&key) = self.origins.get(&origin) {
             let entry = self.sessions.get(&key).expect("origin without session");
             let s = &entry.session;
@@ -281,6 +283,15 @@ impl Engine {
                     self.counters.duplicates += 1;
                     return;
                 }
+                if !lingering {
+                    early = self
+                        .sessions
+                        .get_mut(&key)
+                        .unwrap()
+                        .session
+                        .take_newer(seg.seq);
+                }
+                let s = &self.sessions[&key].session;
                 if !lingering && s.buffered() > 0 {
                     // A new connection on this port while the old replay
                     // still has captured data to send (the replay runs
@@ -318,11 +329,11 @@ impl Engine {
             }
         }
         if self.sessions.len() >= self.cfg.max_sessions {
-            self.counters.session_limit += 1;
+            self.counters.session_limit += 1 + early.len() as u64;
             return;
         }
         let Some(key) = self.allocate(client_ip, origin) else {
-            self.counters.port_conflicts += 1;
+            self.counters.port_conflicts += 1 + early.len() as u64;
             return;
         };
         let (mut ctx, sessions) = self.ctx();
@@ -336,6 +347,13 @@ impl Engine {
         sessions.insert(key, Entry { origin, session });
         self.origins.insert(origin, key);
         self.counters.sessions_created += 1;
+        if !early.is_empty() {
+            let (mut ctx, sessions) = self.ctx();
+            let e = sessions.get_mut(&key).unwrap();
+            for seg in early {
+                e.session.on_client_segment(now, seg, &mut ctx);
+            }
+        }
         self.after(key);
     }
 

@@ -88,6 +88,9 @@ fn open_xsk_sockets(
     Ok(dispatch::steer(per_worker)?)
 }
 
+/// How often the totals behind `--metrics` are refreshed.
+const PUBLISH_METRICS: Duration = Duration::from_millis(250);
+
 /// Run tcpcopy until SIGINT/SIGTERM/SIGHUP or a fatal worker error.
 pub fn run(opts: TcpcopyOptions) -> Result<()> {
     let settings = opts.settings()?;
@@ -235,6 +238,17 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
     let interval = Duration::from_secs(opts.stats_interval.max(1));
     let mut next_stats = Instant::now() + interval;
     let mut failure = None;
+    // The metrics endpoint reads the latest totals the loop publishes.
+    let published = Arc::new(Mutex::new(Totals::default()));
+    if let Some(addr) = opts.metrics {
+        let published = Arc::clone(&published);
+        let count = reports.len();
+        crate::metrics::serve(addr, move || {
+            let t = published.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            t.exposition(count).render()
+        })?;
+    }
+    let mut next_publish = Instant::now();
     let mut watch = offline
         .as_ref()
         .map(|(plan, progress)| OfflineWatch::new(plan.clone(), Arc::clone(progress)));
@@ -248,6 +262,12 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
             if w.step(&Totals::collect(&reports, None)) {
                 break;
             }
+        }
+        if opts.metrics.is_some() && Instant::now() >= next_publish {
+            let mut t = Totals::collect(&reports, xdp.as_ref());
+            t.dispatch_queue_full = dispatcher.as_ref().map_or(0, |d| d.queue_full());
+            *published.lock().unwrap_or_else(|e| e.into_inner()) = t;
+            next_publish = Instant::now() + PUBLISH_METRICS;
         }
         if Instant::now() >= next_stats {
             let t = Totals::collect(&reports, xdp.as_ref());
@@ -272,9 +292,7 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
     }
     let mut totals = Totals::collect(&reports, xdp.as_ref());
     if let Some(d) = dispatcher {
-        if let Ok(ds) = d.join() {
-            totals.dispatch_queue_full = ds.queue_full;
-        }
+        totals.dispatch_queue_full = d.join().queue_full;
     }
     tracing::info!("{}", totals.stats_line());
     let mut summary = totals.summary();

@@ -134,6 +134,10 @@ pub struct TcpcopyOptions {
     #[arg(long = "stats-interval", default_value_t = 30)]
     pub stats_interval: u64,
 
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long = "metrics", value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// Replay a capture file (pcap or pcapng) instead of capturing live.
     #[arg(long = "offline", value_name = "FILE", conflicts_with_all = ["capture", "record"])]
     pub offline: Option<PathBuf>,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use tcpcopy_common::tcpcopy_counter as kc;
 
 use super::worker::WorkerReport;
-use crate::{capture::CaptureStats, session::Counters, xdp::AttachedXdp};
+use crate::{capture::CaptureStats, metrics::Exposition, session::Counters, xdp::AttachedXdp};
 
 #[derive(Clone, Debug, Default)]
 pub struct Totals {
@@ -99,6 +99,7 @@ impl Totals {
             ("send_errors", self.send_errors),
             ("response_records", self.records),
             ("intercept_conns_lost", self.conns_lost),
+            ("routes_unsent", self.routes_unsent),
             ("dispatch_queue_full", self.dispatch_queue_full),
             ("steered_to_owner", self.capture.steered),
             ("steer_queue_full", self.capture.queue_full),
@@ -114,32 +115,106 @@ impl Totals {
         out
     }
 
-    pub fn in_words(&self) -> String {
+    /// Every way a captured segment can be lost: (metric label, words, count).
+    pub fn losses(&self) -> [(&'static str, &'static str, u64); 11] {
         let e = &self.engine;
         let ring_full = self
             .kernel
             .as_ref()
             .map_or(0, |k| k[kc::RING_FULL as usize]);
-        let mut lost: Vec<(String, u64)> = [
-            ("kernel ring full", ring_full),
-            ("AF_XDP socket full", self.capture.kernel_dropped),
+        [
+            ("kernel_ring_full", "kernel ring full", ring_full),
+            ("xsk_socket_full", "AF_XDP socket full", self.capture.kernel_dropped),
             (
+                "worker_queue_full",
                 "worker queue full",
                 self.dispatch_queue_full + self.capture.queue_full,
             ),
-            ("target refused the connection", e.lost_target_refused),
-            ("handshake timed out", e.lost_handshake_timeout),
-            ("session timed out", e.lost_timed_out),
-            ("capture gap never filled", e.lost_capture_gap),
-            ("session buffer full", e.lost_buffer_full),
-            ("target closed or reset", e.lost_target_closed),
-            ("client reset", e.lost_client_reset),
-            ("still buffered at shutdown", e.lost_shutdown),
+            ("target_refused", "target refused the connection", e.lost_target_refused),
+            ("handshake_timeout", "handshake timed out", e.lost_handshake_timeout),
+            ("session_timeout", "session timed out", e.lost_timed_out),
+            ("capture_gap", "capture gap never filled", e.lost_capture_gap),
+            ("session_buffer_full", "session buffer full", e.lost_buffer_full),
+            ("target_closed", "target closed or reset", e.lost_target_closed),
+            ("client_reset", "client reset", e.lost_client_reset),
+            ("shutdown", "still buffered at shutdown", e.lost_shutdown),
         ]
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(s, n)| (s.to_string(), n))
-        .collect();
+    }
+
+    /// The Prometheus exposition of these totals (names in the README).
+    pub fn exposition(&self, workers: usize) -> Exposition {
+        let mut x = Exposition::default();
+        if let Some(k) = &self.kernel {
+            x.counters(
+                "tcpcopy_kernel_packets",
+                "tcpcopy-ebpf counters, summed over CPUs.",
+                "counter",
+                kc::NAMES.iter().copied().zip(k.iter().copied()),
+            );
+        }
+        let c = &self.capture;
+        x.counters(
+            "tcpcopy_capture_packets",
+            "Capture sources: packets handed to the engines and what was not.",
+            "event",
+            [
+                ("read", c.packets),
+                ("skipped", c.skipped),
+                ("malformed", c.malformed),
+                ("xsk_dropped", c.kernel_dropped),
+                ("xsk_fill_ring_empty", c.fill_ring_empty),
+                ("steered", c.steered),
+                ("queue_full", c.queue_full + self.dispatch_queue_full),
+            ],
+        );
+        x.counters(
+            "tcpcopy_engine_events",
+            "Session engine counters (the names of the exit summary).",
+            "counter",
+            self.engine.fields(),
+        );
+        x.counters(
+            "tcpcopy_lost_segments",
+            "Captured client segments that were not replayed, by reason.",
+            "reason",
+            self.losses().iter().map(|(label, _, n)| (*label, *n)),
+        );
+        x.counter("tcpcopy_sent_packets", "Packets sent to the target.", self.sent);
+        x.counter("tcpcopy_send_errors", "Sends to the target that failed.", self.send_errors);
+        x.counter(
+            "tcpcopy_response_records",
+            "Response header records received from intercept.",
+            self.records,
+        );
+        x.counter("tcpcopy_routes_sent", "CLIENT_ADD messages sent to intercept.", self.routes_sent);
+        x.counter(
+            "tcpcopy_routes_unsent",
+            "CLIENT_ADD messages no intercept connection could take.",
+            self.routes_unsent,
+        );
+        x.counter(
+            "tcpcopy_intercept_connections_lost",
+            "Control connections to intercept that were lost.",
+            self.conns_lost,
+        );
+        x.gauge("tcpcopy_active_sessions", "Live sessions.", self.active_sessions as i64);
+        x.gauge(
+            "tcpcopy_buffered_segments",
+            "Captured segments held by sessions, not yet sent.",
+            self.buffered as i64,
+        );
+        x.gauge("tcpcopy_workers", "Replay workers.", workers as i64);
+        x
+    }
+
+    pub fn in_words(&self) -> String {
+        let e = &self.engine;
+        let mut lost: Vec<(String, u64)> = self
+            .losses()
+            .into_iter()
+            .filter(|(_, _, n)| *n > 0)
+            .map(|(_, s, n)| (s.to_string(), n))
+            .collect();
         lost.sort_by_key(|l| std::cmp::Reverse(l.1));
         let total: u64 = lost.iter().map(|(_, n)| n).sum();
         let mut s = format!(
