@@ -50,6 +50,15 @@ fn in_words(log: &str) -> &str {
         .unwrap_or("(no summary)")
 }
 
+/// tcpcopy's whole exit summary, for failure messages.
+fn summary(log: &str) -> String {
+    log.lines()
+        .skip_while(|l| !l.starts_with("tcpcopy summary"))
+        .take_while(|l| !l.contains("INFO"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn exact(what: &str, online: u64, target: u64) -> Result<()> {
     println!("    {what}: expected {online}, target {target}");
     ensure!(online > 100, "{what}: too little load ({online} requests)");
@@ -215,7 +224,7 @@ fn mirror_box_af_xdp() -> Result<()> {
     let log = r.stop()?;
     exact("--capture xdp on the mirror, wrk -c10 keep-alive", o, t)
         .and_then(|_| exact("--capture xdp on the mirror, 10 short", o2, t2))
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", in_words(&log)))?;
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
     ensure!(
         log.contains("queues=2 workers=2"),
         "expected one worker per queue:\n{log}"

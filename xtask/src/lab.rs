@@ -144,6 +144,17 @@ fn build() -> Result<()> {
     in_ns("target", "sysctl -qw net.ipv4.conf.tgt0.rp_filter=0")?;
     in_ns("assistant", "sysctl -qw net.ipv4.ip_forward=0")?;
     in_ns("mirror", "ip link set mir0 promisc on")?;
+    // A NIC's RSS keeps a connection on one RX queue. veth picks the queue
+    // from the sender's socket hash, which TCP re-rolls on retransmissions
+    // unless txrehash is off: off, so the mirror's queues behave like RSS.
+    in_ns("client", "sysctl -qw net.core.txrehash=0")?;
+    // RSS would also keep a reused (address, port) on its queue; veth does
+    // not (a new socket, a new hash), so the clients get the whole port
+    // range and a short test does not reuse ports.
+    in_ns(
+        "client",
+        "sysctl -qw net.ipv4.ip_local_port_range='1024 65535'",
+    )?;
     // The mirror box replays through online, which forwards to target and
     // assistant (and only that: client traffic is addressed to online).
     in_ns("mirror", "ip route add default via 10.0.5.1")?;
