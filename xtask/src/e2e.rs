@@ -340,6 +340,97 @@ fn offline_timing_replicas_and_a_cut_file() -> Result<()> {
     Ok(())
 }
 
+/// Where did every segment go? The stages' counters, scraped from both
+/// programs' Prometheus endpoints, add up; then a forced drop (tcpcopy
+/// stopped while its 16 MiB tap rings overflow) shows up under its reason.
+fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
+    let mut args = TAP.to_vec();
+    args.extend(["--metrics", replay::TCPCOPY_METRICS]);
+    let r = Replay::start("metrics", &args)?;
+    let (o, t) = drive(&wrk(10, 2, ""))?;
+    exact("wrk -c10 with --metrics", o, t)?;
+    std::thread::sleep(Duration::from_millis(600));
+    let m = replay::scrape("online", replay::TCPCOPY_METRICS)?;
+    let get = |k: &str| m.get(k).copied().unwrap_or(-1.0);
+    let kernel = |c: &str| get(&format!("tcpcopy_kernel_packets_total{{counter=\"{c}\"}}"));
+    let engine = |c: &str| get(&format!("tcpcopy_engine_events_total{{counter=\"{c}\"}}"));
+    let capture = |c: &str| get(&format!("tcpcopy_capture_packets_total{{event=\"{c}\"}}"));
+    // Segments lost inside the engine, every reason.
+    let lost: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("tcpcopy_engine_events_total{counter=\"lost_"))
+        .map(|(_, v)| v)
+        .sum();
+    let checks = [
+        (
+            "kernel: matched = tapped + ring_full + too_big",
+            kernel("matched"),
+            kernel("tapped") + kernel("ring_full") + kernel("too_big"),
+        ),
+        (
+            "capture: tapped = read + malformed",
+            kernel("tapped"),
+            capture("read") + capture("malformed"),
+        ),
+        ("engine: captured = read", engine("captured"), capture("read")),
+        (
+            "engine: captured = accepted + ingress drops",
+            engine("captured"),
+            ["accepted", "not_tcp", "malformed", "no_transfer", "localhost_dropped", "sampled_out"]
+                .iter()
+                .map(|c| engine(c))
+                .sum(),
+        ),
+        (
+            "sessions: inputs = replayed + every other fate + buffered",
+            engine("session_inputs"),
+            [
+                "replayed",
+                "pure_acks_absorbed",
+                "duplicates",
+                "no_session",
+                "only_complete_skipped",
+                "port_conflicts",
+                "session_limit",
+                "late_for_closed",
+            ]
+            .iter()
+            .map(|c| engine(c))
+            .sum::<f64>()
+                + lost
+                + get("tcpcopy_buffered_segments"),
+        ),
+        ("requests: target = replayed", t as f64, engine("requests_replayed")),
+    ];
+    for (what, a, b) in checks {
+        println!("    {what}: {a} = {b}");
+        ensure!(a == b && a >= 0.0, "{what}: {a} != {b}");
+    }
+    let i = replay::scrape("assistant", replay::INTERCEPT_METRICS)?;
+    let exported = i["intercept_kernel_packets_total{counter=\"exported\"}"];
+    let read = i["intercept_records_total{event=\"in\"}"];
+    println!("    intercept: exported {exported} = records in {read}");
+    ensure!(exported == read && read > 0.0, "intercept lost records");
+
+    // The forced drop.
+    r.tcpcopy.signal("-STOP");
+    in_ns("client", &format!("{} > /dev/null 2>&1", wrk(10, 6, "")))?;
+    r.tcpcopy.signal("-CONT");
+    std::thread::sleep(Duration::from_secs(2));
+    let m = replay::scrape("online", replay::TCPCOPY_METRICS)?;
+    let full = m["tcpcopy_kernel_packets_total{counter=\"ring_full\"}"];
+    let named = m["tcpcopy_lost_segments_total{reason=\"kernel_ring_full\"}"];
+    println!("    tcpcopy stopped 6 s under load: kernel ring_full {full}, lost kernel_ring_full {named}");
+    ensure!(full > 0.0 && named == full, "the ring overflow must be named");
+    let log = r.stop()?;
+    ensure!(
+        in_words(&log).contains("kernel ring full"),
+        "the summary must say it: {}",
+        in_words(&log)
+    );
+    Ok(())
+}
+
 fn production_unharmed_while_tcpcopy_is_stopped() -> Result<()> {
     let r = Replay::start("sigstop", TAP)?;
     r.tcpcopy.signal("-STOP");
@@ -399,6 +490,10 @@ const SCENARIOS: &[Scenario] = &[
     (
         "offline: -a 2, -n 2 --speed max, a cut file",
         offline_timing_replicas_and_a_cut_file,
+    ),
+    (
+        "metrics: the stages add up; a forced drop is named",
+        metrics_add_up_and_name_a_forced_drop,
     ),
     (
         "tap mode: a SIGSTOPped tcpcopy costs production nothing",

@@ -184,6 +184,32 @@ pub const PACKET_HTTP: &[&str] = &[
 /// AF_XDP capture on the mirror box's 2-queue port: one worker per queue.
 pub const MIRROR_HTTP: &[&str] = &["-x", "80-10.0.2.2:8080", "--capture", "xdp", "-i", "mir0"];
 
+/// Where the lab's intercept serves metrics (inside the assistant).
+pub const INTERCEPT_METRICS: &str = "127.0.0.1:9102";
+/// Where a lab tcpcopy started with `--metrics` serves them.
+pub const TCPCOPY_METRICS: &str = "127.0.0.1:9101";
+
+/// Scrape a metrics endpoint inside namespace `ns`: sample name (with its
+/// labels) → value.
+pub fn scrape(ns: &str, addr: &str) -> Result<std::collections::HashMap<String, f64>> {
+    let out = crate::util::output(&format!(
+        "ip netns exec {ns} curl -sS --max-time 5 http://{addr}/metrics"
+    ))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.trim_end().ends_with("# EOF"),
+        "no metrics from {addr} in {ns}: {text}"
+    );
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect())
+}
+
 /// The `-F` filter for the lab's target services.
 pub const FILTER: &str = "tcp and src port 8080 or tcp and src port 6379";
 
@@ -232,6 +258,8 @@ pub fn start_intercept(tag: &str) -> Result<Tool> {
             ASSISTANT_CTL_IP,
             "--stats-interval",
             "5",
+            "--metrics",
+            INTERCEPT_METRICS,
         ]
         .iter()
         .map(|s| s.to_string())
