@@ -69,10 +69,7 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 
 /// Serve `GET /metrics` on `addr` from `render`, on a thread of its own.
 /// Returns the bound address (port 0 picks one).
-pub fn serve(
-    addr: SocketAddr,
-    render: impl Fn() -> String + Send + 'static,
-) -> Result<SocketAddr> {
+pub fn serve(addr: SocketAddr, render: impl Fn() -> String + Send + 'static) -> Result<SocketAddr> {
     let listener =
         TcpListener::bind(addr).with_context(|| format!("--metrics {addr}: cannot listen"))?;
     let local = listener.local_addr()?;
@@ -168,8 +165,14 @@ mod tests {
         let body = r.split("\r\n\r\n").nth(1).unwrap();
         let samples = parse(body);
         assert_eq!(samples["demo_sent_packets_total"], 42.0);
-        assert_eq!(samples["demo_lost_segments_total{reason=\"ring_full\"}"], 3.0);
-        assert_eq!(samples["demo_lost_segments_total{reason=\"timed_out\"}"], 0.0);
+        assert_eq!(
+            samples["demo_lost_segments_total{reason=\"ring_full\"}"],
+            3.0
+        );
+        assert_eq!(
+            samples["demo_lost_segments_total{reason=\"timed_out\"}"],
+            0.0
+        );
         assert_eq!(samples["demo_active_sessions"], 7.0);
         assert!(body.ends_with("# EOF\n"));
     }

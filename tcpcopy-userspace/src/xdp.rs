@@ -60,7 +60,7 @@ impl AttachedXdp {
         raise_memlock_limit();
         let mut loader = EbpfLoader::new();
         for (name, value) in globals {
-            loader.override_global(*name, value, true);
+            loader.override_global(name, value, true);
         }
         let mut ebpf = loader.load(object).context("loading the eBPF object")?;
         let prog: &mut Xdp = ebpf

@@ -49,7 +49,8 @@ fn replay_bench() -> Result<()> {
         ),
     ];
     let mut table = String::new();
-    let modes: [(&str, fn(&str) -> Result<Replay>); 3] = [
+    type Start = fn(&str) -> Result<Replay>;
+    let modes: [(&str, Start); 3] = [
         ("xdp (mirror)", Replay::start_mirror),
         ("tap", |tag| {
             // The tap run also records what it captured, for the offline
@@ -138,7 +139,13 @@ fn offline_bench(live_rate: f64) -> Result<String> {
     let target = lab::count_lines("target-nginx-access.log");
     let sessions: u64 = log
         .lines()
-        .find_map(|l| l.trim().strip_prefix("sessions_created")?.trim().parse().ok())
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("sessions_created")?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0);
     let rate = target as f64 / wall;
     let line = format!(

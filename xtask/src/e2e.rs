@@ -242,7 +242,9 @@ fn capture_files() -> Result<(PathBuf, PathBuf)> {
         return Ok((dump, rec));
     }
     let mut tcpdump = std::process::Command::new("ip")
-        .args(["netns", "exec", "online", "tcpdump", "-i", "onl0", "-U", "-w"])
+        .args([
+            "netns", "exec", "online", "tcpdump", "-i", "onl0", "-U", "-w",
+        ])
         .arg(&dump)
         .arg("tcp dst port 80")
         .stdout(std::process::Stdio::null())
@@ -308,7 +310,10 @@ fn offline_timing_replicas_and_a_cut_file() -> Result<()> {
         .find_map(|l| {
             let rest = l.split_once("pass 1: ")?.1;
             let (span, rest) = rest.split_once(" s of capture read in ")?;
-            Some((span.parse::<f64>().ok()?, rest.trim_end_matches(" s").parse::<f64>().ok()?))
+            Some((
+                span.parse::<f64>().ok()?,
+                rest.trim_end_matches(" s").parse::<f64>().ok()?,
+            ))
         })
         .ok_or_else(|| anyhow::anyhow!("no pass timing in the log:\n{log}"))?;
     let ratio = wall / span;
@@ -372,14 +377,25 @@ fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
             kernel("tapped"),
             capture("read") + capture("malformed"),
         ),
-        ("engine: captured = read", engine("captured"), capture("read")),
+        (
+            "engine: captured = read",
+            engine("captured"),
+            capture("read"),
+        ),
         (
             "engine: captured = accepted + ingress drops",
             engine("captured"),
-            ["accepted", "not_tcp", "malformed", "no_transfer", "localhost_dropped", "sampled_out"]
-                .iter()
-                .map(|c| engine(c))
-                .sum(),
+            [
+                "accepted",
+                "not_tcp",
+                "malformed",
+                "no_transfer",
+                "localhost_dropped",
+                "sampled_out",
+            ]
+            .iter()
+            .map(|c| engine(c))
+            .sum(),
         ),
         (
             "sessions: inputs = replayed + every other fate + buffered",
@@ -400,7 +416,11 @@ fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
                 + lost
                 + get("tcpcopy_buffered_segments"),
         ),
-        ("requests: target = replayed", t as f64, engine("requests_replayed")),
+        (
+            "requests: target = replayed",
+            t as f64,
+            engine("requests_replayed"),
+        ),
     ];
     for (what, a, b) in checks {
         println!("    {what}: {a} = {b}");
@@ -421,7 +441,10 @@ fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
     let full = m["tcpcopy_kernel_packets_total{counter=\"ring_full\"}"];
     let named = m["tcpcopy_lost_segments_total{reason=\"kernel_ring_full\"}"];
     println!("    tcpcopy stopped 6 s under load: kernel ring_full {full}, lost kernel_ring_full {named}");
-    ensure!(full > 0.0 && named == full, "the ring overflow must be named");
+    ensure!(
+        full > 0.0 && named == full,
+        "the ring overflow must be named"
+    );
     let log = r.stop()?;
     ensure!(
         in_words(&log).contains("kernel ring full"),

@@ -158,7 +158,10 @@ fn build() -> Result<()> {
     // The mirror box replays through online, which forwards to target and
     // assistant (and only that: client traffic is addressed to online).
     in_ns("mirror", "ip route add default via 10.0.5.1")?;
-    in_ns("online", "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.onl3.rp_filter=0")?;
+    in_ns(
+        "online",
+        "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.onl3.rp_filter=0",
+    )?;
     in_ns("assistant", "ip route add 10.0.5.0/24 via 10.0.4.1")?;
     // Switch-mirror port: copy every frame arriving from the client.
     in_ns("online", "tc qdisc add dev onl0 ingress")?;

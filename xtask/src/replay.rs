@@ -115,7 +115,11 @@ impl Tool {
                 if start.elapsed() > max {
                     self.child = Some(c);
                     let log = self.stop();
-                    bail!("{} still running after {max:?}:\n{}", self.name, log.unwrap_or_default());
+                    bail!(
+                        "{} still running after {max:?}:\n{}",
+                        self.name,
+                        log.unwrap_or_default()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -249,24 +253,24 @@ impl Replay {
 
 /// intercept on the assistant, ready for tcpcopy to connect.
 pub fn start_intercept(tag: &str) -> Result<Tool> {
-        let intercept_args: Vec<String> = [
-            "-i",
-            "ast0",
-            "-F",
-            FILTER,
-            "-b",
-            ASSISTANT_CTL_IP,
-            "--stats-interval",
-            "5",
-            "--metrics",
-            INTERCEPT_METRICS,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut intercept = Tool::spawn("intercept", "assistant", &intercept_args, tag)?;
-        intercept.wait_for("intercept ready", Duration::from_secs(10))?;
-        Ok(intercept)
+    let intercept_args: Vec<String> = [
+        "-i",
+        "ast0",
+        "-F",
+        FILTER,
+        "-b",
+        ASSISTANT_CTL_IP,
+        "--stats-interval",
+        "5",
+        "--metrics",
+        INTERCEPT_METRICS,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut intercept = Tool::spawn("intercept", "assistant", &intercept_args, tag)?;
+    intercept.wait_for("intercept ready", Duration::from_secs(10))?;
+    Ok(intercept)
 }
 
 /// An offline tcpcopy on the online host (intercept must be running): runs

@@ -151,7 +151,9 @@ pub fn start(
                     loop {
                         match tx.try_send(batch) {
                             Ok(()) => signal(event.as_raw_fd()),
-                            Err(TrySendError::Full(b)) if lossless && !stop.load(Ordering::Relaxed) => {
+                            Err(TrySendError::Full(b))
+                                if lossless && !stop.load(Ordering::Relaxed) =>
+                            {
                                 batch = b;
                                 signal(event.as_raw_fd());
                                 std::thread::sleep(std::time::Duration::from_micros(200));

@@ -186,8 +186,16 @@ fn exposition(server: &ControlServer, source: &RingSource, xdp: &AttachedXdp) ->
             ("malformed", source.malformed),
         ],
     );
-    x.counter("intercept_frames_sent", "Frames sent to tcpcopy peers.", s.frames_sent);
-    x.counter("intercept_connections", "Control connections accepted.", s.connections);
+    x.counter(
+        "intercept_frames_sent",
+        "Frames sent to tcpcopy peers.",
+        s.frames_sent,
+    );
+    x.counter(
+        "intercept_connections",
+        "Control connections accepted.",
+        s.connections,
+    );
     x.counter(
         "intercept_peers_refused",
         "Connections refused by --allow.",
@@ -198,14 +206,26 @@ fn exposition(server: &ControlServer, source: &RingSource, xdp: &AttachedXdp) ->
         "Peers dropped for garbage, a bad version or not reading.",
         s.dropped_peers,
     );
-    x.counter("intercept_route_adds", "CLIENT_ADD messages received.", r.route_adds);
+    x.counter(
+        "intercept_route_adds",
+        "CLIENT_ADD messages received.",
+        r.route_adds,
+    );
     x.counter(
         "intercept_routes_evicted",
         "Routes evicted at the --routes bound.",
         r.routes_evicted,
     );
-    x.gauge("intercept_peers", "Connected tcpcopy peers.", server.peers() as i64);
-    x.gauge("intercept_routes", "Routes in the table.", server.routes() as i64);
+    x.gauge(
+        "intercept_peers",
+        "Connected tcpcopy peers.",
+        server.peers() as i64,
+    );
+    x.gauge(
+        "intercept_routes",
+        "Routes in the table.",
+        server.routes() as i64,
+    );
     x
 }
 

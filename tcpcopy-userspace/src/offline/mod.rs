@@ -161,8 +161,7 @@ impl OfflineSource {
     }
 
     fn elapsed_ns(&self) -> u64 {
-        self.pass_start
-            .map_or(0, |s| s.elapsed().as_nanos() as u64)
+        self.pass_start.map_or(0, |s| s.elapsed().as_nanos() as u64)
     }
 
     fn end_of_pass(&mut self) {
@@ -219,13 +218,13 @@ impl Capture for OfflineSource {
     fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
         let mut n = 0;
         while n < max && !self.progress.finished.load(Ordering::Acquire) {
-            if self.waiting {
-                if self.progress.go_pass.load(Ordering::Acquire) <= self.pass || !self.next_pass() {
-                    break;
-                }
+            if self.waiting
+                && (self.progress.go_pass.load(Ordering::Acquire) <= self.pass || !self.next_pass())
+            {
+                break;
             }
             if self.pending.is_none() {
-                match self.file.next() {
+                match self.file.next_record() {
                     Next::Packet { ts_ns, ip } => {
                         self.pass_start.get_or_insert_with(Instant::now);
                         self.pending = Some((self.pacer.due(ts_ns), ip));
@@ -245,8 +244,11 @@ impl Capture for OfflineSource {
                             self.file.size()
                         );
                         tracing::warn!("{msg}");
-                        *self.progress.stopped.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(msg);
+                        *self
+                            .progress
+                            .stopped
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = Some(msg);
                         self.end_of_pass();
                         continue;
                     }
@@ -261,8 +263,12 @@ impl Capture for OfflineSource {
             n += 1;
         }
         self.stats.packets += n as u64;
-        self.progress.offset.store(self.file.offset(), Ordering::Relaxed);
-        self.progress.released.fetch_add(n as u64, Ordering::Release);
+        self.progress
+            .offset
+            .store(self.file.offset(), Ordering::Relaxed);
+        self.progress
+            .released
+            .fetch_add(n as u64, Ordering::Release);
         if n > 0 {
             self.publish_read();
         }

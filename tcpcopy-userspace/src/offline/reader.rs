@@ -54,10 +54,7 @@ impl Link {
     pub fn ipv4(self, frame: &[u8]) -> Option<&[u8]> {
         let (proto_ok, ip) = match self {
             Link::Ethernet => return crate::wire::ipv4_in_ethernet(frame).ok(),
-            Link::LinuxSll => (
-                frame.get(14..16) == Some(&[0x08, 0x00]),
-                frame.get(16..)?,
-            ),
+            Link::LinuxSll => (frame.get(14..16) == Some(&[0x08, 0x00]), frame.get(16..)?),
             Link::LinuxSll2 => (frame.get(0..2) == Some(&[0x08, 0x00]), frame.get(20..)?),
             Link::RawIp => (true, frame),
             // The address family in host order of the capturing machine.
@@ -134,14 +131,10 @@ impl CaptureFile {
         let (rest, format) = if buf.starts_with(&PCAPNG_MAGIC) {
             let (rest, parser) = PcapNgParser::new(&buf)
                 .map_err(|e| anyhow!("--offline {name}: not a valid pcapng file ({e})"))?;
-            (
-                rest.len(),
-                Format::PcapNg { parser, last_ts: 0 },
-            )
+            (rest.len(), Format::PcapNg { parser, last_ts: 0 })
         } else {
-            let (rest, parser) = PcapParser::new(&buf).map_err(|_| {
-                anyhow!("--offline {name}: not a pcap or pcapng capture file")
-            })?;
+            let (rest, parser) = PcapParser::new(&buf)
+                .map_err(|_| anyhow!("--offline {name}: not a pcap or pcapng capture file"))?;
             let dl = parser.header().datalink;
             let link = Link::of(dl).ok_or_else(|| {
                 anyhow!("--offline {name}: link type {dl:?} is not supported (Ethernet, Linux cooked SLL/SLL2, raw IP and loopback are)")
@@ -207,7 +200,7 @@ impl CaptureFile {
     }
 
     /// Read the next record.
-    pub fn next(&mut self) -> Next {
+    pub fn next_record(&mut self) -> Next {
         loop {
             let slice = &self.buf[self.pos..];
             if slice.is_empty() && self.eof {
@@ -234,7 +227,10 @@ impl CaptureFile {
                             Block::EnhancedPacket(p) => {
                                 let iface = parser.interfaces().get(p.interface_id as usize);
                                 let link = iface.and_then(|i| Link::of(i.linktype));
-                                let ts = to_ns(p.timestamp.as_nanos() as u64, iface.map(tsresol).unwrap_or(6));
+                                let ts = to_ns(
+                                    p.timestamp.as_nanos() as u64,
+                                    iface.map(tsresol).unwrap_or(6),
+                                );
                                 *last_ts = ts;
                                 Some(if (p.data.len() as u32) < p.original_len {
                                     Err(true)
@@ -245,7 +241,10 @@ impl CaptureFile {
                                 })
                             }
                             Block::SimplePacket(p) => {
-                                let link = parser.interfaces().first().and_then(|i| Link::of(i.linktype));
+                                let link = parser
+                                    .interfaces()
+                                    .first()
+                                    .and_then(|i| Link::of(i.linktype));
                                 Some(
                                     link.and_then(|l| l.ipv4(&p.data))
                                         .map(|ip| (*last_ts, ip.to_vec()))
@@ -327,7 +326,9 @@ fn fill(file: &mut File, buf: &mut Vec<u8>, want: usize) -> std::io::Result<bool
 }
 
 /// The interface's timestamp resolution option (pcapng default: 10^-6 s).
-fn tsresol(idb: &pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock) -> u8 {
+fn tsresol(
+    idb: &pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock,
+) -> u8 {
     idb.options
         .iter()
         .find_map(|o| match o {

@@ -95,12 +95,15 @@ fn write_pcap(name: &str, link: DataLink, endianness: Endianness, res: TsResolut
     path
 }
 
-fn read_all(path: &std::path::Path) -> (Vec<(u64, Vec<u8>)>, u64, Option<(u64, String)>) {
+/// (timestamp, packet) pairs, skipped records, where reading stopped.
+type ReadAll = (Vec<(u64, Vec<u8>)>, u64, Option<(u64, String)>);
+
+fn read_all(path: &std::path::Path) -> ReadAll {
     let mut f = CaptureFile::open(path).unwrap();
     let mut out = Vec::new();
     let mut skipped = 0;
     loop {
-        match f.next() {
+        match f.next_record() {
             Next::Packet { ts_ns, ip } => out.push((ts_ns, ip)),
             Next::Skipped => skipped += 1,
             Next::End => return (out, skipped, None),
@@ -132,7 +135,11 @@ fn pcap_every_link_type_byte_order_and_resolution() {
                 assert_eq!(stop, None, "{what}");
                 assert_eq!(pkts.len(), 2, "{what}");
                 assert_eq!(skipped, 1, "{what}: the non-IPv4 record is skipped");
-                assert_eq!(pkts[0].1, ip_packet(40000, b"GET / HTTP/1.1\r\n\r\n"), "{what}");
+                assert_eq!(
+                    pkts[0].1,
+                    ip_packet(40000, b"GET / HTTP/1.1\r\n\r\n"),
+                    "{what}"
+                );
                 assert_eq!(pkts[0].0, base, "{what}");
                 let third = match res {
                     TsResolution::NanoSecond => base + 3_000_000_123,
@@ -175,9 +182,15 @@ fn pcapng_timestamps_follow_the_interface_resolution() {
     // Default resolution: microseconds.
     let (p, _, stop) = read_all(&write_pcapng("us.pcapng", None, &[5, 2_000_005]));
     assert_eq!(stop, None);
-    assert_eq!(p.iter().map(|x| x.0).collect::<Vec<_>>(), [5_000, 2_000_005_000]);
+    assert_eq!(
+        p.iter().map(|x| x.0).collect::<Vec<_>>(),
+        [5_000, 2_000_005_000]
+    );
     let (p, _, _) = read_all(&write_pcapng("ns.pcapng", Some(9), &[7, 1_000_000_007]));
-    assert_eq!(p.iter().map(|x| x.0).collect::<Vec<_>>(), [7, 1_000_000_007]);
+    assert_eq!(
+        p.iter().map(|x| x.0).collect::<Vec<_>>(),
+        [7, 1_000_000_007]
+    );
     // 2^-10 s units.
     let (p, _, _) = read_all(&write_pcapng("bin.pcapng", Some(0x80 | 10), &[1024, 512]));
     assert_eq!(
@@ -201,7 +214,12 @@ fn a_truncated_file_gives_what_it_holds_and_where_it_stopped() {
     let per_record = (bytes.len() - offset as usize) as u64;
     assert!(per_record > 30 && per_record < 200, "offset {offset}");
 
-    let pcap = write_pcap("cut.pcap", DataLink::ETHERNET, Endianness::Little, TsResolution::MicroSecond);
+    let pcap = write_pcap(
+        "cut.pcap",
+        DataLink::ETHERNET,
+        Endianness::Little,
+        TsResolution::MicroSecond,
+    );
     let bytes = std::fs::read(&pcap).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() - 5]).unwrap();
     let (p, skipped, stop) = read_all(&cut);
@@ -221,9 +239,9 @@ fn snapped_records_are_skipped_and_counted() {
         .unwrap();
     drop(w);
     let mut r = CaptureFile::open(&path).unwrap();
-    assert_eq!(r.next(), Next::Skipped);
-    assert!(matches!(r.next(), Next::Packet { .. }));
-    assert_eq!(r.next(), Next::End);
+    assert_eq!(r.next_record(), Next::Skipped);
+    assert!(matches!(r.next_record(), Next::Packet { .. }));
+    assert_eq!(r.next_record(), Next::End);
     assert_eq!(r.stats.snapped, 1);
     assert_eq!(r.stats.packets, 1);
 }
@@ -231,7 +249,11 @@ fn snapped_records_are_skipped_and_counted() {
 #[test]
 fn files_that_cannot_be_replayed_are_refused_up_front() {
     let text = temp("notes.txt");
-    std::fs::write(&text, "GET / HTTP/1.1\r\nthis is not a capture file at all\r\n").unwrap();
+    std::fs::write(
+        &text,
+        "GET / HTTP/1.1\r\nthis is not a capture file at all\r\n",
+    )
+    .unwrap();
     let e = CaptureFile::open(&text).err().unwrap().to_string();
     assert!(e.contains("not a pcap or pcapng"), "{e}");
 
@@ -242,7 +264,10 @@ fn files_that_cannot_be_replayed_are_refused_up_front() {
     };
     PcapWriter::with_header(std::fs::File::create(&path).unwrap(), header).unwrap();
     let e = CaptureFile::open(&path).err().unwrap().to_string();
-    assert!(e.contains("link type") && e.contains("not supported"), "{e}");
+    assert!(
+        e.contains("link type") && e.contains("not supported"),
+        "{e}"
+    );
 
     let path = temp("usb.pcapng");
     let mut w = PcapNgWriter::new(std::fs::File::create(&path).unwrap()).unwrap();

@@ -315,7 +315,12 @@ impl Session {
             .next_back()
             .map_or(0, |(o, s)| o + s.len());
         self.captured_end = self.snd_nxt.max(end);
-        if self.pending.keys().next().is_none_or(|o| *o <= self.snd_nxt) {
+        if self
+            .pending
+            .keys()
+            .next()
+            .is_none_or(|o| *o <= self.snd_nxt)
+        {
             self.gap_since = None;
         }
         later.into_values().collect()

@@ -421,11 +421,15 @@ fn copies_stay_in_their_workers_lane() {
             ..Lab::default_cfg()
         };
         if let Some(p) = pool {
-            cfg.client_pool = Some(ClientPool::new(parse_client_pool(p, &cfg.transfers).unwrap()));
+            cfg.client_pool = Some(ClientPool::new(
+                parse_client_pool(p, &cfg.transfers).unwrap(),
+            ));
         }
         let mut l = Lab::new(cfg);
         l.e.set_lane(0, 2);
-        let ours: Vec<u16> = (20000..20400u16).filter(|p| lane(CLIENT, *p) == 0).collect();
+        let ours: Vec<u16> = (20000..20400u16)
+            .filter(|p| lane(CLIENT, *p) == 0)
+            .collect();
         for &port in &ours {
             l.capture(port, 1, 0, 0x02, &[]);
         }
@@ -985,12 +989,20 @@ fn a_late_syn_joins_its_mid_stream_session() {
     assert_eq!(out.len(), 1, "a fabricated SYN: {out:?}");
     assert_eq!(out[0].flags, 0x02);
     let late = l.capture(P, ISN, 0, 0x02, &[]);
-    assert!(late.is_empty(), "the late SYN must not start anything: {late:?}");
+    assert!(
+        late.is_empty(),
+        "the late SYN must not start anything: {late:?}"
+    );
     assert_eq!(l.e.active_sessions(), 1);
     assert_eq!(l.e.counters().duplicates, 1);
     let key = out[0].src;
     l.respond(key, TISN, out[0].seq + 1, 0x12, 0, None);
-    let sent: Vec<Out> = l.sent.iter().filter(|o| !o.payload.is_empty()).cloned().collect();
+    let sent: Vec<Out> = l
+        .sent
+        .iter()
+        .filter(|o| !o.payload.is_empty())
+        .cloned()
+        .collect();
     assert_eq!(sent.len(), 1, "the request once: {sent:?}");
     l.check_invariants();
 }
@@ -1033,7 +1045,10 @@ fn a_reused_port_does_not_cut_the_replay_still_running_on_it() {
         ]
     );
     l.advance(3000);
-    assert!(l.sent.iter().any(|o| o.src == key && o.flags & 0x01 != 0), "the old FIN");
+    assert!(
+        l.sent.iter().any(|o| o.src == key && o.flags & 0x01 != 0),
+        "the old FIN"
+    );
     assert_eq!(l.e.counters().lost(), 0);
     l.check_invariants();
 }
@@ -1074,8 +1089,15 @@ fn a_new_connections_data_captured_before_its_syn_goes_with_it() {
     // The old session sent all it had, so it ends here and its port is
     // free again for the new connection.
     let out = l.capture(P, isn2, 0, 0x02, &[]);
-    assert!(out.iter().any(|o| o.src == key && o.flags & 0x04 != 0), "old one reset");
-    let syn2 = out.iter().find(|o| o.flags == 0x02).expect("the new SYN").clone();
+    assert!(
+        out.iter().any(|o| o.src == key && o.flags & 0x04 != 0),
+        "old one reset"
+    );
+    let syn2 = out
+        .iter()
+        .find(|o| o.flags == 0x02)
+        .expect("the new SYN")
+        .clone();
     assert_eq!(syn2.seq, isn2);
     l.respond(syn2.src, TISN + 9, isn2 + 1, 0x12, 0, None);
     l.respond(syn2.src, TISN + 10, isn2 + 11, 0x18, 100, None);

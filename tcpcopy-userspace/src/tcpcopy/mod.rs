@@ -27,7 +27,11 @@ use anyhow::{anyhow, Context, Result};
 use aya::maps::{RingBuf, XskMap};
 use tcpcopy_common::{capture_mode, PortKey};
 
-use self::{channel::Channel, offline_watch::{offline_words, OfflineWatch}, worker::Worker};
+use self::{
+    channel::Channel,
+    offline_watch::{offline_words, OfflineWatch},
+    worker::Worker,
+};
 use crate::{
     capture::{dispatch, rx_queues, Capture, PacketSocket, TapRing, XskSocket},
     offline::{record, OfflineSource},

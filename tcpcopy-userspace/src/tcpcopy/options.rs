@@ -142,7 +142,12 @@ pub struct TcpcopyOptions {
     #[arg(long = "offline", value_name = "FILE", conflicts_with_all = ["capture", "record"])]
     pub offline: Option<PathBuf>,
     /// Offline: the file's clock runs this many times faster.
-    #[arg(short = 'a', long = "accelerate", default_value_t = 1.0, value_name = "FACTOR")]
+    #[arg(
+        short = 'a',
+        long = "accelerate",
+        default_value_t = 1.0,
+        value_name = "FACTOR"
+    )]
     pub accelerate: f64,
     /// Offline: collapse gaps between packets longer than this many ms.
     #[arg(short = 'I', long = "idle-gap", value_name = "MS")]
@@ -301,7 +306,10 @@ impl TcpcopyOptions {
             _ => return Ok(None),
         };
         if !(self.accelerate > 0.0 && self.accelerate.is_finite()) {
-            bail!("-a/--accelerate {}: must be a positive factor", self.accelerate);
+            bail!(
+                "-a/--accelerate {}: must be a positive factor",
+                self.accelerate
+            );
         }
         if self.times == 0 {
             bail!("-T/--times 0: replay the file at least once");

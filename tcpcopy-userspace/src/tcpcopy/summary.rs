@@ -124,18 +124,42 @@ impl Totals {
             .map_or(0, |k| k[kc::RING_FULL as usize]);
         [
             ("kernel_ring_full", "kernel ring full", ring_full),
-            ("xsk_socket_full", "AF_XDP socket full", self.capture.kernel_dropped),
+            (
+                "xsk_socket_full",
+                "AF_XDP socket full",
+                self.capture.kernel_dropped,
+            ),
             (
                 "worker_queue_full",
                 "worker queue full",
                 self.dispatch_queue_full + self.capture.queue_full,
             ),
-            ("target_refused", "target refused the connection", e.lost_target_refused),
-            ("handshake_timeout", "handshake timed out", e.lost_handshake_timeout),
+            (
+                "target_refused",
+                "target refused the connection",
+                e.lost_target_refused,
+            ),
+            (
+                "handshake_timeout",
+                "handshake timed out",
+                e.lost_handshake_timeout,
+            ),
             ("session_timeout", "session timed out", e.lost_timed_out),
-            ("capture_gap", "capture gap never filled", e.lost_capture_gap),
-            ("session_buffer_full", "session buffer full", e.lost_buffer_full),
-            ("target_closed", "target closed or reset", e.lost_target_closed),
+            (
+                "capture_gap",
+                "capture gap never filled",
+                e.lost_capture_gap,
+            ),
+            (
+                "session_buffer_full",
+                "session buffer full",
+                e.lost_buffer_full,
+            ),
+            (
+                "target_closed",
+                "target closed or reset",
+                e.lost_target_closed,
+            ),
             ("client_reset", "client reset", e.lost_client_reset),
             ("shutdown", "still buffered at shutdown", e.lost_shutdown),
         ]
@@ -179,14 +203,26 @@ impl Totals {
             "reason",
             self.losses().iter().map(|(label, _, n)| (*label, *n)),
         );
-        x.counter("tcpcopy_sent_packets", "Packets sent to the target.", self.sent);
-        x.counter("tcpcopy_send_errors", "Sends to the target that failed.", self.send_errors);
+        x.counter(
+            "tcpcopy_sent_packets",
+            "Packets sent to the target.",
+            self.sent,
+        );
+        x.counter(
+            "tcpcopy_send_errors",
+            "Sends to the target that failed.",
+            self.send_errors,
+        );
         x.counter(
             "tcpcopy_response_records",
             "Response header records received from intercept.",
             self.records,
         );
-        x.counter("tcpcopy_routes_sent", "CLIENT_ADD messages sent to intercept.", self.routes_sent);
+        x.counter(
+            "tcpcopy_routes_sent",
+            "CLIENT_ADD messages sent to intercept.",
+            self.routes_sent,
+        );
         x.counter(
             "tcpcopy_routes_unsent",
             "CLIENT_ADD messages no intercept connection could take.",
@@ -197,7 +233,11 @@ impl Totals {
             "Control connections to intercept that were lost.",
             self.conns_lost,
         );
-        x.gauge("tcpcopy_active_sessions", "Live sessions.", self.active_sessions as i64);
+        x.gauge(
+            "tcpcopy_active_sessions",
+            "Live sessions.",
+            self.active_sessions as i64,
+        );
         x.gauge(
             "tcpcopy_buffered_segments",
             "Captured segments held by sessions, not yet sent.",
