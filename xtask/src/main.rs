@@ -1,9 +1,11 @@
 //! Every developer and user task of the project, so nobody needs a shell
-//! recipe: `setup`, `build`, `run`, `lab`, `demo`, `test`, `bench`.
+//! recipe: `setup`, `build`, `run`, `lab`, `demo`, `test`, `e2e`, `fuzz`,
+//! `bench`.
 
 mod bench;
 mod demo;
 mod e2e;
+mod fuzz;
 mod lab;
 mod replay;
 mod setup;
@@ -51,6 +53,14 @@ enum Cmd {
     /// Unit tests, the root-only integration tests in namespaces, then the
     /// end-to-end tests in the lab.
     Test,
+    /// Run the fuzz targets (cargo-fuzz, nightly), each for N seconds.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (packet, control, pcap, options).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Only the end-to-end tests in the lab (real binaries, real servers).
     E2e {
         /// Run only the scenarios whose name contains this text.
@@ -87,6 +97,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Lab { action } => lab::run(action),
         Cmd::Demo { seconds } => demo::demo(seconds),
         Cmd::Test => test(),
+        Cmd::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
         Cmd::E2e { only } => {
             setup::setup(false)?;
             util::cargo(&["build", "--release"])?;
@@ -99,10 +110,15 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const FUZZ_SECONDS_IN_TEST: u64 = 15;
+
 fn test() -> Result<()> {
     setup::setup(false)?;
     // Unit and property tests first: no root, no network.
     util::cargo(&["test", "--release"])?;
+    // A short fuzz of every parser (`cargo xtask fuzz` runs longer).
+    fuzz::fuzz(FUZZ_SECONDS_IN_TEST, None)?;
     // Then the integration tests that build namespaces; they refuse to skip.
     util::require_root("the namespace integration tests")?;
     util::cargo_env(

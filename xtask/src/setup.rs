@@ -42,9 +42,12 @@ pub fn setup(verbose: bool) -> Result<()> {
     if let Some(d) = bpf_linker()? {
         did.push(d);
     }
+    if let Some(d) = cargo_fuzz()? {
+        did.push(d);
+    }
     if did.is_empty() {
         if verbose {
-            println!("setup: everything is in place (Debian packages, rust-src, bpf-linker {BPF_LINKER_VERSION})");
+            println!("setup: everything is in place (Debian packages, rust-src, bpf-linker {BPF_LINKER_VERSION}, cargo-fuzz)");
         }
     } else {
         for d in did {
@@ -120,6 +123,25 @@ fn rust_src() -> Result<Option<String>> {
         "rustup component add rust-src --toolchain {EBPF_TOOLCHAIN}"
     ))?;
     Ok(Some(format!("added rust-src to {EBPF_TOOLCHAIN}")))
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (and the short fuzz in `test`).
+fn cargo_fuzz() -> Result<Option<String>> {
+    let works = || {
+        matches!(Command::new("cargo").args(["fuzz", "--version"]).output(),
+            Ok(o) if o.status.success())
+    };
+    if works() {
+        return Ok(None);
+    }
+    println!("setup: building cargo-fuzz (a minute or two)");
+    let status = Command::new("cargo")
+        .args(["install", "cargo-fuzz", "--locked"])
+        .status()?;
+    if !status.success() || !works() {
+        bail!("installing cargo-fuzz failed");
+    }
+    Ok(Some("installed cargo-fuzz".into()))
 }
 
 fn bpf_linker_works() -> bool {

@@ -7,7 +7,7 @@ mod options;
 mod router;
 mod server;
 
-pub use options::{parse_filter, FilterClause, FilterError, InterceptOptions};
+pub use options::{parse_cidr, parse_filter, FilterClause, FilterError, InterceptOptions};
 pub use router::{Disposition, PeerId, RouteKey, Router, RouterStats};
 pub use server::{ControlServer, RecordSource, ServerConfig, ServerStats};
 

@@ -108,7 +108,7 @@ enum Format {
 
 pub struct CaptureFile {
     path: PathBuf,
-    file: File,
+    file: Box<dyn Read + Send>,
     size: u64,
     buf: Vec<u8>,
     /// Bytes of `buf` already parsed.
@@ -123,8 +123,18 @@ pub struct CaptureFile {
 impl CaptureFile {
     /// Open `path` and check that it is a capture this reader can replay.
     pub fn open(path: &Path) -> Result<CaptureFile> {
-        let mut file = File::open(path).with_context(|| format!("--offline {}", path.display()))?;
+        let file = File::open(path).with_context(|| format!("--offline {}", path.display()))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        CaptureFile::from_reader(path, size, Box::new(file))
+    }
+
+    /// The same from any reader (`name` for messages, `size` for progress).
+    pub fn from_reader(
+        name: impl AsRef<Path>,
+        size: u64,
+        mut file: Box<dyn Read + Send>,
+    ) -> Result<CaptureFile> {
+        let path = name.as_ref();
         let mut buf = Vec::with_capacity(CHUNK);
         let eof = fill(&mut file, &mut buf, CHUNK)?;
         let name = path.display();
@@ -305,13 +315,13 @@ impl CaptureFile {
         self.buf.drain(..self.pos);
         self.pos = 0;
         let want = CHUNK.max(self.buf.len());
-        self.eof = fill(&mut self.file, &mut self.buf, want)?;
+        self.eof = fill(self.file.as_mut(), &mut self.buf, want)?;
         Ok(())
     }
 }
 
 /// Append up to `want` bytes; returns true at the end of the file.
-fn fill(file: &mut File, buf: &mut Vec<u8>, want: usize) -> std::io::Result<bool> {
+fn fill(file: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> std::io::Result<bool> {
     let start = buf.len();
     buf.resize(start + want, 0);
     let mut got = 0;
