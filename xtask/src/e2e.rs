@@ -454,6 +454,116 @@ fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
     Ok(())
 }
 
+/// intercept killed mid-replay and started again: with -L, tcpcopy keeps
+/// running, reconnects (every 12 s) and replays the next load exactly.
+fn intercept_restart_with_lonely() -> Result<()> {
+    let mut args = TAP.to_vec();
+    args.push("-L");
+    let mut r = Replay::start("restart-L", &args)?;
+    let (o, t) = drive(&wrk(4, 1, ""))?;
+    exact("before the restart", o, t)?;
+    r.intercept.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    r.intercept = replay::start_intercept("restart-L-2")?;
+    r.tcpcopy
+        .wait_for_log("reconnected to intercept", Duration::from_secs(20))?;
+    let (o, t) = drive(&wrk(4, 2, ""))?;
+    exact("after intercept came back", o, t)?;
+    r.stop()?;
+    Ok(())
+}
+
+/// Without -L, losing every intercept connection stops tcpcopy with a
+/// message that says so (and its exit detaches XDP).
+fn intercept_lost_without_lonely() -> Result<()> {
+    let mut r = Replay::start("lost", TAP)?;
+    r.intercept.kill();
+    let start = std::time::Instant::now();
+    loop {
+        if let Some((status, log)) = r.tcpcopy.exited() {
+            ensure!(!status.success(), "tcpcopy should fail: {status}");
+            ensure!(
+                log.contains("every intercept connection is lost") && log.contains("-L"),
+                "the message should say why and what to do:\n{log}"
+            );
+            println!("    tcpcopy stopped: {status}");
+            break;
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "tcpcopy kept running without intercept"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(
+        !crate::util::stdout("ip netns exec online ip link show onl0").contains("xdp"),
+        "XDP left attached"
+    );
+    Ok(())
+}
+
+/// The target's nginx restarted in the middle of the load: tcpcopy goes on,
+/// and once the target is back the next load is replayed exactly.
+fn target_restart_mid_replay() -> Result<()> {
+    let r = Replay::start("target-restart", TAP)?;
+    replay::reset_logs()?;
+    let restart = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(700));
+        lab::restart_target_nginx()
+    });
+    in_ns("client", &format!("{} > /dev/null 2>&1", wrk(4, 2, "")))?;
+    restart
+        .join()
+        .map_err(|_| anyhow::anyhow!("restart thread"))??;
+    // Let the first load's replay finish (or give up) before counting.
+    replay::wait_until_quiet(target, Duration::from_millis(1500), Duration::from_secs(30));
+    let (o, t) = drive(&wrk(4, 2, ""))?;
+    exact("after the target restarted", o, t)?;
+    let log = r.stop()?;
+    println!("    {}", in_words(&log));
+    Ok(())
+}
+
+/// A SIGKILLed tcpcopy leaves no XDP program behind (bpf_link), and the
+/// next one starts and replays exactly.
+fn sigkill_leaves_nothing_behind() -> Result<()> {
+    let mut r = Replay::start("sigkill", TAP)?;
+    r.tcpcopy.kill();
+    let link = crate::util::stdout("ip netns exec online ip link show onl0");
+    ensure!(
+        !link.contains("xdp"),
+        "XDP still attached after SIGKILL:\n{link}"
+    );
+    r.intercept.stop()?;
+    let r = Replay::start("sigkill-2", TAP)?;
+    let (o, t) = drive(&wrk(4, 1, ""))?;
+    exact("the next tcpcopy", o, t)?;
+    r.stop()?;
+    Ok(())
+}
+
+/// The online interface goes down and up under tcpcopy: the XDP program
+/// stays attached and the next load is replayed exactly.
+fn interface_flap() -> Result<()> {
+    let r = Replay::start("flap", TAP)?;
+    in_ns("online", "ip link set onl0 down")?;
+    std::thread::sleep(Duration::from_millis(500));
+    in_ns("online", "ip link set onl0 up")?;
+    // Wait for the link (and ARP) to come back.
+    for _ in 0..50 {
+        if crate::util::sh_ok(&format!(
+            "ip netns exec client ping -c1 -W1 {ONLINE_IP} >/dev/null 2>&1"
+        )) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (o, t) = drive(&wrk(4, 2, ""))?;
+    exact("after onl0 went down and up", o, t)?;
+    r.stop()?;
+    Ok(())
+}
+
 fn production_unharmed_while_tcpcopy_is_stopped() -> Result<()> {
     let r = Replay::start("sigstop", TAP)?;
     r.tcpcopy.signal("-STOP");
@@ -518,6 +628,23 @@ const SCENARIOS: &[Scenario] = &[
         "metrics: the stages add up; a forced drop is named",
         metrics_add_up_and_name_a_forced_drop,
     ),
+    (
+        "fault: intercept restarted, tcpcopy -L reconnects",
+        intercept_restart_with_lonely,
+    ),
+    (
+        "fault: intercept lost without -L stops tcpcopy",
+        intercept_lost_without_lonely,
+    ),
+    (
+        "fault: the target restarted mid-replay",
+        target_restart_mid_replay,
+    ),
+    (
+        "fault: SIGKILLed tcpcopy leaves nothing behind",
+        sigkill_leaves_nothing_behind,
+    ),
+    ("fault: the online interface flaps", interface_flap),
     (
         "tap mode: a SIGSTOPped tcpcopy costs production nothing",
         production_unharmed_while_tcpcopy_is_stopped,

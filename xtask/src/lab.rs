@@ -235,6 +235,26 @@ fn start_servers() -> Result<()> {
     anyhow::bail!("the lab's servers did not come up (see {RUN_DIR}/*.log)")
 }
 
+/// Stop the target's nginx and start it again (a fault test).
+pub fn restart_target_nginx() -> Result<()> {
+    let conf = run_dir().join("target-nginx.conf");
+    in_ns(
+        "target",
+        &format!(
+            "nginx -e {RUN_DIR}/target-nginx-error.log -c {} -s stop",
+            conf.display()
+        ),
+    )?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    in_ns(
+        "target",
+        &format!(
+            "nginx -e {RUN_DIR}/target-nginx-error.log -c {}",
+            conf.display()
+        ),
+    )
+}
+
 /// Kill every process in the lab's namespaces and delete them. Never fails.
 pub fn down() {
     for ns in NAMESPACES {

@@ -127,6 +127,27 @@ impl Tool {
         Ok(self.log_text())
     }
 
+    /// SIGKILL and reap; returns the log.
+    pub fn kill(&mut self) -> String {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.log_text()
+    }
+
+    /// Has it exited? (the exit status and log if so)
+    pub fn exited(&mut self) -> Option<(std::process::ExitStatus, String)> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some((status, self.log_text()))
+    }
+
+    /// Wait until the log contains `needle` (at most `max`).
+    pub fn wait_for_log(&mut self, needle: &str, max: Duration) -> Result<()> {
+        self.wait_for(needle, max)
+    }
+
     /// SIGINT and wait; returns the log.
     pub fn stop(&mut self) -> Result<String> {
         if let Some(mut c) = self.child.take() {

@@ -51,6 +51,18 @@ pub fn sh(cmd: &str) -> Result<()> {
 }
 
 /// Run a command, ignore failure (cleanup paths).
+/// Run quietly; true if it succeeded.
+pub fn sh_ok(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 pub fn sh_quiet(cmd: &str) {
     let _ = Command::new("sh")
         .arg("-c")
