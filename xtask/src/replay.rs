@@ -211,7 +211,7 @@ pub const MIRROR_HTTP: &[&str] = &["-x", "80-10.0.2.2:8080", "--capture", "xdp",
 
 /// Where the lab's intercept serves metrics (inside the assistant).
 pub const INTERCEPT_METRICS: &str = "127.0.0.1:9102";
-/// Where a lab tcpcopy started with `--metrics` serves them.
+/// Where a lab tcpcopy serves its metrics (inside its namespace).
 pub const TCPCOPY_METRICS: &str = "127.0.0.1:9101";
 
 /// Scrape a metrics endpoint inside namespace `ns`: sample name (with its
@@ -250,6 +250,13 @@ impl Replay {
         Replay::start_on(tag, "mirror", MIRROR_HTTP)
     }
 
+    /// The same, sending with AF_XDP TX out of the mirror port too.
+    pub fn start_mirror_xdp_send(tag: &str) -> Result<Replay> {
+        let mut args = MIRROR_HTTP.to_vec();
+        args.extend(["--send", "xdp", "-o", "mir0"]);
+        Replay::start_on(tag, "mirror", &args)
+    }
+
     fn start_on(tag: &str, host: &str, tcpcopy_args: &[&str]) -> Result<Replay> {
         let intercept = start_intercept(tag)?;
         let mut args: Vec<String> = vec![
@@ -257,6 +264,8 @@ impl Replay {
             ASSISTANT_CTL_IP.into(),
             "--stats-interval".into(),
             "5".into(),
+            "--metrics".into(),
+            TCPCOPY_METRICS.into(),
         ];
         args.extend(tcpcopy_args.iter().map(|s| s.to_string()));
         let mut tcpcopy = Tool::spawn("tcpcopy", host, &args, tag)?;
@@ -309,6 +318,15 @@ pub fn requests_in(file: &std::path::Path) -> Result<u64> {
         file.display()
     ))?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+/// Captured segments the running lab tcpcopy still holds unsent (from its
+/// metrics, in whichever namespace it runs); None if none answers.
+pub fn tcpcopy_backlog() -> Option<f64> {
+    ["online", "mirror"].iter().find_map(|ns| {
+        let m = scrape(ns, TCPCOPY_METRICS).ok()?;
+        m.get("tcpcopy_buffered_segments").copied()
+    })
 }
 
 /// Wait until `count` stops changing for `quiet` (at most `max`); returns

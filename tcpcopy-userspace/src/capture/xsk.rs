@@ -27,7 +27,10 @@ use super::{Capture, CaptureStats};
 /// frames are a quarter second at 64 kpps per queue, for a worker that is
 /// briefly descheduled (32 MiB of UMEM per queue).
 const RING: u32 = 16384;
-const FRAMES: u32 = 2 * RING;
+/// Frames kept for `--send xdp` on the same socket (its TX ring).
+pub const TX_FRAMES: u32 = 4096;
+const TX_RING: u32 = 4096;
+const FRAMES: u32 = 2 * RING + TX_FRAMES;
 /// Holds a 1500-byte MTU frame after the kernel's 256-byte headroom.
 const FRAME_SIZE: u32 = 2048;
 
@@ -37,9 +40,9 @@ pub struct XskSocket {
     umem: Umem,
     rx: RxQueue,
     fill: FillQueue,
-    // Held so the socket (and its rings) live as long as we do.
-    _tx: TxQueue,
-    _comp: CompQueue,
+    /// The TX side and its frames until `take_tx` hands them out (held so
+    /// the socket lives as long as we do).
+    tx: Option<(TxQueue, CompQueue, Vec<FrameDesc>)>,
     /// Descriptors of frames owned by userspace, waiting to go back on
     /// the fill ring.
     free: Vec<FrameDesc>,
@@ -62,7 +65,7 @@ impl XskSocket {
             .map_err(|e| anyhow!("creating the UMEM for {iface} queue {queue}: {e}"))?;
         let socket_config = SocketConfig::builder()
             .rx_queue_size(QueueSize::new(RING).map_err(|e| anyhow!("{e}"))?)
-            .tx_queue_size(QueueSize::new(RING).map_err(|e| anyhow!("{e}"))?)
+            .tx_queue_size(QueueSize::new(TX_RING).map_err(|e| anyhow!("{e}"))?)
             .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
             .build();
         let name: Interface = iface
@@ -74,20 +77,21 @@ impl XskSocket {
             .map_err(|e| anyhow!("AF_XDP socket on {iface} queue {queue}: {e}"))?;
         let (fill, comp) =
             rings.ok_or_else(|| anyhow!("AF_XDP socket on {iface} queue {queue}: no fill ring"))?;
+        let mut descs = descs;
+        let tx_frames = descs.split_off((FRAMES - TX_FRAMES) as usize);
         let mut socket = XskSocket {
             queue,
             umem,
             rx,
             fill,
-            _tx: tx,
-            _comp: comp,
+            tx: Some((tx, comp, tx_frames)),
             free: descs,
             rx_descs: Vec::new(),
             stats: CaptureStats::default(),
         };
         socket.rx_descs = socket.free[..RING as usize].to_vec();
         socket.refill();
-        if socket.free.len() as u32 > FRAMES - RING {
+        if socket.free.len() as u32 > FRAMES - TX_FRAMES - RING {
             return Err(anyhow!(
                 "AF_XDP socket on {iface} queue {queue}: the fill ring took no frames"
             ));
@@ -97,6 +101,13 @@ impl XskSocket {
 
     pub fn queue(&self) -> u32 {
         self.queue
+    }
+
+    /// The socket's TX ring and its share of the UMEM, for a sender on the
+    /// same interface and queue (once).
+    pub fn take_tx(&mut self) -> Option<(Umem, TxQueue, CompQueue, Vec<FrameDesc>)> {
+        let (tx, comp, frames) = self.tx.take()?;
+        Some((self.umem.clone(), tx, comp, frames))
     }
 
     pub fn raw_fd(&self) -> RawFd {

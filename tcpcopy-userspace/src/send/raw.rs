@@ -10,8 +10,8 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 pub struct RawSender {
     socket: Socket,
-    pub sent: u64,
-    pub errors: u64,
+    sent: u64,
+    errors: u64,
 }
 
 impl RawSender {
@@ -31,10 +31,12 @@ impl RawSender {
             errors: 0,
         })
     }
+}
 
+impl super::Sender for RawSender {
     /// Send one IPv4 packet to its destination address. Errors are counted
     /// and returned; a failed segment is retransmitted by the engine's timer.
-    pub fn send(&mut self, packet: &[u8]) -> io::Result<()> {
+    fn send(&mut self, packet: &[u8]) -> io::Result<()> {
         if packet.len() < 20 {
             self.errors += 1;
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "short packet"));
@@ -51,5 +53,9 @@ impl RawSender {
                 Err(e)
             }
         }
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (self.sent, self.errors)
     }
 }

@@ -28,6 +28,23 @@ pub struct Transfer {
     pub src_port: u16,
     pub dst_ip: Ipv4Addr,
     pub dst_port: u16,
+    /// `IP:PORT@MAC`: the next hop's MAC for `--send xdp` (otherwise it
+    /// comes from the neighbour table).
+    pub dst_mac: Option<[u8; 6]>,
+}
+
+/// `00:13:21:B2:5E:42`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 impl Transfer {
@@ -38,13 +55,18 @@ impl Transfer {
 }
 
 /// Parse a `-x` list: `[IP:]PORT-IP:PORT[,...]`. MAC suffixes (`@MAC`) of
-/// the C tool's pcap-send build are accepted and ignored here.
+/// the C tool's pcap-send build are accepted: the target's is kept for
+/// `--send xdp`, the source's is not needed.
 pub fn parse_transfers(s: &str) -> Result<Vec<Transfer>, ConfigError> {
     s.split(',')
         .map(|item| {
             let bad = || ConfigError::Transfer(item.to_string());
             let (src, dst) = item.split_once('-').ok_or_else(bad)?;
             let strip_mac = |x: &str| x.split('@').next().unwrap_or("").to_string();
+            let dst_mac = match dst.split_once('@') {
+                Some((_, mac)) => Some(parse_mac(mac).ok_or_else(bad)?),
+                None => None,
+            };
             let (src, dst) = (strip_mac(src), strip_mac(dst));
             let (src_ip, src_port) = match src.rsplit_once(':') {
                 Some((ip, port)) => (Some(ip.parse().map_err(|_| bad())?), port),
@@ -62,6 +84,7 @@ pub fn parse_transfers(s: &str) -> Result<Vec<Transfer>, ConfigError> {
                 src_port,
                 dst_ip,
                 dst_port,
+                dst_mac,
             })
         })
         .collect()
@@ -280,6 +303,8 @@ mod tests {
         assert!(!t[1].matches(Ipv4Addr::new(10, 0, 0, 2), 81));
         let mac = parse_transfers("80@00:13:21:B2:5E:42-1.2.3.4:18080@00:0F:1F:03:F2:E6").unwrap();
         assert_eq!(mac[0].dst_port, 18080);
+        assert_eq!(mac[0].dst_mac, Some([0x00, 0x0f, 0x1f, 0x03, 0xf2, 0xe6]));
+        assert!(parse_transfers("80-1.2.3.4:80@00:0F:1F").is_err());
     }
 
     #[test]

@@ -44,8 +44,8 @@ mod counters;
 mod engine;
 
 pub use config::{
-    parse_client_pool, parse_transfers, preferred_port, sample_bucket, ClientPool, Config,
-    ConfigError, Transfer,
+    parse_client_pool, parse_mac, parse_transfers, preferred_port, sample_bucket, ClientPool,
+    Config, ConfigError, Transfer,
 };
 pub use counters::Counters;
 pub use engine::{Engine, SessionKey};

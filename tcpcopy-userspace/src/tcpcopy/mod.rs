@@ -37,6 +37,7 @@ use crate::{
     offline::{record, OfflineSource},
     process,
     proto::Framing,
+    send::{neighbour, Sender, XskSender},
     session::Config,
     xdp::{AttachedXdp, TCPCOPY_EBPF},
 };
@@ -69,7 +70,8 @@ fn open_xsk_sockets(
     x: &mut AttachedXdp,
     ifaces: &[String],
     workers: usize,
-) -> Result<Vec<Box<dyn Capture>>> {
+    share_tx: bool,
+) -> Result<(Vec<Box<dyn Capture>>, Vec<Option<TxParts>>)> {
     if ifaces.len() > 1 {
         // XSKS is keyed by queue index only.
         anyhow::bail!("--capture xdp takes one -i interface");
@@ -82,14 +84,67 @@ fn open_xsk_sockets(
             .ok_or_else(|| anyhow!("map XSKS missing"))?,
     )?;
     let mut per_worker: Vec<Vec<Box<dyn Capture>>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut tx: Vec<Option<TxParts>> = (0..workers).map(|_| None).collect();
     for q in 0..queues {
-        let socket = XskSocket::open(iface, q)?;
+        let mut socket = XskSocket::open(iface, q)?;
         map.set(q, socket.raw_fd(), 0)
             .with_context(|| format!("entering the AF_XDP socket of queue {q} in XSKS"))?;
-        per_worker[q as usize % workers].push(Box::new(socket));
+        let w = q as usize % workers;
+        if share_tx && tx[w].is_none() {
+            tx[w] = socket.take_tx();
+        }
+        per_worker[w].push(Box::new(socket));
     }
     tracing::info!(iface, queues, workers, "AF_XDP sockets bound");
-    Ok(dispatch::steer(per_worker)?)
+    Ok((dispatch::steer(per_worker)?, tx))
+}
+
+/// The socket parts `--send xdp` sends with.
+type TxParts = (
+    xsk_rs::Umem,
+    xsk_rs::TxQueue,
+    xsk_rs::CompQueue,
+    Vec<xsk_rs::FrameDesc>,
+);
+
+/// `--send xdp`: one AF_XDP sender per worker on `-o`, sharing the
+/// worker's capture socket where `-o` is the capture interface, else on
+/// queue `worker` of `-o`.
+fn xsk_senders(
+    cfg: &Config,
+    out: &str,
+    workers: usize,
+    mut shared: Vec<Option<TxParts>>,
+) -> Result<Vec<Box<dyn Sender>>> {
+    let src_mac = neighbour::iface_mac(out)?;
+    let mut next_hop = std::collections::HashMap::new();
+    for t in &cfg.transfers {
+        let mac = match t.dst_mac {
+            Some(m) => m,
+            None => neighbour::resolve(out, t.dst_ip)?,
+        };
+        next_hop.insert(t.dst_ip, mac);
+    }
+    let queues = rx_queues(out)? as usize;
+    let mut senders: Vec<Box<dyn Sender>> = Vec::new();
+    for w in 0..workers {
+        let parts = match shared.get_mut(w).and_then(Option::take) {
+            Some(p) => p,
+            None => {
+                if w >= queues {
+                    anyhow::bail!(
+                        "--send xdp: -o {out} has {queues} queue(s) for {workers} workers; use --workers {queues}"
+                    );
+                }
+                XskSocket::open(out, w as u32)?
+                    .take_tx()
+                    .ok_or_else(|| anyhow!("--send xdp: no TX ring on {out} queue {w}"))?
+            }
+        };
+        senders.push(Box::new(XskSender::new(parts, src_mac, next_hop.clone())));
+    }
+    tracing::info!(out, workers, ?next_hop, "AF_XDP senders ready");
+    Ok(senders)
 }
 
 /// How often the totals behind `--metrics` are refreshed.
@@ -120,6 +175,8 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
     let mut captures: Vec<Box<dyn Capture>> = Vec::new();
     let mut dispatcher = None;
     let mut offline = None;
+    // `--send xdp` on the capture interface: each worker's TX ring.
+    let mut shared_tx: Vec<Option<TxParts>> = Vec::new();
     match settings.capture {
         _ if settings.offline.is_some() => {
             let plan = settings.offline.clone().unwrap();
@@ -180,7 +237,11 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
                 opts.xdp_mode,
             )?;
             x.set_port_keys("SOURCES", &source_keys(&cfg))?;
-            captures = open_xsk_sockets(&mut x, &opts.ifaces, settings.workers)?;
+            let share_tx =
+                opts.send == SendMode::Xdp && opts.out_iface == opts.ifaces.first().cloned();
+            let (ends, tx) = open_xsk_sockets(&mut x, &opts.ifaces, settings.workers, share_tx)?;
+            captures = ends;
+            shared_tx = tx;
             xdp = Some(x);
         }
     }
@@ -195,6 +256,13 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
     let epoch = Instant::now();
     let mut workers = Vec::new();
     let count = captures.len();
+    let mut senders = match (&opts.out_iface, opts.send) {
+        (Some(out), SendMode::Xdp) => xsk_senders(&cfg, out, count, shared_tx)?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        _ => Vec::new(),
+    };
     for (id, capture) in captures.into_iter().enumerate() {
         let channel = Channel::connect(&settings.servers, settings.connections, Framing::Combined)?;
         let mut w = Worker::new(
@@ -207,6 +275,9 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
             epoch,
         )?;
         w.backpressure = offline.is_some();
+        if let Some(sender) = senders.get_mut(id).and_then(Option::take) {
+            w.sender = sender;
+        }
         w.record = recorder.as_ref().map(|(tap, _)| tap.clone());
         workers.push(w);
     }

@@ -230,8 +230,8 @@ impl TcpcopyOptions {
         if offline.is_none() && capture == CaptureMode::Xdp && self.ifaces.is_empty() {
             bail!("--capture xdp needs -i IFACE: the mirror port or NIC to read");
         }
-        if self.send == SendMode::Xdp {
-            bail!("--send xdp (AF_XDP TX) is not built yet: use --send raw (the default)");
+        if self.send == SendMode::Xdp && self.out_iface.is_none() {
+            bail!("--send xdp needs -o IFACE: the interface toward the target");
         }
         if offline.is_none() && capture == CaptureMode::Tap && self.ifaces.is_empty() {
             bail!("--capture tap needs -i IFACE: the interfaces client traffic arrives on");

@@ -20,7 +20,7 @@ use crate::{
     capture::{Capture, CaptureStats},
     offline::record::RecordTap,
     proto::ResponseRecord,
-    send::RawSender,
+    send::{RawSender, Sender},
     session::{Config, Counters, Engine},
 };
 
@@ -42,7 +42,7 @@ pub struct Worker {
     pub id: usize,
     pub capture: Box<dyn Capture>,
     pub channel: Channel,
-    pub sender: RawSender,
+    pub sender: Box<dyn Sender>,
     pub engine: Engine,
     pub lonely: bool,
     pub report: Arc<Mutex<WorkerReport>>,
@@ -80,8 +80,10 @@ impl Worker {
             id,
             capture,
             channel,
-            sender: RawSender::new()
-                .map_err(|e| anyhow::anyhow!("raw send socket (needs CAP_NET_RAW): {e}"))?,
+            sender: Box::new(
+                RawSender::new()
+                    .map_err(|e| anyhow::anyhow!("raw send socket (needs CAP_NET_RAW): {e}"))?,
+            ),
             engine: {
                 let mut e = Engine::new(config);
                 e.set_lane(id as u32, count as u32);
@@ -191,6 +193,7 @@ impl Worker {
                 tracing::debug!(worker = self.id, error = %e, "send to target failed");
             }
         }
+        self.sender.flush();
     }
 
     fn publish(&self, finished: bool) {
@@ -198,8 +201,7 @@ impl Worker {
         r.engine = self.engine.counters().clone();
         r.capture = self.capture.stats();
         r.channel = self.channel.stats;
-        r.sent = self.sender.sent;
-        r.send_errors = self.sender.errors;
+        (r.sent, r.send_errors) = self.sender.counts();
         r.active_sessions = self.engine.active_sessions();
         r.buffered = self.engine.buffered();
         r.finished = finished;

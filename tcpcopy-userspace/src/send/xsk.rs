@@ -1,0 +1,129 @@
+//! `--send xdp`: replayed packets leave through an AF_XDP socket's TX ring
+//! on `-o`, framed with the interface's MAC and the next hop's MAC toward
+//! each target (`neighbour`), so they skip the kernel's IP output path
+//! (no routing, netfilter or qdisc). The socket is the worker's own
+//! capture socket when `-o` is the capture interface, else one bound to a
+//! queue of `-o` for this worker alone.
+
+use std::{collections::HashMap, io, io::Write, net::Ipv4Addr};
+
+use xsk_rs::{CompQueue, FrameDesc, TxQueue, Umem};
+
+use super::Sender;
+
+/// Frames the completion ring is read in.
+const COMP_BATCH: usize = 256;
+
+pub struct XskSender {
+    umem: Umem,
+    tx: TxQueue,
+    comp: CompQueue,
+    free: Vec<FrameDesc>,
+    comp_descs: Vec<FrameDesc>,
+    src_mac: [u8; 6],
+    /// Next-hop MAC for each target address.
+    next_hop: HashMap<Ipv4Addr, [u8; 6]>,
+    unkicked: usize,
+    sent: u64,
+    errors: u64,
+}
+
+impl XskSender {
+    pub fn new(
+        (umem, tx, comp, frames): (Umem, TxQueue, CompQueue, Vec<FrameDesc>),
+        src_mac: [u8; 6],
+        next_hop: HashMap<Ipv4Addr, [u8; 6]>,
+    ) -> XskSender {
+        let comp_descs = frames[..COMP_BATCH.min(frames.len())].to_vec();
+        XskSender {
+            umem,
+            tx,
+            comp,
+            free: frames,
+            comp_descs,
+            src_mac,
+            next_hop,
+            unkicked: 0,
+            sent: 0,
+            errors: 0,
+        }
+    }
+
+    /// Take back the frames the kernel has sent.
+    fn reclaim(&mut self) {
+        loop {
+            // SAFETY: the completion ring returns frames of our UMEM.
+            let n = unsafe { self.comp.consume(&mut self.comp_descs) };
+            self.free.extend_from_slice(&self.comp_descs[..n]);
+            if n < self.comp_descs.len() {
+                break;
+            }
+        }
+    }
+
+    fn fail(&mut self, what: &str) -> io::Result<()> {
+        self.errors += 1;
+        Err(io::Error::other(what.to_string()))
+    }
+}
+
+impl Sender for XskSender {
+    fn send(&mut self, packet: &[u8]) -> io::Result<()> {
+        if packet.len() < 20 {
+            return self.fail("short packet");
+        }
+        let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+        let Some(dst_mac) = self.next_hop.get(&dst).copied() else {
+            return self.fail("no next-hop MAC for this target");
+        };
+        if self.free.is_empty() {
+            self.flush();
+            self.reclaim();
+        }
+        let Some(mut desc) = self.free.pop() else {
+            return self.fail("AF_XDP TX ring full");
+        };
+        {
+            // SAFETY: the frame is ours (free list): not on any ring.
+            let mut data = unsafe { self.umem.data_mut(&mut desc) };
+            let mut c = data.cursor();
+            c.set_pos(0);
+            let ok = c.write_all(&dst_mac).is_ok()
+                && c.write_all(&self.src_mac).is_ok()
+                && c.write_all(&[0x08, 0x00]).is_ok()
+                && c.write_all(packet).is_ok();
+            if !ok {
+                self.free.push(desc);
+                return self.fail("packet larger than an AF_XDP frame");
+            }
+        }
+        // SAFETY: the frame belongs to this UMEM and is handed to the
+        // kernel until it comes back on the completion ring.
+        if unsafe { self.tx.produce_one(&desc) } == 0 {
+            self.free.push(desc);
+            return self.fail("AF_XDP TX ring full");
+        }
+        self.unkicked += 1;
+        self.sent += 1;
+        if self.unkicked >= 64 {
+            self.flush();
+        }
+        Ok(())
+    }
+
+    /// Kick the kernel to transmit what was produced (copy mode always
+    /// needs the sendto), then reclaim completed frames.
+    fn flush(&mut self) {
+        if self.unkicked > 0 {
+            if self.tx.wakeup().is_err() {
+                self.errors += 1;
+            }
+            self.unkicked = 0;
+        }
+        self.reclaim();
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (self.sent, self.errors)
+    }
+}
