@@ -13,6 +13,7 @@ use std::{
 };
 
 use aya::maps::RingBuf;
+use tcpcopy::send::Sender as _;
 use tcpcopy::{
     proto::ResponseRecord,
     wire::{Ipv4View, TcpView},

@@ -71,7 +71,7 @@ fn open_xsk_sockets(
     ifaces: &[String],
     workers: usize,
     share_tx: bool,
-) -> Result<(Vec<Box<dyn Capture>>, Vec<Option<TxParts>>)> {
+) -> Result<(Ends, Vec<Option<TxParts>>)> {
     if ifaces.len() > 1 {
         // XSKS is keyed by queue index only.
         anyhow::bail!("--capture xdp takes one -i interface");
@@ -98,6 +98,9 @@ fn open_xsk_sockets(
     tracing::info!(iface, queues, workers, "AF_XDP sockets bound");
     Ok((dispatch::steer(per_worker)?, tx))
 }
+
+/// One capture end per worker.
+type Ends = Vec<Box<dyn Capture>>;
 
 /// The socket parts `--send xdp` sends with.
 type TxParts = (
