@@ -900,6 +900,11 @@ impl Session {
                 }
             }
             self.snd_nxt = self.snd_una;
+            if self.fin_sent && self.fin_bare {
+                // The bare FIN goes again too: it is buffered once more,
+                // not replayed (found by the `packet` fuzz target).
+                ctx.c.replayed -= 1;
+            }
             self.fin_sent = false;
             self.phase = Phase::Closed;
             self.fabricated = true;
