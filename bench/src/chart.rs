@@ -23,7 +23,9 @@ pub fn init_font() -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(anyhow!("no chart font at {FONT} (cargo xtask setup installs fonts-dejavu-core)"))
+        Err(anyhow!(
+            "no chart font at {FONT} (cargo xtask setup installs fonts-dejavu-core)"
+        ))
     }
 }
 
@@ -130,7 +132,10 @@ pub fn lines(
     for (s, (name, points)) in series.iter().enumerate() {
         let color = palette(s);
         chart
-            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))
             .map_err(|e| anyhow!("{e}"))?
             .label(name.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));

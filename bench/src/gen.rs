@@ -31,7 +31,8 @@ const DISTINCT: u16 = 4096;
 /// Pacing granularity.
 const TICK: Duration = Duration::from_micros(200);
 
-pub fn generate(a: &GenArgs) -> Result<u64> {
+/// Returns (packets sent, seconds they took).
+pub fn generate(a: &GenArgs) -> Result<(u64, f64)> {
     let src_mac = neighbour::iface_mac(&a.iface)?;
     let dst_mac = neighbour::resolve(&a.iface, a.dst)
         .with_context(|| format!("next hop toward {}", a.dst))?;
@@ -80,7 +81,8 @@ pub fn generate(a: &GenArgs) -> Result<u64> {
         std::thread::sleep(TICK);
     }
     tx.flush();
+    let took = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(50));
     tx.flush();
-    Ok(sent)
+    Ok((sent, took))
 }

@@ -1,10 +1,17 @@
-//! Benchmark harness, run by `cargo xtask bench`. Today it measures the
-//! session engine on one core (segments per second for small HTTP-sized
-//! keep-alive requests, and memory per idle session) and writes
-//! `bench/results/engine.md`; and intercept's ring-buffer-to-tcpcopy record
-//! rate (`bench/results/intercept.md`, needs root). The lab benchmarks
-//! (capture rates, replay fidelity, scaling) are not built yet.
+//! Benchmark harness, run by `cargo xtask bench`:
+//! - `engine`: the session engine on one core (segments per second for
+//!   small HTTP-sized keep-alive requests, memory per idle session) →
+//!   `bench/results/engine.md`;
+//! - `intercept`: intercept's ring-buffer-to-tcpcopy record rate →
+//!   `bench/results/intercept.md` (needs root);
+//! - `gen IFACE SRC DST RATE SECONDS`: the lab's packet generator (AF_XDP TX);
+//! - `charts`: the report's SVG charts from the lab benchmarks' CSV files.
+//!
+//! `BENCH_QUICK=1` shortens engine and intercept for `cargo xtask bench --quick`.
 
+mod chart;
+mod charts;
+mod gen;
 mod intercept;
 
 use std::{net::Ipv4Addr, sync::Arc, time::Instant};
@@ -98,7 +105,7 @@ fn engine_bench() -> String {
     let sessions = establish(&mut e, 1000);
     let request =
         b"GET /index.html HTTP/1.1\r\nHost: example\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n";
-    let rounds = 300u32;
+    let rounds = if quick() { 60 } else { 300 };
     let packets: Vec<Vec<Vec<u8>>> = (0..rounds)
         .map(|r| {
             sessions
@@ -155,6 +162,10 @@ fn engine_bench() -> String {
     )
 }
 
+fn quick() -> bool {
+    std::env::var_os("BENCH_QUICK").is_some()
+}
+
 fn write_report(name: &str, report: &str) {
     println!("{report}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
@@ -171,7 +182,37 @@ fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "engine".into());
     match what.as_str() {
         "engine" => write_report("engine.md", &engine_bench()),
-        "intercept" => match intercept::intercept_bench(2.0) {
+        "gen" => {
+            let a: Vec<String> = std::env::args().skip(2).collect();
+            let parsed = (|| -> Option<gen::GenArgs> {
+                Some(gen::GenArgs {
+                    iface: a.first()?.clone(),
+                    src: a.get(1)?.parse().ok()?,
+                    dst: a.get(2)?.parse().ok()?,
+                    rate: a.get(3)?.parse().ok()?,
+                    seconds: a.get(4)?.parse().ok()?,
+                })
+            })();
+            let Some(args) = parsed else {
+                eprintln!("usage: bench gen IFACE SRC_IP DST_IP RATE_PPS SECONDS");
+                std::process::exit(2);
+            };
+            match gen::generate(&args) {
+                Ok((n, secs)) => println!("sent {n} in {secs:.3} s"),
+                Err(e) => {
+                    eprintln!("bench gen: {e:#}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        "charts" => {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+            if let Err(e) = charts::charts(&dir) {
+                eprintln!("bench charts: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        "intercept" => match intercept::intercept_bench(if quick() { 0.5 } else { 2.0 }) {
             Ok(report) => write_report("intercept.md", &report),
             Err(e) => {
                 eprintln!("bench: intercept: {e:#}");
@@ -179,7 +220,7 @@ fn main() {
             }
         },
         other => {
-            eprintln!("bench: unknown benchmark `{other}` (known: engine, intercept)");
+            eprintln!("bench: unknown benchmark `{other}` (known: engine, intercept, gen, charts)");
             std::process::exit(2);
         }
     }

@@ -69,7 +69,11 @@ enum Cmd {
     },
     /// Benchmarks; reports go to bench/results/: session engine, intercept
     /// record rate, replay fidelity and cost in the lab.
-    Bench,
+    Bench {
+        /// A reduced set in under 3 minutes.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() {
@@ -103,9 +107,9 @@ fn run(cli: Cli) -> Result<()> {
             util::cargo(&["build", "--release"])?;
             e2e::run_all(only.as_deref())
         }
-        Cmd::Bench => {
+        Cmd::Bench { quick } => {
             setup::setup(false)?;
-            bench::bench()
+            bench::bench(quick)
         }
     }
 }

@@ -250,6 +250,13 @@ impl Replay {
         Replay::start_on(tag, "mirror", MIRROR_HTTP)
     }
 
+    /// The mirror box with extra tcpcopy arguments.
+    pub fn start_mirror_with(tag: &str, extra: &[&str]) -> Result<Replay> {
+        let mut args = MIRROR_HTTP.to_vec();
+        args.extend_from_slice(extra);
+        Replay::start_on(tag, "mirror", &args)
+    }
+
     /// The same, sending with AF_XDP TX out of the mirror port too.
     pub fn start_mirror_xdp_send(tag: &str) -> Result<Replay> {
         let mut args = MIRROR_HTTP.to_vec();

@@ -26,6 +26,7 @@ const PACKAGES: &[&str] = &[
     "wrk",
     "iperf3",
     "curl",
+    "fonts-dejavu-core",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";

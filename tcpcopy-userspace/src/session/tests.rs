@@ -811,8 +811,8 @@ mod property {
             }
         }
         if sc.client_retransmits {
-            for i in 0..n {
-                let out = l.capture(P, seqs[i], 777, 0x18, &sc.chunks[i]);
+            for (seq, chunk) in seqs.iter().zip(&sc.chunks) {
+                let out = l.capture(P, *seq, 777, 0x18, chunk);
                 feed(&mut l, out, &mut delivered, &mut next);
             }
         }
