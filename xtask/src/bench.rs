@@ -108,19 +108,25 @@ fn machine() -> String {
 
 type Start = fn(&str) -> Result<Replay>;
 
-/// The three capture modes; packet (AF_PACKET) is the baseline.
-fn modes() -> [(&'static str, &'static str, Start); 3] {
-    [
-        ("packet", "online", |tag| {
-            Replay::start(tag, replay::PACKET_HTTP)
-        }),
-        ("tap", "online", |tag| {
-            // Also records what it captured, for the offline section.
+/// The three capture modes; packet (AF_PACKET) is the baseline. With
+/// `record`, the tap run also records what it captured, for the offline
+/// section.
+fn modes(record: bool) -> [(&'static str, &'static str, Start); 3] {
+    let tap: Start = if record {
+        |tag| {
             let rec = lab::run_dir().join("bench.pcapng").display().to_string();
             let mut args = replay::TAP_HTTP.to_vec();
             args.extend(["--record", rec.as_str()]);
             Replay::start(tag, &args)
+        }
+    } else {
+        |tag| Replay::start(tag, replay::TAP_HTTP)
+    };
+    [
+        ("packet", "online", |tag| {
+            Replay::start(tag, replay::PACKET_HTTP)
         }),
+        ("tap", "online", tap),
         ("xdp", "mirror", Replay::start_mirror),
     ]
 }
@@ -171,18 +177,14 @@ fn replay_section(quick: bool) -> Result<(String, f64)> {
     let mut notes = String::new();
     let mut live_rate = 0.0;
     let mut baseline_cpu = std::collections::HashMap::new();
-    for (mode, _, start) in modes() {
+    for (mode, _, start) in modes(true) {
         let r = start(&format!("bench-{mode}"))?;
         for (name, cmd) in &loads {
             replay::reset_logs()?;
             let cpu0 = r.tcpcopy.cpu_seconds();
             in_ns("client", &format!("{cmd} > /dev/null 2>&1"))?;
             let online = lab::count_lines("online-nginx-access.log");
-            let (target, drain) = replay::wait_until_quiet(
-                || lab::count_lines("target-nginx-access.log"),
-                Duration::from_millis(1500),
-                Duration::from_secs(30),
-            );
+            let (target, drain) = replay::settle(|| lab::count_lines("target-nginx-access.log"));
             let cpu_us = (r.tcpcopy.cpu_seconds() - cpu0) * 1e6 / target.max(1) as f64;
             if mode == "packet" {
                 baseline_cpu.insert(*name, cpu_us);
@@ -339,7 +341,7 @@ fn capture_section(quick: bool) -> Result<String> {
     let mut rows = Vec::new();
     let mut table = String::new();
     let mut baseline = 0.0;
-    for (mode, ns, start) in modes() {
+    for (mode, ns, start) in modes(false) {
         let steps = capture_curve(mode, ns, start, rates, secs, &mut rows)?;
         let best = steps
             .iter()

@@ -36,7 +36,7 @@ pub fn demo(seconds: u32) -> Result<()> {
     )?;
     let online = lab::count_lines("online-nginx-access.log");
     let (target, last_change) = replay::wait_until_quiet(
-        || lab::count_lines("target-nginx-access.log"),
+        &|| lab::count_lines("target-nginx-access.log"),
         Duration::from_secs(2),
         Duration::from_secs(20),
     );

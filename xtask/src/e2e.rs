@@ -38,20 +38,9 @@ fn drive(load: &str) -> Result<(u64, u64)> {
     replay::reset_logs()?;
     in_ns("client", &format!("{load} > /dev/null 2>&1"))?;
     let online = online();
-    let (mut target_seen, _) =
-        replay::wait_until_quiet(target, Duration::from_millis(1500), Duration::from_secs(20));
     // A session may still hold segments behind a retransmission timer:
-    // wait for tcpcopy to say it holds nothing (its own metrics).
-    let start = std::time::Instant::now();
-    while replay::tcpcopy_backlog().is_some_and(|b| b > 0.0)
-        && start.elapsed() < Duration::from_secs(15)
-    {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    if start.elapsed() > Duration::from_millis(200) {
-        (target_seen, _) =
-            replay::wait_until_quiet(target, Duration::from_millis(500), Duration::from_secs(5));
-    }
+    // settle also waits for tcpcopy to say it holds nothing.
+    let (target_seen, _) = replay::settle(target);
     Ok((online, target_seen))
 }
 
@@ -113,7 +102,7 @@ fn redis_benchmark() -> Result<()> {
     )?;
     let online = replay::redis_commands("online", ONLINE_IP)? - before.0;
     let (target, _) = replay::wait_until_quiet(
-        || replay::redis_commands("target", TARGET_IP).unwrap_or(0),
+        &|| replay::redis_commands("target", TARGET_IP).unwrap_or(0),
         Duration::from_millis(1500),
         Duration::from_secs(20),
     );
@@ -200,7 +189,7 @@ fn session_open_before_start_is_replayed_from_its_next_request() -> Result<()> {
             .unwrap_or(0)
     };
     let (t, _) = replay::wait_until_quiet(
-        || count("target-nginx-access.log"),
+        &|| count("target-nginx-access.log"),
         Duration::from_millis(1500),
         Duration::from_secs(20),
     );
@@ -301,7 +290,7 @@ fn offline(tag: &str, file: &Path, extra: &[&str]) -> Result<(u64, String)> {
     args.extend_from_slice(extra);
     let log = replay::run_offline(tag, &args, Duration::from_secs(60))?;
     let (target, _) =
-        replay::wait_until_quiet(target, Duration::from_millis(500), Duration::from_secs(5));
+        replay::wait_until_quiet(&target, Duration::from_millis(500), Duration::from_secs(5));
     Ok((target, log))
 }
 
@@ -538,7 +527,7 @@ fn target_restart_mid_replay() -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("restart thread"))??;
     // Let the first load's replay finish (or give up) before counting.
-    replay::wait_until_quiet(target, Duration::from_millis(1500), Duration::from_secs(30));
+    replay::wait_until_quiet(&target, Duration::from_millis(1500), Duration::from_secs(30));
     let (o, t) = drive(&wrk(4, 2, ""))?;
     exact("after the target restarted", o, t)?;
     let log = r.stop()?;

@@ -336,10 +336,31 @@ pub fn tcpcopy_backlog() -> Option<f64> {
     })
 }
 
+/// After a load: wait until the target's count is quiet for 1.5 s and the
+/// lab tcpcopy holds nothing unsent (its metrics), so no replay of this
+/// load leaks into the next one. Returns the count and when it last moved.
+pub fn settle(count: impl Fn() -> u64) -> (u64, Duration) {
+    let (mut seen, mut changed) =
+        wait_until_quiet(&count, Duration::from_millis(1500), Duration::from_secs(30));
+    let start = Instant::now();
+    while tcpcopy_backlog().is_some_and(|b| b > 0.0) && start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if start.elapsed() > Duration::from_millis(200) {
+        let (later, moved) =
+            wait_until_quiet(&count, Duration::from_millis(500), Duration::from_secs(5));
+        if later != seen {
+            seen = later;
+            changed = start.elapsed() + moved;
+        }
+    }
+    (seen, changed)
+}
+
 /// Wait until `count` stops changing for `quiet` (at most `max`); returns
 /// the last value and how long after the call it last changed.
 pub fn wait_until_quiet(
-    count: impl Fn() -> u64,
+    count: &impl Fn() -> u64,
     quiet: Duration,
     max: Duration,
 ) -> (u64, Duration) {
