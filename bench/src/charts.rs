@@ -105,3 +105,16 @@ pub fn charts(dir: &Path) -> Result<()> {
     eprintln!("bench: wrote the charts in {}", dir.display());
     Ok(())
 }
+
+/// `bench soak-chart`: tcpcopy's memory over a soak run.
+pub fn soak_chart(dir: &Path) -> Result<()> {
+    let rows = read_csv(dir, "soak.csv")?;
+    let pts = rows.iter().map(|r| (num(&r[1]), num(&r[4]))).collect();
+    chart::lines(
+        &dir.join("soak.svg"),
+        "tcpcopy resident memory during the soak run",
+        "minutes",
+        "MiB",
+        &[("RSS".to_string(), pts)],
+    )
+}

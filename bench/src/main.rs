@@ -5,7 +5,8 @@
 //! - `intercept`: intercept's ring-buffer-to-tcpcopy record rate →
 //!   `bench/results/intercept.md` (needs root);
 //! - `gen IFACE SRC DST RATE SECONDS`: the lab's packet generator (AF_XDP TX);
-//! - `charts`: the report's SVG charts from the lab benchmarks' CSV files.
+//! - `charts`: the report's SVG charts from the lab benchmarks' CSV files;
+//!   `soak-chart`: the soak run's memory curve.
 //!
 //! `BENCH_QUICK=1` shortens engine and intercept for `cargo xtask bench --quick`.
 
@@ -203,6 +204,13 @@ fn main() {
                     eprintln!("bench gen: {e:#}");
                     std::process::exit(1);
                 }
+            }
+        }
+        "soak-chart" => {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+            if let Err(e) = charts::soak_chart(&dir) {
+                eprintln!("bench soak-chart: {e:#}");
+                std::process::exit(1);
             }
         }
         "charts" => {

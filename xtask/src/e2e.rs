@@ -527,7 +527,11 @@ fn target_restart_mid_replay() -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("restart thread"))??;
     // Let the first load's replay finish (or give up) before counting.
-    replay::wait_until_quiet(&target, Duration::from_millis(1500), Duration::from_secs(30));
+    replay::wait_until_quiet(
+        &target,
+        Duration::from_millis(1500),
+        Duration::from_secs(30),
+    );
     let (o, t) = drive(&wrk(4, 2, ""))?;
     exact("after the target restarted", o, t)?;
     let log = r.stop()?;

@@ -9,6 +9,7 @@ mod fuzz;
 mod lab;
 mod replay;
 mod setup;
+mod soak;
 mod util;
 
 use anyhow::Result;
@@ -73,6 +74,10 @@ enum Cmd {
         /// A reduced set in under 3 minutes.
         #[arg(long)]
         quick: bool,
+        /// Instead: a soak run of this many minutes (memory and exactness
+        /// over time, bench/results/SOAK.md).
+        #[arg(long, value_name = "MINUTES")]
+        soak: Option<u64>,
     },
 }
 
@@ -107,9 +112,12 @@ fn run(cli: Cli) -> Result<()> {
             util::cargo(&["build", "--release"])?;
             e2e::run_all(only.as_deref())
         }
-        Cmd::Bench { quick } => {
+        Cmd::Bench { quick, soak } => {
             setup::setup(false)?;
-            bench::bench(quick)
+            match soak {
+                Some(minutes) => soak::soak(minutes),
+                None => bench::bench(quick),
+            }
         }
     }
 }
