@@ -131,19 +131,6 @@ fn modes(record: bool) -> [(&'static str, &'static str, Start); 3] {
     ]
 }
 
-/// Peak resident memory of a process, MiB (VmHWM).
-fn peak_rss_mib(pid: Option<u32>) -> f64 {
-    let Some(pid) = pid else { return 0.0 };
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 fn replay_section(quick: bool) -> Result<(String, f64)> {
     let secs = if quick { 2 } else { 3 };
     let mut loads: Vec<(&str, String)> = vec![
@@ -205,7 +192,7 @@ fn replay_section(quick: bool) -> Result<(String, f64)> {
                 live_rate = target as f64 / (secs as f64 + drain.as_secs_f64());
             }
         }
-        let rss = peak_rss_mib(r.tcpcopy.pid());
+        let rss = replay::proc_mib(r.tcpcopy.pid(), "VmHWM");
         let log = r.stop()?;
         let words = log
             .lines()

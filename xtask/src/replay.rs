@@ -327,6 +327,20 @@ pub fn requests_in(file: &std::path::Path) -> Result<u64> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
 
+/// A memory figure of a process from /proc/PID/status (`VmRSS`, `VmHWM`),
+/// MiB; 0 when it cannot be read.
+pub fn proc_mib(pid: Option<u32>, field: &str) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
 /// Captured segments the running lab tcpcopy still holds unsent (from its
 /// metrics, in whichever namespace it runs); None if none answers.
 pub fn tcpcopy_backlog() -> Option<f64> {

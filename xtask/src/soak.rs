@@ -14,19 +14,6 @@ use crate::{
     util,
 };
 
-/// Resident memory of a process, MiB.
-fn rss_mib(pid: Option<u32>) -> f64 {
-    let Some(pid) = pid else { return 0.0 };
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 pub fn soak(minutes: u64) -> Result<()> {
     util::cargo(&["build", "--release"])?;
     util::require_root("the soak run")?;
@@ -52,7 +39,7 @@ pub fn soak(minutes: u64) -> Result<()> {
         let (target, _) = replay::settle(|| lab::count_lines("target-nginx-access.log"));
         let m = replay::scrape("online", replay::TCPCOPY_METRICS)?;
         let gauge = |k: &str| m.get(k).copied().unwrap_or(0.0);
-        let rss = rss_mib(r.tcpcopy.pid());
+        let rss = replay::proc_mib(r.tcpcopy.pid(), "VmRSS");
         if round == 1 {
             first_rss = rss;
         }

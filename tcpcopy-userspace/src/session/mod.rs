@@ -48,6 +48,43 @@ pub use config::{
     Config, ConfigError, Transfer,
 };
 pub use counters::Counters;
+
+/// The `packet` fuzz target's driver, shared with its regression tests:
+/// `data` split on 0xa5, even chunks fed as captured client packets, odd
+/// ones as 64-byte response records; the counters' two invariants are
+/// checked after every chunk (a panic names the chunk).
+#[doc(hidden)]
+pub fn fuzz_engine(data: &[u8]) {
+    let cfg = Config {
+        transfers: parse_transfers("80-10.0.2.2:8080").expect("constant"),
+        replicas: 2,
+        ..Config::default()
+    };
+    let mut e = Engine::new(std::sync::Arc::new(cfg));
+    let mut now = 0u64;
+    for (i, chunk) in data.split(|&b| b == 0xa5).enumerate() {
+        now += 7;
+        if i % 2 == 0 {
+            e.handle_client_packet(now, chunk);
+        } else {
+            let mut r = [0u8; crate::proto::RECORD_LEN];
+            let n = chunk.len().min(r.len());
+            r[..n].copy_from_slice(&chunk[..n]);
+            e.handle_response(now, &crate::proto::ResponseRecord(r).header());
+        }
+        e.handle_timeout(now);
+        while e.poll_transmit().is_some() {}
+        while e.poll_route().is_some() {}
+        let c = e.counters();
+        assert_eq!(c.captured, c.accepted + c.ingress_dropped(), "chunk {i}");
+        assert_eq!(
+            c.session_inputs,
+            c.replayed + c.session_dropped() + e.buffered(),
+            "chunk {i}: {c:#?}"
+        );
+    }
+    e.shutdown();
+}
 pub use engine::{Engine, SessionKey};
 
 #[cfg(test)]

@@ -1119,42 +1119,8 @@ fn a_new_connections_data_captured_before_its_syn_goes_with_it() {
     l.check_invariants();
 }
 
-/// Inputs the `packet` fuzz target found, replayed the way it feeds them:
-/// chunks split on 0xa5, even ones captured client packets, odd ones
-/// response records. The counters' invariants must hold after each.
-fn replay_fuzz_input(data: &[u8]) {
-    let cfg = Config {
-        transfers: parse_transfers("80-10.0.2.2:8080").unwrap(),
-        replicas: 2,
-        ..Config::default()
-    };
-    let mut e = Engine::new(Arc::new(cfg));
-    let mut now = 0u64;
-    for (i, chunk) in data.split(|&b| b == 0xa5).enumerate() {
-        now += 7;
-        if i % 2 == 0 {
-            e.handle_client_packet(now, chunk);
-        } else {
-            let mut r = [0u8; crate::proto::RECORD_LEN];
-            let n = chunk.len().min(r.len());
-            r[..n].copy_from_slice(&chunk[..n]);
-            e.handle_response(now, &crate::proto::ResponseRecord(r).header());
-        }
-        e.handle_timeout(now);
-        while e.poll_transmit().is_some() {}
-        while e.poll_route().is_some() {}
-        let c = e.counters();
-        assert_eq!(c.captured, c.accepted + c.ingress_dropped(), "step {i}");
-        assert_eq!(
-            c.session_inputs,
-            c.replayed + c.session_dropped() + e.buffered(),
-            "step {i}: {c:#?}"
-        );
-    }
-    e.shutdown();
-}
-
+/// Inputs the `packet` fuzz target found, replayed by its own driver.
 #[test]
 fn fuzz_regressions() {
-    replay_fuzz_input(include_bytes!("fuzz-regressions/invariant-1.bin"));
+    super::fuzz_engine(include_bytes!("fuzz-regressions/invariant-1.bin"));
 }
