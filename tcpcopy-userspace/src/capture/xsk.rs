@@ -7,7 +7,8 @@
 //!
 //! The fill ring is kept full: every frame read is handed straight back
 //! once its IPv4 packet has been given to the engine (the engine copies what
-//! it keeps).
+//! it keeps). A share of the UMEM and the socket's TX ring can be taken by
+//! `--send xdp` (`take_tx`), since no second socket may bind the queue.
 
 use std::{
     num::NonZeroU32,
@@ -25,10 +26,10 @@ use super::{Capture, CaptureStats};
 /// Ring sizes and frame count: the fill ring can hold every frame not in
 /// the RX ring, so the kernel never finds it empty while we keep up; 16384
 /// frames are a quarter second at 64 kpps per queue, for a worker that is
-/// briefly descheduled (32 MiB of UMEM per queue).
+/// briefly descheduled (72 MiB of UMEM per queue with the TX share).
 const RING: u32 = 16384;
 /// Frames kept for `--send xdp` on the same socket (its TX ring).
-pub const TX_FRAMES: u32 = 4096;
+const TX_FRAMES: u32 = 4096;
 const TX_RING: u32 = 4096;
 const FRAMES: u32 = 2 * RING + TX_FRAMES;
 /// Holds a 1500-byte MTU frame after the kernel's 256-byte headroom.
