@@ -24,6 +24,9 @@ pub struct GenArgs {
     pub dst: Ipv4Addr,
     pub rate: u64,
     pub seconds: f64,
+    /// TX queue of `iface` (veth delivers to the peer's RX queue of the
+    /// same number), so several generators can feed several queues.
+    pub queue: u32,
 }
 
 /// Packets prepared up front and cycled (client port varies).
@@ -36,14 +39,14 @@ pub fn generate(a: &GenArgs) -> Result<(u64, f64)> {
     let src_mac = neighbour::iface_mac(&a.iface)?;
     let dst_mac = neighbour::resolve(&a.iface, a.dst)
         .with_context(|| format!("next hop toward {}", a.dst))?;
-    let parts = XskSocket::open(&a.iface, 0)?
+    let parts = XskSocket::open(&a.iface, a.queue)?
         .take_tx()
         .ok_or_else(|| anyhow!("no TX ring"))?;
     let mut tx = XskSender::new(parts, src_mac, HashMap::from([(a.dst, dst_mac)]));
     let packets: Vec<Vec<u8>> = (0..DISTINCT)
         .map(|i| {
             build(&SegmentSpec {
-                src: (a.src, 20000 + i),
+                src: (a.src, 20000 + i + (a.queue as u16 % 8) * DISTINCT),
                 dst: (a.dst, 80),
                 seq: 1_000_000 + i as u32,
                 ack: 1,

@@ -4,7 +4,8 @@
 //!   `bench/results/engine.md`;
 //! - `intercept`: intercept's ring-buffer-to-tcpcopy record rate →
 //!   `bench/results/intercept.md` (needs root);
-//! - `gen IFACE SRC DST RATE SECONDS`: the lab's packet generator (AF_XDP TX);
+//! - `gen IFACE SRC DST RATE SECONDS [QUEUE]`: the lab's packet generator
+//!   (AF_XDP TX);
 //! - `charts`: the report's SVG charts from the lab benchmarks' CSV files;
 //!   `soak-chart`: the soak run's memory curve.
 //!
@@ -192,10 +193,11 @@ fn main() {
                     dst: a.get(2)?.parse().ok()?,
                     rate: a.get(3)?.parse().ok()?,
                     seconds: a.get(4)?.parse().ok()?,
+                    queue: a.get(5).map_or(Some(0), |q| q.parse().ok())?,
                 })
             })();
             let Some(args) = parsed else {
-                eprintln!("usage: bench gen IFACE SRC_IP DST_IP RATE_PPS SECONDS");
+                eprintln!("usage: bench gen IFACE SRC_IP DST_IP RATE_PPS SECONDS [QUEUE]");
                 std::process::exit(2);
             };
             match gen::generate(&args) {
