@@ -168,9 +168,16 @@ fn quick() -> bool {
     std::env::var_os("BENCH_QUICK").is_some()
 }
 
+/// `BENCH_OUT` (set by `cargo xtask bench`), else `bench/results/`.
+fn results_dir() -> std::path::PathBuf {
+    std::env::var_os("BENCH_OUT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results"))
+}
+
 fn write_report(name: &str, report: &str) {
     println!("{report}");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    let dir = results_dir();
     let _ = std::fs::create_dir_all(&dir);
     let path = dir.join(name);
     if let Err(e) = std::fs::write(&path, report) {
@@ -209,15 +216,13 @@ fn main() {
             }
         }
         "soak-chart" => {
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
-            if let Err(e) = charts::soak_chart(&dir) {
+            if let Err(e) = charts::soak_chart(&results_dir()) {
                 eprintln!("bench soak-chart: {e:#}");
                 std::process::exit(1);
             }
         }
         "charts" => {
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
-            if let Err(e) = charts::charts(&dir) {
+            if let Err(e) = charts::charts(&results_dir()) {
                 eprintln!("bench charts: {e:#}");
                 std::process::exit(1);
             }

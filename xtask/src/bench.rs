@@ -9,7 +9,8 @@
 //!   `--speed max` against the live rate.
 //!
 //! Writes `bench/results/REPORT.md` with the machine it ran on, CSV files of
-//! the raw numbers and SVG charts (`bench charts`). The AF_PACKET capture
+//! the raw numbers and SVG charts (`bench charts`); `--quick` writes into
+//! `bench/results/quick/` instead. The AF_PACKET capture
 //! measured in the same run is the baseline of every comparison. Figures,
 //! never assertions. `--quick` runs a reduced set in under 3 minutes.
 
@@ -23,8 +24,15 @@ use crate::{
     util,
 };
 
+/// Where this run's report goes: `bench/results/`, or its `quick/`
+/// subfolder for `--quick` (so a quick run never overwrites the full one).
 fn results() -> PathBuf {
-    util::root().join("bench/results")
+    let dir = util::root().join("bench/results");
+    if std::env::var_os("BENCH_QUICK").is_some() {
+        dir.join("quick")
+    } else {
+        dir
+    }
 }
 
 fn csv(name: &str, header: &str, rows: &[String]) -> Result<()> {
@@ -39,9 +47,18 @@ fn csv(name: &str, header: &str, rows: &[String]) -> Result<()> {
 
 pub fn bench(quick: bool) -> Result<()> {
     util::cargo(&["build", "--release"])?;
-    let env: &[(&str, &str)] = if quick { &[("BENCH_QUICK", "1")] } else { &[] };
-    let bench =
-        |what: &str| util::cargo_env(&["run", "--release", "--package", "bench", "--", what], env);
+    if quick {
+        // Read by results() here and by the bench binary (shorter runs).
+        std::env::set_var("BENCH_QUICK", "1");
+    }
+    std::fs::create_dir_all(results())?;
+    let out = results().display().to_string();
+    let bench = |what: &str| {
+        util::cargo_env(
+            &["run", "--release", "--package", "bench", "--", what],
+            &[("BENCH_OUT", out.as_str())],
+        )
+    };
     bench("engine")?;
     util::require_root("the intercept and lab benchmarks")?;
     bench("intercept")?;
