@@ -228,14 +228,27 @@ fn mirror_box_af_xdp_send() -> Result<()> {
     mirror_box(Replay::start_mirror_xdp_send("mirror-send")?)
 }
 
-/// Four connections, below saturation: at wrk -c10 saturation of this
-/// 2-CPU box the veth mirror replay came out a few requests long in about
-/// one run of eight (not diagnosed; see the README's known problems).
+/// Four connections, below saturation. The keep-alive count may exceed the
+/// online one by at most one request per connection: when wrk stops, it
+/// closes sockets with responses unread, so the kernel resets them, and a
+/// request still in flight can reach the wire (and the mirror) yet never
+/// be read by the online nginx (online's TcpEstabResets shows those
+/// resets). Seen on the mirror only (1 run in about 4 at -c4, more at -c10);
+/// the explanation fits, but is not proven request by request.
 fn mirror_box(r: Replay) -> Result<()> {
     let (o, t) = drive(&wrk(4, 2, ""))?;
     let (o2, t2) = drive(&wrk(4, 2, "-H 'Connection: close'"))?;
     let log = r.stop()?;
-    exact("--capture xdp on the mirror, wrk -c4 keep-alive", o, t)
+    let keepalive = if t > o && t <= o + 4 {
+        println!(
+            "    keep-alive: {} more than online (in flight when wrk reset its connections)",
+            t - o
+        );
+        Ok(())
+    } else {
+        exact("--capture xdp on the mirror, wrk -c4 keep-alive", o, t)
+    };
+    keepalive
         .and_then(|_| exact("--capture xdp on the mirror, 4 short", o2, t2))
         .map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
     ensure!(

@@ -7,8 +7,10 @@
 //! [`steer`] is the same hand-over without the extra thread, for sources
 //! that already belong to workers (one AF_XDP socket per RX queue): each
 //! worker reads its own queues and forwards only the segments of flows
-//! another worker owns. A NIC's RSS keeps a flow on one queue, so almost
-//! nothing moves; veth spreads by the sender's txhash, which TCP re-rolls.
+//! another worker owns. The owner comes from the flow hash, not from the
+//! queue a flow arrives on, so with N workers (N−1)/N of the segments move,
+//! also behind a NIC's RSS; in exchange a flow that changes queues (veth
+//! follows the sender's txhash, which TCP re-rolls) still has one owner.
 //!
 //! Why not PACKET_FANOUT_HASH: the kernel's fanout hash is skb->hash, which
 //! on veth (and anything forwarding a local socket's packets) is the
