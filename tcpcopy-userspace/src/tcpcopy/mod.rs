@@ -37,7 +37,7 @@ use crate::{
     offline::{record, OfflineSource},
     process,
     proto::Framing,
-    send::{neighbour, Sender, XskSender},
+    send::{neighbour, RawSender, Sender, XskSender},
     session::Config,
     xdp::{AttachedXdp, TCPCOPY_EBPF},
 };
@@ -268,19 +268,16 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
     };
     for (id, capture) in captures.into_iter().enumerate() {
         let channel = Channel::connect(&settings.servers, settings.connections, Framing::Combined)?;
-        let mut w = Worker::new(
-            id,
-            count,
-            capture,
-            channel,
-            Arc::clone(&cfg),
-            opts.lonely,
-            epoch,
-        )?;
+        let sender: Box<dyn Sender> = match senders.get_mut(id).and_then(Option::take) {
+            Some(xsk) => xsk,
+            None => Box::new(
+                RawSender::new()
+                    .map_err(|e| anyhow!("raw send socket (needs CAP_NET_RAW): {e}"))?,
+            ),
+        };
+        let mut w = Worker::new(id, count, capture, channel, sender, Arc::clone(&cfg), epoch)?;
+        w.lonely = opts.lonely;
         w.backpressure = offline.is_some();
-        if let Some(sender) = senders.get_mut(id).and_then(Option::take) {
-            w.sender = sender;
-        }
         w.record = recorder.as_ref().map(|(tap, _)| tap.clone());
         workers.push(w);
     }

@@ -20,7 +20,7 @@ use crate::{
     capture::{Capture, CaptureStats},
     offline::record::RecordTap,
     proto::ResponseRecord,
-    send::{RawSender, Sender},
+    send::Sender,
     session::{Config, Counters, Engine},
 };
 
@@ -72,24 +72,21 @@ impl Worker {
         count: usize,
         capture: Box<dyn Capture>,
         channel: Channel,
+        sender: Box<dyn Sender>,
         config: Arc<Config>,
-        lonely: bool,
         epoch: Instant,
     ) -> Result<Self> {
         Ok(Worker {
             id,
             capture,
             channel,
-            sender: Box::new(
-                RawSender::new()
-                    .map_err(|e| anyhow::anyhow!("raw send socket (needs CAP_NET_RAW): {e}"))?,
-            ),
+            sender,
             engine: {
                 let mut e = Engine::new(config);
                 e.set_lane(id as u32, count as u32);
                 e
             },
-            lonely,
+            lonely: false,
             report: Arc::new(Mutex::new(WorkerReport::default())),
             epoch,
             backpressure: false,
@@ -203,7 +200,7 @@ impl Worker {
         r.channel = self.channel.stats;
         (r.sent, r.send_errors) = self.sender.counts();
         r.active_sessions = self.engine.active_sessions();
-        r.buffered = self.engine.buffered();
+        r.buffered = self.engine.backlog();
         r.finished = finished;
     }
 }
