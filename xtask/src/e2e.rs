@@ -88,6 +88,32 @@ fn keepalive_and_short_connections() -> Result<()> {
     Ok(())
 }
 
+/// One keep-alive connection at saturation: wrk runs it faster than a
+/// replay paced by the target's responses (each one a round trip through
+/// intercept) can follow, so the session falls behind and catches up by
+/// pipelining its backlog (`--catch-up`). Every request still arrives once.
+fn one_saturated_keepalive_connection() -> Result<()> {
+    let starts: [(&str, fn() -> Result<Replay>); 2] = [
+        ("tap", || Replay::start("one-connection", TAP)),
+        ("AF_XDP on the mirror", || {
+            Replay::start_mirror("one-connection-xdp")
+        }),
+    ];
+    for (what, start) in starts {
+        let r = start()?;
+        let (o, t) = drive(&format!("wrk -t1 -c1 -d3s http://{ONLINE_IP}/"))?;
+        let log = r.stop()?;
+        exact(&format!("{what}: wrk -c1 keep-alive at saturation"), o, t)
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
+        let pipelined = log
+            .lines()
+            .find(|l| l.contains("requests_pipelined"))
+            .unwrap_or("(no pipelining counter in the summary)");
+        println!("    {}", pipelined.trim());
+    }
+    Ok(())
+}
+
 fn redis_benchmark() -> Result<()> {
     let r = Replay::start("redis", TAP)?;
     let before = (
@@ -627,6 +653,10 @@ const SCENARIOS: &[Scenario] = &[
     (
         "nginx keep-alive and short connections, exactly once",
         keepalive_and_short_connections,
+    ),
+    (
+        "one saturated keep-alive connection, exactly once",
+        one_saturated_keepalive_connection,
     ),
     ("redis-benchmark commands, exactly once", redis_benchmark),
     ("-n 2 doubles", replicas_double),

@@ -211,6 +211,10 @@ pub struct Config {
     /// data this long after the previous request (no deadlock on a
     /// request the target never answers).
     pub response_wait_ms: u64,
+    /// A session holding more than this many captured segments has fallen
+    /// behind its client: it sends its backlog pipelined (without waiting
+    /// for each response) until it has caught up. 0: never.
+    pub catch_up_segments: usize,
 }
 
 impl Default for Config {
@@ -239,6 +243,7 @@ impl Default for Config {
             max_sessions: 2_000_000,
             send_routes: true,
             response_wait_ms: 5_000,
+            catch_up_segments: 64,
         }
     }
 }

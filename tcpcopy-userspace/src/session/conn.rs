@@ -21,6 +21,10 @@ const ACK: u8 = 0x10;
 /// SYN retransmission interval while the handshake is pending (Linux's
 /// initial RTO).
 const SYN_RTO_MS: u64 = 1000;
+/// Segments a catching-up session keeps in flight toward the target: a
+/// window of its own, so a backlog of thousands goes out at the target's
+/// pace instead of one burst that overflows the send path.
+const CATCH_UP_FLIGHT: usize = 32;
 
 /// A captured client segment, already rewritten to its replayed addresses.
 #[derive(Clone, Debug)]
@@ -132,9 +136,17 @@ pub struct Session {
     last_tsval: u32,
     last_resp: (u32, u32, u16),
     dup_acks: u8,
-    fast_retransmitted: bool,
+    /// In loss recovery until the target acknowledges this offset (the
+    /// send position when it began): each partial ACK resends the next
+    /// hole at once (NewReno), so many losses cost an RTT each, not an RTO.
+    recover: Option<u64>,
     // pacing
     waiting: bool,
+    /// Sending the backlog pipelined (see `Config::catch_up_segments`).
+    catching_up: bool,
+    /// Requests went pipelined on this target connection: some may still
+    /// wait, unanswered, in the target's buffer.
+    pipelined: bool,
     cur_req_ack: u32,
     resp_since_tick: bool,
     /// Response data arrived since the current request was sent: only
@@ -252,8 +264,10 @@ impl Session {
             last_tsval: 0,
             last_resp: (0, 0, 0),
             dup_acks: 0,
-            fast_retransmitted: false,
+            recover: None,
             waiting: false,
+            catching_up: false,
+            pipelined: false,
             cur_req_ack: 0,
             resp_since_tick: false,
             resp_for_request: false,
@@ -563,6 +577,10 @@ impl Session {
             }
             Phase::Established => {}
         }
+        let catch_up = ctx.cfg.catch_up_segments;
+        if catch_up > 0 && self.pending.len() > catch_up && !ctx.cfg.no_wait {
+            self.catching_up = true;
+        }
         loop {
             let Some((&off, seg)) = self.pending.iter().next() else {
                 self.gap_since = None;
@@ -583,7 +601,8 @@ impl Session {
             // request's is the next request: the client had received
             // response bytes in between.
             let continuation = self.any_request_sent && seg.ack == self.cur_req_ack;
-            if self.waiting && !continuation {
+            let pipelined = self.waiting && !continuation;
+            if pipelined && !(self.catching_up && self.unacked.len() < CATCH_UP_FLIGHT) {
                 break;
             }
             if !self.any_request_sent && !self.greeting_received {
@@ -611,6 +630,10 @@ impl Session {
             ctx.c.packets_sent += 1;
             ctx.c.replayed += 1;
             ctx.c.bytes_replayed += send_len;
+            if pipelined {
+                ctx.c.requests_pipelined += 1;
+                self.pipelined = true;
+            }
             if !continuation {
                 ctx.c.requests_replayed += 1;
                 self.any_request_sent = true;
@@ -629,6 +652,9 @@ impl Session {
             if self.rto_at.is_none() {
                 self.rto_at = Some(now + self.rto_cur);
             }
+        }
+        if self.pending.is_empty() {
+            self.catching_up = false;
         }
         self.maybe_send_fin(now, ctx);
         self.maybe_send_rst(now, ctx);
@@ -677,6 +703,22 @@ impl Session {
             {
                 return;
             }
+        }
+        if self.pipelined && self.pending.is_empty() {
+            // Requests sent pipelined may still sit, acknowledged but not
+            // yet read, in the target's buffer, and an RST would discard
+            // them: close with a FIN instead, so the target answers them
+            // all and then closes.
+            self.rst = None;
+            ctx.c.resets_as_fin += 1;
+            if self.fin_off.is_none() {
+                self.fin_off = Some(self.snd_nxt);
+                self.fin_bare = true; // the RST's disposition goes with the FIN
+                self.maybe_send_fin(now, ctx);
+            } else {
+                ctx.c.replayed += 1; // the captured FIN already closes
+            }
+            return;
         }
         self.rst = None;
         self.send_rst(ctx);
@@ -786,7 +828,6 @@ impl Session {
                 }
             }
             self.dup_acks = 0;
-            self.fast_retransmitted = false;
             self.retries = 0;
             self.rto_cur = ctx.cfg.rto_ms;
             self.rto_at = if self.outstanding() {
@@ -794,14 +835,18 @@ impl Session {
             } else {
                 None
             };
+            match self.recover {
+                Some(r) if self.snd_una < r.min(self.snd_nxt) => self.retransmit(ctx),
+                _ => self.recover = None,
+            }
         } else if h.payload_len == 0
             && !fin
             && self.outstanding()
             && (h.seq, h.ack, h.window) == self.last_resp
         {
             self.dup_acks = self.dup_acks.saturating_add(1);
-            if self.dup_acks >= 3 && !self.fast_retransmitted {
-                self.fast_retransmitted = true;
+            if self.dup_acks >= 3 && self.recover.is_none() {
+                self.recover = Some(self.snd_nxt);
                 ctx.c.fast_retransmits += 1;
                 self.retransmit(ctx);
             }
@@ -906,6 +951,8 @@ impl Session {
                 ctx.c.replayed -= 1;
             }
             self.fin_sent = false;
+            self.pipelined = false;
+            self.recover = None;
             self.phase = Phase::Closed;
             self.fabricated = true;
             self.waiting = false;
@@ -990,6 +1037,7 @@ impl Session {
                     return;
                 }
                 self.retransmit(ctx);
+                self.recover = Some(self.snd_nxt);
                 self.rto_cur = (self.rto_cur * 2).min(6_400);
                 self.rto_at = Some(now + self.rto_cur);
             }

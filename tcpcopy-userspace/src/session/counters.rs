@@ -98,6 +98,12 @@ counters! {
     /// Held requests released because the target never answered the
     /// previous one within the response wait.
     response_waits_expired,
+    /// Requests a session sent before the previous response came, to catch
+    /// up with a client that ran ahead (`--catch-up`).
+    requests_pipelined,
+    /// Client RSTs replayed as a FIN because pipelined requests may still
+    /// wait in the target's buffer (an RST would discard them).
+    resets_as_fin,
     retransmits,
     fast_retransmits,
     route_msgs,

@@ -1124,3 +1124,98 @@ fn a_new_connections_data_captured_before_its_syn_goes_with_it() {
 fn fuzz_regressions() {
     super::fuzz_engine(include_bytes!("fuzz-regressions/invariant-1.bin"));
 }
+
+/// A session far behind its client (one busy keep-alive connection
+/// replayed slower than it ran) sends its backlog pipelined, in order,
+/// within its own flight window, and ends with a FIN rather than the
+/// client's RST so the target still answers what it holds.
+#[test]
+fn a_session_behind_its_client_catches_up_pipelined_and_closes_with_fin() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    let req = |i: u32| format!("req{i:05}").into_bytes(); // 8 bytes each
+    let seq = |i: u32| ISN + 1 + i * 8;
+    assert_eq!(l.capture(P, seq(0), 777, 0x18, &req(0)).len(), 1);
+    // The client ran ahead: 65 more requests, each after a 10-byte response.
+    let mut sent = Vec::new();
+    for i in 1..=65 {
+        let out = l.capture(P, seq(i), 777 + i * 10, 0x18, &req(i));
+        if i <= 64 {
+            assert!(out.is_empty(), "request {i} waits its turn");
+        }
+        sent.extend(out);
+    }
+    assert_eq!(sent.len(), 31, "a window of 32 in flight: {sent:?}");
+    // Each acknowledgement opens the window again.
+    let mut acked = 32;
+    while acked < 66 {
+        let out = l.respond(key, TISN + 1, seq(acked), 0x10, 0, None);
+        acked += out.iter().filter(|o| !o.payload.is_empty()).count() as u32;
+        assert!(!out.is_empty(), "window reopened at {acked}");
+        sent.extend(out);
+    }
+    let payloads: Vec<_> = sent.iter().map(|o| o.payload.clone()).collect();
+    let expected: Vec<_> = (1..=65).map(req).collect();
+    assert_eq!(payloads, expected, "in order, each once");
+    assert_eq!(l.e.counters().requests_pipelined, 65);
+    assert_eq!(l.e.counters().requests_replayed, 66);
+    // All acknowledged and answered; the client resets the connection.
+    l.respond(key, TISN + 1, seq(66), 0x18, 660, None);
+    let mut out = l.capture(P, seq(66), 777 + 660, 0x14, &[]);
+    out.extend(l.advance(10)); // the response's quiet period releases it
+    let fin = out.iter().find(|o| o.flags & 0x01 != 0).expect("a FIN");
+    assert_eq!(fin.seq, seq(66));
+    assert!(out.iter().all(|o| o.flags & 0x04 == 0), "no RST: {out:?}");
+    // The target answers whatever it still held, then closes.
+    let out = l.respond(key, TISN + 661, seq(66) + 1, 0x11, 0, None);
+    assert!(out.iter().all(|o| o.flags & 0x04 == 0));
+    let c = l.e.counters();
+    assert_eq!((c.resets_as_fin, c.rsts_sent, c.lost()), (1, 0, 0));
+    l.check_invariants();
+}
+
+/// Below the threshold nothing is pipelined: the C tool's pacing holds.
+#[test]
+fn a_short_backlog_is_still_paced_by_responses() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    l.capture(P, ISN + 1, 777, 0x18, b"req0");
+    for i in 1..=10u32 {
+        assert!(l.capture(P, ISN + 1 + i * 4, 777 + i, 0x18, b"reqN").is_empty());
+    }
+    let out = l.respond(key, TISN + 1, ISN + 5, 0x18, 1, None);
+    assert_eq!(out.iter().filter(|o| !o.payload.is_empty()).count(), 1);
+    assert_eq!(l.e.counters().requests_pipelined, 0);
+    l.check_invariants();
+}
+
+/// Several segments lost in one window: after the fast retransmit, each
+/// partial acknowledgement resends the next hole at once (no RTO wait).
+#[test]
+fn partial_acks_resend_each_hole_without_waiting_for_the_timer() {
+    let mut l = Lab::new(Config {
+        no_wait: true,
+        ..Lab::default_cfg()
+    });
+    let key = handshake(&mut l);
+    for i in 0..6u32 {
+        l.capture(P, ISN + 1 + i * 4, 777, 0x18, format!("r{i:03}").as_bytes());
+    }
+    // Segments 1 and 3 were lost; the target acks segment 0 and repeats
+    // that ack for each later arrival.
+    let at = |i: u32| ISN + 1 + i * 4;
+    l.respond(key, TISN + 1, at(1), 0x10, 0, None);
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        out.extend(l.respond(key, TISN + 1, at(1), 0x10, 0, None));
+    }
+    assert_eq!(out.iter().map(|o| o.payload.clone()).collect::<Vec<_>>(), vec![b"r001".to_vec()]);
+    // The partial ack up to the second hole resends it right away.
+    let out = l.respond(key, TISN + 1, at(3), 0x10, 0, None);
+    assert_eq!(out.iter().map(|o| o.payload.clone()).collect::<Vec<_>>(), vec![b"r003".to_vec()]);
+    let out = l.respond(key, TISN + 1, at(6), 0x10, 0, None);
+    assert!(out.iter().all(|o| o.payload.is_empty()), "recovered: {out:?}");
+    let c = l.e.counters();
+    assert_eq!((c.fast_retransmits, c.retransmits), (1, 2));
+    l.check_invariants();
+}

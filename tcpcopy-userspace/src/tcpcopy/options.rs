@@ -97,6 +97,11 @@ pub struct TcpcopyOptions {
     /// Do not wait for the previous response before sending the next request.
     #[arg(short = 'W', long = "no-wait")]
     pub no_wait: bool,
+    /// A session holding more than this many captured segments (its client
+    /// ran ahead of the replay) sends them pipelined, without waiting for
+    /// each response, until it has caught up; 0: always wait, as the C tool.
+    #[arg(long = "catch-up", value_name = "SEGMENTS", default_value_t = 64)]
+    pub catch_up: usize,
     /// Keep running when every intercept connection is lost (reconnect every 12 s).
     #[arg(short = 'L', long = "lonely")]
     pub lonely: bool,
@@ -279,6 +284,7 @@ impl TcpcopyOptions {
             keepalive_timeout_ms,
             only_complete: self.only_complete,
             no_wait: self.no_wait,
+            catch_up_segments: self.catch_up,
             max_sessions: self.max_sessions,
             ..Config::default()
         };
