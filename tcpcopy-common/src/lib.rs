@@ -103,6 +103,8 @@ pub const TAP_MAX_PACKET: usize = 65535;
 
 /// Most tap ring buffers (`TAP0`..`TAP3`), so most workers in tap mode.
 pub const MAX_TAP_RINGS: u32 = 4;
+/// Bytes of data in each tap ring buffer.
+pub const TAP_RING_BYTES: u32 = 16 * 1024 * 1024;
 
 /// The flow hash both sides use to choose a worker for a client: client
 /// address and port in host order. The eBPF program and userspace share it.

@@ -19,7 +19,9 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf, XskMap},
     programs::XdpContext,
 };
-use tcpcopy_common::{capture_mode, flow_hash, tcpcopy_counter as ctr, PortKey, TapHeader};
+use tcpcopy_common::{
+    capture_mode, flow_hash, tcpcopy_counter as ctr, PortKey, TapHeader, TAP_RING_BYTES,
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -48,13 +50,13 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ctr::COUNT, 0)
 static XSKS: XskMap = XskMap::with_max_entries(64, 0);
 
 #[map]
-static TAP0: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+static TAP0: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
 #[map]
-static TAP1: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+static TAP1: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
 #[map]
-static TAP2: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+static TAP2: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
 #[map]
-static TAP3: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+static TAP3: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
 
 #[repr(C)]
 pub struct Scratch {

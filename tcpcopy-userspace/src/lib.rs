@@ -19,6 +19,7 @@
 
 pub mod capture;
 pub mod intercept;
+pub mod memory;
 pub mod metrics;
 pub mod offline;
 pub mod process;

@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     lab::{self, in_ns, ONLINE_IP},
-    replay::{self, Replay},
+    replay::{self, Replay, Start},
     util,
 };
 
@@ -122,8 +122,6 @@ fn machine() -> String {
         .to_string();
     format!("Machine: {cpus} × {cpu}, {mem}, Linux {kernel}; {date}.\n")
 }
-
-type Start = fn(&str) -> Result<Replay>;
 
 /// The three capture modes; packet (AF_PACKET) is the baseline. With
 /// `record`, the tap run also records what it captured, for the offline

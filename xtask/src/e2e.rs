@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::{
     lab::{self, in_ns, ONLINE_IP, TARGET_IP},
@@ -93,14 +93,12 @@ fn keepalive_and_short_connections() -> Result<()> {
 /// intercept) can follow, so the session falls behind and catches up by
 /// pipelining its backlog (`--catch-up`). Every request still arrives once.
 fn one_saturated_keepalive_connection() -> Result<()> {
-    let starts: [(&str, fn() -> Result<Replay>); 2] = [
-        ("tap", || Replay::start("one-connection", TAP)),
-        ("AF_XDP on the mirror", || {
-            Replay::start_mirror("one-connection-xdp")
-        }),
+    let starts: [(&str, replay::Start); 2] = [
+        ("tap", |tag| Replay::start(tag, TAP)),
+        ("AF_XDP on the mirror", Replay::start_mirror),
     ];
     for (what, start) in starts {
-        let r = start()?;
+        let r = start("one-connection")?;
         let (o, t) = drive(&format!("wrk -t1 -c1 -d3s http://{ONLINE_IP}/"))?;
         let log = r.stop()?;
         exact(&format!("{what}: wrk -c1 keep-alive at saturation"), o, t)
@@ -457,7 +455,6 @@ fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
                 "no_session",
                 "only_complete_skipped",
                 "port_conflicts",
-                "session_limit",
                 "late_for_closed",
             ]
             .iter()
@@ -618,12 +615,14 @@ fn interface_flap() -> Result<()> {
     Ok(())
 }
 
-fn production_unharmed_while_tcpcopy_is_stopped() -> Result<()> {
-    let r = Replay::start("sigstop", TAP)?;
-    r.tcpcopy.signal("-STOP");
+/// wrk at the online nginx while `fault` acts on tcpcopy: every request
+/// wrk completed was served by the online nginx, and wrk saw no errors.
+fn production_unharmed(what: &str, fault: impl FnOnce()) -> Result<()> {
     replay::reset_logs()?;
-    let out = crate::util::output(&format!("ip netns exec client {}", wrk(10, 2, "")))?;
-    r.tcpcopy.signal("-CONT");
+    let cmd = format!("ip netns exec client {}", wrk(10, 2, ""));
+    let load = std::thread::spawn(move || crate::util::output(&cmd));
+    fault();
+    let out = load.join().map_err(|_| anyhow::anyhow!("wrk thread"))??;
     let text = String::from_utf8_lossy(&out.stdout);
     let served = online();
     let reported: u64 = text
@@ -634,16 +633,97 @@ fn production_unharmed_while_tcpcopy_is_stopped() -> Result<()> {
                 .map(|(n, _)| n.trim().parse().unwrap_or(0))
         })
         .unwrap_or(0);
-    println!("    tcpcopy stopped: wrk completed {reported}, online nginx served {served}");
+    println!("    tcpcopy {what}: wrk completed {reported}, online nginx served {served}");
     ensure!(
         !text.contains("Socket errors") && !text.contains("Non-2xx"),
-        "wrk saw errors:\n{text}"
+        "{what}: wrk saw errors:\n{text}"
     );
     ensure!(
         served >= reported && reported > 100,
-        "online must serve every request"
+        "{what}: online must serve every request"
+    );
+    Ok(())
+}
+
+/// Tap mode never costs production a request: tcpcopy stopped (SIGSTOP),
+/// starved of CPU (SCHED_IDLE while wrk and nginx take both CPUs, so its
+/// rings overflow), or killed in the middle of the load.
+fn production_unharmed_while_tcpcopy_stalls_starves_or_dies() -> Result<()> {
+    let r = Replay::start("sigstop", TAP)?;
+    production_unharmed("stopped", || r.tcpcopy.signal("-STOP"))?;
+    r.tcpcopy.signal("-CONT");
+    let pid = r.tcpcopy.pid().context("tcpcopy pid")?;
+    production_unharmed("starved (SCHED_IDLE)", || {
+        let _ = crate::util::output(&format!("chrt --idle -a -p 0 {pid}"));
+    })?;
+    let m = replay::scrape("online", replay::TCPCOPY_METRICS)?;
+    println!(
+        "    starved tcpcopy: {} segments lost to a full ring (production unaffected)",
+        m.get("tcpcopy_lost_segments_total{reason=\"kernel_ring_full\"}")
+            .copied()
+            .unwrap_or(0.0)
     );
     r.stop()?;
+    let mut r = Replay::start("crash", TAP)?;
+    production_unharmed("killed mid-load", || {
+        std::thread::sleep(Duration::from_millis(800));
+        r.tcpcopy.kill();
+    })?;
+    let link = crate::util::stdout("ip netns exec online ip link show onl0");
+    ensure!(!link.contains("xdp"), "XDP left after SIGKILL:\n{link}");
+    Ok(())
+}
+
+/// `-m`: the limit the program names as its minimum plus a little is
+/// honoured under a burst of short connections (new sessions refused and
+/// counted; the peak resident size stays under it), and once the burst's
+/// sessions are gone, a new load is replayed exactly.
+fn memory_limit_refuses_sessions_and_holds() -> Result<()> {
+    let probe = replay::start_intercept("memory-probe")?;
+    let out = crate::util::output(&format!(
+        "ip netns exec online {} -s {} -x 80-10.0.2.2:8080 -i onl0 --workers 2 -m 1",
+        crate::util::root().join("target/release/tcpcopy").display(),
+        crate::lab::ASSISTANT_CTL_IP
+    ))?;
+    drop(probe);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let minimum: u64 = err
+        .split_once("use -m ")
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("-m 1 should name the minimum:\n{err}"))?;
+    let limit = minimum + 4;
+    let mut args = TAP.to_vec();
+    let m = limit.to_string();
+    args.extend(["-m", m.as_str()]);
+    let r = Replay::start("memory", &args)?;
+    drive(&wrk(10, 3, "-H 'Connection: close'"))?;
+    let peak = replay::proc_mib(r.tcpcopy.pid(), "VmHWM");
+    let metrics = replay::scrape("online", replay::TCPCOPY_METRICS)?;
+    let refused = metrics
+        .get("tcpcopy_engine_events_total{counter=\"sessions_refused_memory\"}")
+        .copied()
+        .unwrap_or(0.0);
+    println!("    -m {limit} (minimum {minimum}): peak resident {peak:.1} MiB, {refused} session openings refused");
+    ensure!(refused > 0.0, "the burst should have met the limit");
+    ensure!(
+        peak <= limit as f64,
+        "peak resident {peak:.1} MiB over -m {limit}"
+    );
+    // The burst's sessions linger 6 s, then go, and memory with them.
+    std::thread::sleep(Duration::from_secs(9));
+    let (o, t) = drive(&wrk(4, 2, ""))?;
+    let peak = replay::proc_mib(r.tcpcopy.pid(), "VmHWM");
+    let log = r.stop()?;
+    exact("after the burst, under -m", o, t)?;
+    ensure!(
+        peak <= limit as f64,
+        "peak resident {peak:.1} MiB over -m {limit}"
+    );
+    ensure!(
+        log.contains("memory limit (-m) reached") && log.contains(&format!("of -m {limit} MiB")),
+        "the summary should name the memory limit:\n{}",
+        summary(&log)
+    );
     Ok(())
 }
 
@@ -708,8 +788,12 @@ const SCENARIOS: &[Scenario] = &[
     ),
     ("fault: the online interface flaps", interface_flap),
     (
-        "tap mode: a SIGSTOPped tcpcopy costs production nothing",
-        production_unharmed_while_tcpcopy_is_stopped,
+        "-m: new sessions refused, the limit held, replay goes on",
+        memory_limit_refuses_sessions_and_holds,
+    ),
+    (
+        "tap mode: a stopped, starved or killed tcpcopy costs production nothing",
+        production_unharmed_while_tcpcopy_stalls_starves_or_dies,
     ),
 ];
 

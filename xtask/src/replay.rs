@@ -186,6 +186,9 @@ impl Drop for Tool {
     }
 }
 
+/// A way to start the lab's replay, given a tag for the logs.
+pub type Start = fn(&str) -> Result<Replay>;
+
 /// intercept + tcpcopy, started in that order (tcpcopy connects at start).
 pub struct Replay {
     pub tcpcopy: Tool,

@@ -3,6 +3,10 @@
 use clap::Parser;
 use tcpcopy::tcpcopy::{run, TcpcopyOptions};
 
+/// Counts the heap, for `-m`.
+#[global_allocator]
+static HEAP: tcpcopy::memory::CountingAlloc = tcpcopy::memory::CountingAlloc;
+
 fn main() {
     let opts = TcpcopyOptions::parse();
     if opts.version {

@@ -259,6 +259,10 @@ impl Capture for Steered {
         }
     }
 
+    fn reserved_bytes(&self) -> u64 {
+        self.own.iter().map(|s| s.reserved_bytes()).sum()
+    }
+
     fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
         let mut n = self.inbox.read_batch(max, f);
         let lanes = self.lanes.len() as u32;

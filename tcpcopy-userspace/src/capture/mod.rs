@@ -15,7 +15,7 @@ mod xsk;
 
 pub use packet::PacketSocket;
 pub use tap::TapRing;
-pub use xsk::{rx_queues, XskSocket};
+pub use xsk::{rx_queues, XskSocket, UMEM_BYTES};
 
 use std::os::fd::RawFd;
 
@@ -59,4 +59,9 @@ pub trait Capture: Send {
     /// Hand up to `max` waiting IPv4 packets to `f`; returns how many.
     fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize;
     fn stats(&self) -> CaptureStats;
+    /// Memory this source maps that fills as traffic comes (rings, UMEM),
+    /// paid for before sessions under `-m`.
+    fn reserved_bytes(&self) -> u64 {
+        0
+    }
 }

@@ -29,6 +29,12 @@ impl Capture for TapRing {
         out.push(self.ring.as_raw_fd());
     }
 
+    /// The ring's data pages are mapped twice (so a record never wraps),
+    /// and each mapping counts in the resident size.
+    fn reserved_bytes(&self) -> u64 {
+        2 * tcpcopy_common::TAP_RING_BYTES as u64
+    }
+
     fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
         let mut n = 0;
         while n < max {

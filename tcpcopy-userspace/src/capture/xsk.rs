@@ -34,6 +34,9 @@ const TX_RING: u32 = 4096;
 const FRAMES: u32 = 2 * RING + TX_FRAMES;
 /// Holds a 1500-byte MTU frame after the kernel's 256-byte headroom.
 const FRAME_SIZE: u32 = 2048;
+/// Bytes of one socket's UMEM (mapped outside the heap, filled by the
+/// kernel frame by frame).
+pub const UMEM_BYTES: u64 = FRAMES as u64 * FRAME_SIZE as u64;
 
 /// The AF_XDP socket of one RX queue.
 pub struct XskSocket {
@@ -159,6 +162,11 @@ impl Capture for XskSocket {
         self.refill();
         self.stats.packets += n as u64;
         n
+    }
+
+    /// The UMEM, which the kernel fills frame by frame.
+    fn reserved_bytes(&self) -> u64 {
+        UMEM_BYTES
     }
 
     fn stats(&self) -> CaptureStats {

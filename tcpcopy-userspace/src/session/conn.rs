@@ -25,6 +25,9 @@ const SYN_RTO_MS: u64 = 1000;
 /// window of its own, so a backlog of thousands goes out at the target's
 /// pace instead of one burst that overflows the send path.
 const CATCH_UP_FLIGHT: usize = 32;
+/// With memory exhausted (`-m`), a session holding more captured segments
+/// than this is given up rather than let grow.
+const SHED_BACKLOG: usize = 16;
 
 /// A captured client segment, already rewritten to its replayed addresses.
 #[derive(Clone, Debug)]
@@ -60,6 +63,8 @@ pub struct Ctx<'a> {
     pub c: &'a mut Counters,
     pub packets: &'a mut VecDeque<Vec<u8>>,
     pub routes: &'a mut VecDeque<RouteMsg>,
+    /// Memory ran out (`-m`): a session that keeps buffering is given up.
+    pub shed: bool,
 }
 
 /// Why a session's unsent data was given up.
@@ -73,6 +78,7 @@ pub enum Loss {
     TargetClosed,
     ClientReset,
     Shutdown,
+    MemoryLimit,
 }
 
 impl Loss {
@@ -86,6 +92,7 @@ impl Loss {
             Loss::TargetClosed => &mut c.lost_target_closed,
             Loss::ClientReset => &mut c.lost_client_reset,
             Loss::Shutdown => &mut c.lost_shutdown,
+            Loss::MemoryLimit => &mut c.lost_memory_limit,
         }
     }
 }
@@ -526,6 +533,9 @@ impl Session {
             return;
         }
         self.pump(now, ctx);
+        if ctx.shed && self.pending.len() > SHED_BACKLOG {
+            self.obsolete(now, Loss::MemoryLimit, ctx);
+        }
     }
 
     fn measure_rtt(&mut self, now: u64) {

@@ -3,8 +3,10 @@
 //!
 //! 1. `captured = accepted + not_tcp + malformed + no_transfer + localhost_dropped + sampled_out`
 //! 2. `session_inputs = replayed + pure_acks_absorbed + duplicates + no_session
-//!    + only_complete_skipped + port_conflicts + session_limit + late_for_closed
-//!    + lost_* + buffered`
+//!    + only_complete_skipped + port_conflicts + late_for_closed
+//!    + session_limit + lost_* + buffered`
+//!
+//! (`session_limit` and the `lost_*` counters are the losses: [`Counters::lost`])
 //!
 //! where `session_inputs` = accepted segments × copies (`-n`), and
 //! `buffered` = segments still held by live sessions.
@@ -61,7 +63,7 @@ counters! {
     only_complete_skipped,
     /// No free (client IP, port) toward the target for a copy.
     port_conflicts,
-    /// New sessions refused at the per-worker session cap.
+    /// Lost with new sessions refused at the per-worker session cap.
     session_limit,
     /// Segments of a finished session that arrived during its linger.
     late_for_closed,
@@ -81,6 +83,9 @@ counters! {
     lost_client_reset,
     /// Still buffered when tcpcopy shut down.
     lost_shutdown,
+    /// Lost to the memory limit (`-m`): segments of sessions refused while
+    /// memory was short, and of sessions given up when it ran out.
+    lost_memory_limit,
     // --- what was sent
     /// Packets sent to the target (forwarded + fabricated, not retransmissions).
     packets_sent,
@@ -109,6 +114,8 @@ counters! {
     route_msgs,
     // --- sessions
     sessions_created,
+    /// Attempts to open a session refused while memory was short (`-m`).
+    sessions_refused_memory,
     /// Sessions left to finish on their own when a new connection reused
     /// their client port before their replay was done.
     sessions_overlapped,
@@ -139,7 +146,6 @@ impl Counters {
             + self.no_session
             + self.only_complete_skipped
             + self.port_conflicts
-            + self.session_limit
             + self.late_for_closed
             + self.lost()
     }
@@ -153,5 +159,7 @@ impl Counters {
             + self.lost_target_closed
             + self.lost_client_reset
             + self.lost_shutdown
+            + self.lost_memory_limit
+            + self.session_limit
     }
 }

@@ -10,6 +10,7 @@ use super::{
     counters::Counters,
 };
 use crate::{
+    memory::Pressure,
     proto::{ResponseHeader, RouteMsg},
     wire::{Ipv4View, TcpView},
 };
@@ -33,7 +34,8 @@ const PORT_PROBES: u16 = 4096;
 
 struct Entry {
     origin: OriginKey,
-    session: Session,
+    /// Boxed: the table stays small, and growing it never copies sessions.
+    session: Box<Session>,
 }
 
 pub struct Engine {
@@ -49,6 +51,8 @@ pub struct Engine {
     /// opens uses a (client IP, port) whose flow hash picks this worker,
     /// so no other worker can open the same connection to the target.
     lane: (u32, u32),
+    /// Memory pressure under `-m`, set by the worker before each batch.
+    memory: Pressure,
 }
 
 impl Engine {
@@ -73,7 +77,14 @@ impl Engine {
             routes: VecDeque::new(),
             counters: Counters::default(),
             lane: (0, 1),
+            memory: Pressure::None,
         }
+    }
+
+    /// How short memory is (`-m`): from `Refuse` on, no new sessions; at
+    /// `Shed`, sessions that keep buffering are given up too.
+    pub fn set_memory_pressure(&mut self, p: Pressure) {
+        self.memory = p;
     }
 
     pub fn config(&self) -> &Config {
@@ -256,6 +267,7 @@ impl Engine {
                 c: &mut self.counters,
                 packets: &mut self.packets,
                 routes: &mut self.routes,
+                shed: self.memory == Pressure::Shed,
             },
             &mut self.sessions,
         )
@@ -332,6 +344,11 @@ impl Engine {
             self.counters.session_limit += 1 + early.len() as u64;
             return;
         }
+        if self.memory != Pressure::None {
+            self.counters.sessions_refused_memory += 1;
+            self.counters.lost_memory_limit += 1 + early.len() as u64;
+            return;
+        }
         let Some(key) = self.allocate(client_ip, origin) else {
             self.counters.port_conflicts += 1 + early.len() as u64;
             return;
@@ -344,7 +361,13 @@ impl Engine {
             s.on_client_segment(now, seg, &mut ctx);
             s
         };
-        sessions.insert(key, Entry { origin, session });
+        sessions.insert(
+            key,
+            Entry {
+                origin,
+                session: Box::new(session),
+            },
+        );
         self.origins.insert(origin, key);
         self.counters.sessions_created += 1;
         if !early.is_empty() {
@@ -394,6 +417,13 @@ impl Engine {
                 self.origins.remove(&e.origin);
             }
             self.counters.sessions_destroyed += 1;
+            // Sessions live inline in the table: give the memory of a burst
+            // back once it is over (`-m` counts it).
+            let len = self.sessions.len();
+            if self.sessions.capacity() > 4 * len + 1024 {
+                self.sessions.shrink_to(2 * len);
+                self.origins.shrink_to(2 * len);
+            }
         }
     }
 

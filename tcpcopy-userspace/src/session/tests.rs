@@ -1181,7 +1181,9 @@ fn a_short_backlog_is_still_paced_by_responses() {
     let key = handshake(&mut l);
     l.capture(P, ISN + 1, 777, 0x18, b"req0");
     for i in 1..=10u32 {
-        assert!(l.capture(P, ISN + 1 + i * 4, 777 + i, 0x18, b"reqN").is_empty());
+        assert!(l
+            .capture(P, ISN + 1 + i * 4, 777 + i, 0x18, b"reqN")
+            .is_empty());
     }
     let out = l.respond(key, TISN + 1, ISN + 5, 0x18, 1, None);
     assert_eq!(out.iter().filter(|o| !o.payload.is_empty()).count(), 1);
@@ -1209,13 +1211,50 @@ fn partial_acks_resend_each_hole_without_waiting_for_the_timer() {
     for _ in 0..3 {
         out.extend(l.respond(key, TISN + 1, at(1), 0x10, 0, None));
     }
-    assert_eq!(out.iter().map(|o| o.payload.clone()).collect::<Vec<_>>(), vec![b"r001".to_vec()]);
+    assert_eq!(
+        out.iter().map(|o| o.payload.clone()).collect::<Vec<_>>(),
+        vec![b"r001".to_vec()]
+    );
     // The partial ack up to the second hole resends it right away.
     let out = l.respond(key, TISN + 1, at(3), 0x10, 0, None);
-    assert_eq!(out.iter().map(|o| o.payload.clone()).collect::<Vec<_>>(), vec![b"r003".to_vec()]);
+    assert_eq!(
+        out.iter().map(|o| o.payload.clone()).collect::<Vec<_>>(),
+        vec![b"r003".to_vec()]
+    );
     let out = l.respond(key, TISN + 1, at(6), 0x10, 0, None);
-    assert!(out.iter().all(|o| o.payload.is_empty()), "recovered: {out:?}");
+    assert!(
+        out.iter().all(|o| o.payload.is_empty()),
+        "recovered: {out:?}"
+    );
     let c = l.e.counters();
     assert_eq!((c.fast_retransmits, c.retransmits), (1, 2));
+    l.check_invariants();
+}
+
+/// `-m`: short of memory, new sessions are refused and counted; out of
+/// memory, a session that keeps buffering is given up; open sessions that
+/// keep pace go on.
+#[test]
+fn memory_pressure_refuses_new_sessions_then_sheds_growing_ones() {
+    use crate::memory::Pressure;
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    l.e.set_memory_pressure(Pressure::Refuse);
+    assert!(l.capture(P + 1, ISN, 0, 0x02, &[]).is_empty(), "refused");
+    assert!(l.capture(P + 1, ISN + 1, 9, 0x18, b"GET").is_empty());
+    let c = l.e.counters();
+    assert_eq!((c.sessions_refused_memory, c.lost_memory_limit), (2, 2));
+    // The open session still replays.
+    assert_eq!(l.capture(P, ISN + 1, 777, 0x18, b"req0").len(), 1);
+    // Out of memory: requests queue behind an unanswered one; past the
+    // shed backlog the session is given up.
+    l.e.set_memory_pressure(Pressure::Shed);
+    for i in 1..=17u32 {
+        l.capture(P, ISN + 1 + i * 4, 777 + i, 0x18, b"reqN");
+    }
+    let c = l.e.counters();
+    assert_eq!(c.lost_memory_limit, 2 + 17, "{c:#?}");
+    assert!(l.sent.iter().any(|o| o.flags & 0x04 != 0 && o.src == key));
+    assert_eq!(c.lost(), 19);
     l.check_invariants();
 }

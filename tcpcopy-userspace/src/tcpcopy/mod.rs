@@ -112,13 +112,14 @@ type TxParts = (
 
 /// `--send xdp`: one AF_XDP sender per worker on `-o`, sharing the
 /// worker's capture socket where `-o` is the capture interface, else on
-/// queue `worker` of `-o`.
+/// queue `worker` of `-o`. Also returns the bytes of the UMEMs opened for
+/// them (for `-m`).
 fn xsk_senders(
     cfg: &Config,
     out: &str,
     workers: usize,
     mut shared: Vec<Option<TxParts>>,
-) -> Result<Vec<Box<dyn Sender>>> {
+) -> Result<(Vec<Box<dyn Sender>>, u64)> {
     let src_mac = neighbour::iface_mac(out)?;
     let mut next_hop = std::collections::HashMap::new();
     for t in &cfg.transfers {
@@ -130,6 +131,7 @@ fn xsk_senders(
     }
     let queues = rx_queues(out)? as usize;
     let mut senders: Vec<Box<dyn Sender>> = Vec::new();
+    let mut umems = 0;
     for w in 0..workers {
         let parts = match shared.get_mut(w).and_then(Option::take) {
             Some(p) => p,
@@ -139,6 +141,7 @@ fn xsk_senders(
                         "--send xdp: -o {out} has {queues} queue(s) for {workers} workers; use --workers {queues}"
                     );
                 }
+                umems += crate::capture::UMEM_BYTES;
                 XskSocket::open(out, w as u32)?
                     .take_tx()
                     .ok_or_else(|| anyhow!("--send xdp: no TX ring on {out} queue {w}"))?
@@ -147,7 +150,7 @@ fn xsk_senders(
         senders.push(Box::new(XskSender::new(parts, src_mac, next_hop.clone())));
     }
     tracing::info!(out, workers, ?next_hop, "AF_XDP senders ready");
-    Ok(senders)
+    Ok((senders, umems))
 }
 
 /// How often the totals behind `--metrics` are refreshed.
@@ -259,11 +262,13 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
     let epoch = Instant::now();
     let mut workers = Vec::new();
     let count = captures.len();
+    let mut reserved: u64 = captures.iter().map(|c| c.reserved_bytes()).sum();
     let mut senders = match (&opts.out_iface, opts.send) {
-        (Some(out), SendMode::Xdp) => xsk_senders(&cfg, out, count, shared_tx)?
-            .into_iter()
-            .map(Some)
-            .collect(),
+        (Some(out), SendMode::Xdp) => {
+            let (senders, umems) = xsk_senders(&cfg, out, count, shared_tx)?;
+            reserved += umems;
+            senders.into_iter().map(Some).collect()
+        }
         _ => Vec::new(),
     };
     for (id, capture) in captures.into_iter().enumerate() {
@@ -280,6 +285,16 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
         w.backpressure = offline.is_some();
         w.record = recorder.as_ref().map(|(tap, _)| tap.clone());
         workers.push(w);
+    }
+    let memory_limit = opts.memory_mb.map(|mb| mb << 20);
+    if let Some(limit) = memory_limit {
+        let budget = crate::memory::set_limit(limit, reserved)?;
+        tracing::info!(
+            limit_mib = limit >> 20,
+            rings_mib = reserved >> 20,
+            session_budget_mib = budget >> 20,
+            "-m: memory limit"
+        );
     }
     // The workers hold the only taps now: the recorder ends with them.
     let recorder = recorder.map(|(_, r)| r);
@@ -324,6 +339,7 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
         })?;
     }
     let mut next_publish = Instant::now();
+    let mut memory_warned = false;
     let mut watch = offline
         .as_ref()
         .map(|(plan, progress)| OfflineWatch::new(plan.clone(), Arc::clone(progress)));
@@ -345,6 +361,17 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
             next_publish = Instant::now() + PUBLISH_METRICS;
         }
         if Instant::now() >= next_stats {
+            if let (Some(limit), false) = (memory_limit, memory_warned) {
+                let rss = crate::memory::status_bytes("VmRSS").unwrap_or(0);
+                if rss > limit {
+                    memory_warned = true;
+                    tracing::warn!(
+                        "resident memory {} MiB passed -m {} MiB (more outside the heap than reserved)",
+                        rss >> 20,
+                        limit >> 20
+                    );
+                }
+            }
             let t = Totals::collect(&reports, xdp.as_ref());
             let line = t.stats_line();
             match &watch {
@@ -373,6 +400,14 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
     let mut summary = totals.summary();
     if let Some((plan, progress)) = &offline {
         summary.push_str(&offline_words(plan, progress));
+    }
+    if let Some(limit) = memory_limit {
+        let peak = crate::memory::status_bytes("VmHWM").unwrap_or(0);
+        summary.push_str(&format!(
+            "memory: peak resident {} MiB of -m {} MiB\n",
+            peak >> 20,
+            limit >> 20
+        ));
     }
     if let Some(r) = recorder {
         match r.finish() {

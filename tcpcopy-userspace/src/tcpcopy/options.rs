@@ -105,6 +105,11 @@ pub struct TcpcopyOptions {
     /// Keep running when every intercept connection is lost (reconnect every 12 s).
     #[arg(short = 'L', long = "lonely")]
     pub lonely: bool,
+    /// Resident memory limit in MiB: new sessions are refused (and counted)
+    /// before it is reached, and sessions that keep buffering are given up
+    /// at it; the capture rings are paid for first.
+    #[arg(short = 'm', long = "memory", value_name = "MB")]
+    pub memory_mb: Option<u64>,
     /// Most sessions per worker (memory bound).
     #[arg(long = "max-sessions", default_value_t = 2_000_000)]
     pub max_sessions: usize,
@@ -185,8 +190,6 @@ pub struct TcpcopyOptions {
     pub c_rtt: Option<String>,
     #[arg(short = 'U', hide = true)]
     pub c_pool: Option<String>,
-    #[arg(short = 'm', hide = true)]
-    pub c_memory: Option<String>,
     #[arg(short = 'F', hide = true)]
     pub c_filter: Option<String>,
     #[arg(short = 'B', hide = true)]
@@ -350,12 +353,6 @@ impl TcpcopyOptions {
         if self.c_pool.is_some() {
             refuse("-U", "per-session memory pools are a C allocator detail")?;
         }
-        if self.c_memory.is_some() {
-            refuse(
-                "-m",
-                "not built yet; --max-sessions bounds memory per worker",
-            )?;
-        }
         if self.c_filter.is_some() || self.c_buffer.is_some() || self.c_snaplen.is_some() {
             refuse(
                 "-F/-B/-S (pcap capture)",
@@ -432,7 +429,7 @@ mod tests {
         for (flag, arg) in [
             ("-g", None),
             ("-R", Some("5")),
-            ("-m", Some("100")),
+            ("-U", Some("4")),
             ("-F", Some("tcp")),
         ] {
             let mut a = vec!["-x", "80-10.0.2.2:8080", "-s", "10.0.4.3", flag];

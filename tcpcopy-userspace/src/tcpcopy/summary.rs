@@ -116,7 +116,7 @@ impl Totals {
     }
 
     /// Every way a captured segment can be lost: (metric label, words, count).
-    pub fn losses(&self) -> [(&'static str, &'static str, u64); 11] {
+    pub fn losses(&self) -> [(&'static str, &'static str, u64); 13] {
         let e = &self.engine;
         let ring_full = self
             .kernel
@@ -162,6 +162,16 @@ impl Totals {
             ),
             ("client_reset", "client reset", e.lost_client_reset),
             ("shutdown", "still buffered at shutdown", e.lost_shutdown),
+            (
+                "memory_limit",
+                "memory limit (-m) reached",
+                e.lost_memory_limit,
+            ),
+            (
+                "session_limit",
+                "session limit (--max-sessions) reached",
+                e.session_limit,
+            ),
         ]
     }
 
@@ -244,6 +254,16 @@ impl Totals {
             self.buffered as i64,
         );
         x.gauge("tcpcopy_workers", "Replay workers.", workers as i64);
+        x.gauge(
+            "tcpcopy_heap_bytes",
+            "Heap bytes tcpcopy holds (what -m budgets)",
+            crate::memory::heap_bytes() as i64,
+        );
+        x.gauge(
+            "tcpcopy_resident_bytes",
+            "Resident memory (VmRSS)",
+            crate::memory::status_bytes("VmRSS").unwrap_or(0) as i64,
+        );
         x
     }
 

@@ -122,6 +122,7 @@ impl Worker {
             for r in &records {
                 self.engine.handle_response(now, &r.header());
             }
+            self.engine.set_memory_pressure(crate::memory::pressure());
             let engine = &mut self.engine;
             let record = self.record.as_ref();
             let got = if congested {
