@@ -455,6 +455,7 @@ fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
                 "no_session",
                 "only_complete_skipped",
                 "port_conflicts",
+                "session_limit",
                 "late_for_closed",
             ]
             .iter()

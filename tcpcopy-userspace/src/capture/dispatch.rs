@@ -134,13 +134,20 @@ pub fn start(
         .collect();
     let queue_full = Arc::new(AtomicU64::new(0));
     let dropped = Arc::clone(&queue_full);
+    let source_dropped = Arc::new(AtomicU64::new(0));
+    let kernel_dropped = Arc::clone(&source_dropped);
     let handle = std::thread::Builder::new()
         .name("tcpcopy-dispatch".into())
         .spawn(move || {
             let mut stats = DispatchStats::default();
             let mut pending: Vec<Batch> = vec![Vec::new(); lanes.len()];
             let n = lanes.len() as u32;
+            let mut next_stats = std::time::Instant::now();
             while !stop.load(Ordering::Relaxed) {
+                if std::time::Instant::now() >= next_stats {
+                    kernel_dropped.store(source.stats().kernel_dropped, Ordering::Relaxed);
+                    next_stats += std::time::Duration::from_millis(100);
+                }
                 let got = source.read_batch(1024, &mut |p| {
                     pending[lane_of(p, n)].push(p.to_vec());
                 });
@@ -187,7 +194,14 @@ pub fn start(
             stats.queue_full = dropped.load(Ordering::Relaxed);
             stats
         })?;
-    Ok((ends, Dispatcher { handle, queue_full }))
+    Ok((
+        ends,
+        Dispatcher {
+            handle,
+            queue_full,
+            source_dropped,
+        },
+    ))
 }
 
 /// One inbox per worker and the senders that feed them.
@@ -313,12 +327,19 @@ impl Capture for Steered {
 pub struct Dispatcher {
     handle: JoinHandle<DispatchStats>,
     queue_full: Arc<AtomicU64>,
+    source_dropped: Arc<AtomicU64>,
 }
 
 impl Dispatcher {
     /// Packets dropped so far because a worker's queue was full.
     pub fn queue_full(&self) -> u64 {
         self.queue_full.load(Ordering::Relaxed)
+    }
+
+    /// Packets the kernel dropped at the source so far (an AF_PACKET
+    /// socket's full receive buffer), as of the last 100 ms.
+    pub fn source_dropped(&self) -> u64 {
+        self.source_dropped.load(Ordering::Relaxed)
     }
 
     /// Wait for the thread (after `stop` was raised).

@@ -8,7 +8,10 @@ use std::{
     io,
     mem::{size_of, zeroed},
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use super::{Capture, CaptureStats};
@@ -19,6 +22,9 @@ pub struct PacketSocket {
     config: Arc<Config>,
     buf: Vec<u8>,
     stats: CaptureStats,
+    /// Frames the kernel dropped at this socket (its receive buffer was
+    /// full), summed: PACKET_STATISTICS resets on every read.
+    kernel_dropped: AtomicU64,
 }
 
 fn check(r: libc::c_int, what: &str) -> io::Result<()> {
@@ -76,6 +82,7 @@ impl PacketSocket {
             config,
             buf: vec![0u8; 65536],
             stats: CaptureStats::default(),
+            kernel_dropped: AtomicU64::new(0),
         })
     }
 
@@ -138,6 +145,25 @@ impl Capture for PacketSocket {
     }
 
     fn stats(&self) -> CaptureStats {
-        self.stats
+        let mut st: libc::tpacket_stats = unsafe { zeroed() };
+        let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: valid fd; `st` is a tpacket_stats of the stated size.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                &mut st as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if r == 0 {
+            self.kernel_dropped
+                .fetch_add(st.tp_drops as u64, Ordering::Relaxed);
+        }
+        CaptureStats {
+            kernel_dropped: self.kernel_dropped.load(Ordering::Relaxed),
+            ..self.stats
+        }
     }
 }

@@ -28,6 +28,12 @@ const CATCH_UP_FLIGHT: usize = 32;
 /// With memory exhausted (`-m`), a session holding more captured segments
 /// than this is given up rather than let grow.
 const SHED_BACKLOG: usize = 16;
+/// After pipelining, the close waits until the target has sent as many
+/// response bytes as the client had received when it closed, or has been
+/// silent this long: a server still working through pipelined requests
+/// may take a half-close for an abort (nginx answers the rest with 499s
+/// and a reset).
+const CLOSE_QUIET_MS: u64 = 200;
 
 /// A captured client segment, already rewritten to its replayed addresses.
 #[derive(Clone, Debug)]
@@ -131,6 +137,15 @@ pub struct Session {
     fin_off: Option<u64>,
     /// The FIN came on a bare segment (a disposition of its own).
     fin_bare: bool,
+    /// The captured FIN's (or RST's) ack: how much of the online server's
+    /// response the client had when it closed.
+    close_ack: Option<u32>,
+    /// (captured ack, target `rcv_nxt`) when the first request went on
+    /// this target connection: maps the client's response offsets to the
+    /// target's.
+    resp_anchor: Option<(u32, u32)>,
+    /// A held close is looked at again at this time.
+    close_hold_at: Option<u64>,
     fin_sent: bool,
     rst: Option<ClientSegment>,
     held_ack: Option<ClientSegment>,
@@ -260,6 +275,9 @@ impl Session {
             captured_end: 0,
             fin_off: None,
             fin_bare: false,
+            close_ack: None,
+            resp_anchor: None,
+            close_hold_at: None,
             fin_sent: false,
             rst: None,
             held_ack: None,
@@ -479,6 +497,9 @@ impl Session {
             return;
         }
         if seg.has(RST) {
+            if seg.has(ACK) {
+                self.close_ack.get_or_insert(seg.ack);
+            }
             if self.rst.replace(seg).is_some() {
                 ctx.c.duplicates += 1;
             }
@@ -506,6 +527,7 @@ impl Session {
                 }
             } else {
                 self.fin_off = Some(f);
+                self.close_ack = Some(seg.ack);
                 if len == 0 {
                     self.fin_bare = true;
                     self.pump(now, ctx);
@@ -646,6 +668,9 @@ impl Session {
             }
             if !continuation {
                 ctx.c.requests_replayed += 1;
+                if !self.any_request_sent {
+                    self.resp_anchor = Some((seg.ack, self.rcv_nxt));
+                }
                 self.any_request_sent = true;
                 self.waiting = !ctx.cfg.no_wait;
                 self.cur_req_ack = seg.ack;
@@ -682,6 +707,14 @@ impl Session {
         if (self.waiting && !ctx.cfg.no_wait) || self.snd_una != self.snd_nxt {
             return;
         }
+        if self.pipelined && !self.close_answered() {
+            let quiet_at = self.last_response + CLOSE_QUIET_MS;
+            if now < quiet_at {
+                self.close_hold_at = Some(quiet_at);
+                return;
+            }
+        }
+        self.close_hold_at = None;
         let seq = self.seq_at(f);
         self.fabricate_fin(seq, ctx);
         self.fin_sent = true;
@@ -691,6 +724,19 @@ impl Session {
         ctx.c.fins_sent += 1;
         if self.rto_at.is_none() {
             self.rto_at = Some(now + self.rto_cur);
+        }
+    }
+
+    /// Has the target sent as much response as the client had received
+    /// when it closed?
+    fn close_answered(&self) -> bool {
+        match (self.close_ack, self.resp_anchor) {
+            (Some(ack), Some((captured, target))) => {
+                let client_got = ack.wrapping_sub(captured) as i32;
+                let target_sent = self.rcv_nxt.wrapping_sub(target) as i32;
+                target_sent >= client_got
+            }
+            _ => false,
         }
     }
 
@@ -820,6 +866,13 @@ impl Session {
         }
         if rst {
             ctx.c.response_rsts += 1;
+            tracing::debug!(
+                client = ?self.client, seq = h.seq, ack = h.ack, snd_una = self.snd_una,
+                snd_nxt = self.snd_nxt, ack_off = self.off(h.ack), pending = self.pending.len(),
+                unacked = self.unacked.len(), fin_sent = self.fin_sent, fin_off = ?self.fin_off,
+                pipelined = self.pipelined, rcv_nxt = self.rcv_nxt, rst_held = self.rst.is_some(),
+                "the target reset the connection"
+            );
             self.target_closed(now, false, ctx);
             return;
         }
@@ -963,6 +1016,8 @@ impl Session {
             self.fin_sent = false;
             self.pipelined = false;
             self.recover = None;
+            self.resp_anchor = None;
+            self.close_hold_at = None;
             self.phase = Phase::Closed;
             self.fabricated = true;
             self.waiting = false;
@@ -1011,6 +1066,7 @@ impl Session {
             self.rto_at,
             self.reconnect_at,
             self.wait_deadline,
+            self.close_hold_at,
             self.syn_retx_at.filter(|_| self.phase == Phase::SynSent),
         ]
         .into_iter()
@@ -1031,6 +1087,10 @@ impl Session {
                 ctx.c.retransmits += 1;
             }
             self.syn_retx_at = Some(now + SYN_RTO_MS);
+        }
+        if self.close_hold_at.is_some_and(|t| now >= t) {
+            self.close_hold_at = None;
+            self.pump(now, ctx);
         }
         if self.reconnect_at.is_some_and(|t| now >= t) {
             self.reconnect_at = None;
@@ -1174,6 +1234,7 @@ impl Session {
         self.rto_at = None;
         self.reconnect_at = None;
         self.wait_deadline = None;
+        self.close_hold_at = None;
         self.gc_at = now + ctx.cfg.linger_ms;
     }
 }

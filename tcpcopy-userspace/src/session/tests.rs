@@ -1258,3 +1258,44 @@ fn memory_pressure_refuses_new_sessions_then_sheds_growing_ones() {
     assert_eq!(c.lost(), 19);
     l.check_invariants();
 }
+
+/// After pipelining, the close waits for the target to answer as much as
+/// the client had received (or to fall silent): nginx takes a half-close
+/// while it still works through pipelined requests for an abort.
+#[test]
+fn a_pipelined_session_closes_only_once_the_target_has_answered() {
+    for answer_all in [true, false] {
+        let mut l = Lab::new(Lab::default_cfg());
+        let key = handshake(&mut l);
+        let seq = |i: u32| ISN + 1 + i * 8;
+        for i in 0..=65u32 {
+            l.capture(
+                P,
+                seq(i),
+                777 + i * 10,
+                0x18,
+                format!("req{i:05}").as_bytes(),
+            );
+        }
+        for _ in 0..4 {
+            let una = seq(l.sent.iter().filter(|o| !o.payload.is_empty()).count() as u32);
+            l.respond(key, TISN + 1, una, 0x10, 0, None);
+        }
+        assert_eq!(l.e.counters().requests_replayed, 66);
+        // The client had 660 response bytes when it closed; the target has
+        // sent 100 so far.
+        l.respond(key, TISN + 1, seq(66), 0x18, 100, None);
+        let mut out = l.capture(P, seq(66), 777 + 660, 0x11, &[]);
+        out.extend(l.advance(50));
+        assert!(out.iter().all(|o| o.flags & 0x01 == 0), "FIN held: {out:?}");
+        let out = if answer_all {
+            let mut out = l.respond(key, TISN + 101, seq(66), 0x18, 560, None);
+            out.extend(l.advance(5));
+            out
+        } else {
+            l.advance(300) // silent for 200 ms: closed anyway
+        };
+        assert!(out.iter().any(|o| o.flags & 0x01 != 0), "FIN sent: {out:?}");
+        l.check_invariants();
+    }
+}

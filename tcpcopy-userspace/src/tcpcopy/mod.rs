@@ -357,6 +357,7 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
         if opts.metrics.is_some() && Instant::now() >= next_publish {
             let mut t = Totals::collect(&reports, xdp.as_ref());
             t.dispatch_queue_full = dispatcher.as_ref().map_or(0, |d| d.queue_full());
+            t.packet_socket_dropped = dispatcher.as_ref().map_or(0, |d| d.source_dropped());
             *published.lock().unwrap_or_else(|e| e.into_inner()) = t;
             next_publish = Instant::now() + PUBLISH_METRICS;
         }
@@ -394,7 +395,9 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
     }
     let mut totals = Totals::collect(&reports, xdp.as_ref());
     if let Some(d) = dispatcher {
-        totals.dispatch_queue_full = d.join().queue_full;
+        let end = d.join();
+        totals.dispatch_queue_full = end.queue_full;
+        totals.packet_socket_dropped = end.source.kernel_dropped;
     }
     tracing::info!("{}", totals.stats_line());
     let mut summary = totals.summary();

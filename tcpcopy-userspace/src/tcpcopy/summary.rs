@@ -23,6 +23,8 @@ pub struct Totals {
     pub buffered: u64,
     /// Packets the dispatcher dropped because a worker's queue was full.
     pub dispatch_queue_full: u64,
+    /// Dropped by the kernel at the dispatcher's AF_PACKET socket.
+    pub packet_socket_dropped: u64,
     /// Kernel counters of tcpcopy-ebpf (tap mode), by `tcpcopy_counter`.
     pub kernel: Option<Vec<u64>>,
 }
@@ -101,6 +103,7 @@ impl Totals {
             ("intercept_conns_lost", self.conns_lost),
             ("routes_unsent", self.routes_unsent),
             ("dispatch_queue_full", self.dispatch_queue_full),
+            ("packet_socket_dropped", self.packet_socket_dropped),
             ("steered_to_owner", self.capture.steered),
             ("steer_queue_full", self.capture.queue_full),
             ("xsk_kernel_dropped", self.capture.kernel_dropped),
@@ -116,7 +119,7 @@ impl Totals {
     }
 
     /// Every way a captured segment can be lost: (metric label, words, count).
-    pub fn losses(&self) -> [(&'static str, &'static str, u64); 13] {
+    pub fn losses(&self) -> [(&'static str, &'static str, u64); 14] {
         let e = &self.engine;
         let ring_full = self
             .kernel
@@ -128,6 +131,11 @@ impl Totals {
                 "xsk_socket_full",
                 "AF_XDP socket full",
                 self.capture.kernel_dropped,
+            ),
+            (
+                "packet_socket_full",
+                "AF_PACKET socket full",
+                self.packet_socket_dropped,
             ),
             (
                 "worker_queue_full",
