@@ -712,7 +712,8 @@ fn memory_limit_refuses_sessions_and_holds() -> Result<()> {
     );
     // The burst's sessions linger 6 s, then go, and memory with them.
     std::thread::sleep(Duration::from_secs(9));
-    let (o, t) = drive(&wrk(4, 2, ""))?;
+    // Short connections: each one is a session the limit must admit again.
+    let (o, t) = drive(&wrk(4, 2, "-H 'Connection: close'"))?;
     let peak = replay::proc_mib(r.tcpcopy.pid(), "VmHWM");
     let log = r.stop()?;
     exact("after the burst, under -m", o, t)?;
