@@ -32,8 +32,10 @@ const SHED_BACKLOG: usize = 16;
 /// response bytes as the client had received when it closed, or has been
 /// silent this long: a server still working through pipelined requests
 /// may take a half-close for an abort (nginx answers the rest with 499s
-/// and a reset).
-const CLOSE_QUIET_MS: u64 = 200;
+/// and a reset). Longer than a few of the target's retransmission
+/// timeouts: a target waiting for an ACK whose record was lost is silent
+/// too.
+const CLOSE_QUIET_MS: u64 = 3_000;
 
 /// A captured client segment, already rewritten to its replayed addresses.
 #[derive(Clone, Debug)]
@@ -715,6 +717,11 @@ impl Session {
             }
         }
         self.close_hold_at = None;
+        if self.pipelined {
+            tracing::debug!(client = ?self.client, close_ack = ?self.close_ack, anchor = ?self.resp_anchor,
+                rcv_nxt = self.rcv_nxt, quiet_ms = now.saturating_sub(self.last_response),
+                answered = self.close_answered(), "pipelined session closes");
+        }
         let seq = self.seq_at(f);
         self.fabricate_fin(seq, ctx);
         self.fin_sent = true;

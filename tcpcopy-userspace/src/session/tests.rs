@@ -1293,7 +1293,7 @@ fn a_pipelined_session_closes_only_once_the_target_has_answered() {
             out.extend(l.advance(5));
             out
         } else {
-            l.advance(300) // silent for 200 ms: closed anyway
+            l.advance(3_100) // silent for 3 s: closed anyway
         };
         assert!(out.iter().any(|o| o.flags & 0x01 != 0), "FIN sent: {out:?}");
         l.check_invariants();
