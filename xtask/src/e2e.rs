@@ -649,7 +649,7 @@ fn production_unharmed(what: &str, fault: impl FnOnce()) -> Result<()> {
 /// Tap mode never costs production a request: tcpcopy stopped (SIGSTOP),
 /// overloaded (let run only a tenth of the time), or killed in the middle
 /// of the load.
-fn production_unharmed_while_tcpcopy_stalls_starves_or_dies() -> Result<()> {
+fn production_unharmed_while_tcpcopy_stalls_lags_or_dies() -> Result<()> {
     let r = Replay::start("sigstop", TAP)?;
     production_unharmed("stopped", || r.tcpcopy.signal("-STOP"))?;
     r.tcpcopy.signal("-CONT");
@@ -802,8 +802,8 @@ const SCENARIOS: &[Scenario] = &[
         memory_limit_refuses_sessions_and_holds,
     ),
     (
-        "tap mode: a stopped, starved or killed tcpcopy costs production nothing",
-        production_unharmed_while_tcpcopy_stalls_starves_or_dies,
+        "tap mode: a stopped, overloaded or killed tcpcopy costs production nothing",
+        production_unharmed_while_tcpcopy_stalls_lags_or_dies,
     ),
 ];
 
