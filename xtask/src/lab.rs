@@ -176,7 +176,7 @@ fn nginx_conf(name: &str, listen: &str) -> String {
     format!(
         "worker_processes 1;\npid {RUN_DIR}/{name}-nginx.pid;\nerror_log {RUN_DIR}/{name}-nginx-error.log;\n\
 events {{ worker_connections 8192; }}\n\
-http {{\n  access_log {RUN_DIR}/{name}-nginx-access.log;\n  client_body_temp_path {RUN_DIR}/{name}-body;\n\
+http {{\n  log_format lab '$remote_addr $remote_port $connection_requests \"$request\" $status $request_time';\n  access_log {RUN_DIR}/{name}-nginx-access.log lab;\n  client_body_temp_path {RUN_DIR}/{name}-body;\n\
   keepalive_requests 1000000;\n\
   server {{ listen {listen} reuseport backlog=4096; location / {{ return 200 \"hello from {name}\\n\"; }} }}\n}}\n"
     )
