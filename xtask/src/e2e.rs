@@ -71,6 +71,21 @@ fn exact(what: &str, online: u64, target: u64) -> Result<()> {
     Ok(())
 }
 
+/// A keep-alive replay on the mirror may exceed the online count by up to
+/// one request per connection (see `mirror_box` and the README's known
+/// problems); anything else must be exact.
+fn exact_on_mirror(what: &str, online: u64, target: u64, connections: u64) -> Result<()> {
+    if target > online && target <= online + connections {
+        println!(
+            "    {what}: {} more than online (in flight when wrk reset its connections?){}",
+            target - online,
+            per_port_differences()
+        );
+        return Ok(());
+    }
+    exact(what, online, target)
+}
+
 /// Client ports whose request counts differ between the two nginx logs
 /// (the lab's log format starts with address and port), to tell a lost or
 /// extra request's connection.
@@ -141,8 +156,13 @@ fn one_saturated_keepalive_connection() -> Result<()> {
         let r = start("one-connection")?;
         let (o, t) = drive(&format!("wrk -t1 -c1 -d3s http://{ONLINE_IP}/"))?;
         let log = r.stop()?;
-        exact(&format!("{what}: wrk -c1 keep-alive at saturation"), o, t)
-            .map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
+        let what = format!("{what}: wrk -c1 keep-alive at saturation");
+        let judged = if what.starts_with("AF_XDP") {
+            exact_on_mirror(&what, o, t, 1)
+        } else {
+            exact(&what, o, t)
+        };
+        judged.map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
         let pipelined = log
             .lines()
             .find(|l| l.contains("requests_pipelined"))
@@ -302,16 +322,7 @@ fn mirror_box_af_xdp_send() -> Result<()> {
 fn mirror_box(r: Replay) -> Result<()> {
     let (o, t) = drive(&wrk(4, 2, ""))?;
     // Judged now, while the access logs hold this load.
-    let keepalive = if t > o && t <= o + 4 {
-        println!(
-            "    keep-alive: {} more than online (in flight when wrk reset its connections?){}",
-            t - o,
-            per_port_differences()
-        );
-        Ok(())
-    } else {
-        exact("--capture xdp on the mirror, wrk -c4 keep-alive", o, t)
-    };
+    let keepalive = exact_on_mirror("--capture xdp on the mirror, wrk -c4 keep-alive", o, t, 4);
     let (o2, t2) = drive(&wrk(4, 2, "-H 'Connection: close'"))?;
     let log = r.stop()?;
     keepalive
@@ -760,10 +771,34 @@ fn memory_limit_refuses_sessions_and_holds() -> Result<()> {
         peak <= limit as f64,
         "peak resident {peak:.1} MiB over -m {limit}"
     );
-    // The burst's sessions linger 6 s, then go, and memory with them.
-    std::thread::sleep(Duration::from_secs(9));
-    // Short connections: each one is a session the limit must admit again.
-    let (o, t) = drive(&wrk(4, 2, "-H 'Connection: close'"))?;
+    // The burst's sessions linger 6 s, then go, and memory with them:
+    // wait until they are gone and tcpcopy admits new sessions again.
+    let start = std::time::Instant::now();
+    let gauges = || {
+        let m = replay::scrape("online", replay::TCPCOPY_METRICS).ok()?;
+        Some((
+            *m.get("tcpcopy_active_sessions")?,
+            *m.get("tcpcopy_memory_pressure")?,
+        ))
+    };
+    loop {
+        let now = gauges();
+        if now.is_some_and(|(sessions, pressure)| sessions < 100.0 && pressure == 0.0) {
+            break;
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "30 s after the burst: (sessions, pressure) = {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    println!(
+        "    the burst's sessions gone, memory free again {:.1} s after it",
+        start.elapsed().as_secs_f64()
+    );
+    // Short connections, each a session the limit must admit again; a
+    // lighter load than the burst, so that it fits.
+    let (o, t) = drive(&wrk(2, 1, "-H 'Connection: close'"))?;
     let peak = replay::proc_mib(r.tcpcopy.pid(), "VmHWM");
     let log = r.stop()?;
     exact("after the burst, under -m", o, t)?;

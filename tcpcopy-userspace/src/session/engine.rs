@@ -474,6 +474,16 @@ impl Engine {
             e.session.on_timeout(now, &mut ctx);
             self.after(key);
         }
+        // Give a burst's memory back once it is over (`-m` counts it).
+        let len = self.timers.len();
+        if self.timers.capacity() > 4 * len + 4096 {
+            self.timers.shrink_to(2 * len);
+        }
+        let idle = self.packets.is_empty() && self.routes.is_empty();
+        if idle && self.packets.capacity().max(self.routes.capacity()) > 4096 {
+            self.packets.shrink_to(64);
+            self.routes.shrink_to(64);
+        }
     }
 
     /// tcpcopy is stopping: reset every live session at the target and

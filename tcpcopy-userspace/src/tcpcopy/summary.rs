@@ -268,6 +268,11 @@ impl Totals {
             crate::memory::heap_bytes() as i64,
         );
         x.gauge(
+            "tcpcopy_memory_pressure",
+            "Under -m: 0 none, 1 new sessions refused, 2 growing sessions given up",
+            crate::memory::pressure() as i64,
+        );
+        x.gauge(
             "tcpcopy_resident_bytes",
             "Resident memory (VmRSS)",
             crate::memory::status_bytes("VmRSS").unwrap_or(0) as i64,
