@@ -596,11 +596,7 @@ fn intercept_lost_without_lonely() -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    ensure!(
-        !crate::util::stdout("ip netns exec online ip link show onl0").contains("xdp"),
-        "XDP left attached"
-    );
-    Ok(())
+    no_xdp_left_on_onl0("after tcpcopy stopped")
 }
 
 /// The target's nginx restarted in the middle of the load: tcpcopy goes on,
@@ -634,11 +630,7 @@ fn target_restart_mid_replay() -> Result<()> {
 fn sigkill_leaves_nothing_behind() -> Result<()> {
     let mut r = Replay::start("sigkill", TAP)?;
     r.tcpcopy.kill();
-    let link = crate::util::stdout("ip netns exec online ip link show onl0");
-    ensure!(
-        !link.contains("xdp"),
-        "XDP still attached after SIGKILL:\n{link}"
-    );
+    no_xdp_left_on_onl0("after SIGKILL")?;
     r.intercept.stop()?;
     let r = Replay::start("sigkill-2", TAP)?;
     let (o, t) = drive(&wrk(4, 1, ""))?;
@@ -731,8 +723,13 @@ fn production_unharmed_while_tcpcopy_stalls_lags_or_dies() -> Result<()> {
         std::thread::sleep(Duration::from_millis(800));
         r.tcpcopy.kill();
     })?;
+    no_xdp_left_on_onl0("after SIGKILL mid-load")
+}
+
+/// No XDP program is left on the online host's port.
+fn no_xdp_left_on_onl0(when: &str) -> Result<()> {
     let link = crate::util::stdout("ip netns exec online ip link show onl0");
-    ensure!(!link.contains("xdp"), "XDP left after SIGKILL:\n{link}");
+    ensure!(!link.contains("xdp"), "XDP still attached {when}:\n{link}");
     Ok(())
 }
 
