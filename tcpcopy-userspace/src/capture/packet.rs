@@ -145,6 +145,7 @@ impl Capture for PacketSocket {
     }
 
     fn stats(&self) -> CaptureStats {
+        // SAFETY: tpacket_stats is plain integers; all-zero is valid.
         let mut st: libc::tpacket_stats = unsafe { zeroed() };
         let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
         // SAFETY: valid fd; `st` is a tpacket_stats of the stated size.
