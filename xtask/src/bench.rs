@@ -185,8 +185,8 @@ fn replay_section(quick: bool) -> Result<(String, f64)> {
             replay::reset_logs()?;
             let cpu0 = r.tcpcopy.cpu_seconds();
             in_ns("client", &format!("{cmd} > /dev/null 2>&1"))?;
-            let online = lab::count_lines("online-nginx-access.log");
             let (target, drain) = replay::settle(|| lab::count_lines("target-nginx-access.log"));
+            let online = replay::online_served();
             let cpu_us = (r.tcpcopy.cpu_seconds() - cpu0) * 1e6 / target.max(1) as f64;
             if mode == "packet" {
                 baseline_cpu.insert(*name, cpu_us);

@@ -34,7 +34,6 @@ pub fn demo(seconds: u32) -> Result<()> {
             lab::RUN_DIR
         ),
     )?;
-    let online = lab::count_lines("online-nginx-access.log");
     let (target, last_change) = replay::wait_until_quiet(
         &|| lab::count_lines("target-nginx-access.log"),
         Duration::from_secs(2),
@@ -42,6 +41,7 @@ pub fn demo(seconds: u32) -> Result<()> {
     );
     // The wait starts as the load stops: its last change is the drain time.
     let drain = last_change;
+    let online = replay::online_served();
     let log = replay.stop()?;
 
     println!();

@@ -27,7 +27,7 @@ const TAP: &[&str] = &[
 ];
 
 fn online() -> u64 {
-    lab::count_lines("online-nginx-access.log")
+    replay::online_served()
 }
 fn target() -> u64 {
     lab::count_lines("target-nginx-access.log")
@@ -37,11 +37,10 @@ fn target() -> u64 {
 fn drive(load: &str) -> Result<(u64, u64)> {
     replay::reset_logs()?;
     in_ns("client", &format!("{load} > /dev/null 2>&1"))?;
-    let online = online();
     // A session may still hold segments behind a retransmission timer:
     // settle also waits for tcpcopy to say it holds nothing.
     let (target_seen, _) = replay::settle(target);
-    Ok((online, target_seen))
+    Ok((online(), target_seen))
 }
 
 /// tcpcopy's summary in words, for failure messages.
@@ -69,21 +68,6 @@ fn exact(what: &str, online: u64, target: u64) -> Result<()> {
         per_port_differences(online, target)
     );
     Ok(())
-}
-
-/// Exact, except that a keep-alive replay on the mirror may exceed the
-/// online count by `allowed` (one request per connection: see `mirror_box`
-/// and the README's known problems).
-fn exact_or_surplus(what: &str, online: u64, target: u64, allowed: u64) -> Result<()> {
-    if target > online && target <= online + allowed {
-        println!(
-            "    {what}: {} more than online (in flight when wrk reset its connections?){}",
-            target - online,
-            per_port_differences(online, target)
-        );
-        return Ok(());
-    }
-    exact(what, online, target)
 }
 
 /// Client ports whose request counts differ between the two nginx logs
@@ -155,18 +139,16 @@ fn keepalive_and_short_connections() -> Result<()> {
 /// intercept) can follow, so the session falls behind and catches up by
 /// pipelining its backlog (`--catch-up`). Every request still arrives once.
 fn one_saturated_keepalive_connection() -> Result<()> {
-    // (mode, start, extra requests allowed: the mirror's known surplus)
-    let starts: [(&str, replay::Start, u64); 2] = [
-        ("tap", |tag| Replay::start(tag, TAP), 0),
-        ("AF_XDP on the mirror", Replay::start_mirror, 1),
+    let starts: [(&str, replay::Start); 2] = [
+        ("tap", |tag| Replay::start(tag, TAP)),
+        ("AF_XDP on the mirror", Replay::start_mirror),
     ];
-    for (what, start, surplus) in starts {
+    for (what, start) in starts {
         let r = start("one-connection")?;
         let (o, t) = drive(&format!("wrk -t1 -c1 -d3s http://{ONLINE_IP}/"))?;
         let log = r.stop()?;
         let what = format!("{what}: wrk -c1 keep-alive at saturation");
-        exact_or_surplus(&what, o, t, surplus)
-            .map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
+        exact(&what, o, t).map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
         let pipelined = log
             .lines()
             .find(|l| l.contains("requests_pipelined"))
@@ -316,17 +298,11 @@ fn mirror_box_af_xdp_send() -> Result<()> {
     mirror_box(Replay::start_mirror_xdp_send("mirror-send")?)
 }
 
-/// Four connections, below saturation. The keep-alive count may exceed the
-/// online one by at most one request per connection: when wrk stops, it
-/// closes sockets with responses unread, so the kernel resets them, and a
-/// request still in flight can reach the wire (and the mirror) yet never
-/// be read by the online nginx (online's TcpEstabResets shows those
-/// resets). Seen on the mirror only (1 run in about 4 at -c4, more at -c10);
-/// the explanation fits, but is not proven request by request.
+/// Four connections, below saturation, keep-alive then short.
 fn mirror_box(r: Replay) -> Result<()> {
     let (o, t) = drive(&wrk(4, 2, ""))?;
     // Judged now, while the access logs hold this load.
-    let keepalive = exact_or_surplus("--capture xdp on the mirror, wrk -c4 keep-alive", o, t, 4);
+    let keepalive = exact("--capture xdp on the mirror, wrk -c4 keep-alive", o, t);
     let (o2, t2) = drive(&wrk(4, 2, "-H 'Connection: close'"))?;
     let log = r.stop()?;
     keepalive

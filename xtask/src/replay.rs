@@ -374,6 +374,21 @@ pub fn settle(count: impl Fn() -> u64) -> (u64, Duration) {
     (seen, changed)
 }
 
+/// Requests the online nginx served, counted from its access log once the
+/// log holds still. nginx writes a request's line after its response, and
+/// wrk returns as soon as it stops, so the requests in flight then (up to
+/// one per connection) are logged a few milliseconds after wrk is gone:
+/// counted at once, the online count comes out short and the replay looks
+/// a request long per connection.
+pub fn online_served() -> u64 {
+    wait_until_quiet(
+        &|| lab::count_lines("online-nginx-access.log"),
+        Duration::from_millis(500),
+        Duration::from_secs(10),
+    )
+    .0
+}
+
 /// Wait until `count` stops changing for `quiet` (at most `max`); returns
 /// the last value and how long after the call it last changed.
 pub fn wait_until_quiet(

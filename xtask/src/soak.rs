@@ -35,8 +35,8 @@ pub fn soak(minutes: u64) -> Result<()> {
             "client",
             &format!("wrk -t2 -c10 -d20s http://{ONLINE_IP}/ > /dev/null 2>&1"),
         )?;
-        let online = lab::count_lines("online-nginx-access.log");
         let (target, _) = replay::settle(|| lab::count_lines("target-nginx-access.log"));
+        let online = replay::online_served();
         let m = replay::scrape("online", replay::TCPCOPY_METRICS)?;
         let gauge = |k: &str| m.get(k).copied().unwrap_or(0.0);
         let rss = replay::proc_mib(r.tcpcopy.pid(), "VmRSS");
