@@ -151,6 +151,10 @@ pub struct Session {
     fin_sent: bool,
     rst: Option<ClientSegment>,
     held_ack: Option<ClientSegment>,
+    /// The furthest the client acknowledged the online server's response
+    /// stream, on any captured segment: with `resp_anchor`, how much
+    /// response the target owes before this session is answered.
+    client_acked: Option<u32>,
     // target side
     target_isn: u32,
     rcv_nxt: u32,
@@ -283,6 +287,7 @@ impl Session {
             fin_sent: false,
             rst: None,
             held_ack: None,
+            client_acked: None,
             target_isn: 0,
             rcv_nxt: 0,
             peer_window: 65535,
@@ -377,6 +382,17 @@ impl Session {
     }
     pub fn captured_isn(&self) -> u32 {
         self.base_seq.wrapping_sub(1)
+    }
+    /// May the target still be working through requests this session sent
+    /// pipelined? They can sit acknowledged but unread in its buffer, and
+    /// a reset (tcpcopy stopping, an offline replay ending) would discard
+    /// them: so until the target has answered as much as the client had
+    /// received, or has been quiet for `CLOSE_QUIET_MS`.
+    pub fn awaiting_target(&self, now: u64) -> bool {
+        self.phase == Phase::Established
+            && self.pipelined
+            && !self.answered(self.close_ack.or(self.client_acked))
+            && now.saturating_sub(self.last_response) < CLOSE_QUIET_MS
     }
     pub fn buffered(&self) -> u64 {
         self.pending.len() as u64
@@ -497,6 +513,13 @@ impl Session {
         if self.phase == Phase::Lingering {
             ctx.c.late_for_closed += 1;
             return;
+        }
+        if seg.has(ACK)
+            && self
+                .client_acked
+                .is_none_or(|a| seg.ack.wrapping_sub(a) as i32 > 0)
+        {
+            self.client_acked = Some(seg.ack);
         }
         if seg.has(RST) {
             if seg.has(ACK) {
@@ -737,7 +760,13 @@ impl Session {
     /// Has the target sent as much response as the client had received
     /// when it closed?
     fn close_answered(&self) -> bool {
-        match (self.close_ack, self.resp_anchor) {
+        self.answered(self.close_ack)
+    }
+
+    /// Has the target sent as much response as the client had received
+    /// when it acknowledged `ack`?
+    fn answered(&self, ack: Option<u32>) -> bool {
+        match (ack, self.resp_anchor) {
             (Some(ack), Some((captured, target))) => {
                 let client_got = ack.wrapping_sub(captured) as i32;
                 let target_sent = self.rcv_nxt.wrapping_sub(target) as i32;

@@ -102,6 +102,18 @@ impl Engine {
     pub fn buffered(&self) -> u64 {
         self.sessions.values().map(|e| e.session.buffered()).sum()
     }
+    /// Live sessions whose pipelined requests the target may still be
+    /// answering ([`Session::awaiting_target`]); free while no session
+    /// has pipelined.
+    pub fn awaiting_target(&self, now: u64) -> u64 {
+        if self.counters.requests_pipelined == 0 {
+            return 0;
+        }
+        self.sessions
+            .values()
+            .filter(|e| e.session.awaiting_target(now))
+            .count() as u64
+    }
     /// The same number as [`Engine::buffered`], from the counters' second
     /// invariant: O(1), for a check after every batch.
     pub fn backlog(&self) -> u64 {

@@ -1299,3 +1299,44 @@ fn a_pipelined_session_closes_only_once_the_target_has_answered() {
         l.check_invariants();
     }
 }
+
+/// A pipelined session that has sent everything is not done: its requests
+/// may still sit, acknowledged but unread, in the target's buffer (an
+/// offline replay that ended then reset them away). It awaits the target
+/// until the target has answered as much as the client had received, or
+/// has been quiet for 3 s.
+#[test]
+fn a_pipelined_session_awaits_the_targets_answers_before_it_counts_as_done() {
+    for answer_all in [true, false] {
+        let mut l = Lab::new(Lab::default_cfg());
+        let key = handshake(&mut l);
+        let seq = |i: u32| ISN + 1 + i * 8;
+        for i in 0..=65u32 {
+            l.capture(
+                P,
+                seq(i),
+                777 + i * 10,
+                0x18,
+                format!("req{i:05}").as_bytes(),
+            );
+        }
+        // The client's last word: it had 660 response bytes by then.
+        l.capture(P, seq(66), 777 + 660, 0x10, &[]);
+        for _ in 0..4 {
+            let una = seq(l.sent.iter().filter(|o| !o.payload.is_empty()).count() as u32);
+            l.respond(key, TISN + 1, una, 0x10, 0, None);
+        }
+        assert_eq!(l.e.counters().requests_replayed, 66);
+        assert_eq!(l.e.buffered(), 0, "everything sent");
+        l.respond(key, TISN + 1, seq(66), 0x18, 100, None);
+        l.advance(50);
+        assert_eq!(l.e.awaiting_target(l.now), 1, "100 of 660 bytes answered");
+        if answer_all {
+            l.respond(key, TISN + 101, seq(66), 0x18, 560, None);
+        } else {
+            l.advance(3_000);
+        }
+        assert_eq!(l.e.awaiting_target(l.now), 0);
+        l.check_invariants();
+    }
+}

@@ -1,8 +1,8 @@
 //! Watching an offline replay from `run`'s loop: a progress bar (position,
 //! rate, ETA) when stderr is a terminal, and the end of each pass: once the
-//! file is read, wait until every released packet reached a worker and no
-//! session holds unsent segments (or until nothing was sent for
-//! `--drain-timeout`), then start the
+//! file is read, wait until every released packet reached a worker, no
+//! session holds unsent segments and the target has answered what went
+//! pipelined (or until nothing was sent for `--drain-timeout`), then start the
 //! next `-T` pass or end the replay.
 
 use std::{
@@ -25,7 +25,8 @@ pub struct OfflineWatch {
     progress: Arc<Progress>,
     /// Since the end of the pass, or since the replay last made progress.
     eof_at: Option<Instant>,
-    last_replayed: u64,
+    /// (replayed, responses) at the last look.
+    last_moved: (u64, u64),
     drained_since: Option<Instant>,
     bar: Option<ProgressBar>,
 }
@@ -47,7 +48,7 @@ impl OfflineWatch {
             plan,
             progress,
             eof_at: None,
-            last_replayed: 0,
+            last_moved: (0, 0),
             drained_since: None,
             bar,
         }
@@ -97,15 +98,19 @@ impl OfflineWatch {
                 self.progress.last_pass_wall_ns.load(Ordering::Relaxed) as f64 / 1e9
             ));
         }
-        // The drain timeout runs while nothing is sent: a replay still
-        // working through its backlog is never cut short.
-        if t.engine.replayed != self.last_replayed {
-            self.last_replayed = t.engine.replayed;
+        // The drain timeout runs while nothing moves: a replay still
+        // working through its backlog, or a target still answering, is
+        // never cut short.
+        let moved = (t.engine.replayed, t.engine.responses);
+        if moved != self.last_moved {
+            self.last_moved = moved;
             self.eof_at = Some(Instant::now());
         }
         let eof_at = *self.eof_at.get_or_insert_with(Instant::now);
         let released = self.progress.released.load(Ordering::Acquire);
-        let drained = t.capture.packets >= released && t.buffered == 0;
+        // Sent is not done: pipelined requests may still wait in the
+        // target's buffer, and the end of the replay resets every session.
+        let drained = t.capture.packets >= released && t.buffered == 0 && t.awaiting_target == 0;
         if drained {
             self.drained_since.get_or_insert_with(Instant::now);
         } else {
@@ -118,10 +123,11 @@ impl OfflineWatch {
         }
         if !settled {
             self.log(&format!(
-                "drain timeout: nothing sent for {} s; {} segments still held by {} sessions",
+                "drain timeout: nothing sent or answered for {} s; {} segments still held by {} sessions, {} awaiting the target",
                 self.plan.drain_timeout.as_secs(),
                 t.buffered,
-                t.active_sessions
+                t.active_sessions,
+                t.awaiting_target
             ));
         }
         self.eof_at = None;

@@ -169,8 +169,9 @@ pub struct TcpcopyOptions {
     /// target answers.
     #[arg(long = "speed", value_enum, default_value_t = Speed::File)]
     pub speed: Speed,
-    /// Offline: at the end of the file (and of each -T pass), wait at most
-    /// this many seconds for open sessions to finish.
+    /// Offline: at the end of the file (and of each -T pass), wait for
+    /// open sessions to finish, giving up once nothing was sent or
+    /// answered for this many seconds.
     #[arg(long = "drain-timeout", default_value_t = 5, value_name = "SECS")]
     pub drain_timeout: u64,
     /// Live: also write the captured client segments to this pcapng file.

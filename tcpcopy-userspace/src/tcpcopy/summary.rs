@@ -21,6 +21,8 @@ pub struct Totals {
     pub active_sessions: usize,
     /// Captured segments held by sessions, not yet sent.
     pub buffered: u64,
+    /// Sessions whose pipelined requests the target may still be answering.
+    pub awaiting_target: u64,
     /// Packets the dispatcher dropped because a worker's queue was full.
     pub dispatch_queue_full: u64,
     /// Dropped by the kernel at the dispatcher's AF_PACKET socket.
@@ -44,6 +46,7 @@ impl Totals {
             t.send_errors += r.send_errors;
             t.active_sessions += r.active_sessions;
             t.buffered += r.buffered;
+            t.awaiting_target += r.awaiting_target;
         }
         t.kernel = xdp.and_then(|x| x.read_counters("COUNTERS", kc::COUNT).ok());
         t
@@ -260,6 +263,11 @@ impl Totals {
             "tcpcopy_buffered_segments",
             "Captured segments held by sessions, not yet sent.",
             self.buffered as i64,
+        );
+        x.gauge(
+            "tcpcopy_sessions_awaiting_target",
+            "Sessions whose pipelined requests the target may still be answering.",
+            self.awaiting_target as i64,
         );
         x.gauge("tcpcopy_workers", "Replay workers.", workers as i64);
         x.gauge(

@@ -35,6 +35,8 @@ pub struct WorkerReport {
     pub active_sessions: usize,
     /// Captured segments the sessions hold, not yet sent.
     pub buffered: u64,
+    /// Sessions whose pipelined requests the target may still be answering.
+    pub awaiting_target: u64,
     pub finished: bool,
 }
 
@@ -202,6 +204,7 @@ impl Worker {
         (r.sent, r.send_errors) = self.sender.counts();
         r.active_sessions = self.engine.active_sessions();
         r.buffered = self.engine.backlog();
+        r.awaiting_target = self.engine.awaiting_target(self.now());
         r.finished = finished;
     }
 }
