@@ -428,6 +428,77 @@ fn offline_timing_replicas_and_a_cut_file() -> Result<()> {
     Ok(())
 }
 
+/// Capture loss, made exact: a copy of the wrk capture with every
+/// `every`-th request frame left out (holes in its keep-alive streams)
+/// replays every request it still holds: each session goes on past its
+/// hole on a new target connection (`--gap-skip`). With `--gap-skip 0`
+/// (the C tool's way) the rest of each holed connection is lost.
+fn offline_capture_with_holes() -> Result<()> {
+    let (dump, _) = capture_files()?;
+    let holed = lab::run_dir().join("wrk-holed.pcap");
+    let dropped = drop_request_frames(&dump, &holed, 15_000)?;
+    let want = replay::requests_in(&holed)?;
+    ensure!(dropped >= 3, "too few holes ({dropped})");
+    let mut intercept = replay::start_intercept("offline-holes")?;
+    let (held, _) = offline("offline-holes-held", &holed, &["--gap-skip", "0"])?;
+    let (got, log) = offline("offline-holes", &holed, &[])?;
+    intercept.stop()?;
+    let skipped = log
+        .lines()
+        .find(|l| l.contains("gaps_skipped"))
+        .unwrap_or("(no gaps_skipped in the summary)");
+    println!(
+        "    {dropped} request frames left out; held (--gap-skip 0): {held} of {want}; {}",
+        skipped.trim()
+    );
+    exact("a capture with holes, each skipped", want, got)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
+    ensure!(
+        held < want,
+        "with --gap-skip 0 a hole should cost its connection's rest"
+    );
+    Ok(())
+}
+
+/// Copy a pcap file leaving out every `every`-th frame that carries an
+/// HTTP GET; returns how many were left out.
+fn drop_request_frames(src: &Path, dst: &Path, every: usize) -> Result<usize> {
+    let bytes = std::fs::read(src)?;
+    ensure!(bytes.len() >= 24, "{}: no pcap header", src.display());
+    let le = match bytes[..4] {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+        _ => bail!("{}: not a pcap file", src.display()),
+    };
+    let u32_at = |at: usize| {
+        let b = [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]];
+        if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }
+    };
+    let mut out = bytes[..24].to_vec();
+    let (mut at, mut requests, mut dropped) = (24, 0, 0);
+    while at + 16 <= bytes.len() {
+        let len = u32_at(at + 8) as usize;
+        let end = (at + 16 + len).min(bytes.len());
+        let frame = &bytes[at + 16..end];
+        let is_request = frame.windows(5).any(|w| w == b"GET /");
+        if is_request {
+            requests += 1;
+        }
+        if is_request && requests % every == 0 {
+            dropped += 1;
+        } else {
+            out.extend_from_slice(&bytes[at..end]);
+        }
+        at = end;
+    }
+    std::fs::write(dst, out)?;
+    Ok(dropped)
+}
+
 /// Where did every segment go? The stages' counters, scraped from both
 /// programs' Prometheus endpoints, add up; then a forced drop (tcpcopy
 /// stopped while its 16 MiB tap rings overflow) shows up under its reason.
@@ -829,6 +900,10 @@ const SCENARIOS: &[Scenario] = &[
     (
         "offline: -a 2, -n 2 --speed max, a cut file",
         offline_timing_replicas_and_a_cut_file,
+    ),
+    (
+        "offline: a capture with holes replays every request it holds",
+        offline_capture_with_holes,
     ),
     (
         "metrics: the stages add up; a forced drop is named",

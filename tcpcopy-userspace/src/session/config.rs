@@ -215,6 +215,11 @@ pub struct Config {
     /// behind its client: it sends its backlog pipelined (without waiting
     /// for each response) until it has caught up. 0: never.
     pub catch_up_segments: usize,
+    /// A hole in the captured stream that has not filled this long is a
+    /// capture loss, not reordering or a retransmission still to come: the
+    /// session goes on past it on a new target connection. 0: hold until
+    /// `gap_timeout_ms` gives the session up, as the C tool.
+    pub gap_skip_ms: u64,
 }
 
 impl Default for Config {
@@ -244,6 +249,7 @@ impl Default for Config {
             send_routes: true,
             response_wait_ms: 5_000,
             catch_up_segments: 64,
+            gap_skip_ms: 1_000,
         }
     }
 }

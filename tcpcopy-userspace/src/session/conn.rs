@@ -36,6 +36,9 @@ const SHED_BACKLOG: usize = 16;
 /// timeouts: a target waiting for an ACK whose record was lost is silent
 /// too.
 const CLOSE_QUIET_MS: u64 = 3_000;
+/// How often a session blocked by a hole it may skip looks again while the
+/// target still works on what came before the hole.
+const GAP_RETRY_MS: u64 = 200;
 
 /// A captured client segment, already rewritten to its replayed addresses.
 #[derive(Clone, Debug)]
@@ -203,6 +206,8 @@ pub struct Session {
     wait_deadline: Option<u64>,
     gc_at: u64,
     gap_since: Option<u64>,
+    /// When to look at a hole in the captured stream again (`gap_skip_ms`).
+    gap_skip_at: Option<u64>,
     ip_id: u16,
 }
 
@@ -322,6 +327,7 @@ impl Session {
             wait_deadline: None,
             gc_at: now + cfg.handshake_timeout_ms,
             gap_since: None,
+            gap_skip_at: None,
             ip_id: seg.ip_id,
         }
     }
@@ -640,11 +646,25 @@ impl Session {
         }
         loop {
             let Some((&off, seg)) = self.pending.iter().next() else {
-                self.gap_since = None;
+                if self.fin_off.is_some_and(|f| f > self.snd_nxt) && !self.fin_sent {
+                    // The client's FIN lies beyond a hole, and nothing
+                    // else will come: once skippable, the session is over.
+                    let since = *self.gap_since.get_or_insert(now);
+                    if self.may_skip_gap(now, since, ctx) {
+                        self.obsolete(now, Loss::CaptureGap, ctx);
+                        return;
+                    }
+                } else {
+                    self.gap_since = None;
+                }
                 break;
             };
             if off > self.snd_nxt {
-                self.gap_since.get_or_insert(now);
+                let since = *self.gap_since.get_or_insert(now);
+                if self.may_skip_gap(now, since, ctx) {
+                    self.skip_gap(now, ctx);
+                    return;
+                }
                 break;
             }
             self.gap_since = None;
@@ -718,6 +738,80 @@ impl Session {
         }
         self.maybe_send_fin(now, ctx);
         self.maybe_send_rst(now, ctx);
+    }
+
+    /// May the hole at the send position, there since `since`, be skipped
+    /// now? Only once it is `gap_skip_ms` old and the target has finished
+    /// with everything before it (else look again shortly).
+    fn may_skip_gap(&mut self, now: u64, since: u64, ctx: &Ctx) -> bool {
+        let skip = ctx.cfg.gap_skip_ms;
+        if skip == 0 {
+            return false;
+        }
+        if now < since + skip {
+            self.gap_skip_at = Some(since + skip);
+            return false;
+        }
+        if self.outstanding() || self.waiting || self.awaiting_target(now) {
+            // Acknowledgements and answers pump again; quiet does not.
+            self.gap_skip_at = Some(now + GAP_RETRY_MS);
+            return false;
+        }
+        true
+    }
+
+    /// The capture lost bytes of this connection: the online server got
+    /// them, so nobody sends them again, and the target connection cannot
+    /// go on past the hole. Rather than hold everything behind it until
+    /// the gap timeout gives the whole session up, reset the target
+    /// connection and go on from the next request after the hole on a new
+    /// one, as a session captured mid-stream starts. The next request is
+    /// the first segment whose captured ack differs from the last one sent
+    /// (the client had received response bytes in between); segments
+    /// before it continue the request the hole cut, and are lost with it.
+    fn skip_gap(&mut self, now: u64, ctx: &mut Ctx) {
+        let resume = self
+            .pending
+            .iter()
+            .find(|(_, s)| self.last_sent_captured_ack != Some(s.ack))
+            .or_else(|| self.pending.iter().next())
+            .map(|(&o, _)| o);
+        let Some(resume) = resume else { return };
+        let rest = self.pending.split_off(&resume);
+        ctx.c.lost_capture_gap += self.pending.len() as u64;
+        self.pending = rest;
+        ctx.c.gaps_skipped += 1;
+        tracing::debug!(client = ?self.client, from = self.snd_nxt, to = resume,
+            "skipping a hole in the captured stream");
+        self.send_rst(ctx);
+        self.snd_una = resume;
+        self.snd_nxt = resume;
+        self.restart_connection(now);
+    }
+
+    /// Forget the target connection: the next pump opens a new one (after
+    /// an RTT, so the old one's reset goes first) for what is unsent.
+    fn restart_connection(&mut self, now: u64) {
+        self.fin_sent = false;
+        self.pipelined = false;
+        self.recover = None;
+        self.resp_anchor = None;
+        self.close_hold_at = None;
+        self.phase = Phase::Closed;
+        self.fabricated = true;
+        self.reconnecting = true;
+        self.waiting = false;
+        self.catching_up = false;
+        self.any_request_sent = false;
+        self.greeting_received = false;
+        self.last_sent_captured_ack = None;
+        self.ts_recent = None;
+        self.rto_at = None;
+        self.delay_ack_at = None;
+        self.wait_deadline = None;
+        self.gap_since = None;
+        self.gap_skip_at = None;
+        self.reconnect_at = Some(now + self.rtt.max(1));
     }
 
     fn has_unsent(&self) -> bool {
@@ -1049,21 +1143,7 @@ impl Session {
                 // not replayed (found by the `packet` fuzz target).
                 ctx.c.replayed -= 1;
             }
-            self.fin_sent = false;
-            self.pipelined = false;
-            self.recover = None;
-            self.resp_anchor = None;
-            self.close_hold_at = None;
-            self.phase = Phase::Closed;
-            self.fabricated = true;
-            self.waiting = false;
-            self.any_request_sent = false;
-            self.greeting_received = false;
-            self.last_sent_captured_ack = None;
-            self.ts_recent = None;
-            self.rto_at = None;
-            self.delay_ack_at = None;
-            self.reconnect_at = Some(now + self.rtt.max(1));
+            self.restart_connection(now);
             return;
         }
         // Nothing left to say: let a captured FIN go if it can, else reset.
@@ -1103,6 +1183,7 @@ impl Session {
             self.reconnect_at,
             self.wait_deadline,
             self.close_hold_at,
+            self.gap_skip_at,
             self.syn_retx_at.filter(|_| self.phase == Phase::SynSent),
         ]
         .into_iter()
@@ -1127,6 +1208,12 @@ impl Session {
         if self.close_hold_at.is_some_and(|t| now >= t) {
             self.close_hold_at = None;
             self.pump(now, ctx);
+        }
+        if self.gap_skip_at.is_some_and(|t| now >= t) {
+            self.gap_skip_at = None;
+            if self.phase == Phase::Established {
+                self.pump(now, ctx);
+            }
         }
         if self.reconnect_at.is_some_and(|t| now >= t) {
             self.reconnect_at = None;
@@ -1271,6 +1358,7 @@ impl Session {
         self.reconnect_at = None;
         self.wait_deadline = None;
         self.close_hold_at = None;
+        self.gap_skip_at = None;
         self.gc_at = now + ctx.cfg.linger_ms;
     }
 }

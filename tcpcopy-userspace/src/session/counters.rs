@@ -100,6 +100,9 @@ counters! {
     rsts_sent,
     acks_fabricated,
     reconnects,
+    /// Holes in a captured stream skipped: the session went on past them
+    /// on a new target connection (`--gap-skip`).
+    gaps_skipped,
     /// Held requests released because the target never answered the
     /// previous one within the response wait.
     response_waits_expired,

@@ -11,8 +11,9 @@
 //! the handshake are absorbed and tcpcopy acknowledges response data itself;
 //! a request is held until the response to the previous one is complete
 //! (`-W` turns that off); sessions captured mid-stream get a fabricated SYN
-//! (`-O` skips them); gaps in the capture are held, duplicates skipped,
-//! replayed data retransmitted toward the target.
+//! (`-O` skips them); gaps in the capture are held, and one that does not
+//! fill within `gap_skip_ms` is skipped on a new target connection;
+//! duplicates are skipped, replayed data retransmitted toward the target.
 //!
 //! Quirks of the C tool, and what we chose:
 //! - replica ports were shifted by `-f` twice: fixed (once);
@@ -20,7 +21,9 @@
 //!   allocator probes the next free port and counts `port_conflicts`;
 //! - distinct clients sharing a 16-bit key shared a `-c` address: bindings
 //!   are exact per client address (round-robin, as before);
-//! - the gap timeout compared 10000 with seconds: it is 10 s;
+//! - the gap timeout compared 10000 with seconds: it is 10 s; and a hole
+//!   the capture left (nothing will fill it) no longer costs the rest of
+//!   its connection: past `gap_skip_ms`, the replay goes on after it;
 //! - one fixed 100 ms RTO, retransmitted once: RTO starts at 100 ms and
 //!   doubles, up to `max_retransmits` tries, then the session is given up;
 //! - the first server greeting was neither acknowledged nor pumped: it is

@@ -102,6 +102,13 @@ pub struct TcpcopyOptions {
     /// each response, until it has caught up; 0: always wait, as the C tool.
     #[arg(long = "catch-up", value_name = "SEGMENTS", default_value_t = 64)]
     pub catch_up: usize,
+    /// A hole in a session's captured stream (the capture lost the
+    /// client's bytes) that has not filled after this many ms: the session
+    /// goes on from the next request after it, on a new connection to the
+    /// target; 0 holds the session until the gap gives it up (10 s), as
+    /// the C tool.
+    #[arg(long = "gap-skip", value_name = "MS", default_value_t = 1000)]
+    pub gap_skip: u64,
     /// Keep running when every intercept connection is lost (reconnect every 12 s).
     #[arg(short = 'L', long = "lonely")]
     pub lonely: bool,
@@ -289,6 +296,7 @@ impl TcpcopyOptions {
             only_complete: self.only_complete,
             no_wait: self.no_wait,
             catch_up_segments: self.catch_up,
+            gap_skip_ms: self.gap_skip,
             max_sessions: self.max_sessions,
             ..Config::default()
         };
