@@ -2,9 +2,10 @@
 //! epoll loop (mio) over the listen socket, every tcpcopy connection and the
 //! record source. Route messages go into the [`Router`]; response records
 //! are routed and written to their connection in combined frames (≤ 16
-//! records) or bare. A peer that sends garbage, an old or foreign version,
+//! records) or bare. A peer that sends garbage, the old 8-byte protocol,
 //! half a message, or stops reading is dropped with one log line; the others
-//! are not affected. A message type other than CLIENT_ADD/CLIENT_DEL means
+//! are not affected. Another protocol version is served with a warning, as
+//! the C intercept does (the messages are the same). A message type other than CLIENT_ADD/CLIENT_DEL means
 //! the stream is out of step (the C tcpcopy never sends one), so its peer is
 //! dropped instead of the C tool's "log and read on".
 
@@ -26,7 +27,8 @@ use mio::{
 use super::options::cidr_contains;
 use super::router::{Disposition, PeerId, Router, RouterStats};
 use crate::proto::{
-    encode_records, Framing, ResponseRecord, RouteDecoder, RouteMsg, MSG_CLIENT_ADD, MSG_CLIENT_DEL,
+    encode_records, Framing, ResponseRecord, RouteDecoder, RouteMsg, INTERNAL_VERSION,
+    MSG_CLIENT_ADD, MSG_CLIENT_DEL,
 };
 
 const LISTENER: Token = Token(0);
@@ -288,7 +290,15 @@ impl ControlServer {
                 Ok(n) => {
                     self.routes.clear();
                     let mut routes = std::mem::take(&mut self.routes);
+                    let knew_version = peer.decoder.version().is_some();
                     let res = peer.decoder.feed(&buf[..n], &mut routes);
+                    match peer.decoder.version() {
+                        Some(v) if !knew_version && v != INTERNAL_VERSION => {
+                            tracing::warn!(addr = %peer.addr, peer = id,
+                                "not compatible, client:{v}, intercept:{INTERNAL_VERSION} (served anyway, as the C intercept does)");
+                        }
+                        _ => {}
+                    }
                     if let Err(e) = res {
                         self.routes = routes;
                         self.drop_peer(id, &format!("bad handshake: {e}"));
@@ -522,6 +532,22 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].header().seq, 77);
         assert_eq!(s.router_stats().parked_sent, 1);
+    }
+
+    #[test]
+    fn a_peer_of_another_protocol_version_is_served() {
+        let mut s = server(Framing::Combined);
+        let mut src = VecSource::default();
+        let mut peer = connect(&s);
+        spin(&mut s, &mut src, 3);
+        let mut v = hello(40000);
+        v[7] = 5; // an older tcpcopy's version number
+        peer.write_all(&v).unwrap();
+        spin(&mut s, &mut src, 5);
+        src.0 = (0..20).map(|i| record(0x18, 40000, i)).collect();
+        spin(&mut s, &mut src, 5);
+        assert_eq!(read_records(&mut peer, Framing::Combined).len(), 20);
+        assert_eq!(s.stats().dropped_peers, 0);
     }
 
     #[test]

@@ -24,8 +24,6 @@ pub enum ProtoError {
     BadCount(u16),
     #[error("peer speaks the old 8-byte protocol (non-zero address in the version message)")]
     TooOld,
-    #[error("peer speaks protocol version {0}, not {INTERNAL_VERSION}")]
-    Version(u16),
 }
 
 /// A 14-byte message from tcpcopy to intercept.
@@ -76,15 +74,15 @@ impl RouteMsg {
             target_port: u16::from_be_bytes([b[12], b[13]]),
         }
     }
-    /// Check a version message the way intercept does (spec §3.2).
-    pub fn check_version(&self) -> Result<(), ProtoError> {
+    /// Check a version message the way intercept does (spec §3.2): an
+    /// address in it is the old 8-byte protocol, refused; the version it
+    /// carries is returned (another number than ours is only worth a
+    /// warning, as the C intercept gives: the messages are the same).
+    pub fn check_version(&self) -> Result<u16, ProtoError> {
         if !self.client_ip.is_unspecified() || self.client_port != 0 {
             return Err(ProtoError::TooOld);
         }
-        if self.kind != INTERNAL_VERSION {
-            return Err(ProtoError::Version(self.kind));
-        }
-        Ok(())
+        Ok(self.kind)
     }
 }
 
@@ -264,13 +262,19 @@ impl RecordDecoder {
 #[derive(Debug, Default)]
 pub struct RouteDecoder {
     buf: Vec<u8>,
-    got_version: bool,
+    /// The peer's protocol version, once its version message came.
+    version: Option<u16>,
 }
 
 impl RouteDecoder {
     /// Bytes of an incomplete message held for the next read.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// The version the peer announced, if it came.
+    pub fn version(&self) -> Option<u16> {
+        self.version
     }
 
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<RouteMsg>) -> Result<(), ProtoError> {
@@ -281,9 +285,8 @@ impl RouteDecoder {
             m.copy_from_slice(&self.buf[pos..pos + ROUTE_MSG_LEN]);
             pos += ROUTE_MSG_LEN;
             let msg = RouteMsg::decode(&m);
-            if !self.got_version {
-                msg.check_version()?;
-                self.got_version = true;
+            if self.version.is_none() {
+                self.version = Some(msg.check_version()?);
                 continue;
             }
             out.push(msg);
@@ -319,13 +322,13 @@ mod tests {
     }
 
     #[test]
-    fn old_and_foreign_versions_rejected() {
+    fn old_protocol_refused_and_another_version_only_reported() {
         let mut old = RouteMsg::version();
         old.client_port = 5;
         assert_eq!(old.check_version(), Err(ProtoError::TooOld));
         let mut v5 = RouteMsg::version();
         v5.kind = 5;
-        assert_eq!(v5.check_version(), Err(ProtoError::Version(5)));
+        assert_eq!(v5.check_version(), Ok(5), "another version: a warning only");
     }
 
     fn sample_packet(payload: usize) -> Vec<u8> {
