@@ -1261,29 +1261,42 @@ fn memory_pressure_refuses_new_sessions_then_sheds_growing_ones() {
     l.check_invariants();
 }
 
+/// A session whose client ran 66 8-byte requests ahead (each after a
+/// 10-byte response), then sent `after` (ack, flags) segments carrying no
+/// data; the target has acknowledged every request (they went pipelined)
+/// but answered none yet.
+fn sixty_six_requests_sent_pipelined(after: &[(u32, u8)]) -> (Lab, (Ipv4Addr, u16)) {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    let seq = |i: u32| ISN + 1 + i * 8;
+    for i in 0..=65u32 {
+        l.capture(
+            P,
+            seq(i),
+            777 + i * 10,
+            0x18,
+            format!("req{i:05}").as_bytes(),
+        );
+    }
+    for &(ack, flags) in after {
+        l.capture(P, seq(66), ack, flags, &[]);
+    }
+    for _ in 0..4 {
+        let una = seq(l.sent.iter().filter(|o| !o.payload.is_empty()).count() as u32);
+        l.respond(key, TISN + 1, una, 0x10, 0, None);
+    }
+    assert_eq!(l.e.counters().requests_replayed, 66);
+    (l, key)
+}
+
 /// After pipelining, the close waits for the target to answer as much as
 /// the client had received (or to fall silent): nginx takes a half-close
 /// while it still works through pipelined requests for an abort.
 #[test]
 fn a_pipelined_session_closes_only_once_the_target_has_answered() {
     for answer_all in [true, false] {
-        let mut l = Lab::new(Lab::default_cfg());
-        let key = handshake(&mut l);
+        let (mut l, key) = sixty_six_requests_sent_pipelined(&[]);
         let seq = |i: u32| ISN + 1 + i * 8;
-        for i in 0..=65u32 {
-            l.capture(
-                P,
-                seq(i),
-                777 + i * 10,
-                0x18,
-                format!("req{i:05}").as_bytes(),
-            );
-        }
-        for _ in 0..4 {
-            let una = seq(l.sent.iter().filter(|o| !o.payload.is_empty()).count() as u32);
-            l.respond(key, TISN + 1, una, 0x10, 0, None);
-        }
-        assert_eq!(l.e.counters().requests_replayed, 66);
         // The client had 660 response bytes when it closed; the target has
         // sent 100 so far.
         l.respond(key, TISN + 1, seq(66), 0x18, 100, None);
@@ -1310,25 +1323,9 @@ fn a_pipelined_session_closes_only_once_the_target_has_answered() {
 #[test]
 fn a_pipelined_session_awaits_the_targets_answers_before_it_counts_as_done() {
     for answer_all in [true, false] {
-        let mut l = Lab::new(Lab::default_cfg());
-        let key = handshake(&mut l);
-        let seq = |i: u32| ISN + 1 + i * 8;
-        for i in 0..=65u32 {
-            l.capture(
-                P,
-                seq(i),
-                777 + i * 10,
-                0x18,
-                format!("req{i:05}").as_bytes(),
-            );
-        }
         // The client's last word: it had 660 response bytes by then.
-        l.capture(P, seq(66), 777 + 660, 0x10, &[]);
-        for _ in 0..4 {
-            let una = seq(l.sent.iter().filter(|o| !o.payload.is_empty()).count() as u32);
-            l.respond(key, TISN + 1, una, 0x10, 0, None);
-        }
-        assert_eq!(l.e.counters().requests_replayed, 66);
+        let (mut l, key) = sixty_six_requests_sent_pipelined(&[(777 + 660, 0x10)]);
+        let seq = |i: u32| ISN + 1 + i * 8;
         assert_eq!(l.e.buffered(), 0, "everything sent");
         l.respond(key, TISN + 1, seq(66), 0x18, 100, None);
         l.advance(50);
