@@ -389,6 +389,10 @@ impl Session {
     pub fn captured_isn(&self) -> u32 {
         self.base_seq.wrapping_sub(1)
     }
+    /// Has the current target connection carried pipelined requests?
+    pub fn is_pipelined(&self) -> bool {
+        self.pipelined
+    }
     /// May the target still be working through requests this session sent
     /// pipelined? They can sit acknowledged but unread in its buffer, and
     /// a reset (tcpcopy stopping, an offline replay ending) would discard

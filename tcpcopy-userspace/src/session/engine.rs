@@ -14,7 +14,7 @@ use crate::{
     proto::{ResponseHeader, RouteMsg},
     wire::{Ipv4View, TcpView},
 };
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, VecDeque},
@@ -36,11 +36,16 @@ struct Entry {
     origin: OriginKey,
     /// Boxed: the table stays small, and growing it never copies sessions.
     session: Box<Session>,
+    /// In `Engine::pipelined`.
+    pipelined: bool,
 }
 
 pub struct Engine {
     cfg: Arc<Config>,
     sessions: HashMap<SessionKey, Entry>,
+    /// Sessions whose target connection carries pipelined requests: the
+    /// only ones [`Engine::awaiting_target`] needs to look at.
+    pipelined: HashSet<SessionKey>,
     origins: HashMap<OriginKey, SessionKey>,
     pool_cache: HashMap<Ipv4Addr, Ipv4Addr>,
     timers: BinaryHeap<Reverse<(u64, SessionKey)>>,
@@ -70,6 +75,7 @@ impl Engine {
         Engine {
             cfg,
             sessions: HashMap::new(),
+            pipelined: HashSet::new(),
             origins: HashMap::new(),
             pool_cache: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -103,14 +109,12 @@ impl Engine {
         self.sessions.values().map(|e| e.session.buffered()).sum()
     }
     /// Live sessions whose pipelined requests the target may still be
-    /// answering ([`Session::awaiting_target`]); free while no session
-    /// has pipelined.
+    /// answering ([`Session::awaiting_target`]); looks only at sessions
+    /// that pipelined.
     pub fn awaiting_target(&self, now: u64) -> u64 {
-        if self.counters.requests_pipelined == 0 {
-            return 0;
-        }
-        self.sessions
-            .values()
+        self.pipelined
+            .iter()
+            .filter_map(|k| self.sessions.get(k))
             .filter(|e| e.session.awaiting_target(now))
             .count() as u64
     }
@@ -378,6 +382,7 @@ impl Engine {
             Entry {
                 origin,
                 session: Box::new(session),
+                pipelined: false,
             },
         );
         self.origins.insert(origin, key);
@@ -428,13 +433,19 @@ impl Engine {
             if self.origins.get(&e.origin) == Some(&key) {
                 self.origins.remove(&e.origin);
             }
+            if e.pipelined {
+                self.pipelined.remove(&key);
+            }
             self.counters.sessions_destroyed += 1;
-            // Sessions live inline in the table: give the memory of a burst
-            // back once it is over (`-m` counts it).
+            // Give the memory of a burst back once it is over (`-m` counts
+            // it).
             let len = self.sessions.len();
             if self.sessions.capacity() > 4 * len + 1024 {
                 self.sessions.shrink_to(2 * len);
                 self.origins.shrink_to(2 * len);
+            }
+            if self.pipelined.capacity() > 4 * self.pipelined.len() + 1024 {
+                self.pipelined.shrink_to(2 * self.pipelined.len());
             }
         }
     }
@@ -447,6 +458,14 @@ impl Engine {
         if e.session.destroy {
             self.remove(key);
             return;
+        }
+        if e.session.is_pipelined() != e.pipelined {
+            e.pipelined = !e.pipelined;
+            if e.pipelined {
+                self.pipelined.insert(key);
+            } else {
+                self.pipelined.remove(&key);
+            }
         }
         if let Some(d) = e.session.next_deadline() {
             if e.session.scheduled.is_none_or(|s| d < s) {
