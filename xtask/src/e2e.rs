@@ -292,6 +292,62 @@ fn mirror_box_af_xdp() -> Result<()> {
     mirror_box(Replay::start_mirror("mirror")?)
 }
 
+/// A mirror port that drops frames (a switch's mirror port overflowing):
+/// three times during the load the mirror is cut for a few ms (tc's mirred
+/// filter taken off and put back), leaving a hole in every connection's
+/// captured stream. Each hole costs only the requests in it: the sessions
+/// skip it (`--gap-skip`) and replay the rest. (Held, as the C tool does, a
+/// hole costs the rest of its connection: see the offline test.)
+fn mirror_outages_cost_only_the_requests_in_them() -> Result<()> {
+    const MIRROR: &str = "tc filter add dev onl0 parent ffff: protocol all u32 match u32 0 0 action mirred egress mirror dev onl3";
+    let r = Replay::start_mirror("mirror-outage")?;
+    replay::reset_logs()?;
+    let load =
+        std::thread::spawn(|| in_ns("client", &format!("{} > /dev/null 2>&1", wrk(4, 2, ""))));
+    let mut outage = Duration::ZERO;
+    for pause in [400, 500, 500] {
+        std::thread::sleep(Duration::from_millis(pause));
+        let cut_at = std::time::Instant::now();
+        let cut = in_ns("online", "tc filter del dev onl0 parent ffff:");
+        let back = in_ns("online", MIRROR);
+        outage += cut_at.elapsed();
+        cut.and(back)?;
+    }
+    load.join()
+        .map_err(|_| anyhow::anyhow!("the wrk thread panicked"))??;
+    let (t, _) = replay::settle(target);
+    let o = online();
+    let log = r.stop()?;
+    let skipped = summary_counter(&log, "gaps_skipped");
+    // What went by while the mirror was cut (both tc commands timed: an
+    // upper bound), at the load's average rate, with slack.
+    let bound = (o as f64 / 2.0 * outage.as_secs_f64() * 1.5) as u64 + 20;
+    println!(
+        "    3 mirror outages, {:.0} ms in all: online {o}, target {t}, {} missed (bound {bound}); {skipped} holes skipped",
+        outage.as_secs_f64() * 1e3,
+        o.saturating_sub(t)
+    );
+    ensure!(
+        t <= o && o - t <= bound,
+        "only the requests in the outages may be missing: online {o}, target {t}\n{}",
+        summary(&log)
+    );
+    ensure!(
+        skipped >= 3,
+        "each outage should leave holes that are skipped:\n{}",
+        summary(&log)
+    );
+    Ok(())
+}
+
+/// A counter's value in tcpcopy's exit summary (0 when it is not there).
+fn summary_counter(log: &str, name: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.trim().strip_prefix(name))
+        .find_map(|rest| rest.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The same, sending through the capture sockets' TX rings (`--send xdp`),
 /// framed for the next hop (online, which forwards to the target).
 fn mirror_box_af_xdp_send() -> Result<()> {
@@ -443,13 +499,9 @@ fn offline_capture_with_holes() -> Result<()> {
     let (held, _) = offline("offline-holes-held", &holed, &["--gap-skip", "0"])?;
     let (got, log) = offline("offline-holes", &holed, &[])?;
     intercept.stop()?;
-    let skipped = log
-        .lines()
-        .find(|l| l.contains("gaps_skipped"))
-        .unwrap_or("(no gaps_skipped in the summary)");
     println!(
-        "    {dropped} request frames left out; held (--gap-skip 0): {held} of {want}; {}",
-        skipped.trim()
+        "    {dropped} request frames left out; held (--gap-skip 0): {held} of {want}; {} holes skipped",
+        summary_counter(&log, "gaps_skipped")
     );
     exact("a capture with holes, each skipped", want, got)
         .map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
@@ -894,6 +946,10 @@ const SCENARIOS: &[Scenario] = &[
         mirror_box_af_xdp_send,
     ),
     (
+        "mirror outages: each hole costs only the requests in it",
+        mirror_outages_cost_only_the_requests_in_them,
+    ),
+    (
         "offline: tcpdump and --record files replay exactly",
         offline_replays_tcpdump_and_recorded_files,
     ),
@@ -936,6 +992,25 @@ const SCENARIOS: &[Scenario] = &[
     ),
 ];
 
+/// Where the tools' logs of a failed run are kept (the lab's own folder
+/// goes with the lab).
+const FAILED_LOGS: &str = "/tmp/tcpcopy-e2e-failed";
+
+fn keep_logs() {
+    let _ = std::fs::remove_dir_all(FAILED_LOGS);
+    let Ok(dir) = std::fs::read_dir(lab::run_dir()) else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(FAILED_LOGS);
+    for e in dir.flatten() {
+        let name = e.file_name();
+        if name.to_string_lossy().ends_with(".log") {
+            let _ = std::fs::copy(e.path(), Path::new(FAILED_LOGS).join(&name));
+        }
+    }
+    println!("e2e: the tools' logs are kept in {FAILED_LOGS}");
+}
+
 /// Run every scenario, or those whose name contains `only`.
 pub fn run_all(only: Option<&str>) -> Result<()> {
     crate::util::require_root("the lab end-to-end tests")?;
@@ -958,6 +1033,7 @@ pub fn run_all(only: Option<&str>) -> Result<()> {
         }
     }
     if !failed.is_empty() {
+        keep_logs();
         bail!(
             "{} of {} end-to-end tests failed: {failed:?}",
             failed.len(),

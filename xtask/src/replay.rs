@@ -31,7 +31,11 @@ impl Tool {
             .args(["netns", "exec", ns])
             .arg(binary(name))
             .args(args)
-            .env("RUST_LOG", "info")
+            // LAB_RUST_LOG=debug (or a filter) to look inside a lab run.
+            .env(
+                "RUST_LOG",
+                std::env::var("LAB_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

@@ -36,9 +36,10 @@ const SHED_BACKLOG: usize = 16;
 /// timeouts: a target waiting for an ACK whose record was lost is silent
 /// too.
 const CLOSE_QUIET_MS: u64 = 3_000;
-/// How often a session blocked by a hole it may skip looks again while the
-/// target still works on what came before the hole.
-const GAP_RETRY_MS: u64 = 200;
+/// A hole may be skipped once the target has acknowledged everything
+/// before it and sent nothing for this long: it has answered what it got
+/// (pipelined requests included: it has had the whole `gap_skip_ms`).
+const GAP_QUIET_MS: u64 = 200;
 
 /// A captured client segment, already rewritten to its replayed addresses.
 #[derive(Clone, Debug)]
@@ -467,13 +468,28 @@ impl Session {
         }
     }
 
+    /// The sequence number of a segment without data: the send position,
+    /// unless a segment beyond the target's window is in flight (sent as a
+    /// window probe; the target dropped it), then the window's right edge,
+    /// as Linux does (`tcp_acceptable_seq`). Beyond the window the target
+    /// discards the segment, and with it the acknowledgement of its
+    /// responses: a target that waits for that to write its next response
+    /// and so stops reading never opens its window again.
+    fn acceptable_seq(&self) -> u32 {
+        let window_end = self.snd_una + self.peer_window;
+        if self.snd_nxt > window_end {
+            return self.seq_at(window_end);
+        }
+        self.seq_at(self.snd_nxt).wrapping_add(self.fin_sent as u32)
+    }
+
     fn send_ack(&mut self, ctx: &mut Ctx) {
-        let seq = self.seq_at(self.snd_nxt).wrapping_add(self.fin_sent as u32);
+        let seq = self.acceptable_seq();
         self.fabricate(seq, self.rcv_nxt, ACK, ctx);
     }
 
     fn send_rst(&mut self, ctx: &mut Ctx) {
-        let seq = self.seq_at(self.snd_nxt).wrapping_add(self.fin_sent as u32);
+        let seq = self.acceptable_seq();
         self.fabricate(seq, self.rcv_nxt, RST | ACK, ctx);
     }
 
@@ -746,22 +762,19 @@ impl Session {
 
     /// May the hole at the send position, there since `since`, be skipped
     /// now? Only once it is `gap_skip_ms` old and the target has finished
-    /// with everything before it (else look again shortly).
+    /// with everything before it (else look again when it may have).
     fn may_skip_gap(&mut self, now: u64, since: u64, ctx: &Ctx) -> bool {
         let skip = ctx.cfg.gap_skip_ms;
         if skip == 0 {
             return false;
         }
-        if now < since + skip {
-            self.gap_skip_at = Some(since + skip);
+        let quiet_at = self.last_response + GAP_QUIET_MS;
+        if now < since + skip || now < quiet_at {
+            self.gap_skip_at = Some((since + skip).max(quiet_at));
             return false;
         }
-        if self.outstanding() || self.waiting || self.awaiting_target(now) {
-            // Acknowledgements and answers pump again; quiet does not.
-            self.gap_skip_at = Some(now + GAP_RETRY_MS);
-            return false;
-        }
-        true
+        // Unacknowledged data: the retransmission timer pumps again.
+        !self.outstanding()
     }
 
     /// The capture lost bytes of this connection: the online server got
@@ -882,14 +895,16 @@ impl Session {
         if self.rst.is_none() || (self.waiting && !ctx.cfg.no_wait) {
             return;
         }
-        // Everything captured before the RST goes first.
+        // Everything captured before the RST goes first, also from behind
+        // a hole that will be skipped.
         if let Some(rst) = &self.rst {
             let rst_off = self.off(rst.seq).max(0) as u64;
+            let skippable = ctx.cfg.gap_skip_ms > 0;
             if self
                 .pending
                 .keys()
                 .next()
-                .is_some_and(|&o| o < rst_off && o <= self.snd_nxt)
+                .is_some_and(|&o| o < rst_off && (o <= self.snd_nxt || skippable))
             {
                 return;
             }
@@ -1328,10 +1343,11 @@ impl Session {
                 .next()
                 .map(|(o, s)| (*o, s.len(), s.ack));
             tracing::debug!(
-                "unsent at shutdown: session {:?}: phase {:?} pending {} first {:?} snd_una {} snd_nxt {} waiting {} cur_req_ack {} resp_since_tick {} delay_ack_at {:?} wait_deadline {:?} rto_at {:?} gap_since {:?} rtt {} peer_window {} unacked {} scheduled {:?} gc_at {} lsca {:?} fabricated {} any_req {}",
+                "unsent at shutdown: session {:?}: phase {:?} pending {} first {:?} snd_una {} snd_nxt {} waiting {} cur_req_ack {} resp_since_tick {} delay_ack_at {:?} wait_deadline {:?} rto_at {:?} gap_since {:?} rtt {} peer_window {} unacked {} scheduled {:?} gc_at {} lsca {:?} fabricated {} any_req {} rcv_nxt {} target_isn {} wscale {} ts_recent {:?} pipelined {}",
                 self.client, self.phase, self.pending.len(), first, self.snd_una, self.snd_nxt, self.waiting,
                 self.cur_req_ack, self.resp_since_tick, self.delay_ack_at, self.wait_deadline, self.rto_at,
-                self.gap_since, self.rtt, self.peer_window, self.unacked.len(), self.scheduled, self.gc_at, self.last_sent_captured_ack, self.fabricated, self.any_request_sent
+                self.gap_since, self.rtt, self.peer_window, self.unacked.len(), self.scheduled, self.gc_at, self.last_sent_captured_ack, self.fabricated, self.any_request_sent,
+                self.rcv_nxt, self.target_isn, self.wscale, self.ts_recent, self.pipelined
             );
         }
         if matches!(self.phase, Phase::Established | Phase::SynSent) {
