@@ -2,8 +2,8 @@
 //! rate, ETA) when stderr is a terminal, and the end of each pass: once the
 //! file is read, wait until every released packet reached a worker, no
 //! session holds unsent segments and the target has answered what went
-//! pipelined (or until nothing was sent for `--drain-timeout`), then start the
-//! next `-T` pass or end the replay.
+//! pipelined (or until nothing was sent or answered for `--drain-timeout`),
+//! then start the next `-T` pass or end the replay.
 
 use std::{
     io::IsTerminal,
