@@ -9,30 +9,40 @@ set -u
 # LD_LIBRARY_PATH pointing at its libraries).
 D=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}; IP=${IP:-ip}
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
-cleanup() { pkill -INT -f "$D/tcpcopy" 2>/dev/null; pkill -INT -f "$D/intercept" 2>/dev/null; sleep 1; $IP netns del gen 2>/dev/null; $IP netns del cap 2>/dev/null; }
+# Only what this script started is stopped: its own processes by pid, its
+# own namespaces (tcl-gen, tcl-cap, made here; it refuses to start if they
+# exist already).
+PIDS=(); MADE=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null; done; sleep 1
+  for n in "${MADE[@]}"; do $IP netns del "$n" 2>/dev/null; done
+}
 trap cleanup EXIT
-cleanup
-$IP netns add gen && $IP netns add cap
-$IP link add g0 netns gen numrxqueues 8 numtxqueues 8 type veth peer name c0 netns cap numrxqueues 8 numtxqueues 8
-$IP -n gen addr add 10.1.0.1/24 dev g0; $IP -n cap addr add 10.1.0.2/24 dev c0
-for n in gen cap; do $IP -n $n link set lo up; done
-$IP -n gen link set g0 up; $IP -n cap link set c0 up
-$IP netns exec cap $D/intercept -i lo -F 'tcp and src port 8080' -b 127.0.0.1 2>$OUT/intercept.log &
+for n in tcl-gen tcl-cap; do
+  $IP netns add $n || { echo "namespace $n exists: not ours, left alone" >&2; exit 1; }
+  MADE+=($n)
+done
+$IP link add g0 netns tcl-gen numrxqueues 8 numtxqueues 8 type veth peer name c0 netns tcl-cap numrxqueues 8 numtxqueues 8
+$IP -n tcl-gen addr add 10.1.0.1/24 dev g0; $IP -n tcl-cap addr add 10.1.0.2/24 dev c0
+for n in tcl-gen tcl-cap; do $IP -n $n link set lo up; done
+$IP -n tcl-gen link set g0 up; $IP -n tcl-cap link set c0 up
+$IP netns exec tcl-cap $D/intercept -i lo -F 'tcp and src port 8080' -b 127.0.0.1 2>$OUT/intercept.log &
+PIDS+=($!)
 sleep 1.5
 RATE=${RATE:-2000000}
 for W in 1 2 4 8; do
-  $IP netns exec cap env RUST_LOG=info $D/tcpcopy -s 127.0.0.1 -x 80-10.9.0.1:8080 --capture xdp -i c0 --workers $W --stats-interval 60 2>$OUT/tcpcopy-$W.log &
-  TP=$!
+  $IP netns exec tcl-cap env RUST_LOG=info $D/tcpcopy -s 127.0.0.1 -x 80-10.9.0.1:8080 --capture xdp -i c0 --workers $W --stats-interval 60 2>$OUT/tcpcopy-$W.log &
+  TP=$!; PIDS+=($TP)
   sleep 2.5
-  rx0=$($IP netns exec cap cat /sys/class/net/c0/statistics/rx_packets)
+  rx0=$($IP netns exec tcl-cap cat /sys/class/net/c0/statistics/rx_packets)
   GP=()
   for q in 0 1 2 3 4 5 6 7; do
-    $IP netns exec gen $D/bench gen g0 10.1.0.1 10.1.0.2 $RATE 3 $q > $OUT/gen-$W-$q.log 2>&1 &
+    $IP netns exec tcl-gen $D/bench gen g0 10.1.0.1 10.1.0.2 $RATE 3 $q > $OUT/gen-$W-$q.log 2>&1 &
     GP+=($!)
   done
   wait "${GP[@]}"
   sleep 1.5
-  rx1=$($IP netns exec cap cat /sys/class/net/c0/statistics/rx_packets)
+  rx1=$($IP netns exec tcl-cap cat /sys/class/net/c0/statistics/rx_packets)
   kill -INT $TP; wait $TP
   sent=$(cat $OUT/gen-$W-*.log | awk '/^sent/ {s+=$2} END {print s}')
   secs=$(cat $OUT/gen-$W-*.log | awk '/^sent/ {if ($4>m) m=$4} END {print m}')

@@ -109,6 +109,16 @@ static BUDGET: AtomicU64 = AtomicU64::new(0);
 /// absorbs the sessions already open.
 const REFUSE_AT: u64 = 850;
 
+/// The heap budget of `-m` in bytes (0: no limit).
+pub fn budget_bytes() -> u64 {
+    BUDGET.load(Relaxed)
+}
+
+/// The heap at which new sessions are refused (0: no limit).
+pub fn refuse_at_bytes() -> u64 {
+    budget_bytes() * REFUSE_AT / 1000
+}
+
 /// The current pressure against the budget set by [`set_limit`].
 pub fn pressure() -> Pressure {
     let budget = BUDGET.load(Relaxed);
@@ -118,7 +128,7 @@ pub fn pressure() -> Pressure {
     let heap = heap_bytes();
     if heap >= budget {
         Pressure::Shed
-    } else if heap >= budget * REFUSE_AT / 1000 {
+    } else if heap >= refuse_at_bytes() {
         Pressure::Refuse
     } else {
         Pressure::None

@@ -19,7 +19,7 @@ use std::{fmt::Write as _, path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 
 use crate::{
-    lab::{self, in_ns, ONLINE_IP},
+    lab::{self, in_ns, CLIENT, MIRROR, ONLINE, ONLINE_IP},
     replay::{self, Replay, Start},
     util,
 };
@@ -138,11 +138,11 @@ fn modes(record: bool) -> [(&'static str, &'static str, Start); 3] {
         |tag| Replay::start(tag, replay::TAP_HTTP)
     };
     [
-        ("packet", "online", |tag| {
+        ("packet", ONLINE, |tag| {
             Replay::start(tag, replay::PACKET_HTTP)
         }),
-        ("tap", "online", tap),
-        ("xdp", "mirror", Replay::start_mirror),
+        ("tap", ONLINE, tap),
+        ("xdp", MIRROR, Replay::start_mirror),
     ]
 }
 
@@ -184,7 +184,7 @@ fn replay_section(quick: bool) -> Result<(String, f64)> {
         for (name, cmd) in &loads {
             replay::reset_logs()?;
             let cpu0 = r.tcpcopy.cpu_seconds();
-            in_ns("client", &format!("{cmd} > /dev/null 2>&1"))?;
+            in_ns(CLIENT, &format!("{cmd} > /dev/null 2>&1"))?;
             let (target, drain) = replay::settle(|| lab::count_lines("target-nginx-access.log"));
             let online = replay::online_served();
             let cpu_us = (r.tcpcopy.cpu_seconds() - cpu0) * 1e6 / target.max(1) as f64;
@@ -250,7 +250,7 @@ fn captured(ns: &str) -> Result<f64> {
 fn generate(rate: u64, secs: f64) -> Result<(u64, f64)> {
     let bin = util::root().join("target/release/bench");
     let out = util::output(&format!(
-        "ip netns exec client {} gen cli0 10.0.1.10 {ONLINE_IP} {rate} {secs}",
+        "ip netns exec {CLIENT} {} gen cli0 10.0.1.10 {ONLINE_IP} {rate} {secs}",
         bin.display()
     ))?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -269,10 +269,12 @@ fn generate(rate: u64, secs: f64) -> Result<(u64, f64)> {
 
 /// Frames received by the online host's client-facing port.
 fn online_port_rx() -> Result<u64> {
-    util::stdout("ip netns exec online cat /sys/class/net/onl0/statistics/rx_packets")
-        .trim()
-        .parse()
-        .context("onl0 rx_packets")
+    util::stdout(&format!(
+        "ip netns exec {ONLINE} cat /sys/class/net/onl0/statistics/rx_packets"
+    ))
+    .trim()
+    .parse()
+    .context("onl0 rx_packets")
 }
 
 /// tcpcopy's `captured` once it has stopped moving (its metrics lag the
@@ -395,10 +397,10 @@ fn scaling_section(quick: bool) -> Result<String> {
             &format!("scale-{workers}"),
             &["--workers", &workers.to_string()],
         )?;
-        let c0 = captured_settled("mirror")?;
+        let c0 = captured_settled(MIRROR)?;
         let rx0 = online_port_rx()?;
         let (_, took) = generate(rate, secs)?;
-        let got = captured_settled("mirror")? - c0;
+        let got = captured_settled(MIRROR)? - c0;
         let sent = online_port_rx()? - rx0;
         r.stop()?;
         // Captured per second of sending (the workers may finish later).

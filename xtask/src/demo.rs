@@ -5,7 +5,7 @@
 //! next to tcpcopy's own summary, and takes the lab down (whatever happens).
 
 use crate::{
-    lab::{self, in_ns, ONLINE_IP},
+    lab::{self, in_ns, CLIENT, ONLINE_IP},
     replay::{self, Replay},
 };
 use anyhow::Result;
@@ -28,7 +28,7 @@ pub fn demo(seconds: u32) -> Result<()> {
 
     println!("demo: wrk -c10 for {seconds}s at http://{ONLINE_IP}/ from the client namespace");
     in_ns(
-        "client",
+        CLIENT,
         &format!(
             "wrk -t2 -c10 -d{seconds}s http://{ONLINE_IP}/ > {}/wrk.txt 2>&1",
             lab::RUN_DIR

@@ -13,7 +13,8 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::{
-    lab::{self, in_ns, ONLINE_IP, TARGET_IP},
+    lab::{self, in_ns, ASSISTANT, CLIENT, ONLINE, ONLINE_IP, TARGET, TARGET_IP},
+    lab_client,
     replay::{self, Replay},
 };
 
@@ -36,7 +37,7 @@ fn target() -> u64 {
 /// Load, then wait for the target to go quiet; returns (online, target).
 fn drive(load: &str) -> Result<(u64, u64)> {
     replay::reset_logs()?;
-    in_ns("client", &format!("{load} > /dev/null 2>&1"))?;
+    in_ns(CLIENT, &format!("{load} > /dev/null 2>&1"))?;
     // A session may still hold segments behind a retransmission timer:
     // settle also waits for tcpcopy to say it holds nothing.
     let (target_seen, _) = replay::settle(target);
@@ -161,18 +162,18 @@ fn one_saturated_keepalive_connection() -> Result<()> {
 fn redis_benchmark() -> Result<()> {
     let r = Replay::start("redis", TAP)?;
     let before = (
-        replay::redis_commands("online", ONLINE_IP)?,
-        replay::redis_commands("target", TARGET_IP)?,
+        replay::redis_commands(ONLINE, ONLINE_IP)?,
+        replay::redis_commands(TARGET, TARGET_IP)?,
     );
     in_ns(
-        "client",
+        CLIENT,
         &format!(
             "redis-benchmark -h {ONLINE_IP} -c 10 -n 20000 -t set,get,incr,lpush -q > /dev/null"
         ),
     )?;
-    let online = replay::redis_commands("online", ONLINE_IP)? - before.0;
+    let online = replay::redis_commands(ONLINE, ONLINE_IP)? - before.0;
     let (target, _) = replay::wait_until_quiet(
-        &|| replay::redis_commands("target", TARGET_IP).unwrap_or(0),
+        &|| replay::redis_commands(TARGET, TARGET_IP).unwrap_or(0),
         Duration::from_millis(1500),
         Duration::from_secs(20),
     );
@@ -231,44 +232,37 @@ fn client_pool_shows_in_target_log() -> Result<()> {
     Ok(())
 }
 
+/// One keep-alive connection makes 5 requests before tcpcopy starts and 15
+/// after it is ready: the session, captured in mid-stream, gets a
+/// fabricated handshake and exactly the 15 later requests are replayed.
 fn session_open_before_start_is_replayed_from_its_next_request() -> Result<()> {
     replay::reset_logs()?;
-    // One keep-alive connection, a request every 250 ms for 5 s.
-    let url = format!("http://{ONLINE_IP}/early[1-20]");
-    let curl = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            "client",
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "--rate",
-            "240/m",
-            &url,
-        ])
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(1200));
+    let mut client = lab_client::LabClient::spawn(&format!("{ONLINE_IP}:80"))?;
+    for i in 1..=5 {
+        client.command(&format!("get /early{i}"))?;
+    }
     let r = Replay::start("midstream", TAP)?;
-    let mut curl = curl;
-    curl.wait()?;
-    let count = |name: &str| {
+    for i in 6..=20 {
+        client.command(&format!("get /later{i}"))?;
+    }
+    drop(client);
+    let count = |name: &str, what: &str| {
         std::fs::read_to_string(lab::run_dir().join(name))
-            .map(|s| s.matches("/early").count() as u64)
+            .map(|s| s.matches(what).count() as u64)
             .unwrap_or(0)
     };
     let (t, _) = replay::wait_until_quiet(
-        &|| count("target-nginx-access.log"),
+        &|| count("target-nginx-access.log", "GET /"),
         Duration::from_millis(1500),
         Duration::from_secs(20),
     );
-    let o = count("online-nginx-access.log");
-    println!("    mid-stream session: online {o}, target {t}");
-    ensure!(o == 20, "curl should have made 20 requests, online saw {o}");
+    let o = count("online-nginx-access.log", "GET /");
+    let later = count("target-nginx-access.log", "/later");
+    println!("    mid-stream session: online {o}, target {t} ({later} of them after the start)");
+    ensure!(o == 20, "the client made 20 requests, online saw {o}");
     ensure!(
-        t >= 10 && t < o,
-        "the requests after tcpcopy started should be replayed (target {t})"
+        t == 15 && later == 15,
+        "exactly the 15 requests after tcpcopy started should be replayed (target {t}, {later} of them later ones)"
     );
     let log = r.stop()?;
     ensure!(
@@ -302,14 +296,13 @@ fn mirror_outages_cost_only_the_requests_in_them() -> Result<()> {
     const MIRROR: &str = "tc filter add dev onl0 parent ffff: protocol all u32 match u32 0 0 action mirred egress mirror dev onl3";
     let r = Replay::start_mirror("mirror-outage")?;
     replay::reset_logs()?;
-    let load =
-        std::thread::spawn(|| in_ns("client", &format!("{} > /dev/null 2>&1", wrk(4, 2, ""))));
+    let load = std::thread::spawn(|| in_ns(CLIENT, &format!("{} > /dev/null 2>&1", wrk(4, 2, ""))));
     let mut outage = Duration::ZERO;
     for pause in [400, 500, 500] {
         std::thread::sleep(Duration::from_millis(pause));
         let cut_at = std::time::Instant::now();
-        let cut = in_ns("online", "tc filter del dev onl0 parent ffff:");
-        let back = in_ns("online", MIRROR);
+        let cut = in_ns(ONLINE, "tc filter del dev onl0 parent ffff:");
+        let back = in_ns(ONLINE, MIRROR);
         outage += cut_at.elapsed();
         cut.and(back)?;
     }
@@ -381,9 +374,7 @@ fn capture_files() -> Result<(PathBuf, PathBuf)> {
         return Ok((dump, rec));
     }
     let mut tcpdump = std::process::Command::new("ip")
-        .args([
-            "netns", "exec", "online", "tcpdump", "-i", "onl0", "-U", "-w",
-        ])
+        .args(["netns", "exec", ONLINE, "tcpdump", "-i", "onl0", "-U", "-w"])
         .arg(&dump)
         .arg("tcp dst port 80")
         .stdout(std::process::Stdio::null())
@@ -395,7 +386,7 @@ fn capture_files() -> Result<(PathBuf, PathBuf)> {
     let r = Replay::start("record", &args)?;
     std::thread::sleep(Duration::from_millis(1000));
     // Below saturation, so tcpdump keeps up with every packet.
-    in_ns("client", &format!("{} > /dev/null 2>&1", wrk(4, 2, "")))?;
+    in_ns(CLIENT, &format!("{} > /dev/null 2>&1", wrk(4, 2, "")))?;
     std::thread::sleep(Duration::from_millis(500));
     let _ = std::process::Command::new("kill")
         .args(["-INT", &tcpdump.id().to_string()])
@@ -565,7 +556,7 @@ fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
     let (o, t) = drive(&wrk(10, 2, ""))?;
     exact("wrk -c10 with --metrics", o, t)?;
     std::thread::sleep(Duration::from_millis(600));
-    let m = replay::scrape("online", replay::TCPCOPY_METRICS)?;
+    let m = replay::scrape(ONLINE, replay::TCPCOPY_METRICS)?;
     let get = |k: &str| m.get(k).copied().unwrap_or(-1.0);
     let kernel = |c: &str| get(&format!("tcpcopy_kernel_packets_total{{counter=\"{c}\"}}"));
     let engine = |c: &str| get(&format!("tcpcopy_engine_events_total{{counter=\"{c}\"}}"));
@@ -636,21 +627,52 @@ fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
         println!("    {what}: {a} = {b}");
         ensure!(a == b && a >= 0.0, "{what}: {a} != {b}");
     }
-    let i = replay::scrape("assistant", replay::INTERCEPT_METRICS)?;
+    let i = replay::scrape(ASSISTANT, replay::INTERCEPT_METRICS)?;
     let exported = i["intercept_kernel_packets_total{counter=\"exported\"}"];
     let read = i["intercept_records_total{event=\"in\"}"];
     println!("    intercept: exported {exported} = records in {read}");
     ensure!(exported == read && read > 0.0, "intercept lost records");
 
-    // The forced drop.
+    // The forced drop, by construction: while tcpcopy is stopped, requests
+    // padded to about 1 KiB go to the online port until the IP bytes it
+    // received (each one tapped into a ring, a record no smaller than its
+    // packet) exceed both workers' rings together by half: then at least
+    // one ring must have overflowed, however fast this machine is.
+    let ip_bytes = || -> Result<u64> {
+        let stat = |f: &str| -> Result<u64> {
+            crate::util::stdout(&format!(
+                "ip netns exec {ONLINE} cat /sys/class/net/onl0/statistics/{f}"
+            ))
+            .trim()
+            .parse()
+            .with_context(|| format!("onl0 {f}"))
+        };
+        Ok(stat("rx_bytes")? - 14 * stat("rx_packets")?)
+    };
+    let rings = 2 * tcpcopy_common::TAP_RING_BYTES as u64;
+    let pad = format!("-H 'X-Pad: {}'", "p".repeat(1000));
     r.tcpcopy.signal("-STOP");
-    in_ns("client", &format!("{} > /dev/null 2>&1", wrk(10, 6, "")))?;
+    let start = ip_bytes()?;
+    let mut rounds = 0;
+    while ip_bytes()? - start < rings * 3 / 2 {
+        rounds += 1;
+        ensure!(
+            rounds <= 30,
+            "30 s of load sent only {} bytes",
+            ip_bytes()? - start
+        );
+        in_ns(CLIENT, &format!("{} > /dev/null 2>&1", wrk(10, 1, &pad)))?;
+    }
     r.tcpcopy.signal("-CONT");
     std::thread::sleep(Duration::from_secs(2));
-    let m = replay::scrape("online", replay::TCPCOPY_METRICS)?;
+    let m = replay::scrape(ONLINE, replay::TCPCOPY_METRICS)?;
     let full = m["tcpcopy_kernel_packets_total{counter=\"ring_full\"}"];
     let named = m["tcpcopy_lost_segments_total{reason=\"kernel_ring_full\"}"];
-    println!("    tcpcopy stopped 6 s under load: kernel ring_full {full}, lost kernel_ring_full {named}");
+    println!(
+        "    tcpcopy stopped while {:.1} MiB went to the online port ({} MiB of rings): kernel ring_full {full}, lost kernel_ring_full {named}",
+        (ip_bytes()? - start) as f64 / 1048576.0,
+        rings >> 20
+    );
     ensure!(
         full > 0.0 && named == full,
         "the ring overflow must be named"
@@ -717,7 +739,7 @@ fn target_restart_mid_replay() -> Result<()> {
         std::thread::sleep(Duration::from_millis(700));
         lab::restart_target_nginx()
     });
-    in_ns("client", &format!("{} > /dev/null 2>&1", wrk(4, 2, "")))?;
+    in_ns(CLIENT, &format!("{} > /dev/null 2>&1", wrk(4, 2, "")))?;
     restart
         .join()
         .map_err(|_| anyhow::anyhow!("restart thread"))??;
@@ -752,13 +774,13 @@ fn sigkill_leaves_nothing_behind() -> Result<()> {
 /// stays attached and the next load is replayed exactly.
 fn interface_flap() -> Result<()> {
     let r = Replay::start("flap", TAP)?;
-    in_ns("online", "ip link set onl0 down")?;
+    in_ns(ONLINE, "ip link set onl0 down")?;
     std::thread::sleep(Duration::from_millis(500));
-    in_ns("online", "ip link set onl0 up")?;
+    in_ns(ONLINE, "ip link set onl0 up")?;
     // Wait for the link (and ARP) to come back.
     for _ in 0..50 {
         if crate::util::sh_ok(&format!(
-            "ip netns exec client ping -c1 -W1 {ONLINE_IP} >/dev/null 2>&1"
+            "ip netns exec {CLIENT} ping -c1 -W1 {ONLINE_IP} >/dev/null 2>&1"
         )) {
             break;
         }
@@ -774,7 +796,7 @@ fn interface_flap() -> Result<()> {
 /// wrk completed was served by the online nginx, and wrk saw no errors.
 fn production_unharmed(what: &str, fault: impl FnOnce()) -> Result<()> {
     replay::reset_logs()?;
-    let cmd = format!("ip netns exec client {}", wrk(10, 2, ""));
+    let cmd = format!("ip netns exec {CLIENT} {}", wrk(10, 2, ""));
     let load = std::thread::spawn(move || crate::util::output(&cmd));
     fault();
     let out = load.join().map_err(|_| anyhow::anyhow!("wrk thread"))??;
@@ -819,7 +841,7 @@ fn production_unharmed_while_tcpcopy_stalls_lags_or_dies() -> Result<()> {
             std::thread::sleep(Duration::from_millis(10));
         }
     })?;
-    let m = replay::scrape("online", replay::TCPCOPY_METRICS)?;
+    let m = replay::scrape(ONLINE, replay::TCPCOPY_METRICS)?;
     println!(
         "    overloaded tcpcopy: {} segments lost to a full ring",
         m.get("tcpcopy_lost_segments_total{reason=\"kernel_ring_full\"}")
@@ -837,19 +859,22 @@ fn production_unharmed_while_tcpcopy_stalls_lags_or_dies() -> Result<()> {
 
 /// No XDP program is left on the online host's port.
 fn no_xdp_left_on_onl0(when: &str) -> Result<()> {
-    let link = crate::util::stdout("ip netns exec online ip link show onl0");
+    let link = crate::util::stdout(&format!("ip netns exec {ONLINE} ip link show onl0"));
     ensure!(!link.contains("xdp"), "XDP still attached {when}:\n{link}");
     Ok(())
 }
 
-/// `-m`: the limit the program names as its minimum plus a little is
-/// honoured under a burst of short connections (new sessions refused and
-/// counted; the peak resident size stays under it), and once the burst's
-/// sessions are gone, a new load is replayed exactly.
+/// `-m`: the limit the program names as its minimum plus a little is met
+/// by construction: idle keep-alive connections are opened and held (each
+/// a live session in tcpcopy) until the heap tcpcopy reports reaches the
+/// level at which it refuses new sessions, which it reports too. Then new
+/// sessions are refused and counted, the peak resident size stays under the
+/// limit, and once the held connections are closed and their sessions gone,
+/// a new load is replayed exactly.
 fn memory_limit_refuses_sessions_and_holds() -> Result<()> {
     let probe = replay::start_intercept("memory-probe")?;
     let out = crate::util::output(&format!(
-        "ip netns exec online {} -s {} -x 80-10.0.2.2:8080 -i onl0 --workers 2 -m 1",
+        "ip netns exec {ONLINE} {} -s {} -x 80-10.0.2.2:8080 -i onl0 --workers 2 -m 1",
         crate::util::root().join("target/release/tcpcopy").display(),
         crate::lab::ASSISTANT_CTL_IP
     ))?;
@@ -864,50 +889,92 @@ fn memory_limit_refuses_sessions_and_holds() -> Result<()> {
     let m = limit.to_string();
     args.extend(["-m", m.as_str()]);
     let r = Replay::start("memory", &args)?;
-    drive(&wrk(10, 3, "-H 'Connection: close'"))?;
+    let gauge = |name: &str| -> Result<f64> {
+        let m = replay::scrape(ONLINE, replay::TCPCOPY_METRICS)?;
+        m.get(name)
+            .copied()
+            .with_context(|| format!("no {name} in tcpcopy's metrics"))
+    };
+    let refused = || gauge("tcpcopy_engine_events_total{counter=\"sessions_refused_memory\"}");
+    let refuse_at = gauge("tcpcopy_memory_refuse_at_bytes")?;
+    ensure!(
+        refuse_at > 0.0,
+        "-m {limit}: tcpcopy reports no refusal level"
+    );
+
+    // A first step measures what one idle session costs.
+    let mut client = lab_client::LabClient::spawn(&format!("{ONLINE_IP}:80"))?;
+    let heap0 = gauge("tcpcopy_heap_bytes")?;
+    const STEP: usize = 250;
+    let mut held = client.command(&format!("open {STEP}"))?;
+    wait_for_sessions(&gauge, held as f64)?;
+    let heap1 = gauge("tcpcopy_heap_bytes")?;
+    let per_session = ((heap1 - heap0) / STEP as f64).max(64.0);
+    // Enough sessions to reach the refusal level twice over, by the cost
+    // measured; opened in steps until tcpcopy has refused one.
+    let needed = ((refuse_at - heap1).max(0.0) / per_session) as usize;
+    let most = held + 2 * needed + STEP;
+    println!(
+        "    -m {limit} (minimum {minimum}): refusal at {:.1} MiB of heap, {:.1} MiB now, \
+         {per_session:.0} B per idle session: about {needed} more sessions",
+        refuse_at / 1048576.0,
+        heap1 / 1048576.0
+    );
+    while refused()? == 0.0 {
+        ensure!(
+            held < most,
+            "{held} sessions held, heap {:.1} MiB, refusal at {:.1} MiB, and none refused",
+            gauge("tcpcopy_heap_bytes")? / 1048576.0,
+            refuse_at / 1048576.0
+        );
+        let step = STEP.min(most - held);
+        held = client.command(&format!("open {step}"))?;
+        // Let the capture reach the engine before judging.
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while refused()? == 0.0
+            && gauge("tcpcopy_active_sessions")? < held as f64
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     let peak = replay::proc_mib(r.tcpcopy.pid(), "VmHWM");
-    let metrics = replay::scrape("online", replay::TCPCOPY_METRICS)?;
-    let refused = metrics
-        .get("tcpcopy_engine_events_total{counter=\"sessions_refused_memory\"}")
-        .copied()
-        .unwrap_or(0.0);
-    println!("    -m {limit} (minimum {minimum}): peak resident {peak:.1} MiB, {refused} session openings refused");
-    ensure!(refused > 0.0, "the burst should have met the limit");
+    let refused_now = refused()?;
+    println!(
+        "    {held} connections held: {refused_now} session openings refused, heap {:.1} MiB, peak resident {peak:.1} MiB",
+        gauge("tcpcopy_heap_bytes")? / 1048576.0
+    );
     ensure!(
         peak <= limit as f64,
         "peak resident {peak:.1} MiB over -m {limit}"
     );
-    // The burst's sessions linger 6 s, then go, and memory with them:
-    // wait until they are gone and tcpcopy admits new sessions again.
+    // The held sessions end (their clients close), linger, then go, and
+    // memory with them: wait until tcpcopy admits new sessions again.
+    drop(client);
     let start = std::time::Instant::now();
-    let gauges = || {
-        let m = replay::scrape("online", replay::TCPCOPY_METRICS).ok()?;
-        Some((
-            *m.get("tcpcopy_active_sessions")?,
-            *m.get("tcpcopy_memory_pressure")?,
-        ))
-    };
     loop {
-        let now = gauges();
-        if now.is_some_and(|(sessions, pressure)| sessions < 100.0 && pressure == 0.0) {
+        let now = (
+            gauge("tcpcopy_active_sessions")?,
+            gauge("tcpcopy_memory_pressure")?,
+        );
+        if now.0 < 100.0 && now.1 == 0.0 {
             break;
         }
         ensure!(
             start.elapsed() < Duration::from_secs(30),
-            "30 s after the burst: (sessions, pressure) = {now:?}"
+            "30 s after the connections closed: (sessions, pressure) = {now:?}"
         );
         std::thread::sleep(Duration::from_millis(250));
     }
     println!(
-        "    the burst's sessions gone, memory free again {:.1} s after it",
+        "    the held sessions gone, memory free again {:.1} s after they closed",
         start.elapsed().as_secs_f64()
     );
-    // Short connections, each a session the limit must admit again; a
-    // lighter load than the burst, so that it fits.
+    // Short connections, each a session the limit must admit again.
     let (o, t) = drive(&wrk(2, 1, "-H 'Connection: close'"))?;
     let peak = replay::proc_mib(r.tcpcopy.pid(), "VmHWM");
     let log = r.stop()?;
-    exact("after the burst, under -m", o, t)?;
+    exact("after the limit was met, under -m", o, t)?;
     ensure!(
         peak <= limit as f64,
         "peak resident {peak:.1} MiB over -m {limit}"
@@ -918,6 +985,22 @@ fn memory_limit_refuses_sessions_and_holds() -> Result<()> {
         summary(&log)
     );
     Ok(())
+}
+
+/// Wait (at most 10 s) until tcpcopy holds at least `n` live sessions.
+fn wait_for_sessions(gauge: &impl Fn(&str) -> Result<f64>, n: f64) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let now = gauge("tcpcopy_active_sessions")?;
+        if now >= n {
+            return Ok(());
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "tcpcopy holds {now} sessions, {n} connections are open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 type Scenario = (&'static str, fn() -> Result<()>);

@@ -1,5 +1,7 @@
 //! `cargo xtask lab up|down|status`: five network namespaces on veth pairs,
-//! never touching the machine's own interfaces.
+//! never touching the machine's own interfaces. The namespaces are named
+//! `tcl-client`, `tcl-online`, ... (below without the prefix); each veth is
+//! created inside its namespaces, so its name never appears on the host.
 //!
 //! ```text
 //!  client 10.0.1.10,.11 ─cli0──onl0─ online 10.0.1.1  (nginx :80, redis :6379, tcpcopy)
@@ -19,8 +21,20 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use std::path::PathBuf;
 
-pub const NAMESPACES: &[&str] = &["client", "online", "target", "assistant", "mirror"];
-pub const RUN_DIR: &str = "/run/tcpcopy-lab";
+/// Every namespace, and the run dir, carry this prefix, so the lab is never
+/// mistaken for a user's own (a host may well have a namespace `client`).
+pub const PREFIX: &str = "tcl-";
+pub const CLIENT: &str = "tcl-client";
+pub const ONLINE: &str = "tcl-online";
+pub const TARGET: &str = "tcl-target";
+pub const ASSISTANT: &str = "tcl-assistant";
+pub const MIRROR: &str = "tcl-mirror";
+pub const NAMESPACES: &[&str] = &[CLIENT, ONLINE, TARGET, ASSISTANT, MIRROR];
+pub const RUN_DIR: &str = "/run/tcl-lab";
+/// The namespaces this lab created, one a line, written as each is made:
+/// `down` removes these and nothing else, also after a crash. It lives
+/// beside the run dir, which `down` empties first.
+const CREATED: &str = "/run/tcl-lab.namespaces";
 
 pub const CLIENT_IP: &str = "10.0.1.10";
 pub const ONLINE_IP: &str = "10.0.1.1";
@@ -79,7 +93,14 @@ pub fn up() -> Result<()> {
 fn build() -> Result<()> {
     std::fs::create_dir_all(RUN_DIR)?;
     for ns in NAMESPACES {
+        if created().iter().all(|c| c != ns) && namespace_exists(ns) {
+            anyhow::bail!(
+                "a namespace {ns} exists that this lab did not make (it records its own in \
+                 {CREATED}): it is left alone; remove it yourself if it is a leftover"
+            );
+        }
         sh(&format!("ip netns add {ns}"))?;
+        record_created(ns)?;
         in_ns(ns, "ip link set lo up")?;
     }
     let veth = |a: &str, ans: &str, b: &str, bns: &str, extra: &str| {
@@ -87,86 +108,86 @@ fn build() -> Result<()> {
             "ip link add {a} netns {ans} {extra} type veth peer name {b} netns {bns} {extra}"
         ))
     };
-    veth("cli0", "client", "onl0", "online", "")?;
-    veth("onl1", "online", "tgt0", "target", "")?;
-    veth("tgt1", "target", "ast0", "assistant", "")?;
-    veth("onl2", "online", "ast1", "assistant", "")?;
+    veth("cli0", CLIENT, "onl0", ONLINE, "")?;
+    veth("onl1", ONLINE, "tgt0", TARGET, "")?;
+    veth("tgt1", TARGET, "ast0", ASSISTANT, "")?;
+    veth("onl2", ONLINE, "ast1", ASSISTANT, "")?;
     veth(
         "onl3",
-        "online",
+        ONLINE,
         "mir0",
-        "mirror",
+        MIRROR,
         "numrxqueues 2 numtxqueues 2",
     )?;
     let addrs = [
-        ("client", "cli0", "10.0.1.10/24"),
-        ("client", "cli0", "10.0.1.11/24"),
-        ("online", "onl0", "10.0.1.1/24"),
-        ("online", "onl1", "10.0.2.1/24"),
-        ("target", "tgt0", "10.0.2.2/24"),
-        ("target", "tgt1", "10.0.3.2/24"),
-        ("assistant", "ast0", "10.0.3.3/24"),
-        ("online", "onl2", "10.0.4.1/24"),
-        ("assistant", "ast1", "10.0.4.3/24"),
-        ("online", "onl3", "10.0.5.1/24"),
-        ("mirror", "mir0", "10.0.5.2/24"),
+        (CLIENT, "cli0", "10.0.1.10/24"),
+        (CLIENT, "cli0", "10.0.1.11/24"),
+        (ONLINE, "onl0", "10.0.1.1/24"),
+        (ONLINE, "onl1", "10.0.2.1/24"),
+        (TARGET, "tgt0", "10.0.2.2/24"),
+        (TARGET, "tgt1", "10.0.3.2/24"),
+        (ASSISTANT, "ast0", "10.0.3.3/24"),
+        (ONLINE, "onl2", "10.0.4.1/24"),
+        (ASSISTANT, "ast1", "10.0.4.3/24"),
+        (ONLINE, "onl3", "10.0.5.1/24"),
+        (MIRROR, "mir0", "10.0.5.2/24"),
     ];
     for (ns, dev, addr) in addrs {
         in_ns(ns, &format!("ip addr add {addr} dev {dev}"))?;
     }
     for (ns, dev) in [
-        ("client", "cli0"),
-        ("online", "onl0"),
-        ("online", "onl1"),
-        ("online", "onl2"),
-        ("online", "onl3"),
-        ("target", "tgt0"),
-        ("target", "tgt1"),
-        ("assistant", "ast0"),
-        ("assistant", "ast1"),
-        ("mirror", "mir0"),
+        (CLIENT, "cli0"),
+        (ONLINE, "onl0"),
+        (ONLINE, "onl1"),
+        (ONLINE, "onl2"),
+        (ONLINE, "onl3"),
+        (TARGET, "tgt0"),
+        (TARGET, "tgt1"),
+        (ASSISTANT, "ast0"),
+        (ASSISTANT, "ast1"),
+        (MIRROR, "mir0"),
     ] {
         in_ns(ns, &format!("ip link set {dev} up"))?;
     }
     // Wire-sized segments between client and online, as a real NIC shows
     // them to XDP (no TSO/GSO/GRO super-packets).
-    in_ns("client", "ethtool -K cli0 tso off gso off gro off")?;
-    in_ns("online", "ethtool -K onl0 tso off gso off gro off")?;
+    in_ns(CLIENT, "ethtool -K cli0 tso off gso off gro off")?;
+    in_ns(ONLINE, "ethtool -K onl0 tso off gso off gro off")?;
     // Replayed sessions: the target answers via the assistant.
-    in_ns("target", "ip route add 10.0.1.0/24 via 10.0.3.3")?;
-    in_ns("target", "ip route add 10.9.9.0/24 via 10.0.3.3")?;
-    for ns in ["target", "assistant", "online"] {
+    in_ns(TARGET, "ip route add 10.0.1.0/24 via 10.0.3.3")?;
+    in_ns(TARGET, "ip route add 10.9.9.0/24 via 10.0.3.3")?;
+    for ns in [TARGET, ASSISTANT, ONLINE] {
         in_ns(
             ns,
             "sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0",
         )?;
     }
-    in_ns("target", "sysctl -qw net.ipv4.conf.tgt0.rp_filter=0")?;
-    in_ns("assistant", "sysctl -qw net.ipv4.ip_forward=0")?;
-    in_ns("mirror", "ip link set mir0 promisc on")?;
+    in_ns(TARGET, "sysctl -qw net.ipv4.conf.tgt0.rp_filter=0")?;
+    in_ns(ASSISTANT, "sysctl -qw net.ipv4.ip_forward=0")?;
+    in_ns(MIRROR, "ip link set mir0 promisc on")?;
     // A NIC's RSS keeps a connection on one RX queue. veth picks the queue
     // from the sender's socket hash, which TCP re-rolls on retransmissions
     // unless txrehash is off: off, so the mirror's queues behave like RSS.
-    in_ns("client", "sysctl -qw net.core.txrehash=0")?;
+    in_ns(CLIENT, "sysctl -qw net.core.txrehash=0")?;
     // RSS would also keep a reused (address, port) on its queue; veth does
     // not (a new socket, a new hash), so the clients get the whole port
     // range and a short test does not reuse ports.
     in_ns(
-        "client",
+        CLIENT,
         "sysctl -qw net.ipv4.ip_local_port_range='1024 65535'",
     )?;
     // The mirror box replays through online, which forwards to target and
     // assistant (and only that: client traffic is addressed to online).
-    in_ns("mirror", "ip route add default via 10.0.5.1")?;
+    in_ns(MIRROR, "ip route add default via 10.0.5.1")?;
     in_ns(
-        "online",
+        ONLINE,
         "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.onl3.rp_filter=0",
     )?;
-    in_ns("assistant", "ip route add 10.0.5.0/24 via 10.0.4.1")?;
+    in_ns(ASSISTANT, "ip route add 10.0.5.0/24 via 10.0.4.1")?;
     // Switch-mirror port: copy every frame arriving from the client.
-    in_ns("online", "tc qdisc add dev onl0 ingress")?;
+    in_ns(ONLINE, "tc qdisc add dev onl0 ingress")?;
     in_ns(
-        "online",
+        ONLINE,
         "tc filter add dev onl0 parent ffff: protocol all u32 match u32 0 0 action mirred egress mirror dev onl3",
     )?;
     start_servers()
@@ -175,7 +196,7 @@ fn build() -> Result<()> {
 fn nginx_conf(name: &str, listen: &str) -> String {
     format!(
         "worker_processes 1;\npid {RUN_DIR}/{name}-nginx.pid;\nerror_log {RUN_DIR}/{name}-nginx-error.log;\n\
-events {{ worker_connections 8192; }}\n\
+events {{ worker_connections 16384; }}\n\
 http {{\n  log_format lab '$remote_addr $remote_port $connection_requests \"$request\" $status $request_time';\n  access_log {RUN_DIR}/{name}-nginx-access.log lab;\n  client_body_temp_path {RUN_DIR}/{name}-body;\n\
   keepalive_requests 1000000;\n\
   server {{ listen {listen} reuseport backlog=4096; location / {{ return 200 \"hello from {name}\\n\"; }} }}\n}}\n"
@@ -184,8 +205,8 @@ http {{\n  log_format lab '$remote_addr $remote_port $connection_requests \"$req
 
 fn start_servers() -> Result<()> {
     for (name, ns, listen) in [
-        ("online", "online", "10.0.1.1:80"),
-        ("target", "target", "10.0.2.2:8080"),
+        ("online", ONLINE, "10.0.1.1:80"),
+        ("target", TARGET, "10.0.2.2:8080"),
     ] {
         let conf = run_dir().join(format!("{name}-nginx.conf"));
         std::fs::write(&conf, nginx_conf(name, listen))?;
@@ -198,10 +219,7 @@ fn start_servers() -> Result<()> {
         )
         .with_context(|| format!("starting nginx in {ns}"))?;
     }
-    for (name, ns, bind) in [
-        ("online", "online", ONLINE_IP),
-        ("target", "target", TARGET_IP),
-    ] {
+    for (name, ns, bind) in [("online", ONLINE, ONLINE_IP), ("target", TARGET, TARGET_IP)] {
         in_ns(
             ns,
             &format!(
@@ -215,10 +233,10 @@ fn start_servers() -> Result<()> {
     // Wait until every server answers.
     for _ in 0..50 {
         let ok = [
-            ("online", ONLINE_IP, 80),
-            ("target", TARGET_IP, 8080),
-            ("online", ONLINE_IP, 6379),
-            ("target", TARGET_IP, 6379),
+            (ONLINE, ONLINE_IP, 80),
+            (TARGET, TARGET_IP, 8080),
+            (ONLINE, ONLINE_IP, 6379),
+            (TARGET, TARGET_IP, 6379),
         ]
         .iter()
         .all(|(ns, ip, port)| {
@@ -239,7 +257,7 @@ fn start_servers() -> Result<()> {
 pub fn restart_target_nginx() -> Result<()> {
     let conf = run_dir().join("target-nginx.conf");
     in_ns(
-        "target",
+        TARGET,
         &format!(
             "nginx -e {RUN_DIR}/target-nginx-error.log -c {} -s stop",
             conf.display()
@@ -247,7 +265,7 @@ pub fn restart_target_nginx() -> Result<()> {
     )?;
     std::thread::sleep(std::time::Duration::from_millis(300));
     in_ns(
-        "target",
+        TARGET,
         &format!(
             "nginx -e {RUN_DIR}/target-nginx-error.log -c {}",
             conf.display()
@@ -255,40 +273,71 @@ pub fn restart_target_nginx() -> Result<()> {
     )
 }
 
-/// Kill every process in the lab's namespaces and delete them. Never fails.
+/// The namespaces this lab made and has not removed yet.
+fn created() -> Vec<String> {
+    std::fs::read_to_string(CREATED)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(PREFIX))
+        .map(str::to_string)
+        .collect()
+}
+
+fn record_created(ns: &str) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(CREATED)
+        .with_context(|| format!("recording the lab's namespaces in {CREATED}"))?;
+    writeln!(f, "{ns}")?;
+    Ok(())
+}
+
+fn namespace_exists(ns: &str) -> bool {
+    std::path::Path::new("/run/netns").join(ns).exists()
+}
+
+/// The processes inside namespace `ns`.
+fn pids_in(ns: &str) -> Vec<String> {
+    stdout(&format!("ip netns pids {ns} 2>/dev/null"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Kill every process in the namespaces this lab made and delete them
+/// (only those: a namespace of the same name it did not make is never
+/// touched). Never fails.
 pub fn down() {
-    for ns in NAMESPACES {
-        let pids = stdout(&format!("ip netns pids {ns} 2>/dev/null"));
-        let pids: Vec<&str> = pids.split_whitespace().collect();
+    let ours = created();
+    for ns in &ours {
+        let pids = pids_in(ns);
         if !pids.is_empty() {
             sh_quiet(&format!("kill -TERM {}", pids.join(" ")));
         }
     }
     for _ in 0..20 {
-        let left: usize = NAMESPACES
-            .iter()
-            .map(|ns| {
-                stdout(&format!("ip netns pids {ns} 2>/dev/null"))
-                    .split_whitespace()
-                    .count()
-            })
-            .sum();
-        if left == 0 {
+        if ours.iter().all(|ns| pids_in(ns).is_empty()) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    for ns in NAMESPACES {
-        let pids = stdout(&format!("ip netns pids {ns} 2>/dev/null"));
-        if !pids.trim().is_empty() {
-            sh_quiet(&format!(
-                "kill -KILL {}",
-                pids.split_whitespace().collect::<Vec<_>>().join(" ")
-            ));
+    for ns in &ours {
+        let pids = pids_in(ns);
+        if !pids.is_empty() {
+            sh_quiet(&format!("kill -KILL {}", pids.join(" ")));
         }
         sh_quiet(&format!("ip netns del {ns} 2>/dev/null"));
     }
     let _ = std::fs::remove_dir_all(RUN_DIR);
+    let left: Vec<&String> = ours.iter().filter(|ns| namespace_exists(ns)).collect();
+    if left.is_empty() {
+        let _ = std::fs::remove_file(CREATED);
+    } else {
+        let text: String = left.iter().map(|ns| format!("{ns}\n")).collect();
+        let _ = std::fs::write(CREATED, text);
+    }
 }
 
 fn status() {

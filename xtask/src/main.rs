@@ -3,10 +3,12 @@
 //! `bench`.
 
 mod bench;
+mod decoys;
 mod demo;
 mod e2e;
 mod fuzz;
 mod lab;
+mod lab_client;
 mod replay;
 mod setup;
 mod soak;
@@ -79,6 +81,10 @@ enum Cmd {
         #[arg(long, value_name = "MINUTES")]
         soak: Option<u64>,
     },
+    /// A line-driven HTTP client the e2e tests run in the lab (see
+    /// `lab_client.rs`).
+    #[command(hide = true)]
+    LabClient { addr: std::net::SocketAddr },
 }
 
 fn main() {
@@ -112,6 +118,7 @@ fn run(cli: Cli) -> Result<()> {
             util::cargo(&["build", "--release"])?;
             e2e::run_all(only.as_deref())
         }
+        Cmd::LabClient { addr } => lab_client::run(addr),
         Cmd::Bench { quick, soak } => {
             setup::setup(false)?;
             match soak {
@@ -126,7 +133,11 @@ fn run(cli: Cli) -> Result<()> {
 const FUZZ_SECONDS_IN_TEST: u64 = 15;
 
 fn test() -> Result<()> {
+    // Decoys of a user's own (an nginx, a redis-server, a namespace
+    // `client`): nothing below may touch them; checked at the end.
+    let mut decoys = decoys::Decoys::start()?;
     setup::setup(false)?;
+    decoys.add_namespace()?;
     // Unit and property tests first: no root, no network.
     util::cargo(&["test", "--release"])?;
     // A short fuzz of every parser (`cargo xtask fuzz` runs longer).
@@ -147,5 +158,7 @@ fn test() -> Result<()> {
         &[("TCPCOPY_NETNS_TESTS", "1")],
     )?;
     util::cargo(&["build", "--release"])?;
-    e2e::run_all(None)
+    let e2e = e2e::run_all(None);
+    let untouched = decoys.check();
+    e2e.and(untouched)
 }

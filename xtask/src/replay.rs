@@ -249,26 +249,26 @@ impl Replay {
     /// tcpcopy on the online host; `tcpcopy_args` come after `-s` (which
     /// points at the assistant).
     pub fn start(tag: &str, tcpcopy_args: &[&str]) -> Result<Replay> {
-        Replay::start_on(tag, "online", tcpcopy_args)
+        Replay::start_on(tag, lab::ONLINE, tcpcopy_args)
     }
 
     /// tcpcopy on the mirror box, capturing with AF_XDP.
     pub fn start_mirror(tag: &str) -> Result<Replay> {
-        Replay::start_on(tag, "mirror", MIRROR_HTTP)
+        Replay::start_on(tag, lab::MIRROR, MIRROR_HTTP)
     }
 
     /// The mirror box with extra tcpcopy arguments.
     pub fn start_mirror_with(tag: &str, extra: &[&str]) -> Result<Replay> {
         let mut args = MIRROR_HTTP.to_vec();
         args.extend_from_slice(extra);
-        Replay::start_on(tag, "mirror", &args)
+        Replay::start_on(tag, lab::MIRROR, &args)
     }
 
     /// The same, sending with AF_XDP TX out of the mirror port too.
     pub fn start_mirror_xdp_send(tag: &str) -> Result<Replay> {
         let mut args = MIRROR_HTTP.to_vec();
         args.extend(["--send", "xdp", "-o", "mir0"]);
-        Replay::start_on(tag, "mirror", &args)
+        Replay::start_on(tag, lab::MIRROR, &args)
     }
 
     fn start_on(tag: &str, host: &str, tcpcopy_args: &[&str]) -> Result<Replay> {
@@ -312,7 +312,7 @@ pub fn start_intercept(tag: &str) -> Result<Tool> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut intercept = Tool::spawn("intercept", "assistant", &intercept_args, tag)?;
+    let mut intercept = Tool::spawn("intercept", lab::ASSISTANT, &intercept_args, tag)?;
     intercept.wait_for("intercept ready", Duration::from_secs(10))?;
     Ok(intercept)
 }
@@ -322,7 +322,7 @@ pub fn start_intercept(tag: &str) -> Result<Tool> {
 pub fn run_offline(tag: &str, args: &[&str], max: Duration) -> Result<String> {
     let mut all: Vec<String> = vec!["-s".into(), ASSISTANT_CTL_IP.into()];
     all.extend(args.iter().map(|s| s.to_string()));
-    Tool::spawn("tcpcopy", "online", &all, tag)?.wait(max)
+    Tool::spawn("tcpcopy", lab::ONLINE, &all, tag)?.wait(max)
 }
 
 /// HTTP GET requests in a capture file, counted by tcpdump.
@@ -351,7 +351,7 @@ pub fn proc_mib(pid: Option<u32>, field: &str) -> f64 {
 /// Captured segments the running lab tcpcopy still holds unsent (from its
 /// metrics, in whichever namespace it runs); None if none answers.
 pub fn tcpcopy_backlog() -> Option<f64> {
-    ["online", "mirror"].iter().find_map(|ns| {
+    [lab::ONLINE, lab::MIRROR].iter().find_map(|ns| {
         let m = scrape(ns, TCPCOPY_METRICS).ok()?;
         m.get("tcpcopy_buffered_segments").copied()
     })

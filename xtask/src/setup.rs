@@ -28,6 +28,14 @@ const PACKAGES: &[&str] = &[
     "curl",
     "fonts-dejavu-core",
 ];
+/// Packages whose install may start a distro daemon, and its unit.
+const DAEMONS: &[(&str, &str)] = &[("nginx-light", "nginx"), ("redis-server", "redis-server")];
+
+/// Is the distro's unit running (its init script's own check)?
+fn service_running(unit: &str) -> bool {
+    crate::util::sh_ok(&format!("service {unit} status"))
+}
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";
 
@@ -77,6 +85,12 @@ fn debian_packages() -> Result<Option<String>> {
         );
     }
     println!("setup: installing Debian packages: {}", missing.join(" "));
+    // Distro daemons the install could start, and whether each ran before.
+    let daemons: Vec<(&str, bool)> = DAEMONS
+        .iter()
+        .filter(|(package, _)| missing.contains(package))
+        .map(|&(_, unit)| (unit, service_running(unit)))
+        .collect();
     // Keep distro services (nginx, redis) from starting outside the lab.
     let policy = "/usr/sbin/policy-rc.d";
     let had_policy = std::path::Path::new(policy).exists();
@@ -94,10 +108,16 @@ fn debian_packages() -> Result<Option<String>> {
         let _ = std::fs::remove_file(policy);
     }
     result.context("apt-get install")?;
-    // Some postinst scripts start the daemon anyway: the lab runs its own.
-    crate::util::sh_quiet(
-        "service nginx stop; service redis-server stop; pkill -x nginx; pkill -x redis-server",
-    );
+    // policy-rc.d keeps the daemons from starting; should a postinst start
+    // one anyway, stop that unit (by its own pidfile, through its init
+    // script), and only if it did not run before: the lab runs its own
+    // servers, and a user's own nginx or redis is never touched.
+    for (unit, ran_before) in daemons {
+        if !ran_before && service_running(unit) {
+            println!("setup: the install started {unit}; stopping that unit");
+            crate::util::sh_quiet(&format!("service {unit} stop"));
+        }
+    }
     Ok(Some(format!("installed {}", missing.join(" "))))
 }
 

@@ -9,7 +9,7 @@ use std::{fmt::Write as _, time::Instant};
 use anyhow::Result;
 
 use crate::{
-    lab::{self, in_ns, ONLINE_IP},
+    lab::{self, in_ns, CLIENT, ONLINE, ONLINE_IP},
     replay::{self, Replay},
     util,
 };
@@ -32,12 +32,12 @@ pub fn soak(minutes: u64) -> Result<()> {
         round += 1;
         replay::reset_logs()?;
         in_ns(
-            "client",
+            CLIENT,
             &format!("wrk -t2 -c10 -d20s http://{ONLINE_IP}/ > /dev/null 2>&1"),
         )?;
         let (target, _) = replay::settle(|| lab::count_lines("target-nginx-access.log"));
         let online = replay::online_served();
-        let m = replay::scrape("online", replay::TCPCOPY_METRICS)?;
+        let m = replay::scrape(ONLINE, replay::TCPCOPY_METRICS)?;
         let gauge = |k: &str| m.get(k).copied().unwrap_or(0.0);
         let rss = replay::proc_mib(r.tcpcopy.pid(), "VmRSS");
         if round == 1 {

@@ -276,6 +276,16 @@ impl Totals {
             crate::memory::heap_bytes() as i64,
         );
         x.gauge(
+            "tcpcopy_memory_budget_bytes",
+            "Heap budget for sessions under -m (0: no limit)",
+            crate::memory::budget_bytes() as i64,
+        );
+        x.gauge(
+            "tcpcopy_memory_refuse_at_bytes",
+            "Heap at which -m refuses new sessions (0: no limit)",
+            crate::memory::refuse_at_bytes() as i64,
+        );
+        x.gauge(
             "tcpcopy_memory_pressure",
             "Under -m: 0 none, 1 new sessions refused, 2 growing sessions given up",
             crate::memory::pressure() as i64,
