@@ -516,16 +516,19 @@ fn intercept_binary_routes_real_nginx_responses_to_its_tcpcopy_and_drops_them() 
         };
         raw.send(&seg(1000, 0, 0x02, &syn_options(1460), b""))
             .unwrap();
+        raw.flush();
         let mut dec = RecordDecoder::new(Framing::Combined);
         let mut seen = Vec::new();
         let synack = await_record(&mut conn, &mut dec, &mut seen, |h| h.flags & 0x12 == 0x12)
             .expect("SYN-ACK header reaches the fake tcpcopy");
         raw.send(&seg(1001, synack.seq.wrapping_add(1), 0x18, &[], request))
             .unwrap();
+        raw.flush();
         let reply = await_record(&mut conn, &mut dec, &mut seen, |h| h.payload_len > 0)
             .expect("the response's header reaches the fake tcpcopy");
         raw.send(&seg(1001 + request.len() as u32, 0, 0x04, &[], b""))
             .unwrap();
+        raw.flush();
         std::thread::sleep(Duration::from_millis(200));
         let mut leaked = 0;
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];

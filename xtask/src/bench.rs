@@ -69,6 +69,11 @@ pub fn bench(quick: bool) -> Result<()> {
     let capture_md = capture_section(quick)?;
     let scaling_md = scaling_section(quick)?;
     let offline_md = offline_section(live_rate)?;
+    let cost_md = if quick {
+        "Not in `--quick`: see `cargo xtask bench --cost`.\n".to_string()
+    } else {
+        crate::cost::section(None)?
+    };
     bench("charts")?;
     let read = |name: &str| std::fs::read_to_string(results().join(name)).unwrap_or_default();
     let report = format!(
@@ -81,7 +86,8 @@ pub fn bench(quick: bool) -> Result<()> {
          ## 3. intercept\n\n{}\n\
          ## 4. Session engine\n\n{}\n\
          ## 5. Scaling\n\n{scaling_md}\n\
-         ## 6. Offline replay\n\n{offline_md}\n",
+         ## 6. Offline replay\n\n{offline_md}\n\
+         ## 7. What a replayed request costs\n\n{cost_md}\n",
         machine(),
         if quick { " --quick" } else { "" },
         demote(&read("intercept.md")),

@@ -3,6 +3,7 @@
 //! `bench`.
 
 mod bench;
+mod cost;
 mod decoys;
 mod demo;
 mod e2e;
@@ -80,6 +81,13 @@ enum Cmd {
         /// over time, bench/results/SOAK.md).
         #[arg(long, value_name = "MINUTES")]
         soak: Option<u64>,
+        /// Instead: only what a replayed request costs (CPU, system calls,
+        /// packets per request; idle CPU), bench/results/COST.md.
+        #[arg(long)]
+        cost: bool,
+        /// With --cost: measure commit REV's binaries too, in the same run.
+        #[arg(long, value_name = "REV", requires = "cost")]
+        baseline: Option<String>,
     },
     /// A line-driven HTTP client the e2e tests run in the lab (see
     /// `lab_client.rs`).
@@ -119,11 +127,17 @@ fn run(cli: Cli) -> Result<()> {
             e2e::run_all(only.as_deref())
         }
         Cmd::LabClient { addr } => lab_client::run(addr),
-        Cmd::Bench { quick, soak } => {
+        Cmd::Bench {
+            quick,
+            soak,
+            cost,
+            baseline,
+        } => {
             setup::setup(false)?;
-            match soak {
-                Some(minutes) => soak::soak(minutes),
-                None => bench::bench(quick),
+            match (soak, cost) {
+                (Some(minutes), _) => soak::soak(minutes),
+                (None, true) => cost::run(baseline.as_deref()),
+                (None, false) => bench::bench(quick),
             }
         }
     }

@@ -19,8 +19,22 @@ pub struct Tool {
     name: &'static str,
 }
 
+/// Where the tools' binaries come from: `target/release`, unless a
+/// benchmark set another build (`use_binaries`).
+static BINARIES: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Run the tools from `dir` from now on (None: `target/release`).
+pub fn use_binaries(dir: Option<PathBuf>) {
+    *BINARIES.lock().unwrap_or_else(|e| e.into_inner()) = dir;
+}
+
 fn binary(name: &str) -> PathBuf {
-    crate::util::root().join("target/release").join(name)
+    BINARIES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_else(|| crate::util::root().join("target/release"))
+        .join(name)
 }
 
 impl Tool {

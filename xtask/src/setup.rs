@@ -27,6 +27,8 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "curl",
     "fonts-dejavu-core",
+    // perf: the cost benchmark counts system calls with `perf stat`.
+    "linux-perf",
 ];
 /// Packages whose install may start a distro daemon, and its unit.
 const DAEMONS: &[(&str, &str)] = &[("nginx-light", "nginx"), ("redis-server", "redis-server")];

@@ -29,6 +29,10 @@ use crate::{
     xdp::{AttachedXdp, INTERCEPT_EBPF},
 };
 
+/// The longest intercept sleeps with nothing to do (it then looks at the
+/// stop flag; parked responses expire at 30 s, so this is precise enough).
+const HOUSEKEEPING: Duration = Duration::from_millis(250);
+
 /// The XDP program's ring buffer as a record source.
 pub struct RingSource {
     ring: RingBuf<MapData>,
@@ -139,7 +143,15 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
     let interval = Duration::from_secs(opts.stats_interval.max(1));
     let mut next_stats = Instant::now() + interval;
     while !process::should_stop(&stop) {
-        server.turn(&mut source, Duration::from_millis(2))?;
+        // Sleep until a record, a peer or the next periodic task: the ring
+        // wakes us for the first record after we caught up, so an idle
+        // intercept costs a wakeup per HOUSEKEEPING, not per millisecond.
+        let now = Instant::now();
+        let mut next = (now + HOUSEKEEPING).min(next_stats);
+        if opts.metrics.is_some() {
+            next = next.min(next_publish);
+        }
+        server.turn(&mut source, next.saturating_duration_since(now))?;
         if opts.metrics.is_some() && Instant::now() >= next_publish {
             let text = exposition(&server, &source, &xdp).render();
             *published.lock().unwrap_or_else(|e| e.into_inner()) = text;

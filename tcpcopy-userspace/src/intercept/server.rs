@@ -80,6 +80,11 @@ pub struct ControlServer {
     started: Instant,
     scratch: Vec<ResponseRecord>,
     routes: Vec<RouteMsg>,
+    /// Where peers' route messages are read into, allocated once.
+    read_buf: Box<[u8]>,
+    // A turn's lists, kept to reuse their memory.
+    ready: Vec<(Token, bool, bool)>,
+    with_pending: Vec<PeerId>,
 }
 
 /// Where response records come from: the XDP ring buffer in production, a
@@ -110,6 +115,9 @@ impl ControlServer {
             started: Instant::now(),
             scratch: Vec::new(),
             routes: Vec::new(),
+            read_buf: vec![0u8; 16 * 1024].into_boxed_slice(),
+            ready: Vec::new(),
+            with_pending: Vec::new(),
         })
     }
 
@@ -156,18 +164,16 @@ impl ControlServer {
                     Err(e)
                 }
             })?;
-        let ready: Vec<(Token, bool, bool)> = self
-            .events
-            .iter()
-            .map(|e| {
-                (
-                    e.token(),
-                    e.is_readable() || e.is_read_closed() || e.is_error(),
-                    e.is_writable(),
-                )
-            })
-            .collect();
-        for (token, readable, writable) in ready {
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend(self.events.iter().map(|e| {
+            (
+                e.token(),
+                e.is_readable() || e.is_read_closed() || e.is_error(),
+                e.is_writable(),
+            )
+        }));
+        for &(token, readable, writable) in &ready {
             match token {
                 LISTENER => self.accept_all(),
                 SOURCE => {}
@@ -182,8 +188,9 @@ impl ControlServer {
                 }
             }
         }
-        // Records are drained every turn: the kernel side batches wakeups,
-        // so a quiet ring is only noticed by the poll timeout.
+        self.ready = ready;
+        // Records are drained every turn, to the last: the ring wakes the
+        // poll only for the first record after the reader caught up.
         let now = self.now_ms();
         loop {
             self.scratch.clear();
@@ -206,15 +213,18 @@ impl ControlServer {
             }
         }
         self.router.expire(now);
-        let ids: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| !p.pending.is_empty())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
+        let mut ids = std::mem::take(&mut self.with_pending);
+        ids.clear();
+        ids.extend(
+            self.peers
+                .iter()
+                .filter(|(_, p)| !p.pending.is_empty())
+                .map(|(id, _)| *id),
+        );
+        for &id in &ids {
             self.flush_peer(id);
         }
+        self.with_pending = ids;
         Ok(())
     }
 
@@ -269,12 +279,17 @@ impl ControlServer {
     }
 
     fn read_peer(&mut self, id: PeerId) {
-        let mut buf = [0u8; 16 * 1024];
+        let mut buf = std::mem::take(&mut self.read_buf);
+        self.read_peer_into(id, &mut buf);
+        self.read_buf = buf;
+    }
+
+    fn read_peer_into(&mut self, id: PeerId, buf: &mut [u8]) {
         loop {
             let Some(peer) = self.peers.get_mut(&id) else {
                 return;
             };
-            match peer.stream.read(&mut buf) {
+            match peer.stream.read(buf) {
                 Ok(0) => {
                     let partial = peer.decoder.buffered();
                     if partial > 0 {

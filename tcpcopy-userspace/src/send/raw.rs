@@ -1,18 +1,32 @@
 //! A raw IPv4 socket with the IP header included: sends the session engine's
-//! packets exactly as built (source = the impersonated client).
+//! packets exactly as built (source = the impersonated client). Packets are
+//! batched and leave in one `sendmmsg` per flush (or per full batch).
 
-use std::{
-    io,
-    net::{Ipv4Addr, SocketAddrV4},
-};
+use std::{io, os::fd::AsRawFd};
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Packets gathered before a `sendmmsg` goes out by itself.
+const BATCH: usize = 64;
 
 pub struct RawSender {
     socket: Socket,
+    /// The batch's packets, back to back.
+    bytes: Vec<u8>,
+    /// Where each packet of the batch ends in `bytes`.
+    ends: Vec<usize>,
+    // The system call's arrays, kept to reuse their memory.
+    addrs: Vec<libc::sockaddr_in>,
+    iovecs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
     sent: u64,
     errors: u64,
 }
+
+// SAFETY: the raw pointers inside `iovecs` and `msgs` are only written and
+// read within `flush`, pointing into buffers this struct owns; between
+// calls they are dead values.
+unsafe impl Send for RawSender {}
 
 impl RawSender {
     /// Needs CAP_NET_RAW.
@@ -27,32 +41,98 @@ impl RawSender {
         let _ = socket.set_send_buffer_size(4 << 20);
         Ok(RawSender {
             socket,
+            bytes: Vec::with_capacity(BATCH * 1500),
+            ends: Vec::with_capacity(BATCH),
+            addrs: Vec::with_capacity(BATCH),
+            iovecs: Vec::with_capacity(BATCH),
+            msgs: Vec::with_capacity(BATCH),
             sent: 0,
             errors: 0,
         })
     }
+
+    /// Send the batch: `sendmmsg` until every packet went or failed (a
+    /// packet that fails is counted and skipped; the engine's timers
+    /// retransmit what was lost).
+    fn send_batch(&mut self) {
+        if self.ends.is_empty() {
+            return;
+        }
+        self.addrs.clear();
+        self.iovecs.clear();
+        self.msgs.clear();
+        let mut start = 0;
+        for &end in &self.ends {
+            let p = &self.bytes[start..end];
+            self.addrs.push(libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                // Network order, as in the header.
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes([p[16], p[17], p[18], p[19]]),
+                },
+                sin_zero: [0; 8],
+            });
+            self.iovecs.push(libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            });
+            start = end;
+        }
+        for i in 0..self.ends.len() {
+            // SAFETY: an all-zero msghdr is valid; the fields set point into
+            // `addrs` and `iovecs`, which outlive the calls below.
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_name = &mut self.addrs[i] as *mut libc::sockaddr_in as *mut libc::c_void;
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            m.msg_hdr.msg_iov = &mut self.iovecs[i];
+            m.msg_hdr.msg_iovlen = 1;
+            self.msgs.push(m);
+        }
+        let fd = self.socket.as_raw_fd();
+        let mut at = 0;
+        while at < self.msgs.len() {
+            let left = self.msgs.len() - at;
+            // SAFETY: `msgs[at..]` is a valid array of `left` headers whose
+            // pointers are live (see above).
+            let r = unsafe { libc::sendmmsg(fd, self.msgs[at..].as_mut_ptr(), left as u32, 0) };
+            if r > 0 {
+                self.sent += r as u64;
+                at += r as usize;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // The packet at `at` failed: count it and go on with the rest.
+            tracing::debug!(error = %e, "send to target failed");
+            self.errors += 1;
+            at += 1;
+        }
+        self.bytes.clear();
+        self.ends.clear();
+    }
 }
 
 impl super::Sender for RawSender {
-    /// Send one IPv4 packet to its destination address. Errors are counted
-    /// and returned; a failed segment is retransmitted by the engine's timer.
+    /// Queue one IPv4 packet for its destination address; a full batch goes
+    /// out at once.
     fn send(&mut self, packet: &[u8]) -> io::Result<()> {
         if packet.len() < 20 {
             self.errors += 1;
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "short packet"));
         }
-        let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-        let addr = SockAddr::from(SocketAddrV4::new(dst, 0));
-        match self.socket.send_to(packet, &addr) {
-            Ok(_) => {
-                self.sent += 1;
-                Ok(())
-            }
-            Err(e) => {
-                self.errors += 1;
-                Err(e)
-            }
+        self.bytes.extend_from_slice(packet);
+        self.ends.push(self.bytes.len());
+        if self.ends.len() == BATCH {
+            self.send_batch();
         }
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        self.send_batch();
     }
 
     fn counts(&self) -> (u64, u64) {

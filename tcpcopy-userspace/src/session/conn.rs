@@ -3,7 +3,7 @@
 //! response headers; writes the packets to send into a [`Ctx`]. Sans-IO:
 //! time comes in as milliseconds.
 
-use super::{config::Config, counters::Counters};
+use super::{config::Config, counters::Counters, outbox::Outbox};
 use crate::{
     proto::{ResponseHeader, RouteMsg},
     wire::build::{self as emit, SegmentSpec},
@@ -21,6 +21,10 @@ const ACK: u8 = 0x10;
 /// SYN retransmission interval while the handshake is pending (Linux's
 /// initial RTO).
 const SYN_RTO_MS: u64 = 1000;
+/// How long an acknowledgement of response data may wait for a request to
+/// carry it (Linux's minimum delayed-ACK time, TCP_DELACK_MIN): a replayed
+/// keep-alive client then sends no ACK of its own, as a real one does not.
+const DELAYED_ACK_MS: u64 = 40;
 /// Segments a catching-up session keeps in flight toward the target: a
 /// window of its own, so a backlog of thousands goes out at the target's
 /// pace instead of one burst that overflows the send path.
@@ -73,7 +77,7 @@ impl ClientSegment {
 pub struct Ctx<'a> {
     pub cfg: &'a Config,
     pub c: &'a mut Counters,
-    pub packets: &'a mut VecDeque<Vec<u8>>,
+    pub packets: &'a mut Outbox,
     pub routes: &'a mut VecDeque<RouteMsg>,
     /// Memory ran out (`-m`): a session that keeps buffering is given up.
     pub shed: bool,
@@ -181,6 +185,11 @@ pub struct Session {
     pipelined: bool,
     cur_req_ack: u32,
     resp_since_tick: bool,
+    /// The acknowledgement the last segment sent carried.
+    acked_to: u32,
+    /// Response data is unacknowledged: an ACK goes by this time unless a
+    /// request carries it first (Linux's delayed ACK, [`DELAYED_ACK_MS`]).
+    ack_owed_at: Option<u64>,
     /// Response data arrived since the current request was sent: only
     /// then can a quiet period mean "the response is complete".
     resp_for_request: bool,
@@ -226,7 +235,7 @@ impl Session {
         s.send_route(ctx);
         s.phase = Phase::SynSent;
         s.last_tsval = syn.tsval.unwrap_or(0);
-        let pkt = emit::build(&SegmentSpec {
+        let pkt = ctx.packets.emit(&SegmentSpec {
             src: s.client,
             dst: s.target,
             seq: syn.seq,
@@ -239,9 +248,8 @@ impl Session {
             ttl: syn.ttl,
             tos: syn.tos,
         });
-        s.syn_sent = Some(pkt.clone());
+        s.syn_sent = Some(pkt.to_vec());
         s.syn_retx_at = Some(now + SYN_RTO_MS);
-        ctx.packets.push_back(pkt);
         ctx.c.packets_sent += 1;
         ctx.c.syns_sent += 1;
         ctx.c.replayed += 1;
@@ -308,6 +316,8 @@ impl Session {
             pipelined: false,
             cur_req_ack: 0,
             resp_since_tick: false,
+            acked_to: 0,
+            ack_owed_at: None,
             resp_for_request: false,
             last_resp_full: false,
             any_request_sent: false,
@@ -446,7 +456,7 @@ impl Session {
         } else {
             None
         };
-        let pkt = emit::build(&SegmentSpec {
+        ctx.packets.emit(&SegmentSpec {
             src: self.client,
             dst: self.target,
             seq,
@@ -459,7 +469,9 @@ impl Session {
             ttl: 64,
             tos: 0,
         });
-        ctx.packets.push_back(pkt);
+        if flags & ACK != 0 {
+            self.note_ack_sent(ack);
+        }
         ctx.c.packets_sent += 1;
         if flags & RST != 0 {
             ctx.c.rsts_sent += 1;
@@ -481,6 +493,22 @@ impl Session {
             return self.seq_at(window_end);
         }
         self.seq_at(self.snd_nxt).wrapping_add(self.fin_sent as u32)
+    }
+
+    /// A segment carrying acknowledgement `ack` went out.
+    fn note_ack_sent(&mut self, ack: u32) {
+        self.acked_to = ack;
+        if ack == self.rcv_nxt {
+            self.ack_owed_at = None;
+        }
+    }
+
+    /// An ACK of response data is due now: it is owed for the delayed-ACK
+    /// time, or two full segments or more are unacknowledged (as Linux
+    /// acknowledges every second full segment).
+    fn ack_due(&self, now: u64, ctx: &Ctx) -> bool {
+        self.ack_owed_at.is_some_and(|t| now >= t)
+            || self.rcv_nxt.wrapping_sub(self.acked_to) >= 2 * ctx.cfg.mss as u32
     }
 
     fn send_ack(&mut self, ctx: &mut Ctx) {
@@ -515,7 +543,10 @@ impl Session {
         }
         let window = if self.fabricated { 65535 } else { seg.window };
         self.ip_id = seg.ip_id;
-        let pkt = emit::build(&SegmentSpec {
+        if flags & ACK != 0 {
+            self.note_ack_sent(self.rcv_nxt);
+        }
+        ctx.packets.emit(&SegmentSpec {
             src: self.client,
             dst: self.target,
             seq,
@@ -528,7 +559,6 @@ impl Session {
             ttl: seg.ttl,
             tos: seg.tos,
         });
-        ctx.packets.push_back(pkt);
     }
 
     // ---- client side
@@ -822,6 +852,7 @@ impl Session {
         self.any_request_sent = false;
         self.greeting_received = false;
         self.last_sent_captured_ack = None;
+        self.ack_owed_at = None;
         self.ts_recent = None;
         self.rto_at = None;
         self.delay_ack_at = None;
@@ -936,7 +967,7 @@ impl Session {
         let isn = self.isn();
         let id = self.ip_id.wrapping_sub(1);
         let opts = emit::syn_options(ctx.cfg.mss);
-        let pkt = emit::build(&SegmentSpec {
+        let pkt = ctx.packets.emit(&SegmentSpec {
             src: self.client,
             dst: self.target,
             seq: isn,
@@ -949,9 +980,8 @@ impl Session {
             ttl: 64,
             tos: 0,
         });
-        self.syn_sent = Some(pkt.clone());
+        self.syn_sent = Some(pkt.to_vec());
         self.syn_retx_at = Some(now + SYN_RTO_MS);
-        ctx.packets.push_back(pkt);
         ctx.c.packets_sent += 1;
         ctx.c.syns_sent += 1;
         if !std::mem::take(&mut self.reconnecting) {
@@ -1086,6 +1116,7 @@ impl Session {
                 let tot = h.ip_total_len;
                 self.last_resp_full = tot >= 2048 || [576, 1492, 1500, ctx.cfg.mtu].contains(&tot);
                 self.delay_ack_at.get_or_insert(now + self.rtt);
+                self.ack_owed_at.get_or_insert(now + DELAYED_ACK_MS);
                 if self.waiting && self.rtt <= 1 && !self.pending.is_empty() {
                     // LAN client (RTT ≤ 1 ms): the next request may follow
                     // the first response segment, as the C tool does.
@@ -1198,6 +1229,7 @@ impl Session {
         [
             Some(self.gc_at),
             self.delay_ack_at,
+            self.ack_owed_at,
             self.rto_at,
             self.reconnect_at,
             self.wait_deadline,
@@ -1219,7 +1251,7 @@ impl Session {
         }
         if self.phase == Phase::SynSent && self.syn_retx_at.is_some_and(|t| now >= t) {
             if let Some(syn) = &self.syn_sent {
-                ctx.packets.push_back(syn.clone());
+                ctx.packets.push(syn);
                 ctx.c.retransmits += 1;
             }
             self.syn_retx_at = Some(now + SYN_RTO_MS);
@@ -1258,7 +1290,11 @@ impl Session {
             self.delay_ack_at = None;
             if self.resp_since_tick {
                 self.resp_since_tick = false;
-                self.send_ack(ctx);
+                // Ack now only what must be: the rest rides on the next
+                // request, or goes when the delayed-ACK time is up.
+                if self.ack_due(now, ctx) {
+                    self.send_ack(ctx);
+                }
                 let half = (self.rtt / 2).max(1);
                 let next = if self.last_resp_full && self.pending.is_empty() {
                     self.rtt
@@ -1275,6 +1311,9 @@ impl Session {
                 self.waiting = false;
                 self.pump(now, ctx);
             }
+        }
+        if self.ack_owed_at.is_some_and(|t| now >= t) {
+            self.send_ack(ctx);
         }
         if self.wait_deadline.is_some_and(|t| now >= t) {
             self.wait_deadline = None;
@@ -1374,6 +1413,7 @@ impl Session {
         self.abandon(reason, ctx);
         self.phase = Phase::Lingering;
         self.delay_ack_at = None;
+        self.ack_owed_at = None;
         self.rto_at = None;
         self.reconnect_at = None;
         self.wait_deadline = None;

@@ -8,6 +8,7 @@ use super::{
     config::{preferred_port, sample_bucket, Config},
     conn::{ClientSegment, Ctx, Phase, Session},
     counters::Counters,
+    outbox::Outbox,
 };
 use crate::{
     memory::Pressure,
@@ -49,7 +50,7 @@ pub struct Engine {
     origins: HashMap<OriginKey, SessionKey>,
     pool_cache: HashMap<Ipv4Addr, Ipv4Addr>,
     timers: BinaryHeap<Reverse<(u64, SessionKey)>>,
-    packets: VecDeque<Vec<u8>>,
+    packets: Outbox,
     routes: VecDeque<RouteMsg>,
     counters: Counters,
     /// This engine's worker and the number of workers: every session it
@@ -79,7 +80,7 @@ impl Engine {
             origins: HashMap::new(),
             pool_cache: HashMap::new(),
             timers: BinaryHeap::new(),
-            packets: VecDeque::new(),
+            packets: Outbox::default(),
             routes: VecDeque::new(),
             counters: Counters::default(),
             lane: (0, 1),
@@ -127,7 +128,12 @@ impl Engine {
     }
     /// Next IPv4 packet to send to the target.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.packets.pop_front()
+        self.packets.pop()
+    }
+    /// Hand back a packet's buffer once it is sent (optional: it saves an
+    /// allocation for the next packet).
+    pub fn recycle(&mut self, packet: Vec<u8>) {
+        self.packets.recycle(packet);
     }
     /// Next route message for intercept (send it before any packet).
     pub fn poll_route(&mut self) -> Option<RouteMsg> {

@@ -45,6 +45,7 @@ mod config;
 mod conn;
 mod counters;
 mod engine;
+mod outbox;
 
 pub use config::{
     parse_client_pool, parse_mac, parse_transfers, preferred_port, sample_bucket, ClientPool,

@@ -216,9 +216,13 @@ fn basic_replay_of_one_request() {
     let out = l.capture(P, ISN + 1, 777, 0x18, b"GET / 1\n");
     assert_eq!(out[0].payload, b"GET / 1\n");
     assert_eq!((out[0].seq, out[0].ack), (ISN + 1, TISN + 1));
-    // Target answers 100 bytes, acking the request.
+    // Target answers 100 bytes, acking the request. No request follows to
+    // carry the acknowledgement, so a delayed ACK does, after 40 ms (as
+    // Linux's), not at once.
     l.respond((CLIENT, P), TISN + 1, ISN + 9, 0x18, 100, None);
     let out = l.advance(5);
+    assert!(out.is_empty(), "the ACK is delayed: {out:?}");
+    let out = l.advance(40);
     assert!(
         out.iter().any(|o| o.flags == 0x10 && o.ack == TISN + 101),
         "response acked: {out:?}"
@@ -277,6 +281,46 @@ fn request_waits_for_previous_response_and_w_turns_it_off() {
         assert_eq!(out[0].ack, TISN + 24, "req2 acks resp1");
         l.check_invariants();
     }
+}
+
+/// A keep-alive client's next request carries the acknowledgement of the
+/// response before it: no ACK of tcpcopy's own goes for that response,
+/// even when the request comes after the response is complete (a quiet
+/// period), as long as it comes within the delayed-ACK time. A bulk
+/// response is acknowledged every second full segment's worth.
+#[test]
+fn acknowledgements_ride_on_requests_and_bulk_is_acked_as_it_comes() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    l.capture(P, ISN + 1, 777, 0x18, b"req1");
+    l.respond(key, TISN + 1, ISN + 5, 0x18, 23, None);
+    // The response is complete after a quiet period; the client's next
+    // request comes 10 ms later and carries the ACK.
+    let out = l.advance(10);
+    assert!(out.is_empty(), "no ACK of our own yet: {out:?}");
+    let out = l.capture(P, ISN + 5, 800, 0x18, b"req2");
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].ack, TISN + 24, "req2 acks resp1");
+    l.respond(key, TISN + 24, ISN + 9, 0x10, 0, None); // req2 acked
+    assert!(l.advance(100).is_empty(), "and nothing after it");
+    assert_eq!(l.e.counters().acks_fabricated, 0);
+    // A 20-segment response: acked while it comes, not only at its end.
+    let mut seq = TISN + 24;
+    for _ in 0..20 {
+        l.respond(key, seq, ISN + 9, 0x10, 1448, None);
+        seq += 1448;
+        l.advance(1);
+    }
+    let acks = l
+        .sent
+        .iter()
+        .filter(|o| o.flags == 0x10 && o.payload.is_empty())
+        .count();
+    assert!(
+        acks >= 5,
+        "a bulk response is acked as it comes ({acks} ACKs)"
+    );
+    l.check_invariants();
 }
 
 #[test]

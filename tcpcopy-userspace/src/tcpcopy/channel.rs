@@ -44,7 +44,12 @@ pub struct Channel {
     per_server: usize,
     framing: Framing,
     pub stats: ChannelStats,
+    /// Where records are read into, allocated once.
+    read_buf: Box<[u8]>,
 }
+
+/// Bytes read from a control connection at a time.
+const READ_BUF: usize = 64 * 1024;
 
 fn open(addr: SocketAddrV4, framing: Framing) -> io::Result<Conn> {
     let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), Duration::from_secs(3))?;
@@ -77,6 +82,7 @@ impl Channel {
             per_server,
             framing,
             stats: ChannelStats::default(),
+            read_buf: vec![0u8; READ_BUF].into_boxed_slice(),
         })
     }
 
@@ -91,8 +97,11 @@ impl Channel {
         }
     }
 
-    /// Send a CLIENT_ADD to every live server. Returns whether one took it.
-    pub fn send_route(&mut self, msg: &RouteMsg) -> bool {
+    /// Queue a CLIENT_ADD for every live server (written by [`flush`]).
+    /// Returns whether one took it.
+    ///
+    /// [`flush`]: Channel::flush
+    pub fn queue_route(&mut self, msg: &RouteMsg) -> bool {
         let bytes = msg.encode();
         let mut any = false;
         for s in &mut self.servers {
@@ -109,7 +118,6 @@ impl Channel {
         } else {
             self.stats.routes_unsent += 1;
         }
-        self.flush();
         any
     }
 
@@ -147,14 +155,14 @@ impl Channel {
 
     /// Read every waiting response record.
     pub fn poll_records(&mut self, out: &mut Vec<ResponseRecord>) {
-        let mut buf = [0u8; 64 * 1024];
+        let buf = &mut self.read_buf[..];
         let before = out.len();
         let mut lost = 0;
         let mut frames = 0;
         for s in &mut self.servers {
             let addr = s.addr;
             s.conns.retain_mut(|c| loop {
-                match c.stream.read(&mut buf) {
+                match c.stream.read(buf) {
                     Ok(0) => {
                         tracing::warn!(%addr, "intercept closed a connection");
                         lost += 1;

@@ -59,7 +59,10 @@ pub struct Worker {
 }
 
 const BATCH: usize = 256;
-const IDLE_POLL: Duration = Duration::from_millis(1);
+/// The longest a worker sleeps with nothing to do: it then looks at the
+/// stop flag, publishes its counters and reconnects (`-L`). Traffic, the
+/// control channel and the engine's timers wake it sooner.
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
 const RECONNECT_EVERY: Duration = Duration::from_secs(12);
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 /// Offline: captured segments a worker may hold unsent, over all its
@@ -111,18 +114,24 @@ impl Worker {
     }
 
     fn run_loop(&mut self, stop: &AtomicBool) -> Result<()> {
-        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut waiter = Waiter::default();
         let mut records: Vec<ResponseRecord> = Vec::new();
         let mut last_publish = Instant::now();
         let mut last_reconnect = Instant::now();
+        // Read the control channel on the first turn, then only when the
+        // last wait found it readable (a read that would block is a wasted
+        // system call on every turn).
+        let mut channel_ready = true;
         while !stop.load(Ordering::Relaxed) {
             let congested = self.backpressure && self.engine.backlog() >= BACKLOG_LIMIT;
             // Responses first: they release held requests.
-            records.clear();
-            self.channel.poll_records(&mut records);
             let now = self.now();
-            for r in &records {
-                self.engine.handle_response(now, &r.header());
+            if channel_ready {
+                records.clear();
+                self.channel.poll_records(&mut records);
+                for r in &records {
+                    self.engine.handle_response(now, &r.header());
+                }
             }
             self.engine.set_memory_pressure(crate::memory::pressure());
             let engine = &mut self.engine;
@@ -153,45 +162,36 @@ impl Worker {
                 self.publish(false);
                 last_publish = Instant::now();
             }
-            if got == BATCH || !records.is_empty() {
-                continue;
-            }
-            self.wait(&mut fds, !congested);
+            // A full batch: more is waiting, so only look (timeout 0) at
+            // what the channel has; otherwise sleep until something comes.
+            let timeout = if got == BATCH {
+                Duration::ZERO
+            } else {
+                let next_timer = self
+                    .engine
+                    .poll_timeout()
+                    .map(|t| Duration::from_millis(t.saturating_sub(self.now())));
+                next_timer.map_or(HOUSEKEEPING, |t| t.min(HOUSEKEEPING))
+            };
+            let capture = (!congested).then_some(&*self.capture);
+            channel_ready = waiter.wait(capture, &self.channel, timeout);
         }
         Ok(())
     }
 
-    /// Sleep until capture or control traffic, the engine's next timer, or
-    /// the idle poll (ring wakeups are batched by the kernel side).
-    fn wait(&mut self, fds: &mut Vec<libc::pollfd>, capture: bool) {
-        let mut raw: Vec<RawFd> = Vec::new();
-        if capture {
-            self.capture.fds(&mut raw);
-        }
-        self.channel.fds(&mut raw);
-        fds.clear();
-        fds.extend(raw.iter().map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        }));
-        let mut timeout = IDLE_POLL.as_millis() as i64;
-        if let Some(t) = self.engine.poll_timeout() {
-            timeout = timeout.min(t.saturating_sub(self.now()) as i64);
-        }
-        // SAFETY: fds is a valid array of pollfd for its length.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout as i32) };
-    }
-
-    /// Route messages before the packets they announce (spec §3.2).
+    /// Route messages before the packets they announce (spec §3.2): all
+    /// of this turn's are written (one write per connection) before its
+    /// packets go out.
     fn flush_outputs(&mut self) {
         while let Some(m) = self.engine.poll_route() {
-            self.channel.send_route(&m);
+            self.channel.queue_route(&m);
         }
+        self.channel.flush();
         while let Some(p) = self.engine.poll_transmit() {
             if let Err(e) = self.sender.send(&p) {
                 tracing::debug!(worker = self.id, error = %e, "send to target failed");
             }
+            self.engine.recycle(p);
         }
         self.sender.flush();
     }
@@ -206,5 +206,46 @@ impl Worker {
         r.buffered = self.engine.backlog();
         r.awaiting_target = self.engine.awaiting_target(self.now());
         r.finished = finished;
+    }
+}
+
+/// The worker's sleep: one poll over the capture's and the control
+/// channel's fds, built into reused buffers.
+#[derive(Default)]
+struct Waiter {
+    raw: Vec<RawFd>,
+    fds: Vec<libc::pollfd>,
+}
+
+impl Waiter {
+    /// Wait up to `timeout` for the capture (when given) or the channel;
+    /// returns whether a channel connection is readable (or failed).
+    fn wait(
+        &mut self,
+        capture: Option<&dyn Capture>,
+        channel: &Channel,
+        timeout: Duration,
+    ) -> bool {
+        self.raw.clear();
+        if let Some(c) = capture {
+            c.fds(&mut self.raw);
+        }
+        let first_channel = self.raw.len();
+        channel.fds(&mut self.raw);
+        self.fds.clear();
+        self.fds.extend(self.raw.iter().map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        // Round up: a timer due in 0.4 ms must not turn into a busy loop.
+        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: fds is a valid array of pollfd for its length.
+        let n = unsafe { libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            // EINTR: look at everything once more.
+            return true;
+        }
+        self.fds[first_channel..].iter().any(|p| p.revents != 0)
     }
 }

@@ -22,10 +22,18 @@ pub struct SegmentSpec<'a> {
 
 /// An IPv4 packet (20-byte header, DF) carrying the segment.
 pub fn build(s: &SegmentSpec) -> Vec<u8> {
+    let mut p = Vec::new();
+    build_into(s, &mut p);
+    p
+}
+
+/// The same, written into `p` (its old contents replaced, its memory kept).
+pub fn build_into(s: &SegmentSpec, p: &mut Vec<u8>) {
     debug_assert_eq!(s.options.len() % 4, 0);
     let tcp_len = 20 + s.options.len();
     let tot = 20 + tcp_len + s.payload.len();
-    let mut p = vec![0u8; tot];
+    p.clear();
+    p.resize(tot, 0);
     p[0] = 0x45;
     p[1] = s.tos;
     p[2..4].copy_from_slice(&(tot as u16).to_be_bytes());
@@ -51,7 +59,6 @@ pub fn build(s: &SegmentSpec) -> Vec<u8> {
     }
     let c = tcp_checksum(s.src.0.octets(), s.dst.0.octets(), &p[20..]);
     p[36..38].copy_from_slice(&c.to_be_bytes());
-    p
 }
 
 /// Options of a fabricated SYN: a single MSS option (spec §4.10.2).

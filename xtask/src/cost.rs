@@ -1,0 +1,321 @@
+//! `cargo xtask bench --cost [--baseline REV]`: what a replayed request
+//! costs. For each capture mode (packet, tap, xdp) and load (keep-alive 1,
+//! 10 and 50 connections, short connections 10 and 100), wrk at the online
+//! nginx, and per request the target served: CPU of tcpcopy and of
+//! intercept (user + system, all threads, from /proc), their system calls
+//! (`perf stat -e raw_syscalls:sys_enter`), and the packets tcpcopy sent;
+//! then each tool's CPU over a few idle seconds. With `--baseline REV`,
+//! the same cells run first with the binaries of commit REV (built in
+//! `target/tcl-baseline/`), so every figure has its before and after from
+//! the same run. Writes `bench/results/COST.md` and `cost.csv`; the full
+//! `cargo xtask bench` includes the same section without a baseline.
+//! Figures, never assertions.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    lab::{self, in_ns, CLIENT, MIRROR, ONLINE, ONLINE_IP},
+    replay::{self, Replay},
+    util,
+};
+
+/// The loads, by name and wrk arguments (3 s each).
+const LOADS: &[(&str, &str)] = &[
+    ("1 keep-alive", "-t1 -c1"),
+    ("10 keep-alive", "-t2 -c10"),
+    ("50 keep-alive", "-t2 -c50"),
+    ("10 short", "-t2 -c10 -H 'Connection: close'"),
+    ("100 short", "-t2 -c100 -H 'Connection: close'"),
+];
+const LOAD_SECONDS: u32 = 3;
+const IDLE_SECONDS: u64 = 5;
+/// Workers of the packet and tap runs (xdp: one per queue of the 2-queue
+/// mirror port).
+const WORKERS: f64 = 2.0;
+
+/// One cell: a load in a mode with one build.
+struct Cell {
+    requests: u64,
+    online: u64,
+    tcpcopy_us: f64,
+    intercept_us: f64,
+    tcpcopy_syscalls: f64,
+    intercept_syscalls: f64,
+    packets: f64,
+}
+
+/// Idle CPU, percent of one CPU.
+struct Idle {
+    per_worker: f64,
+    intercept: f64,
+}
+
+/// The section's markdown (and `cost.csv` beside the report).
+pub fn section(baseline: Option<&str>) -> Result<String> {
+    let base_bins = match baseline {
+        Some(rev) => Some(build_baseline(rev)?),
+        None => None,
+    };
+    let builds: Vec<(String, Option<PathBuf>)> = match (&base_bins, baseline) {
+        (Some(dir), Some(rev)) => vec![
+            (format!("before ({rev})"), Some(dir.clone())),
+            ("after".into(), None),
+        ],
+        _ => vec![("this build".into(), None)],
+    };
+    let mut rows = Vec::new();
+    let mut table = String::new();
+    let mut idle_table = String::new();
+    for (mode, _) in modes() {
+        for (build, bins) in &builds {
+            replay::use_binaries(bins.clone());
+            let r = start(mode)?;
+            for (load, wrk) in LOADS {
+                let c = measure(&r, mode, wrk)?;
+                let per = |x: f64| x / c.requests.max(1) as f64;
+                let line = format!(
+                    "| {mode} | {load} | {build} | {}/{} | {:.1} | {:.1} | **{:.1}** | {:.2} | {:.2} | {:.2} |",
+                    c.requests,
+                    c.online,
+                    c.tcpcopy_us,
+                    c.intercept_us,
+                    c.tcpcopy_us + c.intercept_us,
+                    per(c.tcpcopy_syscalls),
+                    per(c.intercept_syscalls),
+                    per(c.packets),
+                );
+                println!("{line}");
+                writeln!(table, "{line}")?;
+                rows.push(format!(
+                    "{mode},{load},{build},{},{},{:.2},{:.2},{:.3},{:.3},{:.3}",
+                    c.online,
+                    c.requests,
+                    c.tcpcopy_us,
+                    c.intercept_us,
+                    per(c.tcpcopy_syscalls),
+                    per(c.intercept_syscalls),
+                    per(c.packets)
+                ));
+            }
+            let idle = idle(&r, mode)?;
+            writeln!(
+                idle_table,
+                "| {mode} | {build} | {:.3}% | {:.3}% |",
+                idle.per_worker, idle.intercept
+            )?;
+            r.stop()?;
+        }
+    }
+    replay::use_binaries(None);
+    let dir = results_dir();
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("cost.csv"),
+        format!(
+            "mode,load,build,online,target,tcpcopy_us_per_req,intercept_us_per_req,tcpcopy_syscalls_per_req,intercept_syscalls_per_req,packets_per_req\n{}\n",
+            rows.join("\n")
+        ),
+    )?;
+    Ok(format!(
+        "wrk for {LOAD_SECONDS} s at saturation of the online nginx; tcpcopy with 2 workers \
+         (xdp: on the mirror box, one per queue), intercept on the assistant. Per request the \
+         target served (`requests` = target/online, from the servers' access logs): CPU \
+         (user + system, every thread) of each tool, their system calls, and the packets \
+         tcpcopy sent to the target. Everything shares this machine's CPUs, and on veth the \
+         receiving stack runs inside the sender's system call: a tool's system time includes \
+         part of the target's (tcpcopy) or tcpcopy's (intercept) TCP receive path.\n\n\
+         | capture | load | build | requests | tcpcopy µs | intercept µs | together µs | tcpcopy syscalls | intercept syscalls | packets sent |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|\n{table}\n\
+         Idle, {IDLE_SECONDS} s with no traffic after the loads (percent of one CPU):\n\n\
+         | capture | build | tcpcopy per worker | intercept |\n|---|---|---:|---:|\n{idle_table}"
+    ))
+}
+
+/// `cargo xtask bench --cost`: the section alone, in `COST.md`.
+pub fn run(baseline: Option<&str>) -> Result<()> {
+    util::cargo(&["build", "--release"])?;
+    util::require_root("the cost benchmark")?;
+    let _guard = lab::Guard;
+    lab::up()?;
+    let md = section(baseline)?;
+    let path = results_dir().join("COST.md");
+    std::fs::write(
+        &path,
+        format!(
+            "# What a replayed request costs\n\n{}\n{md}",
+            machine_line()
+        ),
+    )?;
+    println!("bench: wrote {}", path.display());
+    Ok(())
+}
+
+fn results_dir() -> PathBuf {
+    util::root().join("bench/results")
+}
+
+fn machine_line() -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!(
+        "Machine: {cpus} CPUs, Linux {}; {}.\n",
+        util::stdout("uname -r").trim(),
+        util::stdout("date -u '+%Y-%m-%d %H:%M UTC'").trim()
+    )
+}
+
+fn modes() -> [(&'static str, &'static str); 3] {
+    [("packet", ONLINE), ("tap", ONLINE), ("xdp", MIRROR)]
+}
+
+fn start(mode: &str) -> Result<Replay> {
+    let tag = format!("cost-{mode}");
+    match mode {
+        "packet" => Replay::start(&tag, replay::PACKET_HTTP),
+        "tap" => Replay::start(&tag, replay::TAP_HTTP),
+        _ => Replay::start_mirror(&tag),
+    }
+}
+
+fn ns_of(mode: &str) -> &'static str {
+    if mode == "xdp" {
+        MIRROR
+    } else {
+        ONLINE
+    }
+}
+
+fn sent_packets(mode: &str) -> Result<f64> {
+    let m = replay::scrape(ns_of(mode), replay::TCPCOPY_METRICS)?;
+    m.get("tcpcopy_sent_packets_total")
+        .copied()
+        .context("no tcpcopy_sent_packets_total in tcpcopy's metrics")
+}
+
+fn measure(r: &Replay, mode: &str, wrk: &str) -> Result<Cell> {
+    replay::reset_logs()?;
+    let pids = (
+        r.tcpcopy.pid().context("tcpcopy pid")?,
+        r.intercept.pid().context("intercept pid")?,
+    );
+    let cpu0 = (r.tcpcopy.cpu_seconds(), r.intercept.cpu_seconds());
+    let sent0 = sent_packets(mode)?;
+    let perf = (Syscalls::count(pids.0)?, Syscalls::count(pids.1)?);
+    in_ns(
+        CLIENT,
+        &format!("wrk {wrk} -d{LOAD_SECONDS}s http://{ONLINE_IP}/ > /dev/null 2>&1"),
+    )?;
+    let (requests, _) = replay::settle(|| lab::count_lines("target-nginx-access.log"));
+    let online = replay::online_served();
+    let syscalls = (perf.0.finish()?, perf.1.finish()?);
+    let cpu1 = (r.tcpcopy.cpu_seconds(), r.intercept.cpu_seconds());
+    // The metrics lag the workers by up to 200 ms.
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = sent_packets(mode)? - sent0;
+    let per_us = |s: f64| s * 1e6 / requests.max(1) as f64;
+    Ok(Cell {
+        requests,
+        online,
+        tcpcopy_us: per_us(cpu1.0 - cpu0.0),
+        intercept_us: per_us(cpu1.1 - cpu0.1),
+        tcpcopy_syscalls: syscalls.0,
+        intercept_syscalls: syscalls.1,
+        packets: sent,
+    })
+}
+
+fn idle(r: &Replay, mode: &str) -> Result<Idle> {
+    // Let the last load's sessions finish first.
+    std::thread::sleep(Duration::from_secs(2));
+    let c0 = (r.tcpcopy.cpu_seconds(), r.intercept.cpu_seconds());
+    std::thread::sleep(Duration::from_secs(IDLE_SECONDS));
+    let c1 = (r.tcpcopy.cpu_seconds(), r.intercept.cpu_seconds());
+    let workers = if mode == "xdp" { 2.0 } else { WORKERS };
+    let pct = |d: f64| d / IDLE_SECONDS as f64 * 100.0;
+    Ok(Idle {
+        per_worker: pct(c1.0 - c0.0) / workers,
+        intercept: pct(c1.1 - c0.1),
+    })
+}
+
+/// `perf stat` counting one process's system calls (every thread).
+struct Syscalls {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Syscalls {
+    fn count(pid: u32) -> Result<Syscalls> {
+        let out = lab::run_dir().join(format!("perf-{pid}.txt"));
+        let child = Command::new("perf")
+            .args(["stat", "-e", "raw_syscalls:sys_enter", "-x", ",", "-o"])
+            .arg(&out)
+            .args(["-p", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting perf stat (Debian linux-perf)")?;
+        // perf attaches in a few ms; the load starts after this.
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(Syscalls { child, out })
+    }
+
+    fn finish(mut self) -> Result<f64> {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines()
+            .find(|l| l.contains("raw_syscalls:sys_enter"))
+            .and_then(|l| l.split(',').next()?.trim().parse().ok())
+            .with_context(|| format!("no count from perf stat: {text}"))
+    }
+}
+
+impl Drop for Syscalls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Build commit `rev`'s release binaries in `target/tcl-baseline/`; returns
+/// the folder that holds them.
+fn build_baseline(rev: &str) -> Result<PathBuf> {
+    let root = util::root();
+    let src = root.join("target/tcl-baseline/src");
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(&src)?;
+    let ok = util::sh_ok(&format!(
+        "cd {} && git archive {rev} | tar -x -C {}",
+        root.display(),
+        src.display()
+    ));
+    if !ok {
+        bail!("--baseline {rev}: git archive failed (is it a commit of this repository?)");
+    }
+    println!("bench: building the baseline {rev} (a few minutes)");
+    let target = root.join("target/tcl-baseline/target");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--package", "tcpcopy"])
+        .current_dir(&src)
+        .env("CARGO_TARGET_DIR", &target)
+        .status()?;
+    if !status.success() {
+        bail!("--baseline {rev}: the build failed");
+    }
+    let bins = target.join("release");
+    for b in ["tcpcopy", "intercept"] {
+        if !Path::new(&bins.join(b)).exists() {
+            bail!("--baseline {rev}: no {b} built");
+        }
+    }
+    Ok(bins)
+}
