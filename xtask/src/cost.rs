@@ -5,9 +5,9 @@
 //! intercept (user + system, all threads, from /proc), their system calls
 //! (`perf stat -e raw_syscalls:sys_enter`), and the packets tcpcopy sent;
 //! then each tool's CPU over a few idle seconds. With `--baseline REV`,
-//! the same cells run first with the binaries of commit REV (built in
-//! `target/tcl-baseline/`), so every figure has its before and after from
-//! the same run. Writes `bench/results/COST.md` and `cost.csv`; the full
+//! every cell also runs with the binaries of commit REV (built in
+//! `target/tcl-baseline/`), alternating with this build's, so every figure
+//! has its before and after from the same run. Writes `bench/results/COST.md` and `cost.csv`; the full
 //! `cargo xtask bench` includes the same section without a baseline.
 //! Figures, never assertions.
 
@@ -35,21 +35,38 @@ const LOADS: &[(&str, &str)] = &[
     ("100 short", "-t2 -c100 -H 'Connection: close'"),
 ];
 const LOAD_SECONDS: u32 = 3;
-const IDLE_SECONDS: u64 = 5;
+const IDLE_SECONDS: u64 = 10;
 /// Workers of the packet and tap runs (xdp: one per queue of the 2-queue
 /// mirror port).
 const WORKERS: f64 = 2.0;
 
-/// One cell: a load in a mode with one build.
+/// One cell: a load in a mode with one build (summed over its runs).
+#[derive(Default)]
 struct Cell {
     requests: u64,
     online: u64,
-    tcpcopy_us: f64,
-    intercept_us: f64,
+    /// CPU seconds.
+    tcpcopy_cpu: f64,
+    intercept_cpu: f64,
     tcpcopy_syscalls: f64,
     intercept_syscalls: f64,
     packets: f64,
 }
+
+impl Cell {
+    fn add(&mut self, o: &Cell) {
+        self.requests += o.requests;
+        self.online += o.online;
+        self.tcpcopy_cpu += o.tcpcopy_cpu;
+        self.intercept_cpu += o.intercept_cpu;
+        self.tcpcopy_syscalls += o.tcpcopy_syscalls;
+        self.intercept_syscalls += o.intercept_syscalls;
+        self.packets += o.packets;
+    }
+}
+
+/// Runs of each cell per build when there is a baseline.
+const REPEATS: usize = 2;
 
 /// Idle CPU, percent of one CPU.
 struct Idle {
@@ -73,20 +90,37 @@ pub fn section(baseline: Option<&str>) -> Result<String> {
     let mut rows = Vec::new();
     let mut table = String::new();
     let mut idle_table = String::new();
+    // With a baseline, each cell runs REPEATS times per build in the order
+    // A B B A ..., each run with freshly started tools, and the mean is
+    // reported: the builds see the same conditions, whatever drifts.
+    let repeats = if builds.len() > 1 { REPEATS } else { 1 };
     for (mode, _) in modes() {
-        for (build, bins) in &builds {
-            replay::use_binaries(bins.clone());
-            let r = start(mode)?;
-            for (load, wrk) in LOADS {
-                let c = measure(&r, mode, wrk)?;
+        for (load, wrk) in LOADS {
+            let mut sums: Vec<Cell> = builds.iter().map(|_| Cell::default()).collect();
+            for rep in 0..repeats {
+                for k in 0..builds.len() {
+                    let b = if rep % 2 == 0 {
+                        k
+                    } else {
+                        builds.len() - 1 - k
+                    };
+                    replay::use_binaries(builds[b].1.clone());
+                    let r = start(mode)?;
+                    let c = measure(&r, mode, wrk)?;
+                    r.stop()?;
+                    sums[b].add(&c);
+                }
+            }
+            for ((build, _), c) in builds.iter().zip(&sums) {
                 let per = |x: f64| x / c.requests.max(1) as f64;
+                let us = |cpu: f64| cpu * 1e6 / c.requests.max(1) as f64;
                 let line = format!(
                     "| {mode} | {load} | {build} | {}/{} | {:.1} | {:.1} | **{:.1}** | {:.2} | {:.2} | {:.2} |",
                     c.requests,
                     c.online,
-                    c.tcpcopy_us,
-                    c.intercept_us,
-                    c.tcpcopy_us + c.intercept_us,
+                    us(c.tcpcopy_cpu),
+                    us(c.intercept_cpu),
+                    us(c.tcpcopy_cpu + c.intercept_cpu),
                     per(c.tcpcopy_syscalls),
                     per(c.intercept_syscalls),
                     per(c.packets),
@@ -97,20 +131,24 @@ pub fn section(baseline: Option<&str>) -> Result<String> {
                     "{mode},{load},{build},{},{},{:.2},{:.2},{:.3},{:.3},{:.3}",
                     c.online,
                     c.requests,
-                    c.tcpcopy_us,
-                    c.intercept_us,
+                    us(c.tcpcopy_cpu),
+                    us(c.intercept_cpu),
                     per(c.tcpcopy_syscalls),
                     per(c.intercept_syscalls),
                     per(c.packets)
                 ));
             }
+        }
+        for (build, bins) in &builds {
+            replay::use_binaries(bins.clone());
+            let r = start(mode)?;
             let idle = idle(&r, mode)?;
+            r.stop()?;
             writeln!(
                 idle_table,
                 "| {mode} | {build} | {:.3}% | {:.3}% |",
                 idle.per_worker, idle.intercept
             )?;
-            r.stop()?;
         }
     }
     replay::use_binaries(None);
@@ -128,13 +166,16 @@ pub fn section(baseline: Option<&str>) -> Result<String> {
          (xdp: on the mirror box, one per queue), intercept on the assistant. Per request the \
          target served (`requests` = target/online, from the servers' access logs): CPU \
          (user + system, every thread) of each tool, their system calls, and the packets \
-         tcpcopy sent to the target. Everything shares this machine's CPUs, and on veth the \
+         tcpcopy sent to the target; with a baseline, each cell is {REPEATS} runs per \
+         build, alternating (A B B A), with freshly started tools, and the figures are over \
+         all of them. Everything shares this machine's CPUs, and on veth the \
          receiving stack runs inside the sender's system call: a tool's system time includes \
          part of the target's (tcpcopy) or tcpcopy's (intercept) TCP receive path.\n\n\
          | capture | load | build | requests | tcpcopy µs | intercept µs | together µs | tcpcopy syscalls | intercept syscalls | packets sent |\n\
          |---|---|---|---:|---:|---:|---:|---:|---:|---:|\n{table}\n\
-         Idle, {IDLE_SECONDS} s with no traffic after the loads (percent of one CPU):\n\n\
-         | capture | build | tcpcopy per worker | intercept |\n|---|---|---:|---:|\n{idle_table}"
+         Idle: {IDLE_SECONDS} s with no traffic and no sessions, after the loads (percent of \
+         one CPU):\n\n\
+         | capture | build | tcpcopy (whole process) per worker | intercept |\n|---|---|---:|---:|\n{idle_table}"
     ))
 }
 
@@ -218,12 +259,11 @@ fn measure(r: &Replay, mode: &str, wrk: &str) -> Result<Cell> {
     // The metrics lag the workers by up to 200 ms.
     std::thread::sleep(Duration::from_millis(300));
     let sent = sent_packets(mode)? - sent0;
-    let per_us = |s: f64| s * 1e6 / requests.max(1) as f64;
     Ok(Cell {
         requests,
         online,
-        tcpcopy_us: per_us(cpu1.0 - cpu0.0),
-        intercept_us: per_us(cpu1.1 - cpu0.1),
+        tcpcopy_cpu: cpu1.0 - cpu0.0,
+        intercept_cpu: cpu1.1 - cpu0.1,
         tcpcopy_syscalls: syscalls.0,
         intercept_syscalls: syscalls.1,
         packets: sent,
@@ -231,8 +271,16 @@ fn measure(r: &Replay, mode: &str, wrk: &str) -> Result<Cell> {
 }
 
 fn idle(r: &Replay, mode: &str) -> Result<Idle> {
-    // Let the last load's sessions finish first.
-    std::thread::sleep(Duration::from_secs(2));
+    // Idle means no sessions: let the last load's linger and go first.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        let m = replay::scrape(ns_of(mode), replay::TCPCOPY_METRICS)?;
+        if m.get("tcpcopy_active_sessions").copied().unwrap_or(0.0) == 0.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(1));
     let c0 = (r.tcpcopy.cpu_seconds(), r.intercept.cpu_seconds());
     std::thread::sleep(Duration::from_secs(IDLE_SECONDS));
     let c1 = (r.tcpcopy.cpu_seconds(), r.intercept.cpu_seconds());

@@ -46,6 +46,9 @@ pub struct Channel {
     pub stats: ChannelStats,
     /// Where records are read into, allocated once.
     read_buf: Box<[u8]>,
+    /// Bumped whenever a connection is closed or opened (its fd may be
+    /// reused by the next one): whoever watches the fds re-registers.
+    generation: u64,
 }
 
 /// Bytes read from a control connection at a time.
@@ -83,12 +86,18 @@ impl Channel {
             framing,
             stats: ChannelStats::default(),
             read_buf: vec![0u8; READ_BUF].into_boxed_slice(),
+            generation: 0,
         })
     }
 
     /// Servers with at least one connection.
     pub fn active(&self) -> usize {
         self.servers.iter().filter(|s| !s.conns.is_empty()).count()
+    }
+
+    /// Changes whenever the set of connections (and so of fds) changes.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn fds(&self, out: &mut Vec<RawFd>) {
@@ -151,6 +160,7 @@ impl Channel {
             });
         }
         self.stats.conns_lost += lost;
+        self.generation += lost;
     }
 
     /// Read every waiting response record.
@@ -192,6 +202,7 @@ impl Channel {
             });
         }
         self.stats.conns_lost += lost;
+        self.generation += lost;
         self.stats.frames += frames as u64;
         self.stats.records += (out.len() - before) as u64;
     }
@@ -209,6 +220,7 @@ impl Channel {
                 Ok(conns) => {
                     tracing::info!(addr = %s.addr, "reconnected to intercept");
                     s.conns = conns;
+                    self.generation += 1;
                 }
                 Err(e) => tracing::warn!(addr = %s.addr, error = %e, "intercept still unreachable"),
             }

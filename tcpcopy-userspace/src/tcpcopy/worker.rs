@@ -5,7 +5,7 @@
 //! published for the stats thread a few times a second.
 
 use std::{
-    os::fd::RawFd,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -114,7 +114,7 @@ impl Worker {
     }
 
     fn run_loop(&mut self, stop: &AtomicBool) -> Result<()> {
-        let mut waiter = Waiter::default();
+        let mut waiter = Waiter::new()?;
         let mut records: Vec<ResponseRecord> = Vec::new();
         let mut last_publish = Instant::now();
         let mut last_reconnect = Instant::now();
@@ -209,15 +209,63 @@ impl Worker {
     }
 }
 
-/// The worker's sleep: one poll over the capture's and the control
-/// channel's fds, built into reused buffers.
-#[derive(Default)]
+/// The worker's sleep: an epoll set (level-triggered) over the capture's
+/// and the control channel's fds. The set is changed only when the fds
+/// change (a reconnect, or an offline capture held back), so a wait costs
+/// one system call and no per-call registration.
 struct Waiter {
+    epoll: OwnedFd,
+    /// What the set holds now: (fd, is a channel connection), and the
+    /// channel's generation it was built for.
+    registered: Vec<(RawFd, bool)>,
+    generation: u64,
+    want: Vec<(RawFd, bool)>,
     raw: Vec<RawFd>,
-    fds: Vec<libc::pollfd>,
+    events: Vec<libc::epoll_event>,
 }
 
 impl Waiter {
+    fn new() -> Result<Self> {
+        // SAFETY: no pointers; the result is checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            bail!("epoll_create1: {}", std::io::Error::last_os_error());
+        }
+        Ok(Waiter {
+            // SAFETY: a fresh fd that nothing else owns.
+            epoll: unsafe { OwnedFd::from_raw_fd(fd) },
+            registered: Vec::new(),
+            generation: u64::MAX,
+            want: Vec::new(),
+            raw: Vec::new(),
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 16],
+        })
+    }
+
+    /// Make the set hold exactly `want` (rebuilt whenever the channel's
+    /// connections changed: a closed fd leaves the set by itself, and its
+    /// number may come back as a new connection's).
+    fn sync(&mut self, generation: u64) {
+        if self.want == self.registered && generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        let ep = self.epoll.as_raw_fd();
+        for &(fd, _) in &self.registered {
+            // SAFETY: plain fds; a null event is allowed for DEL.
+            unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+        }
+        for &(fd, channel) in &self.want {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: channel as u64,
+            };
+            // SAFETY: `ev` is a valid event for the call.
+            unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        }
+        self.registered.clone_from(&self.want);
+    }
+
     /// Wait up to `timeout` for the capture (when given) or the channel;
     /// returns whether a channel connection is readable (or failed).
     fn wait(
@@ -226,26 +274,31 @@ impl Waiter {
         channel: &Channel,
         timeout: Duration,
     ) -> bool {
+        self.want.clear();
         self.raw.clear();
         if let Some(c) = capture {
             c.fds(&mut self.raw);
         }
-        let first_channel = self.raw.len();
+        self.want.extend(self.raw.iter().map(|&fd| (fd, false)));
+        self.raw.clear();
         channel.fds(&mut self.raw);
-        self.fds.clear();
-        self.fds.extend(self.raw.iter().map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        }));
+        self.want.extend(self.raw.iter().map(|&fd| (fd, true)));
+        self.sync(channel.generation());
         // Round up: a timer due in 0.4 ms must not turn into a busy loop.
         let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-        // SAFETY: fds is a valid array of pollfd for its length.
-        let n = unsafe { libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, ms) };
+        // SAFETY: `events` is a valid array of its length.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as i32,
+                ms,
+            )
+        };
         if n < 0 {
             // EINTR: look at everything once more.
             return true;
         }
-        self.fds[first_channel..].iter().any(|p| p.revents != 0)
+        self.events[..n as usize].iter().any(|e| e.u64 == 1)
     }
 }
