@@ -186,8 +186,12 @@ pub fn start(
                             revents: 0,
                         })
                         .collect();
+                    // A source with fds (a socket) wakes us, so the timeout
+                    // is only for the stop flag; one without (a file paced
+                    // by its own clock) is looked at every 5 ms.
+                    let ms = if pfds.is_empty() { 5 } else { 100 };
                     // SAFETY: a valid array of pollfd for its length.
-                    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 5) };
+                    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
                 }
             }
             stats.source = source.stats();
