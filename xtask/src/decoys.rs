@@ -1,7 +1,7 @@
 //! Decoys for `cargo xtask test`: what a user's machine may hold that the
 //! tools must never touch. A process named `nginx` and one named
-//! `redis-server` in the host's own namespace (copies of `sleep`: a
-//! `pkill -x nginx` would kill them), and a namespace named `client` with a
+//! `redis-server` in the host's own namespace (copies of `sleep`, which a
+//! kill by process name would take), and a namespace named `client` with a
 //! process in it (the lab's own namespaces are `tcl-client`, ...). After the
 //! run every decoy must still be there; then they are removed (only what
 //! this module made).
