@@ -36,8 +36,8 @@ const LOADS: &[(&str, &str)] = &[
 ];
 const LOAD_SECONDS: u32 = 3;
 const IDLE_SECONDS: u64 = 10;
-/// Workers of the packet and tap runs (xdp: one per queue of the 2-queue
-/// mirror port).
+/// Workers of every run: 2 for packet and tap, and one per queue of the
+/// 2-queue mirror port for xdp.
 const WORKERS: f64 = 2.0;
 
 /// One cell: a load in a mode with one build (summed over its runs).
@@ -284,10 +284,9 @@ fn idle(r: &Replay, mode: &str) -> Result<Idle> {
     let c0 = (r.tcpcopy.cpu_seconds(), r.intercept.cpu_seconds());
     std::thread::sleep(Duration::from_secs(IDLE_SECONDS));
     let c1 = (r.tcpcopy.cpu_seconds(), r.intercept.cpu_seconds());
-    let workers = if mode == "xdp" { 2.0 } else { WORKERS };
     let pct = |d: f64| d / IDLE_SECONDS as f64 * 100.0;
     Ok(Idle {
-        per_worker: pct(c1.0 - c0.0) / workers,
+        per_worker: pct(c1.0 - c0.0) / WORKERS,
         intercept: pct(c1.1 - c0.1),
     })
 }

@@ -53,8 +53,10 @@ impl CaptureStats {
 }
 
 pub trait Capture: Send {
-    /// The fds that become readable when packets wait (wakeups may be
-    /// batched: poll with a short timeout too).
+    /// The fds that become readable when packets wait. The worker sleeps
+    /// on them (up to 100 ms otherwise), so a source must make one of them
+    /// readable whenever it has packets: a ring's wakeup, a socket, an
+    /// eventfd.
     fn fds(&self, out: &mut Vec<RawFd>);
     /// Hand up to `max` waiting IPv4 packets to `f`; returns how many.
     fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize;
