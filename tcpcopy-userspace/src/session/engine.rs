@@ -6,14 +6,16 @@
 
 use super::{
     config::{preferred_port, sample_bucket, Config},
-    conn::{ClientSegment, Ctx, Phase, Session},
+    conn::{Ctx, Session},
     counters::Counters,
+    event::Loss,
     outbox::Outbox,
+    segment::ClientSegment,
 };
 use crate::{
     memory::Pressure,
     proto::{ResponseHeader, RouteMsg},
-    wire::{Ipv4View, TcpView},
+    wire::{Ipv4View, TcpFlags, TcpView},
 };
 use hashbrown::{HashMap, HashSet};
 use std::{
@@ -39,6 +41,8 @@ struct Entry {
     session: Box<Session>,
     /// In `Engine::pipelined`.
     pipelined: bool,
+    /// The deadline the timer heap holds for this session.
+    scheduled: Option<u64>,
 }
 
 pub struct Engine {
@@ -267,7 +271,7 @@ impl Engine {
                     s.ip_id = seg.ip_id.wrapping_add(i as u16);
                     s.payload = chunk.to_vec();
                     if i + 1 < n {
-                        s.flags &= !0x09; // FIN and PSH only on the last piece
+                        s.flags &= !(TcpFlags::FIN | TcpFlags::PSH); // only on the last piece
                     }
                     s
                 })
@@ -286,7 +290,7 @@ impl Engine {
         (
             Ctx {
                 cfg: &self.cfg,
-                c: &mut self.counters,
+                counters: &mut self.counters,
                 packets: &mut self.packets,
                 routes: &mut self.routes,
                 shed: self.memory == Pressure::Shed,
@@ -303,13 +307,13 @@ impl Engine {
         target: (Ipv4Addr, u16),
         seg: ClientSegment,
     ) {
-        let syn = seg.has(0x02);
+        let syn = seg.has(TcpFlags::SYN);
         // Segments of this new connection that arrived before its SYN.
         let mut early = Vec::new();
         if let Some(&key) = self.origins.get(&origin) {
             let entry = self.sessions.get(&key).expect("origin without session");
             let s = &entry.session;
-            let lingering = s.phase == Phase::Lingering;
+            let lingering = s.is_lingering();
             if syn {
                 if !lingering && (s.captured_isn() == seg.seq || s.is_late_syn(seg.seq)) {
                     // The client's SYN retransmission, or its first SYN
@@ -389,6 +393,7 @@ impl Engine {
                 origin,
                 session: Box::new(session),
                 pipelined: false,
+                scheduled: None,
             },
         );
         self.origins.insert(origin, key);
@@ -424,9 +429,8 @@ impl Engine {
     fn end_session(&mut self, now: u64, key: SessionKey) {
         let (mut ctx, sessions) = self.ctx();
         if let Some(e) = sessions.get_mut(&key) {
-            if e.session.phase != Phase::Lingering {
-                e.session
-                    .obsolete(now, super::conn::Loss::TimedOut, &mut ctx);
+            if !e.session.is_lingering() {
+                e.session.obsolete(now, Loss::TimedOut, &mut ctx);
             }
         }
         self.remove(key);
@@ -461,7 +465,7 @@ impl Engine {
         let Some(e) = self.sessions.get_mut(&key) else {
             return;
         };
-        if e.session.destroy {
+        if e.session.is_over() {
             self.remove(key);
             return;
         }
@@ -474,8 +478,8 @@ impl Engine {
             }
         }
         if let Some(d) = e.session.next_deadline() {
-            if e.session.scheduled.is_none_or(|s| d < s) {
-                e.session.scheduled = Some(d);
+            if e.scheduled.is_none_or(|s| d < s) {
+                e.scheduled = Some(d);
                 self.timers.push(Reverse((d, key)));
             }
         }
@@ -504,10 +508,10 @@ impl Engine {
             let Some(e) = sessions.get_mut(&key) else {
                 continue;
             };
-            if e.session.scheduled != Some(t) {
+            if e.scheduled != Some(t) {
                 continue; // superseded by an earlier deadline
             }
-            e.session.scheduled = None;
+            e.scheduled = None;
             e.session.on_timeout(now, &mut ctx);
             self.after(key);
         }

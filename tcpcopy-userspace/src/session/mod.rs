@@ -41,11 +41,18 @@
 //! formula, the C pacing of LAN clients (RTT ≤ 1 ms: the next request
 //! follows the first response segment).
 
+mod close;
 mod config;
 mod conn;
 mod counters;
 mod engine;
+mod event;
 mod outbox;
+mod pacing;
+mod segment;
+mod stream;
+mod target;
+mod timers;
 
 pub use config::{
     parse_client_pool, parse_mac, parse_transfers, preferred_port, sample_bucket, ClientPool,

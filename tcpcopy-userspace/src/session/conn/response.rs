@@ -1,0 +1,226 @@
+//! The target's side: records of its responses (headers only, from
+//! intercept) complete the handshake, acknowledge what we sent, carry
+//! response data to acknowledge and pace by, or close the connection.
+
+use super::{emit::Transmission, Ctx, Phase, Session};
+use crate::{
+    proto::ResponseHeader,
+    session::{
+        event::{Event, Loss},
+        target::RecoveryStep,
+        timers::Timer,
+    },
+    wire::{SeqNumber, TcpFlags},
+};
+
+const FIN: u8 = TcpFlags::FIN;
+const SYN: u8 = TcpFlags::SYN;
+const RST: u8 = TcpFlags::RST;
+const ACK: u8 = TcpFlags::ACK;
+
+impl Session {
+    pub fn on_response(&mut self, now: u64, h: &ResponseHeader, ctx: &mut Ctx) {
+        match self.phase {
+            Phase::Lingering | Phase::Over => {
+                if h.flags & RST == 0 && (h.payload_len > 0 || h.flags & FIN != 0) {
+                    // Data for a finished session: reset the target's side.
+                    let end = SeqNumber(h.seq)
+                        .plus(h.payload_len)
+                        .plus((h.flags & FIN != 0) as u32);
+                    self.reset_stray(h, end, ctx);
+                }
+            }
+            Phase::Closed | Phase::SynSent { .. } => {
+                ctx.note(Event::Response);
+                self.on_handshake_response(now, h, ctx);
+            }
+            Phase::Established => {
+                ctx.note(Event::Response);
+                self.on_established_response(now, h, ctx);
+            }
+        }
+    }
+
+    /// Answer a stray segment of the target, which ends at `end`, with an
+    /// RST.
+    fn reset_stray(&mut self, h: &ResponseHeader, end: SeqNumber, ctx: &mut Ctx) {
+        self.fabricate(SeqNumber(h.ack), end, RST | ACK, Transmission::First, ctx);
+    }
+
+    /// A record while no connection is established.
+    fn on_handshake_response(&mut self, now: u64, h: &ResponseHeader, ctx: &mut Ctx) {
+        if !self.is_syn_sent() {
+            return;
+        }
+        let answers_our_syn = SeqNumber(h.ack) == self.stream.isn().plus(1);
+        if h.flags & SYN != 0 && h.flags & ACK != 0 && answers_our_syn {
+            self.on_syn_ack(now, h, ctx);
+        } else if h.flags & RST != 0 {
+            if answers_our_syn {
+                // The target refused the connection (port closed).
+                ctx.note(Event::ResponseRst);
+                self.abandon(Loss::TargetRefused, ctx);
+                self.phase = Phase::Over;
+            }
+        } else {
+            // An answer from an older incarnation of this 4-tuple: clear
+            // it with an RST and try again after an RTT.
+            let syn_or_fin = h.flags & (SYN | FIN) != 0;
+            let end = SeqNumber(h.seq).plus(h.payload_len).plus(syn_or_fin as u32);
+            self.reset_stray(h, end, ctx);
+            self.phase = Phase::Closed;
+            self.handshake.fabricated = true;
+            self.handshake.reconnecting = true;
+            self.timers.set(Timer::Reconnect, now + self.pacing.rtt);
+        }
+    }
+
+    fn on_syn_ack(&mut self, now: u64, h: &ResponseHeader, ctx: &mut Ctx) {
+        self.timers.stop(Timer::SynRetransmit);
+        ctx.note(Event::Connected);
+        self.peer.on_syn_ack(now, h);
+        self.phase = Phase::Established;
+        self.timers.set(Timer::Gc, now + ctx.cfg.gc_interval_ms);
+        if let Some(ack) = self.handshake.held_ack.take() {
+            self.send_handshake_ack(ack, ctx);
+        } else if self.handshake.fabricated {
+            self.send_ack(ctx);
+        }
+        self.pump(now, ctx);
+    }
+
+    fn on_established_response(&mut self, now: u64, h: &ResponseHeader, ctx: &mut Ctx) {
+        self.peer.heard(now, h);
+        if h.flags & RST != 0 {
+            ctx.note(Event::ResponseRst);
+            tracing::debug!(
+                client = ?self.client, seq = h.seq, ack = h.ack, stream = ?self.stream,
+                rcv_nxt = ?self.peer.rcv_nxt, rst_held = self.close.rst.is_some(),
+                "the target reset the connection"
+            );
+            self.target_closed(now, false, ctx);
+            return;
+        }
+        self.on_ack(now, h, ctx);
+        if h.payload_len > 0 {
+            self.on_response_data(now, h, ctx);
+        }
+        if h.flags & FIN != 0 {
+            ctx.note(Event::ResponseFin);
+            self.peer.rcv_nxt = SeqNumber(h.seq).plus(h.payload_len).plus(1);
+            if self.stream.fin_sent {
+                self.send_ack(ctx);
+                self.finish(now, Loss::TargetClosed, ctx);
+                return;
+            }
+            self.target_closed(now, true, ctx);
+            return;
+        }
+        self.pump(now, ctx);
+    }
+
+    /// The acknowledgement and window of a record: release what it
+    /// acknowledges, recover what it says is lost.
+    fn on_ack(&mut self, now: u64, h: &ResponseHeader, ctx: &mut Ctx) {
+        let ack_off = self.stream.offset_of(SeqNumber(h.ack));
+        if ack_off > self.stream.una as i64 {
+            self.stream.acknowledge(ack_off as u64);
+            let step = self
+                .recovery
+                .on_ack(self.stream.una, self.stream.nxt, ctx.cfg.rto_ms);
+            if self.stream.outstanding() {
+                self.timers.set(Timer::Retransmit, now + self.recovery.rto);
+            } else {
+                self.timers.stop(Timer::Retransmit);
+            }
+            if step == RecoveryStep::Retransmit {
+                self.retransmit(ctx);
+            }
+        } else if h.payload_len == 0
+            && h.flags & FIN == 0
+            && self.stream.outstanding()
+            && self.peer.is_duplicate_ack(h)
+            && self.recovery.on_duplicate_ack(self.stream.nxt) == RecoveryStep::FastRetransmit
+        {
+            ctx.note(Event::FastRetransmit);
+            self.retransmit(ctx);
+        }
+        self.peer.note_header(h);
+    }
+
+    /// Response data: acknowledge it (now or delayed), and let it pace
+    /// the next request.
+    fn on_response_data(&mut self, now: u64, h: &ResponseHeader, ctx: &mut Ctx) {
+        ctx.note(Event::ResponsePayload);
+        if !self.peer.receive(SeqNumber(h.seq).plus(h.payload_len)) {
+            // The target retransmitted: our ACK was lost; ack again now.
+            self.send_ack(ctx);
+        }
+        if !self.pacing.any_request_sent() {
+            // A server-first greeting: acknowledge it and go on.
+            self.pacing.greeting_received = true;
+            self.send_ack(ctx);
+            return;
+        }
+        self.pacing.response_since_tick = true;
+        self.pacing.response_for_request = true;
+        self.timers.stop(Timer::ResponseWait);
+        let tot = h.ip_total_len;
+        self.pacing.last_response_full =
+            tot >= 2048 || [576, 1492, 1500, ctx.cfg.mtu].contains(&tot);
+        self.timers
+            .set_if_unarmed(Timer::ResponseTick, now + self.pacing.rtt);
+        self.owe_ack(now);
+        if self.pacing.waiting && self.pacing.rtt <= 1 && self.stream.pending_len() > 0 {
+            // LAN client (RTT ≤ 1 ms): the next request may follow the
+            // first response segment, as the C tool does.
+            self.pacing.waiting = false;
+        }
+    }
+
+    /// The target closed (FIN) or reset the connection.
+    fn target_closed(&mut self, now: u64, by_fin: bool, ctx: &mut Ctx) {
+        if by_fin {
+            self.send_ack(ctx);
+        }
+        if self.stream.has_unsent() {
+            // Reconnect: a new connection carries what the target did not
+            // acknowledge.
+            if by_fin {
+                self.send_rst(ctx);
+            }
+            ctx.note(Event::Reconnected);
+            self.handshake.reconnecting = true;
+            // Not acknowledged, so not known to have arrived: it goes
+            // again on the new connection, and its first-transmission
+            // count moves with it (each captured segment keeps exactly
+            // one disposition).
+            let requeued = self.stream.requeue_unacked();
+            for bytes in requeued.segments {
+                ctx.note(Event::Requeued { bytes });
+            }
+            for _ in 0..requeued.duplicates {
+                ctx.note(Event::Duplicate);
+            }
+            if self.stream.fin_sent && self.close.fin_bare {
+                // The bare FIN goes again too: it is buffered once more,
+                // not replayed (found by the `packet` fuzz target).
+                ctx.note(Event::Requeued { bytes: 0 });
+            }
+            self.restart_connection(now);
+            return;
+        }
+        // Nothing left to say: let a captured FIN go if it can, else reset.
+        if by_fin {
+            self.pacing.waiting = false;
+            self.pump(now, ctx);
+            if self.is_lingering() {
+                return;
+            }
+            if !self.stream.fin_sent {
+                self.send_rst(ctx);
+            }
+        }
+        self.finish(now, Loss::TargetClosed, ctx);
+    }
+}

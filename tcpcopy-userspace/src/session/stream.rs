@@ -1,0 +1,324 @@
+//! The client's byte stream toward the target: what was captured (with
+//! its holes), what is sent, what the target acknowledged, and where the
+//! client's FIN lies. Positions are stream offsets (bytes after the
+//! client's ISN), so they never wrap; [`Stream::seq_at`] and
+//! [`Stream::offset_of`] translate to and from sequence numbers.
+
+use super::segment::ClientSegment;
+use crate::wire::SeqNumber;
+use std::collections::{btree_map::Entry, BTreeMap, VecDeque};
+
+/// A segment sent and not yet acknowledged, at its stream offset.
+#[derive(Clone, Debug)]
+pub struct InFlight {
+    pub off: u64,
+    pub seg: ClientSegment,
+}
+
+/// What became of a captured segment offered to the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Captured {
+    /// New data, buffered.
+    Buffered,
+    /// A longer copy of a buffered segment: it replaced the shorter one,
+    /// which counts as the duplicate.
+    Replaced,
+    /// Nothing new: already sent or buffered.
+    Duplicate,
+}
+
+/// What a target connection that went away left unacknowledged, put back
+/// to be sent on the next one.
+#[derive(Debug, Default)]
+pub struct Requeued {
+    /// Payload bytes of each segment put back.
+    pub segments: Vec<u64>,
+    /// Segments already buffered again (a captured copy came meanwhile).
+    pub duplicates: u64,
+}
+
+#[derive(Debug)]
+pub struct Stream {
+    /// Sequence number of offset 0.
+    base: SeqNumber,
+    /// Captured, not sent yet, by offset.
+    pending: BTreeMap<u64, ClientSegment>,
+    /// Sent, not yet acknowledged by the target, in offset order.
+    unacked: VecDeque<InFlight>,
+    /// First byte the target has not acknowledged.
+    pub una: u64,
+    /// Next byte to send.
+    pub nxt: u64,
+    /// End of the highest captured data (sent or not).
+    captured_end: u64,
+    /// Offset of the client's FIN once captured.
+    pub fin_off: Option<u64>,
+    pub fin_sent: bool,
+    /// Since when a hole has been at the send position.
+    pub gap_since: Option<u64>,
+}
+
+impl Stream {
+    /// A stream whose first byte has sequence number `base`.
+    pub fn new(base: SeqNumber) -> Stream {
+        Stream {
+            base,
+            pending: BTreeMap::new(),
+            unacked: VecDeque::new(),
+            una: 0,
+            nxt: 0,
+            captured_end: 0,
+            fin_off: None,
+            fin_sent: false,
+            gap_since: None,
+        }
+    }
+
+    // ---- positions
+
+    pub fn seq_at(&self, off: u64) -> SeqNumber {
+        self.base.plus(off as u32)
+    }
+    /// Offset of `seq`, relative to the send position (negative: before
+    /// the stream started).
+    pub fn offset_of(&self, seq: SeqNumber) -> i64 {
+        self.nxt as i64 + seq.since(self.seq_at(self.nxt)) as i64
+    }
+    /// The client's ISN on the current target connection.
+    pub fn isn(&self) -> SeqNumber {
+        self.seq_at(self.una).minus(1)
+    }
+    /// The ISN of the captured connection.
+    pub fn captured_isn(&self) -> SeqNumber {
+        self.base.minus(1)
+    }
+    /// How far before the first captured byte `seq` lies (unsigned).
+    pub fn bytes_before_start(&self, seq: SeqNumber) -> u32 {
+        self.base.forward_from(seq)
+    }
+    /// Is `seq` beyond everything captured or sent?
+    pub fn is_beyond(&self, seq: SeqNumber) -> bool {
+        self.offset_of(seq) >= self.captured_end.max(self.nxt) as i64
+    }
+
+    // ---- state
+
+    /// Data sent and unacknowledged, or a FIN sent and unacknowledged.
+    pub fn outstanding(&self) -> bool {
+        self.una < self.nxt || (self.fin_sent && !self.fin_acked())
+    }
+    fn fin_acked(&self) -> bool {
+        // The FIN occupies offset fin_off; acked when una passed it.
+        matches!(self.fin_off, Some(f) if self.fin_sent && self.una > f)
+    }
+    /// Data captured and not yet acknowledged by the target.
+    pub fn has_unsent(&self) -> bool {
+        !self.pending.is_empty() || !self.unacked.is_empty()
+    }
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+    pub fn unacked_len(&self) -> usize {
+        self.unacked.len()
+    }
+    pub fn first_pending(&self) -> Option<(u64, &ClientSegment)> {
+        self.pending.iter().next().map(|(o, s)| (*o, s))
+    }
+    pub fn first_unacked(&self) -> Option<&InFlight> {
+        self.unacked.front()
+    }
+
+    // ---- captured data
+
+    /// Buffer a captured payload segment at offset `off`.
+    pub fn capture(&mut self, off: u64, seg: ClientSegment) -> Captured {
+        let len = seg.len();
+        if off + len <= self.nxt {
+            return Captured::Duplicate;
+        }
+        let outcome = match self.pending.get(&off) {
+            Some(old) if old.len() >= len => return Captured::Duplicate,
+            Some(_) => Captured::Replaced,
+            None => Captured::Buffered,
+        };
+        self.captured_end = self.captured_end.max(off + len);
+        self.pending.insert(off, seg);
+        outcome
+    }
+
+    /// Take the buffered segment at `off` out.
+    pub fn take_pending(&mut self, off: u64) -> Option<ClientSegment> {
+        self.pending.remove(&off)
+    }
+
+    /// A segment went out from the send position up to `end`.
+    pub fn sent(&mut self, end: u64, seg: ClientSegment) {
+        let off = self.nxt;
+        self.nxt = end;
+        self.unacked.push_back(InFlight { off, seg });
+    }
+
+    /// Captured segments, not yet sent, that belong to a newer connection
+    /// on this port whose SYN (`syn_seq`) was captured after them: taken
+    /// out for the new session.
+    pub fn take_newer(&mut self, syn_seq: SeqNumber) -> Vec<ClientSegment> {
+        let from = self.offset_of(syn_seq.plus(1));
+        if from <= self.nxt as i64 {
+            return Vec::new();
+        }
+        let later = self.pending.split_off(&(from as u64));
+        let end = self
+            .pending
+            .iter()
+            .next_back()
+            .map_or(0, |(o, s)| o + s.len());
+        self.captured_end = self.nxt.max(end);
+        if self.pending.keys().next().is_none_or(|o| *o <= self.nxt) {
+            self.gap_since = None;
+        }
+        later.into_values().collect()
+    }
+
+    /// Where the replay resumes after the hole at the send position: the
+    /// first buffered segment whose captured ack differs from `last_ack`
+    /// (a new request), else the first buffered one.
+    pub fn resume_point(&self, last_ack: Option<u32>) -> Option<u64> {
+        self.pending
+            .iter()
+            .find(|(_, s)| last_ack != Some(s.ack))
+            .or_else(|| self.pending.iter().next())
+            .map(|(&o, _)| o)
+    }
+
+    /// Drop what is buffered before `resume` and go on from there, as if
+    /// everything before it had been sent and acknowledged. Returns how
+    /// many segments were dropped.
+    pub fn skip_to(&mut self, resume: u64) -> u64 {
+        let rest = self.pending.split_off(&resume);
+        let dropped = self.pending.len() as u64;
+        self.pending = rest;
+        self.una = resume;
+        self.nxt = resume;
+        dropped
+    }
+
+    /// Forget everything buffered; returns how many segments that was.
+    pub fn clear_pending(&mut self) -> u64 {
+        let n = self.pending.len() as u64;
+        self.pending.clear();
+        n
+    }
+
+    // ---- the target's acknowledgements
+
+    /// The target acknowledged up to `ack_off`: move `una` (never past
+    /// what was sent) and release what is fully acknowledged.
+    pub fn acknowledge(&mut self, ack_off: u64) {
+        self.una = ack_off.min(self.nxt + self.fin_sent as u64);
+        while let Some(f) = self.unacked.front() {
+            if f.off + f.seg.len() <= self.una {
+                self.unacked.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The target connection is gone: what it did not acknowledge goes
+    /// back to the buffer, to be sent again on the next one.
+    pub fn requeue_unacked(&mut self) -> Requeued {
+        let mut r = Requeued::default();
+        while let Some(InFlight { off, seg }) = self.unacked.pop_back() {
+            r.segments.push(seg.len());
+            match self.pending.entry(off) {
+                Entry::Vacant(v) => {
+                    v.insert(seg);
+                }
+                Entry::Occupied(_) => r.duplicates += 1,
+            }
+        }
+        self.nxt = self.una;
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Captured, Stream};
+    use crate::{session::segment::ClientSegment, wire::SeqNumber};
+
+    fn seg(seq: u32, ack: u32, payload: &[u8]) -> ClientSegment {
+        ClientSegment {
+            seq,
+            ack,
+            flags: 0x18,
+            window: 100,
+            options: Vec::new(),
+            ts_offset: None,
+            tsval: None,
+            payload: payload.to_vec(),
+            ip_id: 0,
+            ttl: 64,
+            tos: 0,
+        }
+    }
+
+    #[test]
+    fn offsets_survive_the_sequence_wrap() {
+        let s = Stream::new(SeqNumber(u32::MAX - 1));
+        assert_eq!(s.seq_at(4), SeqNumber(2));
+        assert_eq!(s.offset_of(SeqNumber(2)), 4);
+        assert_eq!(s.offset_of(SeqNumber(u32::MAX - 3)), -2);
+        assert_eq!(s.isn(), SeqNumber(u32::MAX - 2));
+    }
+
+    #[test]
+    fn captures_keep_the_longer_copy_and_skip_what_was_sent() {
+        let mut s = Stream::new(SeqNumber(1000));
+        assert_eq!(s.capture(0, seg(1000, 1, b"ab")), Captured::Buffered);
+        assert_eq!(s.capture(0, seg(1000, 1, b"a")), Captured::Duplicate);
+        assert_eq!(s.capture(0, seg(1000, 1, b"abcd")), Captured::Replaced);
+        assert_eq!(s.capture(10, seg(1010, 1, b"xy")), Captured::Buffered);
+        assert_eq!(s.first_pending().map(|(o, _)| o), Some(0));
+        let first = s.take_pending(0).unwrap();
+        s.sent(4, first);
+        assert_eq!(s.first_pending().map(|(o, _)| o), Some(10)); // a hole at 4..10
+        assert_eq!(s.capture(0, seg(1000, 1, b"abcd")), Captured::Duplicate);
+        assert!(s.outstanding());
+        assert!(s.is_beyond(SeqNumber(1012)));
+        assert!(!s.is_beyond(SeqNumber(1011)));
+    }
+
+    #[test]
+    fn acknowledged_data_is_released_and_the_rest_requeued() {
+        let mut s = Stream::new(SeqNumber(0));
+        for (off, p) in [(0u64, &b"aa"[..]), (2, b"bb"), (4, b"cc")] {
+            s.capture(off, seg(off as u32, 1, p));
+            let g = s.take_pending(off).unwrap();
+            s.sent(off + 2, g);
+        }
+        s.acknowledge(3);
+        assert_eq!((s.una, s.unacked_len()), (3, 2));
+        s.acknowledge(99); // never past what was sent
+        assert_eq!(s.una, 6);
+        assert!(!s.outstanding());
+        let mut s2 = Stream::new(SeqNumber(0));
+        s2.capture(0, seg(0, 1, b"aa"));
+        let g = s2.take_pending(0).unwrap();
+        s2.sent(2, g);
+        s2.capture(0, seg(0, 1, b"aaa"));
+        let r = s2.requeue_unacked();
+        assert_eq!((r.segments, r.duplicates, s2.nxt), (vec![2], 1, 0));
+    }
+
+    #[test]
+    fn a_hole_is_skipped_to_the_next_request() {
+        let mut s = Stream::new(SeqNumber(0));
+        s.capture(5, seg(5, 7, b"rest of the cut request"));
+        s.capture(40, seg(40, 9, b"next request"));
+        assert_eq!(s.resume_point(Some(7)), Some(40));
+        assert_eq!(s.resume_point(Some(9)), Some(5));
+        assert_eq!(s.skip_to(40), 1);
+        assert_eq!((s.una, s.nxt, s.pending_len()), (40, 40, 1));
+    }
+}
