@@ -18,9 +18,6 @@ pub const DELAY_MS: u64 = 30_000;
 /// Most responses parked per 4-tuple (a handshake needs one or two).
 const MAX_PARKED_PER_KEY: usize = 8;
 
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RouteKey {
     pub client_ip: Ipv4Addr,
@@ -40,12 +37,12 @@ impl RouteKey {
     }
     /// The key of a response: it travels target → client.
     pub fn of_response(r: &ResponseRecord) -> Self {
-        let b = &r.0;
+        let ((client_ip, client_port), (target_ip, target_port)) = (r.client(), r.target());
         RouteKey {
-            client_ip: Ipv4Addr::new(b[16], b[17], b[18], b[19]),
-            client_port: u16::from_be_bytes([b[22], b[23]]),
-            target_ip: Ipv4Addr::new(b[12], b[13], b[14], b[15]),
-            target_port: u16::from_be_bytes([b[20], b[21]]),
+            client_ip,
+            client_port,
+            target_ip,
+            target_port,
         }
     }
 }
@@ -160,8 +157,8 @@ impl Router {
             self.stats.routed += 1;
             return Disposition::Send(r.peer);
         }
-        let flags = record.0[33];
-        if flags & (TCP_SYN | TCP_RST) == 0 {
+        let flags = record.flags();
+        if !flags.syn() && !flags.rst() {
             self.stats.unrouted += 1;
             return Disposition::Unrouted;
         }

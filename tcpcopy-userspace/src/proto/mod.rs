@@ -138,6 +138,22 @@ impl ResponseRecord {
         Some(ResponseRecord(r))
     }
 
+    /// The target's address and port (the response's source).
+    pub fn target(&self) -> (Ipv4Addr, u16) {
+        let b = &self.0;
+        let ip = Ipv4Addr::new(b[12], b[13], b[14], b[15]);
+        (ip, u16::from_be_bytes([b[20], b[21]]))
+    }
+    /// The replayed client's address and port (the response's destination).
+    pub fn client(&self) -> (Ipv4Addr, u16) {
+        let b = &self.0;
+        let ip = Ipv4Addr::new(b[16], b[17], b[18], b[19]);
+        (ip, u16::from_be_bytes([b[22], b[23]]))
+    }
+    pub fn flags(&self) -> crate::wire::TcpFlags {
+        crate::wire::TcpFlags(self.0[33])
+    }
+
     /// Decode the record. The TCP header always sits at offset 20 (IP options
     /// are not carried; the C tool's ihl-based offset is a quirk we fix).
     pub fn header(&self) -> ResponseHeader {
@@ -149,14 +165,15 @@ impl ResponseRecord {
         let payload_len = tot.saturating_sub(ip_hl.max(20) + doff.max(20));
         let opt_end = (doff as usize).clamp(20, 44);
         let opts = crate::wire::TcpOptions::parse(&t[20..opt_end]);
+        let ((src_ip, src_port), (dst_ip, dst_port)) = (self.target(), self.client());
         ResponseHeader {
-            src_ip: Ipv4Addr::new(b[12], b[13], b[14], b[15]),
-            dst_ip: Ipv4Addr::new(b[16], b[17], b[18], b[19]),
-            src_port: u16::from_be_bytes([t[0], t[1]]),
-            dst_port: u16::from_be_bytes([t[2], t[3]]),
+            src_ip,
+            dst_ip,
+            src_port,
+            dst_port,
             seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
             ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
-            flags: t[13],
+            flags: self.flags().0,
             window: u16::from_be_bytes([t[14], t[15]]),
             ip_total_len: tot as u16,
             payload_len,

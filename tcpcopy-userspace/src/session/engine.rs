@@ -6,16 +6,16 @@
 
 use super::{
     config::{preferred_port, sample_bucket, Config},
-    conn::{Ctx, Session},
+    conn::{Ctx, Endpoint, Session},
     counters::Counters,
-    event::Loss,
+    event::{Event, Loss},
     outbox::Outbox,
     segment::ClientSegment,
 };
 use crate::{
     memory::Pressure,
     proto::{ResponseHeader, RouteMsg},
-    wire::{Ipv4View, TcpFlags, TcpView},
+    wire::{SegmentError, SegmentRepr, TcpFlags},
 };
 use hashbrown::{HashMap, HashSet};
 use std::{
@@ -25,10 +25,36 @@ use std::{
     sync::Arc,
 };
 
-/// (client address, client port) as replayed: the session key.
-pub type SessionKey = (Ipv4Addr, u16);
-/// (captured client address, captured port, copy number).
-type OriginKey = (Ipv4Addr, u16, u16);
+/// A session's key: the client address and port it is replayed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey {
+    pub client: Ipv4Addr,
+    pub port: u16,
+}
+
+impl SessionKey {
+    fn endpoint(self) -> Endpoint {
+        (self.client, self.port)
+    }
+}
+
+/// What a session replays: a captured client connection, and which copy
+/// of it (`-n`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct OriginKey {
+    client: Ipv4Addr,
+    port: u16,
+    copy: u16,
+}
+
+/// Which of the workers an engine belongs to: every session it opens uses
+/// a (client IP, port) whose flow hash picks this worker, so no other
+/// worker can open the same connection to the target.
+#[derive(Clone, Copy, Debug)]
+struct Lane {
+    index: u32,
+    count: u32,
+}
 
 /// How many ports past the preferred one the allocator tries.
 /// Ports tried for a copy whose preferred port is taken (or, with several
@@ -57,10 +83,7 @@ pub struct Engine {
     packets: Outbox,
     routes: VecDeque<RouteMsg>,
     counters: Counters,
-    /// This engine's worker and the number of workers: every session it
-    /// opens uses a (client IP, port) whose flow hash picks this worker,
-    /// so no other worker can open the same connection to the target.
-    lane: (u32, u32),
+    lane: Lane,
     /// Memory pressure under `-m`, set by the worker before each batch.
     memory: Pressure,
 }
@@ -68,12 +91,15 @@ pub struct Engine {
 impl Engine {
     /// Make this the engine of worker `index` of `count` (see `lane`).
     pub fn set_lane(&mut self, index: u32, count: u32) {
-        self.lane = (index, count.max(1));
+        self.lane = Lane {
+            index,
+            count: count.max(1),
+        };
     }
 
-    fn in_lane(&self, ip: Ipv4Addr, port: u16) -> bool {
-        let (index, count) = self.lane;
-        count <= 1 || tcpcopy_common::flow_hash(u32::from(ip), port) % count == index
+    fn in_lane(&self, key: SessionKey) -> bool {
+        let Lane { index, count } = self.lane;
+        count <= 1 || tcpcopy_common::flow_hash(u32::from(key.client), key.port) % count == index
     }
 
     pub fn new(cfg: Arc<Config>) -> Self {
@@ -87,7 +113,7 @@ impl Engine {
             packets: Outbox::default(),
             routes: VecDeque::new(),
             counters: Counters::default(),
-            lane: (0, 1),
+            lane: Lane { index: 0, count: 1 },
             memory: Pressure::None,
         }
     }
@@ -151,18 +177,61 @@ impl Engine {
     /// A packet as captured: an IPv4 packet (link header removed).
     pub fn handle_client_packet(&mut self, now: u64, packet: &[u8]) {
         self.counters.captured += 1;
-        let Some((segs, src, sport, dst, dport)) = self.ingress(packet) else {
-            return;
+        let seg = match SegmentRepr::parse(packet) {
+            Ok(seg) => seg,
+            Err(e) => {
+                let c = &mut self.counters;
+                match e {
+                    SegmentError::NotTcp => c.not_tcp += 1,
+                    SegmentError::Fragment => {
+                        c.fragments += 1;
+                        c.malformed += 1;
+                    }
+                    SegmentError::Malformed => c.malformed += 1,
+                }
+                return;
+            }
         };
-        let Some(t) = self.cfg.transfer_for(dst, dport).copied() else {
+        if seg.unusual_fragment_field {
+            self.counters.fragments += 1;
+        }
+        let Some(t) = self.cfg.transfer_for(seg.dst, seg.dst_port).copied() else {
             self.counters.no_transfer += 1;
             return;
         };
-        let mut src = src;
+        let Some((captured_src, src)) = self.client_address(seg.src) else {
+            self.counters.localhost_dropped += 1;
+            return;
+        };
+        let pct = self.cfg.sample_percent;
+        if pct > 0 && pct < 100 && sample_bucket(src, seg.src_port) >= pct {
+            self.counters.sampled_out += 1;
+            return;
+        }
+        self.counters.accepted += 1;
+        let segs = self.split_oversize(&seg);
+        let target = (t.dst_ip, t.dst_port);
+        for copy in 0..self.cfg.replicas.max(1) {
+            let origin = OriginKey {
+                client: captured_src,
+                port: seg.src_port,
+                copy,
+            };
+            for s in &segs {
+                self.counters.session_inputs += 1;
+                self.dispatch(now, origin, src, target, s.clone());
+            }
+        }
+    }
+
+    /// The client address a captured source is replayed from (spec §4.2
+    /// step 5, `-c`), with the captured one it stands for; None if the
+    /// localhost rules drop it.
+    fn client_address(&mut self, captured: Ipv4Addr) -> Option<(Ipv4Addr, Ipv4Addr)> {
+        let mut src = captured;
         if self.cfg.target_is_localhost() {
             if src != Ipv4Addr::LOCALHOST {
-                self.counters.localhost_dropped += 1;
-                return;
+                return None;
             }
         } else if src == Ipv4Addr::LOCALHOST {
             if let Some(h) = self.cfg.localhost_as {
@@ -176,114 +245,50 @@ impl Engine {
                 .entry(src)
                 .or_insert_with(|| pool.bind(captured_src));
         }
-        let pct = self.cfg.sample_percent;
-        if pct > 0 && pct < 100 && sample_bucket(src, sport) >= pct {
-            self.counters.sampled_out += 1;
-            return;
-        }
-        self.counters.accepted += 1;
-        let target = (t.dst_ip, t.dst_port);
-        for copy in 0..self.cfg.replicas.max(1) {
-            for seg in &segs {
-                self.counters.session_inputs += 1;
-                self.dispatch(now, (captured_src, sport, copy), src, target, seg.clone());
-            }
-        }
+        Some((captured_src, src))
     }
 
-    /// Parse and validate; cut segments longer than `-M`.
-    #[allow(clippy::type_complexity)]
-    fn ingress(
-        &mut self,
-        packet: &[u8],
-    ) -> Option<(Vec<ClientSegment>, Ipv4Addr, u16, Ipv4Addr, u16)> {
-        let c = &mut self.counters;
-        let ip = match Ipv4View::new_checked(packet) {
-            Ok(ip) => ip,
-            Err(crate::wire::WireError::NotIpv4) => {
-                c.not_tcp += 1;
-                return None;
-            }
-            Err(_) => {
-                c.malformed += 1;
-                return None;
-            }
-        };
-        if ip.protocol() != 6 {
-            c.not_tcp += 1;
-            return None;
-        }
-        let frag = ip.frag_field();
-        if frag != 0x4000 {
-            c.fragments += 1;
-            if frag & 0x3fff != 0 {
-                // A fragment of a larger datagram is not a whole segment.
-                c.malformed += 1;
-                return None;
-            }
-        }
-        let tot = ip.total_len() as usize;
-        let packet = if tot >= ip.header_len() && tot <= packet.len() {
-            &packet[..tot]
-        } else if tot == 0 {
-            packet // TSO/GSO super-packet: the length is what was captured
-        } else {
-            c.malformed += 1; // truncated capture
-            return None;
-        };
-        let ip = Ipv4View::new_checked(packet).ok()?;
-        let Ok(tcp) = TcpView::new_checked(ip.payload()) else {
-            c.malformed += 1;
-            return None;
-        };
-        let opts = tcp.options();
-        let seg = ClientSegment {
-            seq: tcp.seq(),
-            ack: tcp.ack(),
-            flags: tcp.flags().0,
-            window: tcp.window(),
-            options: tcp.options_bytes().to_vec(),
-            ts_offset: opts.ts_offset,
-            tsval: opts.timestamps.map(|t| t.0),
+    /// The segment as sessions hold it, cut into pieces that fit the MTU
+    /// (`-M`) if it is longer.
+    fn split_oversize(&mut self, seg: &SegmentRepr) -> Vec<ClientSegment> {
+        let whole = ClientSegment {
+            seq: seg.seq.0,
+            ack: seg.ack.0,
+            flags: seg.flags.0,
+            window: seg.window,
+            options: seg.options.to_vec(),
+            ts_offset: seg.ts_offset,
+            tsval: seg.tsval,
             payload: Vec::new(),
-            ip_id: ip.ident(),
-            ttl: ip.ttl(),
-            tos: ip.tos(),
+            ip_id: seg.ip_id,
+            ttl: seg.ttl,
+            tos: seg.tos,
         };
-        let payload = tcp.payload();
         let max = (self.cfg.mtu as usize)
-            .saturating_sub(ip.header_len() + tcp.header_len())
+            .saturating_sub(seg.header_len)
             .max(1);
-        let segs = if payload.len() <= max {
-            vec![ClientSegment {
-                payload: payload.to_vec(),
-                ..seg
-            }]
-        } else {
-            self.counters.split_oversize += 1;
-            let n = payload.len().div_ceil(max);
-            payload
-                .chunks(max)
-                .enumerate()
-                .map(|(i, chunk)| {
-                    let mut s = seg.clone();
-                    s.seq = seg.seq.wrapping_add((i * max) as u32);
-                    s.ip_id = seg.ip_id.wrapping_add(i as u16);
-                    s.payload = chunk.to_vec();
-                    if i + 1 < n {
-                        s.flags &= !(TcpFlags::FIN | TcpFlags::PSH); // only on the last piece
-                    }
-                    s
-                })
-                .collect()
-        };
-        Some((
-            segs,
-            ip.src().into(),
-            tcp.src_port(),
-            ip.dst().into(),
-            tcp.dst_port(),
-        ))
+        if seg.payload.len() <= max {
+            return vec![ClientSegment {
+                payload: seg.payload.to_vec(),
+                ..whole
+            }];
+        }
+        self.counters.split_oversize += 1;
+        let n = seg.payload.len().div_ceil(max);
+        seg.payload
+            .chunks(max)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let mut s = whole.clone();
+                s.seq = seg.seq.plus((i * max) as u32).0;
+                s.ip_id = seg.ip_id.wrapping_add(i as u16);
+                s.payload = chunk.to_vec();
+                if i + 1 < n {
+                    s.flags &= !(TcpFlags::FIN | TcpFlags::PSH); // only on the last piece
+                }
+                s
+            })
+            .collect()
     }
 
     fn ctx(&mut self) -> (Ctx<'_>, &mut HashMap<SessionKey, Entry>) {
@@ -311,48 +316,46 @@ impl Engine {
         // Segments of this new connection that arrived before its SYN.
         let mut early = Vec::new();
         if let Some(&key) = self.origins.get(&origin) {
-            let entry = self.sessions.get(&key).expect("origin without session");
-            let s = &entry.session;
-            let lingering = s.is_lingering();
-            if syn {
-                if !lingering && (s.captured_isn() == seg.seq || s.is_late_syn(seg.seq)) {
-                    // The client's SYN retransmission, or its first SYN
-                    // captured after its data.
-                    self.counters.duplicates += 1;
+            let (mut ctx, sessions) = self.ctx();
+            let e = sessions
+                .get_mut(&key)
+                .expect("an origin's session is in the table");
+            let s = &mut e.session;
+            let mut detach = false;
+            match (syn, s.is_lingering()) {
+                (false, false) => {
+                    s.on_client_segment(now, seg, &mut ctx);
+                    self.after(key);
                     return;
                 }
-                if !lingering {
-                    early = self
-                        .sessions
-                        .get_mut(&key)
-                        .unwrap()
-                        .session
-                        .take_newer(seg.seq);
+                (false, true) => {
+                    if seg.payload.is_empty() || !s.is_beyond(seg.seq) {
+                        ctx.note(Event::LateForClosed);
+                        return;
+                    }
                 }
-                let s = &self.sessions[&key].session;
-                if !lingering && s.buffered() > 0 {
+                (true, false) => {
+                    if s.captured_isn() == seg.seq || s.is_late_syn(seg.seq) {
+                        // The client's SYN retransmission, or its first SYN
+                        // captured after its data.
+                        ctx.note(Event::Duplicate);
+                        return;
+                    }
+                    early = s.take_newer(seg.seq);
                     // A new connection on this port while the old replay
                     // still has captured data to send (the replay runs
-                    // behind the capture): the old one finishes on its own,
-                    // the new one takes the next free port.
-                    self.origins.remove(&origin);
-                    self.counters.sessions_overlapped += 1;
-                } else {
-                    // The old replay ends now.
-                    self.end_session(now, key);
+                    // behind the capture): the old one finishes on its
+                    // own, the new one takes the next free port.
+                    detach = s.buffered() > 0;
                 }
-            } else if lingering {
-                if seg.payload.is_empty() || !s.is_beyond(seg.seq) {
-                    self.counters.late_for_closed += 1;
-                    return;
-                }
-                self.end_session(now, key);
+                (true, true) => {}
+            }
+            if detach {
+                self.origins.remove(&origin);
+                self.counters.sessions_overlapped += 1;
             } else {
-                let (mut ctx, sessions) = self.ctx();
-                let e = sessions.get_mut(&key).unwrap();
-                e.session.on_client_segment(now, seg, &mut ctx);
-                self.after(key);
-                return;
+                // The old replay ends now.
+                self.end_session(now, key);
             }
         }
         // No session for this connection yet.
@@ -381,9 +384,9 @@ impl Engine {
         };
         let (mut ctx, sessions) = self.ctx();
         let session = if syn {
-            Session::from_syn(now, key, target, seg, &mut ctx)
+            Session::from_syn(now, key.endpoint(), target, seg, &mut ctx)
         } else {
-            let mut s = Session::mid_stream(now, key, target, &seg, 1, ctx.cfg);
+            let mut s = Session::mid_stream(now, key.endpoint(), target, &seg, 1, ctx.cfg);
             s.on_client_segment(now, seg, &mut ctx);
             s
         };
@@ -412,7 +415,7 @@ impl Engine {
     /// port, or the next one that no live session uses and that is in this
     /// worker's lane (so another worker's original cannot collide with it).
     fn allocate(&self, ip: Ipv4Addr, origin: OriginKey) -> Option<SessionKey> {
-        let first = preferred_port(&self.cfg, origin.1, origin.2);
+        let first = preferred_port(&self.cfg, origin.port, origin.copy);
         (0..PORT_PROBES)
             .map(|i| {
                 let p = first.wrapping_add(i);
@@ -422,8 +425,8 @@ impl Engine {
                     p
                 }
             })
-            .map(|p| (ip, p))
-            .find(|k| !self.sessions.contains_key(k) && self.in_lane(k.0, k.1))
+            .map(|port| SessionKey { client: ip, port })
+            .find(|k| !self.sessions.contains_key(k) && self.in_lane(*k))
     }
 
     fn end_session(&mut self, now: u64, key: SessionKey) {
@@ -487,7 +490,10 @@ impl Engine {
 
     /// A response header from intercept.
     pub fn handle_response(&mut self, now: u64, h: &ResponseHeader) {
-        let key = (h.dst_ip, h.dst_port);
+        let key = SessionKey {
+            client: h.dst_ip,
+            port: h.dst_port,
+        };
         let (mut ctx, sessions) = self.ctx();
         let Some(e) = sessions.get_mut(&key) else {
             self.counters.responses_unmatched += 1;

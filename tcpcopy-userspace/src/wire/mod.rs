@@ -6,11 +6,13 @@
 pub mod build;
 mod checksum;
 mod ipv4;
+mod segment;
 mod seq;
 mod tcp;
 
 pub use checksum::{internet_checksum, tcp_checksum};
 pub use ipv4::{Ipv4View, IPV4_MIN_HEADER};
+pub use segment::{SegmentError, SegmentRepr};
 pub use seq::SeqNumber;
 pub use tcp::{TcpFlags, TcpOptions, TcpView, TCP_MIN_HEADER};
 
