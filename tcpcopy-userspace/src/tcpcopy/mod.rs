@@ -12,13 +12,14 @@ mod summary;
 mod worker;
 
 pub use options::{
-    parse_servers, CaptureMode, OfflinePlan, SendMode, Settings, Speed, TcpcopyOptions,
+    parse_servers, CaptureMode, OfflinePlan, RecordPlan, SendMode, SendPlan, Settings, Source,
+    Speed, TcpcopyOptions,
 };
 pub use summary::Totals;
 pub use worker::WorkerReport;
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{atomic::AtomicBool, Arc, Mutex},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -30,7 +31,7 @@ use tcpcopy_common::{capture_mode, PortKey};
 use self::{
     channel::Channel,
     offline_watch::{offline_words, OfflineWatch},
-    worker::Worker,
+    worker::{Worker, WorkerParts},
 };
 use crate::{
     capture::{dispatch, rx_queues, Capture, PacketSocket, TapRing, XskSocket},
@@ -156,138 +157,201 @@ fn xsk_senders(
 /// How often the totals behind `--metrics` are refreshed.
 const PUBLISH_METRICS: Duration = Duration::from_millis(250);
 
+/// The capture side, opened: one end per worker, and what must live as
+/// long as they do.
+struct Sources {
+    ends: Ends,
+    /// The attached program (tap and xdp), detached when dropped.
+    xdp: Option<AttachedXdp>,
+    /// The dispatcher thread (packet and offline).
+    dispatcher: Option<dispatch::Dispatcher>,
+    /// Offline: the plan and how far the file has been read.
+    offline: Option<(OfflinePlan, Arc<crate::offline::Progress>)>,
+    /// `--send xdp` on the capture interface: each worker's TX ring.
+    shared_tx: Vec<Option<TxParts>>,
+}
+
 /// Run tcpcopy until SIGINT/SIGTERM/SIGHUP or a fatal worker error.
 pub fn run(opts: TcpcopyOptions) -> Result<()> {
-    let settings = opts.settings()?;
+    let plan = opts.settings()?;
     let (_pid, stop) = process::start(
         opts.daemon,
         opts.log_file.as_deref(),
         opts.pid_file.as_deref(),
     )?;
-    let cfg = Arc::clone(&settings.config);
     tracing::info!(
-        "tcpcopy version:{} protocol:{} target:{} capture:{:?} workers:{} intercept:{:?}",
+        "tcpcopy version:{} protocol:{} target:{} source:{:?} workers:{} intercept:{:?}",
         env!("CARGO_PKG_VERSION"),
         crate::proto::INTERNAL_VERSION,
         opts.transfer.as_deref().unwrap_or(""),
-        settings.capture,
-        settings.workers,
-        settings.servers
+        plan.source,
+        plan.workers,
+        plan.servers
     );
+    // XDP is attached only once every worker is connected, so nothing is
+    // captured that cannot be replayed.
+    let mut sources = open_sources(&plan, &stop)?;
+    let recorder = match &plan.record {
+        Some(r) => Some(record::start(&r.path, r.rotate_bytes)?),
+        None => None,
+    };
+    let workers = build_workers(&plan, &mut sources, recorder.as_ref().map(|(tap, _)| tap))?;
+    // The workers hold the only taps now: the recorder ends with them.
+    let recorder = recorder.map(|(_, r)| r);
+    if let Some(x) = sources.xdp.as_mut() {
+        for iface in &plan.ifaces {
+            x.attach(iface, plan.xdp_mode)?;
+        }
+    }
+    let mut running = Running::spawn(workers, &stop)?;
+    tracing::info!("tcpcopy ready: replaying to the target");
+    supervise(&plan, &stop, &running, &sources)?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let failure = running.join();
+    let mut totals = Totals::collect(&running.reports, sources.xdp.as_ref());
+    if let Some(d) = sources.dispatcher.take() {
+        let end = d.join();
+        totals.dispatch_queue_full = end.queue_full;
+        totals.packet_socket_dropped = end.source.kernel_dropped;
+    }
+    tracing::info!("{}", totals.stats_line());
+    eprintln!("{}", exit_summary(&plan, &totals, &sources, recorder));
+    drop(sources); // detaches XDP
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
 
-    // Capture sources, one per worker; XDP is attached only once every
-    // worker is connected, so nothing is captured that cannot be replayed.
-    let mut xdp = None;
-    let mut captures: Vec<Box<dyn Capture>> = Vec::new();
-    let mut dispatcher = None;
-    let mut offline = None;
-    // `--send xdp` on the capture interface: each worker's TX ring.
-    let mut shared_tx: Vec<Option<TxParts>> = Vec::new();
-    match settings.capture {
-        _ if settings.offline.is_some() => {
-            let plan = settings.offline.clone().unwrap();
+/// Open the capture source the plan names, one end per worker.
+fn open_sources(plan: &Settings, stop: &Arc<std::sync::atomic::AtomicBool>) -> Result<Sources> {
+    let mut s = Sources {
+        ends: Vec::new(),
+        xdp: None,
+        dispatcher: None,
+        offline: None,
+        shared_tx: Vec::new(),
+    };
+    let workers = plan.workers;
+    match &plan.source {
+        Source::Offline(offline) => {
             let (source, progress) =
-                OfflineSource::open(plan.path.clone(), plan.pace, plan.passes)?;
+                OfflineSource::open(offline.path.clone(), offline.pace, offline.passes)?;
             tracing::info!(
-                file = %plan.path.display(),
+                file = %offline.path.display(),
                 bytes = progress.size,
-                accelerate = plan.pace.accel,
-                max_speed = plan.pace.max_speed,
-                passes = plan.passes,
+                accelerate = offline.pace.accel,
+                max_speed = offline.pace.max_speed,
+                passes = offline.passes,
                 "offline replay"
             );
             let (ends, handle) =
-                dispatch::start(Box::new(source), settings.workers, Arc::clone(&stop), true)?;
-            captures = ends;
-            dispatcher = Some(handle);
-            offline = Some((plan, progress));
+                dispatch::start(Box::new(source), workers, Arc::clone(stop), true)?;
+            s.ends = ends;
+            s.dispatcher = Some(handle);
+            s.offline = Some((offline.clone(), progress));
         }
-        CaptureMode::Tap => {
-            let mut x = AttachedXdp::load(
-                TCPCOPY_EBPF,
-                "tcpcopy_capture",
-                &[
-                    ("CAPTURE_MODE", capture_mode::TAP),
-                    ("TAP_RINGS", settings.workers as u32),
-                ],
-                &[],
-                opts.xdp_mode,
-            )?;
-            x.set_port_keys("SOURCES", &source_keys(&cfg))?;
-            for i in 0..settings.workers {
+        Source::Live(CaptureMode::Packet) => {
+            let idx = match plan.ifaces.first() {
+                Some(name) => ifindex(name)?,
+                None => 0,
+            };
+            let socket =
+                PacketSocket::open(idx, Arc::clone(&plan.config)).context("--capture packet")?;
+            let (ends, handle) =
+                dispatch::start(Box::new(socket), workers, Arc::clone(stop), false)?;
+            s.ends = ends;
+            s.dispatcher = Some(handle);
+        }
+        Source::Live(CaptureMode::Tap) => {
+            let mut x = load_capture_program(plan, capture_mode::TAP)?;
+            for i in 0..workers {
                 let map = x
                     .ebpf_mut()
                     .take_map(&format!("TAP{i}"))
                     .ok_or_else(|| anyhow!("tap ring TAP{i} missing"))?;
-                captures.push(Box::new(TapRing::new(RingBuf::try_from(map)?)));
+                s.ends.push(Box::new(TapRing::new(RingBuf::try_from(map)?)));
             }
-            xdp = Some(x);
+            s.xdp = Some(x);
         }
-        CaptureMode::Packet => {
-            let idx = match opts.ifaces.first() {
-                Some(name) => ifindex(name)?,
-                None => 0,
-            };
-            let socket = PacketSocket::open(idx, Arc::clone(&cfg)).context("--capture packet")?;
-            let (ends, handle) =
-                dispatch::start(Box::new(socket), settings.workers, Arc::clone(&stop), false)?;
-            captures = ends;
-            dispatcher = Some(handle);
-        }
-        CaptureMode::Xdp => {
-            let mut x = AttachedXdp::load(
-                TCPCOPY_EBPF,
-                "tcpcopy_capture",
-                &[("CAPTURE_MODE", capture_mode::XSK)],
-                &[],
-                opts.xdp_mode,
-            )?;
-            x.set_port_keys("SOURCES", &source_keys(&cfg))?;
-            let share_tx =
-                opts.send == SendMode::Xdp && opts.out_iface == opts.ifaces.first().cloned();
-            let (ends, tx) = open_xsk_sockets(&mut x, &opts.ifaces, settings.workers, share_tx)?;
-            captures = ends;
-            shared_tx = tx;
-            xdp = Some(x);
+        Source::Live(CaptureMode::Xdp) => {
+            let mut x = load_capture_program(plan, capture_mode::XSK)?;
+            let share_tx = matches!(
+                plan.send,
+                SendPlan::Xdp {
+                    share_capture: true,
+                    ..
+                }
+            );
+            let (ends, tx) = open_xsk_sockets(&mut x, &plan.ifaces, workers, share_tx)?;
+            s.ends = ends;
+            s.shared_tx = tx;
+            s.xdp = Some(x);
         }
     }
+    Ok(s)
+}
 
-    let recorder = match &opts.record {
-        Some(path) => {
-            let rotate = opts.record_size.unwrap_or(0) * 1_000_000;
-            Some(record::start(path, rotate)?)
-        }
-        None => None,
-    };
+/// tcpcopy-ebpf, loaded (not attached) in `mode`, with the `-x` sources.
+fn load_capture_program(plan: &Settings, mode: u32) -> Result<AttachedXdp> {
+    let mut globals = vec![("CAPTURE_MODE", mode)];
+    if mode == capture_mode::TAP {
+        globals.push(("TAP_RINGS", plan.workers as u32));
+    }
+    let mut x = AttachedXdp::load(
+        TCPCOPY_EBPF,
+        "tcpcopy_capture",
+        &globals,
+        &[],
+        plan.xdp_mode,
+    )?;
+    x.set_port_keys("SOURCES", &source_keys(&plan.config))?;
+    Ok(x)
+}
+
+/// One worker per capture end, each with its intercept connections and
+/// its sender; `-m` is set once the rings and UMEMs are paid for.
+fn build_workers(
+    plan: &Settings,
+    sources: &mut Sources,
+    record: Option<&record::RecordTap>,
+) -> Result<Vec<Worker>> {
     let epoch = Instant::now();
-    let mut workers = Vec::new();
-    let count = captures.len();
-    let mut reserved: u64 = captures.iter().map(|c| c.reserved_bytes()).sum();
-    let mut senders = match (&opts.out_iface, opts.send) {
-        (Some(out), SendMode::Xdp) => {
-            let (senders, umems) = xsk_senders(&cfg, out, count, shared_tx)?;
+    let count = sources.ends.len();
+    let mut reserved: u64 = sources.ends.iter().map(|c| c.reserved_bytes()).sum();
+    let mut xsk = match &plan.send {
+        SendPlan::Xdp { out, .. } => {
+            let shared = std::mem::take(&mut sources.shared_tx);
+            let (senders, umems) = xsk_senders(&plan.config, out, count, shared)?;
             reserved += umems;
             senders.into_iter().map(Some).collect()
         }
-        _ => Vec::new(),
+        SendPlan::Raw => Vec::new(),
     };
-    for (id, capture) in captures.into_iter().enumerate() {
-        let channel = Channel::connect(&settings.servers, settings.connections, Framing::Combined)?;
-        let sender: Box<dyn Sender> = match senders.get_mut(id).and_then(Option::take) {
-            Some(xsk) => xsk,
+    let mut workers = Vec::new();
+    for (id, capture) in std::mem::take(&mut sources.ends).into_iter().enumerate() {
+        let channel = Channel::connect(&plan.servers, plan.connections, Framing::Combined)?;
+        let sender: Box<dyn Sender> = match xsk.get_mut(id).and_then(Option::take) {
+            Some(s) => s,
             None => Box::new(
                 RawSender::new()
                     .map_err(|e| anyhow!("raw send socket (needs CAP_NET_RAW): {e}"))?,
             ),
         };
-        let mut w = Worker::new(id, count, capture, channel, sender, Arc::clone(&cfg), epoch)?;
-        w.lonely = opts.lonely;
-        w.backpressure = offline.is_some();
-        w.record = recorder.as_ref().map(|(tap, _)| tap.clone());
-        workers.push(w);
+        workers.push(Worker::new(WorkerParts {
+            id,
+            count,
+            capture,
+            channel,
+            sender,
+            config: Arc::clone(&plan.config),
+            epoch,
+            lonely: plan.lonely,
+            backpressure: sources.offline.is_some(),
+            record: record.cloned(),
+        }));
     }
-    let memory_limit = opts.memory_mb.map(|mb| mb << 20);
-    if let Some(limit) = memory_limit {
+    if let Some(limit) = plan.memory_limit {
         let budget = crate::memory::set_limit(limit, reserved)?;
         tracing::info!(
             limit_mib = limit >> 20,
@@ -296,115 +360,159 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
             "-m: memory limit"
         );
     }
-    // The workers hold the only taps now: the recorder ends with them.
-    let recorder = recorder.map(|(_, r)| r);
-    if let Some(x) = xdp.as_mut() {
-        for iface in &opts.ifaces {
-            x.attach(iface, opts.xdp_mode)?;
+    Ok(workers)
+}
+
+/// The worker threads, each pinned to a core.
+struct Running {
+    reports: Vec<Arc<Mutex<WorkerReport>>>,
+    handles: Vec<JoinHandle<Result<()>>>,
+}
+
+impl Running {
+    fn spawn(workers: Vec<Worker>, stop: &Arc<AtomicBool>) -> Result<Running> {
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut r = Running {
+            reports: Vec::new(),
+            handles: Vec::new(),
+        };
+        for w in workers {
+            r.reports.push(Arc::clone(&w.report));
+            let core = (!cores.is_empty()).then(|| cores[w.id % cores.len()]);
+            let stop = Arc::clone(stop);
+            r.handles.push(
+                std::thread::Builder::new()
+                    .name(format!("tcpcopy-w{}", w.id))
+                    .spawn(move || {
+                        if let Some(c) = core {
+                            core_affinity::set_for_current(c);
+                        }
+                        w.run(stop)
+                    })?,
+            );
         }
+        Ok(r)
     }
 
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let mut reports: Vec<Arc<Mutex<WorkerReport>>> = Vec::new();
-    let mut handles: Vec<JoinHandle<Result<()>>> = Vec::new();
-    for w in workers {
-        reports.push(Arc::clone(&w.report));
-        let stop = Arc::clone(&stop);
-        let core = (!cores.is_empty()).then(|| cores[w.id % cores.len()]);
-        let id = w.id;
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("tcpcopy-w{id}"))
-                .spawn(move || {
-                    if let Some(c) = core {
-                        core_affinity::set_for_current(c);
-                    }
-                    w.run(stop)
-                })?,
-        );
+    fn any_finished(&self) -> bool {
+        self.handles.iter().any(|h| h.is_finished())
     }
-    tracing::info!("tcpcopy ready: replaying to the target");
 
-    let interval = Duration::from_secs(opts.stats_interval.max(1));
-    let mut next_stats = Instant::now() + interval;
-    let mut failure = None;
-    // The metrics endpoint reads the latest totals the loop publishes.
-    let published = Arc::new(Mutex::new(Totals::default()));
-    if let Some(addr) = opts.metrics {
-        let published = Arc::clone(&published);
-        let count = reports.len();
-        crate::metrics::serve(addr, move || {
-            let t = published.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            t.exposition(count).render()
-        })?;
+    /// Wait for every worker; the last failure, if any.
+    fn join(&mut self) -> Option<anyhow::Error> {
+        let mut failure = None;
+        for h in self.handles.drain(..) {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = Some(e),
+                Err(_) => failure = Some(anyhow!("a worker panicked")),
+            }
+        }
+        failure
     }
+}
+
+/// Until asked to stop, a worker ends, or an offline replay is done:
+/// statistics lines, the metrics the endpoint serves, the `-m` warning.
+fn supervise(
+    plan: &Settings,
+    stop: &Arc<AtomicBool>,
+    running: &Running,
+    sources: &Sources,
+) -> Result<()> {
+    let metrics = match plan.metrics {
+        Some(addr) => Some(serve_metrics(addr, running.reports.len())?),
+        None => None,
+    };
+    let mut watch = sources
+        .offline
+        .as_ref()
+        .map(|(offline, progress)| OfflineWatch::new(offline.clone(), Arc::clone(progress)));
+    let mut next_stats = Instant::now() + plan.stats_interval;
     let mut next_publish = Instant::now();
     let mut memory_warned = false;
-    let mut watch = offline
-        .as_ref()
-        .map(|(plan, progress)| OfflineWatch::new(plan.clone(), Arc::clone(progress)));
-    while !process::should_stop(&stop) {
+    while !process::should_stop(stop) {
         std::thread::sleep(Duration::from_millis(50));
-        if handles.iter().any(|h| h.is_finished()) {
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if running.any_finished() {
             break;
         }
         if let Some(w) = watch.as_mut() {
-            if w.step(&Totals::collect(&reports, None)) {
+            if w.step(&Totals::collect(&running.reports, None)) {
                 break;
             }
         }
-        if opts.metrics.is_some() && Instant::now() >= next_publish {
-            let mut t = Totals::collect(&reports, xdp.as_ref());
-            t.dispatch_queue_full = dispatcher.as_ref().map_or(0, |d| d.queue_full());
-            t.packet_socket_dropped = dispatcher.as_ref().map_or(0, |d| d.source_dropped());
-            *published.lock().unwrap_or_else(|e| e.into_inner()) = t;
-            next_publish = Instant::now() + PUBLISH_METRICS;
+        if let Some(published) = &metrics {
+            if Instant::now() >= next_publish {
+                *published.lock().unwrap_or_else(|e| e.into_inner()) =
+                    live_totals(running, sources);
+                next_publish = Instant::now() + PUBLISH_METRICS;
+            }
         }
         if Instant::now() >= next_stats {
-            if let (Some(limit), false) = (memory_limit, memory_warned) {
-                let rss = crate::memory::status_bytes("VmRSS").unwrap_or(0);
-                if rss > limit {
-                    memory_warned = true;
-                    tracing::warn!(
-                        "resident memory {} MiB passed -m {} MiB (more outside the heap than reserved)",
-                        rss >> 20,
-                        limit >> 20
-                    );
-                }
+            if let (Some(limit), false) = (plan.memory_limit, memory_warned) {
+                memory_warned = warn_over_memory_limit(limit);
             }
-            let t = Totals::collect(&reports, xdp.as_ref());
-            let line = t.stats_line();
+            let line = Totals::collect(&running.reports, sources.xdp.as_ref()).stats_line();
             match &watch {
                 Some(w) => w.log(&format!("{} | {}", w.position(), line)),
                 None => tracing::info!("{line}"),
             }
-            next_stats += interval;
+            next_stats += plan.stats_interval;
         }
     }
     if let Some(w) = watch.take() {
         w.finish();
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for h in handles {
-        match h.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failure = Some(e),
-            Err(_) => failure = Some(anyhow!("a worker panicked")),
-        }
+    Ok(())
+}
+
+/// The totals while running, with the dispatcher's drops.
+fn live_totals(running: &Running, sources: &Sources) -> Totals {
+    let mut t = Totals::collect(&running.reports, sources.xdp.as_ref());
+    let d = sources.dispatcher.as_ref();
+    t.dispatch_queue_full = d.map_or(0, |d| d.queue_full());
+    t.packet_socket_dropped = d.map_or(0, |d| d.source_dropped());
+    t
+}
+
+/// Serve `--metrics`: the endpoint renders the latest totals published.
+fn serve_metrics(addr: std::net::SocketAddr, workers: usize) -> Result<Arc<Mutex<Totals>>> {
+    let published = Arc::new(Mutex::new(Totals::default()));
+    let latest = Arc::clone(&published);
+    crate::metrics::serve(addr, move || {
+        let t = latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        t.exposition(workers).render()
+    })?;
+    Ok(published)
+}
+
+/// Warn once resident memory passes `-m`; true if it did.
+fn warn_over_memory_limit(limit: u64) -> bool {
+    let rss = crate::memory::status_bytes("VmRSS").unwrap_or(0);
+    if rss <= limit {
+        return false;
     }
-    let mut totals = Totals::collect(&reports, xdp.as_ref());
-    if let Some(d) = dispatcher {
-        let end = d.join();
-        totals.dispatch_queue_full = end.queue_full;
-        totals.packet_socket_dropped = end.source.kernel_dropped;
-    }
-    tracing::info!("{}", totals.stats_line());
+    tracing::warn!(
+        "resident memory {} MiB passed -m {} MiB (more outside the heap than reserved)",
+        rss >> 20,
+        limit >> 20
+    );
+    true
+}
+
+/// The exit summary: the totals in words, the offline replay, memory and
+/// the recording.
+fn exit_summary(
+    plan: &Settings,
+    totals: &Totals,
+    sources: &Sources,
+    recorder: Option<record::Recorder>,
+) -> String {
     let mut summary = totals.summary();
-    if let Some((plan, progress)) = &offline {
-        summary.push_str(&offline_words(plan, progress));
+    if let Some((offline, progress)) = &sources.offline {
+        summary.push_str(&offline_words(offline, progress));
     }
-    if let Some(limit) = memory_limit {
+    if let Some(limit) = plan.memory_limit {
         let peak = crate::memory::status_bytes("VmHWM").unwrap_or(0);
         summary.push_str(&format!(
             "memory: peak resident {} MiB of -m {} MiB\n",
@@ -413,8 +521,8 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
         ));
     }
     if let Some(r) = recorder {
-        match r.finish() {
-            Ok(rs) => summary.push_str(&format!(
+        summary.push_str(&match r.finish() {
+            Ok(rs) => format!(
                 "recorded {} segments ({} bytes) to {}{}\n",
                 rs.packets,
                 rs.bytes,
@@ -428,14 +536,9 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
                 } else {
                     String::new()
                 }
-            )),
-            Err(e) => summary.push_str(&format!("recording failed: {e:#}\n")),
-        }
+            ),
+            Err(e) => format!("recording failed: {e:#}\n"),
+        });
     }
-    eprintln!("{summary}");
-    drop(xdp);
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    summary
 }

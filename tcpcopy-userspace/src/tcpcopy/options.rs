@@ -206,19 +206,57 @@ pub struct TcpcopyOptions {
     pub c_snaplen: Option<String>,
 }
 
-/// Everything `run` needs, validated.
+/// Everything `run` needs, every option resolved and checked once: `run`
+/// reads this, never the options.
 #[derive(Debug)]
 pub struct Settings {
     pub config: Arc<Config>,
     pub servers: Vec<SocketAddrV4>,
     pub connections: usize,
-    pub capture: CaptureMode,
+    pub source: Source,
     pub workers: usize,
-    /// `--offline` (or the C tool's `-i FILE`): replay a file, not live.
-    pub offline: Option<OfflinePlan>,
+    /// `-i`: the interfaces to capture on (live sources).
+    pub ifaces: Vec<String>,
+    pub xdp_mode: AttachMode,
+    pub send: SendPlan,
+    pub record: Option<RecordPlan>,
+    /// `-m`, in bytes.
+    pub memory_limit: Option<u64>,
+    /// `-L`: keep running with every intercept connection lost.
+    pub lonely: bool,
+    pub stats_interval: std::time::Duration,
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
-#[derive(Debug, Clone)]
+/// Where captured segments come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// Live capture on the `-i` interfaces.
+    Live(CaptureMode),
+    /// `--offline` (or the C tool's `-i FILE`): a capture file, read
+    /// through the dispatcher as a packet socket would be.
+    Offline(OfflinePlan),
+}
+
+/// How replayed packets leave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendPlan {
+    /// A raw IPv4 socket (the kernel routes).
+    Raw,
+    /// AF_XDP on `out`; `share_capture`: `out` is the capture interface,
+    /// so each worker sends on its capture socket's TX ring.
+    Xdp { out: String, share_capture: bool },
+}
+
+/// `--record`: where, and how large each file may grow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordPlan {
+    pub path: PathBuf,
+    /// Start a new file after this many bytes (0: never).
+    pub rotate_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct OfflinePlan {
     pub path: PathBuf,
     pub pace: Pace,
@@ -300,13 +338,33 @@ impl TcpcopyOptions {
             max_sessions: self.max_sessions,
             ..Config::default()
         };
+        let send = match (self.send, &self.out_iface) {
+            (SendMode::Xdp, Some(out)) => SendPlan::Xdp {
+                out: out.clone(),
+                share_capture: self.ifaces.first() == Some(out),
+            },
+            _ => SendPlan::Raw,
+        };
         Ok(Settings {
             config: Arc::new(config),
             servers,
             connections: self.connections.clamp(1, 11) as usize,
-            capture,
+            source: match offline {
+                Some(plan) => Source::Offline(plan),
+                None => Source::Live(capture),
+            },
             workers,
-            offline,
+            ifaces: self.ifaces.clone(),
+            xdp_mode: self.xdp_mode,
+            send,
+            record: self.record.as_ref().map(|path| RecordPlan {
+                path: path.clone(),
+                rotate_bytes: self.record_size.unwrap_or(0) * 1_000_000,
+            }),
+            memory_limit: self.memory_mb.map(|mb| mb << 20),
+            lonely: self.lonely,
+            stats_interval: std::time::Duration::from_secs(self.stats_interval.max(1)),
+            metrics: self.metrics,
         })
     }
 
@@ -425,7 +483,7 @@ mod tests {
             "60",
         ]);
         let s = o.settings().unwrap();
-        assert_eq!(s.capture, CaptureMode::Tap);
+        assert_eq!(s.source, Source::Live(CaptureMode::Tap));
         assert_eq!(s.servers, vec!["10.0.4.3:36524".parse().unwrap()]);
         assert_eq!(s.connections, 2);
         assert_eq!(s.config.replicas, 2);

@@ -46,13 +46,33 @@ pub struct Worker {
     pub channel: Channel,
     pub sender: Box<dyn Sender>,
     pub engine: Engine,
-    pub lonely: bool,
+    lonely: bool,
     pub report: Arc<Mutex<WorkerReport>>,
     /// Process start: the engine's clock is milliseconds since then.
     pub epoch: Instant,
     /// Offline replay: stop reading while the sessions hold many unsent
     /// segments, so a fast file waits for the target instead of losing data
     /// (or ending long before the target has seen it).
+    backpressure: bool,
+    /// `--record`: a copy of every captured segment goes here.
+    record: Option<RecordTap>,
+}
+
+/// What a worker is made of: worker `id` of `count`, its capture end,
+/// its intercept connections and its sender.
+pub struct WorkerParts {
+    pub id: usize,
+    pub count: usize,
+    pub capture: Box<dyn Capture>,
+    pub channel: Channel,
+    pub sender: Box<dyn Sender>,
+    pub config: Arc<Config>,
+    /// Process start: the engine's clock is milliseconds since then.
+    pub epoch: Instant,
+    /// `-L`: keep running with every intercept connection lost.
+    pub lonely: bool,
+    /// Offline replay: stop reading while the sessions hold many unsent
+    /// segments.
     pub backpressure: bool,
     /// `--record`: a copy of every captured segment goes here.
     pub record: Option<RecordTap>,
@@ -71,32 +91,34 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 const BACKLOG_LIMIT: u64 = 16_384;
 
 impl Worker {
-    /// Worker `id` of `count`.
-    pub fn new(
-        id: usize,
-        count: usize,
-        capture: Box<dyn Capture>,
-        channel: Channel,
-        sender: Box<dyn Sender>,
-        config: Arc<Config>,
-        epoch: Instant,
-    ) -> Result<Self> {
-        Ok(Worker {
+    /// A worker, complete.
+    pub fn new(parts: WorkerParts) -> Self {
+        let WorkerParts {
+            id,
+            count,
+            capture,
+            channel,
+            sender,
+            config,
+            epoch,
+            lonely,
+            backpressure,
+            record,
+        } = parts;
+        let mut engine = Engine::new(config);
+        engine.set_lane(id as u32, count as u32);
+        Worker {
             id,
             capture,
             channel,
             sender,
-            engine: {
-                let mut e = Engine::new(config);
-                e.set_lane(id as u32, count as u32);
-                e
-            },
-            lonely: false,
+            engine,
+            lonely,
             report: Arc::new(Mutex::new(WorkerReport::default())),
             epoch,
-            backpressure: false,
-            record: None,
-        })
+            backpressure,
+            record,
+        }
     }
 
     fn now(&self) -> u64 {
