@@ -9,6 +9,8 @@
 //! - [`xdp`]: loading and attaching the eBPF programs behind a detach guard;
 //! - [`send`]: sending replayed packets (raw IPv4 socket);
 //! - [`process`]: logging, daemon, pid file, shutdown signals;
+//! - [`stats`]: every reported figure declared once; the statistics line,
+//!   the exit summary, the losses and the metrics are generated from it;
 //! - [`metrics`]: the Prometheus endpoint (`--metrics`) of both programs;
 //! - [`capture`]: sources of captured client segments (tap ring, AF_XDP,
 //!   AF_PACKET);
@@ -26,6 +28,7 @@ pub mod process;
 pub mod proto;
 pub mod send;
 pub mod session;
+pub mod stats;
 pub mod tcpcopy;
 pub mod wire;
 pub mod xdp;

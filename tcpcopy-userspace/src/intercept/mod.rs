@@ -23,9 +23,9 @@ use aya::maps::{MapData, RingBuf};
 use tcpcopy_common::{intercept_counter, PortKey};
 
 use crate::{
-    metrics::Exposition,
     process,
     proto::{Framing, ResponseRecord, RECORD_LEN},
+    stats::{Figure, Report, Section},
     xdp::{AttachedXdp, INTERCEPT_EBPF},
 };
 
@@ -153,7 +153,7 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
         }
         server.turn(&mut source, next.saturating_duration_since(now))?;
         if opts.metrics.is_some() && Instant::now() >= next_publish {
-            let text = exposition(&server, &source, &xdp).render();
+            let text = report(&server, &source, &xdp).exposition(None).render();
             *published.lock().unwrap_or_else(|e| e.into_inner()) = text;
             next_publish = Instant::now() + Duration::from_millis(250);
         }
@@ -169,106 +169,85 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
     Ok(())
 }
 
-/// The Prometheus exposition of intercept's counters (names in the README).
-fn exposition(server: &ControlServer, source: &RingSource, xdp: &AttachedXdp) -> Exposition {
+/// Every figure intercept reports, declared once (the stats room): the
+/// statistics line and the metrics both come from this.
+fn report(server: &ControlServer, source: &RingSource, xdp: &AttachedXdp) -> Report {
     let s = server.stats();
     let r = server.router_stats();
-    let mut x = Exposition::default();
+    let mut out = Report::default();
     if let Ok(k) = xdp.read_counters("COUNTERS", intercept_counter::COUNT) {
-        x.counters(
-            "intercept_kernel_packets",
-            "intercept-ebpf counters, summed over CPUs.",
-            "counter",
-            intercept_counter::NAMES.iter().copied().zip(k),
-        );
+        const HELP: &str = "intercept-ebpf counters, summed over CPUs.";
+        out.extend(intercept_counter::NAMES.iter().zip(k).map(|(name, v)| {
+            Figure::series("intercept_kernel_packets", "counter", *name, HELP, v)
+                .line(Section::Kernel, name)
+        }));
     }
-    x.counters(
-        "intercept_records",
-        "Response header records: read from the ring, sent, and not.",
-        "event",
-        [
-            ("in", s.records_in),
-            ("sent", s.records_sent),
-            ("routed", r.routed),
-            ("unrouted", r.unrouted),
-            ("parked", r.parked),
-            ("parked_sent", r.parked_sent),
-            ("parked_expired", r.parked_expired),
-            ("delay_table_full", r.delay_table_full),
-            ("malformed", source.malformed),
-        ],
-    );
-    x.counter(
-        "intercept_frames_sent",
-        "Frames sent to tcpcopy peers.",
-        s.frames_sent,
-    );
-    x.counter(
-        "intercept_connections",
-        "Control connections accepted.",
-        s.connections,
-    );
-    x.counter(
-        "intercept_peers_refused",
-        "Connections refused by --allow.",
-        s.refused,
-    );
-    x.counter(
-        "intercept_peers_dropped",
-        "Peers dropped for garbage, a bad version or not reading.",
-        s.dropped_peers,
-    );
-    x.counter(
-        "intercept_route_adds",
-        "CLIENT_ADD messages received.",
-        r.route_adds,
-    );
-    x.counter(
-        "intercept_routes_evicted",
-        "Routes evicted at the --routes bound.",
-        r.routes_evicted,
-    );
-    x.gauge(
-        "intercept_peers",
-        "Connected tcpcopy peers.",
-        server.peers() as i64,
-    );
-    x.gauge(
-        "intercept_routes",
-        "Routes in the table.",
-        server.routes() as i64,
-    );
-    x
+    const RECORDS: &str = "Response header records: read from the ring, sent, and not.";
+    let record =
+        |event: &'static str, v| Figure::series("intercept_records", "event", event, RECORDS, v);
+    out.extend([
+        record("in", s.records_in).line(Section::Traffic, "records_in"),
+        record("sent", s.records_sent).line(Section::Traffic, "sent"),
+        record("routed", r.routed),
+        record("unrouted", r.unrouted).line(Section::Traffic, "unrouted"),
+        record("parked", r.parked).line(Section::Traffic, "parked"),
+        record("parked_sent", r.parked_sent).line(Section::Traffic, "parked_sent"),
+        record("parked_expired", r.parked_expired).line(Section::Traffic, "parked_expired"),
+        record("delay_table_full", r.delay_table_full).line(Section::Traffic, "delay_full"),
+        record("malformed", source.malformed).line(Section::Traffic, "malformed"),
+        Figure::counter(
+            "intercept_frames_sent",
+            "Frames sent to tcpcopy peers.",
+            s.frames_sent,
+        )
+        .line(Section::Traffic, "frames"),
+        Figure::counter(
+            "intercept_connections",
+            "Control connections accepted.",
+            s.connections,
+        )
+        .line(Section::Control, "conns"),
+        Figure::gauge(
+            "intercept_peers",
+            "Connected tcpcopy peers.",
+            server.peers() as u64,
+        )
+        .line(Section::Control, "peers"),
+        Figure::counter(
+            "intercept_peers_refused",
+            "Connections refused by --allow.",
+            s.refused,
+        )
+        .line(Section::Control, "refused"),
+        Figure::counter(
+            "intercept_peers_dropped",
+            "Peers dropped for garbage, a bad version or not reading.",
+            s.dropped_peers,
+        )
+        .line(Section::Control, "dropped"),
+        Figure::counter(
+            "intercept_route_adds",
+            "CLIENT_ADD messages received.",
+            r.route_adds,
+        )
+        .line(Section::Control, "route_adds"),
+        Figure::gauge(
+            "intercept_routes",
+            "Routes in the table.",
+            server.routes() as u64,
+        )
+        .line(Section::Control, "routes"),
+        Figure::counter(
+            "intercept_routes_evicted",
+            "Routes evicted at the --routes bound.",
+            r.routes_evicted,
+        )
+        .line(Section::Control, "evicted"),
+    ]);
+    out
 }
 
 fn log_stats(server: &ControlServer, source: &RingSource, xdp: &AttachedXdp, at_exit: bool) {
-    let s = server.stats();
-    let r = server.router_stats();
-    let k = xdp
-        .read_counters("COUNTERS", intercept_counter::COUNT)
-        .unwrap_or_else(|_| vec![0; intercept_counter::COUNT as usize]);
-    tracing::info!(
-        "{}kernel seen:{} matched:{} exported:{} ring_full:{} | records in:{} sent:{} frames:{} unrouted:{} parked:{} parked_sent:{} parked_expired:{} delay_full:{} | conns:{} peers:{} refused:{} dropped:{} route_adds:{} routes:{} evicted:{} malformed:{}",
-        if at_exit { "final: " } else { "" },
-        k[intercept_counter::SEEN as usize],
-        k[intercept_counter::MATCHED as usize],
-        k[intercept_counter::EXPORTED as usize],
-        k[intercept_counter::RING_FULL as usize],
-        s.records_in,
-        s.records_sent,
-        s.frames_sent,
-        r.unrouted,
-        r.parked,
-        r.parked_sent,
-        r.parked_expired,
-        r.delay_table_full,
-        s.connections,
-        server.peers(),
-        s.refused,
-        s.dropped_peers,
-        r.route_adds,
-        server.routes(),
-        r.routes_evicted,
-        source.malformed,
-    );
+    let line = report(server, source, xdp).line();
+    tracing::info!("{}{line}", if at_exit { "final: " } else { "" });
 }

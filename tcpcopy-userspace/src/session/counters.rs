@@ -11,8 +11,12 @@
 //! where `session_inputs` = accepted segments × copies (`-n`), and
 //! `buffered` = segments still held by live sessions.
 
+use crate::stats::{Figure, Section};
+
 macro_rules! counters {
-    ($( $(#[$m:meta])* $name:ident ),* $(,)?) => {
+    ($( $(#[$m:meta])* $name:ident
+        $([line $section:ident $key:literal])?
+        $([loss $label:literal $words:literal])? ),* $(,)?) => {
         #[derive(Clone, Debug, Default, PartialEq, Eq)]
         pub struct Counters { $( $(#[$m])* pub $name: u64, )* }
         impl Counters {
@@ -24,6 +28,23 @@ macro_rules! counters {
             pub fn add(&mut self, o: &Counters) {
                 $( self.$name += o.$name; )*
             }
+            /// Segments lost with their session, every reason: the sum of
+            /// the counters declared as losses.
+            pub fn lost(&self) -> u64 {
+                0 $( $( + { let _ = $label; self.$name } )? )*
+            }
+            /// Every counter as a figure of the stats room: one series of
+            /// `family` (labelled `counter`), listed in the summary under
+            /// its name, in the statistics line and the losses where its
+            /// declaration says.
+            pub fn figures(&self, family: &'static str, help: &'static str) -> Vec<Figure> {
+                vec![$(
+                    Figure::series(family, "counter", stringify!($name), help, self.$name)
+                        .summary(stringify!($name))
+                        $(.line(Section::$section, $key))?
+                        $(.loss($label, $words))?,
+                )*]
+            }
         }
     };
 }
@@ -31,7 +52,7 @@ macro_rules! counters {
 counters! {
     // --- ingress (invariant 1)
     /// Packets handed to the engine.
-    captured,
+    captured [line Traffic "captured"],
     /// Passed the filter, went on to sessions.
     accepted,
     /// Not IPv4/TCP.
@@ -52,7 +73,7 @@ counters! {
     /// Segments offered to sessions (accepted × copies, after `-M` cuts).
     session_inputs,
     /// Captured segments sent to the target (first transmission).
-    replayed,
+    replayed [line Traffic "replayed"],
     /// Client pure ACKs after the handshake: tcpcopy makes its own.
     pure_acks_absorbed,
     /// Client retransmissions and duplicate captures, skipped.
@@ -64,42 +85,42 @@ counters! {
     /// No free (client IP, port) toward the target for a copy.
     port_conflicts,
     /// Lost with new sessions refused at the per-worker session cap.
-    session_limit,
+    session_limit [loss "session_limit" "session limit (--max-sessions) reached"],
     /// Segments of a finished session that arrived during its linger.
     late_for_closed,
     /// Lost when the target refused the connection (RST to our SYN).
-    lost_target_refused,
+    lost_target_refused [loss "target_refused" "target refused the connection"],
     /// Lost when the handshake did not complete in time.
-    lost_handshake_timeout,
+    lost_handshake_timeout [loss "handshake_timeout" "handshake timed out"],
     /// Lost when the session timed out (`-t`/`-k`) or retransmissions gave up.
-    lost_timed_out,
+    lost_timed_out [loss "session_timeout" "session timed out"],
     /// Lost behind a gap in the captured stream that never filled.
-    lost_capture_gap,
+    lost_capture_gap [loss "capture_gap" "capture gap never filled"],
     /// Lost because the session's buffer cap was reached.
-    lost_buffer_full,
+    lost_buffer_full [loss "session_buffer_full" "session buffer full"],
     /// Lost because the target reset/closed and no reconnect was possible.
-    lost_target_closed,
+    lost_target_closed [loss "target_closed" "target closed or reset"],
     /// Unsent data after the client's RST was forwarded.
-    lost_client_reset,
+    lost_client_reset [loss "client_reset" "client reset"],
     /// Still buffered when tcpcopy shut down.
-    lost_shutdown,
+    lost_shutdown [loss "shutdown" "still buffered at shutdown"],
     /// Lost to the memory limit (`-m`): segments of sessions refused while
     /// memory was short, and of sessions given up when it ran out.
-    lost_memory_limit,
+    lost_memory_limit [loss "memory_limit" "memory limit (-m) reached"],
     // --- what was sent
     /// Packets sent to the target (forwarded + fabricated, not retransmissions).
     packets_sent,
     /// Payload bytes replayed (first transmissions).
-    bytes_replayed,
+    bytes_replayed [line Traffic "bytes"],
     /// Requests started (first segment of each request).
-    requests_replayed,
+    requests_replayed [line Traffic "requests"],
     syns_sent,
     /// Fabricated SYNs for sessions captured without their SYN.
     syns_fabricated,
     fins_sent,
     rsts_sent,
     acks_fabricated,
-    reconnects,
+    reconnects [line Sessions "reconnects"],
     /// Holes in a captured stream skipped: the session went on past them
     /// on a new target connection (`--gap-skip`).
     gaps_skipped,
@@ -112,11 +133,11 @@ counters! {
     /// Client RSTs replayed as a FIN because pipelined requests may still
     /// wait in the target's buffer (an RST would discard them).
     resets_as_fin,
-    retransmits,
+    retransmits [line Sent "retransmits"],
     fast_retransmits,
     route_msgs,
     // --- sessions
-    sessions_created,
+    sessions_created [line Sessions "created"],
     /// Attempts to open a session refused while memory was short (`-m`).
     sessions_refused_memory,
     /// Sessions left to finish on their own when a new connection reused
@@ -124,7 +145,7 @@ counters! {
     sessions_overlapped,
     sessions_destroyed,
     /// Handshakes completed with the target (SYN-ACK received).
-    connections,
+    connections [line Sessions "conns"],
     /// Sessions ended by a GC verdict (handshake/idle/gap/buffer).
     obsolete,
     // --- from the target (intercept records)
@@ -151,18 +172,5 @@ impl Counters {
             + self.port_conflicts
             + self.late_for_closed
             + self.lost()
-    }
-    /// Segments lost with their session, every reason.
-    pub fn lost(&self) -> u64 {
-        self.lost_target_refused
-            + self.lost_handshake_timeout
-            + self.lost_timed_out
-            + self.lost_capture_gap
-            + self.lost_buffer_full
-            + self.lost_target_closed
-            + self.lost_client_reset
-            + self.lost_shutdown
-            + self.lost_memory_limit
-            + self.session_limit
     }
 }

@@ -421,7 +421,7 @@ fn supervise(
     sources: &Sources,
 ) -> Result<()> {
     let metrics = match plan.metrics {
-        Some(addr) => Some(serve_metrics(addr, running.reports.len())?),
+        Some(addr) => Some(serve_metrics(addr)?),
         None => None,
     };
     let mut watch = sources
@@ -476,12 +476,12 @@ fn live_totals(running: &Running, sources: &Sources) -> Totals {
 }
 
 /// Serve `--metrics`: the endpoint renders the latest totals published.
-fn serve_metrics(addr: std::net::SocketAddr, workers: usize) -> Result<Arc<Mutex<Totals>>> {
+fn serve_metrics(addr: std::net::SocketAddr) -> Result<Arc<Mutex<Totals>>> {
     let published = Arc::new(Mutex::new(Totals::default()));
     let latest = Arc::clone(&published);
     crate::metrics::serve(addr, move || {
         let t = latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        t.exposition(workers).render()
+        t.exposition().render()
     })?;
     Ok(published)
 }

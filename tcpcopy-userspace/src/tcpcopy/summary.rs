@@ -1,12 +1,19 @@
-//! Adding up the workers' reports: the periodic statistics line and the
-//! exit summary, which says in words where every captured segment went.
+//! Adding up the workers' reports, and tcpcopy's figures for the stats
+//! room: the periodic statistics line, the metrics, and the exit summary,
+//! which says in words where every captured segment went.
 
 use std::sync::{Arc, Mutex};
 
 use tcpcopy_common::tcpcopy_counter as kc;
 
 use super::worker::WorkerReport;
-use crate::{capture::CaptureStats, metrics::Exposition, session::Counters, xdp::AttachedXdp};
+use crate::{
+    capture::CaptureStats,
+    metrics::Exposition,
+    session::Counters,
+    stats::{Figure, Report, Section},
+    xdp::AttachedXdp,
+};
 
 #[derive(Clone, Debug, Default)]
 pub struct Totals {
@@ -29,6 +36,8 @@ pub struct Totals {
     pub packet_socket_dropped: u64,
     /// Kernel counters of tcpcopy-ebpf (tap mode), by `tcpcopy_counter`.
     pub kernel: Option<Vec<u64>>,
+    /// Replay workers.
+    pub workers: usize,
 }
 
 impl Totals {
@@ -49,275 +58,292 @@ impl Totals {
             t.awaiting_target += r.awaiting_target;
         }
         t.kernel = xdp.and_then(|x| x.read_counters("COUNTERS", kc::COUNT).ok());
+        t.workers = reports.len();
         t
     }
 
-    pub fn stats_line(&self) -> String {
-        let e = &self.engine;
-        let kernel = match &self.kernel {
-            Some(k) => format!(
-                "kernel matched:{} to_user:{} ring_full:{} too_big:{} | ",
-                k[kc::MATCHED as usize],
-                k[kc::TAPPED as usize] + k[kc::REDIRECTED as usize],
-                k[kc::RING_FULL as usize],
-                k[kc::TOO_BIG as usize]
+    /// Every figure tcpcopy reports, declared once (the stats room):
+    /// the statistics line, the exit summary, the losses and the metrics
+    /// all come from this.
+    pub fn report(&self) -> Report {
+        let mut r = Report::default();
+        if let Some(k) = &self.kernel {
+            r.extend(kernel_figures(k));
+        }
+        r.extend(self.capture_figures());
+        r.extend(self.engine.figures(
+            "tcpcopy_engine_events",
+            "Session engine counters (the names of the exit summary).",
+        ));
+        r.push(Figure::derived(self.engine.lost()).line(Section::Traffic, "lost"));
+        r.extend(self.output_figures());
+        r.extend(memory_figures());
+        r
+    }
+
+    fn capture_figures(&self) -> Vec<Figure> {
+        const FAMILY: &str = "tcpcopy_capture_packets";
+        const HELP: &str = "Capture sources: packets handed to the engines and what was not.";
+        let c = &self.capture;
+        let ring_full = self
+            .kernel
+            .as_ref()
+            .map_or(0, |k| k[kc::RING_FULL as usize]);
+        let event = |name: &'static str, v| Figure::series(FAMILY, "event", name, HELP, v);
+        vec![
+            event("read", c.packets),
+            event("skipped", c.skipped),
+            event("malformed", c.malformed).summary("capture_malformed"),
+            event("xsk_dropped", c.kernel_dropped).summary("xsk_kernel_dropped"),
+            event("xsk_fill_ring_empty", c.fill_ring_empty).summary("xsk_fill_ring_empty"),
+            event("steered", c.steered).summary("steered_to_owner"),
+            event("queue_full", c.queue_full + self.dispatch_queue_full),
+            Figure::derived(c.queue_full).summary("steer_queue_full"),
+            Figure::derived(self.dispatch_queue_full).summary("dispatch_queue_full"),
+            Figure::derived(self.packet_socket_dropped).summary("packet_socket_dropped"),
+            // The ways the capture itself loses segments.
+            Figure::derived(ring_full).loss("kernel_ring_full", "kernel ring full"),
+            Figure::derived(c.kernel_dropped).loss("xsk_socket_full", "AF_XDP socket full"),
+            Figure::derived(self.packet_socket_dropped)
+                .loss("packet_socket_full", "AF_PACKET socket full"),
+            Figure::derived(self.dispatch_queue_full + c.queue_full)
+                .loss("worker_queue_full", "worker queue full"),
+        ]
+    }
+
+    fn output_figures(&self) -> Vec<Figure> {
+        vec![
+            Figure::counter(
+                "tcpcopy_sent_packets",
+                "Packets sent to the target.",
+                self.sent,
+            )
+            .line(Section::Sent, "sent")
+            .summary("packets_sent_ok"),
+            Figure::counter(
+                "tcpcopy_send_errors",
+                "Sends to the target that failed.",
+                self.send_errors,
+            )
+            .line(Section::Sent, "send_errors")
+            .summary("send_errors"),
+            Figure::counter(
+                "tcpcopy_response_records",
+                "Response header records received from intercept.",
+                self.records,
+            )
+            .line(Section::Control, "responses")
+            .summary("response_records"),
+            Figure::counter(
+                "tcpcopy_routes_sent",
+                "CLIENT_ADD messages sent to intercept.",
+                self.routes_sent,
+            )
+            .line(Section::Control, "routes"),
+            Figure::counter(
+                "tcpcopy_routes_unsent",
+                "CLIENT_ADD messages no intercept connection could take.",
+                self.routes_unsent,
+            )
+            .summary("routes_unsent"),
+            Figure::counter(
+                "tcpcopy_intercept_connections_lost",
+                "Control connections to intercept that were lost.",
+                self.conns_lost,
+            )
+            .summary("intercept_conns_lost"),
+            Figure::gauge(
+                "tcpcopy_active_sessions",
+                "Live sessions.",
+                self.active_sessions as u64,
+            )
+            .line(Section::Sessions, "active"),
+            Figure::gauge(
+                "tcpcopy_buffered_segments",
+                "Captured segments held by sessions, not yet sent.",
+                self.buffered,
             ),
-            None => String::new(),
-        };
-        format!(
-            "{kernel}captured:{} replayed:{} requests:{} bytes:{} lost:{} | sessions active:{} created:{} conns:{} reconnects:{} | sent:{} send_errors:{} retransmits:{} | responses:{} routes:{}",
-            e.captured,
-            e.replayed,
-            e.requests_replayed,
-            e.bytes_replayed,
-            e.lost(),
-            self.active_sessions,
-            e.sessions_created,
-            e.connections,
-            e.reconnects,
-            self.sent,
-            self.send_errors,
-            e.retransmits,
-            self.records,
-            self.routes_sent,
-        )
+            Figure::gauge(
+                "tcpcopy_sessions_awaiting_target",
+                "Sessions whose pipelined requests the target may still be answering.",
+                self.awaiting_target,
+            ),
+            Figure::gauge("tcpcopy_workers", "Replay workers.", self.workers as u64),
+        ]
+    }
+
+    pub fn stats_line(&self) -> String {
+        self.report().line()
     }
 
     /// The exit summary: every counter that is not zero, then the answer
     /// in words.
     pub fn summary(&self) -> String {
+        let report = self.report();
         let mut out = String::from("tcpcopy summary\n");
-        if let Some(k) = &self.kernel {
-            for (i, name) in kc::NAMES.iter().enumerate() {
-                if k[i] != 0 {
-                    out.push_str(&format!("  kernel {name:<24} {:>12}\n", k[i]));
-                }
-            }
-        }
-        for (name, v) in self.engine.fields() {
-            if v != 0 {
-                out.push_str(&format!("  {name:<31} {v:>12}\n"));
-            }
-        }
-        for (name, v) in [
-            ("packets_sent_ok", self.sent),
-            ("send_errors", self.send_errors),
-            ("response_records", self.records),
-            ("intercept_conns_lost", self.conns_lost),
-            ("routes_unsent", self.routes_unsent),
-            ("dispatch_queue_full", self.dispatch_queue_full),
-            ("packet_socket_dropped", self.packet_socket_dropped),
-            ("steered_to_owner", self.capture.steered),
-            ("steer_queue_full", self.capture.queue_full),
-            ("xsk_kernel_dropped", self.capture.kernel_dropped),
-            ("xsk_fill_ring_empty", self.capture.fill_ring_empty),
-            ("capture_malformed", self.capture.malformed),
-        ] {
-            if v != 0 {
-                out.push_str(&format!("  {name:<31} {v:>12}\n"));
-            }
-        }
-        out.push_str(&self.in_words());
+        out.push_str(&report.summary_lines());
+        out.push_str(&in_words(&self.engine, &report));
         out
     }
 
-    /// Every way a captured segment can be lost: (metric label, words, count).
-    pub fn losses(&self) -> [(&'static str, &'static str, u64); 14] {
-        let e = &self.engine;
-        let ring_full = self
-            .kernel
-            .as_ref()
-            .map_or(0, |k| k[kc::RING_FULL as usize]);
-        [
-            ("kernel_ring_full", "kernel ring full", ring_full),
-            (
-                "xsk_socket_full",
-                "AF_XDP socket full",
-                self.capture.kernel_dropped,
-            ),
-            (
-                "packet_socket_full",
-                "AF_PACKET socket full",
-                self.packet_socket_dropped,
-            ),
-            (
-                "worker_queue_full",
-                "worker queue full",
-                self.dispatch_queue_full + self.capture.queue_full,
-            ),
-            (
-                "target_refused",
-                "target refused the connection",
-                e.lost_target_refused,
-            ),
-            (
-                "handshake_timeout",
-                "handshake timed out",
-                e.lost_handshake_timeout,
-            ),
-            ("session_timeout", "session timed out", e.lost_timed_out),
-            (
-                "capture_gap",
-                "capture gap never filled",
-                e.lost_capture_gap,
-            ),
-            (
-                "session_buffer_full",
-                "session buffer full",
-                e.lost_buffer_full,
-            ),
-            (
-                "target_closed",
-                "target closed or reset",
-                e.lost_target_closed,
-            ),
-            ("client_reset", "client reset", e.lost_client_reset),
-            ("shutdown", "still buffered at shutdown", e.lost_shutdown),
-            (
-                "memory_limit",
-                "memory limit (-m) reached",
-                e.lost_memory_limit,
-            ),
-            (
-                "session_limit",
-                "session limit (--max-sessions) reached",
-                e.session_limit,
-            ),
-        ]
-    }
-
     /// The Prometheus exposition of these totals (names in the README).
-    pub fn exposition(&self, workers: usize) -> Exposition {
-        let mut x = Exposition::default();
-        if let Some(k) = &self.kernel {
-            x.counters(
-                "tcpcopy_kernel_packets",
-                "tcpcopy-ebpf counters, summed over CPUs.",
-                "counter",
-                kc::NAMES.iter().copied().zip(k.iter().copied()),
-            );
-        }
-        let c = &self.capture;
-        x.counters(
-            "tcpcopy_capture_packets",
-            "Capture sources: packets handed to the engines and what was not.",
-            "event",
-            [
-                ("read", c.packets),
-                ("skipped", c.skipped),
-                ("malformed", c.malformed),
-                ("xsk_dropped", c.kernel_dropped),
-                ("xsk_fill_ring_empty", c.fill_ring_empty),
-                ("steered", c.steered),
-                ("queue_full", c.queue_full + self.dispatch_queue_full),
-            ],
-        );
-        x.counters(
-            "tcpcopy_engine_events",
-            "Session engine counters (the names of the exit summary).",
-            "counter",
-            self.engine.fields(),
-        );
-        x.counters(
+    pub fn exposition(&self) -> Exposition {
+        self.report().exposition(Some((
             "tcpcopy_lost_segments",
             "Captured client segments that were not replayed, by reason.",
-            "reason",
-            self.losses().iter().map(|(label, _, n)| (*label, *n)),
-        );
-        x.counter(
-            "tcpcopy_sent_packets",
-            "Packets sent to the target.",
-            self.sent,
-        );
-        x.counter(
-            "tcpcopy_send_errors",
-            "Sends to the target that failed.",
-            self.send_errors,
-        );
-        x.counter(
-            "tcpcopy_response_records",
-            "Response header records received from intercept.",
-            self.records,
-        );
-        x.counter(
-            "tcpcopy_routes_sent",
-            "CLIENT_ADD messages sent to intercept.",
-            self.routes_sent,
-        );
-        x.counter(
-            "tcpcopy_routes_unsent",
-            "CLIENT_ADD messages no intercept connection could take.",
-            self.routes_unsent,
-        );
-        x.counter(
-            "tcpcopy_intercept_connections_lost",
-            "Control connections to intercept that were lost.",
-            self.conns_lost,
-        );
-        x.gauge(
-            "tcpcopy_active_sessions",
-            "Live sessions.",
-            self.active_sessions as i64,
-        );
-        x.gauge(
-            "tcpcopy_buffered_segments",
-            "Captured segments held by sessions, not yet sent.",
-            self.buffered as i64,
-        );
-        x.gauge(
-            "tcpcopy_sessions_awaiting_target",
-            "Sessions whose pipelined requests the target may still be answering.",
-            self.awaiting_target as i64,
-        );
-        x.gauge("tcpcopy_workers", "Replay workers.", workers as i64);
-        x.gauge(
+        )))
+    }
+}
+
+/// tcpcopy-ebpf's counters (tap mode).
+fn kernel_figures(k: &[u64]) -> Vec<Figure> {
+    const HELP: &str = "tcpcopy-ebpf counters, summed over CPUs.";
+    let mut figures: Vec<Figure> = kc::NAMES
+        .iter()
+        .zip(k)
+        .map(|(name, v)| {
+            let f = Figure::series("tcpcopy_kernel_packets", "counter", *name, HELP, *v)
+                .summary(format!("kernel {name}"));
+            match *name {
+                "matched" => f.line(Section::Kernel, "matched"),
+                "ring_full" => f.line(Section::Kernel, "ring_full"),
+                "too_big" => f.line(Section::Kernel, "too_big"),
+                _ => f,
+            }
+        })
+        .collect();
+    let to_user = k[kc::TAPPED as usize] + k[kc::REDIRECTED as usize];
+    figures.push(Figure::derived(to_user).line(Section::Kernel, "to_user"));
+    figures
+}
+
+/// The process's memory, as `-m` sees it.
+fn memory_figures() -> Vec<Figure> {
+    use crate::memory;
+    vec![
+        Figure::gauge(
             "tcpcopy_heap_bytes",
             "Heap bytes tcpcopy holds (what -m budgets)",
-            crate::memory::heap_bytes() as i64,
-        );
-        x.gauge(
+            memory::heap_bytes(),
+        ),
+        Figure::gauge(
             "tcpcopy_memory_budget_bytes",
             "Heap budget for sessions under -m (0: no limit)",
-            crate::memory::budget_bytes() as i64,
-        );
-        x.gauge(
+            memory::budget_bytes(),
+        ),
+        Figure::gauge(
             "tcpcopy_memory_refuse_at_bytes",
             "Heap at which -m refuses new sessions (0: no limit)",
-            crate::memory::refuse_at_bytes() as i64,
-        );
-        x.gauge(
+            memory::refuse_at_bytes(),
+        ),
+        Figure::gauge(
             "tcpcopy_memory_pressure",
             "Under -m: 0 none, 1 new sessions refused, 2 growing sessions given up",
-            crate::memory::pressure() as i64,
-        );
-        x.gauge(
+            memory::pressure() as u64,
+        ),
+        Figure::gauge(
             "tcpcopy_resident_bytes",
             "Resident memory (VmRSS)",
-            crate::memory::status_bytes("VmRSS").unwrap_or(0) as i64,
-        );
-        x
+            memory::status_bytes("VmRSS").unwrap_or(0),
+        ),
+    ]
+}
+
+/// Where the captured segments went, in words.
+fn in_words(e: &Counters, report: &Report) -> String {
+    let mut s = format!(
+        "{} segments captured, {} replayed ({} requests, {} bytes) to the target",
+        e.captured, e.replayed, e.requests_replayed, e.bytes_replayed
+    );
+    match report.losses_in_words() {
+        (_, None) => s.push_str("; none lost.\n"),
+        (total, Some(why)) => s.push_str(&format!("; {total} lost: {why}.\n")),
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+    use tcpcopy_common::tcpcopy_counter as kc;
+
+    fn totals() -> Totals {
+        let mut t = Totals::default();
+        t.engine.captured = 100;
+        t.engine.replayed = 90;
+        t.engine.requests_replayed = 40;
+        t.engine.lost_timed_out = 4;
+        t.engine.session_limit = 1;
+        t.sent = 95;
+        t.capture.packets = 100;
+        t.dispatch_queue_full = 2;
+        let mut k = vec![0; kc::COUNT as usize];
+        k[kc::MATCHED as usize] = 103;
+        k[kc::TAPPED as usize] = 100;
+        k[kc::RING_FULL as usize] = 3;
+        t.kernel = Some(k);
+        t.workers = 2;
+        t
     }
 
-    pub fn in_words(&self) -> String {
-        let e = &self.engine;
-        let mut lost: Vec<(String, u64)> = self
-            .losses()
-            .into_iter()
-            .filter(|(_, _, n)| *n > 0)
-            .map(|(_, s, n)| (s.to_string(), n))
-            .collect();
-        lost.sort_by_key(|l| std::cmp::Reverse(l.1));
-        let total: u64 = lost.iter().map(|(_, n)| n).sum();
-        let mut s = format!(
-            "{} segments captured, {} replayed ({} requests, {} bytes) to the target",
-            e.captured, e.replayed, e.requests_replayed, e.bytes_replayed
+    #[test]
+    fn the_line_and_the_summary_come_from_the_declarations() {
+        let t = totals();
+        let line = t.stats_line();
+        assert!(
+            line.starts_with(
+                "kernel matched:103 ring_full:3 too_big:0 to_user:100 | captured:100 replayed:90"
+            ),
+            "{line}"
         );
-        if total == 0 {
-            s.push_str("; none lost.\n");
-        } else {
-            let why: Vec<String> = lost.iter().map(|(w, n)| format!("{n} {w}")).collect();
-            s.push_str(&format!("; {total} lost: {}.\n", why.join(", ")));
+        assert!(
+            line.contains("requests:40") && line.contains("lost:5"),
+            "{line}"
+        );
+        assert!(
+            line.contains("| sessions ") && line.contains("sent:95"),
+            "{line}"
+        );
+        let summary = t.summary();
+        for name in [
+            "kernel matched",
+            "captured",
+            "lost_timed_out",
+            "packets_sent_ok",
+            "dispatch_queue_full",
+        ] {
+            assert!(summary.contains(&format!("  {name} ")), "{name}: {summary}");
         }
-        s
+        assert!(
+            !summary.contains("send_errors"),
+            "zeros are not listed: {summary}"
+        );
+        assert!(
+            summary.ends_with(
+                "100 segments captured, 90 replayed (40 requests, 0 bytes) to the target; \
+                 10 lost: 4 session timed out, 3 kernel ring full, 2 worker queue full, \
+                 1 session limit (--max-sessions) reached.\n"
+            ),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn the_metrics_keep_their_names() {
+        let text = totals().exposition().render();
+        for series in [
+            "tcpcopy_kernel_packets_total{counter=\"ring_full\"} 3",
+            "tcpcopy_engine_events_total{counter=\"captured\"} 100",
+            "tcpcopy_capture_packets_total{event=\"read\"} 100",
+            "tcpcopy_capture_packets_total{event=\"queue_full\"} 2",
+            "tcpcopy_lost_segments_total{reason=\"kernel_ring_full\"} 3",
+            "tcpcopy_lost_segments_total{reason=\"session_timeout\"} 4",
+            "tcpcopy_lost_segments_total{reason=\"session_limit\"} 1",
+            "tcpcopy_sent_packets_total 95",
+            "tcpcopy_workers 2",
+            "tcpcopy_memory_budget_bytes ",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
     }
 }
