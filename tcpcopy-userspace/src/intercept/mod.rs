@@ -4,6 +4,7 @@
 //! that own the sessions, over the C tools' control channel.
 
 mod options;
+mod peer;
 mod router;
 mod server;
 

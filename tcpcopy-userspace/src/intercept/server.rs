@@ -24,17 +24,15 @@ use mio::{
     Events, Interest, Poll, Token,
 };
 
-use super::options::cidr_contains;
-use super::router::{Disposition, PeerId, Router, RouterStats};
-use crate::proto::{
-    encode_records, Framing, ResponseRecord, RouteDecoder, RouteMsg, INTERNAL_VERSION,
-    MSG_CLIENT_ADD, MSG_CLIENT_DEL,
+use super::{
+    options::cidr_contains,
+    peer::{Misbehaved, PeerProtocol, Request},
+    router::{Disposition, PeerId, Router, RouterStats},
 };
+use crate::proto::{Framing, ResponseRecord, INTERNAL_VERSION};
 
 const LISTENER: Token = Token(0);
 const SOURCE: Token = Token(1);
-/// A peer with this many bytes it has not read is considered stuck.
-const MAX_UNSENT: usize = 16 << 20;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -62,10 +60,7 @@ pub struct ServerStats {
 struct Peer {
     stream: TcpStream,
     addr: SocketAddr,
-    decoder: RouteDecoder,
-    pending: Vec<ResponseRecord>,
-    out: Vec<u8>,
-    out_pos: usize,
+    protocol: PeerProtocol,
 }
 
 pub struct ControlServer {
@@ -79,7 +74,6 @@ pub struct ControlServer {
     stats: ServerStats,
     started: Instant,
     scratch: Vec<ResponseRecord>,
-    routes: Vec<RouteMsg>,
     /// Where peers' route messages are read into, allocated once.
     read_buf: Box<[u8]>,
     // A turn's lists, kept to reuse their memory.
@@ -114,7 +108,6 @@ impl ControlServer {
             stats: ServerStats::default(),
             started: Instant::now(),
             scratch: Vec::new(),
-            routes: Vec::new(),
             read_buf: vec![0u8; 16 * 1024].into_boxed_slice(),
             ready: Vec::new(),
             with_pending: Vec::new(),
@@ -203,7 +196,7 @@ impl ControlServer {
             for rec in &batch {
                 if let Disposition::Send(peer) = self.router.route(now, rec) {
                     if let Some(p) = self.peers.get_mut(&peer) {
-                        p.pending.push(*rec);
+                        p.protocol.queue(std::slice::from_ref(rec));
                     }
                 }
             }
@@ -218,7 +211,7 @@ impl ControlServer {
         ids.extend(
             self.peers
                 .iter()
-                .filter(|(_, p)| !p.pending.is_empty())
+                .filter(|(_, p)| p.protocol.has_pending())
                 .map(|(id, _)| *id),
         );
         for &id in &ids {
@@ -262,10 +255,7 @@ impl ControlServer {
                         Peer {
                             stream,
                             addr,
-                            decoder: RouteDecoder::default(),
-                            pending: Vec::new(),
-                            out: Vec::new(),
-                            out_pos: 0,
+                            protocol: PeerProtocol::new(self.cfg.framing),
                         },
                     );
                 }
@@ -289,60 +279,49 @@ impl ControlServer {
             let Some(peer) = self.peers.get_mut(&id) else {
                 return;
             };
-            match peer.stream.read(buf) {
+            let received = match peer.stream.read(buf) {
                 Ok(0) => {
-                    let partial = peer.decoder.buffered();
-                    if partial > 0 {
-                        self.drop_peer(
-                            id,
-                            &format!("closed in the middle of a message ({partial} of 14 bytes)"),
-                        );
-                    } else {
-                        self.close_peer(id);
+                    match peer.protocol.closed() {
+                        Ok(()) => self.close_peer(id),
+                        Err(Misbehaved(why)) => self.drop_peer(id, &why),
                     }
                     return;
                 }
-                Ok(n) => {
-                    self.routes.clear();
-                    let mut routes = std::mem::take(&mut self.routes);
-                    let knew_version = peer.decoder.version().is_some();
-                    let res = peer.decoder.feed(&buf[..n], &mut routes);
-                    match peer.decoder.version() {
-                        Some(v) if !knew_version && v != INTERNAL_VERSION => {
-                            tracing::warn!(addr = %peer.addr, peer = id,
-                                "not compatible, client:{v}, intercept:{INTERNAL_VERSION} (served anyway, as the C intercept does)");
-                        }
-                        _ => {}
-                    }
-                    if let Err(e) = res {
-                        self.routes = routes;
-                        self.drop_peer(id, &format!("bad handshake: {e}"));
-                        return;
-                    }
-                    for m in &routes {
-                        match m.kind {
-                            MSG_CLIENT_ADD => {
-                                let parked = self.router.add_route(m, id);
-                                if let Some(p) = self.peers.get_mut(&id) {
-                                    p.pending.extend_from_slice(&parked);
-                                }
-                            }
-                            MSG_CLIENT_DEL => self.stats.route_dels += 1,
-                            other => {
-                                self.routes = routes;
-                                self.drop_peer(id, &format!("sent garbage (message type {other})"));
-                                return;
-                            }
-                        }
-                    }
-                    self.routes = routes;
-                }
+                Ok(n) => peer.protocol.receive(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.drop_peer(id, &format!("read error: {e}"));
                     return;
                 }
+            };
+            match received {
+                Ok(r) => {
+                    if let Some(v) = r.other_version {
+                        tracing::warn!(addr = %peer.addr, peer = id,
+                            "not compatible, client:{v}, intercept:{INTERNAL_VERSION} (served anyway, as the C intercept does)");
+                    }
+                    self.apply(id, &r.requests);
+                }
+                Err(Misbehaved(why)) => {
+                    self.drop_peer(id, &why);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Carry out what peer `id` asked for.
+    fn apply(&mut self, id: PeerId, requests: &[Request]) {
+        for r in requests {
+            match r {
+                Request::AddRoute(m) => {
+                    let parked = self.router.add_route(m, id);
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.protocol.queue(&parked);
+                    }
+                }
+                Request::DeleteRoute => self.stats.route_dels += 1,
             }
         }
     }
@@ -351,19 +330,9 @@ impl ControlServer {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        if !peer.pending.is_empty() {
-            if peer.out_pos == peer.out.len() {
-                peer.out.clear();
-                peer.out_pos = 0;
-            }
-            let n = peer.pending.len() as u64;
-            encode_records(self.cfg.framing, &peer.pending, &mut peer.out);
-            self.stats.records_sent += n;
-            if self.cfg.framing == Framing::Combined {
-                self.stats.frames_sent += n.div_ceil(crate::proto::MAX_COMBINED as u64);
-            }
-            peer.pending.clear();
-        }
+        let e = peer.protocol.encode_pending();
+        self.stats.records_sent += e.records;
+        self.stats.frames_sent += e.frames;
         self.write_peer(id);
     }
 
@@ -371,10 +340,10 @@ impl ControlServer {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        while peer.out_pos < peer.out.len() {
-            match peer.stream.write(&peer.out[peer.out_pos..]) {
+        while !peer.protocol.unwritten().is_empty() {
+            match peer.stream.write(peer.protocol.unwritten()) {
                 Ok(0) => break,
-                Ok(n) => peer.out_pos += n,
+                Ok(n) => peer.protocol.wrote(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -383,15 +352,8 @@ impl ControlServer {
                 }
             }
         }
-        let unsent = peer.out.len() - peer.out_pos;
-        if unsent == 0 {
-            peer.out.clear();
-            peer.out_pos = 0;
-        } else if unsent > MAX_UNSENT {
-            self.drop_peer(id, &format!("stopped reading ({unsent} bytes unsent)"));
-        } else if peer.out_pos > MAX_UNSENT / 2 {
-            peer.out.drain(..peer.out_pos);
-            peer.out_pos = 0;
+        if let Err(Misbehaved(why)) = peer.protocol.check_backlog() {
+            self.drop_peer(id, &why);
         }
     }
 
@@ -422,7 +384,7 @@ impl ControlServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::RecordDecoder;
+    use crate::proto::{RecordDecoder, RouteMsg};
     use std::net::TcpStream as StdStream;
 
     #[derive(Default)]
