@@ -309,56 +309,88 @@ impl Engine {
         now: u64,
         origin: OriginKey,
         client_ip: Ipv4Addr,
-        target: (Ipv4Addr, u16),
+        target: Endpoint,
         seg: ClientSegment,
     ) {
-        let syn = seg.has(TcpFlags::SYN);
-        // Segments of this new connection that arrived before its SYN.
         let mut early = Vec::new();
+        let mut seg = seg;
         if let Some(&key) = self.origins.get(&origin) {
-            let (mut ctx, sessions) = self.ctx();
-            let e = sessions
-                .get_mut(&key)
-                .expect("an origin's session is in the table");
-            let s = &mut e.session;
-            let mut detach = false;
-            match (syn, s.is_lingering()) {
-                (false, false) => {
-                    s.on_client_segment(now, seg, &mut ctx);
-                    self.after(key);
-                    return;
-                }
-                (false, true) => {
-                    if seg.payload.is_empty() || !s.is_beyond(seg.seq) {
-                        ctx.note(Event::LateForClosed);
-                        return;
-                    }
-                }
-                (true, false) => {
-                    if s.captured_isn() == seg.seq || s.is_late_syn(seg.seq) {
-                        // The client's SYN retransmission, or its first SYN
-                        // captured after its data.
-                        ctx.note(Event::Duplicate);
-                        return;
-                    }
-                    early = s.take_newer(seg.seq);
-                    // A new connection on this port while the old replay
-                    // still has captured data to send (the replay runs
-                    // behind the capture): the old one finishes on its
-                    // own, the new one takes the next free port.
-                    detach = s.buffered() > 0;
-                }
-                (true, true) => {}
-            }
-            if detach {
-                self.origins.remove(&origin);
-                self.counters.sessions_overlapped += 1;
-            } else {
-                // The old replay ends now.
-                self.end_session(now, key);
+            match self.offer_to_session(now, origin, key, seg) {
+                Some(rest) => (seg, early) = rest,
+                None => return,
             }
         }
-        // No session for this connection yet.
+        self.open_session(now, origin, client_ip, target, seg, early);
+    }
+
+    /// A segment of a connection that has a session (`key`). None if the
+    /// session took it; else the segment opens a new session, with the
+    /// segments of its connection captured before it.
+    fn offer_to_session(
+        &mut self,
+        now: u64,
+        origin: OriginKey,
+        key: SessionKey,
+        seg: ClientSegment,
+    ) -> Option<(ClientSegment, Vec<ClientSegment>)> {
+        let (mut ctx, sessions) = self.ctx();
+        let e = sessions
+            .get_mut(&key)
+            .expect("an origin's session is in the table");
+        let s = &mut e.session;
+        let mut early = Vec::new();
+        let mut detach = false;
+        match (seg.has(TcpFlags::SYN), s.is_lingering()) {
+            (false, false) => {
+                s.on_client_segment(now, seg, &mut ctx);
+                self.after(key);
+                return None;
+            }
+            (false, true) => {
+                if seg.payload.is_empty() || !s.is_beyond(seg.seq) {
+                    ctx.note(Event::LateForClosed);
+                    return None;
+                }
+            }
+            (true, false) => {
+                if s.captured_isn() == seg.seq || s.is_late_syn(seg.seq) {
+                    // The client's SYN retransmission, or its first SYN
+                    // captured after its data.
+                    ctx.note(Event::Duplicate);
+                    return None;
+                }
+                // Segments of this new connection that came before its SYN.
+                early = s.take_newer(seg.seq);
+                // A new connection on this port while the old replay still
+                // has captured data to send (the replay runs behind the
+                // capture): the old one finishes on its own, the new one
+                // takes the next free port.
+                detach = s.buffered() > 0;
+            }
+            (true, true) => {}
+        }
+        if detach {
+            self.origins.remove(&origin);
+            self.counters.sessions_overlapped += 1;
+        } else {
+            // The old replay ends now.
+            self.end_session(now, key);
+        }
+        Some((seg, early))
+    }
+
+    /// A new session for `seg`'s connection, if it may have one: `early`
+    /// are its segments captured before a SYN `seg`.
+    fn open_session(
+        &mut self,
+        now: u64,
+        origin: OriginKey,
+        client_ip: Ipv4Addr,
+        target: Endpoint,
+        seg: ClientSegment,
+        early: Vec<ClientSegment>,
+    ) {
+        let syn = seg.has(TcpFlags::SYN);
         if !syn {
             if seg.payload.is_empty() {
                 self.counters.no_session += 1;
@@ -369,27 +401,31 @@ impl Engine {
                 return;
             }
         }
+        let refused = 1 + early.len() as u64;
         if self.sessions.len() >= self.cfg.max_sessions {
-            self.counters.session_limit += 1 + early.len() as u64;
+            self.counters.session_limit += refused;
             return;
         }
         if self.memory != Pressure::None {
             self.counters.sessions_refused_memory += 1;
-            self.counters.lost_memory_limit += 1 + early.len() as u64;
+            self.counters.lost_memory_limit += refused;
             return;
         }
         let Some(key) = self.allocate(client_ip, origin) else {
-            self.counters.port_conflicts += 1 + early.len() as u64;
+            self.counters.port_conflicts += refused;
             return;
         };
         let (mut ctx, sessions) = self.ctx();
-        let session = if syn {
+        let mut session = if syn {
             Session::from_syn(now, key.endpoint(), target, seg, &mut ctx)
         } else {
             let mut s = Session::mid_stream(now, key.endpoint(), target, &seg, 1, ctx.cfg);
             s.on_client_segment(now, seg, &mut ctx);
             s
         };
+        for seg in early {
+            session.on_client_segment(now, seg, &mut ctx);
+        }
         sessions.insert(
             key,
             Entry {
@@ -401,13 +437,6 @@ impl Engine {
         );
         self.origins.insert(origin, key);
         self.counters.sessions_created += 1;
-        if !early.is_empty() {
-            let (mut ctx, sessions) = self.ctx();
-            let e = sessions.get_mut(&key).unwrap();
-            for seg in early {
-                e.session.on_client_segment(now, seg, &mut ctx);
-            }
-        }
         self.after(key);
     }
 

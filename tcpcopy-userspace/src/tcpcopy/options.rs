@@ -14,7 +14,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::{
     offline::Pace,
-    session::{parse_client_pool, parse_transfers, ClientPool, Config},
+    session::{parse_client_pool, parse_transfers, ClientPool, Config, Transfer},
     xdp::AttachMode,
 };
 
@@ -270,57 +270,42 @@ impl TcpcopyOptions {
         self.refuse_unsupported()?;
         let transfers = parse_transfers(self.transfer.as_deref().unwrap_or(""))?;
         let servers = parse_servers(self.servers.as_deref().unwrap_or(""), self.port)?;
+        let config = self.engine_config(transfers)?;
+        let source = self.source()?;
+        let send = self.send_plan()?;
+        let workers = self.workers_for(&source)?;
+        Ok(Settings {
+            config: Arc::new(config),
+            servers,
+            connections: self.connections.clamp(1, 11) as usize,
+            source,
+            workers,
+            ifaces: self.ifaces.clone(),
+            xdp_mode: self.xdp_mode,
+            send,
+            record: self.record.as_ref().map(|path| RecordPlan {
+                path: path.clone(),
+                rotate_bytes: self.record_size.unwrap_or(0) * 1_000_000,
+            }),
+            memory_limit: self.memory_mb.map(|mb| mb << 20),
+            lonely: self.lonely,
+            stats_interval: std::time::Duration::from_secs(self.stats_interval.max(1)),
+            metrics: self.metrics,
+        })
+    }
+
+    /// The session engine's configuration.
+    fn engine_config(&self, transfers: Vec<Transfer>) -> Result<Config> {
         let client_pool = match &self.client_ips {
             Some(s) => Some(ClientPool::new(parse_client_pool(s, &transfers)?)),
             None => None,
         };
-        let offline = self.offline_plan()?;
-        let capture = match self.capture {
-            _ if offline.is_some() => CaptureMode::Packet,
-            Some(c) => c,
-            None if self.ifaces.is_empty() => CaptureMode::Packet,
-            None => CaptureMode::Tap,
-        };
-        if offline.is_none() && capture == CaptureMode::Xdp && self.ifaces.is_empty() {
-            bail!("--capture xdp needs -i IFACE: the mirror port or NIC to read");
-        }
-        if self.send == SendMode::Xdp && self.out_iface.is_none() {
-            bail!("--send xdp needs -o IFACE: the interface toward the target");
-        }
-        if offline.is_none() && capture == CaptureMode::Tap && self.ifaces.is_empty() {
-            bail!("--capture tap needs -i IFACE: the interfaces client traffic arrives on");
-        }
-        if offline.is_none() && capture == CaptureMode::Packet && self.ifaces.len() > 1 {
-            bail!("--capture packet takes one -i interface (or none: every interface)");
-        }
-        let cpus = core_affinity::get_core_ids().map_or(1, |c| c.len()).max(1);
-        let workers = match (self.workers, capture) {
-            (Some(w), _) => w,
-            // One worker per RX queue.
-            (None, CaptureMode::Xdp) => {
-                let mut queues = 0;
-                for iface in &self.ifaces {
-                    queues += crate::capture::rx_queues(iface)? as usize;
-                }
-                queues
-            }
-            (None, _) => cpus.min(4),
-        };
-        if workers == 0 {
-            bail!("--workers must be at least 1");
-        }
-        if capture == CaptureMode::Tap && workers > tcpcopy_common::MAX_TAP_RINGS as usize {
-            bail!(
-                "--workers {workers}: tap capture has at most {} rings",
-                tcpcopy_common::MAX_TAP_RINGS
-            );
-        }
         let session_timeout_ms = self.session_timeout.max(1) * 1000;
         let keepalive_timeout_ms = self
             .keepalive_timeout
             .filter(|k| *k > 0)
             .map_or(session_timeout_ms + 120_000, |k| k * 1000);
-        let config = Config {
+        Ok(Config {
             transfers,
             client_pool,
             localhost_as: self.localhost_as,
@@ -337,35 +322,73 @@ impl TcpcopyOptions {
             gap_skip_ms: self.gap_skip,
             max_sessions: self.max_sessions,
             ..Config::default()
+        })
+    }
+
+    /// Where segments come from: a file, or live capture in a mode that
+    /// has the interfaces it needs.
+    fn source(&self) -> Result<Source> {
+        if let Some(plan) = self.offline_plan()? {
+            return Ok(Source::Offline(plan));
+        }
+        let capture = match self.capture {
+            Some(c) => c,
+            None if self.ifaces.is_empty() => CaptureMode::Packet,
+            None => CaptureMode::Tap,
         };
-        let send = match (self.send, &self.out_iface) {
+        match capture {
+            CaptureMode::Xdp if self.ifaces.is_empty() => {
+                bail!("--capture xdp needs -i IFACE: the mirror port or NIC to read")
+            }
+            CaptureMode::Tap if self.ifaces.is_empty() => {
+                bail!("--capture tap needs -i IFACE: the interfaces client traffic arrives on")
+            }
+            CaptureMode::Packet if self.ifaces.len() > 1 => {
+                bail!("--capture packet takes one -i interface (or none: every interface)")
+            }
+            _ => Ok(Source::Live(capture)),
+        }
+    }
+
+    fn send_plan(&self) -> Result<SendPlan> {
+        Ok(match (self.send, &self.out_iface) {
+            (SendMode::Raw, _) => SendPlan::Raw,
+            (SendMode::Xdp, None) => {
+                bail!("--send xdp needs -o IFACE: the interface toward the target")
+            }
             (SendMode::Xdp, Some(out)) => SendPlan::Xdp {
                 out: out.clone(),
                 share_capture: self.ifaces.first() == Some(out),
             },
-            _ => SendPlan::Raw,
-        };
-        Ok(Settings {
-            config: Arc::new(config),
-            servers,
-            connections: self.connections.clamp(1, 11) as usize,
-            source: match offline {
-                Some(plan) => Source::Offline(plan),
-                None => Source::Live(capture),
-            },
-            workers,
-            ifaces: self.ifaces.clone(),
-            xdp_mode: self.xdp_mode,
-            send,
-            record: self.record.as_ref().map(|path| RecordPlan {
-                path: path.clone(),
-                rotate_bytes: self.record_size.unwrap_or(0) * 1_000_000,
-            }),
-            memory_limit: self.memory_mb.map(|mb| mb << 20),
-            lonely: self.lonely,
-            stats_interval: std::time::Duration::from_secs(self.stats_interval.max(1)),
-            metrics: self.metrics,
         })
+    }
+
+    /// `--workers`, or one per RX queue (xdp), or one per core up to 4.
+    fn workers_for(&self, source: &Source) -> Result<usize> {
+        let cpus = core_affinity::get_core_ids().map_or(1, |c| c.len()).max(1);
+        let workers = match (self.workers, source) {
+            (Some(w), _) => w,
+            (None, Source::Live(CaptureMode::Xdp)) => {
+                let mut queues = 0;
+                for iface in &self.ifaces {
+                    queues += crate::capture::rx_queues(iface)? as usize;
+                }
+                queues
+            }
+            (None, _) => cpus.min(4),
+        };
+        if workers == 0 {
+            bail!("--workers must be at least 1");
+        }
+        if *source == Source::Live(CaptureMode::Tap)
+            && workers > tcpcopy_common::MAX_TAP_RINGS as usize
+        {
+            bail!(
+                "--workers {workers}: tap capture has at most {} rings",
+                tcpcopy_common::MAX_TAP_RINGS
+            );
+        }
+        Ok(workers)
     }
 
     /// `--offline FILE`, or `-i FILE` naming a file, not an interface (how
