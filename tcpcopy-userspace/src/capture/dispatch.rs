@@ -117,7 +117,7 @@ pub type Ends = Vec<Box<dyn Capture>>;
 /// [`DispatchStats`] when it ends. `lossless` (offline replay): wait for a
 /// full worker queue instead of dropping, which holds the source back.
 pub fn start(
-    mut source: Box<dyn Capture>,
+    source: Box<dyn Capture>,
     workers: usize,
     stop: Arc<AtomicBool>,
     lossless: bool,
@@ -133,71 +133,19 @@ pub fn start(
         .map(|i| Box::new(i) as Box<dyn Capture>)
         .collect();
     let queue_full = Arc::new(AtomicU64::new(0));
-    let dropped = Arc::clone(&queue_full);
     let source_dropped = Arc::new(AtomicU64::new(0));
-    let kernel_dropped = Arc::clone(&source_dropped);
+    let mut worker = DispatchLoop {
+        pending: vec![Vec::new(); lanes.len()],
+        source,
+        lanes,
+        stop,
+        lossless,
+        queue_full: Arc::clone(&queue_full),
+        source_dropped: Arc::clone(&source_dropped),
+    };
     let handle = std::thread::Builder::new()
         .name("tcpcopy-dispatch".into())
-        .spawn(move || {
-            let mut stats = DispatchStats::default();
-            let mut pending: Vec<Batch> = vec![Vec::new(); lanes.len()];
-            let n = lanes.len() as u32;
-            let mut next_stats = std::time::Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                if std::time::Instant::now() >= next_stats {
-                    kernel_dropped.store(source.stats().kernel_dropped, Ordering::Relaxed);
-                    next_stats += std::time::Duration::from_millis(100);
-                }
-                let got = source.read_batch(1024, &mut |p| {
-                    pending[lane_of(p, n)].push(p.to_vec());
-                });
-                for (i, (tx, event)) in lanes.iter().enumerate() {
-                    if pending[i].is_empty() || (got == 1024 && pending[i].len() < BATCH) {
-                        continue;
-                    }
-                    let mut batch = std::mem::take(&mut pending[i]);
-                    let len = batch.len() as u64;
-                    loop {
-                        match tx.try_send(batch) {
-                            Ok(()) => signal(event.as_raw_fd()),
-                            Err(TrySendError::Full(b))
-                                if lossless && !stop.load(Ordering::Relaxed) =>
-                            {
-                                batch = b;
-                                signal(event.as_raw_fd());
-                                std::thread::sleep(std::time::Duration::from_micros(200));
-                                continue;
-                            }
-                            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                                dropped.fetch_add(len, Ordering::Relaxed);
-                            }
-                        }
-                        break;
-                    }
-                }
-                if got == 0 {
-                    let mut fds = Vec::new();
-                    source.fds(&mut fds);
-                    let mut pfds: Vec<libc::pollfd> = fds
-                        .iter()
-                        .map(|&fd| libc::pollfd {
-                            fd,
-                            events: libc::POLLIN,
-                            revents: 0,
-                        })
-                        .collect();
-                    // A source with fds (a socket) wakes us, so the timeout
-                    // is only for the stop flag; one without (a file paced
-                    // by its own clock) is looked at every 5 ms.
-                    let ms = if pfds.is_empty() { 5 } else { 100 };
-                    // SAFETY: a valid array of pollfd for its length.
-                    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-                }
-            }
-            stats.source = source.stats();
-            stats.queue_full = dropped.load(Ordering::Relaxed);
-            stats
-        })?;
+        .spawn(move || worker.run())?;
     Ok((
         ends,
         Dispatcher {
@@ -206,6 +154,93 @@ pub fn start(
             source_dropped,
         },
     ))
+}
+
+/// The dispatcher thread: reads the source in batches and hands each
+/// packet to the worker its flow hashes to.
+struct DispatchLoop {
+    source: Box<dyn Capture>,
+    lanes: Vec<Lane>,
+    /// Packets read for each lane, not handed over yet.
+    pending: Vec<Batch>,
+    stop: Arc<AtomicBool>,
+    lossless: bool,
+    queue_full: Arc<AtomicU64>,
+    source_dropped: Arc<AtomicU64>,
+}
+
+impl DispatchLoop {
+    fn run(&mut self) -> DispatchStats {
+        let n = self.lanes.len() as u32;
+        let mut next_stats = std::time::Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            if std::time::Instant::now() >= next_stats {
+                let dropped = self.source.stats().kernel_dropped;
+                self.source_dropped.store(dropped, Ordering::Relaxed);
+                next_stats += std::time::Duration::from_millis(100);
+            }
+            let pending = &mut self.pending;
+            let got = self.source.read_batch(1024, &mut |p| {
+                pending[lane_of(p, n)].push(p.to_vec());
+            });
+            self.hand_over(got == 1024);
+            if got == 0 {
+                self.wait_for_source();
+            }
+        }
+        DispatchStats {
+            source: self.source.stats(),
+            queue_full: self.queue_full.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Hand each lane's packets to its worker (while the source is busy,
+    /// only full batches).
+    fn hand_over(&mut self, busy: bool) {
+        for (i, (tx, event)) in self.lanes.iter().enumerate() {
+            if self.pending[i].is_empty() || (busy && self.pending[i].len() < BATCH) {
+                continue;
+            }
+            let mut batch = std::mem::take(&mut self.pending[i]);
+            let len = batch.len() as u64;
+            loop {
+                match tx.try_send(batch) {
+                    Ok(()) => signal(event.as_raw_fd()),
+                    Err(TrySendError::Full(b))
+                        if self.lossless && !self.stop.load(Ordering::Relaxed) =>
+                    {
+                        batch = b;
+                        signal(event.as_raw_fd());
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                        continue;
+                    }
+                    Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                        self.queue_full.fetch_add(len, Ordering::Relaxed);
+                    }
+                }
+                break;
+            }
+        }
+    }
+
+    /// Nothing was read: sleep until the source has packets. A source with
+    /// fds (a socket) wakes us, so the timeout is only for the stop flag;
+    /// one without (a file paced by its own clock) is looked at every 5 ms.
+    fn wait_for_source(&mut self) {
+        let mut fds = Vec::new();
+        self.source.fds(&mut fds);
+        let mut pfds: Vec<libc::pollfd> = fds
+            .iter()
+            .map(|&fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let ms = if pfds.is_empty() { 5 } else { 100 };
+        // SAFETY: a valid array of pollfd for its length.
+        unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    }
 }
 
 /// One inbox per worker and the senders that feed them.

@@ -133,6 +133,23 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
         "intercept ready"
     );
 
+    serve(&opts, &stop, &mut server, &mut source, &xdp)?;
+    tracing::info!("shutting down");
+    log_stats(&server, &source, &xdp, true);
+    drop(server);
+    drop(xdp);
+    Ok(())
+}
+
+/// The main loop until asked to stop: serve the peers, publish the
+/// metrics, log the statistics line.
+fn serve(
+    opts: &InterceptOptions,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+    server: &mut ControlServer,
+    source: &mut RingSource,
+    xdp: &AttachedXdp,
+) -> Result<()> {
     let published = Arc::new(Mutex::new(String::new()));
     if let Some(addr) = opts.metrics {
         let published = Arc::clone(&published);
@@ -143,7 +160,7 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
     let mut next_publish = Instant::now();
     let interval = Duration::from_secs(opts.stats_interval.max(1));
     let mut next_stats = Instant::now() + interval;
-    while !process::should_stop(&stop) {
+    while !process::should_stop(stop) {
         // Sleep until a record, a peer or the next periodic task: the ring
         // wakes us for the first record after we caught up, so an idle
         // intercept costs a wakeup per HOUSEKEEPING, not per millisecond.
@@ -152,21 +169,17 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
         if opts.metrics.is_some() {
             next = next.min(next_publish);
         }
-        server.turn(&mut source, next.saturating_duration_since(now))?;
+        server.turn(source, next.saturating_duration_since(now))?;
         if opts.metrics.is_some() && Instant::now() >= next_publish {
-            let text = report(&server, &source, &xdp).exposition(None).render();
+            let text = report(server, source, xdp).exposition(None).render();
             *published.lock().unwrap_or_else(|e| e.into_inner()) = text;
             next_publish = Instant::now() + Duration::from_millis(250);
         }
         if Instant::now() >= next_stats {
-            log_stats(&server, &source, &xdp, false);
+            log_stats(server, source, xdp, false);
             next_stats += interval;
         }
     }
-    tracing::info!("shutting down");
-    log_stats(&server, &source, &xdp, true);
-    drop(server);
-    drop(xdp);
     Ok(())
 }
 
