@@ -101,6 +101,80 @@ impl ReadStats {
     }
 }
 
+/// One record of a capture file, read.
+enum Record {
+    /// An IPv4 packet, at `ts_ns` on the file's clock.
+    Packet { ts_ns: u64, ip: Vec<u8> },
+    /// Cut short by the capture's snap length.
+    Snapped,
+    /// A link type or frame without an IPv4 packet.
+    NotIpv4,
+    /// Not a packet (pcapng section headers, interfaces, statistics, ...).
+    Other,
+}
+
+impl Record {
+    fn of(data: &[u8], orig_len: u32, link: Option<Link>, ts_ns: u64) -> Record {
+        if (data.len() as u32) < orig_len {
+            return Record::Snapped;
+        }
+        match link.and_then(|l| l.ipv4(data)) {
+            Some(ip) => Record::Packet {
+                ts_ns,
+                ip: ip.to_vec(),
+            },
+            None => Record::NotIpv4,
+        }
+    }
+}
+
+/// The next pcap record in `slice`, and the bytes it took.
+fn parse_pcap(
+    parser: &mut PcapParser,
+    link: Link,
+    slice: &[u8],
+) -> Result<(usize, Record), PcapError> {
+    let (rest, p) = parser.next_packet(slice)?;
+    let ts = p.timestamp.as_nanos() as u64;
+    Ok((
+        slice.len() - rest.len(),
+        Record::of(&p.data, p.orig_len, Some(link), ts),
+    ))
+}
+
+/// The next pcapng block in `slice`, and the bytes it took; `last_ts` is
+/// the time of the last enhanced packet (simple packets have none).
+fn parse_pcapng(
+    parser: &mut PcapNgParser,
+    last_ts: &mut u64,
+    slice: &[u8],
+) -> Result<(usize, Record), PcapError> {
+    let (rest, block) = parser.next_block(slice)?;
+    let n = slice.len() - rest.len();
+    let record = match block {
+        Block::EnhancedPacket(p) => {
+            let iface = parser.interfaces().get(p.interface_id as usize);
+            let link = iface.and_then(|i| Link::of(i.linktype));
+            let ts = to_ns(
+                p.timestamp.as_nanos() as u64,
+                iface.map(tsresol).unwrap_or(6),
+            );
+            *last_ts = ts;
+            Record::of(&p.data, p.original_len, link, ts)
+        }
+        Block::SimplePacket(p) => {
+            let link = parser
+                .interfaces()
+                .first()
+                .and_then(|i| Link::of(i.linktype));
+            // A simple packet carries no original length: never snapped.
+            Record::of(&p.data, 0, link, *last_ts)
+        }
+        _ => Record::Other,
+    };
+    Ok((n, record))
+}
+
 enum Format {
     Pcap { parser: PcapParser, link: Link },
     PcapNg { parser: PcapNgParser, last_ts: u64 },
@@ -217,71 +291,23 @@ impl CaptureFile {
                 return Next::End;
             }
             let parsed = match &mut self.format {
-                Format::Pcap { parser, link } => parser.next_packet(slice).map(|(rest, p)| {
-                    let n = slice.len() - rest.len();
-                    let out = if (p.data.len() as u32) < p.orig_len {
-                        Some(Err(true))
-                    } else {
-                        Some(
-                            link.ipv4(&p.data)
-                                .map(|ip| (p.timestamp.as_nanos() as u64, ip.to_vec()))
-                                .ok_or(false),
-                        )
-                    };
-                    (n, out)
-                }),
-                Format::PcapNg { parser, last_ts } => {
-                    parser.next_block(slice).map(|(rest, block)| {
-                        let n = slice.len() - rest.len();
-                        let out = match block {
-                            Block::EnhancedPacket(p) => {
-                                let iface = parser.interfaces().get(p.interface_id as usize);
-                                let link = iface.and_then(|i| Link::of(i.linktype));
-                                let ts = to_ns(
-                                    p.timestamp.as_nanos() as u64,
-                                    iface.map(tsresol).unwrap_or(6),
-                                );
-                                *last_ts = ts;
-                                Some(if (p.data.len() as u32) < p.original_len {
-                                    Err(true)
-                                } else {
-                                    link.and_then(|l| l.ipv4(&p.data))
-                                        .map(|ip| (ts, ip.to_vec()))
-                                        .ok_or(false)
-                                })
-                            }
-                            Block::SimplePacket(p) => {
-                                let link = parser
-                                    .interfaces()
-                                    .first()
-                                    .and_then(|i| Link::of(i.linktype));
-                                Some(
-                                    link.and_then(|l| l.ipv4(&p.data))
-                                        .map(|ip| (*last_ts, ip.to_vec()))
-                                        .ok_or(false),
-                                )
-                            }
-                            // Section headers, interfaces, statistics, ...
-                            _ => None,
-                        };
-                        (n, out)
-                    })
-                }
+                Format::Pcap { parser, link } => parse_pcap(parser, *link, slice),
+                Format::PcapNg { parser, last_ts } => parse_pcapng(parser, last_ts, slice),
             };
             match parsed {
-                Ok((n, out)) => {
+                Ok((n, record)) => {
                     self.pos += n;
-                    match out {
-                        None => continue,
-                        Some(Ok((ts_ns, ip))) => {
+                    match record {
+                        Record::Other => continue,
+                        Record::Packet { ts_ns, ip } => {
                             self.stats.packets += 1;
                             return Next::Packet { ts_ns, ip };
                         }
-                        Some(Err(true)) => {
+                        Record::Snapped => {
                             self.stats.snapped += 1;
                             return Next::Skipped;
                         }
-                        Some(Err(false)) => {
+                        Record::NotIpv4 => {
                             self.stats.not_ipv4 += 1;
                             return Next::Skipped;
                         }
