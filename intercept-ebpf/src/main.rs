@@ -14,13 +14,11 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
-use tcpcopy_common::{intercept_counter as ctr, PortKey, ResponseRecord, RECORD_IP_LEN};
-
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const IPPROTO_TCP: u8 = 6;
+use tcpcopy_common::{
+    intercept_counter as ctr,
+    xdp::{self, ptr_at},
+    PortKey, ResponseRecord, RECORD_IP_LEN,
+};
 
 /// (source address, source port) of responses to capture; address 0 = any.
 #[map]
@@ -34,19 +32,7 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ctr::COUNT, 0)
 
 #[inline(always)]
 fn bump(index: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        unsafe { *slot += 1 };
-    }
-}
-
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + core::mem::size_of::<T>() > end {
-        return None;
-    }
-    Some((start + offset) as *const T)
+    xdp::bump(&COUNTERS, index);
 }
 
 #[xdp]
@@ -61,26 +47,9 @@ pub fn intercept(ctx: XdpContext) -> u32 {
 /// Returns Some(true) when the frame is a matched response (to be dropped).
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Option<bool> {
-    let mut off = ETH_HLEN;
-    let mut proto = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 12)? });
-    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-        proto = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 16)? });
-        off += 4;
-    }
-    if proto != ETH_P_IP {
-        return None;
-    }
-    let ip = ptr_at::<[u8; 20]>(ctx, off)?;
-    let ip_bytes = unsafe { *ip };
-    if ip_bytes[0] >> 4 != 4 || ip_bytes[9] != IPPROTO_TCP {
-        return None;
-    }
-    let ihl = ((ip_bytes[0] & 0x0f) as usize) * 4;
-    if ihl < 20 {
-        return None;
-    }
-    let saddr = u32::from_ne_bytes([ip_bytes[12], ip_bytes[13], ip_bytes[14], ip_bytes[15]]);
-    let tcp_off = off + (ihl & 0x3c);
+    let frame = xdp::ipv4_tcp(ctx)?;
+    let saddr = frame.saddr();
+    let tcp_off = frame.tcp_off;
     let tcp = ptr_at::<[u8; 20]>(ctx, tcp_off)?;
     let tcp_bytes = unsafe { *tcp };
     let sport = u16::from_ne_bytes([tcp_bytes[0], tcp_bytes[1]]);
@@ -96,7 +65,7 @@ fn classify(ctx: &XdpContext) -> Option<bool> {
         return None;
     }
     bump(ctr::MATCHED);
-    export(ctx, &ip_bytes, &tcp_bytes, tcp_off, doff);
+    export(ctx, &frame.ip, &tcp_bytes, tcp_off, doff);
     Some(true)
 }
 

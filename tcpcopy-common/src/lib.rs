@@ -1,7 +1,11 @@
 //! Types shared by the eBPF programs and userspace: `#[repr(C)]` map keys,
 //! records and counter indices. `no_std`; the `user` feature adds `aya::Pod`
-//! impls so userspace can read and write the maps.
+//! impls so userspace can read and write the maps, the `ebpf` feature the
+//! parse and counter helpers both XDP programs use ([`xdp`]).
 #![no_std]
+
+#[cfg(feature = "ebpf")]
+pub mod xdp;
 
 /// Default TCP port of the tcpcopy ⇄ intercept control channel.
 pub const CONTROL_PORT: u16 = 36524;

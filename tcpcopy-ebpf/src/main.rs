@@ -20,14 +20,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use tcpcopy_common::{
-    capture_mode, flow_hash, tcpcopy_counter as ctr, PortKey, TapHeader, TAP_RING_BYTES,
+    capture_mode, flow_hash, tcpcopy_counter as ctr,
+    xdp::{self, ptr_at},
+    PortKey, TapHeader, TAP_RING_BYTES,
 };
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const IPPROTO_TCP: u8 = 6;
 /// Largest IPv4 packet copied into a tap record (power of two, for the
 /// verifier-friendly length mask below).
 const TAP_COPY_MAX: usize = 16384;
@@ -71,19 +68,7 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn bump(index: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        unsafe { *slot += 1 };
-    }
-}
-
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + core::mem::size_of::<T>() > end {
-        return None;
-    }
-    Some((start + offset) as *const T)
+    xdp::bump(&COUNTERS, index);
 }
 
 #[xdp]
@@ -121,25 +106,10 @@ struct Matched {
 
 #[inline(always)]
 fn matched(ctx: &XdpContext) -> Option<Matched> {
-    let mut off = ETH_HLEN;
-    let mut proto = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 12)? });
-    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-        proto = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 16)? });
-        off += 4;
-    }
-    if proto != ETH_P_IP {
-        return None;
-    }
-    let ip = unsafe { *ptr_at::<[u8; 20]>(ctx, off)? };
-    if ip[0] >> 4 != 4 || ip[9] != IPPROTO_TCP {
-        return None;
-    }
-    let ihl = ((ip[0] & 0x0f) as usize) * 4;
-    if ihl < 20 {
-        return None;
-    }
-    let tcp = unsafe { *ptr_at::<[u8; 4]>(ctx, off + (ihl & 0x3c))? };
-    let daddr = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    let frame = xdp::ipv4_tcp(ctx)?;
+    let ip = frame.ip;
+    let tcp = unsafe { *ptr_at::<[u8; 4]>(ctx, frame.tcp_off)? };
+    let daddr = frame.daddr();
     let dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
     let hit = unsafe {
         SOURCES.get(PortKey::new(daddr, dport)).is_some()
@@ -152,10 +122,9 @@ fn matched(ctx: &XdpContext) -> Option<Matched> {
     let saddr = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
     let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     let h = flow_hash(saddr, sport);
-    let ip_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
     Some(Matched {
-        ip_off: off,
-        ip_len,
+        ip_off: frame.ip_off,
+        ip_len: frame.total_len(),
         flow_hash: h,
     })
 }

@@ -1,0 +1,90 @@
+//! What both XDP programs do first, written once: bounds-checked reads of
+//! the frame, the Ethernet (one 802.1Q/802.1ad tag) + IPv4 + TCP parse,
+//! and bumping a per-CPU counter. Everything is `#[inline(always)]`: the
+//! verifier sees the same straight-line code as if each program had its
+//! own copy.
+
+use aya_ebpf::{maps::PerCpuArray, programs::XdpContext};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+
+/// A pointer to a `T` at `offset` in the frame, if the frame holds it.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+/// Add one to slot `index` of a per-CPU counter array.
+#[inline(always)]
+pub fn bump(counters: &PerCpuArray<u64>, index: u32) {
+    if let Some(slot) = counters.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot; nothing else on this CPU runs meanwhile.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// An IPv4/TCP frame: where its IPv4 header starts, that header's fixed
+/// 20 bytes, and where the TCP header starts.
+pub struct Ipv4Tcp {
+    pub ip_off: usize,
+    pub ip: [u8; 20],
+    pub tcp_off: usize,
+}
+
+impl Ipv4Tcp {
+    /// Source and destination address, in network order as on the wire.
+    #[inline(always)]
+    pub fn saddr(&self) -> u32 {
+        let ip = &self.ip;
+        u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]])
+    }
+    #[inline(always)]
+    pub fn daddr(&self) -> u32 {
+        let ip = &self.ip;
+        u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]])
+    }
+    /// The IPv4 total length field.
+    #[inline(always)]
+    pub fn total_len(&self) -> usize {
+        u16::from_be_bytes([self.ip[2], self.ip[3]]) as usize
+    }
+}
+
+/// Parse Ethernet, IPv4 and the IPv4 header length; None if the frame is
+/// not IPv4/TCP or too short for the IPv4 header.
+#[inline(always)]
+pub fn ipv4_tcp(ctx: &XdpContext) -> Option<Ipv4Tcp> {
+    let mut off = ETH_HLEN;
+    // SAFETY: `ptr_at` checked the frame holds the bytes read.
+    let mut proto = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 12)? });
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        proto = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 16)? });
+        off += 4;
+    }
+    if proto != ETH_P_IP {
+        return None;
+    }
+    let ip = unsafe { *ptr_at::<[u8; 20]>(ctx, off)? };
+    if ip[0] >> 4 != 4 || ip[9] != IPPROTO_TCP {
+        return None;
+    }
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return None;
+    }
+    Some(Ipv4Tcp {
+        ip_off: off,
+        ip,
+        // Masked so the verifier sees the bound.
+        tcp_off: off + (ihl & 0x3c),
+    })
+}
