@@ -1172,6 +1172,9 @@ fn a_new_connections_data_captured_before_its_syn_goes_with_it() {
 #[test]
 fn fuzz_regressions() {
     super::fuzz_engine(include_bytes!("fuzz-regressions/invariant-1.bin"));
+    // The target acknowledged a FIN, so the acknowledged position passed
+    // the send position: the window check must not subtract below zero.
+    super::fuzz_engine(include_bytes!("fuzz-regressions/una-past-nxt.bin"));
 }
 
 /// A session far behind its client (one busy keep-alive connection

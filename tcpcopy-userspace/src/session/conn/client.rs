@@ -199,7 +199,7 @@ impl Session {
             return Err(Stop::Held);
         }
         let send_len = end - self.stream.nxt;
-        let in_flight = self.stream.nxt - self.stream.una;
+        let in_flight = self.stream.nxt.saturating_sub(self.stream.una);
         if in_flight > 0 && in_flight + send_len > self.peer.window {
             return Err(Stop::Held);
         }
