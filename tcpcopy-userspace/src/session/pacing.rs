@@ -99,3 +99,39 @@ impl Pacing {
         self.last_captured_ack = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Pacing;
+
+    #[test]
+    fn a_request_holds_the_next_and_its_continuations_go() {
+        let mut p = Pacing::new(1, Some(100));
+        p.measure_rtt(130);
+        assert_eq!(p.rtt, 30);
+        p.measure_rtt(500); // once only
+        assert_eq!(p.rtt, 30);
+        assert!(!p.continues_request(7), "nothing sent yet");
+        p.request_sent(7, false);
+        assert!(p.waiting && p.any_request_sent());
+        assert!(p.continues_request(7));
+        assert!(!p.continues_request(8), "a new ack is a new request");
+        p.request_sent(8, true);
+        assert!(!p.waiting, "-W: nothing is held");
+    }
+
+    #[test]
+    fn the_first_request_waits_for_a_greeting_the_client_had_seen() {
+        let mut p = Pacing::new(1, None);
+        p.last_captured_ack = Some(1000); // the handshake ACK
+        assert!(!p.awaits_greeting(1000));
+        assert!(p.awaits_greeting(1020), "the client had 20 bytes first");
+        p.greeting_received = true;
+        assert!(!p.awaits_greeting(1020));
+        p.request_sent(1020, false);
+        p.pipelined = true;
+        p.restart();
+        assert!(!p.any_request_sent() && !p.pipelined && !p.greeting_received);
+        assert_eq!(p.last_captured_ack, None);
+    }
+}
