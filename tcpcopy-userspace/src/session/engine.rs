@@ -562,6 +562,25 @@ impl Engine {
         }
     }
 
+    /// A new intercept connection (a restarted intercept starts with an
+    /// empty route table): announce the route of every live session again
+    /// (drained by [`Engine::poll_route`]) and resend what each has in
+    /// flight, so the target's answers come through the new connection now
+    /// rather than at the next backed-off retransmission. Returns how many
+    /// routes were queued.
+    pub fn reannounce(&mut self, now: u64) -> u64 {
+        let (mut ctx, sessions) = self.ctx();
+        let mut routes = 0;
+        for e in sessions.values_mut() {
+            routes += e.session.reannounce(now, &mut ctx) as u64;
+        }
+        let keys: Vec<SessionKey> = self.sessions.keys().copied().collect();
+        for k in keys {
+            self.after(k);
+        }
+        routes
+    }
+
     /// tcpcopy is stopping: reset every live session at the target and
     /// count what was never sent.
     pub fn shutdown(&mut self) {

@@ -1495,3 +1495,42 @@ fn acknowledgements_stay_inside_the_targets_window() {
     assert_eq!(ack.seq, seq(1), "at the window's edge, not past the probe");
     l.check_invariants();
 }
+
+/// intercept came back after an outage with an empty route table: every
+/// live session announces its route again, and one with a request in
+/// flight resends it at once (the target's answer to the first copy was
+/// lost with intercept), instead of waiting for its backed-off RTO.
+#[test]
+fn a_new_intercept_connection_gets_every_route_again_and_requests_in_flight_go_again() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    let req = b"GET /during-the-outage HTTP/1.1\r\n\r\n";
+    let out = l.capture(P, ISN + 1, 777, 0x18, req);
+    assert_eq!(out.len(), 1);
+    // A second session, idle (nothing in flight).
+    l.capture(P + 1, ISN, 0, 0x02, &[]);
+    let idle = l.routes.last().unwrap().client_port;
+    l.respond((CLIENT, idle), TISN, ISN + 1, 0x12, 0, None);
+    l.routes.clear();
+    let retransmits = l.e.counters().retransmits;
+    l.now += 50; // before the RTO
+    assert_eq!(l.e.reannounce(l.now), 2);
+    let out = l.drain();
+    let mut ports: Vec<u16> = l.routes.iter().map(|r| r.client_port).collect();
+    ports.sort();
+    let mut want = vec![key.1, idle];
+    want.sort();
+    assert_eq!(ports, want, "one route per live session");
+    assert_eq!(
+        out.len(),
+        1,
+        "only the request in flight goes again: {out:?}"
+    );
+    assert_eq!(out[0].payload, req.to_vec());
+    assert_eq!(l.e.counters().retransmits, retransmits + 1);
+    // The target answers through the new connection: the session goes on.
+    l.respond(key, TISN + 1, ISN + 1 + req.len() as u32, 0x18, 100, None);
+    l.advance(200);
+    assert_eq!(l.e.counters().lost(), 0);
+    l.check_invariants();
+}

@@ -3,13 +3,15 @@
 //! fatal at startup) and greeted with the version message. CLIENT_ADDs go
 //! to every live server, round-robin over its connections; response records
 //! are read without blocking. A connection that fails is closed; a server
-//! with none left is inactive until `reconnect` (used with `-L`).
+//! with none left is inactive until `reconnect`, which the worker calls on
+//! a [`Backoff`] (from 100 ms): a restarted intercept is back in use
+//! within a fraction of a second.
 
 use std::{
     io::{self, Read, Write},
     net::{SocketAddr, SocketAddrV4, TcpStream},
     os::fd::{AsRawFd, RawFd},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -54,8 +56,15 @@ pub struct Channel {
 /// Bytes read from a control connection at a time.
 const READ_BUF: usize = 64 * 1024;
 
-fn open(addr: SocketAddrV4, framing: Framing) -> io::Result<Conn> {
-    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), Duration::from_secs(3))?;
+/// How long the connect at start may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a reconnect may take: it runs in the worker's loop, which it
+/// holds up meanwhile (an intercept on the same LAN answers in well under
+/// a millisecond, or refuses at once while it restarts).
+const RECONNECT_TIMEOUT: Duration = Duration::from_millis(100);
+
+fn open(addr: SocketAddrV4, framing: Framing, timeout: Duration) -> io::Result<Conn> {
+    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?;
     stream.set_nodelay(true)?;
     stream.write_all(&RouteMsg::version().encode())?;
     stream.set_nonblocking(true)?;
@@ -71,7 +80,7 @@ impl Channel {
         let mut servers = Vec::new();
         for &addr in addrs {
             let conns = (0..per_server)
-                .map(|_| open(addr, framing))
+                .map(|_| open(addr, framing, CONNECT_TIMEOUT))
                 .collect::<io::Result<Vec<_>>>()
                 .with_context(|| format!("cannot connect to intercept at {addr}"))?;
             servers.push(Server {
@@ -207,23 +216,106 @@ impl Channel {
         self.stats.records += (out.len() - before) as u64;
     }
 
-    /// Re-open connections of inactive servers (`-L`).
-    pub fn reconnect(&mut self) {
-        for s in &mut self.servers {
+    /// Servers with no connection left.
+    pub fn inactive(&self) -> usize {
+        self.servers.len() - self.active()
+    }
+
+    /// Re-open the connections of inactive servers; returns the indices of
+    /// those that are back (a restarted intercept knows no routes: the
+    /// caller announces its sessions' again with [`Channel::queue_route_to`]).
+    pub fn reconnect(&mut self) -> Vec<usize> {
+        let mut back = Vec::new();
+        for (i, s) in self.servers.iter_mut().enumerate() {
             if !s.conns.is_empty() {
                 continue;
             }
             match (0..self.per_server)
-                .map(|_| open(s.addr, self.framing))
+                .map(|_| open(s.addr, self.framing, RECONNECT_TIMEOUT))
                 .collect::<io::Result<Vec<_>>>()
             {
                 Ok(conns) => {
                     tracing::info!(addr = %s.addr, "reconnected to intercept");
                     s.conns = conns;
                     self.generation += 1;
+                    back.push(i);
                 }
-                Err(e) => tracing::warn!(addr = %s.addr, error = %e, "intercept still unreachable"),
+                Err(e) => {
+                    tracing::debug!(addr = %s.addr, error = %e, "intercept still unreachable")
+                }
             }
         }
+        back
+    }
+
+    /// Queue a CLIENT_ADD for server `index` only.
+    pub fn queue_route_to(&mut self, index: usize, msg: &RouteMsg) {
+        let Some(s) = self.servers.get_mut(index) else {
+            return;
+        };
+        if s.conns.is_empty() {
+            return;
+        }
+        let i = s.next % s.conns.len();
+        s.next = s.next.wrapping_add(1);
+        s.conns[i].out.extend_from_slice(&msg.encode());
+        self.stats.routes_sent += 1;
+    }
+}
+
+/// When to try an unreachable intercept again: soon after it went (it may
+/// only be restarting), then less often, up to a cap.
+#[derive(Debug)]
+pub struct Backoff {
+    delay: Duration,
+    next: Instant,
+}
+
+impl Backoff {
+    /// The first retry comes this soon after a loss.
+    pub const FIRST: Duration = Duration::from_millis(100);
+    /// Retries never come further apart than this.
+    pub const MAX: Duration = Duration::from_secs(2);
+
+    pub fn new(now: Instant) -> Backoff {
+        Backoff {
+            delay: Backoff::FIRST,
+            next: now + Backoff::FIRST,
+        }
+    }
+    /// Is a retry due?
+    pub fn due(&self, now: Instant) -> bool {
+        now >= self.next
+    }
+    /// A retry failed (or only partly worked): wait twice as long.
+    pub fn failed(&mut self, now: Instant) {
+        self.delay = (self.delay * 2).min(Backoff::MAX);
+        self.next = now + self.delay;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn retries_start_soon_and_back_off_to_a_cap() {
+        let t0 = Instant::now();
+        let mut b = Backoff::new(t0);
+        assert!(!b.due(t0));
+        assert!(b.due(t0 + Duration::from_millis(100)));
+        let mut now = t0 + Duration::from_millis(100);
+        let mut delays = Vec::new();
+        for _ in 0..7 {
+            b.failed(now);
+            let mut d = Duration::ZERO;
+            while !b.due(now + d) {
+                d += Duration::from_millis(50);
+            }
+            delays.push(d.as_millis());
+            now += d;
+        }
+        assert_eq!(delays, vec![200, 400, 800, 1600, 2000, 2000, 2000]);
     }
 }

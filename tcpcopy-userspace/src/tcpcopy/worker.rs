@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{bail, Result};
 
-use super::channel::{Channel, ChannelStats};
+use super::channel::{Backoff, Channel, ChannelStats};
 use crate::{
     capture::{Capture, CaptureStats},
     offline::record::RecordTap,
@@ -80,10 +80,9 @@ pub struct WorkerParts {
 
 const BATCH: usize = 256;
 /// The longest a worker sleeps with nothing to do: it then looks at the
-/// stop flag, publishes its counters and reconnects (`-L`). Traffic, the
+/// stop flag, publishes its counters and reconnects. Traffic, the
 /// control channel and the engine's timers wake it sooner.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
-const RECONNECT_EVERY: Duration = Duration::from_secs(12);
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 /// Offline: captured segments a worker may hold unsent, over all its
 /// sessions, before it stops reading the file. Below half a session's cap
@@ -139,7 +138,8 @@ impl Worker {
         let mut waiter = Waiter::new()?;
         let mut records: Vec<ResponseRecord> = Vec::new();
         let mut last_publish = Instant::now();
-        let mut last_reconnect = Instant::now();
+        // Armed while an intercept is down.
+        let mut backoff: Option<Backoff> = None;
         // Read the control channel on the first turn, then only when the
         // last wait found it readable (a read that would block is a wasted
         // system call on every turn).
@@ -171,14 +171,14 @@ impl Worker {
             self.engine.handle_timeout(self.now());
             self.flush_outputs();
 
-            if self.channel.active() == 0 {
-                if !self.lonely {
+            if self.channel.inactive() > 0 {
+                if self.channel.active() == 0 && !self.lonely {
                     bail!("worker {}: every intercept connection is lost (active num is zero); use -L to keep running", self.id);
                 }
-                if last_reconnect.elapsed() >= RECONNECT_EVERY {
-                    self.channel.reconnect();
-                    last_reconnect = Instant::now();
-                }
+                let b = backoff.get_or_insert_with(|| Backoff::new(Instant::now()));
+                self.reconnect(b);
+            } else {
+                backoff = None;
             }
             if last_publish.elapsed() >= PUBLISH_EVERY {
                 self.publish(false);
@@ -199,6 +199,36 @@ impl Worker {
             channel_ready = waiter.wait(capture, &self.channel, timeout);
         }
         Ok(())
+    }
+
+    /// Try the intercepts that are down, when the backoff says; one that
+    /// is back learns every live session's route again, and requests in
+    /// flight go again so the target's answers come through it.
+    fn reconnect(&mut self, backoff: &mut Backoff) {
+        if !backoff.due(Instant::now()) {
+            return;
+        }
+        let back = self.channel.reconnect();
+        if !back.is_empty() {
+            let now = self.now();
+            let routes = self.engine.reannounce(now);
+            let mut msgs = Vec::new();
+            while let Some(m) = self.engine.poll_route() {
+                msgs.push(m);
+            }
+            for &i in &back {
+                for m in &msgs {
+                    self.channel.queue_route_to(i, m);
+                }
+            }
+            tracing::info!(
+                worker = self.id,
+                routes,
+                "routes announced again to the intercept that came back"
+            );
+            self.flush_outputs();
+        }
+        backoff.failed(Instant::now());
     }
 
     /// Route messages before the packets they announce (spec §3.2): all

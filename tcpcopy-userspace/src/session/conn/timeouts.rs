@@ -58,6 +58,26 @@ impl Session {
         }
     }
 
+    /// The control channel came back (see [`Engine::reannounce`]): tell
+    /// intercept this session's route again, and resend the first segment
+    /// the target has not acknowledged. Returns whether a route was queued.
+    ///
+    /// [`Engine::reannounce`]: crate::session::Engine::reannounce
+    pub fn reannounce(&mut self, now: u64, ctx: &mut Ctx) -> bool {
+        if !self.has_target_connection() {
+            return false;
+        }
+        let announced = ctx.cfg.send_routes;
+        self.announce_route(ctx);
+        if self.is_syn_sent() {
+            self.retransmit_syn(ctx);
+        } else if self.stream.outstanding() {
+            self.retransmit(ctx);
+            self.timers.set(Timer::Retransmit, now + self.recovery.rto);
+        }
+        announced
+    }
+
     /// A response tick: acknowledge what must be, and when no response
     /// data came for a whole tick after some did, the response is
     /// complete.
