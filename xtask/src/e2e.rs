@@ -687,7 +687,7 @@ fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
 }
 
 /// intercept killed mid-replay and started again: with -L, tcpcopy keeps
-/// running, reconnects (every 12 s) and replays the next load exactly.
+/// running, reconnects and replays the next load exactly.
 fn intercept_restart_with_lonely() -> Result<()> {
     let mut args = TAP.to_vec();
     args.push("-L");
@@ -702,6 +702,37 @@ fn intercept_restart_with_lonely() -> Result<()> {
     let (o, t) = drive(&wrk(4, 2, ""))?;
     exact("after intercept came back", o, t)?;
     r.stop()?;
+    Ok(())
+}
+
+/// intercept killed in the middle of a load and started again 2 s later:
+/// tcpcopy reconnects within half a second of it being back, announces its
+/// sessions' routes again and resends what was in flight, so the sessions
+/// the outage stalled resume and the load is replayed exactly (the
+/// requests of the outage are late, not lost).
+fn intercept_outage_mid_load_loses_nothing() -> Result<()> {
+    let mut args = TAP.to_vec();
+    args.push("-L");
+    let mut r = Replay::start("outage", &args)?;
+    replay::reset_logs()?;
+    let load =
+        std::thread::spawn(|| in_ns(CLIENT, &format!("{} > /dev/null 2>&1", wrk(10, 8, ""))));
+    std::thread::sleep(Duration::from_secs(2));
+    r.intercept.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    r.intercept = replay::start_intercept("outage-2")?;
+    load.join().map_err(|_| anyhow::anyhow!("load thread"))??;
+    let (t, _) = replay::settle(target);
+    let o = online();
+    let log = r.stop()?;
+    println!("    {}", in_words(&log));
+    exact("a 2 s intercept outage in the middle of the load", o, t)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
+    ensure!(
+        summary_counter(&log, "lost_buffer_full") == 0,
+        "no session may fill its buffer while intercept is down:\n{}",
+        summary(&log)
+    );
     Ok(())
 }
 
@@ -1057,6 +1088,10 @@ const SCENARIOS: &[Scenario] = &[
     (
         "fault: intercept restarted, tcpcopy -L reconnects",
         intercept_restart_with_lonely,
+    ),
+    (
+        "fault: a 2 s intercept outage mid-load loses nothing",
+        intercept_outage_mid_load_loses_nothing,
     ),
     (
         "fault: intercept lost without -L stops tcpcopy",

@@ -274,8 +274,9 @@ pub struct Backoff {
 impl Backoff {
     /// The first retry comes this soon after a loss.
     pub const FIRST: Duration = Duration::from_millis(100);
-    /// Retries never come further apart than this.
-    pub const MAX: Duration = Duration::from_secs(2);
+    /// Retries never come further apart than this: an intercept that
+    /// comes back is in use again within half a second.
+    pub const MAX: Duration = Duration::from_millis(500);
 
     pub fn new(now: Instant) -> Backoff {
         Backoff {
@@ -316,6 +317,6 @@ mod tests {
             delays.push(d.as_millis());
             now += d;
         }
-        assert_eq!(delays, vec![200, 400, 800, 1600, 2000, 2000, 2000]);
+        assert_eq!(delays, vec![200, 400, 500, 500, 500, 500, 500]);
     }
 }
