@@ -705,7 +705,7 @@ fn intercept_restart_with_lonely() -> Result<()> {
     Ok(())
 }
 
-/// intercept killed in the middle of a load and started again 2 s later:
+/// intercept killed in the middle of a load and started again 5 s later
 /// tcpcopy reconnects within half a second of it being back, announces its
 /// sessions' routes again and resends what was in flight, so the sessions
 /// the outage stalled resume and the load is replayed exactly (the
@@ -716,17 +716,17 @@ fn intercept_outage_mid_load_loses_nothing() -> Result<()> {
     let mut r = Replay::start("outage", &args)?;
     replay::reset_logs()?;
     let load =
-        std::thread::spawn(|| in_ns(CLIENT, &format!("{} > /dev/null 2>&1", wrk(10, 8, ""))));
+        std::thread::spawn(|| in_ns(CLIENT, &format!("{} > /dev/null 2>&1", wrk(10, 12, ""))));
     std::thread::sleep(Duration::from_secs(2));
     r.intercept.kill();
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(5));
     r.intercept = replay::start_intercept("outage-2")?;
     load.join().map_err(|_| anyhow::anyhow!("load thread"))??;
     let (t, _) = replay::settle(target);
     let o = online();
     let log = r.stop()?;
     println!("    {}", in_words(&log));
-    exact("a 2 s intercept outage in the middle of the load", o, t)
+    exact("a 5 s intercept outage in the middle of the load", o, t)
         .map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
     ensure!(
         summary_counter(&log, "lost_buffer_full") == 0,
@@ -1090,7 +1090,7 @@ const SCENARIOS: &[Scenario] = &[
         intercept_restart_with_lonely,
     ),
     (
-        "fault: a 2 s intercept outage mid-load loses nothing",
+        "fault: a 5 s intercept outage mid-load loses nothing",
         intercept_outage_mid_load_loses_nothing,
     ),
     (
