@@ -705,7 +705,7 @@ fn intercept_restart_with_lonely() -> Result<()> {
     Ok(())
 }
 
-/// intercept killed in the middle of a load and started again 5 s later
+/// intercept killed in the middle of a load and started again 5 s later:
 /// tcpcopy reconnects within half a second of it being back, announces its
 /// sessions' routes again and resends what was in flight, so the sessions
 /// the outage stalled resume and the load is replayed exactly (the
