@@ -787,6 +787,42 @@ fn target_restart_mid_replay() -> Result<()> {
     Ok(())
 }
 
+/// The target's nginx down for 2 s in the middle of a load: the sessions
+/// it closed reconnect, and while its port refuses them they keep their
+/// captured requests and ask again (`--retry-refused`), so the requests
+/// captured while it was down are replayed once it is back: nothing is
+/// lost (with `--retry-refused 0`, as the C tool, 47,976 of 115,506 were).
+fn target_down_mid_load() -> Result<()> {
+    const CONNS: u32 = 4;
+    let r = Replay::start("target-down", TAP)?;
+    replay::reset_logs()?;
+    let restart = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(1500));
+        lab::restart_target_nginx_after(Duration::from_secs(2))
+    });
+    in_ns(CLIENT, &format!("{} > /dev/null 2>&1", wrk(CONNS, 6, "")))?;
+    restart
+        .join()
+        .map_err(|_| anyhow::anyhow!("restart thread"))??;
+    let (t, _) = replay::settle(target);
+    let o = online();
+    let log = r.stop()?;
+    println!("    {}", in_words(&log));
+    println!(
+        "    online {o}, target {t}: {} lost to the outage; {} refused connections asked again",
+        o.saturating_sub(t),
+        summary_counter(&log, "refused_retries")
+    );
+    exact("the target down 2 s in the middle of the load", o, t)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
+    ensure!(
+        summary_counter(&log, "refused_retries") > 0,
+        "the target's port should have refused while it was down:\n{}",
+        summary(&log)
+    );
+    Ok(())
+}
+
 /// A SIGKILLed tcpcopy leaves no XDP program behind (bpf_link), and the
 /// next one starts and replays exactly.
 fn sigkill_leaves_nothing_behind() -> Result<()> {
@@ -1096,6 +1132,10 @@ const SCENARIOS: &[Scenario] = &[
     (
         "fault: intercept lost without -L stops tcpcopy",
         intercept_lost_without_lonely,
+    ),
+    (
+        "fault: the target down 2 s mid-load loses nothing",
+        target_down_mid_load,
     ),
     (
         "fault: the target restarted mid-replay",

@@ -255,6 +255,11 @@ fn start_servers() -> Result<()> {
 
 /// Stop the target's nginx and start it again (a fault test).
 pub fn restart_target_nginx() -> Result<()> {
+    restart_target_nginx_after(std::time::Duration::from_millis(300))
+}
+
+/// Stop the target's nginx, and start it again after `down`.
+pub fn restart_target_nginx_after(down: std::time::Duration) -> Result<()> {
     let conf = run_dir().join("target-nginx.conf");
     in_ns(
         TARGET,
@@ -263,7 +268,7 @@ pub fn restart_target_nginx() -> Result<()> {
             conf.display()
         ),
     )?;
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::thread::sleep(down);
     in_ns(
         TARGET,
         &format!(

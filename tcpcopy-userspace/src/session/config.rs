@@ -220,6 +220,11 @@ pub struct Config {
     /// session goes on past it on a new target connection. 0: hold until
     /// `gap_timeout_ms` gives the session up, as the C tool.
     pub gap_skip_ms: u64,
+    /// A target that refuses a session's connection (RST to the SYN: it
+    /// may be restarting) is asked again, backing off, for this long
+    /// before the session is given up; its captured requests wait (within
+    /// the session's buffer and `-m`). 0: give up at once, as the C tool.
+    pub retry_refused_ms: u64,
 }
 
 impl Default for Config {
@@ -250,6 +255,7 @@ impl Default for Config {
             response_wait_ms: 5_000,
             catch_up_segments: 64,
             gap_skip_ms: 1_000,
+            retry_refused_ms: 5_000,
         }
     }
 }

@@ -121,6 +121,9 @@ counters! {
     rsts_sent,
     acks_fabricated,
     reconnects [line Sessions "reconnects"],
+    /// Connections the target refused (RST to the SYN) that were asked
+    /// again (`--retry-refused`).
+    refused_retries,
     /// Holes in a captured stream skipped: the session went on past them
     /// on a new target connection (`--gap-skip`).
     gaps_skipped,

@@ -76,6 +76,8 @@ pub enum Event {
     Obsolete,
     /// A CLIENT_ADD for intercept.
     RouteAnnounced,
+    /// The target refused a connection; it is asked again later.
+    RefusedRetry,
     /// The target completed the handshake.
     Connected,
     /// The target connection went; a new one carries the rest.
@@ -129,6 +131,7 @@ impl Counters {
             Event::ResponseWaitExpired => self.response_waits_expired += 1,
             Event::Obsolete => self.obsolete += 1,
             Event::RouteAnnounced => self.route_msgs += 1,
+            Event::RefusedRetry => self.refused_retries += 1,
             Event::Connected => self.connections += 1,
             Event::Reconnected => self.reconnects += 1,
             Event::Response => self.responses += 1,

@@ -636,7 +636,11 @@ fn target_reset_with_unsent_data_reconnects_from_the_first_unacked_byte() {
 
 #[test]
 fn refused_and_unanswered_handshakes() {
-    let mut l = Lab::new(Lab::default_cfg());
+    // `--retry-refused 0`: a refusal gives the session up at once.
+    let mut l = Lab::new(Config {
+        retry_refused_ms: 0,
+        ..Lab::default_cfg()
+    });
     l.capture(P, 7000, 1, 0x18, b"data");
     l.respond((CLIENT, P), 0, 7000, 0x14, 0, None);
     assert_eq!(l.e.active_sessions(), 0, "refused: gone at once");
@@ -1533,4 +1537,57 @@ fn a_new_intercept_connection_gets_every_route_again_and_requests_in_flight_go_a
     l.advance(200);
     assert_eq!(l.e.counters().lost(), 0);
     l.check_invariants();
+}
+
+/// The target's server restarting: its port refuses our SYN for a while.
+/// The session keeps its captured requests and asks again, backing off
+/// from 100 ms, and replays them once the port listens; one refused for
+/// longer than `retry_refused_ms` is given up and counted as before.
+#[test]
+fn a_refused_connection_is_retried_while_the_target_restarts() {
+    let mut l = Lab::new(Lab::default_cfg());
+    l.capture(P, ISN, 0, 0x02, &[]);
+    let key = (CLIENT, P);
+    l.respond(key, 0, ISN + 1, 0x14, 0, None); // refused
+    l.capture(P, ISN + 1, 777, 0x10, &[]);
+    l.capture(P, ISN + 1, 777, 0x18, b"GET /a\r\n\r\n");
+    assert_eq!(l.e.active_sessions(), 1, "kept, not given up");
+    // Retries at 100, then 200 ms after each refusal.
+    let out = l.advance(100);
+    assert_eq!(out.iter().filter(|o| o.flags == 0x02).count(), 1, "{out:?}");
+    let syn = out.iter().find(|o| o.flags == 0x02).unwrap().clone();
+    assert_eq!(syn.seq, ISN, "the same connection, from its first byte");
+    l.respond(key, 0, ISN + 1, 0x14, 0, None); // still down
+    assert!(l.advance(150).iter().all(|o| o.flags != 0x02), "backs off");
+    let out = l.advance(50);
+    assert_eq!(out.iter().filter(|o| o.flags == 0x02).count(), 1);
+    // The server is back: the request goes, once.
+    l.respond(key, TISN, ISN + 1, 0x12, 0, None);
+    assert_eq!(
+        l.sent
+            .iter()
+            .filter(|o| o.payload == b"GET /a\r\n\r\n")
+            .count(),
+        1
+    );
+    let c = l.e.counters();
+    assert_eq!((c.refused_retries, c.lost_target_refused), (2, 0));
+    l.check_invariants();
+
+    // Refused for longer than the retry time: given up, counted.
+    let mut m = Lab::new(Config {
+        retry_refused_ms: 1_000,
+        ..Lab::default_cfg()
+    });
+    m.capture(P, 7000, 1, 0x18, b"data");
+    for _ in 0..20 {
+        m.respond(key, 0, 7000, 0x14, 0, None);
+        m.advance(1_000);
+        if m.e.active_sessions() == 0 {
+            break;
+        }
+    }
+    assert_eq!(m.e.active_sessions(), 0);
+    assert_eq!(m.e.counters().lost_target_refused, 1);
+    m.check_invariants();
 }

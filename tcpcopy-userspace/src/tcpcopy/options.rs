@@ -109,6 +109,12 @@ pub struct TcpcopyOptions {
     /// the C tool.
     #[arg(long = "gap-skip", value_name = "MS", default_value_t = 1000)]
     pub gap_skip: u64,
+    /// A target that refuses a connection (its server may be restarting)
+    /// is asked again, backing off from 100 ms, for this many seconds
+    /// before the session's requests are given up; 0 gives up at once, as
+    /// the C tool.
+    #[arg(long = "retry-refused", value_name = "SECONDS", default_value_t = 5)]
+    pub retry_refused: u64,
     /// Keep running when every intercept connection is lost (reconnect every 12 s).
     #[arg(short = 'L', long = "lonely")]
     pub lonely: bool,
@@ -320,6 +326,7 @@ impl TcpcopyOptions {
             no_wait: self.no_wait,
             catch_up_segments: self.catch_up,
             gap_skip_ms: self.gap_skip,
+            retry_refused_ms: self.retry_refused * 1000,
             max_sessions: self.max_sessions,
             ..Config::default()
         })

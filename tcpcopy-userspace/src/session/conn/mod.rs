@@ -54,6 +54,10 @@ const SHED_BACKLOG: usize = 16;
 /// timeouts: a target waiting for an ACK whose record was lost is silent
 /// too.
 const CLOSE_QUIET_MS: u64 = 3_000;
+/// A refused connection is tried again this soon, then twice as late each
+/// time, up to `REFUSED_RETRY_MAX_MS`.
+const REFUSED_RETRY_FIRST_MS: u64 = 100;
+const REFUSED_RETRY_MAX_MS: u64 = 1_000;
 /// A hole may be skipped once the target has acknowledged everything
 /// before it and sent nothing for this long: it has answered what it got
 /// (pipelined requests included: it has had the whole `gap_skip_ms`).
@@ -108,6 +112,15 @@ struct Handshake {
     started: u64,
     /// The client's handshake ACK, held until the target's SYN-ACK.
     held_ack: Option<ClientSegment>,
+    /// The target refuses the connection: since when, and how often.
+    refused: Option<Refused>,
+}
+
+/// A target refusing a session's connection (it may be restarting).
+#[derive(Clone, Copy, Debug)]
+struct Refused {
+    since: u64,
+    times: u32,
 }
 
 pub struct Session {
@@ -179,6 +192,7 @@ impl Session {
                 reconnecting: false,
                 started: now,
                 held_ack: None,
+                refused: None,
             },
             stream: Stream::new(base_seq),
             peer: TargetSide::new(now, 0),

@@ -2,7 +2,9 @@
 //! intercept) complete the handshake, acknowledge what we sent, carry
 //! response data to acknowledge and pace by, or close the connection.
 
-use super::{emit::Transmission, Ctx, Phase, Session};
+use super::{
+    emit::Transmission, Ctx, Phase, Refused, Session, REFUSED_RETRY_FIRST_MS, REFUSED_RETRY_MAX_MS,
+};
 use crate::{
     proto::ResponseHeader,
     session::{
@@ -57,10 +59,8 @@ impl Session {
             self.on_syn_ack(now, h, ctx);
         } else if h.flags & RST != 0 {
             if answers_our_syn {
-                // The target refused the connection (port closed).
                 ctx.note(Event::ResponseRst);
-                self.abandon(Loss::TargetRefused, ctx);
-                self.phase = Phase::Over;
+                self.on_refused(now, ctx);
             }
         } else {
             // An answer from an older incarnation of this 4-tuple: clear
@@ -75,7 +75,30 @@ impl Session {
         }
     }
 
+    /// The target refused the connection (its port is closed: the server
+    /// may be restarting). Ask again, backing off, for `retry_refused_ms`;
+    /// then give the session up.
+    fn on_refused(&mut self, now: u64, ctx: &mut Ctx) {
+        let r = self.handshake.refused.get_or_insert(Refused {
+            since: now,
+            times: 0,
+        });
+        if now.saturating_sub(r.since) >= ctx.cfg.retry_refused_ms {
+            self.abandon(Loss::TargetRefused, ctx);
+            self.phase = Phase::Over;
+            return;
+        }
+        let delay = (REFUSED_RETRY_FIRST_MS << r.times.min(10)).min(REFUSED_RETRY_MAX_MS);
+        r.times += 1;
+        ctx.note(Event::RefusedRetry);
+        self.phase = Phase::Closed;
+        self.handshake.fabricated = true;
+        self.handshake.reconnecting = true;
+        self.timers.set(Timer::Reconnect, now + delay);
+    }
+
     fn on_syn_ack(&mut self, now: u64, h: &ResponseHeader, ctx: &mut Ctx) {
+        self.handshake.refused = None;
         self.timers.stop(Timer::SynRetransmit);
         ctx.note(Event::Connected);
         self.peer.on_syn_ack(now, h);
