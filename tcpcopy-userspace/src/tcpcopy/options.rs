@@ -115,7 +115,8 @@ pub struct TcpcopyOptions {
     /// the C tool.
     #[arg(long = "retry-refused", value_name = "SECONDS", default_value_t = 5)]
     pub retry_refused: u64,
-    /// Keep running when every intercept connection is lost (reconnect every 12 s).
+    /// Keep running when every intercept connection is lost (each intercept
+    /// is tried again on a backoff from 100 ms to 500 ms).
     #[arg(short = 'L', long = "lonely")]
     pub lonely: bool,
     /// Resident memory limit in MiB: new sessions are refused (and counted)
