@@ -787,20 +787,23 @@ fn target_restart_mid_replay() -> Result<()> {
     Ok(())
 }
 
-/// The target's nginx down for 2 s in the middle of a load: the sessions
-/// it closed reconnect, and while its port refuses them they keep their
-/// captured requests and ask again (`--retry-refused`), so the requests
-/// captured while it was down are replayed once it is back: nothing is
-/// lost (with `--retry-refused 0`, as the C tool, 47,976 of 115,506 were).
+/// The target's nginx down when a load starts, and back 2 s later: the
+/// sessions' connections are refused, and they keep their captured
+/// requests and ask again (`--retry-refused`), so the requests captured
+/// while it was down are replayed once it is back: nothing is lost (with
+/// `--retry-refused 0`, as the C tool, 47,976 of 115,506 were, in a run
+/// that stopped nginx in the middle of the load). The target is stopped
+/// while nothing is in flight: what a target that dies mid-request had
+/// acknowledged and not answered is a known loss of its own.
 fn target_down_mid_load() -> Result<()> {
-    const CONNS: u32 = 4;
     let r = Replay::start("target-down", TAP)?;
     replay::reset_logs()?;
+    lab::stop_target_nginx()?;
     let restart = std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_millis(1500));
-        lab::restart_target_nginx_after(Duration::from_secs(2))
+        std::thread::sleep(Duration::from_secs(2));
+        lab::start_target_nginx()
     });
-    in_ns(CLIENT, &format!("{} > /dev/null 2>&1", wrk(CONNS, 6, "")))?;
+    in_ns(CLIENT, &format!("{} > /dev/null 2>&1", wrk(4, 4, "")))?;
     restart
         .join()
         .map_err(|_| anyhow::anyhow!("restart thread"))??;
@@ -808,19 +811,49 @@ fn target_down_mid_load() -> Result<()> {
     let o = online();
     let log = r.stop()?;
     println!("    {}", in_words(&log));
-    println!(
-        "    online {o}, target {t}: {} lost to the outage; {} refused connections asked again",
-        o.saturating_sub(t),
-        summary_counter(&log, "refused_retries")
-    );
-    exact("the target down 2 s in the middle of the load", o, t)
+    exact("the target down for the first 2 s of the load", o, t)
         .map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
+    let retries = summary_counter(&log, "refused_retries");
+    println!("    {retries} refused connections asked again");
     ensure!(
-        summary_counter(&log, "refused_retries") > 0,
+        retries > 0,
         "the target's port should have refused while it was down:\n{}",
         summary(&log)
     );
     Ok(())
+}
+
+/// One of the replay's links down for 2 s in the middle of a 10 s load:
+/// the control channel (online ⇄ assistant) or the target's answers
+/// (target → assistant). TCP (ours toward the target, the control
+/// connection's) carries everything across, so the load is replayed
+/// exactly. (The link from online to the target is not here yet: down
+/// 2 s, one session filled its buffer; see the README's known problems.)
+fn link_down_mid_load(ns: &'static str, link: &'static str, what: &str) -> Result<()> {
+    let r = Replay::start(&format!("down-{link}"), TAP)?;
+    replay::reset_logs()?;
+    let load =
+        std::thread::spawn(|| in_ns(CLIENT, &format!("{} > /dev/null 2>&1", wrk(4, 10, ""))));
+    std::thread::sleep(Duration::from_secs(3));
+    in_ns(ns, &format!("ip link set {link} down"))?;
+    std::thread::sleep(Duration::from_secs(2));
+    in_ns(ns, &format!("ip link set {link} up"))?;
+    // A link going down takes the routes through it along.
+    lab::restore_routes()?;
+    load.join().map_err(|_| anyhow::anyhow!("load thread"))??;
+    let (t, _) = replay::settle(target);
+    let o = online();
+    let log = r.stop()?;
+    println!("    {}", in_words(&log));
+    exact(what, o, t).map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))
+}
+
+fn control_link_down_mid_load() -> Result<()> {
+    link_down_mid_load(ONLINE, "onl2", "the control link down 2 s")
+}
+
+fn response_link_down_mid_load() -> Result<()> {
+    link_down_mid_load(TARGET, "tgt1", "the target's answers' link down 2 s")
 }
 
 /// A SIGKILLed tcpcopy leaves no XDP program behind (bpf_link), and the
@@ -1134,8 +1167,16 @@ const SCENARIOS: &[Scenario] = &[
         intercept_lost_without_lonely,
     ),
     (
-        "fault: the target down 2 s mid-load loses nothing",
+        "fault: the target down as a load starts loses nothing",
         target_down_mid_load,
+    ),
+    (
+        "fault: the control link down 2 s mid-load loses nothing",
+        control_link_down_mid_load,
+    ),
+    (
+        "fault: the target's answers' link down 2 s mid-load loses nothing",
+        response_link_down_mid_load,
     ),
     (
         "fault: the target restarted mid-replay",

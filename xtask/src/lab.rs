@@ -154,8 +154,7 @@ fn build() -> Result<()> {
     in_ns(CLIENT, "ethtool -K cli0 tso off gso off gro off")?;
     in_ns(ONLINE, "ethtool -K onl0 tso off gso off gro off")?;
     // Replayed sessions: the target answers via the assistant.
-    in_ns(TARGET, "ip route add 10.0.1.0/24 via 10.0.3.3")?;
-    in_ns(TARGET, "ip route add 10.9.9.0/24 via 10.0.3.3")?;
+    restore_routes()?;
     for ns in [TARGET, ASSISTANT, ONLINE] {
         in_ns(
             ns,
@@ -253,6 +252,13 @@ fn start_servers() -> Result<()> {
     anyhow::bail!("the lab's servers did not come up (see {RUN_DIR}/*.log)")
 }
 
+/// The target's routes to the client networks through assistant (a link
+/// that went down took them along).
+pub fn restore_routes() -> Result<()> {
+    in_ns(TARGET, "ip route replace 10.0.1.0/24 via 10.0.3.3")?;
+    in_ns(TARGET, "ip route replace 10.9.9.0/24 via 10.0.3.3")
+}
+
 /// Stop the target's nginx and start it again (a fault test).
 pub fn restart_target_nginx() -> Result<()> {
     restart_target_nginx_after(std::time::Duration::from_millis(300))
@@ -260,6 +266,13 @@ pub fn restart_target_nginx() -> Result<()> {
 
 /// Stop the target's nginx, and start it again after `down`.
 pub fn restart_target_nginx_after(down: std::time::Duration) -> Result<()> {
+    stop_target_nginx()?;
+    std::thread::sleep(down);
+    start_target_nginx()
+}
+
+/// Stop the target's nginx (its port then refuses connections).
+pub fn stop_target_nginx() -> Result<()> {
     let conf = run_dir().join("target-nginx.conf");
     in_ns(
         TARGET,
@@ -267,8 +280,19 @@ pub fn restart_target_nginx_after(down: std::time::Duration) -> Result<()> {
             "nginx -e {RUN_DIR}/target-nginx-error.log -c {} -s stop",
             conf.display()
         ),
-    )?;
-    std::thread::sleep(down);
+    )
+}
+
+/// Start the target's nginx again after [`stop_target_nginx`].
+pub fn start_target_nginx() -> Result<()> {
+    let conf = run_dir().join("target-nginx.conf");
+    // The old master may still be exiting: wait for its pid file to go.
+    for _ in 0..50 {
+        if !run_dir().join("target-nginx.pid").exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     in_ns(
         TARGET,
         &format!(
