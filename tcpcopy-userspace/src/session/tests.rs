@@ -1591,3 +1591,19 @@ fn a_refused_connection_is_retried_while_the_target_restarts() {
     assert_eq!(m.e.counters().lost_target_refused, 1);
     m.check_invariants();
 }
+
+/// A refused connection whose client has sent only its handshake ACK so
+/// far is asked again too (the client is there; its request may follow).
+#[test]
+fn a_refused_handshake_is_retried_before_any_request() {
+    let mut l = Lab::new(Lab::default_cfg());
+    l.capture(P, ISN, 0, 0x02, &[]);
+    l.respond((CLIENT, P), 0, ISN + 1, 0x14, 0, None);
+    l.capture(P, ISN + 1, 777, 0x10, &[]);
+    let out = l.advance(100);
+    assert_eq!(out.iter().filter(|o| o.flags == 0x02).count(), 1, "{out:?}");
+    l.respond((CLIENT, P), TISN, ISN + 1, 0x12, 0, None);
+    assert_eq!(l.e.counters().connections, 1);
+    assert_eq!(l.e.counters().lost(), 0);
+    l.check_invariants();
+}

@@ -137,7 +137,10 @@ impl Session {
         match self.phase {
             Phase::Lingering | Phase::Over | Phase::SynSent { .. } => return,
             Phase::Closed => {
-                if !self.timers.is_armed(Timer::Reconnect) && self.stream.has_unsent() {
+                // Something to send, or a client whose handshake waits (a
+                // refused connection asked again).
+                let owed = self.stream.has_unsent() || self.handshake.held_ack.is_some();
+                if !self.timers.is_armed(Timer::Reconnect) && owed {
                     self.send_fabricated_syn(now, ctx);
                 }
                 return;
