@@ -105,7 +105,12 @@ impl Session {
     }
 
     fn on_pure_ack(&mut self, now: u64, seg: ClientSegment, ctx: &mut Ctx) {
-        if self.handshake.fabricated || self.pacing.last_captured_ack.is_some() {
+        // The client's handshake ACK is forwarded (or held) while the
+        // handshake is the captured one: also on a connection the target
+        // refused at first, as long as no byte has gone.
+        let captured_handshake =
+            !self.handshake.fabricated || (self.handshake.captured_syn && self.stream.nxt == 0);
+        if !captured_handshake || self.pacing.last_captured_ack.is_some() {
             ctx.note(Event::PureAckAbsorbed);
             return;
         }

@@ -105,6 +105,9 @@ pub enum Phase {
 struct Handshake {
     /// The handshake is made up (mid-stream start or reconnect).
     fabricated: bool,
+    /// The session began with the client's captured SYN (so its captured
+    /// handshake ACK is the one to send, even on a later connection).
+    captured_syn: bool,
     /// The next SYN reopens a session already replaying (counted as a
     /// reconnect, not as a fabricated SYN).
     reconnecting: bool,
@@ -149,6 +152,7 @@ impl Session {
     ) -> Session {
         let mut s = Session::new(now, client, target, syn.seq().plus(1), &syn, ctx.cfg);
         s.pacing = Pacing::new(1, Some(now));
+        s.handshake.captured_syn = true;
         s.peer.last_tsval = syn.tsval.unwrap_or(0);
         s.announce_route(ctx);
         let pkt = s.emit_syn(&syn, ctx);
@@ -189,6 +193,7 @@ impl Session {
             phase: Phase::Closed,
             handshake: Handshake {
                 fabricated: false,
+                captured_syn: false,
                 reconnecting: false,
                 started: now,
                 held_ack: None,
