@@ -713,27 +713,46 @@ fn intercept_restart_with_lonely() -> Result<()> {
 fn intercept_outage_mid_load_loses_nothing() -> Result<()> {
     let mut args = TAP.to_vec();
     args.push("-L");
-    let mut r = Replay::start("outage", &args)?;
-    replay::reset_logs()?;
-    let load =
-        std::thread::spawn(|| in_ns(CLIENT, &format!("{} > /dev/null 2>&1", wrk(10, 12, ""))));
-    std::thread::sleep(Duration::from_secs(2));
-    r.intercept.kill();
-    std::thread::sleep(Duration::from_secs(5));
-    r.intercept = replay::start_intercept("outage-2")?;
-    load.join().map_err(|_| anyhow::anyhow!("load thread"))??;
-    let (t, _) = replay::settle(target);
-    let o = online();
-    let log = r.stop()?;
-    println!("    {}", in_words(&log));
-    exact("a 5 s intercept outage in the middle of the load", o, t)
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
+    let r = Replay::start("outage", &args)?;
+    let what = "a 5 s intercept outage in the middle of the load";
+    let log = load_with_fault(r, what, &wrk(10, 12, ""), |r| {
+        std::thread::sleep(Duration::from_secs(2));
+        r.intercept.kill();
+        std::thread::sleep(Duration::from_secs(5));
+        r.intercept = replay::start_intercept("outage-2")?;
+        Ok(())
+    })?;
     ensure!(
         summary_counter(&log, "lost_buffer_full") == 0,
         "no session may fill its buffer while intercept is down:\n{}",
         summary(&log)
     );
     Ok(())
+}
+
+/// Run `load` from the client while `fault` does its work on the replay,
+/// wait for the replay to settle and stop it: the target must have served
+/// exactly what online did. Returns tcpcopy's log.
+fn load_with_fault(
+    mut r: Replay,
+    what: &str,
+    load: &str,
+    fault: impl FnOnce(&mut Replay) -> Result<()>,
+) -> Result<String> {
+    replay::reset_logs()?;
+    let load = format!("{load} > /dev/null 2>&1");
+    let client = std::thread::spawn(move || in_ns(CLIENT, &load));
+    let faulted = fault(&mut r);
+    client
+        .join()
+        .map_err(|_| anyhow::anyhow!("load thread"))??;
+    faulted?;
+    let (t, _) = replay::settle(target);
+    let o = online();
+    let log = r.stop()?;
+    println!("    {}", in_words(&log));
+    exact(what, o, t).map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
+    Ok(log)
 }
 
 /// Without -L, losing every intercept connection stops tcpcopy with a
@@ -797,22 +816,12 @@ fn target_restart_mid_replay() -> Result<()> {
 /// acknowledged and not answered is a known loss of its own.
 fn target_down_mid_load() -> Result<()> {
     let r = Replay::start("target-down", TAP)?;
-    replay::reset_logs()?;
     lab::stop_target_nginx()?;
-    let restart = std::thread::spawn(|| {
+    let what = "the target down for the first 2 s of the load";
+    let log = load_with_fault(r, what, &wrk(4, 4, ""), |_| {
         std::thread::sleep(Duration::from_secs(2));
         lab::start_target_nginx()
-    });
-    in_ns(CLIENT, &format!("{} > /dev/null 2>&1", wrk(4, 4, "")))?;
-    restart
-        .join()
-        .map_err(|_| anyhow::anyhow!("restart thread"))??;
-    let (t, _) = replay::settle(target);
-    let o = online();
-    let log = r.stop()?;
-    println!("    {}", in_words(&log));
-    exact("the target down for the first 2 s of the load", o, t)
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
+    })?;
     let retries = summary_counter(&log, "refused_retries");
     println!("    {retries} refused connections asked again");
     ensure!(
@@ -831,21 +840,15 @@ fn target_down_mid_load() -> Result<()> {
 /// 2 s, one session filled its buffer; see the README's known problems.)
 fn link_down_mid_load(ns: &'static str, link: &'static str, what: &str) -> Result<()> {
     let r = Replay::start(&format!("down-{link}"), TAP)?;
-    replay::reset_logs()?;
-    let load =
-        std::thread::spawn(|| in_ns(CLIENT, &format!("{} > /dev/null 2>&1", wrk(4, 10, ""))));
-    std::thread::sleep(Duration::from_secs(3));
-    in_ns(ns, &format!("ip link set {link} down"))?;
-    std::thread::sleep(Duration::from_secs(2));
-    in_ns(ns, &format!("ip link set {link} up"))?;
-    // A link going down takes the routes through it along.
-    lab::restore_routes()?;
-    load.join().map_err(|_| anyhow::anyhow!("load thread"))??;
-    let (t, _) = replay::settle(target);
-    let o = online();
-    let log = r.stop()?;
-    println!("    {}", in_words(&log));
-    exact(what, o, t).map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))
+    load_with_fault(r, what, &wrk(4, 10, ""), |_| {
+        std::thread::sleep(Duration::from_secs(3));
+        in_ns(ns, &format!("ip link set {link} down"))?;
+        std::thread::sleep(Duration::from_secs(2));
+        in_ns(ns, &format!("ip link set {link} up"))?;
+        // A link going down takes the routes through it along.
+        lab::restore_routes()
+    })?;
+    Ok(())
 }
 
 fn control_link_down_mid_load() -> Result<()> {

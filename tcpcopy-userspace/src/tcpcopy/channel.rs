@@ -288,6 +288,10 @@ impl Backoff {
     pub fn due(&self, now: Instant) -> bool {
         now >= self.next
     }
+    /// No retry has failed yet in this outage.
+    pub fn is_first(&self) -> bool {
+        self.delay == Backoff::FIRST
+    }
     /// A retry failed (or only partly worked): wait twice as long.
     pub fn failed(&mut self, now: Instant) {
         self.delay = (self.delay * 2).min(Backoff::MAX);

@@ -209,6 +209,14 @@ impl Worker {
             return;
         }
         let back = self.channel.reconnect();
+        if back.is_empty() && backoff.is_first() {
+            // Once per outage: the retries that follow log at debug level.
+            tracing::warn!(
+                worker = self.id,
+                "intercept unreachable: trying again every {} ms or sooner",
+                Backoff::MAX.as_millis()
+            );
+        }
         if !back.is_empty() {
             let now = self.now();
             let routes = self.engine.reannounce(now);

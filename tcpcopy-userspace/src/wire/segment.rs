@@ -62,15 +62,15 @@ impl<'a> SegmentRepr<'a> {
             return Err(SegmentError::Fragment);
         }
         let tot = ip.total_len() as usize;
-        let packet = if tot >= ip.header_len() && tot <= packet.len() {
-            &packet[..tot]
+        let end = if tot >= ip.header_len() && tot <= packet.len() {
+            tot
         } else if tot == 0 {
-            packet
+            packet.len()
         } else {
             return Err(SegmentError::Malformed); // truncated capture
         };
-        let ip = Ipv4View::new_checked(packet).map_err(|_| SegmentError::Malformed)?;
-        let tcp = TcpView::new_checked(ip.payload()).map_err(|_| SegmentError::Malformed)?;
+        let tcp = TcpView::new_checked(&packet[ip.header_len()..end])
+            .map_err(|_| SegmentError::Malformed)?;
         let opts = TcpOptions::parse(tcp.options_bytes());
         Ok(SegmentRepr {
             src: ip.src().into(),
