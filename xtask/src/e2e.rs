@@ -361,7 +361,27 @@ fn mirror_box(r: Replay) -> Result<()> {
         log.contains("queues=2 workers=2"),
         "expected one worker per queue:\n{log}"
     );
+    // The client keeps each flow on one queue (txrehash off, as a NIC's
+    // RSS does): the worker reading a queue owns its flows, so next to
+    // nothing is handed between workers.
+    let captured = captured_segments(&log);
+    let steered = summary_counter(&log, "steered_to_owner");
+    println!("    {steered} of {captured} captured segments handed between workers");
+    ensure!(
+        captured > 0 && steered * 100 <= captured,
+        "more than 1% of the segments steered between workers:\n{}",
+        summary(&log)
+    );
     Ok(())
+}
+
+/// The segments tcpcopy's engines took in, from its summary in words.
+fn captured_segments(log: &str) -> u64 {
+    in_words(log)
+        .split(" segments captured")
+        .next()
+        .and_then(|s| s.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Two captures of the same wrk run, made once and shared by the offline

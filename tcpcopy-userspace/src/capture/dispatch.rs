@@ -4,13 +4,16 @@
 //! uses), in batches over crossbeam channels. Each worker's end is a
 //! [`Capture`] whose fd is an eventfd the dispatcher signals after a batch.
 //!
-//! [`steer`] is the same hand-over without the extra thread, for sources
-//! that already belong to workers (one AF_XDP socket per RX queue): each
-//! worker reads its own queues and forwards only the segments of flows
-//! another worker owns. The owner comes from the flow hash, not from the
-//! queue a flow arrives on, so with N workers (N−1)/N of the segments move,
-//! also behind a NIC's RSS; in exchange a flow that changes queues (veth
-//! follows the sender's txhash, which TCP re-rolls) still has one owner.
+//! [`steer`] is for sources that already belong to workers (one AF_XDP
+//! socket per RX queue): the NIC's RSS has sharded the flows, so a flow is
+//! owned by the worker whose queue it first arrives on (claimed in the
+//! run's shared [`Claims`] table) and its segments are handed to no one.
+//! A flow that moves to another queue (an RSS rehash, a queue count
+//! change, veth following a sender's re-rolled txhash) is found in the
+//! table by the worker that now reads it and handed to its owner: never
+//! replayed twice, never split, and counted as `steered`. A worker gives
+//! its flows back once no session of its holds them
+//! ([`Capture::release_flows`]).
 //!
 //! Why not PACKET_FANOUT_HASH: the kernel's fanout hash is skb->hash, which
 //! on veth (and anything forwarding a local socket's packets) is the
@@ -29,7 +32,13 @@ use std::{
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use hashbrown::HashSet;
+
 use super::{Capture, CaptureStats};
+use crate::session::{
+    claims::{Claims, WorkerIndex},
+    SessionKey,
+};
 
 const BATCH: usize = 64;
 /// Batches a worker may have waiting before the dispatcher counts drops.
@@ -270,8 +279,9 @@ fn lane_of(p: &[u8], n: u32) -> usize {
 }
 
 /// Give each worker its own sources (`sources[i]` for worker `i`, possibly
-/// none) plus an inbox for the segments the other workers forward to it.
-pub fn steer(sources: Vec<Vec<Box<dyn Capture>>>) -> io::Result<Ends> {
+/// none) plus an inbox for the segments of its flows that other workers
+/// read; `flows` is the run's table of who owns which captured flow.
+pub fn steer(sources: Vec<Vec<Box<dyn Capture>>>, flows: Arc<Claims>) -> io::Result<Ends> {
     let (inboxes, lanes) = lanes(sources.len(), QUEUE_BATCHES)?;
     let lanes = Arc::new(lanes);
     let n = sources.len();
@@ -281,11 +291,15 @@ pub fn steer(sources: Vec<Vec<Box<dyn Capture>>>) -> io::Result<Ends> {
         .enumerate()
         .map(|(index, (own, inbox))| {
             Box::new(Steered {
-                index,
                 own,
                 inbox,
                 lanes: Arc::clone(&lanes),
                 pending: vec![Vec::new(); n],
+                owned: OwnedFlows {
+                    worker: index as WorkerIndex,
+                    table: Arc::clone(&flows),
+                    mine: HashSet::new(),
+                },
                 queue_full: 0,
                 steered: 0,
             }) as Box<dyn Capture>
@@ -293,13 +307,44 @@ pub fn steer(sources: Vec<Vec<Box<dyn Capture>>>) -> io::Result<Ends> {
         .collect())
 }
 
+/// A worker's view of the flow table: the flows it holds, kept locally so
+/// that a segment of a known flow costs one lookup and no lock.
+struct OwnedFlows {
+    worker: WorkerIndex,
+    table: Arc<Claims>,
+    mine: HashSet<SessionKey>,
+}
+
+impl OwnedFlows {
+    /// The worker that must replay packet `p`: None for this one (also
+    /// for what is not an IPv4/TCP packet: the engine counts it).
+    fn owner_of(&mut self, p: &[u8]) -> Option<usize> {
+        let (ip, port) = flow_of(p)?;
+        let key = SessionKey {
+            client: ip.into(),
+            port,
+        };
+        if self.mine.contains(&key) {
+            return None;
+        }
+        match self.table.claim(key, self.worker) {
+            Ok(()) => {
+                self.mine.insert(key);
+                None
+            }
+            Err(owner) => Some(owner as usize),
+        }
+    }
+}
+
 /// A worker's end under [`steer`].
 struct Steered {
-    index: usize,
     own: Vec<Box<dyn Capture>>,
     inbox: DispatchedCapture,
     lanes: Arc<Vec<Lane>>,
+    /// Segments read here for each other worker, not handed over yet.
     pending: Vec<Batch>,
+    owned: OwnedFlows,
     queue_full: u64,
     steered: u64,
 }
@@ -317,19 +362,22 @@ impl Capture for Steered {
     }
 
     fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
-        let mut n = self.inbox.read_batch(max, f);
-        let lanes = self.lanes.len() as u32;
-        for source in &mut self.own {
-            let index = self.index;
-            let pending = &mut self.pending;
-            n += source.read_batch(max, &mut |p| {
-                let lane = lane_of(p, lanes);
-                if lane == index {
-                    f(p);
-                } else {
-                    pending[lane].push(p.to_vec());
-                }
-            });
+        let Steered {
+            own,
+            inbox,
+            pending,
+            owned,
+            ..
+        } = self;
+        // What others handed over is checked again: the flow may have been
+        // given back and claimed by a third worker since.
+        let mut route = |p: &[u8]| match owned.owner_of(p) {
+            None => f(p),
+            Some(w) => pending[w].push(p.to_vec()),
+        };
+        let mut n = inbox.read_batch(max, &mut route);
+        for source in own.iter_mut() {
+            n += source.read_batch(max, &mut route);
         }
         for (lane, batch) in self.pending.iter_mut().enumerate() {
             if batch.is_empty() {
@@ -347,6 +395,30 @@ impl Capture for Steered {
             }
         }
         n
+    }
+
+    fn release_flow(&mut self, flow: SessionKey) {
+        if self.owned.mine.remove(&flow) {
+            self.owned.table.release(flow, self.owned.worker);
+        }
+    }
+
+    fn release_flows(&mut self, held: &dyn Fn(SessionKey) -> bool) {
+        let OwnedFlows {
+            worker,
+            table,
+            mine,
+        } = &mut self.owned;
+        mine.retain(|&k| {
+            let keep = held(k);
+            if !keep {
+                table.release(k, *worker);
+            }
+            keep
+        });
+        if mine.capacity() > 4 * mine.len() + 1024 {
+            mine.shrink_to(2 * mine.len());
+        }
     }
 
     /// The sources' counters (each segment counted once, by the worker
@@ -400,4 +472,108 @@ fn flow_of(p: &[u8]) -> Option<(u32, u16)> {
     let ip = u32::from_be_bytes(p.get(12..16)?.try_into().ok()?);
     let port = u16::from_be_bytes(p.get(ihl..ihl + 2)?.try_into().ok()?);
     Some((ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::build::{build, SegmentSpec};
+    use std::{
+        net::Ipv4Addr,
+        sync::{Arc, Mutex},
+    };
+
+    /// An RX queue the test fills by hand.
+    #[derive(Clone, Default)]
+    struct Queue(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Queue {
+        fn push(&self, port: u16) {
+            self.0.lock().unwrap().push(build(&SegmentSpec {
+                src: (Ipv4Addr::new(10, 0, 0, 1), port),
+                dst: (Ipv4Addr::new(10, 0, 0, 2), 80),
+                seq: 1,
+                ack: 1,
+                flags: 0x10,
+                window: 512,
+                options: &[],
+                payload: b"x",
+                ip_id: 0,
+                ttl: 64,
+                tos: 0,
+            }));
+        }
+    }
+
+    impl Capture for Queue {
+        fn fds(&self, _: &mut Vec<RawFd>) {}
+        fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
+            let mut q = self.0.lock().unwrap();
+            let n = q.len().min(max);
+            for p in q.drain(..n) {
+                f(&p);
+            }
+            n
+        }
+        fn stats(&self) -> CaptureStats {
+            CaptureStats::default()
+        }
+    }
+
+    /// The client ports a worker's end hands to its engine.
+    fn read(end: &mut Box<dyn Capture>) -> Vec<u16> {
+        let mut ports = Vec::new();
+        end.read_batch(64, &mut |p| ports.push(flow_of(p).unwrap().1));
+        ports
+    }
+
+    /// Two workers, one RX queue each: a flow stays with the worker whose
+    /// queue brought it first, also when it shows up on the other queue
+    /// later (handed over and counted); once given back, the next queue
+    /// to bring it takes it.
+    #[test]
+    fn the_queue_a_flow_arrives_on_decides_its_worker() {
+        let queues = [Queue::default(), Queue::default()];
+        let flows = Arc::new(Claims::default());
+        let sources = queues
+            .iter()
+            .map(|q| vec![Box::new(q.clone()) as Box<dyn Capture>])
+            .collect();
+        let mut ends = steer(sources, Arc::clone(&flows)).unwrap();
+        queues[0].push(1000);
+        queues[1].push(2000);
+        assert_eq!(read(&mut ends[0]), [1000]);
+        assert_eq!(read(&mut ends[1]), [2000]);
+        assert_eq!(ends[0].stats().steered + ends[1].stats().steered, 0);
+
+        // Flow 1000 moves to queue 1: worker 1 hands it to worker 0.
+        queues[1].push(1000);
+        queues[1].push(2000);
+        assert_eq!(read(&mut ends[1]), [2000]);
+        assert_eq!(ends[1].stats().steered, 1);
+        assert_eq!(read(&mut ends[0]), [1000]);
+
+        // Worker 0's sessions let go of it: queue 1 now owns it.
+        ends[0].release_flows(&|_| false);
+        assert_eq!(
+            flows.owner(SessionKey {
+                client: Ipv4Addr::new(10, 0, 0, 1),
+                port: 1000
+            }),
+            None
+        );
+        queues[1].push(1000);
+        assert_eq!(read(&mut ends[1]), [1000]);
+        assert_eq!(ends[1].stats().steered, 1);
+        // A flow still held is kept.
+        ends[1].release_flows(&|k| k.port == 2000);
+        assert_eq!(
+            flows.owner(SessionKey {
+                client: Ipv4Addr::new(10, 0, 0, 1),
+                port: 2000
+            }),
+            Some(1)
+        );
+        assert_eq!(flows.len(), 1);
+    }
 }

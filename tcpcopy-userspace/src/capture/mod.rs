@@ -5,8 +5,9 @@
 //! - [`PacketSocket`]: an AF_PACKET socket, filtered by `-x` here, whose
 //!   packets a [`dispatch`] thread hands to the workers by flow hash;
 //! - [`XskSocket`]: the AF_XDP socket of one RX queue (mirror ports), read
-//!   by the worker that owns the queue; [`dispatch::steer`] forwards the
-//!   segments of flows another worker owns.
+//!   by the worker that owns the queue, which owns the flows that arrive
+//!   there; [`dispatch::steer`] hands a flow that moved queues to its
+//!   owner.
 
 pub mod dispatch;
 mod packet;
@@ -18,6 +19,8 @@ pub use tap::TapRing;
 pub use xsk::{rx_queues, XskSocket, UMEM_BYTES};
 
 use std::os::fd::RawFd;
+
+use crate::session::SessionKey;
 
 /// Counters of a capture source.
 #[derive(Clone, Copy, Debug, Default)]
@@ -36,7 +39,8 @@ pub struct CaptureStats {
     /// Segments of another worker's flow that could not be handed to it
     /// (its queue was full).
     pub queue_full: u64,
-    /// Segments read by one worker and handed to the worker owning the flow.
+    /// Segments read by one worker and handed to the worker owning the flow
+    /// (AF_XDP: a flow that moved to another RX queue).
     pub steered: u64,
 }
 
@@ -66,4 +70,11 @@ pub trait Capture: Send {
     fn reserved_bytes(&self) -> u64 {
         0
     }
+    /// Give back the flows this worker claimed that `held` no longer wants
+    /// (no session replays them), so another worker's queue may take them.
+    /// Only sources that claim flows (AF_XDP, [`dispatch::steer`]) do
+    /// anything.
+    fn release_flows(&mut self, _held: &dyn Fn(SessionKey) -> bool) {}
+    /// Give back one flow at once: its last session is done with it.
+    fn release_flow(&mut self, _flow: SessionKey) {}
 }

@@ -5,6 +5,7 @@
 //! (milliseconds on any monotonic clock) and drains the queues.
 
 use super::{
+    claims::{Claims, WorkerIndex},
     config::{preferred_port, sample_bucket, Config},
     conn::{Ctx, Endpoint, Session},
     counters::Counters,
@@ -47,18 +48,31 @@ struct OriginKey {
     copy: u16,
 }
 
-/// Which of the workers an engine belongs to: every session it opens uses
-/// a (client IP, port) whose flow hash picks this worker, so no other
-/// worker can open the same connection to the target.
-#[derive(Clone, Copy, Debug)]
+/// Which of the workers an engine belongs to, and the run's table of the
+/// (client IP, port)s its sessions replay from: every session claims its
+/// own there before it opens, so no other worker can open the same
+/// connection to the target.
 struct Lane {
-    index: u32,
-    count: u32,
+    worker: WorkerIndex,
+    claims: Option<Arc<Claims>>,
 }
 
-/// How many ports past the preferred one the allocator tries.
-/// Ports tried for a copy whose preferred port is taken (or, with several
-/// workers, belongs to another worker's lane: about one in N fits).
+impl Lane {
+    fn claim(&self, key: SessionKey) -> bool {
+        self.claims
+            .as_ref()
+            .is_none_or(|c| c.claim(key, self.worker).is_ok())
+    }
+
+    fn release(&self, key: SessionKey) {
+        if let Some(c) = &self.claims {
+            c.release(key, self.worker);
+        }
+    }
+}
+
+/// Ports tried past the preferred one for a copy whose preferred port is
+/// taken (here, or by another worker).
 const PORT_PROBES: u16 = 4096;
 
 struct Entry {
@@ -69,6 +83,9 @@ struct Entry {
     pipelined: bool,
     /// The deadline the timer heap holds for this session.
     scheduled: Option<u64>,
+    /// Done with its connection (lingering or over): its port claim and
+    /// its hold on the captured flow are given back.
+    let_go: bool,
 }
 
 pub struct Engine {
@@ -84,22 +101,74 @@ pub struct Engine {
     routes: VecDeque<RouteMsg>,
     counters: Counters,
     lane: Lane,
+    /// Captured flows no session replays any more, for the capture to give
+    /// back (drained by [`Engine::poll_released_flow`]).
+    released_flows: Vec<SessionKey>,
     /// Memory pressure under `-m`, set by the worker before each batch.
     memory: Pressure,
 }
 
 impl Engine {
-    /// Make this the engine of worker `index` of `count` (see `lane`).
-    pub fn set_lane(&mut self, index: u32, count: u32) {
+    /// Make this the engine of worker `worker` of a run whose workers
+    /// share `claims` (see [`Lane`]).
+    pub fn share_ports(&mut self, worker: WorkerIndex, claims: Arc<Claims>) {
         self.lane = Lane {
-            index,
-            count: count.max(1),
+            worker,
+            claims: Some(claims),
         };
     }
 
-    fn in_lane(&self, key: SessionKey) -> bool {
-        let Lane { index, count } = self.lane;
-        count <= 1 || tcpcopy_common::flow_hash(u32::from(key.client), key.port) % count == index
+    /// Whether a session replays the captured flow from `client`:`port`
+    /// (any copy of it, lingering ones aside): while one does, the flow
+    /// stays this worker's.
+    pub fn holds_flow(&self, client: Ipv4Addr, port: u16) -> bool {
+        let client = match self.cfg.localhost_as {
+            Some(h) if client == Ipv4Addr::LOCALHOST && !self.cfg.target_is_localhost() => h,
+            _ => client,
+        };
+        (0..self.cfg.replicas.max(1)).any(|copy| {
+            self.origins
+                .get(&OriginKey { client, port, copy })
+                .and_then(|k| self.sessions.get(k))
+                .is_some_and(|e| !e.let_go)
+        })
+    }
+
+    /// Next captured flow this engine let go of (its sessions ended or
+    /// linger), for the capture to give back at once.
+    pub fn poll_released_flow(&mut self) -> Option<SessionKey> {
+        self.released_flows.pop()
+    }
+
+    /// A session is done with its connection (it lingers, or is over):
+    /// another worker may open its port, and take its captured flow (a
+    /// client reusing the port at once, on another RX queue), now rather
+    /// than when it is removed.
+    fn let_go(&mut self, key: SessionKey) {
+        let Some(e) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        if e.let_go {
+            return;
+        }
+        e.let_go = true;
+        let origin = e.origin;
+        self.lane.release(key);
+        if self.lane.claims.is_none() || self.holds_flow(origin.client, origin.port) {
+            return;
+        }
+        let flow = SessionKey {
+            client: origin.client,
+            port: origin.port,
+        };
+        self.released_flows.push(flow);
+        if self.cfg.localhost_as == Some(origin.client) {
+            // It may have been captured as 127.0.0.1.
+            self.released_flows.push(SessionKey {
+                client: Ipv4Addr::LOCALHOST,
+                ..flow
+            });
+        }
     }
 
     pub fn new(cfg: Arc<Config>) -> Self {
@@ -113,7 +182,11 @@ impl Engine {
             packets: Outbox::default(),
             routes: VecDeque::new(),
             counters: Counters::default(),
-            lane: Lane { index: 0, count: 1 },
+            lane: Lane {
+                worker: 0,
+                claims: None,
+            },
+            released_flows: Vec::new(),
             memory: Pressure::None,
         }
     }
@@ -433,6 +506,7 @@ impl Engine {
                 session: Box::new(session),
                 pipelined: false,
                 scheduled: None,
+                let_go: false,
             },
         );
         self.origins.insert(origin, key);
@@ -441,8 +515,8 @@ impl Engine {
     }
 
     /// Choose the (client IP, port) a copy is replayed from: the C tool's
-    /// port, or the next one that no live session uses and that is in this
-    /// worker's lane (so another worker's original cannot collide with it).
+    /// port, or the next one that no live session uses, here or in another
+    /// worker (claimed for this worker when found).
     fn allocate(&self, ip: Ipv4Addr, origin: OriginKey) -> Option<SessionKey> {
         let first = preferred_port(&self.cfg, origin.port, origin.copy);
         (0..PORT_PROBES)
@@ -455,7 +529,7 @@ impl Engine {
                 }
             })
             .map(|port| SessionKey { client: ip, port })
-            .find(|k| !self.sessions.contains_key(k) && self.in_lane(*k))
+            .find(|k| !self.sessions.contains_key(k) && self.lane.claim(*k))
     }
 
     fn end_session(&mut self, now: u64, key: SessionKey) {
@@ -469,6 +543,7 @@ impl Engine {
     }
 
     fn remove(&mut self, key: SessionKey) {
+        self.let_go(key);
         if let Some(e) = self.sessions.remove(&key) {
             // A session detached by a newer connection on its port no
             // longer owns the origin.
@@ -501,6 +576,12 @@ impl Engine {
             self.remove(key);
             return;
         }
+        if e.session.is_lingering() && !e.let_go {
+            self.let_go(key);
+        }
+        let Some(e) = self.sessions.get_mut(&key) else {
+            return;
+        };
         if e.session.is_pipelined() != e.pipelined {
             e.pipelined = !e.pipelined;
             if e.pipelined {

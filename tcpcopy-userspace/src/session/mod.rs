@@ -41,6 +41,7 @@
 //! formula, the C pacing of LAN clients (RTT ≤ 1 ms: the next request
 //! follows the first response segment).
 
+pub mod claims;
 mod close;
 mod config;
 mod conn;

@@ -1,7 +1,7 @@
 //! Deterministic scenario tests (spec §11, the parts the engine decides)
 //! and property tests, driven by scripted segments and a fake clock.
 
-use super::*;
+use super::{claims::Claims, *};
 use crate::{
     proto::{ResponseHeader, RouteMsg},
     wire::{Ipv4View, TcpView},
@@ -454,13 +454,14 @@ fn replicas_use_distinct_ports_and_collisions_are_avoided() {
     l.check_invariants();
 }
 
-/// Two workers: worker 0 sees the clients whose flow hash is even. Every
-/// connection it opens to the target (replicas, `-c` addresses) must hash
-/// to worker 0 too, or worker 1 could open the same 4-tuple for one of its
-/// own clients (found replaying `-n 2` at full speed).
+/// Two workers sharing the run's port claims, each capturing its own
+/// clients (how they split them does not matter: by flow hash or by RX
+/// queue). The connections they open to the target (originals, replicas
+/// shifted into each other's ports, `-c` addresses) must never coincide,
+/// or intercept could route one's answers to the other (found replaying
+/// `-n 2` at full speed). A session that ends gives its port back.
 #[test]
-fn copies_stay_in_their_workers_lane() {
-    let lane = |ip: Ipv4Addr, port: u16| tcpcopy_common::flow_hash(u32::from(ip), port) % 2;
+fn two_workers_never_open_the_same_connection() {
     for pool in [None, Some("10.9.9.x")] {
         let mut cfg = Config {
             replicas: 3,
@@ -472,22 +473,71 @@ fn copies_stay_in_their_workers_lane() {
                 parse_client_pool(p, &cfg.transfers).unwrap(),
             ));
         }
-        let mut l = Lab::new(cfg);
-        l.e.set_lane(0, 2);
-        let ours: Vec<u16> = (20000..20400u16)
-            .filter(|p| lane(CLIENT, *p) == 0)
-            .collect();
-        for &port in &ours {
-            l.capture(port, 1, 0, 0x02, &[]);
+        let claims = Arc::new(Claims::default());
+        let mut workers = [Lab::new(cfg.clone()), Lab::new(cfg)];
+        for (i, l) in workers.iter_mut().enumerate() {
+            l.e.share_ports(i as u16, Arc::clone(&claims));
         }
-        assert_eq!(l.e.counters().syns_sent, 3 * ours.len() as u64);
+        // Interleaved, so each worker's copies land on ports the other's
+        // originals and copies want.
+        for port in 20000..20400u16 {
+            workers[(port % 2) as usize].capture(port, 1, 0, 0x02, &[]);
+        }
         let mut seen = std::collections::HashSet::new();
-        for o in &l.sent {
-            assert_eq!(lane(o.src.0, o.src.1), 0, "{:?} is worker 1's", o.src);
-            assert!(seen.insert(o.src), "two sessions share {:?}", o.src);
+        for l in &workers {
+            assert_eq!(l.e.counters().syns_sent, 3 * 200);
+            for o in &l.sent {
+                assert!(seen.insert(o.src), "two sessions share {:?}", o.src);
+            }
+            l.check_invariants();
         }
-        l.check_invariants();
+        assert_eq!(claims.len(), 2 * 3 * 200);
+        for l in &mut workers {
+            l.e.shutdown();
+        }
+        assert!(claims.is_empty(), "ended sessions give their ports back");
     }
+}
+
+/// A captured flow stays a worker's while a session replays it; once the
+/// connection is closed (the session only lingers), its flow and its port
+/// are given back at once, so a client reusing the port on another RX
+/// queue is not handed across workers for the whole linger.
+#[test]
+fn a_closed_session_lets_go_of_its_flow_and_port_at_once() {
+    let claims = Arc::new(Claims::default());
+    let mut l = Lab::new(Lab::default_cfg());
+    l.e.share_ports(0, Arc::clone(&claims));
+    assert!(!l.e.holds_flow(CLIENT, P));
+    let key = handshake(&mut l);
+    assert!(l.e.holds_flow(CLIENT, P));
+    assert!(!l.e.holds_flow(CLIENT, P + 1));
+    assert_eq!(
+        claims.owner(SessionKey {
+            client: key.0,
+            port: key.1
+        }),
+        Some(0)
+    );
+    assert_eq!(l.e.poll_released_flow(), None);
+    // Client FIN replayed, target FIN acknowledged: the session lingers.
+    l.capture(P, ISN + 1, 777, 0x11, &[]);
+    l.respond(key, TISN + 1, ISN + 2, 0x11, 0, None);
+    assert_eq!(l.e.active_sessions(), 1, "lingering");
+    assert!(!l.e.holds_flow(CLIENT, P));
+    assert_eq!(
+        l.e.poll_released_flow(),
+        Some(SessionKey {
+            client: CLIENT,
+            port: P
+        })
+    );
+    assert_eq!(l.e.poll_released_flow(), None);
+    assert!(claims.is_empty(), "the port is free for any worker");
+    l.advance(6_001);
+    assert_eq!(l.e.active_sessions(), 0);
+    assert_eq!(l.e.poll_released_flow(), None, "given back once");
+    l.check_invariants();
 }
 
 #[test]

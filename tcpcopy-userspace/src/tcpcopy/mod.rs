@@ -39,7 +39,7 @@ use crate::{
     process,
     proto::Framing,
     send::{neighbour, RawSender, Sender, XskSender},
-    session::Config,
+    session::{claims::Claims, Config},
     xdp::{AttachedXdp, TCPCOPY_EBPF},
 };
 
@@ -65,8 +65,9 @@ fn ifindex(name: &str) -> Result<u32> {
 }
 
 /// One AF_XDP socket per RX queue of every interface, each entered in the
-/// program's `XSKS` map at its queue, dealt out to the workers; segments of
-/// a flow another worker owns are steered to it.
+/// program's `XSKS` map at its queue, dealt out to the workers: a worker
+/// owns the flows its queues bring (segments of a flow that moved to
+/// another worker's queue are handed back to its owner).
 fn open_xsk_sockets(
     x: &mut AttachedXdp,
     ifaces: &[String],
@@ -97,7 +98,8 @@ fn open_xsk_sockets(
         per_worker[w].push(Box::new(socket));
     }
     tracing::info!(iface, queues, workers, "AF_XDP sockets bound");
-    Ok((dispatch::steer(per_worker)?, tx))
+    let flows = Arc::new(Claims::default());
+    Ok((dispatch::steer(per_worker, flows)?, tx))
 }
 
 /// One capture end per worker.
@@ -329,6 +331,7 @@ fn build_workers(
         SendPlan::Raw => Vec::new(),
     };
     let mut workers = Vec::new();
+    let ports = (count > 1).then(|| Arc::new(Claims::default()));
     for (id, capture) in std::mem::take(&mut sources.ends).into_iter().enumerate() {
         let channel = Channel::connect(&plan.servers, plan.connections, Framing::Combined)?;
         let sender: Box<dyn Sender> = match xsk.get_mut(id).and_then(Option::take) {
@@ -340,7 +343,7 @@ fn build_workers(
         };
         workers.push(Worker::new(WorkerParts {
             id,
-            count,
+            ports: ports.clone(),
             capture,
             channel,
             sender,

@@ -21,7 +21,10 @@ use crate::{
     offline::record::RecordTap,
     proto::ResponseRecord,
     send::Sender,
-    session::{Config, Counters, Engine},
+    session::{
+        claims::{Claims, WorkerIndex},
+        Config, Counters, Engine,
+    },
 };
 
 /// What a worker reports to the stats thread.
@@ -58,11 +61,13 @@ pub struct Worker {
     record: Option<RecordTap>,
 }
 
-/// What a worker is made of: worker `id` of `count`, its capture end,
-/// its intercept connections and its sender.
+/// What a worker is made of: worker `id`, its capture end, its intercept
+/// connections and its sender.
 pub struct WorkerParts {
     pub id: usize,
-    pub count: usize,
+    /// The run's table of the connections its workers opened to the
+    /// target (None with one worker).
+    pub ports: Option<Arc<Claims>>,
     pub capture: Box<dyn Capture>,
     pub channel: Channel,
     pub sender: Box<dyn Sender>,
@@ -84,6 +89,9 @@ const BATCH: usize = 256;
 /// control channel and the engine's timers wake it sooner.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+/// How often a worker gives back the captured flows none of its sessions
+/// holds any more (AF_XDP capture).
+const RELEASE_FLOWS_EVERY: Duration = Duration::from_secs(1);
 /// Offline: captured segments a worker may hold unsent, over all its
 /// sessions, before it stops reading the file. Below half a session's cap
 /// (`max_buffered_segments`), so no session overflows while it waits.
@@ -94,7 +102,7 @@ impl Worker {
     pub fn new(parts: WorkerParts) -> Self {
         let WorkerParts {
             id,
-            count,
+            ports,
             capture,
             channel,
             sender,
@@ -105,7 +113,9 @@ impl Worker {
             record,
         } = parts;
         let mut engine = Engine::new(config);
-        engine.set_lane(id as u32, count as u32);
+        if let Some(ports) = ports {
+            engine.share_ports(id as WorkerIndex, ports);
+        }
         Worker {
             id,
             capture,
@@ -138,6 +148,7 @@ impl Worker {
         let mut waiter = Waiter::new()?;
         let mut records: Vec<ResponseRecord> = Vec::new();
         let mut last_publish = Instant::now();
+        let mut last_release = Instant::now();
         // Armed while an intercept is down.
         let mut backoff: Option<Backoff> = None;
         // Read the control channel on the first turn, then only when the
@@ -170,6 +181,9 @@ impl Worker {
             };
             self.engine.handle_timeout(self.now());
             self.flush_outputs();
+            while let Some(flow) = self.engine.poll_released_flow() {
+                self.capture.release_flow(flow);
+            }
 
             if self.channel.inactive() > 0 {
                 if self.channel.active() == 0 && !self.lonely {
@@ -179,6 +193,12 @@ impl Worker {
                 self.reconnect(b);
             } else {
                 backoff = None;
+            }
+            if last_release.elapsed() >= RELEASE_FLOWS_EVERY {
+                let engine = &self.engine;
+                self.capture
+                    .release_flows(&|k| engine.holds_flow(k.client, k.port));
+                last_release = Instant::now();
             }
             if last_publish.elapsed() >= PUBLISH_EVERY {
                 self.publish(false);
