@@ -105,8 +105,8 @@ pub struct ResponseRecord {
 /// `too_big` (GSO super-packets seen by generic XDP can exceed it).
 pub const TAP_MAX_PACKET: usize = 65535;
 
-/// Most tap ring buffers (`TAP0`..`TAP3`), so most workers in tap mode.
-pub const MAX_TAP_RINGS: u32 = 4;
+/// Most tap ring buffers (`TAP0`..`TAP15`), so most workers in tap mode.
+pub const MAX_TAP_RINGS: u32 = 16;
 /// Bytes of data in each tap ring buffer.
 pub const TAP_RING_BYTES: u32 = 16 * 1024 * 1024;
 

@@ -32,7 +32,7 @@ const TAP_COPY_MAX: usize = 16384;
 /// Set by userspace before load (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
 static CAPTURE_MODE: u32 = capture_mode::COUNT_ONLY;
-/// Number of tap rings in use (one per worker), 1..=4.
+/// Number of tap rings in use (one per worker), 1..=MAX_TAP_RINGS (16).
 #[unsafe(no_mangle)]
 static TAP_RINGS: u32 = 1;
 
@@ -46,6 +46,8 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ctr::COUNT, 0)
 #[map]
 static XSKS: XskMap = XskMap::with_max_entries(64, 0);
 
+/// One tap ring per worker. Userspace shrinks the ones a run does not use
+/// to a page before load (`map_max_entries`), so they cost no memory.
 #[map]
 static TAP0: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
 #[map]
@@ -54,6 +56,30 @@ static TAP1: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
 static TAP2: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
 #[map]
 static TAP3: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
+#[map]
+static TAP4: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
+#[map]
+static TAP5: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
+#[map]
+static TAP6: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
+#[map]
+static TAP7: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
+#[map]
+static TAP8: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
+#[map]
+static TAP9: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
+#[map]
+static TAP10: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
+#[map]
+static TAP11: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
+#[map]
+static TAP12: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
+#[map]
+static TAP13: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
+#[map]
+static TAP14: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
+#[map]
+static TAP15: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
 
 #[repr(C)]
 pub struct Scratch {
@@ -164,10 +190,23 @@ fn tap(ctx: &XdpContext, m: &Matched) {
     }
     // Constant divisors only: a variable one brings in a panic path that
     // the verifier rejects.
+    let h = m.flow_hash;
     let ring = match unsafe { core::ptr::read_volatile(&TAP_RINGS) } {
-        2 => m.flow_hash % 2,
-        3 => m.flow_hash % 3,
-        4 => m.flow_hash % 4,
+        2 => h % 2,
+        3 => h % 3,
+        4 => h % 4,
+        5 => h % 5,
+        6 => h % 6,
+        7 => h % 7,
+        8 => h % 8,
+        9 => h % 9,
+        10 => h % 10,
+        11 => h % 11,
+        12 => h % 12,
+        13 => h % 13,
+        14 => h % 14,
+        15 => h % 15,
+        16 => h % 16,
         _ => 0,
     };
     let total = core::mem::size_of::<TapHeader>() + bounded as usize;
@@ -176,7 +215,19 @@ fn tap(ctx: &XdpContext, m: &Matched) {
         0 => output(&TAP0, bytes),
         1 => output(&TAP1, bytes),
         2 => output(&TAP2, bytes),
-        _ => output(&TAP3, bytes),
+        3 => output(&TAP3, bytes),
+        4 => output(&TAP4, bytes),
+        5 => output(&TAP5, bytes),
+        6 => output(&TAP6, bytes),
+        7 => output(&TAP7, bytes),
+        8 => output(&TAP8, bytes),
+        9 => output(&TAP9, bytes),
+        10 => output(&TAP10, bytes),
+        11 => output(&TAP11, bytes),
+        12 => output(&TAP12, bytes),
+        13 => output(&TAP13, bytes),
+        14 => output(&TAP14, bytes),
+        _ => output(&TAP15, bytes),
     };
     if out {
         bump(ctr::TAPPED);

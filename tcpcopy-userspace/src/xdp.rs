@@ -57,10 +57,26 @@ impl AttachedXdp {
         ifaces: &[String],
         mode: AttachMode,
     ) -> Result<Self> {
+        Self::load_sized(object, program, globals, &[], ifaces, mode)
+    }
+
+    /// [`AttachedXdp::load`], with some maps given another size
+    /// (`max_entries`; a ring buffer's bytes) than the object declares.
+    pub fn load_sized(
+        object: &[u8],
+        program: &'static str,
+        globals: &[(&str, u32)],
+        map_sizes: &[(&str, u32)],
+        ifaces: &[String],
+        mode: AttachMode,
+    ) -> Result<Self> {
         raise_memlock_limit();
         let mut loader = EbpfLoader::new();
         for (name, value) in globals {
             loader.override_global(name, value, true);
+        }
+        for &(name, size) in map_sizes {
+            loader.map_max_entries(name, size);
         }
         let mut ebpf = loader.load(object).context("loading the eBPF object")?;
         let prog: &mut Xdp = ebpf

@@ -183,21 +183,33 @@ fn redis_benchmark() -> Result<()> {
     Ok(())
 }
 
+/// `-n 2` with 6 workers (more than the 4 tap rings there used to be,
+/// and each worker's copies claiming ports the others' clients and copies
+/// want): every request reaches the target twice, keep-alive and short.
 fn replicas_double() -> Result<()> {
-    let mut args = TAP.to_vec();
-    args.extend(["-n", "2"]);
+    let mut args = TAP[..TAP.len() - 2].to_vec();
+    args.extend(["--workers", "6", "-n", "2"]);
     let r = Replay::start("replicas", &args)?;
     // Lighter than saturation: the target gets twice the online load on
     // the same two CPUs.
     let (o, t) = drive(&wrk(4, 2, ""))?;
-    println!("    -n 2: online {o}, target {t}");
+    println!("    -n 2, 6 workers, keep-alive: online {o}, target {t}");
+    let (o2, t2) = drive(&wrk(4, 2, "-H 'Connection: close'"))?;
+    println!("    -n 2, 6 workers, short: online {o2}, target {t2}");
     let log = r.stop()?;
     ensure!(
-        t == 2 * o,
-        "-n 2: target saw {t}, expected {}; tcpcopy: {}",
-        2 * o,
-        in_words(&log)
+        log.contains("workers:6"),
+        "expected 6 tap workers:\n{}",
+        summary(&log)
     );
+    for (what, o, t) in [("keep-alive", o, t), ("short", o2, t2)] {
+        ensure!(
+            t == 2 * o,
+            "-n 2, {what}: target saw {t}, expected {}; tcpcopy: {}",
+            2 * o,
+            in_words(&log)
+        );
+    }
     Ok(())
 }
 

@@ -295,20 +295,41 @@ fn open_sources(plan: &Settings, stop: &Arc<std::sync::atomic::AtomicBool>) -> R
 }
 
 /// tcpcopy-ebpf, loaded (not attached) in `mode`, with the `-x` sources.
+/// Tap rings no worker reads are shrunk to a page.
 fn load_capture_program(plan: &Settings, mode: u32) -> Result<AttachedXdp> {
     let mut globals = vec![("CAPTURE_MODE", mode)];
-    if mode == capture_mode::TAP {
+    let rings = if mode == capture_mode::TAP {
         globals.push(("TAP_RINGS", plan.workers as u32));
-    }
-    let mut x = AttachedXdp::load(
+        plan.workers as u32
+    } else {
+        0
+    };
+    let unused: Vec<String> = (rings..tcpcopy_common::MAX_TAP_RINGS)
+        .map(|i| format!("TAP{i}"))
+        .collect();
+    let page = page_size();
+    let sizes: Vec<(&str, u32)> = unused.iter().map(|n| (n.as_str(), page)).collect();
+    let mut x = AttachedXdp::load_sized(
         TCPCOPY_EBPF,
         "tcpcopy_capture",
         &globals,
+        &sizes,
         &[],
         plan.xdp_mode,
     )?;
     x.set_port_keys("SOURCES", &source_keys(&plan.config))?;
     Ok(x)
+}
+
+/// The smallest ring buffer the kernel takes: one page.
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no memory effects.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u32
+    } else {
+        4096
+    }
 }
 
 /// One worker per capture end, each with its intercept connections and
