@@ -51,13 +51,15 @@ run() { # MODE WORKERS DST
   wait "${GP[@]}"
   sleep 1.5
   rx1=$($IP netns exec tcl-cap cat /sys/class/net/c0/statistics/rx_packets)
+  # tcpcopy's CPU seconds (user + system) over the whole run.
+  cpu=$(awk -v hz=$(getconf CLK_TCK) '{printf "%.2f", ($14+$15)/hz}' /proc/$TP/stat)
   kill -INT $TP; wait $TP
   sent=$(cat $OUT/gen-$M-$W-*.log | awk '/^sent/ {s+=$2} END {print s}')
   secs=$(cat $OUT/gen-$M-$W-*.log | awk '/^sent/ {if ($4>m) m=$4} END {print m}')
   cap=$(grep -o '^[0-9]* segments captured' $OUT/tcpcopy-$M-$W.log | awk '{print $1}')
   drop=$(grep -E 'xsk_kernel_dropped' $OUT/tcpcopy-$M-$W.log | awk '{print $2}')
   steered=$(grep -E '^ *steered_to_owner' $OUT/tcpcopy-$M-$W.log | awk '{print $2}')
-  echo "mode=$M workers=$W sent=$sent gen_secs=$secs arrived=$((rx1-rx0)) captured=$cap xsk_dropped=${drop:-0} steered=${steered:-0}"
+  echo "mode=$M workers=$W sent=$sent gen_secs=$secs arrived=$((rx1-rx0)) captured=$cap xsk_dropped=${drop:-0} steered=${steered:-0} tcpcopy_cpu_s=$cpu"
   grep -E "steered_to_owner|steer_queue_full|^  kernel|queues=" $OUT/tcpcopy-$M-$W.log
 }
 for M in ${MODES:-xdp tap}; do
