@@ -389,6 +389,25 @@ fn capture_section(quick: bool) -> Result<String> {
     ))
 }
 
+/// A counter's value in tcpcopy's exit summary (0 when it is not there).
+fn summary_value(log: &str, name: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.trim().strip_prefix(name))
+        .find_map(|rest| rest.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// What tcpcopy's summary in words says it lost ("none lost", or the
+/// count and its reasons).
+fn losses_in_words(log: &str) -> String {
+    log.lines()
+        .find(|l| l.contains("segments captured"))
+        .and_then(|l| l.split_once("; "))
+        .map_or("(no summary)".into(), |(_, lost)| {
+            lost.trim_end_matches('.').to_string()
+        })
+}
+
 fn scaling_section(quick: bool) -> Result<String> {
     let (rate, secs) = if quick {
         (400_000, 1.0)
@@ -408,21 +427,28 @@ fn scaling_section(quick: bool) -> Result<String> {
         let (_, took) = generate(rate, secs)?;
         let got = captured_settled(MIRROR)? - c0;
         let sent = online_port_rx()? - rx0;
-        r.stop()?;
+        let log = r.stop()?;
         // Captured per second of sending (the workers may finish later).
         let pps = got / took.max(1e-3);
         if workers == 1 {
             one = pps;
         }
-        println!("scaling: {workers} worker(s): {pps:.0} captured/s of {sent} sent");
-        rows.push(format!("{workers},{sent},{got},{pps:.0}"));
+        let steered = summary_value(&log, "steered_to_owner");
+        let losses = losses_in_words(&log);
+        println!("scaling: {workers} worker(s): {pps:.0} captured/s of {sent} sent, {steered} steered; {losses}");
+        rows.push(format!("{workers},{sent},{got},{pps:.0},{steered}"));
         writeln!(
             table,
-            "| {workers} | {sent} | {got} | {pps:.0} | {:.2} |",
-            pps / one.max(1.0)
+            "| {workers} | {sent} | {got} | {pps:.0} | {:.2} | {:.2}% | {losses} |",
+            pps / one.max(1.0),
+            100.0 * steered as f64 / got.max(1.0)
         )?;
     }
-    csv("scaling.csv", "workers,sent,captured,captured_pps", &rows)?;
+    csv(
+        "scaling.csv",
+        "workers,sent,captured,captured_pps,steered",
+        &rows,
+    )?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     Ok(format!(
         "AF_XDP capture on the mirror box's 2-queue port, 1 and 2 workers, under the generator \
@@ -430,7 +456,11 @@ fn scaling_section(quick: bool) -> Result<String> {
          mirrored). This machine has {cpus} CPUs for the generator, the \
          kernel's copy-mode AF_XDP and the workers together, so the ratio says more about CPU \
          contention than about tcpcopy; a multi-core box is needed for a real scaling curve.\n\n\
-         | workers | offered | captured | captured/s | vs 1 worker |\n|---:|---:|---:|---:|---:|\n{table}\n\
+         `steered` = captured segments one worker read and handed to the worker owning \
+         the flow (a worker owns the flows of its RX queues, so only a flow that moved \
+         queues is handed over); losses are tcpcopy's own, by reason.\n\n\
+         | workers | offered | captured | captured/s | vs 1 worker | steered | losses |\n\
+         |---:|---:|---:|---:|---:|---:|---|\n{table}\n\
          ![scaling](scaling.svg)\n"
     ))
 }
