@@ -83,8 +83,8 @@ struct Entry {
     pipelined: bool,
     /// The deadline the timer heap holds for this session.
     scheduled: Option<u64>,
-    /// Done with its connection (lingering or over): its port claim and
-    /// its hold on the captured flow are given back.
+    /// Done with its connection (lingering or over): its hold on the
+    /// captured flow is given back.
     let_go: bool,
 }
 
@@ -141,9 +141,11 @@ impl Engine {
     }
 
     /// A session is done with its connection (it lingers, or is over):
-    /// another worker may open its port, and take its captured flow (a
-    /// client reusing the port at once, on another RX queue), now rather
-    /// than when it is removed.
+    /// another worker may take its captured flow (a client reusing the
+    /// port at once, on another RX queue) now rather than when it is
+    /// removed. Its port stays claimed until then: a lingering session
+    /// still answers what the target sends to it (a reset for stray
+    /// data), which must never hit another worker's connection.
     fn let_go(&mut self, key: SessionKey) {
         let Some(e) = self.sessions.get_mut(&key) else {
             return;
@@ -153,7 +155,6 @@ impl Engine {
         }
         e.let_go = true;
         let origin = e.origin;
-        self.lane.release(key);
         if self.lane.claims.is_none() || self.holds_flow(origin.client, origin.port) {
             return;
         }
@@ -545,6 +546,7 @@ impl Engine {
     fn remove(&mut self, key: SessionKey) {
         self.let_go(key);
         if let Some(e) = self.sessions.remove(&key) {
+            self.lane.release(key);
             // A session detached by a newer connection on its port no
             // longer owns the origin.
             if self.origins.get(&e.origin) == Some(&key) {
