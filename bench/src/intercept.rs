@@ -25,15 +25,24 @@ use tcpcopy::{
 use tcpcopy_common::intercept_counter as ic;
 
 const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 9, 9, 5), 40000);
+/// Connections the generators answer (client ports from CLIENT's on), so
+/// that their records spread over intercept's rings as many connections'
+/// do; each generator thread answers one.
+const CLIENTS: u16 = 16;
 const TARGET: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 0, 2, 2), 8080);
 
 /// An Ethernet frame carrying the target's 166-byte HTTP answer header
-/// (timestamps on, as Linux sends them).
+/// (timestamps on, as Linux sends them) to CLIENT.
 fn response_frame() -> Vec<u8> {
+    response_frame_to(CLIENT.1)
+}
+
+/// The same answer to CLIENT's address at `port`.
+fn response_frame_to(port: u16) -> Vec<u8> {
     let opts = [1u8, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
     let ip = tcpcopy::wire::build::build(&tcpcopy::wire::build::SegmentSpec {
         src: TARGET,
-        dst: CLIENT,
+        dst: (CLIENT.0, port),
         seq: 1,
         ack: 1,
         flags: 0x18,
@@ -109,12 +118,13 @@ fn generator_threads(cores: usize) -> usize {
         .max(1)
 }
 
-/// Run the program on `frame` at `rate` runs per second in all, for
-/// `seconds`, from `threads` threads (pinned to the cores after the first
-/// two), each paced to its share in batches; returns the runs made.
+/// Run the program at `rate` runs per second in all, for `seconds`, from
+/// `threads` threads (pinned to the cores after the first two), each paced
+/// to its share in batches on its own connection's frame; returns the runs
+/// made.
 fn offer(
     prog_fd: i32,
-    frame: &[u8],
+    frames: &[Vec<u8>],
     rate: f64,
     seconds: f64,
     threads: usize,
@@ -129,6 +139,7 @@ fn offer(
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let core = cores.get(2 + t).copied();
+                let frame = &frames[t % frames.len()];
                 s.spawn(move || -> Result<u64> {
                     if let Some(c) = core {
                         core_affinity::set_for_current(c);
@@ -168,7 +179,10 @@ fn server_and_fake_tcpcopy() -> Result<(ControlServer, TcpStream)> {
     })?;
     let mut conn = TcpStream::connect(server.local_addr()?)?;
     let mut hello = RouteMsg::version().encode().to_vec();
-    hello.extend_from_slice(&RouteMsg::client_add(CLIENT, TARGET).encode());
+    for i in 0..CLIENTS {
+        let client = (CLIENT.0, CLIENT.1 + i);
+        hello.extend_from_slice(&RouteMsg::client_add(client, TARGET).encode());
+    }
     conn.write_all(&hello)?;
     Ok((server, conn))
 }
@@ -247,7 +261,9 @@ pub fn intercept_bench(seconds_per_step: f64) -> Result<String> {
     };
     std::thread::sleep(Duration::from_millis(200));
 
-    let frame = response_frame();
+    let frames: Vec<Vec<u8>> = (0..CLIENTS)
+        .map(|i| response_frame_to(CLIENT.1 + i))
+        .collect();
     let mut steps = Vec::new();
     let counters = |x: &AttachedXdp| x.read_counters("COUNTERS", ic::COUNT);
     let generators = generator_threads(cores.len());
@@ -257,7 +273,7 @@ pub fn intercept_bench(seconds_per_step: f64) -> Result<String> {
         let k0 = counters(&xdp)?;
         let d0 = delivered.load(Ordering::Relaxed);
         let start = Instant::now();
-        let offered = offer(prog_fd, &frame, rate, seconds_per_step, generators, &cores)?;
+        let offered = offer(prog_fd, &frames, rate, seconds_per_step, generators, &cores)?;
         let elapsed = start.elapsed().as_secs_f64();
         // Let the last records drain.
         std::thread::sleep(Duration::from_millis(300));
@@ -303,7 +319,7 @@ pub fn intercept_bench(seconds_per_step: f64) -> Result<String> {
     Ok(format!(
         "# intercept benchmark: ring buffer → tcpcopy connection\n\n\
          intercept-ebpf runs by BPF_PROG_TEST_RUN on a 232-byte response frame, from {generators} \n\
-         generator thread(s) (offered rate paced in batches of 8192); intercept's server loop (router, combined framing, socket writes) runs \n\
+         generator thread(s), each answering its own connection (offered rate paced in batches of 8192); intercept's server loop (router, combined framing, socket writes) runs \n\
          pinned on one core; a fake tcpcopy on loopback decodes and counts the records. \n\
          {seconds_per_step:.1} s per step; machine: {} CPUs.\n\n\
          | asked/s   | offered/s | exported   | delivered  | ring full | loss      | delivered/s |\n\
@@ -314,13 +330,15 @@ pub fn intercept_bench(seconds_per_step: f64) -> Result<String> {
          Server ceiling without the kernel side (records handed to the same server loop from \n\
          memory as fast as it takes them, one core, same fake tcpcopy): **{:.2} M records/s** \n\
          delivered, none lost.\n\n\
-         Server totals (kernel-fed run): records in {}, sent {}, frames {}.\n",
+         Server totals (kernel-fed run): records in {}, sent {}, frames {}, peers dropped as \n\
+         stuck or misbehaving {} (a fake tcpcopy starved of CPU by the generators is dropped as stuck).\n",
         cores.len(),
         best_lossless / 1e6,
         ceiling / 1e6,
         st.records_in,
         st.records_sent,
-        st.frames_sent
+        st.frames_sent,
+        st.dropped_peers
     ))
 }
 
@@ -331,9 +349,7 @@ struct MemorySource {
 }
 
 impl tcpcopy::intercept::RecordSource for MemorySource {
-    fn fd(&self) -> Option<std::os::fd::RawFd> {
-        None
-    }
+    fn fds(&self, _: &mut Vec<std::os::fd::RawFd>) {}
     fn drain(&mut self, out: &mut Vec<tcpcopy::proto::ResponseRecord>, max: usize) {
         let n = (max as u64).min(self.remaining).min(4096);
         self.remaining -= n;

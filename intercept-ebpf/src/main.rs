@@ -1,8 +1,9 @@
 //! intercept's XDP program: runs on the assistant host's interface that the
 //! target's responses are routed to. A response that matches the `-F`
 //! filter (source address/port in `FILTER`) has its IPv4 header and the first
-//! 44 bytes of its TCP header written as one 64-byte record into the `RECORDS`
-//! ring buffer, and is then dropped: the assistant is a black hole, whether
+//! 44 bytes of its TCP header written as one 64-byte record into one of the
+//! `RECORDS0..3` ring buffers (by the client's flow hash, so a connection's
+//! records stay in order), and is then dropped: the assistant is a black hole, whether
 //! the ring had room or not. Everything else (ARP, SSH, the control channel)
 //! passes.
 #![no_std]
@@ -15,9 +16,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use tcpcopy_common::{
-    intercept_counter as ctr,
+    flow_hash, intercept_counter as ctr,
     xdp::{self, ptr_at},
-    PortKey, ResponseRecord, RECORD_IP_LEN,
+    PortKey, ResponseRecord, RECORD_IP_LEN, RECORD_RINGS, RECORD_RING_BYTES,
 };
 
 /// (source address, source port) of responses to capture; address 0 = any.
@@ -25,7 +26,13 @@ use tcpcopy_common::{
 static FILTER: HashMap<PortKey, u8> = HashMap::with_max_entries(64, 0);
 
 #[map]
-static RECORDS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+static RECORDS0: RingBuf = RingBuf::with_byte_size(RECORD_RING_BYTES, 0);
+#[map]
+static RECORDS1: RingBuf = RingBuf::with_byte_size(RECORD_RING_BYTES, 0);
+#[map]
+static RECORDS2: RingBuf = RingBuf::with_byte_size(RECORD_RING_BYTES, 0);
+#[map]
+static RECORDS3: RingBuf = RingBuf::with_byte_size(RECORD_RING_BYTES, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ctr::COUNT, 0);
@@ -71,7 +78,17 @@ fn classify(ctx: &XdpContext) -> Option<bool> {
 
 #[inline(always)]
 fn export(ctx: &XdpContext, ip: &[u8; 20], tcp: &[u8; 20], tcp_off: usize, doff: usize) {
-    let Some(mut entry) = RECORDS.reserve::<ResponseRecord>(0) else {
+    // The client is the response's destination: (address, port) in host
+    // order, as tcpcopy hashes them.
+    let client = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    let port = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let ring = match flow_hash(client, port) % RECORD_RINGS {
+        0 => &RECORDS0,
+        1 => &RECORDS1,
+        2 => &RECORDS2,
+        _ => &RECORDS3,
+    };
+    let Some(mut entry) = ring.reserve::<ResponseRecord>(0) else {
         bump(ctr::RING_FULL);
         return;
     };

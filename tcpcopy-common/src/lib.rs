@@ -110,6 +110,14 @@ pub const MAX_TAP_RINGS: u32 = 16;
 /// Bytes of data in each tap ring buffer.
 pub const TAP_RING_BYTES: u32 = 16 * 1024 * 1024;
 
+/// intercept's record ring buffers (`RECORDS0`..`RECORDS3`): a response
+/// goes to the one its client's flow hash picks, so one connection's
+/// records stay in order while the CPUs receiving many connections rarely
+/// contend for one ring's producer lock.
+pub const RECORD_RINGS: u32 = 4;
+/// Bytes of each of intercept's record rings.
+pub const RECORD_RING_BYTES: u32 = 8 * 1024 * 1024;
+
 /// The flow hash both sides use to choose a worker for a client: client
 /// address and port in host order. The eBPF program and userspace share it.
 #[inline(always)]

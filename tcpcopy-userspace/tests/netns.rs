@@ -186,12 +186,15 @@ fn intercept_program_drops_matched_responses_exports_headers_and_passes_the_rest
             let counters = xdp
                 .read_counters("COUNTERS", intercept_counter::COUNT)
                 .unwrap();
-            let mut ring = RingBuf::try_from(xdp.ebpf_mut().take_map("RECORDS").unwrap()).unwrap();
             let mut records = Vec::new();
-            while let Some(item) = ring.next() {
-                let mut r = [0u8; 64];
-                r.copy_from_slice(&item[..64]);
-                records.push(ResponseRecord(r));
+            for i in 0..tcpcopy_common::RECORD_RINGS {
+                let map = xdp.ebpf_mut().take_map(&format!("RECORDS{i}")).unwrap();
+                let mut ring = RingBuf::try_from(map).unwrap();
+                while let Some(item) = ring.next() {
+                    let mut r = [0u8; 64];
+                    r.copy_from_slice(&item[..64]);
+                    records.push(ResponseRecord(r));
+                }
             }
             drop(xdp);
             (records, counters, reached_8080, reached_9090, pinged)

@@ -36,40 +36,50 @@ const HOUSEKEEPING: Duration = Duration::from_millis(250);
 
 /// The XDP program's ring buffer as a record source.
 pub struct RingSource {
-    ring: RingBuf<MapData>,
+    rings: Vec<RingBuf<MapData>>,
     /// Records whose length was not 64 bytes (never expected).
     pub malformed: u64,
 }
 
 impl RingSource {
     pub fn new(xdp: &mut AttachedXdp) -> Result<Self> {
-        let map = xdp
-            .ebpf_mut()
-            .take_map("RECORDS")
-            .context("ring buffer RECORDS missing from intercept-ebpf")?;
+        let mut rings = Vec::new();
+        for i in 0..tcpcopy_common::RECORD_RINGS {
+            let map = xdp
+                .ebpf_mut()
+                .take_map(&format!("RECORDS{i}"))
+                .with_context(|| format!("ring buffer RECORDS{i} missing from intercept-ebpf"))?;
+            rings.push(RingBuf::try_from(map)?);
+        }
         Ok(RingSource {
-            ring: RingBuf::try_from(map)?,
+            rings,
             malformed: 0,
         })
     }
 }
 
 impl RecordSource for RingSource {
-    fn fd(&self) -> Option<RawFd> {
-        Some(self.ring.as_raw_fd())
+    fn fds(&self, out: &mut Vec<RawFd>) {
+        out.extend(self.rings.iter().map(|r| r.as_raw_fd()));
     }
+    /// Up to `max` records, taken from each ring in turn (a connection's
+    /// records are all in one ring, in order).
     fn drain(&mut self, out: &mut Vec<ResponseRecord>, max: usize) {
-        for _ in 0..max {
-            let Some(item) = self.ring.next() else {
-                return;
-            };
-            if item.len() < RECORD_LEN {
-                self.malformed += 1;
-                continue;
+        let mut left = max;
+        for ring in &mut self.rings {
+            while left > 0 {
+                let Some(item) = ring.next() else {
+                    break;
+                };
+                left -= 1;
+                if item.len() < RECORD_LEN {
+                    self.malformed += 1;
+                    continue;
+                }
+                let mut r = [0u8; RECORD_LEN];
+                r.copy_from_slice(&item[..RECORD_LEN]);
+                out.push(ResponseRecord(r));
             }
-            let mut r = [0u8; RECORD_LEN];
-            r.copy_from_slice(&item[..RECORD_LEN]);
-            out.push(ResponseRecord(r));
         }
     }
 }

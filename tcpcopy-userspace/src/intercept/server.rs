@@ -84,8 +84,9 @@ pub struct ControlServer {
 /// Where response records come from: the XDP ring buffer in production, a
 /// channel or generator in tests and benchmarks.
 pub trait RecordSource {
-    /// A file descriptor that becomes readable when records wait, if any.
-    fn fd(&self) -> Option<RawFd>;
+    /// The file descriptors that become readable when records wait (none:
+    /// the source is drained on every turn).
+    fn fds(&self, out: &mut Vec<RawFd>);
     /// Append up to `max` waiting records to `out`.
     fn drain(&mut self, out: &mut Vec<ResponseRecord>, max: usize);
 }
@@ -118,9 +119,11 @@ impl ControlServer {
         self.listener.local_addr()
     }
 
-    /// Watch the source's fd (if it has one) for readiness.
+    /// Watch the source's fds for readiness.
     pub fn register_source(&mut self, source: &dyn RecordSource) -> Result<()> {
-        if let Some(fd) = source.fd() {
+        let mut fds = Vec::new();
+        source.fds(&mut fds);
+        for fd in fds {
             self.poll
                 .registry()
                 .register(&mut SourceFd(&fd), SOURCE, Interest::READABLE)?;
@@ -390,9 +393,7 @@ mod tests {
     #[derive(Default)]
     struct VecSource(Vec<ResponseRecord>);
     impl RecordSource for VecSource {
-        fn fd(&self) -> Option<RawFd> {
-            None
-        }
+        fn fds(&self, _: &mut Vec<RawFd>) {}
         fn drain(&mut self, out: &mut Vec<ResponseRecord>, max: usize) {
             let n = self.0.len().min(max);
             out.extend(self.0.drain(..n));
