@@ -421,6 +421,11 @@ impl Engine {
                 return None;
             }
             (false, true) => {
+                if s.given_up().is_some() {
+                    s.drop_given_up(now, &seg, &mut ctx);
+                    self.after(key);
+                    return None;
+                }
                 if seg.payload.is_empty() || !s.is_beyond(seg.seq) {
                     ctx.note(Event::LateForClosed);
                     return None;

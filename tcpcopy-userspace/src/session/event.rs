@@ -18,6 +18,20 @@ pub enum Loss {
     MemoryLimit,
 }
 
+impl Loss {
+    /// Whether the rest of a flow given up for this reason is dropped too
+    /// (counted under it) rather than replayed on a new connection: a
+    /// flow too fast or too large to buffer, memory that ran short, a
+    /// target that refuses or never answers would only fail again, one
+    /// fabricated SYN per later segment.
+    pub fn drops_rest_of_flow(self) -> bool {
+        matches!(
+            self,
+            Loss::BufferFull | Loss::MemoryLimit | Loss::TargetRefused | Loss::HandshakeTimeout
+        )
+    }
+}
+
 /// A packet's first transmission toward the target, by kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sent {

@@ -140,7 +140,7 @@ impl Session {
     /// Send whatever may go now.
     pub(super) fn pump(&mut self, now: u64, ctx: &mut Ctx) {
         match self.phase {
-            Phase::Lingering | Phase::Over | Phase::SynSent { .. } => return,
+            Phase::Lingering { .. } | Phase::Over | Phase::SynSent { .. } => return,
             Phase::Closed => {
                 // Something to send, or a client whose handshake waits (a
                 // refused connection asked again).

@@ -4,9 +4,13 @@
 //! it never sent.
 
 use super::{emit::Transmission, Ctx, Phase, Session, CLOSE_QUIET_MS};
-use crate::session::{
-    event::{Event, Loss},
-    timers::Timer,
+use crate::{
+    session::{
+        event::{Event, Loss},
+        segment::ClientSegment,
+        timers::Timer,
+    },
+    wire::TcpFlags,
 };
 
 impl Session {
@@ -93,7 +97,7 @@ impl Session {
 
     /// tcpcopy is stopping: reset the target's side of a live session.
     pub fn shutdown(&mut self, ctx: &mut Ctx) {
-        if matches!(self.phase, Phase::Lingering | Phase::Over) {
+        if matches!(self.phase, Phase::Lingering { .. } | Phase::Over) {
             return;
         }
         if self.stream.has_unsent() {
@@ -105,7 +109,7 @@ impl Session {
             self.send_rst(ctx);
         }
         self.abandon(Loss::Shutdown, ctx);
-        self.phase = Phase::Lingering;
+        self.phase = Phase::Lingering { given_up: None };
     }
 
     /// Count everything captured but never sent under `reason`.
@@ -122,8 +126,37 @@ impl Session {
     /// The session is over: linger to absorb late packets.
     pub(super) fn finish(&mut self, now: u64, reason: Loss, ctx: &mut Ctx) {
         self.abandon(reason, ctx);
-        self.phase = Phase::Lingering;
+        self.phase = Phase::Lingering {
+            given_up: reason.drops_rest_of_flow().then_some(reason),
+        };
         self.timers.stop_all_but_gc();
         self.timers.set(Timer::Gc, now + ctx.cfg.linger_ms);
+    }
+
+    /// The reason the rest of this flow is dropped for, if it was given up
+    /// so (see [`Phase::Lingering`]).
+    pub fn given_up(&self) -> Option<Loss> {
+        match self.phase {
+            Phase::Lingering { given_up } => given_up,
+            _ => None,
+        }
+    }
+
+    /// A later segment of a flow given up: counted under the same reason
+    /// (or as late, if it carries nothing to lose), never replayed. The
+    /// session lingers on while the flow does, and ends `linger_ms` after
+    /// its last segment or with the client's FIN or RST.
+    pub fn drop_given_up(&mut self, now: u64, seg: &ClientSegment, ctx: &mut Ctx) {
+        let Some(reason) = self.given_up() else {
+            return;
+        };
+        if seg.len() > 0 {
+            ctx.note(Event::Lost(reason, 1));
+        } else {
+            ctx.note(Event::LateForClosed);
+        }
+        if !seg.has(TcpFlags::FIN | TcpFlags::RST) {
+            self.timers.set(Timer::Gc, now + ctx.cfg.linger_ms);
+        }
     }
 }

@@ -21,7 +21,7 @@ use super::{
     close::CloseState,
     config::Config,
     counters::Counters,
-    event::{Event, Sent},
+    event::{Event, Loss, Sent},
     outbox::Outbox,
     pacing::Pacing,
     segment::ClientSegment,
@@ -94,8 +94,14 @@ pub enum Phase {
         syn: Vec<u8>,
     },
     Established,
-    /// Finished; absorbing late packets until destroyed.
-    Lingering,
+    /// Finished; absorbing late packets until destroyed. `given_up`: the
+    /// replay was given up for a reason the rest of the flow would meet
+    /// again ([`Loss::drops_rest_of_flow`]): while the client's flow goes
+    /// on, its segments are counted under it and the session lingers on,
+    /// so they never open a new connection (no fabricated-SYN storm).
+    Lingering {
+        given_up: Option<Loss>,
+    },
     /// To be removed from the table now.
     Over,
 }
@@ -212,7 +218,7 @@ impl Session {
     // ---- what the engine asks
 
     pub fn is_lingering(&self) -> bool {
-        matches!(self.phase, Phase::Lingering)
+        matches!(self.phase, Phase::Lingering { .. })
     }
     /// Must the engine remove the session now?
     pub fn is_over(&self) -> bool {

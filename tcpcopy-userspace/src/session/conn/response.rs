@@ -23,7 +23,7 @@ const ACK: u8 = TcpFlags::ACK;
 impl Session {
     pub fn on_response(&mut self, now: u64, h: &ResponseHeader, ctx: &mut Ctx) {
         match self.phase {
-            Phase::Lingering | Phase::Over => {
+            Phase::Lingering { .. } | Phase::Over => {
                 if h.flags & RST == 0 && (h.payload_len > 0 || h.flags & FIN != 0) {
                     // Data for a finished session: reset the target's side.
                     let end = SeqNumber(h.seq)
@@ -84,8 +84,9 @@ impl Session {
             times: 0,
         });
         if now.saturating_sub(r.since) >= ctx.cfg.retry_refused_ms {
-            self.abandon(Loss::TargetRefused, ctx);
-            self.phase = Phase::Over;
+            // Given up; the rest of the flow is dropped under the same
+            // reason while it lasts (no new connection per segment).
+            self.finish(now, Loss::TargetRefused, ctx);
             return;
         }
         let delay = (REFUSED_RETRY_FIRST_MS << r.times.min(10)).min(REFUSED_RETRY_MAX_MS);
