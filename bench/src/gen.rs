@@ -39,7 +39,7 @@ pub fn generate(a: &GenArgs) -> Result<(u64, f64)> {
     let src_mac = neighbour::iface_mac(&a.iface)?;
     let dst_mac = neighbour::resolve(&a.iface, a.dst)
         .with_context(|| format!("next hop toward {}", a.dst))?;
-    let parts = XskSocket::open(&a.iface, a.queue)?
+    let parts = XskSocket::open(&a.iface, a.queue, Default::default())?
         .take_tx()
         .ok_or_else(|| anyhow!("no TX ring"))?;
     let mut tx = XskSender::new(parts, src_mac, HashMap::from([(a.dst, dst_mac)]));

@@ -6,11 +6,14 @@
 //!   `bench/results/intercept.md` (needs root);
 //! - `gen IFACE SRC DST RATE SECONDS [QUEUE]`: the lab's packet generator
 //!   (AF_XDP TX);
+//! - `send HOST:PORT BITS_PER_S SECONDS` and `sink PORT FILE`: one bulk TCP
+//!   stream at a fixed rate, and a byte-counting server (elephant flows);
 //! - `charts`: the report's SVG charts from the lab benchmarks' CSV files;
 //!   `soak-chart`: the soak run's memory curve.
 //!
 //! `BENCH_QUICK=1` shortens engine and intercept for `cargo xtask bench --quick`.
 
+mod bulk;
 mod chart;
 mod charts;
 mod gen;
@@ -215,6 +218,35 @@ fn main() {
                 }
             }
         }
+        "send" => {
+            let a: Vec<String> = std::env::args().skip(2).collect();
+            let (Some(addr), Some(Ok(rate)), Some(Ok(secs))) = (
+                a.first(),
+                a.get(1).map(|r| r.parse::<f64>()),
+                a.get(2).map(|s| s.parse::<f64>()),
+            ) else {
+                eprintln!("usage: bench send HOST:PORT BITS_PER_S SECONDS");
+                std::process::exit(2);
+            };
+            match bulk::send(addr, rate, secs) {
+                Ok((n, s)) => println!("sent {n} bytes in {s:.3} s ({:.3} Gbit/s)", n as f64 * 8.0 / s / 1e9),
+                Err(e) => {
+                    eprintln!("bench send: {e:#}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        "sink" => {
+            let a: Vec<String> = std::env::args().skip(2).collect();
+            let (Some(Ok(port)), Some(out)) = (a.first().map(|p| p.parse::<u16>()), a.get(1)) else {
+                eprintln!("usage: bench sink PORT FILE");
+                std::process::exit(2);
+            };
+            if let Err(e) = bulk::sink(port, out.into()) {
+                eprintln!("bench sink: {e:#}");
+                std::process::exit(1);
+            }
+        }
         "soak-chart" => {
             if let Err(e) = charts::soak_chart(&results_dir()) {
                 eprintln!("bench soak-chart: {e:#}");
@@ -235,7 +267,7 @@ fn main() {
             }
         },
         other => {
-            eprintln!("bench: unknown benchmark `{other}` (known: engine, intercept, gen, charts)");
+            eprintln!("bench: unknown benchmark `{other}` (known: engine, intercept, gen, send, sink, charts, soak-chart)");
             std::process::exit(2);
         }
     }

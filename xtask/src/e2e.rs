@@ -584,7 +584,12 @@ fn drop_request_frames(src: &Path, dst: &Path, every: usize) -> Result<usize> {
 /// programs' Prometheus endpoints, add up; then a forced drop (tcpcopy
 /// stopped while its 16 MiB tap rings overflow) shows up under its reason.
 fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
-    let r = Replay::start("metrics", TAP)?;
+    // Rings of 16 MiB: the forced drop below fills them sooner.
+    const RING_MB: u64 = 16;
+    let mut args = TAP.to_vec();
+    let ring_mb = RING_MB.to_string();
+    args.extend(["--tap-ring-mb", ring_mb.as_str()]);
+    let r = Replay::start("metrics", &args)?;
     let (o, t) = drive(&wrk(10, 2, ""))?;
     exact("wrk -c10 with --metrics", o, t)?;
     std::thread::sleep(Duration::from_millis(600));
@@ -681,7 +686,7 @@ fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
         };
         Ok(stat("rx_bytes")? - 14 * stat("rx_packets")?)
     };
-    let rings = 2 * tcpcopy_common::TAP_RING_BYTES as u64;
+    let rings = 2 * (RING_MB << 20);
     let pad = format!("-H 'X-Pad: {}'", "p".repeat(1000));
     r.tcpcopy.signal("-STOP");
     let start = ip_bytes()?;

@@ -16,7 +16,7 @@ mod xsk;
 
 pub use packet::PacketSocket;
 pub use tap::TapRing;
-pub use xsk::{rx_queues, XskSocket, UMEM_BYTES};
+pub use xsk::{rx_queues, RxRing, XskSocket};
 
 use std::os::fd::RawFd;
 

@@ -10,13 +10,16 @@ use super::{Capture, CaptureStats};
 
 pub struct TapRing {
     ring: RingBuf<MapData>,
+    /// The ring's data bytes (`--tap-ring-mb`).
+    bytes: u64,
     stats: CaptureStats,
 }
 
 impl TapRing {
-    pub fn new(ring: RingBuf<MapData>) -> Self {
+    pub fn new(ring: RingBuf<MapData>, bytes: u64) -> Self {
         TapRing {
             ring,
+            bytes,
             stats: CaptureStats::default(),
         }
     }
@@ -32,7 +35,7 @@ impl Capture for TapRing {
     /// The ring's data pages are mapped twice (so a record never wraps),
     /// and each mapping counts in the resident size.
     fn reserved_bytes(&self) -> u64 {
-        2 * tcpcopy_common::TAP_RING_BYTES as u64
+        2 * self.bytes
     }
 
     fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {

@@ -23,24 +23,44 @@ use xsk_rs::{
 
 use super::{Capture, CaptureStats};
 
-/// Ring sizes and frame count: the fill ring can hold every frame not in
-/// the RX ring, so the kernel never finds it empty while we keep up; 16384
-/// frames are a quarter second at 64 kpps per queue, for a worker that is
-/// briefly descheduled (72 MiB of UMEM per queue with the TX share).
-const RING: u32 = 16384;
 /// Frames kept for `--send xdp` on the same socket (its TX ring).
 const TX_FRAMES: u32 = 4096;
 const TX_RING: u32 = 4096;
-const FRAMES: u32 = 2 * RING + TX_FRAMES;
 /// Holds a 1500-byte MTU frame after the kernel's 256-byte headroom.
 const FRAME_SIZE: u32 = 2048;
-/// Bytes of one socket's UMEM (mapped outside the heap, filled by the
-/// kernel frame by frame).
-pub const UMEM_BYTES: u64 = FRAMES as u64 * FRAME_SIZE as u64;
+
+/// The size of a socket's RX ring in frames (`--xsk-ring`). The fill ring
+/// is as large, and the UMEM holds both, so the kernel never finds the
+/// fill ring empty while we keep up: the default 16384 frames are a
+/// quarter second at 64 kpps per queue, for a worker that is briefly
+/// descheduled (72 MiB of UMEM per queue with the TX share); a box that
+/// takes longer bursts (large values at line rate) sets more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RxRing {
+    pub frames: u32,
+}
+
+impl Default for RxRing {
+    fn default() -> Self {
+        RxRing { frames: 16384 }
+    }
+}
+
+impl RxRing {
+    fn umem_frames(self) -> u32 {
+        2 * self.frames + TX_FRAMES
+    }
+    /// Bytes of one socket's UMEM (mapped outside the heap, filled by the
+    /// kernel frame by frame).
+    pub fn umem_bytes(self) -> u64 {
+        self.umem_frames() as u64 * FRAME_SIZE as u64
+    }
+}
 
 /// The AF_XDP socket of one RX queue.
 pub struct XskSocket {
     queue: u32,
+    ring: RxRing,
     umem: Umem,
     rx: RxQueue,
     fill: FillQueue,
@@ -58,17 +78,18 @@ pub struct XskSocket {
 impl XskSocket {
     /// Create and bind the socket of `iface`'s RX queue `queue`. The caller
     /// puts [`XskSocket::fd`] into the XDP program's `XSKS` map at `queue`.
-    pub fn open(iface: &str, queue: u32) -> Result<Self> {
+    pub fn open(iface: &str, queue: u32, ring: RxRing) -> Result<Self> {
+        let (rx_frames, frames) = (ring.frames, ring.umem_frames());
         let umem_config = UmemConfig::builder()
             .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| anyhow!("{e}"))?)
-            .fill_queue_size(QueueSize::new(RING).map_err(|e| anyhow!("{e}"))?)
-            .comp_queue_size(QueueSize::new(RING).map_err(|e| anyhow!("{e}"))?)
+            .fill_queue_size(QueueSize::new(rx_frames).map_err(|e| anyhow!("{e}"))?)
+            .comp_queue_size(QueueSize::new(rx_frames).map_err(|e| anyhow!("{e}"))?)
             .build()
             .map_err(|e| anyhow!("UMEM config: {e}"))?;
-        let (umem, descs) = Umem::new(umem_config, NonZeroU32::new(FRAMES).unwrap(), false)
+        let (umem, descs) = Umem::new(umem_config, NonZeroU32::new(frames).unwrap(), false)
             .map_err(|e| anyhow!("creating the UMEM for {iface} queue {queue}: {e}"))?;
         let socket_config = SocketConfig::builder()
-            .rx_queue_size(QueueSize::new(RING).map_err(|e| anyhow!("{e}"))?)
+            .rx_queue_size(QueueSize::new(rx_frames).map_err(|e| anyhow!("{e}"))?)
             .tx_queue_size(QueueSize::new(TX_RING).map_err(|e| anyhow!("{e}"))?)
             .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
             .build();
@@ -82,9 +103,10 @@ impl XskSocket {
         let (fill, comp) =
             rings.ok_or_else(|| anyhow!("AF_XDP socket on {iface} queue {queue}: no fill ring"))?;
         let mut descs = descs;
-        let tx_frames = descs.split_off((FRAMES - TX_FRAMES) as usize);
+        let tx_frames = descs.split_off((frames - TX_FRAMES) as usize);
         let mut socket = XskSocket {
             queue,
+            ring,
             umem,
             rx,
             fill,
@@ -93,9 +115,9 @@ impl XskSocket {
             rx_descs: Vec::new(),
             stats: CaptureStats::default(),
         };
-        socket.rx_descs = socket.free[..RING as usize].to_vec();
+        socket.rx_descs = socket.free[..rx_frames as usize].to_vec();
         socket.refill();
-        if socket.free.len() as u32 > FRAMES - TX_FRAMES - RING {
+        if socket.free.len() as u32 > frames - TX_FRAMES - rx_frames {
             return Err(anyhow!(
                 "AF_XDP socket on {iface} queue {queue}: the fill ring took no frames"
             ));
@@ -166,7 +188,7 @@ impl Capture for XskSocket {
 
     /// The UMEM, which the kernel fills frame by frame.
     fn reserved_bytes(&self) -> u64 {
-        UMEM_BYTES
+        self.ring.umem_bytes()
     }
 
     fn stats(&self) -> CaptureStats {

@@ -34,7 +34,7 @@ use self::{
     worker::{Worker, WorkerParts},
 };
 use crate::{
-    capture::{dispatch, rx_queues, Capture, PacketSocket, TapRing, XskSocket},
+    capture::{dispatch, rx_queues, Capture, PacketSocket, RxRing, TapRing, XskSocket},
     offline::{record, OfflineSource},
     process,
     proto::Framing,
@@ -73,6 +73,7 @@ fn open_xsk_sockets(
     ifaces: &[String],
     workers: usize,
     share_tx: bool,
+    ring: RxRing,
 ) -> Result<(Ends, Vec<Option<TxParts>>)> {
     if ifaces.len() > 1 {
         // XSKS is keyed by queue index only.
@@ -88,7 +89,7 @@ fn open_xsk_sockets(
     let mut per_worker: Vec<Vec<Box<dyn Capture>>> = (0..workers).map(|_| Vec::new()).collect();
     let mut tx: Vec<Option<TxParts>> = (0..workers).map(|_| None).collect();
     for q in 0..queues {
-        let mut socket = XskSocket::open(iface, q)?;
+        let mut socket = XskSocket::open(iface, q, ring)?;
         map.set(q, socket.raw_fd(), 0)
             .with_context(|| format!("entering the AF_XDP socket of queue {q} in XSKS"))?;
         let w = q as usize % workers;
@@ -144,8 +145,9 @@ fn xsk_senders(
                         "--send xdp: -o {out} has {queues} queue(s) for {workers} workers; use --workers {queues}"
                     );
                 }
-                umems += crate::capture::UMEM_BYTES;
-                XskSocket::open(out, w as u32)?
+                let ring = RxRing::default();
+                umems += ring.umem_bytes();
+                XskSocket::open(out, w as u32, ring)?
                     .take_tx()
                     .ok_or_else(|| anyhow!("--send xdp: no TX ring on {out} queue {w}"))?
             }
@@ -272,7 +274,10 @@ fn open_sources(plan: &Settings, stop: &Arc<std::sync::atomic::AtomicBool>) -> R
                     .ebpf_mut()
                     .take_map(&format!("TAP{i}"))
                     .ok_or_else(|| anyhow!("tap ring TAP{i} missing"))?;
-                s.ends.push(Box::new(TapRing::new(RingBuf::try_from(map)?)));
+                s.ends.push(Box::new(TapRing::new(
+                    RingBuf::try_from(map)?,
+                    plan.tap_ring_bytes as u64,
+                )));
             }
             s.xdp = Some(x);
         }
@@ -285,7 +290,7 @@ fn open_sources(plan: &Settings, stop: &Arc<std::sync::atomic::AtomicBool>) -> R
                     ..
                 }
             );
-            let (ends, tx) = open_xsk_sockets(&mut x, &plan.ifaces, workers, share_tx)?;
+            let (ends, tx) = open_xsk_sockets(&mut x, &plan.ifaces, workers, share_tx, plan.xsk_ring)?;
             s.ends = ends;
             s.shared_tx = tx;
             s.xdp = Some(x);
@@ -295,7 +300,8 @@ fn open_sources(plan: &Settings, stop: &Arc<std::sync::atomic::AtomicBool>) -> R
 }
 
 /// tcpcopy-ebpf, loaded (not attached) in `mode`, with the `-x` sources.
-/// Tap rings no worker reads are shrunk to a page.
+/// The tap rings the workers read get `--tap-ring-mb`; the others are
+/// shrunk to a page.
 fn load_capture_program(plan: &Settings, mode: u32) -> Result<AttachedXdp> {
     let mut globals = vec![("CAPTURE_MODE", mode)];
     let rings = if mode == capture_mode::TAP {
@@ -304,11 +310,22 @@ fn load_capture_program(plan: &Settings, mode: u32) -> Result<AttachedXdp> {
     } else {
         0
     };
-    let unused: Vec<String> = (rings..tcpcopy_common::MAX_TAP_RINGS)
+    let names: Vec<String> = (0..tcpcopy_common::MAX_TAP_RINGS)
         .map(|i| format!("TAP{i}"))
         .collect();
     let page = page_size();
-    let sizes: Vec<(&str, u32)> = unused.iter().map(|n| (n.as_str(), page)).collect();
+    let sizes: Vec<(&str, u32)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let bytes = if (i as u32) < rings {
+                plan.tap_ring_bytes
+            } else {
+                page
+            };
+            (n.as_str(), bytes)
+        })
+        .collect();
     let mut x = AttachedXdp::load_sized(
         TCPCOPY_EBPF,
         "tcpcopy_capture",

@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 
 use crate::{
+    capture::RxRing,
     offline::Pace,
     session::{parse_client_pool, parse_transfers, ClientPool, Config, Transfer},
     xdp::AttachMode,
@@ -142,9 +143,19 @@ pub struct TcpcopyOptions {
     /// Capture mode (default: tap with -i, packet without).
     #[arg(long = "capture", value_enum)]
     pub capture: Option<CaptureMode>,
-    /// Worker threads, each pinned to a core (tap: at most 4).
+    /// Worker threads, each pinned to a core (tap: at most 16).
     #[arg(long = "workers")]
     pub workers: Option<usize>,
+    /// Tap capture: MiB of each worker's ring buffer (a power of two,
+    /// 1..=1024; locked kernel memory, counted against `-m`). Larger rings
+    /// absorb longer bursts of large frames.
+    #[arg(long = "tap-ring-mb", value_name = "MB", default_value_t = tcpcopy_common::TAP_RING_DEFAULT_MB)]
+    pub tap_ring_mb: u32,
+    /// AF_XDP capture: frames of each RX queue's socket ring (a power of
+    /// two, 2048..=262144; 2 KiB of UMEM per frame, twice, counted against
+    /// `-m`). Larger rings absorb longer bursts.
+    #[arg(long = "xsk-ring", value_name = "FRAMES", default_value_t = RxRing::default().frames)]
+    pub xsk_ring: u32,
     /// How replayed packets leave.
     #[arg(long = "send", value_enum, default_value_t = SendMode::Raw)]
     pub send: SendMode,
@@ -222,6 +233,10 @@ pub struct Settings {
     pub connections: usize,
     pub source: Source,
     pub workers: usize,
+    /// Tap capture: bytes of each worker's ring.
+    pub tap_ring_bytes: u32,
+    /// AF_XDP capture: each RX queue socket's ring.
+    pub xsk_ring: RxRing,
     /// `-i`: the interfaces to capture on (live sources).
     pub ifaces: Vec<String>,
     pub xdp_mode: AttachMode,
@@ -281,12 +296,22 @@ impl TcpcopyOptions {
         let source = self.source()?;
         let send = self.send_plan()?;
         let workers = self.workers_for(&source)?;
+        let mb = self.tap_ring_mb;
+        if !(1..=1024).contains(&mb) || !mb.is_power_of_two() {
+            bail!("--tap-ring-mb {mb}: a power of two from 1 to 1024");
+        }
+        let frames = self.xsk_ring;
+        if !(2048..=262_144).contains(&frames) || !frames.is_power_of_two() {
+            bail!("--xsk-ring {frames}: a power of two from 2048 to 262144");
+        }
         Ok(Settings {
             config: Arc::new(config),
             servers,
             connections: self.connections.clamp(1, 11) as usize,
             source,
             workers,
+            tap_ring_bytes: mb << 20,
+            xsk_ring: RxRing { frames },
             ifaces: self.ifaces.clone(),
             xdp_mode: self.xdp_mode,
             send,
