@@ -229,7 +229,10 @@ fn main() {
                 std::process::exit(2);
             };
             match bulk::send(addr, rate, secs) {
-                Ok((n, s)) => println!("sent {n} bytes in {s:.3} s ({:.3} Gbit/s)", n as f64 * 8.0 / s / 1e9),
+                Ok((n, s)) => println!(
+                    "sent {n} bytes in {s:.3} s ({:.3} Gbit/s)",
+                    n as f64 * 8.0 / s / 1e9
+                ),
                 Err(e) => {
                     eprintln!("bench send: {e:#}");
                     std::process::exit(1);
@@ -238,7 +241,8 @@ fn main() {
         }
         "sink" => {
             let a: Vec<String> = std::env::args().skip(2).collect();
-            let (Some(Ok(port)), Some(out)) = (a.first().map(|p| p.parse::<u16>()), a.get(1)) else {
+            let (Some(Ok(port)), Some(out)) = (a.first().map(|p| p.parse::<u16>()), a.get(1))
+            else {
                 eprintln!("usage: bench sink PORT FILE");
                 std::process::exit(2);
             };

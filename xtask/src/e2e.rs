@@ -18,7 +18,7 @@ use crate::{
     replay::{self, Replay},
 };
 
-const TAP: &[&str] = &[
+pub(crate) const TAP: &[&str] = &[
     "-x",
     "80-10.0.2.2:8080,6379-10.0.2.2:6379",
     "-i",
@@ -35,7 +35,7 @@ fn target() -> u64 {
 }
 
 /// Load, then wait for the target to go quiet; returns (online, target).
-fn drive(load: &str) -> Result<(u64, u64)> {
+pub(crate) fn drive(load: &str) -> Result<(u64, u64)> {
     replay::reset_logs()?;
     in_ns(CLIENT, &format!("{load} > /dev/null 2>&1"))?;
     // A session may still hold segments behind a retransmission timer:
@@ -45,14 +45,14 @@ fn drive(load: &str) -> Result<(u64, u64)> {
 }
 
 /// tcpcopy's summary in words, for failure messages.
-fn in_words(log: &str) -> &str {
+pub(crate) fn in_words(log: &str) -> &str {
     log.lines()
         .find(|l| l.contains("segments captured"))
         .unwrap_or("(no summary)")
 }
 
 /// tcpcopy's whole exit summary, for failure messages.
-fn summary(log: &str) -> String {
+pub(crate) fn summary(log: &str) -> String {
     log.lines()
         .skip_while(|l| !l.starts_with("tcpcopy summary"))
         .take_while(|l| !l.contains("INFO"))
@@ -60,7 +60,7 @@ fn summary(log: &str) -> String {
         .join("\n")
 }
 
-fn exact(what: &str, online: u64, target: u64) -> Result<()> {
+pub(crate) fn exact(what: &str, online: u64, target: u64) -> Result<()> {
     println!("    {what}: expected {online}, target {target}");
     ensure!(online > 100, "{what}: too little load ({online} requests)");
     ensure!(
@@ -346,7 +346,7 @@ fn mirror_outages_cost_only_the_requests_in_them() -> Result<()> {
 }
 
 /// A counter's value in tcpcopy's exit summary (0 when it is not there).
-fn summary_counter(log: &str, name: &str) -> u64 {
+pub(crate) fn summary_counter(log: &str, name: &str) -> u64 {
     log.lines()
         .filter_map(|l| l.trim().strip_prefix(name))
         .find_map(|rest| rest.trim().parse().ok())
@@ -1156,6 +1156,18 @@ const SCENARIOS: &[Scenario] = &[
     ),
     ("redis-benchmark commands, exactly once", redis_benchmark),
     ("-n 2 doubles", replicas_double),
+    (
+        "elephants: one bulk stream at 500 Mbit/s, byte for byte",
+        crate::elephants::one_bulk_stream_exact,
+    ),
+    (
+        "elephants: a stream the target cannot take is given up once",
+        crate::elephants::a_stream_the_target_cannot_take_is_given_up_once,
+    ),
+    (
+        "elephants: 64 KiB and 1 MiB redis values, 1 MiB POSTs, in every capture mode",
+        crate::elephants::large_messages_exact_in_every_capture_mode,
+    ),
     ("-r 50 halves", sampling_halves),
     (
         "-c rewrites the client address",

@@ -7,6 +7,7 @@ mod cost;
 mod decoys;
 mod demo;
 mod e2e;
+mod elephants;
 mod fuzz;
 mod lab;
 mod lab_client;

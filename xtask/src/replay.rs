@@ -257,7 +257,8 @@ pub fn scrape(ns: &str, addr: &str) -> Result<std::collections::HashMap<String, 
 }
 
 /// The `-F` filter for the lab's target services.
-pub const FILTER: &str = "tcp and src port 8080 or tcp and src port 6379";
+/// (5201: the bulk-stream sinks of the elephant-flow tests.)
+pub const FILTER: &str = "tcp and src port 8080 or tcp and src port 6379 or tcp and src port 5201";
 
 impl Replay {
     /// tcpcopy on the online host; `tcpcopy_args` come after `-s` (which
@@ -285,7 +286,8 @@ impl Replay {
         Replay::start_on(tag, lab::MIRROR, &args)
     }
 
-    fn start_on(tag: &str, host: &str, tcpcopy_args: &[&str]) -> Result<Replay> {
+    /// tcpcopy in namespace `host` with `tcpcopy_args` after `-s`.
+    pub fn start_on(tag: &str, host: &str, tcpcopy_args: &[&str]) -> Result<Replay> {
         let intercept = start_intercept(tag)?;
         let mut args: Vec<String> = vec![
             "-s".into(),

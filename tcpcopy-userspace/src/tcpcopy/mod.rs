@@ -290,7 +290,8 @@ fn open_sources(plan: &Settings, stop: &Arc<std::sync::atomic::AtomicBool>) -> R
                     ..
                 }
             );
-            let (ends, tx) = open_xsk_sockets(&mut x, &plan.ifaces, workers, share_tx, plan.xsk_ring)?;
+            let (ends, tx) =
+                open_xsk_sockets(&mut x, &plan.ifaces, workers, share_tx, plan.xsk_ring)?;
             s.ends = ends;
             s.shared_tx = tx;
             s.xdp = Some(x);
