@@ -35,7 +35,7 @@ fn results() -> PathBuf {
     }
 }
 
-fn csv(name: &str, header: &str, rows: &[String]) -> Result<()> {
+pub(crate) fn csv(name: &str, header: &str, rows: &[String]) -> Result<()> {
     let mut text = format!("{header}\n");
     for r in rows {
         text.push_str(r);
@@ -69,6 +69,7 @@ pub fn bench(quick: bool) -> Result<()> {
     let capture_md = capture_section(quick)?;
     let scaling_md = scaling_section(quick)?;
     let offline_md = offline_section(live_rate)?;
+    let elephants_md = crate::elephants::bench_section(quick)?;
     let cost_md = if quick {
         "Not in `--quick`: see `cargo xtask bench --cost`.\n".to_string()
     } else {
@@ -87,7 +88,8 @@ pub fn bench(quick: bool) -> Result<()> {
          ## 4. Session engine\n\n{}\n\
          ## 5. Scaling\n\n{scaling_md}\n\
          ## 6. Offline replay\n\n{offline_md}\n\
-         ## 7. What a replayed request costs\n\n{cost_md}\n",
+         ## 7. What a replayed request costs\n\n{cost_md}\n\
+         ## 8. Elephant flows and large values\n\n{elephants_md}\n",
         machine(),
         if quick { " --quick" } else { "" },
         demote(&read("intercept.md")),

@@ -101,30 +101,62 @@ fn send_stream(bits_per_s: f64, secs: f64) -> Result<()> {
     )
 }
 
-/// The target sink's count once it has stopped changing.
-fn target_bytes_settled(sink: &Sink) -> u64 {
-    replay::wait_until_quiet(
-        &|| sink.bytes(),
-        Duration::from_millis(2000),
-        Duration::from_secs(30),
-    )
-    .0
+/// The target sink's count once it equals `expect` (it is written when
+/// the replayed connection ends), or after 30 s; with how long it took.
+fn target_bytes_when(sink: &Sink, expect: u64) -> (u64, Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let got = sink.bytes();
+        if got == expect || start.elapsed() >= Duration::from_secs(30) {
+            return (got, start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One replayed bulk stream: what the online and target sinks received,
+/// how long after the sender finished the target's count came in, and
+/// tcpcopy's log.
+pub(crate) struct BulkRun {
+    pub online: u64,
+    pub target: u64,
+    pub drain: Duration,
+    pub log: String,
+}
+
+/// Replay one stream at `bits_per_s` for `secs` (tap, two workers).
+pub(crate) fn bulk_run(tag: &str, bits_per_s: f64, secs: f64) -> Result<BulkRun> {
+    let online = Sink::start(ONLINE, &format!("{tag}-online"))?;
+    let target = Sink::start(TARGET, &format!("{tag}-target"))?;
+    let args = bulk_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = Replay::start_on(tag, ONLINE, &args)?;
+    send_stream(bits_per_s, secs)?;
+    let o = online.bytes();
+    let (t, drain) = target_bytes_when(&target, o);
+    let log = r.stop()?;
+    Ok(BulkRun {
+        online: o,
+        target: t,
+        drain,
+        log,
+    })
 }
 
 /// One bulk TCP stream, 64 KiB writes at 500 Mbit/s for 3 s (about
 /// 130,000 segments), captured by tap: the target's sink receives every
 /// byte the online one did, over one connection.
 pub fn one_bulk_stream_exact() -> Result<()> {
-    let online = Sink::start(ONLINE, "online")?;
-    let target = Sink::start(TARGET, "target")?;
-    let args = bulk_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = Replay::start_on("bulk", ONLINE, &args)?;
-    send_stream(5e8, 3.0)?;
-    let o = online.bytes();
-    let t = target_bytes_settled(&target);
-    let log = r.stop()?;
-    println!("    one stream at 500 Mbit/s: online {o} bytes, target {t}");
+    let BulkRun {
+        online: o,
+        target: t,
+        drain,
+        log,
+    } = bulk_run("bulk", 5e8, 3.0)?;
+    println!(
+        "    one stream at 500 Mbit/s: online {o} bytes, target {t} ({:.1} s after the sender)",
+        drain.as_secs_f64()
+    );
     ensure!(o > 100_000_000, "too little load: {o} bytes");
     ensure!(
         t == o,
@@ -193,25 +225,8 @@ pub fn large_messages_exact_in_every_capture_mode() -> Result<()> {
             .collect();
         std::fs::write(&body, data)?;
     }
-    let mut packet = TAP.to_vec();
-    packet.extend(["--capture", "packet"]);
-    let xdp = [
-        "-x",
-        "80-10.0.2.2:8080,6379-10.0.2.2:6379",
-        "--capture",
-        "xdp",
-        "-i",
-        "mir0",
-        "--xsk-ring",
-        "32768",
-    ];
-    let modes: [(&str, &str, &[&str]); 3] = [
-        ("tap", ONLINE, TAP),
-        ("packet", ONLINE, &packet),
-        ("xdp", MIRROR, &xdp),
-    ];
-    for (mode, host, args) in modes {
-        let r = Replay::start_on(&format!("large-{mode}"), host, args)?;
+    for (mode, host, args) in capture_modes() {
+        let r = Replay::start_on(&format!("large-{mode}"), host, &args)?;
         let result = (|| -> Result<()> {
             for (size, clients, n) in [(65_536, 10, 500), (1_048_576, 2, 20)] {
                 redis_sets_exact(
@@ -239,6 +254,16 @@ pub fn large_messages_exact_in_every_capture_mode() -> Result<()> {
 /// `redis-benchmark -t set -d SIZE -c CLIENTS -n N` at the online redis;
 /// the target's redis must process as many commands.
 fn redis_sets_exact(what: &str, size: u32, clients: u32, n: u32) -> Result<()> {
+    let (online, target) = redis_sets(size, clients, n)?;
+    println!("    {what}: online {online}, target {target}");
+    ensure!(online >= n as u64, "{what}: too little load ({online})");
+    ensure!(target == online, "{what}: target {target}, online {online}");
+    Ok(())
+}
+
+/// The commands the online and the target redis processed for one
+/// `redis-benchmark -t set -d SIZE -c CLIENTS -n N`.
+fn redis_sets(size: u32, clients: u32, n: u32) -> Result<(u64, u64)> {
     let before = (
         replay::redis_commands(ONLINE, ONLINE_IP)?,
         replay::redis_commands(TARGET, TARGET_IP)?,
@@ -255,9 +280,133 @@ fn redis_sets_exact(what: &str, size: u32, clients: u32, n: u32) -> Result<()> {
         Duration::from_millis(2000),
         Duration::from_secs(30),
     );
-    let target = target - before.1;
-    println!("    {what}: online {online}, target {target}");
-    ensure!(online >= n as u64, "{what}: too little load ({online})");
-    ensure!(target == online, "{what}: target {target}, online {online}");
-    Ok(())
+    Ok((online, target - before.1))
+}
+
+/// The capture modes of the large-message checks: (name, namespace,
+/// tcpcopy arguments).
+fn capture_modes() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
+    let mut packet = TAP.to_vec();
+    packet.extend(["--capture", "packet"]);
+    let xdp = vec![
+        "-x",
+        "80-10.0.2.2:8080,6379-10.0.2.2:6379",
+        "--capture",
+        "xdp",
+        "-i",
+        "mir0",
+        "--xsk-ring",
+        "32768",
+    ];
+    vec![
+        ("tap", ONLINE, TAP.to_vec()),
+        ("packet", ONLINE, packet),
+        ("xdp", MIRROR, xdp),
+    ]
+}
+
+/// `cargo xtask bench`'s elephant section: the highest single-stream rate
+/// replayed byte for byte (tap, from 250 Mbit/s doubling, until a step is
+/// not exact or the sender cannot reach its rate), and large redis values
+/// per capture mode.
+pub fn bench_section(quick: bool) -> Result<String> {
+    let secs = if quick { 2.0 } else { 5.0 };
+    let mut rows = Vec::new();
+    let mut table = String::new();
+    let mut best = 0.0f64;
+    let mut rate = 2.5e8;
+    while rate <= 4e9 {
+        let run = bulk_run(
+            &format!("bench-bulk-{}", rate as u64 / 1_000_000),
+            rate,
+            secs,
+        )?;
+        let reached = run.online as f64 * 8.0 / secs;
+        let ratio = run.target as f64 / run.online.max(1) as f64;
+        let lost = crate::e2e::in_words(&run.log)
+            .split_once("; ")
+            .map_or("?".to_string(), |(_, l)| {
+                l.trim_end_matches('.').to_string()
+            });
+        println!(
+            "bench: bulk {:.0} Mbit/s: reached {:.0}, ratio {ratio:.4}; {lost}",
+            rate / 1e6,
+            reached / 1e6
+        );
+        rows.push(format!(
+            "{:.0},{:.0},{},{},{ratio:.6},{:.2}",
+            rate / 1e6,
+            reached / 1e6,
+            run.online,
+            run.target,
+            run.drain.as_secs_f64()
+        ));
+        writeln_table(
+            &mut table,
+            &format!(
+                "| {:.0} | {:.0} | {} | {} | {ratio:.4} | {} | {lost} |",
+                rate / 1e6,
+                reached / 1e6,
+                run.online,
+                run.target,
+                if run.target == run.online {
+                    format!("{:.1} s", run.drain.as_secs_f64())
+                } else {
+                    "-".into()
+                }
+            ),
+        );
+        if run.target != run.online {
+            break;
+        }
+        best = best.max(reached);
+        if reached < 0.9 * rate {
+            break; // the sender is the limit here
+        }
+        rate *= 2.0;
+    }
+    crate::bench::csv(
+        "bulk.csv",
+        "asked_mbit,reached_mbit,online_bytes,target_bytes,ratio,drain_s",
+        &rows,
+    )?;
+    let mut large = String::new();
+    let mut large_rows = Vec::new();
+    for (mode, host, args) in capture_modes() {
+        let r = Replay::start_on(&format!("bench-large-{mode}"), host, &args)?;
+        for (size, clients, n) in [(65_536u32, 10u32, 500u32), (1_048_576, 2, 20)] {
+            let (o, t) = redis_sets(size, clients, n)?;
+            large_rows.push(format!("{mode},{size},{o},{t}"));
+            writeln_table(
+                &mut large,
+                &format!(
+                    "| {mode} | {} KiB | {o} | {t} | {:.4} |",
+                    size / 1024,
+                    t as f64 / o.max(1) as f64
+                ),
+            );
+        }
+        r.stop()?;
+    }
+    crate::bench::csv("large.csv", "mode,value_bytes,online,target", &large_rows)?;
+    Ok(format!(
+        "One TCP stream (`bench send`, 64 KiB writes, {secs:.0} s per step) from the client to \
+         the online host, tap capture with 2 workers, replayed to `bench sink` on the target; \
+         ratio = bytes the target's sink received / bytes the online one did; drain = how long \
+         after the sender ended the replayed connection closed with every byte in. The steps double from 250 Mbit/s until one is \
+         not exact or the sender falls short of its rate.\n\n\
+         | asked Mbit/s | reached Mbit/s | online bytes | target bytes | ratio | drain | tcpcopy's losses |\n\
+         |---:|---:|---:|---:|---:|---:|---|\n{table}\n\
+         Highest rate replayed exactly: **{:.0} Mbit/s** (goal: 2,500).\n\n\
+         Large values: `redis-benchmark -t set` with 64 KiB values (500, 10 clients) and 1 MiB \
+         values (20, 2 clients), commands the online and target redis processed (the counts \
+         include redis-benchmark's own few); xdp with `--xsk-ring 32768`.\n\n\
+         | capture | value | online | target | ratio |\n|---|---:|---:|---:|---:|\n{large}\n",
+        best / 1e6
+    ))
+}
+
+fn writeln_table(table: &mut String, row: &str) {
+    table.push_str(row);
+    table.push('\n');
 }
