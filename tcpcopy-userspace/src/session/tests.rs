@@ -1684,3 +1684,42 @@ fn a_refused_handshake_is_retried_before_any_request() {
     assert_eq!(l.e.counters().lost(), 0);
     l.check_invariants();
 }
+
+/// An upload: the client sends its data and closes without waiting for an
+/// answer (its FIN carries the request's ack). The FIN follows the data as
+/// soon as the target has acknowledged it, as it did on the wire, not
+/// after `response_wait_ms` (found as a 2 s stall at the end of every bulk
+/// stream). A FIN sent after the client had its answer still waits for
+/// the target's.
+#[test]
+fn a_fin_before_any_answer_follows_its_request() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    l.capture(P, ISN + 1, 777, 0x18, b"upload");
+    let out = l.capture(P, ISN + 7, 777, 0x11, &[]);
+    assert!(
+        out.iter().all(|o| o.flags & 0x01 == 0),
+        "data unacked: {out:?}"
+    );
+    let out = l.respond(key, TISN + 1, ISN + 7, 0x10, 0, None);
+    assert!(
+        out.iter().any(|o| o.flags & 0x01 != 0),
+        "FIN once the data is acknowledged: {out:?}"
+    );
+
+    // The client read 100 response bytes before closing: wait for them.
+    let mut m = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut m);
+    m.capture(P, ISN + 1, 777, 0x18, b"GET /\r\n");
+    m.capture(P, ISN + 8, 877, 0x11, &[]);
+    let out = m.respond(key, TISN + 1, ISN + 8, 0x10, 0, None);
+    assert!(out.iter().all(|o| o.flags & 0x01 == 0), "waits: {out:?}");
+    let mut out = m.respond(key, TISN + 1, ISN + 8, 0x18, 100, None);
+    out.extend(m.advance(100));
+    assert!(
+        out.iter().any(|o| o.flags & 0x01 != 0),
+        "then goes: {out:?}"
+    );
+    l.check_invariants();
+    m.check_invariants();
+}

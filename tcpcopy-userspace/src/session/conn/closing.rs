@@ -20,7 +20,15 @@ impl Session {
         if s.fin_sent || s.pending_len() > 0 || s.nxt != f || s.una != s.nxt {
             return;
         }
-        if self.pacing.waiting && !ctx.cfg.no_wait {
+        // A FIN that carries the current request's ack closed before the
+        // client had any of its answer (an upload, a half-close after the
+        // request): it follows the request as it did on the wire, instead
+        // of waiting for an answer the client never waited for.
+        let before_answer = self
+            .close
+            .close_ack
+            .is_some_and(|a| self.pacing.continues_request(a));
+        if self.pacing.waiting && !ctx.cfg.no_wait && !before_answer {
             return;
         }
         let answered = self.close.close_answered(self.peer.rcv_nxt);
