@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::{
-    lab::{self, in_ns, ASSISTANT, CLIENT, ONLINE, ONLINE_IP, TARGET, TARGET_IP},
+    lab::{self, in_ns, ASSISTANT, CLIENT, ONLINE, ONLINE_IP, TARGET},
     lab_client,
     replay::{self, Replay},
 };
@@ -161,23 +161,7 @@ fn one_saturated_keepalive_connection() -> Result<()> {
 
 fn redis_benchmark() -> Result<()> {
     let r = Replay::start("redis", TAP)?;
-    let before = (
-        replay::redis_commands(ONLINE, ONLINE_IP)?,
-        replay::redis_commands(TARGET, TARGET_IP)?,
-    );
-    in_ns(
-        CLIENT,
-        &format!(
-            "redis-benchmark -h {ONLINE_IP} -c 10 -n 20000 -t set,get,incr,lpush -q > /dev/null"
-        ),
-    )?;
-    let online = replay::redis_commands(ONLINE, ONLINE_IP)? - before.0;
-    let (target, _) = replay::wait_until_quiet(
-        &|| replay::redis_commands(TARGET, TARGET_IP).unwrap_or(0),
-        Duration::from_millis(1500),
-        Duration::from_secs(20),
-    );
-    let target = target - before.1;
+    let (online, target) = replay::redis_load("-c 10 -n 20000 -t set,get,incr,lpush")?;
     exact("redis-benchmark -c10", online, target)?;
     r.stop()?;
     Ok(())

@@ -264,23 +264,7 @@ fn redis_sets_exact(what: &str, size: u32, clients: u32, n: u32) -> Result<()> {
 /// The commands the online and the target redis processed for one
 /// `redis-benchmark -t set -d SIZE -c CLIENTS -n N`.
 fn redis_sets(size: u32, clients: u32, n: u32) -> Result<(u64, u64)> {
-    let before = (
-        replay::redis_commands(ONLINE, ONLINE_IP)?,
-        replay::redis_commands(TARGET, TARGET_IP)?,
-    );
-    in_ns(
-        CLIENT,
-        &format!(
-            "redis-benchmark -h {ONLINE_IP} -t set -d {size} -c {clients} -n {n} -q > /dev/null"
-        ),
-    )?;
-    let online = replay::redis_commands(ONLINE, ONLINE_IP)? - before.0;
-    let (target, _) = replay::wait_until_quiet(
-        &|| replay::redis_commands(TARGET, TARGET_IP).unwrap_or(0),
-        Duration::from_millis(2000),
-        Duration::from_secs(30),
-    );
-    Ok((online, target - before.1))
+    replay::redis_load(&format!("-t set -d {size} -c {clients} -n {n}"))
 }
 
 /// The capture modes of the large-message checks: (name, namespace,

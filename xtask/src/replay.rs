@@ -441,6 +441,27 @@ pub fn reset_logs() -> Result<()> {
     Ok(())
 }
 
+/// Run `redis-benchmark ARGS` from the client at the online redis; returns
+/// the commands the online and (once quiet) the target redis processed.
+pub fn redis_load(args: &str) -> Result<(u64, u64)> {
+    use crate::lab::{in_ns, CLIENT, ONLINE, ONLINE_IP, TARGET, TARGET_IP};
+    let before = (
+        redis_commands(ONLINE, ONLINE_IP)?,
+        redis_commands(TARGET, TARGET_IP)?,
+    );
+    in_ns(
+        CLIENT,
+        &format!("redis-benchmark -h {ONLINE_IP} {args} -q > /dev/null"),
+    )?;
+    let online = redis_commands(ONLINE, ONLINE_IP)? - before.0;
+    let (target, _) = wait_until_quiet(
+        &|| redis_commands(TARGET, TARGET_IP).unwrap_or(0),
+        Duration::from_millis(2000),
+        Duration::from_secs(30),
+    );
+    Ok((online, target - before.1))
+}
+
 /// Commands a redis server has processed, not counting our own INFO calls
 /// (the sum of `info commandstats` calls except `info`).
 pub fn redis_commands(ns: &str, ip: &str) -> Result<u64> {
