@@ -203,6 +203,10 @@ pub struct Config {
     pub max_retransmits: u32,
     /// Captured segments a session may hold; more ends it.
     pub max_buffered_segments: usize,
+    /// Captured payload bytes a session may hold; more ends it (64 MiB,
+    /// or an eighth of `-m`): 32,768 segments are 47 MB of MTU frames but
+    /// 2 GiB of GRO'd ones.
+    pub max_buffered_bytes: u64,
     /// Sessions a worker may hold; new ones beyond are refused and counted.
     pub max_sessions: usize,
     /// Send route (CLIENT_ADD) messages before each SYN (off: `--single`).
@@ -250,6 +254,7 @@ impl Default for Config {
             rto_ms: 100,
             max_retransmits: 8,
             max_buffered_segments: 32_768,
+            max_buffered_bytes: 64 << 20,
             max_sessions: 2_000_000,
             send_routes: true,
             response_wait_ms: 5_000,

@@ -6,7 +6,7 @@
 
 use super::segment::ClientSegment;
 use crate::wire::SeqNumber;
-use std::collections::{btree_map::Entry, BTreeMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// A segment sent and not yet acknowledged, at its stream offset.
 #[derive(Clone, Debug)]
@@ -37,12 +37,44 @@ pub struct Requeued {
     pub duplicates: u64,
 }
 
+/// Captured segments not sent yet, by stream offset, with their payload
+/// bytes counted (a session's backlog is bounded in bytes too).
+#[derive(Debug, Default)]
+struct Pending {
+    segs: BTreeMap<u64, ClientSegment>,
+    bytes: u64,
+}
+
+impl Pending {
+    fn insert(&mut self, off: u64, seg: ClientSegment) {
+        self.bytes += seg.len();
+        if let Some(old) = self.segs.insert(off, seg) {
+            self.bytes -= old.len();
+        }
+    }
+    fn remove(&mut self, off: u64) -> Option<ClientSegment> {
+        let seg = self.segs.remove(&off)?;
+        self.bytes -= seg.len();
+        Some(seg)
+    }
+    /// Everything from offset `from` on, taken out.
+    fn split_off(&mut self, from: u64) -> Pending {
+        let segs = self.segs.split_off(&from);
+        let bytes = segs.values().map(ClientSegment::len).sum();
+        self.bytes -= bytes;
+        Pending { segs, bytes }
+    }
+    fn len(&self) -> usize {
+        self.segs.len()
+    }
+}
+
 #[derive(Debug)]
 pub struct Stream {
     /// Sequence number of offset 0.
     base: SeqNumber,
-    /// Captured, not sent yet, by offset.
-    pending: BTreeMap<u64, ClientSegment>,
+    /// Captured, not sent yet.
+    pending: Pending,
     /// Sent, not yet acknowledged by the target, in offset order.
     unacked: VecDeque<InFlight>,
     /// First byte the target has not acknowledged.
@@ -63,7 +95,7 @@ impl Stream {
     pub fn new(base: SeqNumber) -> Stream {
         Stream {
             base,
-            pending: BTreeMap::new(),
+            pending: Pending::default(),
             unacked: VecDeque::new(),
             una: 0,
             nxt: 0,
@@ -113,16 +145,20 @@ impl Stream {
     }
     /// Data captured and not yet acknowledged by the target.
     pub fn has_unsent(&self) -> bool {
-        !self.pending.is_empty() || !self.unacked.is_empty()
+        self.pending.len() > 0 || !self.unacked.is_empty()
     }
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+    /// Payload bytes captured and not sent yet.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending.bytes
     }
     pub fn unacked_len(&self) -> usize {
         self.unacked.len()
     }
     pub fn first_pending(&self) -> Option<(u64, &ClientSegment)> {
-        self.pending.iter().next().map(|(o, s)| (*o, s))
+        self.pending.segs.iter().next().map(|(o, s)| (*o, s))
     }
     pub fn first_unacked(&self) -> Option<&InFlight> {
         self.unacked.front()
@@ -136,7 +172,7 @@ impl Stream {
         if off + len <= self.nxt {
             return Captured::Duplicate;
         }
-        let outcome = match self.pending.get(&off) {
+        let outcome = match self.pending.segs.get(&off) {
             Some(old) if old.len() >= len => return Captured::Duplicate,
             Some(_) => Captured::Replaced,
             None => Captured::Buffered,
@@ -148,7 +184,7 @@ impl Stream {
 
     /// Take the buffered segment at `off` out.
     pub fn take_pending(&mut self, off: u64) -> Option<ClientSegment> {
-        self.pending.remove(&off)
+        self.pending.remove(off)
     }
 
     /// A segment went out from the send position up to `end`.
@@ -166,27 +202,34 @@ impl Stream {
         if from <= self.nxt as i64 {
             return Vec::new();
         }
-        let later = self.pending.split_off(&(from as u64));
+        let later = self.pending.split_off(from as u64);
         let end = self
             .pending
+            .segs
             .iter()
             .next_back()
             .map_or(0, |(o, s)| o + s.len());
         self.captured_end = self.nxt.max(end);
-        if self.pending.keys().next().is_none_or(|o| *o <= self.nxt) {
+        if self
+            .pending
+            .segs
+            .keys()
+            .next()
+            .is_none_or(|o| *o <= self.nxt)
+        {
             self.gap_since = None;
         }
-        later.into_values().collect()
+        later.segs.into_values().collect()
     }
 
     /// Where the replay resumes after the hole at the send position: the
     /// first buffered segment whose captured ack differs from `last_ack`
     /// (a new request), else the first buffered one.
     pub fn resume_point(&self, last_ack: Option<u32>) -> Option<u64> {
-        self.pending
-            .iter()
+        let segs = &self.pending.segs;
+        segs.iter()
             .find(|(_, s)| last_ack != Some(s.ack))
-            .or_else(|| self.pending.iter().next())
+            .or_else(|| segs.iter().next())
             .map(|(&o, _)| o)
     }
 
@@ -194,7 +237,7 @@ impl Stream {
     /// everything before it had been sent and acknowledged. Returns how
     /// many segments were dropped.
     pub fn skip_to(&mut self, resume: u64) -> u64 {
-        let rest = self.pending.split_off(&resume);
+        let rest = self.pending.split_off(resume);
         let dropped = self.pending.len() as u64;
         self.pending = rest;
         self.una = resume;
@@ -205,7 +248,7 @@ impl Stream {
     /// Forget everything buffered; returns how many segments that was.
     pub fn clear_pending(&mut self) -> u64 {
         let n = self.pending.len() as u64;
-        self.pending.clear();
+        self.pending = Pending::default();
         n
     }
 
@@ -230,11 +273,10 @@ impl Stream {
         let mut r = Requeued::default();
         while let Some(InFlight { off, seg }) = self.unacked.pop_back() {
             r.segments.push(seg.len());
-            match self.pending.entry(off) {
-                Entry::Vacant(v) => {
-                    v.insert(seg);
-                }
-                Entry::Occupied(_) => r.duplicates += 1,
+            if self.pending.segs.contains_key(&off) {
+                r.duplicates += 1;
+            } else {
+                self.pending.insert(off, seg);
             }
         }
         self.nxt = self.una;
@@ -279,9 +321,11 @@ mod tests {
         assert_eq!(s.capture(0, seg(1000, 1, b"a")), Captured::Duplicate);
         assert_eq!(s.capture(0, seg(1000, 1, b"abcd")), Captured::Replaced);
         assert_eq!(s.capture(10, seg(1010, 1, b"xy")), Captured::Buffered);
+        assert_eq!(s.pending_bytes(), 6, "the longer copy counts, once");
         assert_eq!(s.first_pending().map(|(o, _)| o), Some(0));
         let first = s.take_pending(0).unwrap();
         s.sent(4, first);
+        assert_eq!(s.pending_bytes(), 2);
         assert_eq!(s.first_pending().map(|(o, _)| o), Some(10)); // a hole at 4..10
         assert_eq!(s.capture(0, seg(1000, 1, b"abcd")), Captured::Duplicate);
         assert!(s.outstanding());
@@ -309,6 +353,7 @@ mod tests {
         s2.capture(0, seg(0, 1, b"aaa"));
         let r = s2.requeue_unacked();
         assert_eq!((r.segments, r.duplicates, s2.nxt), (vec![2], 1, 0));
+        assert_eq!(s2.pending_bytes(), 3, "the captured copy stays, counted once");
     }
 
     #[test]
@@ -320,5 +365,8 @@ mod tests {
         assert_eq!(s.resume_point(Some(9)), Some(5));
         assert_eq!(s.skip_to(40), 1);
         assert_eq!((s.una, s.nxt, s.pending_len()), (40, 40, 1));
+        assert_eq!(s.pending_bytes(), 12);
+        s.clear_pending();
+        assert_eq!(s.pending_bytes(), 0);
     }
 }

@@ -856,6 +856,29 @@ fn session_buffer_is_bounded() {
     l.check_invariants();
 }
 
+/// The backlog is bounded in bytes too: large segments (GRO'd frames from
+/// AF_PACKET can be 64 KiB) reach the byte bound long before the count.
+#[test]
+fn session_buffer_is_bounded_in_bytes() {
+    let mut l = Lab::new(Config {
+        max_buffered_bytes: 1_000,
+        ..Lab::default_cfg()
+    });
+    handshake(&mut l);
+    // A hole at the front: everything after it is held.
+    for i in 0..20u32 {
+        l.capture(P, ISN + 101 + i * 100, 777, 0x18, &[b'x'; 100]);
+        assert!(l.e.buffered() <= 10, "never more than 1,000 bytes held");
+    }
+    let c = l.e.counters();
+    assert_eq!(
+        (c.obsolete, c.lost_buffer_full),
+        (1, 20),
+        "given up at 1,001 bytes, the rest counted"
+    );
+    l.check_invariants();
+}
+
 /// With data before it still unacknowledged, a hole is held; it fills, or
 /// the gap timeout gives the session up.
 #[test]

@@ -354,6 +354,10 @@ impl TcpcopyOptions {
             gap_skip_ms: self.gap_skip,
             retry_refused_ms: self.retry_refused * 1000,
             max_sessions: self.max_sessions,
+            // A session's backlog may take an eighth of `-m` at most.
+            max_buffered_bytes: self
+                .memory_mb
+                .map_or(64 << 20, |mb| (mb << 20).div_ceil(8).min(64 << 20)),
             ..Config::default()
         })
     }

@@ -72,7 +72,9 @@ impl Session {
             Captured::Replaced => ctx.note(Event::Duplicate),
             Captured::Buffered => {}
         }
-        if self.stream.pending_len() > ctx.cfg.max_buffered_segments {
+        if self.stream.pending_len() > ctx.cfg.max_buffered_segments
+            || self.stream.pending_bytes() > ctx.cfg.max_buffered_bytes
+        {
             self.obsolete(now, Loss::BufferFull, ctx);
             return;
         }
