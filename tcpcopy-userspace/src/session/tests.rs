@@ -507,7 +507,7 @@ fn two_workers_never_open_the_same_connection() {
 /// stray answers, which must not hit another worker's connection (found
 /// as one request replayed twice with `-n 2` on 6 workers).
 #[test]
-fn a_closed_session_lets_go_of_its_flow_and_port_at_once() {
+fn a_closed_session_lets_go_of_its_flow_at_once() {
     let claims = Arc::new(Claims::default());
     let mut l = Lab::new(Lab::default_cfg());
     l.e.share_ports(0, Arc::clone(&claims));
