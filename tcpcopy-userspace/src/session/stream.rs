@@ -353,7 +353,11 @@ mod tests {
         s2.capture(0, seg(0, 1, b"aaa"));
         let r = s2.requeue_unacked();
         assert_eq!((r.segments, r.duplicates, s2.nxt), (vec![2], 1, 0));
-        assert_eq!(s2.pending_bytes(), 3, "the captured copy stays, counted once");
+        assert_eq!(
+            s2.pending_bytes(),
+            3,
+            "the captured copy stays, counted once"
+        );
     }
 
     #[test]
