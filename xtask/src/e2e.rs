@@ -613,7 +613,10 @@ fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
                 "malformed",
                 "no_transfer",
                 "localhost_dropped",
+                "client_filtered",
                 "sampled_out",
+                "skipped_ramp",
+                "skipped_rate_limit",
             ]
             .iter()
             .map(|c| engine(c))

@@ -9,6 +9,8 @@ use std::{
 };
 use thiserror::Error;
 
+use super::shaping::{ClientFilter, Ramp, SessionRate};
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("-x: bad transfer `{0}`: expected [IP:]PORT-IP:PORT")]
@@ -176,6 +178,12 @@ pub struct Config {
     pub random_offset: u16,
     /// `-r`: replay this percentage of sessions; 0 or 100 = all.
     pub sample_percent: u8,
+    /// `-g`: the share rises from 1% by one a second (overrides `-r`).
+    pub ramp: Option<Arc<Ramp>>,
+    /// `--max-session-rate`: new sessions a second, over all workers.
+    pub session_rate: Option<Arc<SessionRate>>,
+    /// `--only-clients`, `--skip-clients`.
+    pub client_filter: ClientFilter,
     /// `-M`: captured segments longer than this are cut.
     pub mtu: u16,
     /// `-D`: MSS in fabricated SYNs.
@@ -241,6 +249,9 @@ impl Default for Config {
             port_shift: 0,
             random_offset: 0,
             sample_percent: 0,
+            ramp: None,
+            session_rate: None,
+            client_filter: ClientFilter::default(),
             mtu: 1500,
             mss: 1460,
             session_timeout_ms: 600_000,

@@ -1,7 +1,8 @@
 //! The engine's counters. Two invariants hold at every moment and answer
 //! "where did my requests go?":
 //!
-//! 1. `captured = accepted + not_tcp + malformed + no_transfer + localhost_dropped + sampled_out`
+//! 1. `captured = accepted + not_tcp + malformed + no_transfer + localhost_dropped
+//!    + client_filtered + sampled_out + skipped_ramp + skipped_rate_limit`
 //! 2. `session_inputs = replayed + pure_acks_absorbed + duplicates + no_session
 //!    + only_complete_skipped + port_conflicts + late_for_closed
 //!    + session_limit + lost_* + buffered`
@@ -65,6 +66,13 @@ counters! {
     localhost_dropped,
     /// Not in the `-r` sample.
     sampled_out,
+    /// Left out by `--only-clients` / `--skip-clients` (packet capture and
+    /// offline; tap and xdp capture leave them out in the kernel).
+    client_filtered,
+    /// Segments of connections the `-g` ramp skipped.
+    skipped_ramp,
+    /// Segments of connections `--max-session-rate` skipped.
+    skipped_rate_limit,
     /// Captured packets that were not plain "DF, offset 0" (counted only).
     fragments,
     /// Captured segments cut because they exceeded `-M`.
@@ -141,6 +149,12 @@ counters! {
     route_msgs,
     // --- sessions
     sessions_created [line Sessions "created"],
+    /// Captured connections not replayed: their bucket was above the `-g`
+    /// ramp's share when they started.
+    sessions_skipped_ramp,
+    /// Captured connections not replayed: `--max-session-rate`'s second
+    /// was full when they started.
+    sessions_skipped_rate_limit [line Sessions "rate_limited"],
     /// Attempts to open a session refused while memory was short (`-m`).
     sessions_refused_memory,
     /// Sessions left to finish on their own when a new connection reused
@@ -163,7 +177,14 @@ counters! {
 impl Counters {
     /// Sum of the named drop reasons of invariant 1.
     pub fn ingress_dropped(&self) -> u64 {
-        self.not_tcp + self.malformed + self.no_transfer + self.localhost_dropped + self.sampled_out
+        self.not_tcp
+            + self.malformed
+            + self.no_transfer
+            + self.localhost_dropped
+            + self.client_filtered
+            + self.sampled_out
+            + self.skipped_ramp
+            + self.skipped_rate_limit
     }
     /// Sum of every disposition of invariant 2 except `replayed` and what
     /// is still buffered.

@@ -12,6 +12,7 @@ use super::{
     event::{Event, Loss},
     outbox::Outbox,
     segment::ClientSegment,
+    shaping::{Skip, SkippedFlows},
 };
 use crate::{
     memory::Pressure,
@@ -106,6 +107,8 @@ pub struct Engine {
     released_flows: Vec<SessionKey>,
     /// Memory pressure under `-m`, set by the worker before each batch.
     memory: Pressure,
+    /// Connections `-g` or `--max-session-rate` skipped, until they end.
+    skipped: SkippedFlows,
 }
 
 impl Engine {
@@ -189,6 +192,7 @@ impl Engine {
             },
             released_flows: Vec::new(),
             memory: Pressure::None,
+            skipped: SkippedFlows::default(),
         }
     }
 
@@ -273,13 +277,28 @@ impl Engine {
             self.counters.no_transfer += 1;
             return;
         };
+        if !self.cfg.client_filter.admits(seg.src) {
+            self.counters.client_filtered += 1;
+            return;
+        }
         let Some((captured_src, src)) = self.client_address(seg.src) else {
             self.counters.localhost_dropped += 1;
             return;
         };
         let pct = self.cfg.sample_percent;
-        if pct > 0 && pct < 100 && sample_bucket(src, seg.src_port) >= pct {
+        if self.cfg.ramp.is_none()
+            && pct > 0
+            && pct < 100
+            && sample_bucket(src, seg.src_port) >= pct
+        {
             self.counters.sampled_out += 1;
+            return;
+        }
+        if let Some(why) = self.shaped_out(now, captured_src, src, &seg) {
+            match why {
+                Skip::Ramp => self.counters.skipped_ramp += 1,
+                Skip::RateLimit => self.counters.skipped_rate_limit += 1,
+            }
             return;
         }
         self.counters.accepted += 1;
@@ -295,6 +314,69 @@ impl Engine {
                 self.counters.session_inputs += 1;
                 self.dispatch(now, origin, src, target, s.clone());
             }
+        }
+    }
+
+    /// Whether `-g` or `--max-session-rate` skips the connection `seg`
+    /// belongs to: decided at the segment that would open its session,
+    /// remembered until the connection ends, so it is skipped whole.
+    fn shaped_out(
+        &mut self,
+        now: u64,
+        captured: Ipv4Addr,
+        client: Ipv4Addr,
+        seg: &SegmentRepr,
+    ) -> Option<Skip> {
+        if self.cfg.ramp.is_none() && self.cfg.session_rate.is_none() {
+            return None;
+        }
+        let flow = (captured, seg.src_port);
+        let syn = seg.flags.syn().then_some(seg.seq.0);
+        if let Some(why) = self.skipped.check(now, flow, syn) {
+            return Some(why);
+        }
+        if !self.starts_connection(captured, seg) {
+            return None;
+        }
+        let why = if self
+            .cfg
+            .ramp
+            .as_ref()
+            .is_some_and(|r| !r.admits(now, client, seg.src_port))
+        {
+            self.counters.sessions_skipped_ramp += 1;
+            Skip::Ramp
+        } else if self
+            .cfg
+            .session_rate
+            .as_ref()
+            .is_some_and(|r| !r.admit(now))
+        {
+            self.counters.sessions_skipped_rate_limit += 1;
+            Skip::RateLimit
+        } else {
+            return None;
+        };
+        self.skipped.insert(now, flow, syn, why);
+        Some(why)
+    }
+
+    /// Would `seg` open a session: it is the SYN of a connection no
+    /// session replays yet, or data of one captured mid-stream (not with
+    /// `-O`)?
+    fn starts_connection(&self, captured: Ipv4Addr, seg: &SegmentRepr) -> bool {
+        let origin = OriginKey {
+            client: captured,
+            port: seg.src_port,
+            copy: 0,
+        };
+        let syn = seg.flags.syn();
+        match self.origins.get(&origin).and_then(|k| self.sessions.get(k)) {
+            Some(e) => {
+                let s = &e.session;
+                syn && s.captured_isn() != seg.seq.0 && !s.is_late_syn(seg.seq.0)
+            }
+            None => syn || (!seg.payload.is_empty() && !self.cfg.only_complete),
         }
     }
 
@@ -622,6 +704,7 @@ impl Engine {
 
     /// Run every timer due at `now`.
     pub fn handle_timeout(&mut self, now: u64) {
+        self.skipped.sweep(now, self.cfg.linger_ms);
         while let Some(&Reverse((t, key))) = self.timers.peek() {
             if t > now {
                 break;

@@ -51,6 +51,7 @@ mod event;
 mod outbox;
 mod pacing;
 mod segment;
+mod shaping;
 mod stream;
 mod target;
 mod timers;
@@ -60,6 +61,7 @@ pub use config::{
     Config, ConfigError, Transfer,
 };
 pub use counters::Counters;
+pub use shaping::{parse_cidrs, Cidr, CidrError, ClientFilter, Ramp, SessionRate};
 
 /// The `packet` fuzz target's driver, shared with its regression tests:
 /// `data` split on 0xa5, even chunks fed as captured client packets, odd

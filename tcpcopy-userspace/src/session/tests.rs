@@ -564,6 +564,118 @@ fn sampling_keeps_whole_sessions_by_the_c_bucket() {
     l.check_invariants();
 }
 
+/// One short connection on `port`: SYN, request, FIN, each captured at
+/// `l.now`; returns whether the engine sent its SYN to the target.
+fn short_connection(l: &mut Lab, port: u16, isn: u32) -> bool {
+    let syns = l.e.counters().syns_sent;
+    l.capture(port, isn, 0, 0x02, &[]);
+    l.capture(port, isn + 1, 5, 0x18, b"GET /\n");
+    l.capture(port, isn + 7, 5, 0x11, &[]);
+    l.e.counters().syns_sent > syns
+}
+
+#[test]
+fn ramp_replays_whole_sessions_at_a_share_rising_each_second() {
+    let mut l = Lab::new(Config {
+        ramp: Some(Arc::new(Ramp::default())),
+        sample_percent: 50, // -g overrides -r
+        ..Lab::default_cfg()
+    });
+    l.now = 10_000;
+    // The same 200 client ports open a new connection every second.
+    let mut replayed_by_second = Vec::new();
+    for second in 0..5u64 {
+        let share = second as u8 + 1;
+        let mut n = 0;
+        for (i, port) in (20000..20200u16).enumerate() {
+            l.now = 10_000 + second * 1000 + i as u64 * 4;
+            let isn = 1000 + second as u32 * 100_000;
+            let admitted = short_connection(&mut l, port, isn);
+            assert_eq!(admitted, sample_bucket(CLIENT, port) < share, "port {port}");
+            n += admitted as u64;
+        }
+        replayed_by_second.push(n);
+    }
+    // The decision sticks: a connection skipped is not picked up
+    // mid-stream (the C tool would fabricate a SYN once the share passed
+    // its bucket).
+    let skipped_port = (20000..20200u16)
+        .find(|&p| sample_bucket(CLIENT, p) == 10)
+        .unwrap();
+    l.now += 10_000;
+    l.capture(skipped_port, 400_007, 5, 0x18, b"more\n");
+    let c = l.e.counters().clone();
+    assert_eq!(c.syns_fabricated, 0);
+    let replayed: u64 = replayed_by_second.iter().sum();
+    assert_eq!(c.sessions_created, replayed);
+    assert_eq!(c.sessions_skipped_ramp, 1000 - replayed);
+    assert_eq!(c.skipped_ramp, 3 * (1000 - replayed) + 1);
+    assert_eq!(c.sampled_out, 0);
+    assert!(
+        replayed_by_second.windows(2).all(|w| w[0] < w[1]),
+        "{replayed_by_second:?}"
+    );
+    l.check_invariants();
+}
+
+#[test]
+fn session_rate_cap_skips_whole_sessions_beyond_n_a_second() {
+    let mut l = Lab::new(Config {
+        session_rate: Some(Arc::new(SessionRate::new(10))),
+        ..Lab::default_cfg()
+    });
+    // 50 new connections a second for 3 s, each sending a request after
+    // the next connections started (so a skipped one is seen mid-stream).
+    let mut admitted = Vec::new();
+    for i in 0..150u16 {
+        l.now = i as u64 * 20;
+        let port = 30000 + i;
+        l.capture(port, 1000, 0, 0x02, &[]);
+        if l.e.counters().syns_sent as usize > admitted.len() {
+            admitted.push(l.now);
+        }
+    }
+    for i in 0..150u16 {
+        l.capture(30000 + i, 1001, 5, 0x18, b"GET /\n");
+        l.capture(30000 + i, 1007, 5, 0x11, &[]);
+    }
+    let c = l.e.counters().clone();
+    assert_eq!(admitted.len(), 30, "10 a second for 3 s");
+    for &t in &admitted {
+        assert!(admitted.iter().filter(|&&u| u >= t && u < t + 1000).count() <= 10);
+    }
+    assert_eq!(c.sessions_created, 30);
+    assert_eq!(c.sessions_skipped_rate_limit, 120);
+    assert_eq!(
+        c.skipped_rate_limit,
+        3 * 120,
+        "every segment of a skipped one"
+    );
+    assert_eq!(c.syns_fabricated, 0);
+    // A new connection on a skipped port (a new SYN) is decided again.
+    l.now += 2_000;
+    assert!(short_connection(&mut l, 30149, 90_000));
+    l.check_invariants();
+}
+
+#[test]
+fn client_filters_leave_out_addresses_before_sessions() {
+    let mut l = Lab::new(Config {
+        client_filter: ClientFilter {
+            only: Vec::new(),
+            skip: parse_cidrs("--skip-clients", "10.0.1.10").unwrap(),
+        },
+        ..Lab::default_cfg()
+    });
+    assert!(!short_connection(&mut l, 40000, 1));
+    let c = l.e.counters();
+    assert_eq!(
+        (c.client_filtered, c.accepted, c.sessions_created),
+        (3, 0, 0)
+    );
+    l.check_invariants();
+}
+
 #[test]
 fn client_pool_binds_each_client_to_one_address() {
     let pool = parse_client_pool(

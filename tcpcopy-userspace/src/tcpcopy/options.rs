@@ -15,7 +15,10 @@ use clap::{Parser, ValueEnum};
 use crate::{
     capture::RxRing,
     offline::Pace,
-    session::{parse_client_pool, parse_transfers, ClientPool, Config, Transfer},
+    session::{
+        parse_cidrs, parse_client_pool, parse_transfers, ClientFilter, ClientPool, Config, Ramp,
+        SessionRate, Transfer,
+    },
     xdp::AttachMode,
 };
 
@@ -80,6 +83,25 @@ pub struct TcpcopyOptions {
     /// Replay only this percentage of sessions (1..99; 0 or 100 = all).
     #[arg(short = 'r', long = "percent", default_value_t = 0)]
     pub percent: u8,
+    /// Gradual ramp-up: replay 1% of the sessions in the first second,
+    /// one more percent each second after, all of them from the 100th
+    /// (overrides -r; whole sessions).
+    #[arg(short = 'g', long = "ramp")]
+    pub ramp: bool,
+    /// Replay at most N new sessions in any one second, over all workers;
+    /// the others are skipped whole (counted as
+    /// sessions_skipped_rate_limit).
+    #[arg(long = "max-session-rate", value_name = "N")]
+    pub max_session_rate: Option<u32>,
+    /// Replay only clients in these networks: A.B.C.D[/LEN][,...]
+    /// (left out in the XDP program in tap and xdp capture).
+    #[arg(long = "only-clients", value_name = "CIDRS")]
+    pub only_clients: Option<String>,
+    /// Never replay clients in these networks: A.B.C.D[/LEN][,...]
+    /// (health checks, probes; left out in the XDP program in tap and xdp
+    /// capture).
+    #[arg(long = "skip-clients", value_name = "CIDRS")]
+    pub skip_clients: Option<String>,
     /// MTU: captured segments longer than this are cut.
     #[arg(short = 'M', long = "mtu", default_value_t = 1500)]
     pub mtu: u16,
@@ -210,8 +232,6 @@ pub struct TcpcopyOptions {
     pub version: bool,
 
     // C options this port does not offer: refused with a reason.
-    #[arg(short = 'g', hide = true)]
-    pub c_gradual: bool,
     #[arg(short = 'R', hide = true)]
     pub c_rtt: Option<String>,
     #[arg(short = 'U', hide = true)]
@@ -344,6 +364,16 @@ impl TcpcopyOptions {
             replicas: self.replicas.max(1),
             port_shift: self.port_shift,
             sample_percent: if self.percent >= 100 { 0 } else { self.percent },
+            ramp: self.ramp.then(|| Arc::new(Ramp::default())),
+            session_rate: match self.max_session_rate {
+                Some(0) => bail!("--max-session-rate 0: at least one session a second"),
+                Some(n) => Some(Arc::new(SessionRate::new(n))),
+                None => None,
+            },
+            client_filter: ClientFilter {
+                only: parse_cidrs("--only-clients", self.only_clients.as_deref().unwrap_or(""))?,
+                skip: parse_cidrs("--skip-clients", self.skip_clients.as_deref().unwrap_or(""))?,
+            },
             mtu: self.mtu,
             mss: self.mss,
             session_timeout_ms,
@@ -465,12 +495,6 @@ impl TcpcopyOptions {
     fn refuse_unsupported(&self) -> Result<()> {
         let refuse =
             |flag: &str, why: &str| -> Result<()> { bail!("{flag} is not supported: {why}") };
-        if self.c_gradual {
-            refuse(
-                "-g (gradual ramp-up)",
-                "not built yet; use -r PERCENT for a fixed share",
-            )?;
-        }
         if self.c_rtt.is_some() {
             refuse(
                 "-R",
@@ -553,12 +577,7 @@ mod tests {
 
     #[test]
     fn unsupported_c_options_name_themselves() {
-        for (flag, arg) in [
-            ("-g", None),
-            ("-R", Some("5")),
-            ("-U", Some("4")),
-            ("-F", Some("tcp")),
-        ] {
+        for (flag, arg) in [("-R", Some("5")), ("-U", Some("4")), ("-F", Some("tcp"))] {
             let mut a = vec!["-x", "80-10.0.2.2:8080", "-s", "10.0.4.3", flag];
             a.extend(arg);
             let e = opts(&a).settings().unwrap_err().to_string();
@@ -591,5 +610,37 @@ mod tests {
         .to_string();
         assert!(e.contains("-i"), "{e}");
         assert!(TcpcopyOptions::try_parse_from(["tcpcopy", "--bogus"]).is_err());
+        for (flag, bad) in [
+            ("--skip-clients", "10.0.1"),
+            ("--only-clients", "10.0.1.0/40"),
+            ("--max-session-rate", "0"),
+        ] {
+            let e = opts(&["-x", "80-10.0.2.2:8080", "-s", "10.0.4.3", flag, bad])
+                .settings()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(flag), "{e}");
+        }
+    }
+
+    #[test]
+    fn shaping_options_resolve() {
+        let s = opts(&[
+            "-x",
+            "80-10.0.2.2:8080",
+            "-s",
+            "10.0.4.3",
+            "-g",
+            "--max-session-rate",
+            "50",
+            "--skip-clients",
+            "10.0.1.11,10.0.9.0/24",
+        ])
+        .settings()
+        .unwrap();
+        assert!(s.config.ramp.is_some());
+        assert_eq!(s.config.session_rate.as_ref().unwrap().per_second(), 50);
+        assert_eq!(s.config.client_filter.skip.len(), 2);
+        assert!(!s.config.client_filter.admits("10.0.9.7".parse().unwrap()));
     }
 }
