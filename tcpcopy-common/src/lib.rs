@@ -48,7 +48,10 @@ pub mod tcpcopy_counter {
     pub const REDIRECT_FAILED: u32 = 5;
     /// Matched segments longer than a tap record holds.
     pub const TOO_BIG: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Segments to a `-x` source from a client that `--only-clients` /
+    /// `--skip-clients` leave out: passed, not copied (not in `matched`).
+    pub const CLIENT_SKIPPED: u32 = 7;
+    pub const COUNT: u32 = 8;
     pub const NAMES: [&str; COUNT as usize] = [
         "seen",
         "matched",
@@ -57,6 +60,7 @@ pub mod tcpcopy_counter {
         "redirected",
         "redirect_failed",
         "too_big",
+        "client_skipped",
     ];
 }
 
@@ -73,6 +77,17 @@ pub mod intercept_counter {
     pub const RING_FULL: u32 = 3;
     pub const COUNT: u32 = 4;
     pub const NAMES: [&str; COUNT as usize] = ["seen", "matched", "exported", "ring_full"];
+}
+
+/// Bits of the tcpcopy program's global `CLIENT_FILTER`: which of the
+/// client filter maps (LPM tries keyed by the source address) are in use.
+pub mod client_filter {
+    /// Only sources in `ONLY_CLIENTS` are captured.
+    pub const ONLY: u32 = 1;
+    /// Sources in `SKIP_CLIENTS` are not captured.
+    pub const SKIP: u32 = 2;
+    /// Networks each map holds at most.
+    pub const MAX_ENTRIES: u32 = 1024;
 }
 
 /// Capture modes of the tcpcopy program (global `CAPTURE_MODE`).

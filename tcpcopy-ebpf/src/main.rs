@@ -9,6 +9,9 @@
 //! - xsk (mirror ports, dedicated NICs): redirect the frame to the AF_XDP
 //!   socket of its RX queue.
 //! Unmatched frames always pass (ARP and the host's own traffic keep working).
+//! `--only-clients` / `--skip-clients` are LPM tries on the source address
+//! (`ONLY_CLIENTS`, `SKIP_CLIENTS`, in use per the global `CLIENT_FILTER`):
+//! a segment they leave out is counted and passed, never copied.
 #![no_std]
 #![no_main]
 
@@ -16,11 +19,11 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::bpf_xdp_load_bytes,
     macros::{map, xdp},
-    maps::{HashMap, PerCpuArray, RingBuf, XskMap},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, RingBuf, XskMap},
     programs::XdpContext,
 };
 use tcpcopy_common::{
-    capture_mode, flow_hash, tcpcopy_counter as ctr,
+    capture_mode, client_filter, flow_hash, tcpcopy_counter as ctr,
     xdp::{self, ptr_at},
     PortKey, TapHeader, TAP_RING_BYTES,
 };
@@ -35,6 +38,19 @@ static CAPTURE_MODE: u32 = capture_mode::COUNT_ONLY;
 /// Number of tap rings in use (one per worker), 1..=MAX_TAP_RINGS (16).
 #[unsafe(no_mangle)]
 static TAP_RINGS: u32 = 1;
+
+/// Which client filter maps are in use (`client_filter` bits).
+#[unsafe(no_mangle)]
+static CLIENT_FILTER: u32 = 0;
+
+/// `--only-clients`: source networks (address bytes as on the wire).
+#[map]
+static ONLY_CLIENTS: LpmTrie<[u8; 4], u8> =
+    LpmTrie::with_max_entries(client_filter::MAX_ENTRIES, 0);
+/// `--skip-clients`.
+#[map]
+static SKIP_CLIENTS: LpmTrie<[u8; 4], u8> =
+    LpmTrie::with_max_entries(client_filter::MAX_ENTRIES, 0);
 
 /// `-x` sources: (destination address, destination port); address 0 = any.
 #[map]
@@ -144,6 +160,11 @@ fn matched(ctx: &XdpContext) -> Option<Matched> {
     if !hit {
         return None;
     }
+    let filter = unsafe { core::ptr::read_volatile(&CLIENT_FILTER) };
+    if filter != 0 && !client_admitted(filter, [ip[12], ip[13], ip[14], ip[15]]) {
+        bump(ctr::CLIENT_SKIPPED);
+        return None;
+    }
     // Flow hash of (client IP, client port), shared with userspace.
     let saddr = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
     let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
@@ -153,6 +174,17 @@ fn matched(ctx: &XdpContext) -> Option<Matched> {
         ip_len: frame.total_len(),
         flow_hash: h,
     })
+}
+
+/// Is a segment from `saddr` captured under `--only-clients` /
+/// `--skip-clients`?
+#[inline(always)]
+fn client_admitted(filter: u32, saddr: [u8; 4]) -> bool {
+    let key = Key::new(32, saddr);
+    if filter & client_filter::ONLY != 0 && ONLY_CLIENTS.get(&key).is_none() {
+        return false;
+    }
+    !(filter & client_filter::SKIP != 0 && SKIP_CLIENTS.get(&key).is_some())
 }
 
 #[inline(always)]

@@ -6,7 +6,10 @@
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        HashMap as BpfHashMap, MapData, PerCpuArray,
+    },
     programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -127,6 +130,25 @@ impl AttachedXdp {
         let mut hm: BpfHashMap<&mut MapData, PortKey, u8> = BpfHashMap::try_from(m)?;
         for k in keys {
             hm.insert(k, 1u8, 0)
+                .with_context(|| format!("filling map {map}"))?;
+        }
+        Ok(())
+    }
+
+    /// Fill an `LpmTrie<[u8; 4], u8>` map of the object with IPv4
+    /// networks (address bytes as on the wire).
+    pub fn set_ipv4_networks(
+        &mut self,
+        map: &str,
+        nets: &[(std::net::Ipv4Addr, u8)],
+    ) -> Result<()> {
+        let m = self
+            .ebpf
+            .map_mut(map)
+            .ok_or_else(|| anyhow!("map {map} missing"))?;
+        let mut trie: LpmTrie<&mut MapData, [u8; 4], u8> = LpmTrie::try_from(m)?;
+        for (addr, len) in nets {
+            trie.insert(&Key::new(*len as u32, addr.octets()), 1u8, 0)
                 .with_context(|| format!("filling map {map}"))?;
         }
         Ok(())

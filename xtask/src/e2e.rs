@@ -1157,6 +1157,22 @@ const SCENARIOS: &[Scenario] = &[
     ),
     ("-r 50 halves", sampling_halves),
     (
+        "--skip-clients leaves out one client, in tap, xdp and packet capture",
+        crate::shaping::skip_clients_leaves_out_one_address,
+    ),
+    (
+        "--max-session-rate caps new sessions a second",
+        crate::shaping::max_session_rate_caps_new_sessions,
+    ),
+    (
+        "-g ramps the share up second by second",
+        crate::shaping::ramp_rises_second_by_second,
+    ),
+    (
+        "fan-out: one source replayed to two targets, each exactly",
+        crate::shaping::fan_out_to_two_targets,
+    ),
+    (
         "-c rewrites the client address",
         client_pool_shows_in_target_log,
     ),

@@ -196,7 +196,7 @@ fn nginx_conf(name: &str, listen: &str) -> String {
     format!(
         "worker_processes 1;\npid {RUN_DIR}/{name}-nginx.pid;\nerror_log {RUN_DIR}/{name}-nginx-error.log;\n\
 events {{ worker_connections 16384; }}\n\
-http {{\n  log_format lab '$remote_addr $remote_port $connection_requests \"$request\" $status $request_time';\n  access_log {RUN_DIR}/{name}-nginx-access.log lab;\n  client_body_temp_path {RUN_DIR}/{name}-body;\n\
+http {{\n  log_format lab '$remote_addr $remote_port $connection_requests \"$request\" $status $request_time $msec';\n  access_log {RUN_DIR}/{name}-nginx-access.log lab;\n  client_body_temp_path {RUN_DIR}/{name}-body;\n\
   keepalive_requests 1000000;\n\
   server {{ listen {listen} reuseport backlog=4096; location / {{ return 200 \"hello from {name}\\n\"; }} }}\n}}\n"
     )
@@ -206,6 +206,8 @@ fn start_servers() -> Result<()> {
     for (name, ns, listen) in [
         ("online", ONLINE, "10.0.1.1:80"),
         ("target", TARGET, "10.0.2.2:8080"),
+        // A second version under test, for fan-out (`-x 80-A+B`).
+        ("target2", TARGET, "10.0.2.2:8081"),
     ] {
         let conf = run_dir().join(format!("{name}-nginx.conf"));
         std::fs::write(&conf, nginx_conf(name, listen))?;
@@ -234,6 +236,7 @@ fn start_servers() -> Result<()> {
         let ok = [
             (ONLINE, ONLINE_IP, 80),
             (TARGET, TARGET_IP, 8080),
+            (TARGET, TARGET_IP, 8081),
             (ONLINE, ONLINE_IP, 6379),
             (TARGET, TARGET_IP, 6379),
         ]

@@ -13,6 +13,7 @@ mod lab;
 mod lab_client;
 mod replay;
 mod setup;
+mod shaping;
 mod soak;
 mod util;
 

@@ -257,8 +257,9 @@ pub fn scrape(ns: &str, addr: &str) -> Result<std::collections::HashMap<String, 
 }
 
 /// The `-F` filter for the lab's target services.
-/// (5201: the bulk-stream sinks of the elephant-flow tests.)
-pub const FILTER: &str = "tcp and src port 8080 or tcp and src port 6379 or tcp and src port 5201";
+/// (5201: the bulk-stream sinks of the elephant-flow tests; 8081: the
+/// second target nginx, for fan-out.)
+pub const FILTER: &str = "tcp and src port 8080 or tcp and src port 8081 or tcp and src port 6379 or tcp and src port 5201";
 
 impl Replay {
     /// tcpcopy on the online host; `tcpcopy_args` come after `-s` (which
@@ -435,7 +436,11 @@ pub fn wait_until_quiet(
 /// Truncate the nginx access logs (nginx appends with O_APPEND, so the next
 /// line starts at 0).
 pub fn reset_logs() -> Result<()> {
-    for name in ["online-nginx-access.log", "target-nginx-access.log"] {
+    for name in [
+        "online-nginx-access.log",
+        "target-nginx-access.log",
+        "target2-nginx-access.log",
+    ] {
         std::fs::write(lab::run_dir().join(name), b"")?;
     }
     Ok(())

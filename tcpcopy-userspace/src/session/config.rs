@@ -13,7 +13,7 @@ use super::shaping::{ClientFilter, Ramp, SessionRate};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("-x: bad transfer `{0}`: expected [IP:]PORT-IP:PORT")]
+    #[error("-x: bad transfer `{0}`: expected [IP:]PORT-IP:PORT[+IP:PORT...]")]
     Transfer(String),
     #[error("-c: bad client address `{0}`: expected A.B.C.D or A.B.C.x")]
     ClientIp(String),
@@ -23,7 +23,9 @@ pub enum ConfigError {
     EmptyPool,
 }
 
-/// One `-x` entry: traffic to `src` (address optional = any) goes to `dst`.
+/// One target of a `-x` rule: traffic to `src` (address optional = any)
+/// goes to `dst`. A rule naming several targets (`80-A:8080+B:8080`,
+/// fan-out) is one `Transfer` per target, side by side, sharing `rule`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transfer {
     pub src_ip: Option<Ipv4Addr>,
@@ -33,6 +35,10 @@ pub struct Transfer {
     /// `IP:PORT@MAC`: the next hop's MAC for `--send xdp` (otherwise it
     /// comes from the neighbour table).
     pub dst_mac: Option<[u8; 6]>,
+    /// Which `-x` rule (0, 1, ...) this target belongs to.
+    pub rule: u16,
+    /// Which of the run's distinct targets (`Config::targets`) `dst` is.
+    pub target: u16,
 }
 
 /// `00:13:21:B2:5E:42`.
@@ -56,40 +62,60 @@ impl Transfer {
     }
 }
 
-/// Parse a `-x` list: `[IP:]PORT-IP:PORT[,...]`. MAC suffixes (`@MAC`) of
-/// the C tool's pcap-send build are accepted: the target's is kept for
-/// `--send xdp`, the source's is not needed.
+/// Parse a `-x` list: `[IP:]PORT-IP:PORT[+IP:PORT...][,...]`. MAC
+/// suffixes (`@MAC`) of the C tool's pcap-send build are accepted: the
+/// target's is kept for `--send xdp`, the source's is not needed.
 pub fn parse_transfers(s: &str) -> Result<Vec<Transfer>, ConfigError> {
-    s.split(',')
-        .map(|item| {
-            let bad = || ConfigError::Transfer(item.to_string());
-            let (src, dst) = item.split_once('-').ok_or_else(bad)?;
-            let strip_mac = |x: &str| x.split('@').next().unwrap_or("").to_string();
-            let dst_mac = match dst.split_once('@') {
-                Some((_, mac)) => Some(parse_mac(mac).ok_or_else(bad)?),
-                None => None,
+    let mut out: Vec<Transfer> = Vec::new();
+    let mut targets: Vec<(Ipv4Addr, u16)> = Vec::new();
+    for (rule, item) in s.split(',').enumerate() {
+        let bad = || ConfigError::Transfer(item.to_string());
+        let (src, dsts) = item.split_once('-').ok_or_else(bad)?;
+        let src = src.split('@').next().unwrap_or("");
+        let (src_ip, src_port) = match src.rsplit_once(':') {
+            Some((ip, port)) => (Some(ip.parse().map_err(|_| bad())?), port),
+            None => (None, src),
+        };
+        let src_port: u16 = src_port.parse().map_err(|_| bad())?;
+        if src_port == 0 {
+            return Err(bad());
+        }
+        for dst in dsts.split('+') {
+            let (dst, dst_mac) = match dst.split_once('@') {
+                Some((d, mac)) => (d, Some(parse_mac(mac).ok_or_else(bad)?)),
+                None => (dst, None),
             };
-            let (src, dst) = (strip_mac(src), strip_mac(dst));
-            let (src_ip, src_port) = match src.rsplit_once(':') {
-                Some((ip, port)) => (Some(ip.parse().map_err(|_| bad())?), port),
-                None => (None, src.as_str()),
-            };
-            let src_port: u16 = src_port.parse().map_err(|_| bad())?;
             let (dst_ip, dst_port) = dst.rsplit_once(':').ok_or_else(bad)?;
             let dst_ip: Ipv4Addr = dst_ip.parse().map_err(|_| bad())?;
             let dst_port: u16 = dst_port.parse().map_err(|_| bad())?;
-            if src_port == 0 || dst_port == 0 {
+            if dst_port == 0 {
                 return Err(bad());
             }
-            Ok(Transfer {
+            let target = match targets.iter().position(|&t| t == (dst_ip, dst_port)) {
+                Some(i) => i,
+                None => {
+                    targets.push((dst_ip, dst_port));
+                    targets.len() - 1
+                }
+            };
+            if out
+                .iter()
+                .any(|t| t.rule == rule as u16 && t.target == target as u16)
+            {
+                return Err(bad()); // the same target twice in one rule
+            }
+            out.push(Transfer {
                 src_ip,
                 src_port,
                 dst_ip,
                 dst_port,
                 dst_mac,
-            })
-        })
-        .collect()
+                rule: rule as u16,
+                target: target as u16,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Parse a `-c` list (`A.B.C.D` or `A.B.C.x` for .1–.254), leaving out
@@ -281,6 +307,45 @@ impl Config {
     pub fn transfer_for(&self, ip: Ipv4Addr, port: u16) -> Option<&Transfer> {
         self.transfers.iter().find(|t| t.matches(ip, port))
     }
+    /// Every target of the first `-x` rule matching a captured
+    /// destination (one, or several with fan-out).
+    pub fn targets_for(&self, ip: Ipv4Addr, port: u16) -> &[Transfer] {
+        &self.transfers[self.rule_for(ip, port)]
+    }
+    /// Where in `transfers` the targets of the first rule matching a
+    /// captured destination are (empty if none).
+    pub fn rule_for(&self, ip: Ipv4Addr, port: u16) -> std::ops::Range<usize> {
+        let Some(first) = self.transfers.iter().position(|t| t.matches(ip, port)) else {
+            return 0..0;
+        };
+        let rule = self.transfers[first].rule;
+        let n = self.transfers[first..]
+            .iter()
+            .take_while(|t| t.rule == rule)
+            .count();
+        first..first + n
+    }
+    /// The run's distinct targets, in the order `Transfer::target` counts.
+    pub fn targets(&self) -> Vec<(Ipv4Addr, u16)> {
+        let mut v: Vec<(Ipv4Addr, u16)> = Vec::new();
+        for t in &self.transfers {
+            if t.target as usize == v.len() {
+                v.push((t.dst_ip, t.dst_port));
+            }
+        }
+        v
+    }
+    /// Copies of a captured connection, at most: `-n` replicas for each
+    /// target of its rule.
+    pub fn copies(&self) -> u16 {
+        let fan_out = self
+            .transfers
+            .iter()
+            .map(|t| self.transfers.iter().filter(|u| u.rule == t.rule).count())
+            .max()
+            .unwrap_or(1) as u16;
+        self.replicas.max(1) * fan_out
+    }
     pub fn target_is_localhost(&self) -> bool {
         self.transfers
             .iter()
@@ -338,6 +403,30 @@ mod tests {
         assert_eq!(mac[0].dst_port, 18080);
         assert_eq!(mac[0].dst_mac, Some([0x00, 0x0f, 0x1f, 0x03, 0xf2, 0xe6]));
         assert!(parse_transfers("80-1.2.3.4:80@00:0F:1F").is_err());
+    }
+
+    #[test]
+    fn fan_out_rules_name_several_targets() {
+        let cfg = Config {
+            transfers: parse_transfers("80-10.0.2.2:8080+10.0.2.3:8080,81-10.0.2.2:8080").unwrap(),
+            replicas: 2,
+            ..Config::default()
+        };
+        let t = cfg.targets_for(Ipv4Addr::new(10, 0, 1, 1), 80);
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[1].dst_ip, t[1].target), (Ipv4Addr::new(10, 0, 2, 3), 1));
+        let t = cfg.targets_for(Ipv4Addr::new(10, 0, 1, 1), 81);
+        assert_eq!(
+            (t.len(), t[0].target),
+            (1, 0),
+            "a target shared by two rules is one"
+        );
+        assert_eq!(cfg.targets().len(), 2);
+        assert_eq!(cfg.copies(), 4);
+        assert!(cfg.targets_for(Ipv4Addr::new(10, 0, 1, 1), 82).is_empty());
+        for bad in ["80-10.0.2.2:8080+", "80-10.0.2.2:8080+10.0.2.2:8080"] {
+            assert!(parse_transfers(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

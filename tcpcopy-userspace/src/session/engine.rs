@@ -40,8 +40,16 @@ impl SessionKey {
     }
 }
 
+/// Where a copy is replayed to: the target's address, and which of the
+/// run's targets it is (for its counters).
+#[derive(Clone, Copy, Debug)]
+struct Target {
+    endpoint: Endpoint,
+    index: u16,
+}
+
 /// What a session replays: a captured client connection, and which copy
-/// of it (`-n`).
+/// of it (`-n` replicas of each fan-out target).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct OriginKey {
     client: Ipv4Addr,
@@ -78,6 +86,8 @@ const PORT_PROBES: u16 = 4096;
 
 struct Entry {
     origin: OriginKey,
+    /// Which of the run's targets it replays to (`Transfer::target`).
+    target: u16,
     /// Boxed: the table stays small, and growing it never copies sessions.
     session: Box<Session>,
     /// In `Engine::pipelined`.
@@ -101,6 +111,9 @@ pub struct Engine {
     packets: Outbox,
     routes: VecDeque<RouteMsg>,
     counters: Counters,
+    /// With several targets (fan-out), each one's counters (what its
+    /// sessions did); empty with one.
+    per_target: Vec<Counters>,
     lane: Lane,
     /// Captured flows no session replays any more, for the capture to give
     /// back (drained by [`Engine::poll_released_flow`]).
@@ -129,7 +142,7 @@ impl Engine {
             Some(h) if client == Ipv4Addr::LOCALHOST && !self.cfg.target_is_localhost() => h,
             _ => client,
         };
-        (0..self.cfg.replicas.max(1)).any(|copy| {
+        (0..self.cfg.copies()).any(|copy| {
             self.origins
                 .get(&OriginKey { client, port, copy })
                 .and_then(|k| self.sessions.get(k))
@@ -176,6 +189,7 @@ impl Engine {
     }
 
     pub fn new(cfg: Arc<Config>) -> Self {
+        let targets = cfg.targets().len();
         Engine {
             cfg,
             sessions: HashMap::new(),
@@ -185,6 +199,10 @@ impl Engine {
             timers: BinaryHeap::new(),
             packets: Outbox::default(),
             routes: VecDeque::new(),
+            per_target: match targets {
+                0 | 1 => Vec::new(),
+                n => vec![Counters::default(); n],
+            },
             counters: Counters::default(),
             lane: Lane {
                 worker: 0,
@@ -207,6 +225,11 @@ impl Engine {
     }
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+    /// Each target's counters, in `Config::targets` order (empty with
+    /// one target: then they are [`Engine::counters`]).
+    pub fn target_counters(&self) -> &[Counters] {
+        &self.per_target
     }
     /// Sessions in the table, lingering ones included.
     pub fn active_sessions(&self) -> usize {
@@ -273,10 +296,11 @@ impl Engine {
         if seg.unusual_fragment_field {
             self.counters.fragments += 1;
         }
-        let Some(t) = self.cfg.transfer_for(seg.dst, seg.dst_port).copied() else {
+        let rule = self.cfg.rule_for(seg.dst, seg.dst_port);
+        if rule.is_empty() {
             self.counters.no_transfer += 1;
             return;
-        };
+        }
         if !self.cfg.client_filter.admits(seg.src) {
             self.counters.client_filtered += 1;
             return;
@@ -303,16 +327,25 @@ impl Engine {
         }
         self.counters.accepted += 1;
         let segs = self.split_oversize(&seg);
-        let target = (t.dst_ip, t.dst_port);
-        for copy in 0..self.cfg.replicas.max(1) {
-            let origin = OriginKey {
-                client: captured_src,
-                port: seg.src_port,
-                copy,
+        let replicas = self.cfg.replicas.max(1);
+        // Fan-out: `-n` copies for each target of the rule; copy 0 is the
+        // first target's original.
+        for (i, t) in rule.enumerate() {
+            let t = self.cfg.transfers[t];
+            let target = Target {
+                endpoint: (t.dst_ip, t.dst_port),
+                index: t.target,
             };
-            for s in &segs {
-                self.counters.session_inputs += 1;
-                self.dispatch(now, origin, src, target, s.clone());
+            for replica in 0..replicas {
+                let origin = OriginKey {
+                    client: captured_src,
+                    port: seg.src_port,
+                    copy: i as u16 * replicas + replica,
+                };
+                for s in &segs {
+                    self.counters.session_inputs += 1;
+                    self.dispatch(now, origin, src, target, s.clone());
+                }
             }
         }
     }
@@ -452,6 +485,8 @@ impl Engine {
             Ctx {
                 cfg: &self.cfg,
                 counters: &mut self.counters,
+                per_target: &mut self.per_target,
+                target: 0,
                 packets: &mut self.packets,
                 routes: &mut self.routes,
                 shed: self.memory == Pressure::Shed,
@@ -465,7 +500,7 @@ impl Engine {
         now: u64,
         origin: OriginKey,
         client_ip: Ipv4Addr,
-        target: Endpoint,
+        target: Target,
         seg: ClientSegment,
     ) {
         let mut early = Vec::new();
@@ -493,6 +528,7 @@ impl Engine {
         let e = sessions
             .get_mut(&key)
             .expect("an origin's session is in the table");
+        ctx.target = e.target as usize;
         let s = &mut e.session;
         let mut early = Vec::new();
         let mut detach = false;
@@ -547,7 +583,7 @@ impl Engine {
         now: u64,
         origin: OriginKey,
         client_ip: Ipv4Addr,
-        target: Endpoint,
+        target: Target,
         seg: ClientSegment,
         early: Vec<ClientSegment>,
     ) {
@@ -577,10 +613,12 @@ impl Engine {
             return;
         };
         let (mut ctx, sessions) = self.ctx();
+        ctx.target = target.index as usize;
+        let endpoint = target.endpoint;
         let mut session = if syn {
-            Session::from_syn(now, key.endpoint(), target, seg, &mut ctx)
+            Session::from_syn(now, key.endpoint(), endpoint, seg, &mut ctx)
         } else {
-            let mut s = Session::mid_stream(now, key.endpoint(), target, &seg, 1, ctx.cfg);
+            let mut s = Session::mid_stream(now, key.endpoint(), endpoint, &seg, 1, ctx.cfg);
             s.on_client_segment(now, seg, &mut ctx);
             s
         };
@@ -591,6 +629,7 @@ impl Engine {
             key,
             Entry {
                 origin,
+                target: target.index,
                 session: Box::new(session),
                 pipelined: false,
                 scheduled: None,
@@ -599,6 +638,9 @@ impl Engine {
         );
         self.origins.insert(origin, key);
         self.counters.sessions_created += 1;
+        if let Some(c) = self.per_target.get_mut(target.index as usize) {
+            c.sessions_created += 1;
+        }
         self.after(key);
     }
 
@@ -623,6 +665,7 @@ impl Engine {
     fn end_session(&mut self, now: u64, key: SessionKey) {
         let (mut ctx, sessions) = self.ctx();
         if let Some(e) = sessions.get_mut(&key) {
+            ctx.target = e.target as usize;
             if !e.session.is_lingering() {
                 e.session.obsolete(now, Loss::TimedOut, &mut ctx);
             }
@@ -698,6 +741,7 @@ impl Engine {
             self.counters.responses_unmatched += 1;
             return;
         };
+        ctx.target = e.target as usize;
         e.session.on_response(now, h, &mut ctx);
         self.after(key);
     }
@@ -718,6 +762,7 @@ impl Engine {
                 continue; // superseded by an earlier deadline
             }
             e.scheduled = None;
+            ctx.target = e.target as usize;
             e.session.on_timeout(now, &mut ctx);
             self.after(key);
         }
@@ -743,6 +788,7 @@ impl Engine {
         let (mut ctx, sessions) = self.ctx();
         let mut routes = 0;
         for e in sessions.values_mut() {
+            ctx.target = e.target as usize;
             routes += e.session.reannounce(now, &mut ctx) as u64;
         }
         let keys: Vec<SessionKey> = self.sessions.keys().copied().collect();
@@ -757,6 +803,7 @@ impl Engine {
     pub fn shutdown(&mut self) {
         let (mut ctx, sessions) = self.ctx();
         for e in sessions.values_mut() {
+            ctx.target = e.target as usize;
             e.session.shutdown(&mut ctx);
         }
         let keys: Vec<_> = self.sessions.keys().copied().collect();

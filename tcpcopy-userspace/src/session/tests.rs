@@ -677,6 +677,49 @@ fn client_filters_leave_out_addresses_before_sessions() {
 }
 
 #[test]
+fn fan_out_replays_every_session_to_each_target_with_its_own_counters() {
+    let mut l = Lab::new(Config {
+        transfers: parse_transfers("80-10.0.2.2:8080+10.0.2.3:8080").unwrap(),
+        replicas: 2,
+        random_offset: 100,
+        ..Config::default()
+    });
+    let out = l.capture(P, ISN, 0, 0x02, &[]);
+    let second = Ipv4Addr::new(10, 0, 2, 3);
+    let dsts: Vec<_> = out.iter().map(|o| (o.dst, o.src.1)).collect();
+    let cfg = l.e.config().clone();
+    assert_eq!(
+        dsts,
+        vec![
+            ((TARGET, 8080), P),
+            ((TARGET, 8080), preferred_port(&cfg, P, 1)),
+            ((second, 8080), preferred_port(&cfg, P, 2)),
+            ((second, 8080), preferred_port(&cfg, P, 3)),
+        ],
+        "-n 2 copies for each target, each copy on its own port"
+    );
+    for o in &out {
+        l.respond(o.src, TISN, ISN + 1, 0x12, 0, None);
+    }
+    l.capture(P, ISN + 1, 777, 0x10, &[]);
+    let out = l.capture(P, ISN + 1, 777, 0x18, b"GET / 1\n");
+    assert_eq!(out.iter().filter(|o| o.dst.0 == second).count(), 2);
+    assert_eq!(out.iter().filter(|o| o.payload == b"GET / 1\n").count(), 4);
+    let per = l.e.target_counters();
+    assert_eq!(per.len(), 2);
+    for c in per {
+        assert_eq!(
+            (c.sessions_created, c.connections, c.requests_replayed),
+            (2, 2, 2)
+        );
+    }
+    let c = l.e.counters();
+    assert_eq!((c.sessions_created, c.requests_replayed), (4, 4));
+    assert_eq!(c.session_inputs, 3 * 4);
+    l.check_invariants();
+}
+
+#[test]
 fn client_pool_binds_each_client_to_one_address() {
     let pool = parse_client_pool(
         "10.9.9.5,10.9.9.6",

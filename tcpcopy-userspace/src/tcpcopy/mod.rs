@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{RingBuf, XskMap};
 use tcpcopy_common::{capture_mode, PortKey};
 
@@ -39,7 +39,7 @@ use crate::{
     process,
     proto::Framing,
     send::{neighbour, RawSender, Sender, XskSender},
-    session::{claims::Claims, Config},
+    session::{claims::Claims, Cidr, Config},
     xdp::{AttachedXdp, TCPCOPY_EBPF},
 };
 
@@ -304,7 +304,20 @@ fn open_sources(plan: &Settings, stop: &Arc<std::sync::atomic::AtomicBool>) -> R
 /// The tap rings the workers read get `--tap-ring-mb`; the others are
 /// shrunk to a page.
 fn load_capture_program(plan: &Settings, mode: u32) -> Result<AttachedXdp> {
-    let mut globals = vec![("CAPTURE_MODE", mode)];
+    let filter = &plan.config.client_filter;
+    let nets = |c: &[Cidr]| -> Vec<(std::net::Ipv4Addr, u8)> {
+        c.iter().map(|c| (c.addr, c.len)).collect()
+    };
+    let too_many = |c: &[Cidr]| c.len() > tcpcopy_common::client_filter::MAX_ENTRIES as usize;
+    if too_many(&filter.only) || too_many(&filter.skip) {
+        bail!(
+            "--only-clients/--skip-clients: at most {} networks each",
+            tcpcopy_common::client_filter::MAX_ENTRIES
+        );
+    }
+    let filter_bits = (!filter.only.is_empty() as u32 * tcpcopy_common::client_filter::ONLY)
+        | (!filter.skip.is_empty() as u32 * tcpcopy_common::client_filter::SKIP);
+    let mut globals = vec![("CAPTURE_MODE", mode), ("CLIENT_FILTER", filter_bits)];
     let rings = if mode == capture_mode::TAP {
         globals.push(("TAP_RINGS", plan.workers as u32));
         plan.workers as u32
@@ -336,6 +349,8 @@ fn load_capture_program(plan: &Settings, mode: u32) -> Result<AttachedXdp> {
         plan.xdp_mode,
     )?;
     x.set_port_keys("SOURCES", &source_keys(&plan.config))?;
+    x.set_ipv4_networks("ONLY_CLIENTS", &nets(&filter.only))?;
+    x.set_ipv4_networks("SKIP_CLIENTS", &nets(&filter.skip))?;
     Ok(x)
 }
 

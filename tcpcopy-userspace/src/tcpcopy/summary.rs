@@ -18,6 +18,9 @@ use crate::{
 #[derive(Clone, Debug, Default)]
 pub struct Totals {
     pub engine: Counters,
+    /// With several targets (fan-out): each one's counters, named
+    /// `IP:PORT`.
+    pub targets: Vec<(String, Counters)>,
     pub capture: CaptureStats,
     pub records: u64,
     pub routes_sent: u64,
@@ -46,6 +49,16 @@ impl Totals {
         for r in reports {
             let r = r.lock().unwrap_or_else(|e| e.into_inner());
             t.engine.add(&r.engine);
+            if t.targets.len() < r.targets.len() {
+                t.targets = r
+                    .targets
+                    .iter()
+                    .map(|((ip, port), _)| (format!("{ip}:{port}"), Counters::default()))
+                    .collect();
+            }
+            for (sum, (_, c)) in t.targets.iter_mut().zip(&r.targets) {
+                sum.1.add(c);
+            }
             t.capture.add(&r.capture);
             t.records += r.channel.records;
             t.routes_sent += r.channel.routes_sent;
@@ -62,6 +75,60 @@ impl Totals {
         t
     }
 
+    /// Each target's figures (fan-out): one series per target in a family
+    /// per unit.
+    fn target_figures(&self) -> Vec<Figure> {
+        type Pick = fn(&Counters) -> u64;
+        const FAMILIES: [(&str, &str, &str, Pick); 6] = [
+            (
+                "tcpcopy_target_sessions",
+                "sessions",
+                "Sessions replayed to each target (fan-out).",
+                |c| c.sessions_created,
+            ),
+            (
+                "tcpcopy_target_connections",
+                "conns",
+                "Handshakes each target completed.",
+                |c| c.connections,
+            ),
+            (
+                "tcpcopy_target_requests",
+                "requests",
+                "Requests replayed to each target.",
+                |c| c.requests_replayed,
+            ),
+            (
+                "tcpcopy_target_replayed_segments",
+                "replayed",
+                "Captured segments replayed to each target.",
+                |c| c.replayed,
+            ),
+            (
+                "tcpcopy_target_bytes",
+                "bytes",
+                "Payload bytes replayed to each target.",
+                |c| c.bytes_replayed,
+            ),
+            (
+                "tcpcopy_target_lost_segments",
+                "lost",
+                "Captured segments each target's sessions lost, every reason.",
+                |c| c.lost(),
+            ),
+        ];
+        let mut v = Vec::new();
+        for (family, word, help, pick) in FAMILIES {
+            for (name, c) in &self.targets {
+                v.push(
+                    Figure::series(family, "target", name.clone(), help, pick(c))
+                        .summary(format!("target {name} {word}")),
+                );
+            }
+        }
+        v
+    }
+
     /// Every figure tcpcopy reports, declared once (the stats room):
     /// the statistics line, the exit summary, the losses and the metrics
     /// all come from this.
@@ -76,6 +143,7 @@ impl Totals {
             "Session engine counters (the names of the exit summary).",
         ));
         r.push(Figure::derived(self.engine.lost()).line(Section::Traffic, "lost"));
+        r.extend(self.target_figures());
         r.extend(self.output_figures());
         r.extend(memory_figures());
         r

@@ -27,10 +27,15 @@ use crate::{
     },
 };
 
+/// A target's address and port.
+pub type Endpoint = (std::net::Ipv4Addr, u16);
+
 /// What a worker reports to the stats thread.
 #[derive(Clone, Debug, Default)]
 pub struct WorkerReport {
     pub engine: Counters,
+    /// With several targets (fan-out): each one's counters.
+    pub targets: Vec<(Endpoint, Counters)>,
     pub capture: CaptureStats,
     pub channel: ChannelStats,
     pub sent: u64,
@@ -279,6 +284,16 @@ impl Worker {
     fn publish(&self, finished: bool) {
         let mut r = self.report.lock().unwrap_or_else(|e| e.into_inner());
         r.engine = self.engine.counters().clone();
+        let per_target = self.engine.target_counters();
+        if !per_target.is_empty() {
+            r.targets = self
+                .engine
+                .config()
+                .targets()
+                .into_iter()
+                .zip(per_target.iter().cloned())
+                .collect();
+        }
         r.capture = self.capture.stats();
         r.channel = self.channel.stats;
         (r.sent, r.send_errors) = self.sender.counts();

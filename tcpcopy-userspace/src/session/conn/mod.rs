@@ -70,6 +70,10 @@ pub type Endpoint = (Ipv4Addr, u16);
 pub struct Ctx<'a> {
     pub cfg: &'a Config,
     pub counters: &'a mut Counters,
+    /// With several targets (fan-out), each one's counters too, and which
+    /// one the session at hand replays to (empty with one target).
+    pub per_target: &'a mut [Counters],
+    pub target: usize,
     pub packets: &'a mut Outbox,
     pub routes: &'a mut VecDeque<RouteMsg>,
     /// Memory ran out (`-m`): a session that keeps buffering is given up.
@@ -81,6 +85,9 @@ impl Ctx<'_> {
     #[inline]
     pub fn note(&mut self, e: Event) {
         self.counters.record(e);
+        if let Some(c) = self.per_target.get_mut(self.target) {
+            c.record(e);
+        }
     }
 }
 
