@@ -7,7 +7,10 @@ use std::{net::Ipv4Addr, path::PathBuf};
 use clap::Parser;
 use thiserror::Error;
 
-use crate::xdp::AttachMode;
+use crate::{
+    wire::{Cidr, CidrError},
+    xdp::AttachMode,
+};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -58,7 +61,7 @@ pub struct InterceptOptions {
     pub bare: bool,
     /// Only accept control connections from these networks (CIDR, repeatable).
     #[arg(long = "allow", value_parser = parse_cidr)]
-    pub allow: Vec<(Ipv4Addr, u8)>,
+    pub allow: Vec<Cidr>,
     /// Seconds between statistics lines.
     #[arg(long = "stats-interval", default_value_t = 30)]
     pub stats_interval: u64,
@@ -70,22 +73,9 @@ pub struct InterceptOptions {
     pub version: bool,
 }
 
-pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
-    let ip: Ipv4Addr = ip
-        .parse()
-        .map_err(|_| format!("--allow {s}: not an IPv4 address or CIDR"))?;
-    let len: u8 = len
-        .parse()
-        .ok()
-        .filter(|l| *l <= 32)
-        .ok_or_else(|| format!("--allow {s}: prefix length must be 0..32"))?;
-    Ok((ip, len))
-}
-
-pub fn cidr_contains((net, len): (Ipv4Addr, u8), ip: Ipv4Addr) -> bool {
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    u32::from(net) & mask == u32::from(ip) & mask
+/// `--allow`'s value parser.
+pub fn parse_cidr(s: &str) -> Result<Cidr, CidrError> {
+    Cidr::parse("--allow", s)
 }
 
 /// One alternative of `-F`: responses from this source port (and address).
@@ -236,12 +226,11 @@ mod tests {
     #[test]
     fn cidr() {
         let n = parse_cidr("10.0.4.0/24").unwrap();
-        assert!(cidr_contains(n, Ipv4Addr::new(10, 0, 4, 3)));
-        assert!(!cidr_contains(n, Ipv4Addr::new(10, 0, 5, 3)));
-        assert!(cidr_contains(
-            parse_cidr("0.0.0.0/0").unwrap(),
-            Ipv4Addr::new(1, 2, 3, 4)
-        ));
+        assert!(n.contains(Ipv4Addr::new(10, 0, 4, 3)));
+        assert!(!n.contains(Ipv4Addr::new(10, 0, 5, 3)));
+        assert!(parse_cidr("0.0.0.0/0")
+            .unwrap()
+            .contains(Ipv4Addr::new(1, 2, 3, 4)));
         assert!(parse_cidr("10.0.0.0/33").is_err());
         assert!(parse_cidr("x").is_err());
     }

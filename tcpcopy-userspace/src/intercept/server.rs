@@ -11,7 +11,7 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{SocketAddr, SocketAddrV4},
     os::fd::RawFd,
     time::{Duration, Instant},
 };
@@ -25,7 +25,6 @@ use mio::{
 };
 
 use super::{
-    options::cidr_contains,
     peer::{Misbehaved, PeerProtocol, Request},
     router::{Disposition, PeerId, Router, RouterStats},
 };
@@ -41,7 +40,7 @@ pub struct ServerConfig {
     pub max_routes: usize,
     pub delay_table_size: usize,
     /// Empty: everyone may connect.
-    pub allow: Vec<(Ipv4Addr, u8)>,
+    pub allow: Vec<crate::wire::Cidr>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -231,7 +230,7 @@ impl ControlServer {
                     let allowed = self.cfg.allow.is_empty()
                         || match addr.ip() {
                             std::net::IpAddr::V4(ip) => {
-                                self.cfg.allow.iter().any(|n| cidr_contains(*n, ip))
+                                self.cfg.allow.iter().any(|n| n.contains(ip))
                             }
                             _ => false,
                         };
@@ -388,6 +387,7 @@ impl ControlServer {
 mod tests {
     use super::*;
     use crate::proto::{RecordDecoder, RouteMsg};
+    use std::net::Ipv4Addr;
     use std::net::TcpStream as StdStream;
 
     #[derive(Default)]
@@ -562,7 +562,7 @@ mod tests {
             framing: Framing::Combined,
             max_routes: 10,
             delay_table_size: 10,
-            allow: vec![(Ipv4Addr::new(10, 0, 4, 0), 24)],
+            allow: vec![crate::wire::Cidr::parse("--allow", "10.0.4.0/24").unwrap()],
         })
         .unwrap();
         let mut src = VecSource::default();

@@ -61,7 +61,7 @@ pub use config::{
     Config, ConfigError, Transfer,
 };
 pub use counters::Counters;
-pub use shaping::{parse_cidrs, Cidr, CidrError, ClientFilter, Ramp, SessionRate};
+pub use shaping::{ClientFilter, Ramp, SessionRate};
 
 /// The `packet` fuzz target's driver, shared with its regression tests:
 /// `data` split on 0xa5, even chunks fed as captured client packets, odd

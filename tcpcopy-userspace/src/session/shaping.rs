@@ -6,6 +6,8 @@
 //! whole, never cut in the middle. The ramp's clock and the cap's window
 //! are shared by every worker (one run, one ramp, one rate).
 
+use super::config::sample_bucket;
+use crate::wire::Cidr;
 use hashbrown::HashMap;
 use std::{
     collections::VecDeque,
@@ -15,54 +17,6 @@ use std::{
         Mutex,
     },
 };
-use thiserror::Error;
-
-use super::config::sample_bucket;
-
-#[derive(Debug, Error, PartialEq, Eq)]
-#[error("{option}: bad address `{item}`: expected A.B.C.D or A.B.C.D/LEN")]
-pub struct CidrError {
-    option: &'static str,
-    item: String,
-}
-
-/// An IPv4 network: `10.0.1.0/24`, or one address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: Ipv4Addr,
-    pub len: u8,
-}
-
-impl Cidr {
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX.checked_shl(32 - self.len as u32).unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.addr) & mask
-    }
-}
-
-/// Parse `A.B.C.D[/LEN][,...]` for `option` (named in the error).
-pub fn parse_cidrs(option: &'static str, s: &str) -> Result<Vec<Cidr>, CidrError> {
-    s.split(',')
-        .filter(|i| !i.trim().is_empty())
-        .map(|item| {
-            let bad = || CidrError {
-                option,
-                item: item.to_string(),
-            };
-            let (addr, len) = match item.trim().split_once('/') {
-                Some((a, l)) => (a, l.parse::<u8>().map_err(|_| bad())?),
-                None => (item.trim(), 32),
-            };
-            if len > 32 {
-                return Err(bad());
-            }
-            Ok(Cidr {
-                addr: addr.parse().map_err(|_| bad())?,
-                len,
-            })
-        })
-        .collect()
-}
 
 /// `--only-clients` and `--skip-clients`, on the captured client address.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -246,23 +200,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cidrs_parse_and_bad_ones_name_the_option() {
-        let c = parse_cidrs("--skip-clients", "10.0.1.11,10.9.0.0/16").unwrap();
-        assert!(c[0].contains(Ipv4Addr::new(10, 0, 1, 11)));
-        assert!(!c[0].contains(Ipv4Addr::new(10, 0, 1, 10)));
-        assert!(c[1].contains(Ipv4Addr::new(10, 9, 200, 1)));
-        assert!(parse_cidrs("x", "0.0.0.0/0").unwrap()[0].contains(Ipv4Addr::new(1, 2, 3, 4)));
-        for bad in ["10.0.1", "10.0.1.0/33", "10.0.1.0/x", "host"] {
-            let e = parse_cidrs("--only-clients", bad).unwrap_err().to_string();
-            assert!(e.contains("--only-clients") && e.contains(bad), "{e}");
-        }
-    }
-
-    #[test]
     fn filter_only_then_skip() {
         let f = ClientFilter {
-            only: parse_cidrs("o", "10.0.1.0/24").unwrap(),
-            skip: parse_cidrs("s", "10.0.1.11").unwrap(),
+            only: Cidr::parse_list("o", "10.0.1.0/24").unwrap(),
+            skip: Cidr::parse_list("s", "10.0.1.11").unwrap(),
         };
         assert!(f.admits(Ipv4Addr::new(10, 0, 1, 10)));
         assert!(!f.admits(Ipv4Addr::new(10, 0, 1, 11)));

@@ -663,7 +663,7 @@ fn client_filters_leave_out_addresses_before_sessions() {
     let mut l = Lab::new(Config {
         client_filter: ClientFilter {
             only: Vec::new(),
-            skip: parse_cidrs("--skip-clients", "10.0.1.10").unwrap(),
+            skip: crate::wire::Cidr::parse_list("--skip-clients", "10.0.1.10").unwrap(),
         },
         ..Lab::default_cfg()
     });

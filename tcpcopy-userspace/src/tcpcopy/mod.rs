@@ -39,7 +39,8 @@ use crate::{
     process,
     proto::Framing,
     send::{neighbour, RawSender, Sender, XskSender},
-    session::{claims::Claims, Cidr, Config},
+    session::{claims::Claims, Config},
+    wire::Cidr,
     xdp::{AttachedXdp, TCPCOPY_EBPF},
 };
 

@@ -16,9 +16,10 @@ use crate::{
     capture::RxRing,
     offline::Pace,
     session::{
-        parse_cidrs, parse_client_pool, parse_transfers, ClientFilter, ClientPool, Config, Ramp,
-        SessionRate, Transfer,
+        parse_client_pool, parse_transfers, ClientFilter, ClientPool, Config, Ramp, SessionRate,
+        Transfer,
     },
+    wire::Cidr,
     xdp::AttachMode,
 };
 
@@ -371,8 +372,14 @@ impl TcpcopyOptions {
                 None => None,
             },
             client_filter: ClientFilter {
-                only: parse_cidrs("--only-clients", self.only_clients.as_deref().unwrap_or(""))?,
-                skip: parse_cidrs("--skip-clients", self.skip_clients.as_deref().unwrap_or(""))?,
+                only: Cidr::parse_list(
+                    "--only-clients",
+                    self.only_clients.as_deref().unwrap_or(""),
+                )?,
+                skip: Cidr::parse_list(
+                    "--skip-clients",
+                    self.skip_clients.as_deref().unwrap_or(""),
+                )?,
             },
             mtu: self.mtu,
             mss: self.mss,

@@ -5,12 +5,14 @@
 
 pub mod build;
 mod checksum;
+mod cidr;
 mod ipv4;
 mod segment;
 mod seq;
 mod tcp;
 
 pub use checksum::{internet_checksum, tcp_checksum};
+pub use cidr::{Cidr, CidrError};
 pub use ipv4::{Ipv4View, IPV4_MIN_HEADER};
 pub use segment::{SegmentError, SegmentRepr};
 pub use seq::SeqNumber;
