@@ -2,6 +2,12 @@
 //! file, `-d` daemonizing, the `-P` pid file (written, unlike the C tools,
 //! and removed at exit), and the shutdown flag that SIGINT, SIGTERM and
 //! SIGHUP raise so the run loops end through their normal, detaching exit.
+//!
+//! `-d` tells the truth: the shell's process waits until the daemon says
+//! it is ready ([`ready`]: interfaces found, XDP attached, intercept
+//! reached) and exits 0, or until the daemon exits first, and then exits
+//! with its status; until ready, the daemon's errors still reach the
+//! terminal (and the `-l` log).
 
 use std::{
     fs::OpenOptions,
@@ -13,6 +19,23 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+
+/// Set once tracing writes to a `-l` file rather than stderr.
+static LOGS_TO_FILE: AtomicBool = AtomicBool::new(false);
+
+/// What the user must see (the exit summary, a fatal error): on stderr,
+/// and in the `-l` log when there is one (a daemon's stderr is
+/// /dev/null).
+pub fn tell(text: &str, fatal: bool) {
+    eprintln!("{text}");
+    if LOGS_TO_FILE.load(Ordering::Relaxed) {
+        if fatal {
+            tracing::error!("{text}");
+        } else {
+            tracing::info!("{text}");
+        }
+    }
+}
 
 /// Send `tracing` output to `log_file` (appended, created 0644) or stderr.
 /// `RUST_LOG` overrides the default level (info).
@@ -33,6 +56,7 @@ pub fn init_logging(log_file: Option<&Path>) -> Result<()> {
                 .with_ansi(false)
                 .with_writer(std::sync::Mutex::new(file))
                 .init();
+            LOGS_TO_FILE.store(true, Ordering::Relaxed);
         }
         None => {
             use std::io::IsTerminal;
@@ -45,15 +69,78 @@ pub fn init_logging(log_file: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// Detach from the terminal (fork, setsid, stdio to /dev/null). Must run
-/// before any thread is started.
+/// The write end of the pipe the waiting parent of a `-d` daemon reads.
+static READY_PIPE: std::sync::Mutex<Option<std::os::fd::OwnedFd>> = std::sync::Mutex::new(None);
+
+/// Detach from the terminal: fork and setsid. The parent waits (see the
+/// module comment) and never returns; the child keeps the terminal's
+/// stderr until [`ready`]. Must run before any thread is started.
 pub fn daemonize() -> Result<()> {
-    // SAFETY: called before threads exist; daemon(3) forks and the parent exits.
-    let r = unsafe { libc::daemon(1, 0) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error()).context("daemonizing (-d)");
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("daemonizing (-d): pipe");
     }
-    Ok(())
+    // SAFETY: fresh fds, owned here.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no threads exist yet (the caller's contract).
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("daemonizing (-d): fork"),
+        0 => {
+            drop(read);
+            // SAFETY: plain syscalls in the child.
+            unsafe {
+                libc::setsid();
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if null >= 0 {
+                    libc::dup2(null, 0);
+                    libc::dup2(null, 1);
+                    libc::close(null);
+                }
+            }
+            *READY_PIPE.lock().unwrap_or_else(|e| e.into_inner()) = Some(write);
+            Ok(())
+        }
+        child => {
+            drop(write);
+            std::process::exit(wait_for_daemon(read, child));
+        }
+    }
+}
+
+/// The parent of a `-d` daemon: 0 once it is ready, else its exit status.
+fn wait_for_daemon(read: std::os::fd::OwnedFd, child: libc::pid_t) -> i32 {
+    use std::io::Read;
+    let mut byte = [0u8; 1];
+    if matches!(std::fs::File::from(read).read(&mut byte), Ok(1)) {
+        return 0;
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
+        libc::WEXITSTATUS(status)
+    } else {
+        1
+    }
+}
+
+/// Start-up succeeded: a `-d` daemon lets the waiting shell go (exit 0)
+/// and lets go of the terminal. Nothing without `-d`.
+pub fn ready() {
+    let Some(fd) = READY_PIPE.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return;
+    };
+    let _ = std::io::Write::write_all(&mut std::fs::File::from(fd), b"R");
+    // SAFETY: stderr onto /dev/null; the log is `-l` from here on.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 2);
+            libc::close(null);
+        }
+    }
 }
 
 /// A pid file that is removed when dropped.

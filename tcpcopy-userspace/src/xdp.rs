@@ -81,7 +81,10 @@ impl AttachedXdp {
         for &(name, size) in map_sizes {
             loader.map_max_entries(name, size);
         }
-        let mut ebpf = loader.load(object).context("loading the eBPF object")?;
+        let mut ebpf = loader
+            .load(object)
+            .map_err(|e| anyhow!(permission_hint(&e.to_string())))
+            .context("loading the eBPF object")?;
         let prog: &mut Xdp = ebpf
             .program_mut(program)
             .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
@@ -174,6 +177,21 @@ impl Drop for AttachedXdp {
         }
         // The Ebpf object owns the links; dropping it (right after this)
         // detaches every attachment.
+    }
+}
+
+/// An error with "Operation not permitted" in it gets the privileges
+/// loading and attaching XDP take.
+fn permission_hint(error: &str) -> String {
+    if error.contains("Operation not permitted") || error.contains("os error 1)") {
+        format!(
+            "{error}: loading eBPF maps and programs and attaching XDP needs root, or the \
+             capabilities CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (CAP_NET_RAW too for \
+             the raw send socket and AF_XDP); kernel 5.11 or later charges maps to the \
+             memory cgroup instead of RLIMIT_MEMLOCK"
+        )
+    } else {
+        error.to_string()
     }
 }
 

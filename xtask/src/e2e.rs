@@ -897,6 +897,64 @@ fn sigkill_leaves_nothing_behind() -> Result<()> {
     Ok(())
 }
 
+/// `-d` tells the truth: with no intercept to reach, the shell gets exit
+/// status 1 and the error is in the `-l` log; with one, exit 0 once the
+/// daemon runs, which then replays exactly and writes its exit summary to
+/// the log when stopped.
+fn daemon_exit_status_tells_the_truth() -> Result<()> {
+    let dir = lab::run_dir();
+    let (log, pid) = (dir.join("daemon.log"), dir.join("daemon.pid"));
+    let _ = std::fs::remove_file(&log);
+    let start = format!(
+        "ip netns exec {ONLINE} {} -d -l {} -P {} -x 80-10.0.2.2:8080 -s 10.0.4.3 -i onl0",
+        replay::binary("tcpcopy").display(),
+        log.display(),
+        pid.display()
+    );
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&start)
+        .status()?;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    println!("    no intercept: exit status {:?}", status.code());
+    ensure!(
+        status.code() == Some(1),
+        "-d without intercept: exit status {status}"
+    );
+    ensure!(
+        text.contains("cannot connect to intercept"),
+        "the -l log should hold the error:\n{text}"
+    );
+    let mut intercept = replay::start_intercept("daemon")?;
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&start)
+        .status()?;
+    ensure!(status.success(), "-d with intercept: exit status {status}");
+    let daemon = std::fs::read_to_string(&pid)?.trim().to_string();
+    ensure!(
+        Path::new(&format!("/proc/{daemon}")).exists(),
+        "the daemon (pid {daemon}) should run"
+    );
+    let (o, t) = drive(&wrk(2, 1, ""))?;
+    exact("the daemon's replay", o, t)?;
+    in_ns(ONLINE, &format!("kill -TERM {daemon}"))?;
+    for _ in 0..100 {
+        if !Path::new(&format!("/proc/{daemon}")).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    intercept.stop()?;
+    let text = std::fs::read_to_string(&log)?;
+    ensure!(
+        text.contains("none lost"),
+        "the -l log should hold the exit summary:\n{text}"
+    );
+    ensure!(!pid.exists(), "the pid file should be gone");
+    no_xdp_left_on_onl0("after the daemon stopped")
+}
+
 /// The online interface goes down and up under tcpcopy: the XDP program
 /// stays attached and the next load is replayed exactly.
 fn interface_flap() -> Result<()> {
@@ -1171,6 +1229,10 @@ const SCENARIOS: &[Scenario] = &[
     (
         "fan-out: one source replayed to two targets, each exactly",
         crate::shaping::fan_out_to_two_targets,
+    ),
+    (
+        "-d: the exit status tells the truth, the log holds errors and the summary",
+        daemon_exit_status_tells_the_truth,
     ),
     (
         "-c rewrites the client address",

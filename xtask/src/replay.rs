@@ -28,7 +28,7 @@ pub fn use_binaries(dir: Option<PathBuf>) {
     *BINARIES.lock().unwrap_or_else(|e| e.into_inner()) = dir;
 }
 
-fn binary(name: &str) -> PathBuf {
+pub fn binary(name: &str) -> PathBuf {
     BINARIES
         .lock()
         .unwrap_or_else(|e| e.into_inner())

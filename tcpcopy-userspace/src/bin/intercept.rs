@@ -14,7 +14,7 @@ fn main() {
         return;
     }
     if let Err(e) = run(opts) {
-        eprintln!("intercept: {e:#}");
+        tcpcopy::process::tell(&format!("intercept: {e:#}"), true);
         std::process::exit(1);
     }
 }

@@ -18,7 +18,7 @@ fn main() {
         return;
     }
     if let Err(e) = run(opts) {
-        eprintln!("tcpcopy: {e:#}");
+        tcpcopy::process::tell(&format!("tcpcopy: {e:#}"), true);
         std::process::exit(1);
     }
 }

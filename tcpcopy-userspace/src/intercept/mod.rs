@@ -106,6 +106,11 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
     if opts.ifaces.is_empty() {
         bail!("-i: name the interfaces the target's responses arrive on");
     }
+    for i in &opts.ifaces {
+        if !std::path::Path::new(&format!("/sys/class/net/{i}")).exists() {
+            bail!("-i {i}: no such network interface on this host");
+        }
+    }
     let (_pid, stop) = process::start(
         opts.daemon,
         opts.log_file.as_deref(),
@@ -142,6 +147,13 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
         ifaces = ?opts.ifaces,
         "intercept ready"
     );
+    if !opts.bind.is_loopback() && opts.allow.is_empty() {
+        tracing::warn!(
+            "the control channel listens on {}, beyond loopback, and takes any peer that reaches it: name the tcpcopy hosts with --allow CIDR (and keep the port firewalled)",
+            opts.bind
+        );
+    }
+    process::ready();
 
     serve(&opts, &stop, &mut server, &mut source, &xdp)?;
     tracing::info!("shutting down");

@@ -12,64 +12,123 @@ use crate::{
     xdp::AttachMode,
 };
 
+const EXAMPLES: &str = "\
+Examples:
+  On the assistant host, which the target routes the replayed clients to
+  (ip_forward off there: it is a black hole), for a target on port 8080:
+    sysctl net.ipv4.ip_forward=0
+    intercept -i eth0 -F 'tcp and src port 8080' -b 10.0.4.3 --allow 10.0.4.0/24
+
+  Two services of one target, as a daemon:
+    intercept -i eth0 -F 'tcp and src port 8080 or tcp and src port 6379' -d -l /var/log/intercept.log
+
+Exit status: 0 after a clean stop (SIGINT, SIGTERM, SIGHUP); 1 on a start-up
+error (said on stderr and in the -l log).";
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "intercept",
     disable_version_flag = true,
-    about = "Drops the target's responses with XDP and sends their headers to tcpcopy"
+    about = "Drops the target's responses with XDP and sends their headers to tcpcopy",
+    after_help = EXAMPLES
 )]
 pub struct InterceptOptions {
-    /// Interfaces the target's responses arrive on (comma separated or repeated).
+    /// Interfaces the target's responses arrive on (comma separated or
+    /// repeated)
     #[arg(
         short = 'i',
         long = "iface",
+        value_name = "IFACE",
         value_delimiter = ',',
-        required_unless_present = "version"
+        required_unless_present = "version",
+        help_heading = "Capture"
     )]
     pub ifaces: Vec<String>,
     /// Which responses to take: `tcp and src port N [and src host A]`,
-    /// alternatives joined by `or`.
-    #[arg(short = 'F', long = "filter", required_unless_present = "version")]
+    /// alternatives joined by `or`
+    #[arg(
+        short = 'F',
+        long = "filter",
+        value_name = "FILTER",
+        required_unless_present = "version",
+        help_heading = "Capture"
+    )]
     pub filter: Option<String>,
-    /// Port the control channel listens on.
-    #[arg(short = 'p', long = "port", default_value_t = crate::proto::CONTROL_PORT)]
-    pub port: u16,
-    /// Address the control channel binds to.
-    #[arg(short = 'b', long = "bind", default_value = "0.0.0.0")]
-    pub bind: Ipv4Addr,
-    /// Most responses parked while they wait for their CLIENT_ADD (delay table).
-    #[arg(short = 's', long = "delay-table-size", default_value_t = 65536)]
-    pub delay_table_size: usize,
-    /// Most routes (client 4-tuples) remembered; the oldest is evicted beyond it.
-    #[arg(long = "routes", default_value_t = 1 << 20)]
-    pub max_routes: usize,
-    /// Log file (appended); stderr when absent.
-    #[arg(short = 'l', long = "log")]
-    pub log_file: Option<PathBuf>,
-    /// Run as a daemon.
-    #[arg(short = 'd', long = "daemon")]
-    pub daemon: bool,
-    /// Write the process id to this file (removed at exit).
-    #[arg(short = 'P', long = "pid-file")]
-    pub pid_file: Option<PathBuf>,
-    /// XDP attach mode.
-    #[arg(long = "xdp-mode", value_enum, default_value_t = AttachMode::Auto)]
+    /// XDP attach mode
+    #[arg(long = "xdp-mode", value_enum, value_name = "MODE", default_value_t = AttachMode::Auto, help_heading = "Capture")]
     pub xdp_mode: AttachMode,
-    /// Send records back to back, without the u16 count (the C tools'
-    /// --disable-combined build).
-    #[arg(long = "bare")]
-    pub bare: bool,
-    /// Only accept control connections from these networks (CIDR, repeatable).
-    #[arg(long = "allow", value_parser = parse_cidr)]
+    /// Port the control channel listens on
+    #[arg(short = 'p', long = "port", value_name = "PORT", default_value_t = crate::proto::CONTROL_PORT, help_heading = "Control channel")]
+    pub port: u16,
+    /// Address the control channel binds to [default: every address]
+    #[arg(
+        short = 'b',
+        long = "bind",
+        value_name = "IP",
+        default_value = "0.0.0.0",
+        hide_default_value = true,
+        help_heading = "Control channel"
+    )]
+    pub bind: Ipv4Addr,
+    /// Only accept control connections from these networks (CIDR,
+    /// repeatable) [default: any peer, with a warning]
+    #[arg(long = "allow", value_name = "CIDR", value_parser = parse_cidr, help_heading = "Control channel")]
     pub allow: Vec<Cidr>,
-    /// Seconds between statistics lines.
-    #[arg(long = "stats-interval", default_value_t = 30)]
+    /// Send records back to back, without the u16 count (the C tools'
+    /// --disable-combined build)
+    #[arg(long = "bare", help_heading = "Control channel")]
+    pub bare: bool,
+    /// Most responses parked while they wait for their CLIENT_ADD (delay
+    /// table)
+    #[arg(
+        short = 's',
+        long = "delay-table-size",
+        value_name = "N",
+        default_value_t = 65536,
+        help_heading = "Limits"
+    )]
+    pub delay_table_size: usize,
+    /// Most routes (client 4-tuples) remembered; the oldest is evicted
+    /// beyond it
+    #[arg(long = "routes", value_name = "N", default_value_t = 1 << 20, help_heading = "Limits")]
+    pub max_routes: usize,
+    /// Log file (appended) [default: stderr]
+    #[arg(
+        short = 'l',
+        long = "log",
+        value_name = "FILE",
+        help_heading = "Output and metrics"
+    )]
+    pub log_file: Option<PathBuf>,
+    /// Seconds between statistics lines
+    #[arg(
+        long = "stats-interval",
+        value_name = "SECONDS",
+        default_value_t = 30,
+        help_heading = "Output and metrics"
+    )]
     pub stats_interval: u64,
-    /// Serve Prometheus metrics on this address (GET /metrics).
-    #[arg(long = "metrics", value_name = "ADDR:PORT")]
+    /// Serve Prometheus metrics on this address (GET /metrics)
+    #[arg(
+        long = "metrics",
+        value_name = "ADDR:PORT",
+        help_heading = "Output and metrics"
+    )]
     pub metrics: Option<std::net::SocketAddr>,
-    /// Print the version and exit.
-    #[arg(short = 'v', long = "version")]
+    /// Run as a daemon, once start-up has succeeded (the shell gets its
+    /// exit status)
+    #[arg(short = 'd', long = "daemon", help_heading = "Process")]
+    pub daemon: bool,
+    /// Write the process id to this file (removed at exit)
+    #[arg(
+        short = 'P',
+        long = "pid-file",
+        value_name = "FILE",
+        help_heading = "Process"
+    )]
+    pub pid_file: Option<PathBuf>,
+    /// Print the version and exit
+    #[arg(short = 'v', long = "version", help_heading = "Process")]
     pub version: bool,
 }
 

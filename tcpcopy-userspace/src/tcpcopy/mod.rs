@@ -179,6 +179,7 @@ struct Sources {
 /// Run tcpcopy until SIGINT/SIGTERM/SIGHUP or a fatal worker error.
 pub fn run(opts: TcpcopyOptions) -> Result<()> {
     let plan = opts.settings()?;
+    plan.check_interfaces()?;
     let (_pid, stop) = process::start(
         opts.daemon,
         opts.log_file.as_deref(),
@@ -210,6 +211,7 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
     }
     let mut running = Running::spawn(workers, &stop)?;
     tracing::info!("tcpcopy ready: replaying to the target");
+    process::ready();
     supervise(&plan, &stop, &running, &sources)?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let failure = running.join();
@@ -220,7 +222,7 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
         totals.packet_socket_dropped = end.source.kernel_dropped;
     }
     tracing::info!("{}", totals.stats_line());
-    eprintln!("{}", exit_summary(&plan, &totals, &sources, recorder));
+    process::tell(&exit_summary(&plan, &totals, &sources, recorder), false);
     drop(sources); // detaches XDP
     match failure {
         Some(e) => Err(e),

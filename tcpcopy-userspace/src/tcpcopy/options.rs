@@ -50,186 +50,376 @@ pub enum SendMode {
     Xdp,
 }
 
+const EXAMPLES: &str = "\
+Examples:
+  On the online server (tap capture), replaying port 80 to a test server's
+  8080, intercept on 10.0.3.3, replayed clients from 62.135.200.x:
+    tcpcopy -x 80-10.0.2.2:8080 -s 10.0.3.3 -c 62.135.200.x -i eth0
+
+  On a switch-mirror box (AF_XDP, one worker per RX queue):
+    tcpcopy --capture xdp -i ens5 -x 10.0.1.1:80-10.0.2.2:8080 -s 10.0.3.3
+
+  Two candidate versions at once, a tenth of the sessions, health checks left out:
+    tcpcopy -x 80-10.0.2.2:8080+10.0.2.3:8080 -r 10 --skip-clients 10.0.9.0/24 -s 10.0.3.3 -i eth0
+
+  Record live traffic, replay it later as fast as the target answers:
+    tcpcopy ... --record /var/tmp/prod.pcapng --record-size 1000
+    tcpcopy --offline /var/tmp/prod.pcapng --speed max -x 80-10.0.2.2:8080 -s 10.0.3.3
+
+  As a daemon: the shell gets exit 0 only once capture runs and intercept is reached:
+    tcpcopy -d -l /var/log/tcpcopy.log -P /run/tcpcopy.pid ...
+
+Exit status: 0 after a clean stop (SIGINT, SIGTERM, SIGHUP) or the end of an
+offline file; 1 on a start-up error or a fatal error while running (said on
+stderr and in the -l log).";
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "tcpcopy",
     disable_version_flag = true,
-    about = "Captures live client traffic and replays whole sessions to a test server"
+    about = "Captures live client traffic and replays whole sessions to a test server",
+    after_help = EXAMPLES
 )]
 pub struct TcpcopyOptions {
-    /// What to replay and where: [IP:]PORT-IP:PORT[,...]
-    #[arg(short = 'x', long = "transfer", required_unless_present = "version")]
+    // --- Target and intercept
+    /// What to replay and where: [IP:]PORT-IP:PORT[,...]; several targets
+    /// of one source joined by `+` (fan-out)
+    #[arg(
+        short = 'x',
+        long = "transfer",
+        value_name = "RULES",
+        required_unless_present = "version",
+        help_heading = "Target and intercept"
+    )]
     pub transfer: Option<String>,
     /// intercept servers: IP[:PORT][,...]
-    #[arg(short = 's', long = "server", required_unless_present = "version")]
+    #[arg(
+        short = 's',
+        long = "server",
+        value_name = "SERVERS",
+        required_unless_present = "version",
+        help_heading = "Target and intercept"
+    )]
     pub servers: Option<String>,
-    /// Port for `-s` entries that name none.
-    #[arg(short = 'p', long = "port", default_value_t = crate::proto::CONTROL_PORT)]
+    /// Port for `-s` entries that name none
+    #[arg(short = 'p', long = "port", value_name = "PORT", default_value_t = crate::proto::CONTROL_PORT, help_heading = "Target and intercept")]
     pub port: u16,
-    /// Control connections per intercept server, per worker (1..11).
-    #[arg(short = 'C', long = "connections", default_value_t = 2)]
+    /// Control connections per intercept server, per worker (1 to 11)
+    #[arg(
+        short = 'C',
+        long = "connections",
+        value_name = "N",
+        default_value_t = 2,
+        help_heading = "Target and intercept"
+    )]
     pub connections: u8,
-    /// Rewrite client addresses from this pool: A.B.C.D or A.B.C.x, comma separated.
-    #[arg(short = 'c', long = "client-ips")]
+    /// How replayed packets leave: raw (a raw IPv4 socket, the kernel
+    /// routes) or xdp (AF_XDP TX on -o)
+    #[arg(long = "send", value_enum, value_name = "HOW", default_value_t = SendMode::Raw, help_heading = "Target and intercept")]
+    pub send: SendMode,
+    /// Output interface for `--send xdp`
+    #[arg(
+        short = 'o',
+        long = "out-iface",
+        value_name = "IFACE",
+        help_heading = "Target and intercept"
+    )]
+    pub out_iface: Option<String>,
+
+    // --- Capture
+    /// Interfaces to capture on (comma separated or repeated)
+    #[arg(
+        short = 'i',
+        long = "iface",
+        value_name = "IFACE",
+        value_delimiter = ',',
+        help_heading = "Capture"
+    )]
+    pub ifaces: Vec<String>,
+    /// Capture mode [default: tap with -i, packet without]
+    #[arg(
+        long = "capture",
+        value_enum,
+        value_name = "MODE",
+        help_heading = "Capture"
+    )]
+    pub capture: Option<CaptureMode>,
+    /// Worker threads, each pinned to a core (tap: at most 16) [default:
+    /// one per RX queue for xdp, else one per core up to 4]
+    #[arg(long = "workers", value_name = "N", help_heading = "Capture")]
+    pub workers: Option<usize>,
+    /// Tap capture: MiB of each worker's ring buffer (a power of two,
+    /// 1 to 1024; locked kernel memory, counted against -m)
+    #[arg(long = "tap-ring-mb", value_name = "MB", default_value_t = tcpcopy_common::TAP_RING_DEFAULT_MB, help_heading = "Capture")]
+    pub tap_ring_mb: u32,
+    /// AF_XDP capture: frames of each RX queue's socket ring (a power of
+    /// two, 2048 to 262144; 2 KiB of UMEM per frame, twice, counted
+    /// against -m)
+    #[arg(long = "xsk-ring", value_name = "FRAMES", default_value_t = RxRing::default().frames, help_heading = "Capture")]
+    pub xsk_ring: u32,
+    /// XDP attach mode
+    #[arg(long = "xdp-mode", value_enum, value_name = "MODE", default_value_t = AttachMode::Auto, help_heading = "Capture")]
+    pub xdp_mode: AttachMode,
+    /// Replay only clients in these networks: A.B.C.D[/LEN][,...] (left
+    /// out in the XDP program in tap and xdp capture)
+    #[arg(long = "only-clients", value_name = "CIDRS", help_heading = "Capture")]
+    pub only_clients: Option<String>,
+    /// Never replay clients in these networks: A.B.C.D[/LEN][,...]
+    /// (health checks, probes)
+    #[arg(long = "skip-clients", value_name = "CIDRS", help_heading = "Capture")]
+    pub skip_clients: Option<String>,
+
+    // --- Replay
+    /// Rewrite client addresses from this pool: A.B.C.D or A.B.C.x, comma
+    /// separated
+    #[arg(
+        short = 'c',
+        long = "client-ips",
+        value_name = "ADDRS",
+        help_heading = "Replay"
+    )]
     pub client_ips: Option<String>,
-    /// Replace a captured 127.0.0.1 source with this address.
-    #[arg(short = 'H', long = "localhost-as")]
+    /// Replace a captured 127.0.0.1 source with this address
+    #[arg(
+        short = 'H',
+        long = "localhost-as",
+        value_name = "IP",
+        help_heading = "Replay"
+    )]
     pub localhost_as: Option<std::net::Ipv4Addr>,
-    /// Replay every session this many times.
-    #[arg(short = 'n', long = "replicas", default_value_t = 1)]
+    /// Replay every session N times
+    #[arg(
+        short = 'n',
+        long = "replicas",
+        value_name = "N",
+        default_value_t = 1,
+        help_heading = "Replay"
+    )]
     pub replicas: u16,
-    /// Port shift factor, to run several tcpcopy instances side by side (0..255).
-    #[arg(short = 'f', long = "port-shift", default_value_t = 0)]
+    /// Port shift factor, to run several tcpcopy instances side by side
+    /// (0 to 255)
+    #[arg(
+        short = 'f',
+        long = "port-shift",
+        value_name = "N",
+        default_value_t = 0,
+        help_heading = "Replay"
+    )]
     pub port_shift: u8,
-    /// Replay only this percentage of sessions (1..99; 0 or 100 = all).
-    #[arg(short = 'r', long = "percent", default_value_t = 0)]
+    /// Replay only this percentage of the sessions, 1 to 99 (whole
+    /// sessions, the same ones every run) [default: every session]
+    #[arg(
+        short = 'r',
+        long = "percent",
+        value_name = "PERCENT",
+        default_value_t = 0,
+        hide_default_value = true,
+        help_heading = "Replay"
+    )]
     pub percent: u8,
     /// Gradual ramp-up: replay 1% of the sessions in the first second,
     /// one more percent each second after, all of them from the 100th
-    /// (overrides -r; whole sessions).
-    #[arg(short = 'g', long = "ramp")]
+    /// (overrides -r; whole sessions)
+    #[arg(short = 'g', long = "ramp", help_heading = "Replay")]
     pub ramp: bool,
     /// Replay at most N new sessions in any one second, over all workers;
-    /// the others are skipped whole (counted as
-    /// sessions_skipped_rate_limit).
-    #[arg(long = "max-session-rate", value_name = "N")]
+    /// the others are skipped whole [default: no cap]
+    #[arg(long = "max-session-rate", value_name = "N", help_heading = "Replay")]
     pub max_session_rate: Option<u32>,
-    /// Replay only clients in these networks: A.B.C.D[/LEN][,...]
-    /// (left out in the XDP program in tap and xdp capture).
-    #[arg(long = "only-clients", value_name = "CIDRS")]
-    pub only_clients: Option<String>,
-    /// Never replay clients in these networks: A.B.C.D[/LEN][,...]
-    /// (health checks, probes; left out in the XDP program in tap and xdp
-    /// capture).
-    #[arg(long = "skip-clients", value_name = "CIDRS")]
-    pub skip_clients: Option<String>,
-    /// MTU: captured segments longer than this are cut.
-    #[arg(short = 'M', long = "mtu", default_value_t = 1500)]
+    /// MTU: captured segments longer than this are cut
+    #[arg(
+        short = 'M',
+        long = "mtu",
+        value_name = "BYTES",
+        default_value_t = 1500,
+        help_heading = "Replay"
+    )]
     pub mtu: u16,
-    /// MSS advertised in fabricated SYNs.
-    #[arg(short = 'D', long = "mss", default_value_t = 1460)]
+    /// MSS advertised in fabricated SYNs
+    #[arg(
+        short = 'D',
+        long = "mss",
+        value_name = "BYTES",
+        default_value_t = 1460,
+        help_heading = "Replay"
+    )]
     pub mss: u16,
-    /// Session timeout in seconds (no response from the target).
-    #[arg(short = 't', long = "session-timeout", default_value_t = 600)]
-    pub session_timeout: u64,
-    /// Keepalive timeout in seconds (default: -t + 120).
-    #[arg(short = 'k', long = "keepalive-timeout")]
-    pub keepalive_timeout: Option<u64>,
-    /// Only replay sessions whose SYN was captured.
-    #[arg(short = 'O', long = "only-complete")]
+    /// Only replay sessions whose SYN was captured
+    #[arg(short = 'O', long = "only-complete", help_heading = "Replay")]
     pub only_complete: bool,
-    /// Do not wait for the previous response before sending the next request.
-    #[arg(short = 'W', long = "no-wait")]
+    /// Do not wait for the previous response before sending the next
+    /// request
+    #[arg(short = 'W', long = "no-wait", help_heading = "Replay")]
     pub no_wait: bool,
     /// A session holding more than this many captured segments (its client
-    /// ran ahead of the replay) sends them pipelined, without waiting for
-    /// each response, until it has caught up; 0: always wait, as the C tool.
-    #[arg(long = "catch-up", value_name = "SEGMENTS", default_value_t = 64)]
+    /// ran ahead of the replay) sends them pipelined until it has caught
+    /// up; 0: always wait, as the C tool
+    #[arg(
+        long = "catch-up",
+        value_name = "SEGMENTS",
+        default_value_t = 64,
+        help_heading = "Replay"
+    )]
     pub catch_up: usize,
-    /// A hole in a session's captured stream (the capture lost the
-    /// client's bytes) that has not filled after this many ms: the session
-    /// goes on from the next request after it, on a new connection to the
-    /// target; 0 holds the session until the gap gives it up (10 s), as
-    /// the C tool.
-    #[arg(long = "gap-skip", value_name = "MS", default_value_t = 1000)]
+    /// A hole in a session's captured stream that has not filled after
+    /// this long: the session goes on past it on a new target connection;
+    /// 0 holds the session until the gap gives it up (10 s), as the C tool
+    #[arg(
+        long = "gap-skip",
+        value_name = "MS",
+        default_value_t = 1000,
+        help_heading = "Replay"
+    )]
     pub gap_skip: u64,
-    /// A target that refuses a connection (its server may be restarting)
-    /// is asked again, backing off from 100 ms, for this many seconds
-    /// before the session's requests are given up; 0 gives up at once, as
-    /// the C tool.
-    #[arg(long = "retry-refused", value_name = "SECONDS", default_value_t = 5)]
+    /// A target that refuses a connection (its server restarting) is asked
+    /// again, backing off from 100 ms, for this long; 0 gives up at once,
+    /// as the C tool
+    #[arg(
+        long = "retry-refused",
+        value_name = "SECONDS",
+        default_value_t = 5,
+        help_heading = "Replay"
+    )]
     pub retry_refused: u64,
-    /// Keep running when every intercept connection is lost (each intercept
-    /// is tried again on a backoff from 100 ms to 500 ms).
-    #[arg(short = 'L', long = "lonely")]
-    pub lonely: bool,
-    /// Resident memory limit in MiB: new sessions are refused (and counted)
+
+    // --- Limits
+    /// Session timeout: no response from the target for this long
+    #[arg(
+        short = 't',
+        long = "session-timeout",
+        value_name = "SECONDS",
+        default_value_t = 600,
+        help_heading = "Limits"
+    )]
+    pub session_timeout: u64,
+    /// Keepalive timeout of idle sessions [default: -t + 120]
+    #[arg(
+        short = 'k',
+        long = "keepalive-timeout",
+        value_name = "SECONDS",
+        help_heading = "Limits"
+    )]
+    pub keepalive_timeout: Option<u64>,
+    /// Resident memory limit: new sessions are refused (and counted)
     /// before it is reached, and sessions that keep buffering are given up
-    /// at it; the capture rings are paid for first.
-    #[arg(short = 'm', long = "memory", value_name = "MB")]
+    /// at it; the capture rings are paid for first [default: none]
+    #[arg(
+        short = 'm',
+        long = "memory",
+        value_name = "MB",
+        help_heading = "Limits"
+    )]
     pub memory_mb: Option<u64>,
-    /// Most sessions per worker (memory bound).
-    #[arg(long = "max-sessions", default_value_t = 2_000_000)]
+    /// Most sessions per worker
+    #[arg(
+        long = "max-sessions",
+        value_name = "N",
+        default_value_t = 2_000_000,
+        help_heading = "Limits"
+    )]
     pub max_sessions: usize,
-    /// Log file (appended); stderr when absent.
-    #[arg(short = 'l', long = "log")]
-    pub log_file: Option<PathBuf>,
-    /// Write the process id to this file (removed at exit).
-    #[arg(short = 'P', long = "pid-file")]
-    pub pid_file: Option<PathBuf>,
-    /// Run as a daemon.
-    #[arg(short = 'd', long = "daemon")]
-    pub daemon: bool,
-    /// Interfaces to capture on (comma separated or repeated).
-    #[arg(short = 'i', long = "iface", value_delimiter = ',')]
-    pub ifaces: Vec<String>,
-    /// Capture mode (default: tap with -i, packet without).
-    #[arg(long = "capture", value_enum)]
-    pub capture: Option<CaptureMode>,
-    /// Worker threads, each pinned to a core (tap: at most 16).
-    #[arg(long = "workers")]
-    pub workers: Option<usize>,
-    /// Tap capture: MiB of each worker's ring buffer (a power of two,
-    /// 1..=1024; locked kernel memory, counted against `-m`). Larger rings
-    /// absorb longer bursts of large frames.
-    #[arg(long = "tap-ring-mb", value_name = "MB", default_value_t = tcpcopy_common::TAP_RING_DEFAULT_MB)]
-    pub tap_ring_mb: u32,
-    /// AF_XDP capture: frames of each RX queue's socket ring (a power of
-    /// two, 2048..=262144; 2 KiB of UMEM per frame, twice, counted against
-    /// `-m`). Larger rings absorb longer bursts.
-    #[arg(long = "xsk-ring", value_name = "FRAMES", default_value_t = RxRing::default().frames)]
-    pub xsk_ring: u32,
-    /// How replayed packets leave.
-    #[arg(long = "send", value_enum, default_value_t = SendMode::Raw)]
-    pub send: SendMode,
-    /// Output interface for `--send xdp`.
-    #[arg(short = 'o', long = "out-iface")]
-    pub out_iface: Option<String>,
-    /// XDP attach mode.
-    #[arg(long = "xdp-mode", value_enum, default_value_t = AttachMode::Auto)]
-    pub xdp_mode: AttachMode,
-    /// Seconds between statistics lines.
-    #[arg(long = "stats-interval", default_value_t = 30)]
-    pub stats_interval: u64,
 
-    /// Serve Prometheus metrics on this address (GET /metrics).
-    #[arg(long = "metrics", value_name = "ADDR:PORT")]
-    pub metrics: Option<std::net::SocketAddr>,
-
-    /// Replay a capture file (pcap or pcapng) instead of capturing live.
-    #[arg(long = "offline", value_name = "FILE", conflicts_with_all = ["capture", "record"])]
+    // --- Offline
+    /// Replay a capture file (pcap or pcapng) instead of capturing live
+    #[arg(long = "offline", value_name = "FILE", conflicts_with_all = ["capture", "record"], help_heading = "Offline")]
     pub offline: Option<PathBuf>,
-    /// Offline: the file's clock runs this many times faster.
+    /// Offline: the file's clock runs this many times faster
     #[arg(
         short = 'a',
         long = "accelerate",
         default_value_t = 1.0,
-        value_name = "FACTOR"
+        value_name = "FACTOR",
+        help_heading = "Offline"
     )]
     pub accelerate: f64,
-    /// Offline: collapse gaps between packets longer than this many ms.
-    #[arg(short = 'I', long = "idle-gap", value_name = "MS")]
+    /// Offline: collapse gaps between packets longer than this
+    #[arg(
+        short = 'I',
+        long = "idle-gap",
+        value_name = "MS",
+        help_heading = "Offline"
+    )]
     pub idle_gap: Option<u64>,
-    /// Offline: replay the file this many times.
-    #[arg(short = 'T', long = "times", default_value_t = 1)]
+    /// Offline: replay the file this many times
+    #[arg(
+        short = 'T',
+        long = "times",
+        value_name = "N",
+        default_value_t = 1,
+        help_heading = "Offline"
+    )]
     pub times: u32,
     /// Offline: `file` keeps the file's timing; `max` sends as fast as the
-    /// target answers.
-    #[arg(long = "speed", value_enum, default_value_t = Speed::File)]
+    /// target answers
+    #[arg(long = "speed", value_enum, value_name = "PACE", default_value_t = Speed::File, help_heading = "Offline")]
     pub speed: Speed,
     /// Offline: at the end of the file (and of each -T pass), wait for
     /// open sessions to finish, giving up once nothing was sent or
-    /// answered for this many seconds.
-    #[arg(long = "drain-timeout", default_value_t = 5, value_name = "SECS")]
+    /// answered for this long
+    #[arg(
+        long = "drain-timeout",
+        default_value_t = 5,
+        value_name = "SECONDS",
+        help_heading = "Offline"
+    )]
     pub drain_timeout: u64,
-    /// Live: also write the captured client segments to this pcapng file.
-    #[arg(long = "record", value_name = "FILE")]
+    /// Live: also write the captured client segments to this pcapng file
+    #[arg(long = "record", value_name = "FILE", help_heading = "Offline")]
     pub record: Option<PathBuf>,
-    /// With --record: start a new file (FILE.1, FILE.2, ...) every this many MB.
-    #[arg(long = "record-size", value_name = "MB", requires = "record")]
+    /// With --record: start a new file (FILE.1, FILE.2, ...) every this
+    /// many MB
+    #[arg(
+        long = "record-size",
+        value_name = "MB",
+        requires = "record",
+        help_heading = "Offline"
+    )]
     pub record_size: Option<u64>,
-    /// Print the version and exit.
-    #[arg(short = 'v', long = "version")]
+
+    // --- Output and metrics
+    /// Log file (appended) [default: stderr]
+    #[arg(
+        short = 'l',
+        long = "log",
+        value_name = "FILE",
+        help_heading = "Output and metrics"
+    )]
+    pub log_file: Option<PathBuf>,
+    /// Seconds between statistics lines
+    #[arg(
+        long = "stats-interval",
+        value_name = "SECONDS",
+        default_value_t = 30,
+        help_heading = "Output and metrics"
+    )]
+    pub stats_interval: u64,
+    /// Serve Prometheus metrics on this address (GET /metrics)
+    #[arg(
+        long = "metrics",
+        value_name = "ADDR:PORT",
+        help_heading = "Output and metrics"
+    )]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    // --- Process
+    /// Keep running when every intercept connection is lost (each intercept
+    /// is tried again on a backoff from 100 ms to 500 ms)
+    #[arg(short = 'L', long = "lonely", help_heading = "Process")]
+    pub lonely: bool,
+    /// Run as a daemon, once start-up has succeeded (the shell gets its
+    /// exit status)
+    #[arg(short = 'd', long = "daemon", help_heading = "Process")]
+    pub daemon: bool,
+    /// Write the process id to this file (removed at exit)
+    #[arg(
+        short = 'P',
+        long = "pid-file",
+        value_name = "FILE",
+        help_heading = "Process"
+    )]
+    pub pid_file: Option<PathBuf>,
+    /// Print the version and exit
+    #[arg(short = 'v', long = "version", help_heading = "Process")]
     pub version: bool,
 
     // C options this port does not offer: refused with a reason.
@@ -269,6 +459,21 @@ pub struct Settings {
     pub lonely: bool,
     pub stats_interval: std::time::Duration,
     pub metrics: Option<std::net::SocketAddr>,
+}
+
+impl Settings {
+    /// A live capture's `-i` interfaces must exist: said before anything
+    /// starts (before intercept is reached, before `-d` lets the shell go).
+    pub fn check_interfaces(&self) -> Result<()> {
+        if let Source::Live(_) = self.source {
+            for i in &self.ifaces {
+                if !Path::new(&format!("/sys/class/net/{i}")).exists() {
+                    bail!("-i {i}: no such network interface on this host");
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where captured segments come from.
@@ -321,6 +526,21 @@ impl TcpcopyOptions {
         if !(1..=1024).contains(&mb) || !mb.is_power_of_two() {
             bail!("--tap-ring-mb {mb}: a power of two from 1 to 1024");
         }
+        if !(1..=11).contains(&self.connections) {
+            bail!(
+                "-C {}: 1 to 11 control connections per intercept",
+                self.connections
+            );
+        }
+        if self.percent > 100 {
+            bail!(
+                "-r {}: a percentage, 1 to 99 (0 or 100: every session)",
+                self.percent
+            );
+        }
+        if self.replicas == 0 {
+            bail!("-n 0: every session is replayed at least once (-n 1)");
+        }
         let frames = self.xsk_ring;
         if !(2048..=262_144).contains(&frames) || !frames.is_power_of_two() {
             bail!("--xsk-ring {frames}: a power of two from 2048 to 262144");
@@ -328,7 +548,7 @@ impl TcpcopyOptions {
         Ok(Settings {
             config: Arc::new(config),
             servers,
-            connections: self.connections.clamp(1, 11) as usize,
+            connections: self.connections as usize,
             source,
             workers,
             tap_ring_bytes: mb << 20,
@@ -478,6 +698,15 @@ impl TcpcopyOptions {
             }
             _ => return Ok(None),
         };
+        if path.is_dir() {
+            bail!(
+                "--offline {}: a directory, not a capture file",
+                path.display()
+            );
+        }
+        if !path.exists() {
+            bail!("--offline {}: no such file", path.display());
+        }
         if !(self.accelerate > 0.0 && self.accelerate.is_finite()) {
             bail!(
                 "-a/--accelerate {}: must be a positive factor",
@@ -621,6 +850,9 @@ mod tests {
             ("--skip-clients", "10.0.1"),
             ("--only-clients", "10.0.1.0/40"),
             ("--max-session-rate", "0"),
+            ("-C", "50"),
+            ("-r", "150"),
+            ("-n", "0"),
         ] {
             let e = opts(&["-x", "80-10.0.2.2:8080", "-s", "10.0.4.3", flag, bad])
                 .settings()
