@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context, Result};
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
     registry::Registry,
 };
 
@@ -49,6 +49,28 @@ impl Exposition {
                 .inc_by(n);
         }
         self.registry.register(name, help, family);
+    }
+
+    /// `NAME_info{labels} 1`: what is running (version, protocol).
+    pub fn info(&mut self, name: &str, help: &str, labels: &[(&str, &str)]) {
+        let labels: Labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.registry.register(name, help, Info::new(labels));
+    }
+
+    /// The program's `NAME_build_info{version, protocol}`.
+    pub fn build_info(&mut self, program: &str) {
+        let protocol = crate::proto::INTERNAL_VERSION.to_string();
+        self.info(
+            &format!("{program}_build"),
+            "The running build: its version and the control channel protocol.",
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("protocol", &protocol),
+            ],
+        );
     }
 
     pub fn gauge(&mut self, name: &str, help: &str, value: i64) {

@@ -248,7 +248,7 @@ fn replay_section(quick: bool) -> Result<(String, f64)> {
 /// Segments the running tcpcopy has taken in (engine `captured`).
 fn captured(ns: &str) -> Result<f64> {
     let m = replay::scrape(ns, replay::TCPCOPY_METRICS)?;
-    m.get("tcpcopy_engine_events_total{counter=\"captured\"}")
+    m.get("tcpcopy_engine_segments_total{counter=\"captured\"}")
         .copied()
         .context("no captured counter")
 }

@@ -580,12 +580,12 @@ fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
     let m = replay::scrape(ONLINE, replay::TCPCOPY_METRICS)?;
     let get = |k: &str| m.get(k).copied().unwrap_or(-1.0);
     let kernel = |c: &str| get(&format!("tcpcopy_kernel_packets_total{{counter=\"{c}\"}}"));
-    let engine = |c: &str| get(&format!("tcpcopy_engine_events_total{{counter=\"{c}\"}}"));
+    let engine = |c: &str| get(&format!("tcpcopy_engine_segments_total{{counter=\"{c}\"}}"));
     let capture = |c: &str| get(&format!("tcpcopy_capture_packets_total{{event=\"{c}\"}}"));
     // Segments lost inside the engine, every reason.
     let lost: f64 = m
         .iter()
-        .filter(|(k, _)| k.starts_with("tcpcopy_engine_events_total{counter=\"lost_"))
+        .filter(|(k, _)| k.starts_with("tcpcopy_engine_segments_total{counter=\"lost_"))
         .map(|(_, v)| v)
         .sum();
     let checks = [
@@ -1080,7 +1080,7 @@ fn memory_limit_refuses_sessions_and_holds() -> Result<()> {
             .copied()
             .with_context(|| format!("no {name} in tcpcopy's metrics"))
     };
-    let refused = || gauge("tcpcopy_engine_events_total{counter=\"sessions_refused_memory\"}");
+    let refused = || gauge("tcpcopy_engine_sessions_total{counter=\"sessions_refused_memory\"}");
     let refuse_at = gauge("tcpcopy_memory_refuse_at_bytes")?;
     ensure!(
         refuse_at > 0.0,

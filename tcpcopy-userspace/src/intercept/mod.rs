@@ -193,7 +193,9 @@ fn serve(
         }
         server.turn(source, next.saturating_duration_since(now))?;
         if opts.metrics.is_some() && Instant::now() >= next_publish {
-            let text = report(server, source, xdp).exposition(None).render();
+            let mut x = report(server, source, xdp).exposition(None);
+            x.build_info("intercept");
+            let text = x.render();
             *published.lock().unwrap_or_else(|e| e.into_inner()) = text;
             next_publish = Instant::now() + Duration::from_millis(250);
         }

@@ -138,10 +138,7 @@ impl Totals {
             r.extend(kernel_figures(k));
         }
         r.extend(self.capture_figures());
-        r.extend(self.engine.figures(
-            "tcpcopy_engine_events",
-            "Session engine counters (the names of the exit summary).",
-        ));
+        r.extend(self.engine.figures());
         r.push(Figure::derived(self.engine.lost()).line(Section::Traffic, "lost"));
         r.extend(self.target_figures());
         r.extend(self.output_figures());
@@ -256,10 +253,12 @@ impl Totals {
 
     /// The Prometheus exposition of these totals (names in the README).
     pub fn exposition(&self) -> Exposition {
-        self.report().exposition(Some((
+        let mut x = self.report().exposition(Some((
             "tcpcopy_lost_segments",
             "Captured client segments that were not replayed, by reason.",
-        )))
+        )));
+        x.build_info("tcpcopy");
+        x
     }
 }
 
@@ -401,7 +400,7 @@ mod tests {
         let text = totals().exposition().render();
         for series in [
             "tcpcopy_kernel_packets_total{counter=\"ring_full\"} 3",
-            "tcpcopy_engine_events_total{counter=\"captured\"} 100",
+            "tcpcopy_engine_segments_total{counter=\"captured\"} 100",
             "tcpcopy_capture_packets_total{event=\"read\"} 100",
             "tcpcopy_capture_packets_total{event=\"queue_full\"} 2",
             "tcpcopy_lost_segments_total{reason=\"kernel_ring_full\"} 3",
@@ -410,8 +409,16 @@ mod tests {
             "tcpcopy_sent_packets_total 95",
             "tcpcopy_workers 2",
             "tcpcopy_memory_budget_bytes ",
+            "tcpcopy_build_info{",
+            "tcpcopy_engine_requests_total{counter=\"requests_replayed\"}",
+            "tcpcopy_engine_bytes_total{counter=\"bytes_replayed\"}",
+            "tcpcopy_engine_sessions_total{counter=\"sessions_created\"}",
         ] {
             assert!(text.contains(series), "{series} missing:\n{text}");
         }
+        assert!(
+            !text.contains("tcpcopy_engine_segments_total{counter=\"bytes_replayed\"}"),
+            "one unit per family"
+        );
     }
 }
