@@ -9,6 +9,7 @@
 //! - [`xdp`]: loading and attaching the eBPF programs behind a detach guard;
 //! - [`send`]: sending replayed packets (raw IPv4 socket);
 //! - [`process`]: logging, daemon, pid file, shutdown signals;
+//! - [`preflight`]: the checklist both programs' `--check` print;
 //! - [`stats`]: every reported figure declared once; the statistics line,
 //!   the exit summary, the losses and the metrics are generated from it;
 //! - [`metrics`]: the Prometheus endpoint (`--metrics`) of both programs;
@@ -24,6 +25,7 @@ pub mod intercept;
 pub mod memory;
 pub mod metrics;
 pub mod offline;
+pub mod preflight;
 pub mod process;
 pub mod proto;
 pub mod send;

@@ -955,6 +955,70 @@ fn daemon_exit_status_tells_the_truth() -> Result<()> {
     no_xdp_left_on_onl0("after the daemon stopped")
 }
 
+/// `--check` in the lab: both checklists pass, and tcpcopy's loop probe
+/// tells a working loop, a refused port and a missing answer apart.
+fn preflight_check_tells_what_is_wrong() -> Result<()> {
+    let check = |ns: &str, bin: &str, args: &str| -> Result<(bool, String)> {
+        let out = crate::util::output(&format!(
+            "ip netns exec {ns} {} --check {args}",
+            replay::binary(bin).display()
+        ))?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
+    };
+    let (ok, text) = check(
+        ASSISTANT,
+        "intercept",
+        &format!("-i ast0 -F '{}' -b 10.0.4.3", replay::FILTER),
+    )?;
+    ensure!(
+        ok,
+        "intercept --check should pass on the assistant:\n{text}"
+    );
+    let mut intercept = replay::start_intercept("check")?;
+    let tcpcopy = "-s 10.0.4.3 -i onl0 -c 10.9.9.x";
+    let cases = [
+        (
+            "a working loop",
+            "-x 80-10.0.2.2:8080",
+            true,
+            "the loop works",
+        ),
+        // Nothing listens on the target's 5201 (intercept takes its answers).
+        (
+            "a refused port",
+            "-x 80-10.0.2.2:5201",
+            false,
+            "nothing listens on 10.0.2.2:5201",
+        ),
+        // The target has no route back to 10.7.7.7 through the assistant.
+        (
+            "no answer",
+            "-x 80-10.0.2.2:8080 --check-from 10.7.7.7",
+            false,
+            "no answer reported",
+        ),
+    ];
+    for (what, x, pass, says) in cases {
+        let args = if x.contains("--check-from") {
+            format!("{x} -s 10.0.4.3 -i onl0")
+        } else {
+            format!("{x} {tcpcopy}")
+        };
+        let (ok, text) = check(ONLINE, "tcpcopy", &args)?;
+        println!("    {what}: {}", if ok { "passed" } else { "failed" });
+        ensure!(
+            ok == pass && text.contains(says),
+            "tcpcopy --check, {what}: expected {} saying {says:?}:\n{text}",
+            if pass { "a pass" } else { "a failure" }
+        );
+    }
+    intercept.stop()?;
+    no_xdp_left_on_onl0("after --check")
+}
+
 /// The online interface goes down and up under tcpcopy: the XDP program
 /// stays attached and the next load is replayed exactly.
 fn interface_flap() -> Result<()> {
@@ -1233,6 +1297,10 @@ const SCENARIOS: &[Scenario] = &[
     (
         "-d: the exit status tells the truth, the log holds errors and the summary",
         daemon_exit_status_tells_the_truth,
+    ),
+    (
+        "--check: the checklists, and the loop probe tells what is wrong",
+        preflight_check_tells_what_is_wrong,
     ),
     (
         "-c rewrites the client address",

@@ -189,7 +189,38 @@ fn build() -> Result<()> {
         ONLINE,
         "tc filter add dev onl0 parent ffff: protocol all u32 match u32 0 0 action mirred egress mirror dev onl3",
     )?;
+    wait_for_carrier()?;
     start_servers()
+}
+
+/// Every lab link reports carrier (operstate up: a veth takes a moment
+/// after `ip link set up`), so a test starting right away finds them up.
+fn wait_for_carrier() -> Result<()> {
+    let links = [
+        (CLIENT, "cli0"),
+        (ONLINE, "onl0"),
+        (ONLINE, "onl1"),
+        (ONLINE, "onl2"),
+        (ONLINE, "onl3"),
+        (TARGET, "tgt0"),
+        (TARGET, "tgt1"),
+        (ASSISTANT, "ast0"),
+        (ASSISTANT, "ast1"),
+        (MIRROR, "mir0"),
+    ];
+    for _ in 0..50 {
+        let up = links.iter().all(|(ns, dev)| {
+            crate::util::output(&format!(
+                "ip netns exec {ns} cat /sys/class/net/{dev}/operstate"
+            ))
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "up")
+        });
+        if up {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    anyhow::bail!("the lab's links did not come up within 5 s")
 }
 
 fn nginx_conf(name: &str, listen: &str) -> String {

@@ -95,6 +95,41 @@ pub fn filter_keys(clauses: &[FilterClause]) -> Vec<PortKey> {
         .collect()
 }
 
+/// `intercept --check`: the preflight checklist (see
+/// [`crate::preflight`]), plus what only the assistant needs: the control
+/// port free to bind, and IPv4 forwarding off (the assistant must take
+/// the target's answers, not forward them).
+fn check(opts: &InterceptOptions, clauses: &[FilterClause]) -> Result<()> {
+    use crate::preflight::{self, Checklist};
+    let mut list = Checklist::default();
+    preflight::kernel(&mut list);
+    preflight::privileges(&mut list, false);
+    preflight::interfaces(&mut list, &opts.ifaces, None);
+    preflight::program_loads(&mut list, "intercept program", || {
+        let mut x = AttachedXdp::load(INTERCEPT_EBPF, "intercept", &[], &[], opts.xdp_mode)?;
+        x.set_port_keys("FILTER", &filter_keys(clauses))
+    });
+    let listen = SocketAddrV4::new(opts.bind, opts.port);
+    match std::net::TcpListener::bind(listen) {
+        Ok(_) => list.ok(format!("control channel: {listen} is free to listen on")),
+        Err(e) => list.fail(format!("control channel: cannot listen on {listen}: {e}")),
+    }
+    if !opts.bind.is_loopback() && opts.allow.is_empty() {
+        list.warn(format!(
+            "control channel: {} takes any peer that reaches it; name the tcpcopy hosts with --allow CIDR",
+            opts.bind
+        ));
+    }
+    match std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").map(|s| s.trim().to_string()) {
+        Ok(f) if f == "0" => list.ok("IPv4 forwarding is off: the target's answers stop here"),
+        Ok(_) => list.fail(
+            "IPv4 forwarding is on: answers XDP does not take would be forwarded to the real clients (sysctl net.ipv4.ip_forward=0)",
+        ),
+        Err(e) => list.warn(format!("IPv4 forwarding unknown: {e}")),
+    }
+    list.finish()
+}
+
 /// Run intercept until SIGINT/SIGTERM/SIGHUP.
 pub fn run(opts: InterceptOptions) -> Result<()> {
     let Some(filter) = opts.filter.as_deref() else {
@@ -103,6 +138,9 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
         );
     };
     let clauses = parse_filter(filter)?;
+    if opts.check {
+        return check(&opts, &clauses);
+    }
     if opts.ifaces.is_empty() {
         bail!("-i: name the interfaces the target's responses arrive on");
     }

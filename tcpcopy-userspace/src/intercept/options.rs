@@ -130,6 +130,11 @@ pub struct InterceptOptions {
     /// Print the version and exit
     #[arg(short = 'v', long = "version", help_heading = "Process")]
     pub version: bool,
+    /// Check what this run needs (kernel, privileges, interfaces, the
+    /// eBPF program, the control port, forwarding off), print a checklist
+    /// and exit (1 if a check failed)
+    #[arg(long = "check", help_heading = "Process")]
+    pub check: bool,
 }
 
 /// `--allow`'s value parser.

@@ -6,6 +6,7 @@
 //! exit path (the XDP guard is dropped last).
 
 mod channel;
+mod check;
 mod offline_watch;
 mod options;
 mod summary;
@@ -179,6 +180,9 @@ struct Sources {
 /// Run tcpcopy until SIGINT/SIGTERM/SIGHUP or a fatal worker error.
 pub fn run(opts: TcpcopyOptions) -> Result<()> {
     let plan = opts.settings()?;
+    if opts.check {
+        return check::run(&plan, opts.check_from);
+    }
     plan.check_interfaces()?;
     let (_pid, stop) = process::start(
         opts.daemon,

@@ -421,6 +421,21 @@ pub struct TcpcopyOptions {
     /// Print the version and exit
     #[arg(short = 'v', long = "version", help_heading = "Process")]
     pub version: bool,
+    /// Check what this run needs (kernel, privileges, interfaces, the
+    /// eBPF program, routes, intercept), probe the loop with one
+    /// fabricated connection to each target, print a checklist and exit
+    /// (1 if a check failed)
+    #[arg(long = "check", help_heading = "Process")]
+    pub check: bool,
+    /// --check: the client address the loop probe comes from (one the
+    /// target routes to the assistant) [default: the first -c address]
+    #[arg(
+        long = "check-from",
+        value_name = "IP",
+        requires = "check",
+        help_heading = "Process"
+    )]
+    pub check_from: Option<std::net::Ipv4Addr>,
 
     // C options this port does not offer: refused with a reason.
     #[arg(short = 'R', hide = true)]

@@ -1,0 +1,215 @@
+//! `tcpcopy --check`: the preflight checklist (see [`crate::preflight`])
+//! for a tcpcopy run, then a probe of the whole loop, which the C tool's
+//! README leaves to a long manual diagnosis: one fabricated connection
+//! from a replay client address to each target, sent through the replay
+//! path (routes to intercept first, then the SYN), and intercept's report
+//! of the answer. A SYN-ACK: the loop works (the probe is reset). A RST:
+//! the target refused (nothing listens there). Nothing: what that means
+//! and where to look, in order.
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+
+use super::{
+    channel::Channel,
+    load_capture_program,
+    options::{CaptureMode, Settings, Source},
+};
+use crate::{
+    preflight::{self, Checklist},
+    proto::{Framing, ResponseRecord},
+    send::{RawSender, Sender},
+    session::{Counters, Engine},
+    wire::build::{build, SegmentSpec},
+};
+use tcpcopy_common::capture_mode;
+
+/// How long the probe waits for the target's answer.
+const PROBE_WAIT: Duration = Duration::from_secs(3);
+/// MSS option of the probe's SYN.
+const SYN_OPTIONS: [u8; 4] = [2, 4, 0x05, 0xb4];
+
+/// Run every check; an error when one failed (exit status 1).
+pub fn run(plan: &Settings, probe_from: Option<Ipv4Addr>) -> Result<()> {
+    let mut list = Checklist::default();
+    preflight::kernel(&mut list);
+    let live = matches!(plan.source, Source::Live(_));
+    preflight::privileges(&mut list, true);
+    if live {
+        preflight::interfaces(&mut list, &plan.ifaces, Some(plan.config.mtu));
+    }
+    match plan.source {
+        Source::Live(CaptureMode::Tap) => {
+            preflight::program_loads(&mut list, "tap capture program", || {
+                load_capture_program(plan, capture_mode::TAP).map(drop)
+            })
+        }
+        Source::Live(CaptureMode::Xdp) => {
+            preflight::program_loads(&mut list, "AF_XDP capture program", || {
+                load_capture_program(plan, capture_mode::XSK).map(drop)
+            })
+        }
+        _ => {}
+    }
+    for (ip, port) in plan.config.targets() {
+        match preflight::route_to(ip) {
+            Ok(src) => list.ok(format!("target {ip}:{port}: routed, from {src}")),
+            Err(e) => list.fail(format!("target {ip}:{port}: no route ({e})")),
+        }
+    }
+    let channel = match Channel::connect(&plan.servers, 1, Framing::Combined) {
+        Ok(c) => {
+            for s in &plan.servers {
+                list.ok(format!(
+                    "intercept {s}: reached (protocol {})",
+                    crate::proto::INTERNAL_VERSION
+                ));
+            }
+            Some(c)
+        }
+        Err(e) => {
+            list.fail(format!("intercept: {e:#}"));
+            list.note("is intercept running on the assistant, listening on that address (-b) and port (-p), and does its --allow take this host?");
+            None
+        }
+    };
+    match (channel, probe_client(plan, probe_from)) {
+        (Some(channel), Some(client)) => probe_loop(&mut list, plan, channel, client),
+        (None, _) => list.warn("the loop probe needs intercept: skipped"),
+        (_, None) => {
+            list.warn("the loop probe needs a replay client address: skipped");
+            list.note("give -c (the probe uses its first address) or --check-from IP (an address the target routes to the assistant)");
+        }
+    }
+    list.finish()
+}
+
+/// The captured client address the probe pretends to be: with `-c` any
+/// address (the pool rewrites it), else `--check-from`.
+fn probe_client(plan: &Settings, probe_from: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+    match (&plan.config.client_pool, probe_from) {
+        (_, Some(ip)) => Some(ip),
+        (Some(_), None) => Some(Ipv4Addr::new(192, 0, 2, 1)),
+        (None, None) => None,
+    }
+}
+
+/// One fabricated connection per `-x` rule (to each of its targets), the
+/// engine driving it as in a replay; the verdict per target from what
+/// intercept reported.
+fn probe_loop(list: &mut Checklist, plan: &Settings, mut channel: Channel, client: Ipv4Addr) {
+    let mut sender = match RawSender::new() {
+        Ok(s) => s,
+        Err(e) => {
+            list.fail(format!(
+                "loop probe: raw send socket (needs CAP_NET_RAW): {e}"
+            ));
+            return;
+        }
+    };
+    let cfg = plan.config.clone();
+    let mut engine = Engine::new(cfg.clone());
+    let epoch = Instant::now();
+    let now = || epoch.elapsed().as_millis() as u64;
+    let port = 40_000 + (std::process::id() % 20_000) as u16;
+    let mut rules: Vec<u16> = Vec::new();
+    for t in &cfg.transfers {
+        if rules.contains(&t.rule) {
+            continue;
+        }
+        rules.push(t.rule);
+        let dst = t.src_ip.unwrap_or(Ipv4Addr::new(192, 0, 2, 2));
+        let syn = build(&SegmentSpec {
+            src: (client, port + t.rule),
+            dst: (dst, t.src_port),
+            seq: 0x7c0f_fee0,
+            ack: 0,
+            flags: 0x02,
+            window: 64_240,
+            options: &SYN_OPTIONS,
+            payload: &[],
+            ip_id: 1,
+            ttl: 64,
+            tos: 0,
+        });
+        engine.handle_client_packet(now(), &syn);
+    }
+    let mut records: Vec<ResponseRecord> = Vec::new();
+    let deadline = Instant::now() + PROBE_WAIT;
+    while Instant::now() < deadline {
+        while let Some(r) = engine.poll_route() {
+            channel.queue_route(&r);
+        }
+        channel.flush();
+        while let Some(p) = engine.poll_transmit() {
+            let _ = sender.send(&p);
+        }
+        sender.flush();
+        records.clear();
+        channel.poll_records(&mut records);
+        for r in &records {
+            engine.handle_response(now(), &r.header());
+        }
+        engine.handle_timeout(now());
+        if answered_all(&engine, cfg.targets().len()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let per_target: Vec<Counters> = match engine.target_counters() {
+        [] => vec![engine.counters().clone()],
+        many => many.to_vec(),
+    };
+    let pool = cfg
+        .client_pool
+        .as_ref()
+        .map(|p| p.bind(client))
+        .unwrap_or(client);
+    for ((ip, tport), c) in cfg.targets().into_iter().zip(per_target) {
+        let what = format!("loop probe {pool} → {ip}:{tport}");
+        if c.connections > 0 {
+            list.ok(format!(
+                "{what}: SYN-ACK reported by intercept: the loop works (probe reset)"
+            ));
+        } else if c.response_rsts > 0 {
+            list.fail(format!(
+                "{what}: the target answered RST: nothing listens on {ip}:{tport}"
+            ));
+        } else {
+            list.fail(format!(
+                "{what}: no answer reported within {} s",
+                PROBE_WAIT.as_secs()
+            ));
+            list.note(format!(
+                "the SYN left from {pool}; look, in this order, at:\n\
+                 1. the target's route back to {pool}: it must go via the assistant (ip route get {pool} on the target);\n\
+                 2. rp_filter on the target's interface the probe arrives on (0 or 2: the source is not on that link);\n\
+                 3. ip_forward on the assistant: it must be 0, or the answer is forwarded instead of taken;\n\
+                 4. intercept's -F filter: it must take tcp from {ip} port {tport};\n\
+                 5. a firewall between this host and the target, or the target and the assistant."
+            ));
+        }
+    }
+    engine.shutdown();
+    while let Some(r) = engine.poll_route() {
+        channel.queue_route(&r);
+    }
+    channel.flush();
+    while let Some(p) = engine.poll_transmit() {
+        let _ = sender.send(&p);
+    }
+    sender.flush();
+}
+
+/// Has every target answered the probe (a SYN-ACK or a RST)?
+fn answered_all(engine: &Engine, targets: usize) -> bool {
+    let answered = |c: &Counters| c.connections > 0 || c.response_rsts > 0;
+    match engine.target_counters() {
+        [] => targets <= 1 && answered(engine.counters()),
+        many => many.iter().all(answered),
+    }
+}
