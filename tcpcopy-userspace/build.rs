@@ -5,6 +5,7 @@ use std::{path::Path, process::Command};
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed=build.rs");
+    prefer_static_libelf_and_zlib()?;
     if std::env::var_os("AYA_BUILD_SKIP").is_none() {
         if let Some(missing) = missing_toolchain() {
             println!(
@@ -63,4 +64,36 @@ fn missing_toolchain() -> Option<&'static str> {
         return Some("bpf-linker missing or broken");
     }
     None
+}
+
+/// xsk-rs's libxdp and libbpf ask the linker for `-lelf` and `-lz`,
+/// which it finds as shared libraries. Linked here as static archives
+/// (from a directory of our own that holds only them), this crate's
+/// copies come first on the link line and define those symbols, so the
+/// binaries need nothing but the C library at run time.
+fn prefer_static_libelf_and_zlib() -> anyhow::Result<()> {
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("static-libs");
+    std::fs::create_dir_all(&out)?;
+    let dirs = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+    ];
+    println!("cargo:rustc-link-search=native={}", out.display());
+    for (lib, name) in [("libelf.a", "elf"), ("libz.a", "z")] {
+        let Some(found) = dirs
+            .iter()
+            .map(|d| Path::new(d).join(lib))
+            .find(|p| p.exists())
+        else {
+            println!("cargo:warning={lib} not found: the binaries will need lib{name}.so");
+            continue;
+        };
+        let link = out.join(lib);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(found, &link)?;
+        println!("cargo:rustc-link-lib=static={name}");
+    }
+    Ok(())
 }
