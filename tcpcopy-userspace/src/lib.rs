@@ -10,6 +10,7 @@
 //! - [`send`]: sending replayed packets (raw IPv4 socket);
 //! - [`process`]: logging, daemon, pid file, shutdown signals;
 //! - [`preflight`]: the checklist both programs' `--check` print;
+//! - [`docs`]: man pages and completions from the option definitions;
 //! - [`stats`]: every reported figure declared once; the statistics line,
 //!   the exit summary, the losses and the metrics are generated from it;
 //! - [`metrics`]: the Prometheus endpoint (`--metrics`) of both programs;
@@ -21,6 +22,7 @@
 //! - [`intercept`]: the intercept program (router, control channel server).
 
 pub mod capture;
+pub mod docs;
 pub mod intercept;
 pub mod memory;
 pub mod metrics;

@@ -1303,6 +1303,10 @@ const SCENARIOS: &[Scenario] = &[
         preflight_check_tells_what_is_wrong,
     ),
     (
+        "dist: the .deb installs, its tcpcopy --check passes, it is purged",
+        crate::dist::installed_package_works,
+    ),
+    (
         "-c rewrites the client address",
         client_pool_shows_in_target_log,
     ),

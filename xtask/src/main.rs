@@ -1,11 +1,12 @@
 //! Every developer and user task of the project, so nobody needs a shell
-//! recipe: `setup`, `build`, `run`, `lab`, `demo`, `test`, `e2e`, `fuzz`,
-//! `bench`.
+//! recipe: `setup`, `build`, `run`, `lab`, `demo`, `dist`, `test`, `e2e`,
+//! `fuzz`, `bench`.
 
 mod bench;
 mod cost;
 mod decoys;
 mod demo;
+mod dist;
 mod e2e;
 mod elephants;
 mod fuzz;
@@ -50,6 +51,9 @@ enum Cmd {
         #[command(subcommand)]
         action: lab::Action,
     },
+    /// A tarball and a .deb in target/dist/: both binaries, man pages,
+    /// shell completions, systemd units and their options files.
+    Dist,
     /// Bring the lab up, replay live traffic, print a summary, take it down.
     Demo {
         /// Seconds of load.
@@ -121,6 +125,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Lab { action } => lab::run(action),
         Cmd::Demo { seconds } => demo::demo(seconds),
+        Cmd::Dist => dist::dist(),
         Cmd::Test => test(),
         Cmd::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
         Cmd::E2e { only } => {

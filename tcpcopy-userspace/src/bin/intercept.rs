@@ -5,6 +5,14 @@ use tcpcopy::intercept::{run, InterceptOptions};
 
 fn main() {
     let opts = InterceptOptions::parse();
+    if let Some(what) = opts.generate {
+        use clap::CommandFactory;
+        if let Err(e) = tcpcopy::docs::generate(InterceptOptions::command(), what) {
+            eprintln!("{e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if opts.version {
         println!(
             "intercept version:{} (protocol {})",

@@ -9,6 +9,14 @@ static HEAP: tcpcopy::memory::CountingAlloc = tcpcopy::memory::CountingAlloc;
 
 fn main() {
     let opts = TcpcopyOptions::parse();
+    if let Some(what) = opts.generate {
+        use clap::CommandFactory;
+        if let Err(e) = tcpcopy::docs::generate(TcpcopyOptions::command(), what) {
+            eprintln!("{e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if opts.version {
         println!(
             "tcpcopy version:{} (protocol {})",

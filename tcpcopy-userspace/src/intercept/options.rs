@@ -40,7 +40,7 @@ pub struct InterceptOptions {
         long = "iface",
         value_name = "IFACE",
         value_delimiter = ',',
-        required_unless_present = "version",
+        required_unless_present_any = ["version", "generate"],
         help_heading = "Capture"
     )]
     pub ifaces: Vec<String>,
@@ -50,7 +50,7 @@ pub struct InterceptOptions {
         short = 'F',
         long = "filter",
         value_name = "FILTER",
-        required_unless_present = "version",
+        required_unless_present_any = ["version", "generate"],
         help_heading = "Capture"
     )]
     pub filter: Option<String>,
@@ -135,6 +135,10 @@ pub struct InterceptOptions {
     /// and exit (1 if a check failed)
     #[arg(long = "check", help_heading = "Process")]
     pub check: bool,
+    /// Write a man page or a shell completion script to stdout (for
+    /// packaging)
+    #[arg(long = "generate", value_enum, value_name = "WHAT", hide = true)]
+    pub generate: Option<crate::docs::Generate>,
 }
 
 /// `--allow`'s value parser.

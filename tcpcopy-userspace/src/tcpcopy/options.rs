@@ -88,7 +88,7 @@ pub struct TcpcopyOptions {
         short = 'x',
         long = "transfer",
         value_name = "RULES",
-        required_unless_present = "version",
+        required_unless_present_any = ["version", "generate"],
         help_heading = "Target and intercept"
     )]
     pub transfer: Option<String>,
@@ -97,7 +97,7 @@ pub struct TcpcopyOptions {
         short = 's',
         long = "server",
         value_name = "SERVERS",
-        required_unless_present = "version",
+        required_unless_present_any = ["version", "generate"],
         help_heading = "Target and intercept"
     )]
     pub servers: Option<String>,
@@ -427,6 +427,10 @@ pub struct TcpcopyOptions {
     /// (1 if a check failed)
     #[arg(long = "check", help_heading = "Process")]
     pub check: bool,
+    /// Write a man page or a shell completion script to stdout (for
+    /// packaging)
+    #[arg(long = "generate", value_enum, value_name = "WHAT", hide = true)]
+    pub generate: Option<crate::docs::Generate>,
     /// --check: the client address the loop probe comes from (one the
     /// target routes to the assistant) [default: the first -c address]
     #[arg(
