@@ -644,7 +644,7 @@ fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
         (
             "requests: target = replayed",
             t as f64,
-            engine("requests_replayed"),
+            get("tcpcopy_engine_requests_total{counter=\"requests_replayed\"}"),
         ),
     ];
     for (what, a, b) in checks {
@@ -656,6 +656,10 @@ fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
     let read = i["intercept_records_total{event=\"in\"}"];
     println!("    intercept: exported {exported} = records in {read}");
     ensure!(exported == read && read > 0.0, "intercept lost records");
+    // Every query of the Grafana dashboard finds its metric (the per-target
+    // ones exist with fan-out: checked by the fan-out test).
+    let n = dashboard_metrics_exist(&[&m, &i], |name| !name.starts_with("tcpcopy_target_"))?;
+    println!("    the dashboard's {n} metric selectors all match a scraped series");
 
     // The forced drop, by construction: while tcpcopy is stopped, requests
     // padded to about 1 KiB go to the online port until the IP bytes it
@@ -708,6 +712,75 @@ fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
         in_words(&log)
     );
     Ok(())
+}
+
+/// The metric selectors the Grafana dashboard (`dashboards/tcpcopy.json`)
+/// queries: a metric name, with its label matcher when it has one
+/// (`counter="replayed"`).
+fn dashboard_selectors() -> Result<Vec<(String, Option<String>)>> {
+    let json = std::fs::read_to_string(crate::util::root().join("dashboards/tcpcopy.json"))?;
+    let mut out = Vec::new();
+    for part in json.split("\"expr\": \"").skip(1) {
+        let mut expr = String::new();
+        let mut chars = part.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => expr.extend(chars.next()),
+                '"' => break,
+                c => expr.push(c),
+            }
+        }
+        let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+        let mut rest = expr.as_str();
+        while let Some(start) = rest.find(|c: char| c.is_ascii_alphabetic() || c == '_') {
+            rest = &rest[start..];
+            let end = rest.find(|c: char| !is_name(c)).unwrap_or(rest.len());
+            let (name, after) = rest.split_at(end);
+            rest = after;
+            if !(name.starts_with("tcpcopy_") || name.starts_with("intercept_")) {
+                continue;
+            }
+            let matcher = after
+                .strip_prefix('{')
+                .and_then(|m| m.split_once('}'))
+                .map(|(m, _)| m.to_string());
+            out.push((name.to_string(), matcher));
+        }
+    }
+    ensure!(!out.is_empty(), "no queries found in the dashboard");
+    Ok(out)
+}
+
+/// Every dashboard selector for which `wanted(name)` holds matches a
+/// series in one of `scrapes`; returns how many were checked.
+pub(crate) fn dashboard_metrics_exist(
+    scrapes: &[&std::collections::HashMap<String, f64>],
+    wanted: impl Fn(&str) -> bool,
+) -> Result<usize> {
+    let mut checked = 0;
+    for (name, matcher) in dashboard_selectors()? {
+        if !wanted(&name) {
+            continue;
+        }
+        checked += 1;
+        let found = scrapes
+            .iter()
+            .flat_map(|s| s.keys())
+            .any(|k| match &matcher {
+                Some(m) => {
+                    k == &format!("{name}{{{m}}}")
+                        || k.starts_with(&format!("{name}{{{m},"))
+                        || k.starts_with(&format!("{name}{{")) && k.contains(&format!(",{m}"))
+                }
+                None => k == &name || k.starts_with(&format!("{name}{{")),
+            });
+        ensure!(
+            found,
+            "the dashboard queries {name}{} but no scraped series matches",
+            matcher.map(|m| format!("{{{m}}}")).unwrap_or_default()
+        );
+    }
+    Ok(checked)
 }
 
 /// intercept killed mid-replay and started again: with -L, tcpcopy keeps

@@ -264,6 +264,18 @@ pub fn fan_out_to_two_targets() -> Result<()> {
         exact(&format!("{what}: target :8081"), online, second_seen)?;
         online_total += online;
     }
+    std::thread::sleep(Duration::from_millis(600));
+    let m = replay::scrape(ONLINE, replay::TCPCOPY_METRICS)?;
+    let n = crate::e2e::dashboard_metrics_exist(&[&m], |name| name.starts_with("tcpcopy_target_"))?;
+    ensure!(n > 0, "the dashboard has per-target panels");
+    for t in ["10.0.2.2:8080", "10.0.2.2:8081"] {
+        let key = format!("tcpcopy_target_requests_total{{target=\"{t}\"}}");
+        ensure!(
+            m.get(&key).copied() == Some(online_total as f64),
+            "{key}: {:?}, expected {online_total}",
+            m.get(&key)
+        );
+    }
     let log = r.stop()?;
     for t in ["10.0.2.2:8080", "10.0.2.2:8081"] {
         let n = summary_counter(&log, &format!("target {t} requests"));
