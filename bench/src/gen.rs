@@ -42,7 +42,8 @@ pub fn generate(a: &GenArgs) -> Result<(u64, f64)> {
     let parts = XskSocket::open(&a.iface, a.queue, Default::default())?
         .take_tx()
         .ok_or_else(|| anyhow!("no TX ring"))?;
-    let mut tx = XskSender::new(parts, src_mac, HashMap::from([(a.dst, dst_mac)]));
+    let hops = tcpcopy::send::neighbour::NextHops::new(HashMap::from([(a.dst, dst_mac)]));
+    let mut tx = XskSender::new(parts, src_mac, hops);
     let packets: Vec<Vec<u8>> = (0..DISTINCT)
         .map(|i| {
             build(&SegmentSpec {

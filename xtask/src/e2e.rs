@@ -1092,6 +1092,70 @@ fn preflight_check_tells_what_is_wrong() -> Result<()> {
     no_xdp_left_on_onl0("after --check")
 }
 
+/// `--send xdp` asks the kernel for the next hop as it routes (every
+/// table and rule) and follows changes: on the mirror box, the main table
+/// sends the target's network to a gateway that does not exist
+/// (10.0.5.99) while a rule sends it through table 100 to the real one;
+/// the replay is exact (a main-table lookup fails at start). Then the
+/// gateway's neighbour entry is changed and changed back under the
+/// running tcpcopy, which follows both, and the next load is exact.
+fn send_xdp_follows_policy_routing_and_changes() -> Result<()> {
+    let mirror = lab::MIRROR;
+    let setup = [
+        "ip route add 10.0.2.0/24 via 10.0.5.99 dev mir0",
+        "ip route add 10.0.2.0/24 via 10.0.5.1 dev mir0 table 100",
+        "ip rule add to 10.0.2.0/24 table 100 priority 100",
+    ];
+    let restore = || {
+        let _ = in_ns(mirror, "ip rule del priority 100");
+        let _ = in_ns(mirror, "ip route flush table 100");
+        let _ = in_ns(mirror, "ip route del 10.0.2.0/24 via 10.0.5.99");
+        let _ = in_ns(mirror, "ip neigh del 10.0.5.1 dev mir0");
+    };
+    let run = || -> Result<()> {
+        for cmd in setup {
+            in_ns(mirror, cmd)?;
+        }
+        let r = Replay::start_mirror_xdp_send("policy")?;
+        let (o, t) = drive(&wrk(4, 1, ""))?;
+        exact("--send xdp through a rule's table", o, t)?;
+        let real = crate::util::stdout(&format!(
+            "ip netns exec {ONLINE} cat /sys/class/net/onl3/address"
+        ))
+        .trim()
+        .to_string();
+        let changed = |mac: &str| -> Result<()> {
+            in_ns(
+                mirror,
+                &format!("ip neigh replace 10.0.5.1 dev mir0 lladdr {mac} nud permanent"),
+            )?;
+            let needle = format!(
+                "mac=[{}]",
+                mac.split(':')
+                    .map(|b| u8::from_str_radix(b, 16).unwrap_or(0).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for _ in 0..50 {
+                if r.tcpcopy.log_text().contains(&needle) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bail!("tcpcopy did not follow the neighbour change to {mac} ({needle})")
+        };
+        changed("02:00:00:00:00:01")?;
+        changed(&real)?;
+        println!("    followed the gateway's MAC to 02:00:00:00:00:01 and back to {real}");
+        let (o, t) = drive(&wrk(4, 1, ""))?;
+        let log = r.stop()?;
+        exact("after the changes", o, t).map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))
+    };
+    let result = run();
+    restore();
+    result
+}
+
 /// The online interface goes down and up under tcpcopy: the XDP program
 /// stays attached and the next load is replayed exactly.
 fn interface_flap() -> Result<()> {
@@ -1374,6 +1438,10 @@ const SCENARIOS: &[Scenario] = &[
     (
         "--check: the checklists, and the loop probe tells what is wrong",
         preflight_check_tells_what_is_wrong,
+    ),
+    (
+        "--send xdp follows policy routing and neighbour changes",
+        send_xdp_follows_policy_routing_and_changes,
     ),
     (
         "dist: the .deb installs, its tcpcopy --check passes, it is purged",

@@ -1,16 +1,32 @@
 //! The Ethernet addresses `--send xdp` needs: the output interface's own
 //! MAC, and the MAC of the next hop toward each target (the target itself
-//! on its subnet, else its gateway), read from the kernel's routing table
-//! (`/proc/net/route`) and neighbour table (`/proc/net/arp`). A missing
-//! neighbour is resolved by sending the next hop one UDP datagram from the
-//! interface, as any first packet would.
+//! on its link, else its gateway), asked of the kernel over rtnetlink
+//! (netlink-packet-route): the route as `ip route get` finds it (every
+//! table and rule), then the neighbour table. A missing neighbour is
+//! resolved by sending the next hop one UDP datagram from the interface,
+//! as any first packet would. [`watch`] keeps the answers current: it
+//! listens for route, rule and neighbour changes and resolves again.
 
 use std::{
+    collections::HashMap,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_route::{
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+    route::{RouteAddress, RouteAttribute, RouteMessage},
+    AddressFamily, RouteNetlinkMessage,
+};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::session::parse_mac;
 
@@ -21,62 +37,171 @@ pub fn iface_mac(iface: &str) -> Result<[u8; 6]> {
     parse_mac(text.trim()).ok_or_else(|| anyhow!("-o {iface}: no Ethernet address ({text})"))
 }
 
-/// The next hop toward `dst` out of `iface`, from a routing table in
-/// `/proc/net/route` format: the longest matching prefix on that interface.
-pub fn next_hop(route_table: &str, iface: &str, dst: Ipv4Addr) -> Option<Ipv4Addr> {
-    // The kernel prints each address as the in-memory u32 (network-order
-    // bytes) in host byte order.
-    let hex = |s: &str| {
-        u32::from_str_radix(s, 16)
-            .ok()
-            .map(|raw| u32::from_be_bytes(raw.to_ne_bytes()))
-    };
-    let d = u32::from(dst);
-    route_table
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() < 8 || f[0] != iface {
+/// A NETLINK_ROUTE socket asking the kernel one question at a time.
+struct Rtnl {
+    socket: Socket,
+    seq: u32,
+}
+
+impl Rtnl {
+    fn open() -> Result<Rtnl> {
+        let mut socket = Socket::new(NETLINK_ROUTE).context("netlink socket")?;
+        socket.bind_auto().context("binding the netlink socket")?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .context("netlink connect")?;
+        Ok(Rtnl { socket, seq: 0 })
+    }
+
+    /// Send `msg`, collect the replies (a dump's until its end).
+    fn ask(&mut self, msg: RouteNetlinkMessage, dump: bool) -> Result<Vec<RouteNetlinkMessage>> {
+        self.seq += 1;
+        let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
+        packet.header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
+        packet.header.sequence_number = self.seq;
+        packet.finalize();
+        let mut buf = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.socket.send(&buf, 0).context("netlink send")?;
+        let mut replies = Vec::new();
+        let mut rx = vec![0u8; 64 << 10];
+        loop {
+            let n = self
+                .socket
+                .recv(&mut &mut rx[..], 0)
+                .context("netlink recv")?;
+            let mut off = 0;
+            while off < n {
+                let m: NetlinkMessage<RouteNetlinkMessage> =
+                    NetlinkMessage::deserialize(&rx[off..n]).context("netlink reply")?;
+                let len = m.header.length as usize;
+                let ours = m.header.sequence_number == self.seq;
+                match m.payload {
+                    NetlinkPayload::Done(_) if ours => return Ok(replies),
+                    NetlinkPayload::Error(e) if ours => match e.code {
+                        None => return Ok(replies),
+                        Some(code) => {
+                            return Err(std::io::Error::from_raw_os_error(-code.get()).into())
+                        }
+                    },
+                    NetlinkPayload::InnerMessage(inner) if ours => {
+                        replies.push(inner);
+                        if !dump {
+                            return Ok(replies);
+                        }
+                    }
+                    _ => {}
+                }
+                if len == 0 {
+                    break;
+                }
+                off += len;
+            }
+        }
+    }
+
+    /// The kernel's own answer to "how does a packet to `dst` leave?"
+    /// (`ip route get`: every routing table and rule considered): the
+    /// output interface's index and the next hop (the gateway, or `dst`
+    /// itself on its link).
+    fn route_get(&mut self, dst: Ipv4Addr) -> Result<(u32, Ipv4Addr)> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = 32;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        let replies = self
+            .ask(RouteNetlinkMessage::GetRoute(msg), false)
+            .with_context(|| format!("no route to {dst}"))?;
+        let Some(RouteNetlinkMessage::NewRoute(route)) = replies.into_iter().next() else {
+            bail!("no route to {dst}");
+        };
+        let mut oif = None;
+        let mut hop = dst;
+        for a in route.attributes {
+            match a {
+                RouteAttribute::Oif(i) => oif = Some(i),
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => hop = g,
+                _ => {}
+            }
+        }
+        Ok((
+            oif.ok_or_else(|| anyhow!("the route to {dst} names no interface"))?,
+            hop,
+        ))
+    }
+
+    /// The link-layer address of `ip` on interface `ifindex`, if the
+    /// neighbour table has a usable one.
+    fn neighbour(&mut self, ifindex: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = ifindex;
+        let replies = self.ask(RouteNetlinkMessage::GetNeighbour(msg), true)?;
+        Ok(replies.into_iter().find_map(|r| {
+            let RouteNetlinkMessage::NewNeighbour(n) = r else {
+                return None;
+            };
+            let usable = !matches!(
+                n.header.state,
+                NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+            );
+            if n.header.ifindex != ifindex || !usable {
                 return None;
             }
-            let (dest, gw, mask) = (hex(f[1])?, hex(f[2])?, hex(f[7])?);
-            (d & mask == dest & mask).then_some((mask.count_ones(), gw))
-        })
-        .max_by_key(|(bits, _)| *bits)
-        .map(|(_, gw)| if gw == 0 { dst } else { Ipv4Addr::from(gw) })
+            let mut dst = None;
+            let mut mac = None;
+            for a in n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(d),
+                    NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                        mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
+                    }
+                    _ => {}
+                }
+            }
+            (dst == Some(ip)).then_some(mac).flatten()
+        }))
+    }
 }
 
-/// The MAC of `ip` on `iface` in a neighbour table in `/proc/net/arp` format.
-pub fn arp_lookup(arp_table: &str, iface: &str, ip: Ipv4Addr) -> Option<[u8; 6]> {
-    arp_table.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        // IP, HW type, flags (0x2 = complete), MAC, mask, device.
-        if f.len() >= 6 && f[5] == iface && f[0].parse::<Ipv4Addr>().ok()? == ip && f[2] != "0x0" {
-            parse_mac(f[3]).filter(|m| *m != [0; 6])
-        } else {
-            None
-        }
-    })
+/// The index of interface `iface`.
+fn ifindex(iface: &str) -> Result<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/ifindex"))
+        .with_context(|| format!("-o {iface}: no such interface"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("-o {iface}: ifindex"))
 }
 
-/// The next hop's MAC toward `dst` out of `iface`, resolving it if needed.
-pub fn resolve(iface: &str, dst: Ipv4Addr) -> Result<[u8; 6]> {
-    let routes = std::fs::read_to_string("/proc/net/route")?;
-    let hop = next_hop(&routes, iface, dst)
-        .ok_or_else(|| anyhow!("--send xdp: no route to {dst} out of -o {iface}"))?;
+/// The next hop toward `dst` and its MAC, as the kernel would route a
+/// packet to `dst` out of `iface`, resolving the neighbour if needed
+/// (waits up to `wait`).
+fn next_hop_mac(
+    rtnl: &mut Rtnl,
+    iface: &str,
+    dst: Ipv4Addr,
+    wait: Duration,
+) -> Result<(Ipv4Addr, [u8; 6])> {
+    let want = ifindex(iface)?;
+    let (oif, hop) = rtnl.route_get(dst)?;
+    if oif != want {
+        bail!(
+            "--send xdp: the kernel routes {dst} out of interface index {oif}, not -o {iface} ({want}): \
+             send out of that interface, or route {dst} via {iface}"
+        );
+    }
     let start = Instant::now();
     let mut poked = false;
     loop {
-        let arp = std::fs::read_to_string("/proc/net/arp")?;
-        if let Some(mac) = arp_lookup(&arp, iface, hop) {
-            return Ok(mac);
+        if let Some(mac) = rtnl.neighbour(want, hop)? {
+            return Ok((hop, mac));
         }
         if !poked {
             poke(iface, hop);
             poked = true;
         }
-        if start.elapsed() > Duration::from_secs(3) {
+        if start.elapsed() > wait {
             bail!(
                 "--send xdp: the next hop {hop} toward {dst} does not answer ARP on {iface}; \
                  give its MAC as -x ...-{dst}:PORT@MAC"
@@ -84,6 +209,115 @@ pub fn resolve(iface: &str, dst: Ipv4Addr) -> Result<[u8; 6]> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The next hop's MAC toward `dst` out of `iface`, resolving it if needed.
+pub fn resolve(iface: &str, dst: Ipv4Addr) -> Result<[u8; 6]> {
+    let mut rtnl = Rtnl::open()?;
+    Ok(next_hop_mac(&mut rtnl, iface, dst, Duration::from_secs(3))?.1)
+}
+
+/// The next-hop MAC of every target, shared by the senders and kept
+/// current by [`watch`]: a sender reloads its copy when `generation`
+/// moves (one atomic load per packet).
+#[derive(Debug, Default)]
+pub struct NextHops {
+    generation: AtomicU64,
+    table: Mutex<HashMap<Ipv4Addr, [u8; 6]>>,
+}
+
+impl NextHops {
+    pub fn new(table: HashMap<Ipv4Addr, [u8; 6]>) -> Arc<NextHops> {
+        Arc::new(NextHops {
+            generation: AtomicU64::new(1),
+            table: Mutex::new(table),
+        })
+    }
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+    pub fn snapshot(&self) -> HashMap<Ipv4Addr, [u8; 6]> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn update(&self, table: HashMap<Ipv4Addr, [u8; 6]>) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if *t != table {
+            *t = table;
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// rtnetlink multicast groups: neighbours, IPv4 routes, IPv4 rules.
+const WATCHED_GROUPS: [u32; 3] = [3, 7, 8];
+
+/// A thread that re-resolves the next hop of each target in `targets`
+/// (those without a fixed `@MAC`) whenever the kernel's routes, rules or
+/// neighbours change, and at least every 10 s, until `stop`. A next hop
+/// that cannot be resolved keeps its last MAC (and is said once).
+pub fn watch(
+    iface: String,
+    targets: Vec<Ipv4Addr>,
+    hops: Arc<NextHops>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>> {
+    let mut events = Socket::new(NETLINK_ROUTE).context("netlink socket")?;
+    events.bind_auto().context("binding the netlink socket")?;
+    for g in WATCHED_GROUPS {
+        events
+            .add_membership(g)
+            .context("netlink multicast membership")?;
+    }
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 200_000,
+    };
+    // SAFETY: setting a receive timeout on our own socket.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&events),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &timeout as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
+    let mut rtnl = Rtnl::open()?;
+    std::thread::Builder::new()
+        .name("next-hops".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            let mut last = Instant::now();
+            let mut said = false;
+            while !stop.load(Ordering::Relaxed) {
+                let changed = events.recv(&mut &mut buf[..], 0).is_ok_and(|n| n > 0);
+                if !changed && last.elapsed() < Duration::from_secs(10) {
+                    continue;
+                }
+                // Let a burst of changes settle, then read them all.
+                std::thread::sleep(Duration::from_millis(20));
+                while events.recv(&mut &mut buf[..], libc::MSG_DONTWAIT).is_ok() {}
+                last = Instant::now();
+                let mut table = hops.snapshot();
+                for &dst in &targets {
+                    match next_hop_mac(&mut rtnl, &iface, dst, Duration::from_millis(500)) {
+                        Ok((hop, mac)) => {
+                            if table.get(&dst) != Some(&mac) {
+                                tracing::info!(%dst, %hop, mac = ?mac, "--send xdp: next hop changed");
+                            }
+                            table.insert(dst, mac);
+                        }
+                        Err(e) if !said => {
+                            tracing::warn!("{e:#}; keeping the last next hop");
+                            said = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                hops.update(table);
+            }
+        })
+        .context("starting the next-hop thread")
 }
 
 /// One UDP datagram to the discard port of `hop`, out of `iface`, so the
@@ -101,39 +335,23 @@ fn poke(iface: &str, hop: Ipv4Addr) {
 mod tests {
     use super::*;
 
-    const ROUTES: &str =
-        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
-mir0\t00000000\t0105000A\t0003\t0\t0\t0\t00000000\t0\t0\t0
-mir0\t0005000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
-eth9\t0002000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
-";
-
     #[test]
-    fn next_hop_is_the_target_on_link_else_the_gateway() {
-        let gw = Ipv4Addr::new(10, 0, 5, 1);
-        assert_eq!(
-            next_hop(ROUTES, "mir0", Ipv4Addr::new(10, 0, 2, 2)),
-            Some(gw)
-        );
-        assert_eq!(
-            next_hop(ROUTES, "mir0", Ipv4Addr::new(10, 0, 5, 9)),
-            Some(Ipv4Addr::new(10, 0, 5, 9))
-        );
-        assert_eq!(next_hop(ROUTES, "eth0", Ipv4Addr::new(10, 0, 2, 2)), None);
+    fn the_kernel_routes_loopback_out_of_lo() {
+        let mut rtnl = Rtnl::open().unwrap();
+        let (oif, hop) = rtnl.route_get(Ipv4Addr::LOCALHOST).unwrap();
+        assert_eq!(oif, ifindex("lo").unwrap());
+        assert_eq!(hop, Ipv4Addr::LOCALHOST);
     }
 
     #[test]
-    fn arp_entries_by_device_and_completeness() {
-        let arp = "IP address       HW type     Flags       HW address            Mask     Device
-10.0.5.1         0x1         0x2         aa:bb:cc:dd:ee:01     *        mir0
-10.0.5.7         0x1         0x0         00:00:00:00:00:00     *        mir0
-";
-        let ip = Ipv4Addr::new(10, 0, 5, 1);
-        assert_eq!(
-            arp_lookup(arp, "mir0", ip),
-            Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 1])
-        );
-        assert_eq!(arp_lookup(arp, "eth0", ip), None);
-        assert_eq!(arp_lookup(arp, "mir0", Ipv4Addr::new(10, 0, 5, 7)), None);
+    fn next_hops_move_their_generation_only_on_change() {
+        let a = Ipv4Addr::new(10, 0, 2, 2);
+        let hops = NextHops::new(HashMap::from([(a, [1; 6])]));
+        let g = hops.generation();
+        hops.update(HashMap::from([(a, [1; 6])]));
+        assert_eq!(hops.generation(), g);
+        hops.update(HashMap::from([(a, [2; 6])]));
+        assert_eq!(hops.generation(), g + 1);
+        assert_eq!(hops.snapshot()[&a], [2; 6]);
     }
 }

@@ -1,15 +1,15 @@
 //! `--send xdp`: replayed packets leave through an AF_XDP socket's TX ring
 //! on `-o`, framed with the interface's MAC and the next hop's MAC toward
-//! each target (`neighbour`), so they skip the kernel's IP output path
+//! each target (`neighbour`, kept current as routes change), so they skip the kernel's IP output path
 //! (no routing, netfilter or qdisc). The socket is the worker's own
 //! capture socket when `-o` is the capture interface, else one bound to a
 //! queue of `-o` for this worker alone.
 
-use std::{collections::HashMap, io, io::Write, net::Ipv4Addr};
+use std::{collections::HashMap, io, io::Write, net::Ipv4Addr, sync::Arc};
 
 use xsk_rs::{CompQueue, FrameDesc, TxQueue, Umem};
 
-use super::Sender;
+use super::{neighbour::NextHops, Sender};
 
 /// Frames the completion ring is read in.
 const COMP_BATCH: usize = 256;
@@ -21,8 +21,12 @@ pub struct XskSender {
     free: Vec<FrameDesc>,
     comp_descs: Vec<FrameDesc>,
     src_mac: [u8; 6],
-    /// Next-hop MAC for each target address.
+    /// Next-hop MAC for each target address: this sender's copy of
+    /// `hops`, reloaded when its generation moves (a route or neighbour
+    /// changed).
     next_hop: HashMap<Ipv4Addr, [u8; 6]>,
+    hops: Arc<NextHops>,
+    generation: u64,
     unkicked: usize,
     sent: u64,
     errors: u64,
@@ -32,7 +36,7 @@ impl XskSender {
     pub fn new(
         (umem, tx, comp, frames): (Umem, TxQueue, CompQueue, Vec<FrameDesc>),
         src_mac: [u8; 6],
-        next_hop: HashMap<Ipv4Addr, [u8; 6]>,
+        hops: Arc<NextHops>,
     ) -> XskSender {
         let comp_descs = frames[..COMP_BATCH.min(frames.len())].to_vec();
         XskSender {
@@ -42,7 +46,9 @@ impl XskSender {
             free: frames,
             comp_descs,
             src_mac,
-            next_hop,
+            next_hop: hops.snapshot(),
+            generation: hops.generation(),
+            hops,
             unkicked: 0,
             sent: 0,
             errors: 0,
@@ -73,6 +79,11 @@ impl Sender for XskSender {
             return self.fail("short packet");
         }
         let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+        let generation = self.hops.generation();
+        if generation != self.generation {
+            self.next_hop = self.hops.snapshot();
+            self.generation = generation;
+        }
         let Some(dst_mac) = self.next_hop.get(&dst).copied() else {
             return self.fail("no next-hop MAC for this target");
         };

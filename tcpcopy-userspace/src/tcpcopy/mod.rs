@@ -125,15 +125,30 @@ fn xsk_senders(
     out: &str,
     workers: usize,
     mut shared: Vec<Option<TxParts>>,
+    stop: &Arc<AtomicBool>,
 ) -> Result<(Vec<Box<dyn Sender>>, u64)> {
     let src_mac = neighbour::iface_mac(out)?;
-    let mut next_hop = std::collections::HashMap::new();
+    let mut table = std::collections::HashMap::new();
+    let mut watched = Vec::new();
     for t in &cfg.transfers {
         let mac = match t.dst_mac {
             Some(m) => m,
-            None => neighbour::resolve(out, t.dst_ip)?,
+            None => {
+                watched.push(t.dst_ip);
+                neighbour::resolve(out, t.dst_ip)?
+            }
         };
-        next_hop.insert(t.dst_ip, mac);
+        table.insert(t.dst_ip, mac);
+    }
+    let next_hop = neighbour::NextHops::new(table);
+    if !watched.is_empty() {
+        // Detached: it ends within 200 ms of `stop`.
+        neighbour::watch(
+            out.to_string(),
+            watched,
+            Arc::clone(&next_hop),
+            Arc::clone(stop),
+        )?;
     }
     let queues = rx_queues(out)? as usize;
     let mut senders: Vec<Box<dyn Sender>> = Vec::new();
@@ -154,9 +169,13 @@ fn xsk_senders(
                     .ok_or_else(|| anyhow!("--send xdp: no TX ring on {out} queue {w}"))?
             }
         };
-        senders.push(Box::new(XskSender::new(parts, src_mac, next_hop.clone())));
+        senders.push(Box::new(XskSender::new(
+            parts,
+            src_mac,
+            Arc::clone(&next_hop),
+        )));
     }
-    tracing::info!(out, workers, ?next_hop, "AF_XDP senders ready");
+    tracing::info!(out, workers, next_hop = ?next_hop.snapshot(), "AF_XDP senders ready");
     Ok((senders, umems))
 }
 
@@ -205,7 +224,12 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
         Some(r) => Some(record::start(&r.path, r.rotate_bytes)?),
         None => None,
     };
-    let workers = build_workers(&plan, &mut sources, recorder.as_ref().map(|(tap, _)| tap))?;
+    let workers = build_workers(
+        &plan,
+        &mut sources,
+        recorder.as_ref().map(|(tap, _)| tap),
+        &stop,
+    )?;
     // The workers hold the only taps now: the recorder ends with them.
     let recorder = recorder.map(|(_, r)| r);
     if let Some(x) = sources.xdp.as_mut() {
@@ -378,6 +402,7 @@ fn build_workers(
     plan: &Settings,
     sources: &mut Sources,
     record: Option<&record::RecordTap>,
+    stop: &Arc<AtomicBool>,
 ) -> Result<Vec<Worker>> {
     let epoch = Instant::now();
     let count = sources.ends.len();
@@ -385,7 +410,7 @@ fn build_workers(
     let mut xsk = match &plan.send {
         SendPlan::Xdp { out, .. } => {
             let shared = std::mem::take(&mut sources.shared_tx);
-            let (senders, umems) = xsk_senders(&plan.config, out, count, shared)?;
+            let (senders, umems) = xsk_senders(&plan.config, out, count, shared, stop)?;
             reserved += umems;
             senders.into_iter().map(Some).collect()
         }
