@@ -12,7 +12,7 @@
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use tcpcopy_common::{
@@ -36,6 +36,11 @@ static RECORDS3: RingBuf = RingBuf::with_byte_size(RECORD_RING_BYTES, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ctr::COUNT, 0);
+
+/// Rare events already logged (aya-log): one line the first time.
+#[map]
+static LOGGED: Array<u32> = Array::with_max_entries(1, 0);
+const LOG_RING_FULL: u32 = 0;
 
 #[inline(always)]
 fn bump(index: u32) {
@@ -90,6 +95,12 @@ fn export(ctx: &XdpContext, ip: &[u8; 20], tcp: &[u8; 20], tcp_off: usize, doff:
     };
     let Some(mut entry) = ring.reserve::<ResponseRecord>(0) else {
         bump(ctr::RING_FULL);
+        if xdp::first_time(&LOGGED, LOG_RING_FULL) {
+            aya_log_ebpf::warn!(
+                ctx,
+                "a record ring is full: intercept falls behind; records are lost from here on (the responses are still dropped), counted as ring_full"
+            );
+        }
         return;
     };
     let mut rec = ResponseRecord { bytes: [0u8; 64] };

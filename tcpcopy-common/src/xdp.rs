@@ -4,7 +4,10 @@
 //! verifier sees the same straight-line code as if each program had its
 //! own copy.
 
-use aya_ebpf::{maps::PerCpuArray, programs::XdpContext};
+use aya_ebpf::{
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -29,6 +32,25 @@ pub fn bump(counters: &PerCpuArray<u64>, index: u32) {
     if let Some(slot) = counters.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot; nothing else on this CPU runs meanwhile.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Whether event `which` happens for the first time (then marked): a
+/// rare event gets one log line, the counters count the rest. Two CPUs
+/// may both see a first time: a second line, no harm.
+#[inline(always)]
+pub fn first_time(logged: &Array<u32>, which: u32) -> bool {
+    match logged.get_ptr_mut(which) {
+        // SAFETY: a slot of an array map, written only here.
+        Some(slot) => unsafe {
+            if core::ptr::read_volatile(slot) == 0 {
+                core::ptr::write_volatile(slot, 1);
+                true
+            } else {
+                false
+            }
+        },
+        None => false,
     }
 }
 

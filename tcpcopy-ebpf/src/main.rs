@@ -19,7 +19,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::bpf_xdp_load_bytes,
     macros::{map, xdp},
-    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, RingBuf, XskMap},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf, XskMap},
     programs::XdpContext,
 };
 use tcpcopy_common::{
@@ -58,6 +58,13 @@ static SOURCES: HashMap<PortKey, u8> = HashMap::with_max_entries(256, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ctr::COUNT, 0);
+
+/// Rare events already logged (aya-log; user space routes the lines into
+/// its log): one line the first time, the counters after.
+#[map]
+static LOGGED: Array<u32> = Array::with_max_entries(2, 0);
+const LOG_RING_FULL: u32 = 0;
+const LOG_TOO_BIG: u32 = 1;
 
 #[map]
 static XSKS: XskMap = XskMap::with_max_entries(64, 0);
@@ -198,6 +205,14 @@ fn tap(ctx: &XdpContext, m: &Matched) {
     };
     if len == 0 || len > TAP_COPY_MAX {
         bump(ctr::TOO_BIG);
+        if xdp::first_time(&LOGGED, LOG_TOO_BIG) {
+            aya_log_ebpf::warn!(
+                ctx,
+                "a matched frame of {} bytes is larger than a tap record ({} bytes): not copied, counted as too_big (GSO/GRO super-packets on generic XDP?)",
+                len,
+                TAP_COPY_MAX
+            );
+        }
         return;
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -265,6 +280,13 @@ fn tap(ctx: &XdpContext, m: &Matched) {
         bump(ctr::TAPPED);
     } else {
         bump(ctr::RING_FULL);
+        if xdp::first_time(&LOGGED, LOG_RING_FULL) {
+            aya_log_ebpf::warn!(
+                ctx,
+                "tap ring {} is full: its worker falls behind; segments are lost from here on, counted as kernel ring_full (a larger --tap-ring-mb absorbs longer bursts)",
+                ring
+            );
+        }
     }
 }
 

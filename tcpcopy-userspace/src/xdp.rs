@@ -2,7 +2,9 @@
 //! a guard: dropping an [`AttachedXdp`] detaches every attachment it made
 //! (Ctrl-C, SIGTERM, errors and panics all end in a drop). Attachments are
 //! made through bpf_link where the kernel has it, so even a SIGKILLed
-//! process leaves no program behind.
+//! process leaves no program behind. The programs' rare-event log lines
+//! (aya-log) are passed into the process's `tracing` log by
+//! [`AttachedXdp::flush_log`].
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
@@ -48,6 +50,26 @@ pub struct AttachedXdp {
     ebpf: Ebpf,
     program: &'static str,
     ifaces: Vec<String>,
+    /// The program's aya-log lines (rare events), read by [`AttachedXdp::flush_log`].
+    log: Option<std::sync::Mutex<aya_log::EbpfLogger<ToTracing>>>,
+}
+
+/// aya-log's records into this process's `tracing` log.
+pub struct ToTracing;
+
+impl log::Log for ToTracing {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record) {
+        match r.level() {
+            log::Level::Error => tracing::error!(target: "ebpf", "{}", r.args()),
+            log::Level::Warn => tracing::warn!(target: "ebpf", "{}", r.args()),
+            log::Level::Info => tracing::info!(target: "ebpf", "{}", r.args()),
+            _ => tracing::debug!(target: "ebpf", "{}", r.args()),
+        }
+    }
+    fn flush(&self) {}
 }
 
 impl AttachedXdp {
@@ -91,10 +113,14 @@ impl AttachedXdp {
             .try_into()?;
         prog.load()
             .with_context(|| format!("loading XDP program {program} (verifier)"))?;
+        let log = aya_log::EbpfLogger::init_with_logger(&mut ebpf, ToTracing)
+            .ok()
+            .map(std::sync::Mutex::new);
         let mut attached = AttachedXdp {
             ebpf,
             program,
             ifaces: Vec::new(),
+            log,
         };
         for iface in ifaces {
             attached.attach(iface, mode)?;
@@ -114,6 +140,13 @@ impl AttachedXdp {
         tracing::info!(iface, ?mode, program = self.program, "XDP program attached");
         self.ifaces.push(iface.to_string());
         Ok(())
+    }
+
+    /// Pass the program's log lines (aya-log) to the process log.
+    pub fn flush_log(&self) {
+        if let Some(l) = &self.log {
+            l.lock().unwrap_or_else(|e| e.into_inner()).flush();
+        }
     }
 
     pub fn ifaces(&self) -> &[String] {

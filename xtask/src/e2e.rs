@@ -711,6 +711,13 @@ fn metrics_add_up_and_name_a_forced_drop() -> Result<()> {
         "the summary must say it: {}",
         in_words(&log)
     );
+    // And the XDP program said it once, through aya-log into the log.
+    let said = log.matches("is full: its worker falls behind").count();
+    println!("    the XDP program's log line about the full ring: {said} time(s)");
+    ensure!(
+        (1..=2).contains(&said),
+        "the XDP program should log the first ring-full once (per racing CPU), not {said} times"
+    );
     Ok(())
 }
 

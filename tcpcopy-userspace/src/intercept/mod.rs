@@ -230,6 +230,7 @@ fn serve(
             next = next.min(next_publish);
         }
         server.turn(source, next.saturating_duration_since(now))?;
+        xdp.flush_log();
         if opts.metrics.is_some() && Instant::now() >= next_publish {
             let mut x = report(server, source, xdp).exposition(None);
             x.build_info("intercept");

@@ -522,6 +522,9 @@ fn supervise(
     let mut memory_warned = false;
     while !process::should_stop(stop) {
         std::thread::sleep(Duration::from_millis(50));
+        if let Some(x) = &sources.xdp {
+            x.flush_log();
+        }
         if running.any_finished() {
             break;
         }
