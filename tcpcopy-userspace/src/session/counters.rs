@@ -162,6 +162,9 @@ counters! {
     /// Lost to the memory limit (`-m`): segments of sessions refused while
     /// memory was short, and of sessions given up when it ran out.
     lost_memory_limit: Segments [loss "memory_limit" "memory limit (-m) reached"],
+    /// Lost with sessions given up (buffer full, timed out) while an
+    /// intercept was unreachable: an outage longer than the buffers.
+    lost_intercept_outage: Segments [loss "intercept_outage" "intercept unreachable"],
     // --- what was sent
     /// Packets sent to the target (forwarded + fabricated, not retransmissions).
     packets_sent: Packets,

@@ -122,6 +122,8 @@ pub struct Engine {
     memory: Pressure,
     /// Connections `-g` or `--max-session-rate` skipped, until they end.
     skipped: SkippedFlows,
+    /// An intercept is unreachable (set by the worker).
+    intercept_down: bool,
 }
 
 impl Engine {
@@ -211,6 +213,7 @@ impl Engine {
             released_flows: Vec::new(),
             memory: Pressure::None,
             skipped: SkippedFlows::default(),
+            intercept_down: false,
         }
     }
 
@@ -218,6 +221,12 @@ impl Engine {
     /// `Shed`, sessions that keep buffering are given up too.
     pub fn set_memory_pressure(&mut self, p: Pressure) {
         self.memory = p;
+    }
+
+    /// Whether an intercept is unreachable now: sessions given up
+    /// meanwhile are counted as `intercept_outage`.
+    pub fn set_intercept_down(&mut self, down: bool) {
+        self.intercept_down = down;
     }
 
     pub fn config(&self) -> &Config {
@@ -490,6 +499,7 @@ impl Engine {
                 packets: &mut self.packets,
                 routes: &mut self.routes,
                 shed: self.memory == Pressure::Shed,
+                intercept_down: self.intercept_down,
             },
             &mut self.sessions,
         )

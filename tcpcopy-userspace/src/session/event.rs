@@ -16,6 +16,9 @@ pub enum Loss {
     ClientReset,
     Shutdown,
     MemoryLimit,
+    /// Given up (buffer full, timed out) while an intercept was
+    /// unreachable: the target's answers could not come back.
+    InterceptOutage,
 }
 
 impl Loss {
@@ -27,7 +30,11 @@ impl Loss {
     pub fn drops_rest_of_flow(self) -> bool {
         matches!(
             self,
-            Loss::BufferFull | Loss::MemoryLimit | Loss::TargetRefused | Loss::HandshakeTimeout
+            Loss::BufferFull
+                | Loss::MemoryLimit
+                | Loss::TargetRefused
+                | Loss::HandshakeTimeout
+                | Loss::InterceptOutage
         )
     }
 }
@@ -166,6 +173,7 @@ impl Counters {
             Loss::ClientReset => &mut self.lost_client_reset,
             Loss::Shutdown => &mut self.lost_shutdown,
             Loss::MemoryLimit => &mut self.lost_memory_limit,
+            Loss::InterceptOutage => &mut self.lost_intercept_outage,
         }
     }
 }

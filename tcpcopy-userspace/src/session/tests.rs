@@ -1011,6 +1011,30 @@ fn session_buffer_is_bounded() {
     l.check_invariants();
 }
 
+/// While an intercept is unreachable, the target's answers cannot come
+/// back: a session whose buffer fills then is counted as lost to the
+/// intercept outage, not as "session buffer full" (issue #25).
+#[test]
+fn a_buffer_that_fills_during_an_intercept_outage_is_counted_as_the_outage() {
+    let mut l = Lab::new(Config {
+        max_buffered_segments: 100,
+        catch_up_segments: 0,
+        ..Lab::default_cfg()
+    });
+    handshake(&mut l);
+    l.e.set_intercept_down(true);
+    // Requests (each acknowledging a little more of an answer) pile up
+    // unanswered: no record comes through a dead intercept.
+    for i in 0..150u32 {
+        l.capture(P, ISN + 1 + i * 10, 777 + i, 0x18, b"0123456789");
+    }
+    let c = l.e.counters();
+    assert_eq!(c.lost_buffer_full, 0);
+    assert!(c.lost_intercept_outage > 0, "{c:#?}");
+    assert_eq!(c.obsolete, 1);
+    l.check_invariants();
+}
+
 /// The backlog is bounded in bytes too: large segments (GRO'd frames from
 /// AF_PACKET can be 64 KiB) reach the byte bound long before the count.
 #[test]

@@ -172,6 +172,7 @@ impl Worker {
                 }
             }
             self.engine.set_memory_pressure(crate::memory::pressure());
+            self.engine.set_intercept_down(self.channel.inactive() > 0);
             let engine = &mut self.engine;
             let record = self.record.as_ref();
             let got = if congested {

@@ -97,6 +97,15 @@ impl Session {
     /// side, linger.
     pub fn obsolete(&mut self, now: u64, reason: Loss, ctx: &mut Ctx) {
         ctx.note(Event::Obsolete);
+        // Without intercept the target's answers cannot come back: a
+        // session that filled its buffer or timed out meanwhile lost its
+        // data to the outage, not to its own size or a silent target.
+        let reason = match reason {
+            Loss::BufferFull | Loss::TimedOut | Loss::HandshakeTimeout if ctx.intercept_down => {
+                Loss::InterceptOutage
+            }
+            r => r,
+        };
         if self.has_target_connection() {
             self.send_rst(ctx);
         }

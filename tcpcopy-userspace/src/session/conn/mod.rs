@@ -78,6 +78,9 @@ pub struct Ctx<'a> {
     pub routes: &'a mut VecDeque<RouteMsg>,
     /// Memory ran out (`-m`): a session that keeps buffering is given up.
     pub shed: bool,
+    /// An intercept is unreachable: sessions given up now lost their data
+    /// to the outage (counted as `intercept_outage`).
+    pub intercept_down: bool,
 }
 
 impl Ctx<'_> {
