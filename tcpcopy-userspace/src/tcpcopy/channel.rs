@@ -1,11 +1,13 @@
 //! One worker's control channel (spec §3.1–3.2, 3.7): `-C` connections to
-//! every `-s` intercept, each opened with a blocking connect (failure is
-//! fatal at startup) and greeted with the version message. CLIENT_ADDs go
-//! to every live server, round-robin over its connections; response records
-//! are read without blocking. A connection that fails is closed; a server
-//! with none left is inactive until `reconnect`, which the worker calls on
-//! a [`Backoff`] (from 100 ms): a restarted intercept is back in use
-//! within a fraction of a second.
+//! every `-s` intercept, each opened with a blocking connect at start
+//! (failure is fatal there) and greeted with the version message.
+//! CLIENT_ADDs go to every live server, round-robin over its connections;
+//! response records are read without blocking. A connection that fails is
+//! closed; a server with none left is inactive until it is reconnected:
+//! the worker starts non-blocking connects on a [`Backoff`] (from 100 ms)
+//! and looks at them on every turn (`reconnect`), so an unreachable
+//! intercept never holds the worker's loop up, and a restarted one is back
+//! in use within a fraction of a second.
 
 use std::{
     io::{self, Read, Write},
@@ -29,6 +31,9 @@ struct Server {
     addr: SocketAddrV4,
     conns: Vec<Conn>,
     next: usize,
+    /// Non-blocking connects in progress (while the server is inactive),
+    /// and when they started.
+    pending: Vec<(socket2::Socket, Instant)>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -58,13 +63,20 @@ const READ_BUF: usize = 64 * 1024;
 
 /// How long the connect at start may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a reconnect may take: it runs in the worker's loop, which it
-/// holds up meanwhile (an intercept on the same LAN answers in well under
-/// a millisecond, or refuses at once while it restarts).
-const RECONNECT_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long a non-blocking reconnect may stay in progress before it is
+/// given up (and started again on the backoff).
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn open(addr: SocketAddrV4, framing: Framing, timeout: Duration) -> io::Result<Conn> {
-    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?;
+    greet(
+        TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?,
+        framing,
+    )
+}
+
+/// A connected stream, greeted with the version message.
+fn greet(mut stream: TcpStream, framing: Framing) -> io::Result<Conn> {
+    stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
     stream.write_all(&RouteMsg::version().encode())?;
     stream.set_nonblocking(true)?;
@@ -87,6 +99,7 @@ impl Channel {
                 addr,
                 conns,
                 next: 0,
+                pending: Vec::new(),
             });
         }
         Ok(Channel {
@@ -221,28 +234,70 @@ impl Channel {
         self.servers.len() - self.active()
     }
 
-    /// Re-open the connections of inactive servers; returns the indices of
-    /// those that are back (a restarted intercept knows no routes: the
-    /// caller announces its sessions' again with [`Channel::queue_route_to`]).
+    /// Whether connects are in progress (to be looked at by `reconnect`).
+    pub fn reconnecting(&self) -> bool {
+        self.servers.iter().any(|s| !s.pending.is_empty())
+    }
+
+    /// Start non-blocking connects to every inactive server that has none
+    /// in progress (the worker calls this on its backoff).
+    pub fn start_reconnects(&mut self) {
+        for s in &mut self.servers {
+            if !s.conns.is_empty() || !s.pending.is_empty() {
+                continue;
+            }
+            for _ in 0..self.per_server {
+                match start_connect(s.addr) {
+                    Ok(sock) => s.pending.push((sock, Instant::now())),
+                    Err(e) => {
+                        tracing::debug!(addr = %s.addr, error = %e, "intercept still unreachable")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Look at the connects in progress (without waiting): the servers
+    /// that have a connection again are returned by index (a restarted
+    /// intercept knows no routes: the caller announces its sessions' again
+    /// with [`Channel::queue_route_to`]). Failed or overdue connects are
+    /// dropped.
     pub fn reconnect(&mut self) -> Vec<usize> {
         let mut back = Vec::new();
         for (i, s) in self.servers.iter_mut().enumerate() {
-            if !s.conns.is_empty() {
+            if s.pending.is_empty() {
                 continue;
             }
-            match (0..self.per_server)
-                .map(|_| open(s.addr, self.framing, RECONNECT_TIMEOUT))
-                .collect::<io::Result<Vec<_>>>()
-            {
-                Ok(conns) => {
-                    tracing::info!(addr = %s.addr, "reconnected to intercept");
-                    s.conns = conns;
-                    self.generation += 1;
+            let addr = s.addr;
+            let framing = self.framing;
+            let mut conns = Vec::new();
+            s.pending
+                .retain(|(sock, started)| match connect_state(sock) {
+                    Connecting::Done => {
+                        match sock
+                            .try_clone()
+                            .and_then(|c| greet(TcpStream::from(c), framing))
+                        {
+                            Ok(conn) => conns.push(conn),
+                            Err(e) => {
+                                tracing::debug!(%addr, error = %e, "greeting intercept failed")
+                            }
+                        }
+                        false
+                    }
+                    Connecting::InProgress => started.elapsed() < RECONNECT_TIMEOUT,
+                    Connecting::Failed(e) => {
+                        tracing::debug!(%addr, error = %e, "intercept still unreachable");
+                        false
+                    }
+                });
+            if !conns.is_empty() {
+                if s.conns.is_empty() {
+                    tracing::info!(%addr, "reconnected to intercept");
                     back.push(i);
                 }
-                Err(e) => {
-                    tracing::debug!(addr = %s.addr, error = %e, "intercept still unreachable")
-                }
+                s.conns.extend(conns);
+                self.generation += 1;
             }
         }
         back
@@ -260,6 +315,42 @@ impl Channel {
         s.next = s.next.wrapping_add(1);
         s.conns[i].out.extend_from_slice(&msg.encode());
         self.stats.routes_sent += 1;
+    }
+}
+
+/// A non-blocking connect to `addr`, in progress.
+fn start_connect(addr: SocketAddrV4) -> io::Result<socket2::Socket> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.set_nonblocking(true)?;
+    match sock.connect(&SocketAddr::V4(addr).into()) {
+        Ok(()) => Ok(sock),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(sock),
+        Err(e) => Err(e),
+    }
+}
+
+enum Connecting {
+    Done,
+    InProgress,
+    Failed(io::Error),
+}
+
+/// Where a non-blocking connect stands, without waiting.
+fn connect_state(sock: &socket2::Socket) -> Connecting {
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if n == 0 {
+        return Connecting::InProgress;
+    }
+    match sock.take_error() {
+        Ok(None) if n > 0 && pfd.revents & libc::POLLOUT != 0 => Connecting::Done,
+        Ok(None) => Connecting::Failed(io::Error::other("connect failed")),
+        Ok(Some(e)) | Err(e) => Connecting::Failed(e),
     }
 }
 
@@ -301,8 +392,37 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
-    use super::Backoff;
-    use std::time::{Duration, Instant};
+    use super::*;
+
+    /// Poll a connect in progress until it settles (at most 2 s).
+    fn settle(sock: &socket2::Socket) -> Connecting {
+        let start = Instant::now();
+        loop {
+            match connect_state(sock) {
+                Connecting::InProgress if start.elapsed() < Duration::from_secs(2) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn reconnects_never_wait_and_tell_done_from_refused() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let started = Instant::now();
+        let sock = start_connect(addr).unwrap();
+        assert!(started.elapsed() < Duration::from_millis(50), "no waiting");
+        assert!(matches!(settle(&sock), Connecting::Done));
+        drop(listener);
+        match start_connect(addr) {
+            Ok(sock) => assert!(matches!(settle(&sock), Connecting::Failed(_))),
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused),
+        }
+    }
 
     #[test]
     fn retries_start_soon_and_back_off_to_a_cap() {

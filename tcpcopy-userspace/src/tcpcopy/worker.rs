@@ -199,6 +199,10 @@ impl Worker {
                 self.reconnect(b);
             } else {
                 backoff = None;
+                if self.channel.reconnecting() {
+                    // The rest of a server's connections, still connecting.
+                    self.channel.reconnect();
+                }
             }
             if last_release.elapsed() >= RELEASE_FLOWS_EVERY {
                 let engine = &self.engine;
@@ -227,21 +231,24 @@ impl Worker {
         Ok(())
     }
 
-    /// Try the intercepts that are down, when the backoff says; one that
-    /// is back learns every live session's route again, and requests in
-    /// flight go again so the target's answers come through it.
+    /// Look after the intercepts that are down: connects in progress are
+    /// checked on every turn (never waited for), new ones started when the
+    /// backoff says. One that is back learns every live session's route
+    /// again, and requests in flight go again so the target's answers come
+    /// through it.
     fn reconnect(&mut self, backoff: &mut Backoff) {
-        if !backoff.due(Instant::now()) {
-            return;
-        }
         let back = self.channel.reconnect();
-        if back.is_empty() && backoff.is_first() {
-            // Once per outage: the retries that follow log at debug level.
-            tracing::warn!(
-                worker = self.id,
-                "intercept unreachable: trying again every {} ms or sooner",
-                Backoff::MAX.as_millis()
-            );
+        if backoff.due(Instant::now()) {
+            if back.is_empty() && backoff.is_first() {
+                // Once per outage: the retries that follow log at debug level.
+                tracing::warn!(
+                    worker = self.id,
+                    "intercept unreachable: trying again every {} ms or sooner",
+                    Backoff::MAX.as_millis()
+                );
+            }
+            self.channel.start_reconnects();
+            backoff.failed(Instant::now());
         }
         if !back.is_empty() {
             let now = self.now();
@@ -262,7 +269,6 @@ impl Worker {
             );
             self.flush_outputs();
         }
-        backoff.failed(Instant::now());
     }
 
     /// Route messages before the packets they announce (spec §3.2): all
