@@ -1035,6 +1035,25 @@ fn a_buffer_that_fills_during_an_intercept_outage_is_counted_as_the_outage() {
     l.check_invariants();
 }
 
+/// A short connection whose client closes with a FIN and then a RST
+/// before the replay's answer comes (wrk with `Connection: close`): when
+/// the target answers and closes too, nothing captured is lost.
+#[test]
+fn a_client_rst_after_its_fin_is_not_lost_when_the_target_closes_too() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    l.capture(P, ISN + 1, 777, 0x18, b"GET /\n");
+    // The client had the answer (100 bytes and the FIN) before it closed.
+    l.capture(P, ISN + 7, 878, 0x11, &[]);
+    l.capture(P, ISN + 8, 878, 0x14, &[]);
+    l.respond(key, TISN + 1, ISN + 7, 0x19, 100, None);
+    l.advance(1_000);
+    let c = l.e.counters();
+    assert_eq!(c.lost(), 0, "{c:#?}");
+    assert_eq!(c.requests_replayed, 1);
+    l.check_invariants();
+}
+
 /// The backlog is bounded in bytes too: large segments (GRO'd frames from
 /// AF_PACKET can be 64 KiB) reach the byte bound long before the count.
 #[test]

@@ -131,7 +131,13 @@ impl Session {
 
     /// Count everything captured but never sent under `reason`.
     pub(super) fn abandon(&mut self, reason: Loss, ctx: &mut Ctx) {
-        ctx.note(Event::Lost(reason, self.buffered()));
+        let lost = self.buffered();
+        if lost > 0 && reason != Loss::Shutdown {
+            tracing::debug!(client = ?self.client, ?reason, lost, phase = ?self.phase,
+                stream = ?self.stream, close = ?self.close, pacing = ?self.pacing,
+                held_ack = self.handshake.held_ack.is_some(), "giving up captured segments");
+        }
+        ctx.note(Event::Lost(reason, lost));
         self.stream.clear_pending();
         self.close.rst = None;
         self.handshake.held_ack = None;
