@@ -1,5 +1,6 @@
 //! `tcpcopy --check`: the preflight checklist (see [`crate::preflight`])
-//! for a tcpcopy run, then a probe of the whole loop, which the C tool's
+//! for a tcpcopy run (with `--send xdp`, each target's next hop resolved
+//! as the senders will), then a probe of the whole loop, which the C tool's
 //! README leaves to a long manual diagnosis: one fabricated connection
 //! from a replay client address to each target, sent through the replay
 //! path (routes to intercept first, then the SYN), and intercept's report
@@ -17,7 +18,7 @@ use anyhow::Result;
 use super::{
     channel::Channel,
     load_capture_program,
-    options::{CaptureMode, Settings, Source},
+    options::{CaptureMode, SendPlan, Settings, Source},
 };
 use crate::{
     preflight::{self, Checklist},
@@ -59,6 +60,23 @@ pub fn run(plan: &Settings, probe_from: Option<Ipv4Addr>) -> Result<()> {
         match preflight::route_to(ip) {
             Ok(src) => list.ok(format!("target {ip}:{port}: routed, from {src}")),
             Err(e) => list.fail(format!("target {ip}:{port}: no route ({e})")),
+        }
+    }
+    if let SendPlan::Xdp { out, .. } = &plan.send {
+        for t in &plan.config.transfers {
+            match t.dst_mac {
+                Some(mac) => list.ok(format!(
+                    "--send xdp: {} by its given MAC {mac:02x?}",
+                    t.dst_ip
+                )),
+                None => match crate::send::neighbour::resolve(out, t.dst_ip) {
+                    Ok(mac) => list.ok(format!(
+                        "--send xdp: the next hop toward {} out of {out} answers, MAC {mac:02x?}",
+                        t.dst_ip
+                    )),
+                    Err(e) => list.fail(format!("{e:#}")),
+                },
+            }
         }
     }
     let channel = match Channel::connect(&plan.servers, 1, Framing::Combined) {
