@@ -20,6 +20,60 @@ use std::{
 
 use anyhow::{Context, Result};
 
+/// The options both programs share, with the same letters and meanings:
+/// logging, statistics and metrics, daemon, pid file, version, `--check`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonOptions {
+    /// Log file (appended) [default: stderr]
+    #[arg(
+        short = 'l',
+        long = "log",
+        value_name = "FILE",
+        help_heading = "Output and metrics"
+    )]
+    pub log_file: Option<PathBuf>,
+    /// Seconds between statistics lines
+    #[arg(
+        long = "stats-interval",
+        value_name = "SECONDS",
+        default_value_t = 30,
+        help_heading = "Output and metrics"
+    )]
+    pub stats_interval: u64,
+    /// Serve Prometheus metrics on this address (GET /metrics)
+    #[arg(
+        long = "metrics",
+        value_name = "ADDR:PORT",
+        help_heading = "Output and metrics"
+    )]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Run as a daemon, once start-up has succeeded (the shell gets its
+    /// exit status)
+    #[arg(short = 'd', long = "daemon", help_heading = "Process")]
+    pub daemon: bool,
+    /// Write the process id to this file (removed at exit)
+    #[arg(
+        short = 'P',
+        long = "pid-file",
+        value_name = "FILE",
+        help_heading = "Process"
+    )]
+    pub pid_file: Option<PathBuf>,
+    /// Print the version and exit
+    #[arg(short = 'v', long = "version", help_heading = "Process")]
+    pub version: bool,
+    /// Check what this run needs (kernel, privileges, interfaces, the
+    /// eBPF program, routes; tcpcopy: intercept and a probe of the loop;
+    /// intercept: the control port, forwarding off), print a checklist
+    /// and exit (1 if a check failed)
+    #[arg(long = "check", help_heading = "Process")]
+    pub check: bool,
+    /// Write a man page or a shell completion script to stdout (for
+    /// packaging)
+    #[arg(long = "generate", value_enum, value_name = "WHAT", hide = true)]
+    pub generate: Option<crate::docs::Generate>,
+}
+
 /// Set once tracing writes to a `-l` file rather than stderr.
 static LOGS_TO_FILE: AtomicBool = AtomicBool::new(false);
 
@@ -179,16 +233,12 @@ pub fn shutdown_flag() -> Result<Arc<AtomicBool>> {
 
 /// The common start of both programs: daemonize (`-d`), log to `-l` or
 /// stderr, write the `-P` pid file, install the shutdown signals.
-pub fn start(
-    daemon: bool,
-    log_file: Option<&Path>,
-    pid_file: Option<&Path>,
-) -> Result<(Option<PidFile>, Arc<AtomicBool>)> {
-    if daemon {
+pub fn start(opts: &CommonOptions) -> Result<(Option<PidFile>, Arc<AtomicBool>)> {
+    if opts.daemon {
         daemonize()?;
     }
-    init_logging(log_file)?;
-    let pid = pid_file.map(PidFile::create).transpose()?;
+    init_logging(opts.log_file.as_deref())?;
+    let pid = opts.pid_file.as_deref().map(PidFile::create).transpose()?;
     Ok((pid, shutdown_flag()?))
 }
 

@@ -135,18 +135,7 @@ fn build() -> Result<()> {
     for (ns, dev, addr) in addrs {
         in_ns(ns, &format!("ip addr add {addr} dev {dev}"))?;
     }
-    for (ns, dev) in [
-        (CLIENT, "cli0"),
-        (ONLINE, "onl0"),
-        (ONLINE, "onl1"),
-        (ONLINE, "onl2"),
-        (ONLINE, "onl3"),
-        (TARGET, "tgt0"),
-        (TARGET, "tgt1"),
-        (ASSISTANT, "ast0"),
-        (ASSISTANT, "ast1"),
-        (MIRROR, "mir0"),
-    ] {
+    for (ns, dev) in LINKS {
         in_ns(ns, &format!("ip link set {dev} up"))?;
     }
     // Wire-sized segments between client and online, as a real NIC shows
@@ -193,23 +182,25 @@ fn build() -> Result<()> {
     start_servers()
 }
 
+/// Every veth end of the lab, by namespace.
+const LINKS: [(&str, &str); 10] = [
+    (CLIENT, "cli0"),
+    (ONLINE, "onl0"),
+    (ONLINE, "onl1"),
+    (ONLINE, "onl2"),
+    (ONLINE, "onl3"),
+    (TARGET, "tgt0"),
+    (TARGET, "tgt1"),
+    (ASSISTANT, "ast0"),
+    (ASSISTANT, "ast1"),
+    (MIRROR, "mir0"),
+];
+
 /// Every lab link reports carrier (operstate up: a veth takes a moment
 /// after `ip link set up`), so a test starting right away finds them up.
 fn wait_for_carrier() -> Result<()> {
-    let links = [
-        (CLIENT, "cli0"),
-        (ONLINE, "onl0"),
-        (ONLINE, "onl1"),
-        (ONLINE, "onl2"),
-        (ONLINE, "onl3"),
-        (TARGET, "tgt0"),
-        (TARGET, "tgt1"),
-        (ASSISTANT, "ast0"),
-        (ASSISTANT, "ast1"),
-        (MIRROR, "mir0"),
-    ];
     for _ in 0..50 {
-        let up = links.iter().all(|(ns, dev)| {
+        let up = LINKS.iter().all(|(ns, dev)| {
             crate::util::output(&format!(
                 "ip netns exec {ns} cat /sys/class/net/{dev}/operstate"
             ))

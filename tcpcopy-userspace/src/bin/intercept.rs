@@ -5,7 +5,7 @@ use tcpcopy::intercept::{run, InterceptOptions};
 
 fn main() {
     let opts = InterceptOptions::parse();
-    if let Some(what) = opts.generate {
+    if let Some(what) = opts.common.generate {
         use clap::CommandFactory;
         if let Err(e) = tcpcopy::docs::generate(InterceptOptions::command(), what) {
             eprintln!("{e:#}");
@@ -13,7 +13,7 @@ fn main() {
         }
         return;
     }
-    if opts.version {
+    if opts.common.version {
         println!(
             "intercept version:{} (protocol {})",
             env!("CARGO_PKG_VERSION"),

@@ -9,7 +9,7 @@ static HEAP: tcpcopy::memory::CountingAlloc = tcpcopy::memory::CountingAlloc;
 
 fn main() {
     let opts = TcpcopyOptions::parse();
-    if let Some(what) = opts.generate {
+    if let Some(what) = opts.common.generate {
         use clap::CommandFactory;
         if let Err(e) = tcpcopy::docs::generate(TcpcopyOptions::command(), what) {
             eprintln!("{e:#}");
@@ -17,7 +17,7 @@ fn main() {
         }
         return;
     }
-    if opts.version {
+    if opts.common.version {
         println!(
             "tcpcopy version:{} (protocol {})",
             env!("CARGO_PKG_VERSION"),

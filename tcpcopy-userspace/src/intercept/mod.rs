@@ -138,7 +138,7 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
         );
     };
     let clauses = parse_filter(filter)?;
-    if opts.check {
+    if opts.common.check {
         return check(&opts, &clauses);
     }
     if opts.ifaces.is_empty() {
@@ -149,11 +149,7 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
             bail!("-i {i}: no such network interface on this host");
         }
     }
-    let (_pid, stop) = process::start(
-        opts.daemon,
-        opts.log_file.as_deref(),
-        opts.pid_file.as_deref(),
-    )?;
+    let (_pid, stop) = process::start(&opts.common)?;
     tracing::info!(
         "intercept version:{} protocol:{}",
         env!("CARGO_PKG_VERSION"),
@@ -211,14 +207,14 @@ fn serve(
     xdp: &AttachedXdp,
 ) -> Result<()> {
     let published = Arc::new(Mutex::new(String::new()));
-    if let Some(addr) = opts.metrics {
+    if let Some(addr) = opts.common.metrics {
         let published = Arc::clone(&published);
         crate::metrics::serve(addr, move || {
             published.lock().unwrap_or_else(|e| e.into_inner()).clone()
         })?;
     }
     let mut next_publish = Instant::now();
-    let interval = Duration::from_secs(opts.stats_interval.max(1));
+    let interval = Duration::from_secs(opts.common.stats_interval.max(1));
     let mut next_stats = Instant::now() + interval;
     while !process::should_stop(stop) {
         // Sleep until a record, a peer or the next periodic task: the ring
@@ -226,12 +222,12 @@ fn serve(
         // intercept costs a wakeup per HOUSEKEEPING, not per millisecond.
         let now = Instant::now();
         let mut next = (now + HOUSEKEEPING).min(next_stats);
-        if opts.metrics.is_some() {
+        if opts.common.metrics.is_some() {
             next = next.min(next_publish);
         }
         server.turn(source, next.saturating_duration_since(now))?;
         xdp.flush_log();
-        if opts.metrics.is_some() && Instant::now() >= next_publish {
+        if opts.common.metrics.is_some() && Instant::now() >= next_publish {
             let mut x = report(server, source, xdp).exposition(None);
             x.build_info("intercept");
             let text = x.render();

@@ -2,7 +2,7 @@
 //! names, plus `--xdp-mode`, `--bare` and `--allow`; and the `-F` filter,
 //! a subset of pcap syntax that an XDP map can express.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::net::Ipv4Addr;
 
 use clap::Parser;
 use thiserror::Error;
@@ -92,53 +92,8 @@ pub struct InterceptOptions {
     /// beyond it
     #[arg(long = "routes", value_name = "N", default_value_t = 1 << 20, help_heading = "Limits")]
     pub max_routes: usize,
-    /// Log file (appended) [default: stderr]
-    #[arg(
-        short = 'l',
-        long = "log",
-        value_name = "FILE",
-        help_heading = "Output and metrics"
-    )]
-    pub log_file: Option<PathBuf>,
-    /// Seconds between statistics lines
-    #[arg(
-        long = "stats-interval",
-        value_name = "SECONDS",
-        default_value_t = 30,
-        help_heading = "Output and metrics"
-    )]
-    pub stats_interval: u64,
-    /// Serve Prometheus metrics on this address (GET /metrics)
-    #[arg(
-        long = "metrics",
-        value_name = "ADDR:PORT",
-        help_heading = "Output and metrics"
-    )]
-    pub metrics: Option<std::net::SocketAddr>,
-    /// Run as a daemon, once start-up has succeeded (the shell gets its
-    /// exit status)
-    #[arg(short = 'd', long = "daemon", help_heading = "Process")]
-    pub daemon: bool,
-    /// Write the process id to this file (removed at exit)
-    #[arg(
-        short = 'P',
-        long = "pid-file",
-        value_name = "FILE",
-        help_heading = "Process"
-    )]
-    pub pid_file: Option<PathBuf>,
-    /// Print the version and exit
-    #[arg(short = 'v', long = "version", help_heading = "Process")]
-    pub version: bool,
-    /// Check what this run needs (kernel, privileges, interfaces, the
-    /// eBPF program, the control port, forwarding off), print a checklist
-    /// and exit (1 if a check failed)
-    #[arg(long = "check", help_heading = "Process")]
-    pub check: bool,
-    /// Write a man page or a shell completion script to stdout (for
-    /// packaging)
-    #[arg(long = "generate", value_enum, value_name = "WHAT", hide = true)]
-    pub generate: Option<crate::docs::Generate>,
+    #[command(flatten)]
+    pub common: crate::process::CommonOptions,
 }
 
 /// `--allow`'s value parser.

@@ -159,14 +159,7 @@ fn probe_loop(list: &mut Checklist, plan: &Settings, mut channel: Channel, clien
     let mut records: Vec<ResponseRecord> = Vec::new();
     let deadline = Instant::now() + PROBE_WAIT;
     while Instant::now() < deadline {
-        while let Some(r) = engine.poll_route() {
-            channel.queue_route(&r);
-        }
-        channel.flush();
-        while let Some(p) = engine.poll_transmit() {
-            let _ = sender.send(&p);
-        }
-        sender.flush();
+        send_outputs(&mut engine, &mut channel, &mut sender);
         records.clear();
         channel.poll_records(&mut records);
         for r in &records {
@@ -213,6 +206,11 @@ fn probe_loop(list: &mut Checklist, plan: &Settings, mut channel: Channel, clien
         }
     }
     engine.shutdown();
+    send_outputs(&mut engine, &mut channel, &mut sender);
+}
+
+/// What the engine queued: routes to intercept first, then the packets.
+fn send_outputs(engine: &mut Engine, channel: &mut Channel, sender: &mut RawSender) {
     while let Some(r) = engine.poll_route() {
         channel.queue_route(&r);
     }

@@ -199,15 +199,11 @@ struct Sources {
 /// Run tcpcopy until SIGINT/SIGTERM/SIGHUP or a fatal worker error.
 pub fn run(opts: TcpcopyOptions) -> Result<()> {
     let plan = opts.settings()?;
-    if opts.check {
+    if opts.common.check {
         return check::run(&plan, opts.check_from);
     }
     plan.check_interfaces()?;
-    let (_pid, stop) = process::start(
-        opts.daemon,
-        opts.log_file.as_deref(),
-        opts.pid_file.as_deref(),
-    )?;
+    let (_pid, stop) = process::start(&opts.common)?;
     tracing::info!(
         "tcpcopy version:{} protocol:{} target:{} source:{:?} workers:{} intercept:{:?}",
         env!("CARGO_PKG_VERSION"),

@@ -376,61 +376,13 @@ pub struct TcpcopyOptions {
     )]
     pub record_size: Option<u64>,
 
-    // --- Output and metrics
-    /// Log file (appended) [default: stderr]
-    #[arg(
-        short = 'l',
-        long = "log",
-        value_name = "FILE",
-        help_heading = "Output and metrics"
-    )]
-    pub log_file: Option<PathBuf>,
-    /// Seconds between statistics lines
-    #[arg(
-        long = "stats-interval",
-        value_name = "SECONDS",
-        default_value_t = 30,
-        help_heading = "Output and metrics"
-    )]
-    pub stats_interval: u64,
-    /// Serve Prometheus metrics on this address (GET /metrics)
-    #[arg(
-        long = "metrics",
-        value_name = "ADDR:PORT",
-        help_heading = "Output and metrics"
-    )]
-    pub metrics: Option<std::net::SocketAddr>,
-
-    // --- Process
+    // --- Output and metrics, process (shared with intercept)
+    #[command(flatten)]
+    pub common: crate::process::CommonOptions,
     /// Keep running when every intercept connection is lost (each intercept
     /// is tried again on a backoff from 100 ms to 500 ms)
     #[arg(short = 'L', long = "lonely", help_heading = "Process")]
     pub lonely: bool,
-    /// Run as a daemon, once start-up has succeeded (the shell gets its
-    /// exit status)
-    #[arg(short = 'd', long = "daemon", help_heading = "Process")]
-    pub daemon: bool,
-    /// Write the process id to this file (removed at exit)
-    #[arg(
-        short = 'P',
-        long = "pid-file",
-        value_name = "FILE",
-        help_heading = "Process"
-    )]
-    pub pid_file: Option<PathBuf>,
-    /// Print the version and exit
-    #[arg(short = 'v', long = "version", help_heading = "Process")]
-    pub version: bool,
-    /// Check what this run needs (kernel, privileges, interfaces, the
-    /// eBPF program, routes, intercept), probe the loop with one
-    /// fabricated connection to each target, print a checklist and exit
-    /// (1 if a check failed)
-    #[arg(long = "check", help_heading = "Process")]
-    pub check: bool,
-    /// Write a man page or a shell completion script to stdout (for
-    /// packaging)
-    #[arg(long = "generate", value_enum, value_name = "WHAT", hide = true)]
-    pub generate: Option<crate::docs::Generate>,
     /// --check: the client address the loop probe comes from (one the
     /// target routes to the assistant) [default: the first -c address]
     #[arg(
@@ -581,8 +533,8 @@ impl TcpcopyOptions {
             }),
             memory_limit: self.memory_mb.map(|mb| mb << 20),
             lonely: self.lonely,
-            stats_interval: std::time::Duration::from_secs(self.stats_interval.max(1)),
-            metrics: self.metrics,
+            stats_interval: std::time::Duration::from_secs(self.common.stats_interval.max(1)),
+            metrics: self.common.metrics,
         })
     }
 
