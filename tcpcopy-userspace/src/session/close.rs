@@ -53,6 +53,13 @@ impl CloseState {
         }
     }
 
+    /// Has the target sent more response than the client had received
+    /// when it acknowledged `ack` (its answer to what followed has begun)?
+    pub fn answer_began(&self, ack: u32, rcv_nxt: SeqNumber) -> bool {
+        self.anchor
+            .is_some_and(|a| rcv_nxt.since(a.target_rcv_nxt) > SeqNumber(ack).since(a.captured_ack))
+    }
+
     /// Has the target sent as much response as the client had when it
     /// closed?
     pub fn close_answered(&self, rcv_nxt: SeqNumber) -> bool {

@@ -1,6 +1,6 @@
 //! The client's byte stream toward the target: what was captured (with
-//! its holes), what is sent, what the target acknowledged, and where the
-//! client's FIN lies. Positions are stream offsets (bytes after the
+//! its holes), what is sent, what the target acknowledged, what it has
+//! answered, and where the client's FIN lies. Positions are stream offsets (bytes after the
 //! client's ISN), so they never wrap; [`Stream::seq_at`] and
 //! [`Stream::offset_of`] translate to and from sequence numbers.
 
@@ -27,8 +27,16 @@ pub enum Captured {
     Duplicate,
 }
 
-/// What a target connection that went away left unacknowledged, put back
-/// to be sent on the next one.
+/// Acknowledged bytes kept, per session, until the target answers them
+/// (beyond this, the oldest are let go as if answered): enough for any
+/// ordinary request, bounded for a stream the target never answers.
+pub const UNANSWERED_MAX_BYTES: u64 = 64 * 1024;
+/// How many times the same unanswered data goes again on a new target
+/// connection.
+pub const MAX_REWINDS: u8 = 2;
+
+/// What a target connection that went away left unanswered, put back to
+/// be sent on the next one.
 #[derive(Debug, Default)]
 pub struct Requeued {
     /// Payload bytes of each segment put back.
@@ -77,6 +85,20 @@ pub struct Stream {
     pending: Pending,
     /// Sent, not yet acknowledged by the target, in offset order.
     unacked: VecDeque<InFlight>,
+    /// Sent and acknowledged, not yet answered (no response data came
+    /// after it was acknowledged), in offset order: a target that dies
+    /// with it read and unanswered (a restart) gets it again.
+    unanswered: VecDeque<InFlight>,
+    unanswered_bytes: u64,
+    /// First byte not known to be answered (everything before it was, or
+    /// was let go past [`UNANSWERED_MAX_BYTES`]).
+    answered: u64,
+    /// Where the last rewind to the first unanswered byte went, and how
+    /// often it went there: a target that keeps closing before answering
+    /// anything past it gets [`MAX_REWINDS`] and no more (a request that
+    /// makes it close is not sent over and over; a restart may take an
+    /// old process's accept and close with it once more).
+    rewound: Option<(u64, u8)>,
     /// First byte the target has not acknowledged.
     pub una: u64,
     /// Next byte to send.
@@ -97,6 +119,10 @@ impl Stream {
             base,
             pending: Pending::default(),
             unacked: VecDeque::new(),
+            unanswered: VecDeque::new(),
+            unanswered_bytes: 0,
+            answered: 0,
+            rewound: None,
             una: 0,
             nxt: 0,
             captured_end: 0,
@@ -154,8 +180,15 @@ impl Stream {
     pub fn pending_bytes(&self) -> u64 {
         self.pending.bytes
     }
-    pub fn unacked_len(&self) -> usize {
-        self.unacked.len()
+    /// Segments sent and not answered yet (acknowledged or not).
+    pub fn unanswered_len(&self) -> usize {
+        self.unacked.len() + self.unanswered.len()
+    }
+    /// Would a target connection closing now leave acknowledged data
+    /// unanswered that the next one should get again?
+    pub fn may_rewind(&self) -> bool {
+        !self.unanswered.is_empty()
+            && !matches!(self.rewound, Some((at, n)) if at == self.answered && n >= MAX_REWINDS)
     }
     pub fn first_pending(&self) -> Option<(u64, &ClientSegment)> {
         self.pending.segs.iter().next().map(|(o, s)| (*o, s))
@@ -242,6 +275,7 @@ impl Stream {
         self.pending = rest;
         self.una = resume;
         self.nxt = resume;
+        self.let_go_unanswered(resume);
         dropped
     }
 
@@ -260,18 +294,77 @@ impl Stream {
         self.una = ack_off.min(self.nxt + self.fin_sent as u64);
         while let Some(f) = self.unacked.front() {
             if f.off + f.seg.len() <= self.una {
-                self.unacked.pop_front();
+                let f = self.unacked.pop_front().expect("the front");
+                self.unanswered_bytes += f.seg.len();
+                self.unanswered.push_back(f);
+            } else {
+                break;
+            }
+        }
+        while self.unanswered_bytes > UNANSWERED_MAX_BYTES {
+            let Some(f) = self.unanswered.front() else {
+                break;
+            };
+            let end = f.off + f.seg.len();
+            self.let_go_unanswered(end);
+        }
+    }
+
+    /// Everything the target acknowledged is answered (its answer to the
+    /// one request out came, or it fell quiet after answering).
+    pub fn answered_up_to_una(&mut self) {
+        self.let_go_unanswered(self.una.min(self.nxt));
+    }
+
+    /// The captured ack of the last segment sent and not answered.
+    pub fn last_sent_ack(&self) -> Option<u32> {
+        self.unacked
+            .back()
+            .or(self.unanswered.back())
+            .map(|f| f.seg.ack)
+    }
+
+    /// Every sent request is answered that a later
+    /// sent segment follows whose captured ack `answered` says the target
+    /// has matched (the client had no more response than that when it
+    /// sent it). Never past what the target acknowledged.
+    pub fn answered_where(&mut self, answered: impl Fn(u32) -> bool) {
+        let upto = self
+            .unanswered
+            .iter()
+            .chain(self.unacked.iter())
+            .skip(1)
+            .take_while(|f| answered(f.seg.ack))
+            .last()
+            .map(|f| f.off);
+        if let Some(off) = upto {
+            self.let_go_unanswered(off.min(self.una));
+        }
+    }
+
+    /// Everything before `off` is answered, or will not be sent again.
+    fn let_go_unanswered(&mut self, off: u64) {
+        self.answered = self.answered.max(off);
+        while let Some(f) = self.unanswered.front() {
+            if f.off + f.seg.len() <= self.answered {
+                self.unanswered_bytes -= f.seg.len();
+                self.unanswered.pop_front();
             } else {
                 break;
             }
         }
     }
 
-    /// The target connection is gone: what it did not acknowledge goes
-    /// back to the buffer, to be sent again on the next one.
-    pub fn requeue_unacked(&mut self) -> Requeued {
+    /// The target connection is gone: what it did not acknowledge, and
+    /// (once per point) what it acknowledged and never answered, goes back
+    /// to the buffer, to be sent again on the next one.
+    pub fn requeue_unanswered(&mut self) -> Requeued {
         let mut r = Requeued::default();
-        while let Some(InFlight { off, seg }) = self.unacked.pop_back() {
+        if !self.may_rewind() {
+            self.let_go_unanswered(self.una.min(self.nxt));
+        }
+        let back = std::mem::take(&mut self.unanswered);
+        for InFlight { off, seg } in self.unacked.drain(..).rev().chain(back.into_iter().rev()) {
             r.segments.push(seg.len());
             if self.pending.segs.contains_key(&off) {
                 r.duplicates += 1;
@@ -279,6 +372,15 @@ impl Stream {
                 self.pending.insert(off, seg);
             }
         }
+        if self.unanswered_bytes > 0 {
+            let times = match self.rewound {
+                Some((at, n)) if at == self.answered => n + 1,
+                _ => 1,
+            };
+            self.rewound = Some((self.answered, times));
+            self.una = self.answered;
+        }
+        self.unanswered_bytes = 0;
         self.nxt = self.una;
         r
     }
@@ -342,7 +444,13 @@ mod tests {
             s.sent(off + 2, g);
         }
         s.acknowledge(3);
-        assert_eq!((s.una, s.unacked_len()), (3, 2));
+        assert_eq!(
+            (s.una, s.unanswered_len()),
+            (3, 3),
+            "acked, kept until answered"
+        );
+        s.answered_up_to_una();
+        assert_eq!(s.unanswered_len(), 2);
         s.acknowledge(99); // never past what was sent
         assert_eq!(s.una, 6);
         assert!(!s.outstanding());
@@ -351,7 +459,7 @@ mod tests {
         let g = s2.take_pending(0).unwrap();
         s2.sent(2, g);
         s2.capture(0, seg(0, 1, b"aaa"));
-        let r = s2.requeue_unacked();
+        let r = s2.requeue_unanswered();
         assert_eq!((r.segments, r.duplicates, s2.nxt), (vec![2], 1, 0));
         assert_eq!(
             s2.pending_bytes(),

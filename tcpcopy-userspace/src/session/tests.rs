@@ -815,31 +815,72 @@ fn target_closing_first_gets_ack_then_rst() {
 }
 
 #[test]
-fn target_reset_with_unsent_data_reconnects_from_the_first_unacked_byte() {
+fn target_reset_reconnects_from_the_first_unanswered_byte() {
     let mut l = Lab::new(Lab::default_cfg());
     let key = handshake(&mut l);
     l.capture(P, ISN + 1, 777, 0x18, b"req1");
     assert!(l.capture(P, ISN + 5, 800, 0x18, b"req2").is_empty());
-    // The target acks req1, says nothing, then resets.
+    // The target acks req1, says nothing, then resets (a restart: it had
+    // read req1 and dropped it).
     l.respond(key, TISN + 1, ISN + 5, 0x10, 0, None);
     l.now += 300;
     let out = l.respond(key, TISN + 1, ISN + 5, 0x14, 0, None);
     assert!(out.iter().all(|o| o.payload.is_empty()));
     let out = l.advance(5);
     let syn = out.iter().find(|o| o.flags == 0x02).expect("new SYN");
-    assert_eq!(syn.seq, ISN + 4, "seq(req2) - 1");
+    assert_eq!(syn.seq, ISN, "seq(req1) - 1: req1 was never answered");
     assert_eq!(syn.options, vec![2, 4, 0x05, 0xb4]);
     assert_eq!(l.routes.len(), 2, "a route precedes the new SYN");
-    let out = l.respond(key, TISN + 9000, ISN + 5, 0x12, 0, None);
-    let req2 = out.iter().find(|o| !o.payload.is_empty()).unwrap();
+    let out = l.respond(key, TISN + 9000, ISN + 1, 0x12, 0, None);
+    let again = out.iter().find(|o| !o.payload.is_empty()).unwrap();
     assert_eq!(
-        (req2.payload.as_slice(), req2.ack),
-        (&b"req2"[..], TISN + 9001)
+        (again.payload.as_slice(), again.ack),
+        (&b"req1"[..], TISN + 9001)
     );
+    // Answered this time; then the target resets again: req1 is not sent
+    // a third time, req2 goes on the next connection.
+    let out = l.respond(key, TISN + 9001, ISN + 5, 0x18, 10, None);
+    let req2 = out.iter().find(|o| !o.payload.is_empty()).unwrap();
+    assert_eq!(req2.payload, b"req2");
+    l.respond(key, TISN + 9011, ISN + 9, 0x10, 0, None);
+    l.respond(key, TISN + 9011, ISN + 9, 0x14, 0, None);
+    let out = l.advance(5);
+    let syn = out.iter().find(|o| o.flags == 0x02).expect("a third SYN");
+    assert_eq!(syn.seq, ISN + 4, "seq(req2) - 1: req1 was answered");
+    let out = l.respond(key, TISN + 20000, ISN + 5, 0x12, 0, None);
+    assert!(out.iter().any(|o| o.payload == b"req2"));
     let c = l.e.counters();
-    assert_eq!((c.reconnects, c.response_rsts, c.connections), (1, 1, 2));
-    // req1 was sent exactly once.
-    assert_eq!(l.sent.iter().filter(|o| o.payload == b"req1").count(), 1);
+    assert_eq!((c.reconnects, c.response_rsts, c.connections), (2, 2, 3));
+    assert_eq!(l.sent.iter().filter(|o| o.payload == b"req1").count(), 2);
+    assert_eq!(l.sent.iter().filter(|o| o.payload == b"req2").count(), 2);
+    l.check_invariants();
+}
+
+/// A target that resets the connection every time it gets a request gets
+/// it again twice (a restarting server may close once more from its old
+/// process), not over and over.
+#[test]
+fn a_request_the_target_resets_on_goes_again_only_twice() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    l.capture(P, ISN + 1, 777, 0x18, b"boom");
+    let mut isn = ISN;
+    for round in 0..4 {
+        l.respond(key, TISN + 1, isn + 5, 0x10, 0, None);
+        l.respond(key, TISN + 1, isn + 5, 0x14, 0, None);
+        let out = l.advance(5);
+        if round < 2 {
+            let syn = out.iter().find(|o| o.flags == 0x02).expect("one new SYN");
+            isn = syn.seq;
+            l.respond(key, TISN + 9000, isn + 1, 0x12, 0, None);
+        } else {
+            assert!(
+                out.iter().all(|o| o.flags != 0x02),
+                "round {round}: no connection after the third reset"
+            );
+        }
+    }
+    assert_eq!(l.sent.iter().filter(|o| o.payload == b"boom").count(), 3);
     l.check_invariants();
 }
 
@@ -1500,21 +1541,41 @@ fn a_session_behind_its_client_catches_up_pipelined_and_closes_with_fin() {
         sent.extend(out);
     }
     assert_eq!(sent.len(), 31, "a window of 32 in flight: {sent:?}");
-    // Each acknowledgement opens the window again.
+    // An acknowledgement alone does not open the window: the target holds
+    // them, unanswered.
+    let out = l.respond(key, TISN + 1, seq(32), 0x10, 0, None);
+    assert!(out.iter().all(|o| o.payload.is_empty()), "{out:?}");
+    // Each answer opens it again.
     let mut acked = 32;
+    let mut answered = 0;
     while acked < 66 {
-        let out = l.respond(key, TISN + 1, seq(acked), 0x10, 0, None);
+        let out = l.respond(key, TISN + 1 + answered, seq(acked), 0x18, 10, None);
+        answered += 10;
         acked += out.iter().filter(|o| !o.payload.is_empty()).count() as u32;
         assert!(!out.is_empty(), "window reopened at {acked}");
         sent.extend(out);
     }
-    let payloads: Vec<_> = sent.iter().map(|o| o.payload.clone()).collect();
+    let payloads: Vec<_> = sent
+        .iter()
+        .filter(|o| !o.payload.is_empty())
+        .map(|o| o.payload.clone())
+        .collect();
     let expected: Vec<_> = (1..=65).map(req).collect();
     assert_eq!(payloads, expected, "in order, each once");
-    assert_eq!(l.e.counters().requests_pipelined, 65);
+    // The window's 31 went pipelined; each later one went on the answer
+    // that let it (the answers matched the client's, so the target had
+    // caught up with everything before it).
+    assert_eq!(l.e.counters().requests_pipelined, 31);
     assert_eq!(l.e.counters().requests_replayed, 66);
     // All acknowledged and answered; the client resets the connection.
-    l.respond(key, TISN + 1, seq(66), 0x18, 660, None);
+    l.respond(
+        key,
+        TISN + 1 + answered,
+        seq(66),
+        0x18,
+        660 - answered,
+        None,
+    );
     let mut out = l.capture(P, seq(66), 777 + 660, 0x14, &[]);
     out.extend(l.advance(10)); // the response's quiet period releases it
     let fin = out.iter().find(|o| o.flags & 0x01 != 0).expect("a FIN");
@@ -1633,9 +1694,13 @@ fn sixty_six_requests_sent_pipelined(after: &[(u32, u8)]) -> (Lab, (Ipv4Addr, u1
     for &(ack, flags) in after {
         l.capture(P, seq(66), ack, flags, &[]);
     }
-    for _ in 0..4 {
+    // The target acknowledges what came, answers a byte and falls quiet
+    // for 200 ms (it has answered all it holds): a catching-up session
+    // keeps at most its flight unanswered.
+    for k in 0..6 {
         let una = seq(l.sent.iter().filter(|o| !o.payload.is_empty()).count() as u32);
-        l.respond(key, TISN + 1, una, 0x10, 0, None);
+        l.respond(key, TISN + 1 + k, una, 0x18, 1, None);
+        l.advance(250);
     }
     assert_eq!(l.e.counters().requests_replayed, 66);
     (l, key)

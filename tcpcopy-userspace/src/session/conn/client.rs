@@ -196,7 +196,10 @@ impl Session {
         // between.
         let continuation = self.pacing.continues_request(ack);
         let pipelined = self.pacing.waiting && !continuation;
-        let catching_up = self.pacing.catching_up && self.stream.unacked_len() < CATCH_UP_FLIGHT;
+        // Catching up, requests go without waiting, at most a flight of
+        // segments beyond the last answer: the target holds no more
+        // unanswered than a restart of it could cost.
+        let catching_up = self.pacing.catching_up && self.stream.unanswered_len() < CATCH_UP_FLIGHT;
         if pipelined && !catching_up {
             return Err(Stop::Held);
         }

@@ -180,6 +180,22 @@ impl Session {
             // The target retransmitted: our ACK was lost; ack again now.
             self.send_ack(ctx);
         }
+        // A request is answered once the target has sent as much response
+        // as the client had before the next one; all are once its answer
+        // to the last one sent has begun. (Sizes as online's; a target
+        // whose answers differ is caught up with by its silence, see
+        // `on_response_tick`.)
+        let (close, rcv_nxt) = (&self.close, self.peer.rcv_nxt);
+        if self
+            .stream
+            .last_sent_ack()
+            .is_some_and(|ack| close.answer_began(ack, rcv_nxt))
+        {
+            self.stream.answered_up_to_una();
+        } else {
+            self.stream
+                .answered_where(|ack| close.answered(Some(ack), rcv_nxt));
+        }
         if !self.pacing.any_request_sent() {
             // A server-first greeting: acknowledge it and go on.
             self.pacing.greeting_received = true;
@@ -207,19 +223,20 @@ impl Session {
         if by_fin {
             self.send_ack(ctx);
         }
-        if self.stream.has_unsent() {
+        if self.stream.has_unsent() || self.stream.may_rewind() {
             // Reconnect: a new connection carries what the target did not
-            // acknowledge.
+            // acknowledge, and what it acknowledged and never answered
+            // (a restarting server had read it and dropped it).
             if by_fin {
                 self.send_rst(ctx);
             }
             ctx.note(Event::Reconnected);
             self.handshake.reconnecting = true;
-            // Not acknowledged, so not known to have arrived: it goes
+            // Not answered, so not known to have been served: it goes
             // again on the new connection, and its first-transmission
             // count moves with it (each captured segment keeps exactly
             // one disposition).
-            let requeued = self.stream.requeue_unacked();
+            let requeued = self.stream.requeue_unanswered();
             for bytes in requeued.segments {
                 ctx.note(Event::Requeued { bytes });
             }

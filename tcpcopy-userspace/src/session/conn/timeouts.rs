@@ -3,7 +3,7 @@
 //! held close or a hole, reconnect, and the housekeeping verdicts
 //! (handshake, gap and idle timeouts).
 
-use super::{Ctx, Phase, Session, SYN_RTO_MS};
+use super::{Ctx, Phase, Session, GAP_QUIET_MS, SYN_RTO_MS};
 use crate::session::{
     event::{Event, Loss},
     timers::Timer,
@@ -96,12 +96,30 @@ impl Session {
                 (rtt / 2).max(1)
             };
             self.timers.set(Timer::ResponseTick, now + next);
-        } else if self.pacing.waiting && self.pacing.response_for_request {
-            // No response data for a whole interval after some came: the
-            // response is complete; release the next request. (A quiet
+            return;
+        }
+        // No response data for a whole interval after some came.
+        let mut release = false;
+        if self.stream.unanswered_len() > 0 {
+            // Silent for GAP_QUIET_MS, the target has answered all it
+            // acknowledged, whatever the sizes of its answers (a shorter
+            // silence may be a server stopping, its requests unanswered).
+            let quiet_at = self.peer.last_response + GAP_QUIET_MS;
+            if now >= quiet_at {
+                self.stream.answered_up_to_una();
+                release = self.pacing.catching_up;
+            } else {
+                self.timers.set(Timer::ResponseTick, quiet_at);
+            }
+        }
+        if self.pacing.waiting && self.pacing.response_for_request {
+            // The response is complete; release the next request. (A quiet
             // period left over from the previous response must not release
             // it: that pipelined requests the target then answered late.)
             self.pacing.waiting = false;
+            release = true;
+        }
+        if release {
             self.pump(now, ctx);
         }
     }
