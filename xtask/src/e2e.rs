@@ -1525,6 +1525,22 @@ const SCENARIOS: &[Scenario] = &[
         target_restart_mid_replay,
     ),
     (
+        "fault: one of two intercepts down leaves the other's sessions untouched",
+        crate::faults::one_of_two_intercepts_down_leaves_the_other_untouched,
+    ),
+    (
+        "fault: tcpcopy restarted mid-load loses only what came while none ran",
+        crate::faults::tcpcopy_restart_loses_only_its_downtime,
+    ),
+    (
+        "fault: the online link down 1 s mid-load loses nothing",
+        crate::faults::online_link_flap_mid_load_loses_nothing,
+    ),
+    (
+        "fault: the link to the target down 1 s mid-load loses nothing",
+        crate::faults::target_link_flap_mid_load_loses_nothing,
+    ),
+    (
         "fault: SIGKILLed tcpcopy leaves nothing behind",
         sigkill_leaves_nothing_behind,
     ),

@@ -7,6 +7,8 @@
 //!  client 10.0.1.10,.11 ─cli0──onl0─ online 10.0.1.1  (nginx :80, redis :6379, tcpcopy)
 //!                                    online 10.0.2.1 ─onl1──tgt0─ target 10.0.2.2 (nginx :8080, redis :6379)
 //!  target 10.0.3.2 ─tgt1──ast0─ assistant 10.0.3.3 (intercept; ip_forward=0: a black hole)
+//!  target 10.0.6.2 ─tgt2──ast2─ assistant 10.0.6.3 (a second intercept's link, for tests
+//!                                    that route some clients' answers through it)
 //!  online 10.0.4.1 ─onl2──ast1─ assistant 10.0.4.3 (control channel, port 36524)
 //!  online 10.0.5.1 ─onl3──mir0─ mirror 10.0.5.2 (2 queues): client→online frames mirrored by tc,
 //!                                    as a switch port would; mirror reaches target and assistant via online
@@ -40,6 +42,8 @@ pub const CLIENT_IP: &str = "10.0.1.10";
 pub const ONLINE_IP: &str = "10.0.1.1";
 pub const TARGET_IP: &str = "10.0.2.2";
 pub const ASSISTANT_CTL_IP: &str = "10.0.4.3";
+/// The control channel's port (intercept's default).
+pub const CONTROL_PORT: u16 = 36524;
 
 #[derive(Subcommand, Clone, Copy)]
 pub enum Action {
@@ -112,6 +116,7 @@ fn build() -> Result<()> {
     veth("onl1", ONLINE, "tgt0", TARGET, "")?;
     veth("tgt1", TARGET, "ast0", ASSISTANT, "")?;
     veth("onl2", ONLINE, "ast1", ASSISTANT, "")?;
+    veth("tgt2", TARGET, "ast2", ASSISTANT, "")?;
     veth(
         "onl3",
         ONLINE,
@@ -129,6 +134,8 @@ fn build() -> Result<()> {
         (ASSISTANT, "ast0", "10.0.3.3/24"),
         (ONLINE, "onl2", "10.0.4.1/24"),
         (ASSISTANT, "ast1", "10.0.4.3/24"),
+        (TARGET, "tgt2", "10.0.6.2/24"),
+        (ASSISTANT, "ast2", "10.0.6.3/24"),
         (ONLINE, "onl3", "10.0.5.1/24"),
         (MIRROR, "mir0", "10.0.5.2/24"),
     ];
@@ -183,7 +190,7 @@ fn build() -> Result<()> {
 }
 
 /// Every veth end of the lab, by namespace.
-const LINKS: [(&str, &str); 10] = [
+const LINKS: [(&str, &str); 12] = [
     (CLIENT, "cli0"),
     (ONLINE, "onl0"),
     (ONLINE, "onl1"),
@@ -191,8 +198,10 @@ const LINKS: [(&str, &str); 10] = [
     (ONLINE, "onl3"),
     (TARGET, "tgt0"),
     (TARGET, "tgt1"),
+    (TARGET, "tgt2"),
     (ASSISTANT, "ast0"),
     (ASSISTANT, "ast1"),
+    (ASSISTANT, "ast2"),
     (MIRROR, "mir0"),
 ];
 

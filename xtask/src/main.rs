@@ -9,6 +9,7 @@ mod demo;
 mod dist;
 mod e2e;
 mod elephants;
+mod faults;
 mod fuzz;
 mod lab;
 mod lab_client;

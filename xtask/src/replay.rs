@@ -289,18 +289,19 @@ impl Replay {
 
     /// tcpcopy in namespace `host` with `tcpcopy_args` after `-s`.
     pub fn start_on(tag: &str, host: &str, tcpcopy_args: &[&str]) -> Result<Replay> {
+        Replay::start_with_servers(tag, host, ASSISTANT_CTL_IP, tcpcopy_args)
+    }
+
+    /// The lab's intercept and tcpcopy in namespace `host`, told `-s
+    /// servers` (other intercepts named there are the caller's to start).
+    pub fn start_with_servers(
+        tag: &str,
+        host: &str,
+        servers: &str,
+        tcpcopy_args: &[&str],
+    ) -> Result<Replay> {
         let intercept = start_intercept(tag)?;
-        let mut args: Vec<String> = vec![
-            "-s".into(),
-            ASSISTANT_CTL_IP.into(),
-            "--stats-interval".into(),
-            "5".into(),
-            "--metrics".into(),
-            TCPCOPY_METRICS.into(),
-        ];
-        args.extend(tcpcopy_args.iter().map(|s| s.to_string()));
-        let mut tcpcopy = Tool::spawn("tcpcopy", host, &args, tag)?;
-        tcpcopy.wait_for("tcpcopy ready", Duration::from_secs(10))?;
+        let tcpcopy = start_tcpcopy(tag, host, servers, tcpcopy_args)?;
         Ok(Replay { tcpcopy, intercept })
     }
 
@@ -312,19 +313,44 @@ impl Replay {
     }
 }
 
+/// tcpcopy in namespace `host`, told `-s servers`, once it is ready.
+pub fn start_tcpcopy(tag: &str, host: &str, servers: &str, tcpcopy_args: &[&str]) -> Result<Tool> {
+    let mut args: Vec<String> = vec![
+        "-s".into(),
+        servers.into(),
+        "--stats-interval".into(),
+        "5".into(),
+        "--metrics".into(),
+        TCPCOPY_METRICS.into(),
+    ];
+    args.extend(tcpcopy_args.iter().map(|s| s.to_string()));
+    let mut tcpcopy = Tool::spawn("tcpcopy", host, &args, tag)?;
+    tcpcopy.wait_for("tcpcopy ready", Duration::from_secs(10))?;
+    Ok(tcpcopy)
+}
+
 /// intercept on the assistant, ready for tcpcopy to connect.
 pub fn start_intercept(tag: &str) -> Result<Tool> {
+    start_intercept_on(tag, "ast0", crate::lab::CONTROL_PORT, INTERCEPT_METRICS)
+}
+
+/// An intercept on the assistant's interface `iface`, taking tcpcopy's
+/// connections on `port` and serving metrics on `metrics`.
+pub fn start_intercept_on(tag: &str, iface: &str, port: u16, metrics: &str) -> Result<Tool> {
+    let port = port.to_string();
     let intercept_args: Vec<String> = [
         "-i",
-        "ast0",
+        iface,
         "-F",
         FILTER,
         "-b",
         ASSISTANT_CTL_IP,
+        "-p",
+        &port,
         "--stats-interval",
         "5",
         "--metrics",
-        INTERCEPT_METRICS,
+        metrics,
     ]
     .iter()
     .map(|s| s.to_string())

@@ -124,6 +124,8 @@ pub struct Engine {
     skipped: SkippedFlows,
     /// An intercept is unreachable (set by the worker).
     intercept_down: bool,
+    /// When an intercept last came back (see [`Engine::reannounce`]).
+    intercept_back_at: u64,
 }
 
 impl Engine {
@@ -214,6 +216,7 @@ impl Engine {
             memory: Pressure::None,
             skipped: SkippedFlows::default(),
             intercept_down: false,
+            intercept_back_at: 0,
         }
     }
 
@@ -500,6 +503,7 @@ impl Engine {
                 routes: &mut self.routes,
                 shed: self.memory == Pressure::Shed,
                 intercept_down: self.intercept_down,
+                intercept_back_at: self.intercept_back_at,
             },
             &mut self.sessions,
         )
@@ -795,6 +799,7 @@ impl Engine {
     /// rather than at the next backed-off retransmission. Returns how many
     /// routes were queued.
     pub fn reannounce(&mut self, now: u64) -> u64 {
+        self.intercept_back_at = now;
         let (mut ctx, sessions) = self.ctx();
         let mut routes = 0;
         for e in sessions.values_mut() {

@@ -1076,6 +1076,37 @@ fn a_buffer_that_fills_during_an_intercept_outage_is_counted_as_the_outage() {
     l.check_invariants();
 }
 
+/// A connection that opens while an intercept is down cannot hear the
+/// target's SYN-ACK: its handshake waits out the outage (not timed out
+/// after 3 s) and completes once intercept is back and the SYN goes
+/// again.
+#[test]
+fn a_handshake_waits_out_an_intercept_outage() {
+    let mut l = Lab::new(Lab::default_cfg());
+    l.e.set_intercept_down(true);
+    l.capture(P, ISN, 0, 0x02, &[]);
+    l.capture(P, ISN + 1, 777, 0x18, b"req");
+    l.advance(8_000);
+    assert_eq!(l.e.counters().lost(), 0, "{:#?}", l.e.counters());
+    assert_eq!(l.e.active_sessions(), 1);
+    l.e.set_intercept_down(false);
+    l.now += 1;
+    l.e.reannounce(l.now);
+    let out = l.drain();
+    assert!(
+        out.iter().any(|o| o.flags == 0x02),
+        "the SYN again: {out:?}"
+    );
+    let out = l.respond((CLIENT, P), TISN, ISN + 1, 0x12, 0, None);
+    assert!(out.iter().any(|o| o.payload == b"req"), "{out:?}");
+    // Once intercept is back, an unanswered handshake times out as ever.
+    l.capture(P + 1, ISN, 0, 0x02, &[]);
+    l.advance(3_500);
+    assert_eq!(l.e.counters().lost_handshake_timeout, 0, "no data was lost");
+    assert_eq!(l.e.counters().obsolete, 1);
+    l.check_invariants();
+}
+
 /// A short connection whose client closes with a FIN and then a RST
 /// before the replay's answer comes (wrk with `Connection: close`): when
 /// the target answers and closes too, nothing captured is lost.

@@ -82,6 +82,9 @@ pub struct Ctx<'a> {
     /// An intercept is unreachable: sessions given up now lost their data
     /// to the outage (counted as `intercept_outage`).
     pub intercept_down: bool,
+    /// When an intercept last came back: a handshake's time runs from
+    /// then at the earliest (its SYN-ACK could not come before).
+    pub intercept_back_at: u64,
 }
 
 impl Ctx<'_> {

@@ -145,7 +145,11 @@ impl Session {
         let cfg = ctx.cfg;
         self.timers.set(Timer::Gc, now + cfg.gc_interval_ms);
         if !self.is_established() {
-            if now.saturating_sub(self.handshake.started) >= cfg.handshake_timeout_ms {
+            // The target's SYN-ACK cannot reach us while an intercept is
+            // down: the handshake's time runs from its return at the
+            // earliest (the SYN goes again then, see `reannounce`).
+            let since = self.handshake.started.max(ctx.intercept_back_at);
+            if !ctx.intercept_down && now.saturating_sub(since) >= cfg.handshake_timeout_ms {
                 self.obsolete(now, Loss::HandshakeTimeout, ctx);
             }
             return;
