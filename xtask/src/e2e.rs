@@ -1168,28 +1168,6 @@ fn send_xdp_follows_policy_routing_and_changes() -> Result<()> {
     result
 }
 
-/// The online interface goes down and up under tcpcopy: the XDP program
-/// stays attached and the next load is replayed exactly.
-fn interface_flap() -> Result<()> {
-    let r = Replay::start("flap", TAP)?;
-    in_ns(ONLINE, "ip link set onl0 down")?;
-    std::thread::sleep(Duration::from_millis(500));
-    in_ns(ONLINE, "ip link set onl0 up")?;
-    // Wait for the link (and ARP) to come back.
-    for _ in 0..50 {
-        if crate::util::sh_ok(&format!(
-            "ip netns exec {CLIENT} ping -c1 -W1 {ONLINE_IP} >/dev/null 2>&1"
-        )) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (o, t) = drive(&wrk(4, 2, ""))?;
-    exact("after onl0 went down and up", o, t)?;
-    r.stop()?;
-    Ok(())
-}
-
 /// wrk at the online nginx while `fault` acts on tcpcopy: every request
 /// wrk completed was served by the online nginx, and wrk saw no errors.
 fn production_unharmed(what: &str, fault: impl FnOnce()) -> Result<()> {
@@ -1544,7 +1522,6 @@ const SCENARIOS: &[Scenario] = &[
         "fault: SIGKILLed tcpcopy leaves nothing behind",
         sigkill_leaves_nothing_behind,
     ),
-    ("fault: the online interface flaps", interface_flap),
     (
         "-m: new sessions refused, the limit held, replay goes on",
         memory_limit_refuses_sessions_and_holds,

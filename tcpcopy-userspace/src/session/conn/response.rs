@@ -134,6 +134,11 @@ impl Session {
             self.peer.rcv_nxt = SeqNumber(h.seq).plus(h.payload_len).plus(1);
             if self.stream.fin_sent {
                 self.send_ack(ctx);
+                if self.close.rst.take().is_some() {
+                    // A client RST held behind the answer: our FIN already
+                    // closed for it, as for a RST turned into a FIN.
+                    ctx.note(Event::Replayed { bytes: 0 });
+                }
                 self.finish(now, Loss::TargetClosed, ctx);
                 return;
             }
