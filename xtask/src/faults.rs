@@ -3,7 +3,7 @@
 //! restarted in the middle of a load. (The older fault tests live in
 //! `e2e.rs`.)
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{ensure, Result};
 
@@ -11,7 +11,7 @@ use crate::{
     e2e::{exact, summary, summary_counter, TAP},
     lab::{self, in_ns, CLIENT, ONLINE, ONLINE_IP, TARGET},
     lab_client::LabClient,
-    replay::{self, Replay},
+    replay::{self, access_log, now_secs, Logged, Replay},
 };
 
 /// The second intercept's control port, link and metrics.
@@ -20,31 +20,6 @@ const SECOND_IFACE: &str = "ast2";
 const SECOND_METRICS: &str = "127.0.0.1:9103";
 /// The client whose answers the second intercept sees.
 const SECOND_CLIENT: &str = "10.0.1.11";
-
-/// Wall-clock seconds, as nginx's `$msec` writes them.
-fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// One line of the lab's nginx access log: client address and `$msec`.
-struct Logged {
-    client: String,
-    at: f64,
-}
-
-fn access_log(name: &str) -> Vec<Logged> {
-    std::fs::read_to_string(lab::run_dir().join(name))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let client = l.split_whitespace().next()?.to_string();
-            let at = l.rsplit_once(' ')?.1.parse().ok()?;
-            Some(Logged { client, at })
-        })
-        .collect()
-}
 
 fn count_from(log: &[Logged], client: &str) -> u64 {
     log.iter().filter(|l| l.client == client).count() as u64

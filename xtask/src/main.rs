@@ -88,6 +88,10 @@ enum Cmd {
         /// over time, bench/results/SOAK.md).
         #[arg(long, value_name = "MINUTES")]
         soak: Option<u64>,
+        /// With --soak: a fault a minute, each in turn (intercept, control
+        /// link, target, links, tcpcopy), bench/results/SOAK-FAULTS.md.
+        #[arg(long, requires = "soak")]
+        faults: bool,
         /// Instead: only what a replayed request costs (CPU, system calls,
         /// packets per request; idle CPU), bench/results/COST.md.
         #[arg(long)]
@@ -138,12 +142,13 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench {
             quick,
             soak,
+            faults,
             cost,
             baseline,
         } => {
             setup::setup(false)?;
             match (soak, cost) {
-                (Some(minutes), _) => soak::soak(minutes),
+                (Some(minutes), _) => soak::soak(minutes, faults),
                 (None, true) => cost::run(baseline.as_deref()),
                 (None, false) => bench::bench(quick),
             }

@@ -517,3 +517,29 @@ pub fn redis_commands(ns: &str, ip: &str) -> Result<u64> {
         })
         .sum())
 }
+
+/// Wall-clock seconds, as nginx's `$msec` writes them.
+pub fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// One line of the lab's nginx access log: client address and `$msec`.
+pub struct Logged {
+    pub client: String,
+    pub at: f64,
+}
+
+/// The lines of the lab's access log `name` (in its run dir).
+pub fn access_log(name: &str) -> Vec<Logged> {
+    std::fs::read_to_string(lab::run_dir().join(name))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let client = l.split_whitespace().next()?.to_string();
+            let at = l.rsplit_once(' ')?.1.parse().ok()?;
+            Some(Logged { client, at })
+        })
+        .collect()
+}
