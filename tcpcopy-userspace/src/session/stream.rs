@@ -329,14 +329,20 @@ impl Stream {
     /// has matched (the client had no more response than that when it
     /// sent it). Never past what the target acknowledged.
     pub fn answered_where(&mut self, answered: impl Fn(u32) -> bool) {
-        let upto = self
-            .unanswered
-            .iter()
-            .chain(self.unacked.iter())
-            .skip(1)
-            .take_while(|f| answered(f.seg.ack))
-            .last()
-            .map(|f| f.off);
+        let mut sent = self.unanswered.iter().chain(self.unacked.iter());
+        let Some(first) = sent.next() else { return };
+        let mut request_ack = first.seg.ack;
+        let mut upto = None;
+        for f in sent {
+            if f.seg.ack == request_ack {
+                continue; // the same request goes on
+            }
+            if !answered(f.seg.ack) {
+                break;
+            }
+            request_ack = f.seg.ack;
+            upto = Some(f.off);
+        }
         if let Some(off) = upto {
             self.let_go_unanswered(off.min(self.una));
         }
@@ -466,6 +472,33 @@ mod tests {
             3,
             "the captured copy stays, counted once"
         );
+    }
+
+    #[test]
+    fn a_request_is_answered_whole_once_the_next_one_is_matched() {
+        let mut s = Stream::new(SeqNumber(0));
+        // Request A in two segments (the client had 100 response bytes
+        // before it), request B (it had 150), request C (it had 230).
+        for (off, ack, p) in [
+            (0u64, 100u32, &b"a1"[..]),
+            (2, 100, b"a2"),
+            (4, 150, b"bb"),
+            (6, 230, b"cc"),
+        ] {
+            s.capture(off, seg(off as u32, ack, p));
+            let g = s.take_pending(off).unwrap();
+            s.sent(off + 2, g);
+        }
+        s.acknowledge(8);
+        // The target has sent 40 bytes past the anchor of 100: nothing
+        // matched beyond A's own start, A's first segment is kept.
+        s.answered_where(|ack| ack <= 140);
+        assert_eq!(s.unanswered_len(), 4);
+        // 60: B's start is matched, so A (both segments) is answered.
+        s.answered_where(|ack| ack <= 160);
+        assert_eq!(s.unanswered_len(), 2);
+        let r = s.requeue_unanswered();
+        assert_eq!((r.segments.len(), s.una, s.nxt), (2, 4, 4), "B and C go again");
     }
 
     #[test]
