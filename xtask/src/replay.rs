@@ -28,11 +28,15 @@ pub fn use_binaries(dir: Option<PathBuf>) {
     *BINARIES.lock().unwrap_or_else(|e| e.into_inner()) = dir;
 }
 
+/// A tool's binary: from the build a benchmark chose, else from
+/// `LAB_BINARIES` (a folder: to run a lab test against another build),
+/// else `target/release`.
 pub fn binary(name: &str) -> PathBuf {
     BINARIES
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone()
+        .or_else(|| std::env::var_os("LAB_BINARIES").map(PathBuf::from))
         .unwrap_or_else(|| crate::util::root().join("target/release"))
         .join(name)
 }

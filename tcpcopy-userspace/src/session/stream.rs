@@ -29,8 +29,9 @@ pub enum Captured {
 
 /// Acknowledged bytes kept, per session, until the target answers them
 /// (beyond this, the oldest are let go as if answered): enough for any
-/// ordinary request, bounded for a stream the target never answers.
-pub const UNANSWERED_MAX_BYTES: u64 = 64 * 1024;
+/// ordinary request and for thousands pipelined into a target that lags,
+/// bounded for a stream the target never answers.
+pub const UNANSWERED_MAX_BYTES: u64 = 1024 * 1024;
 /// How many times the same unanswered data goes again on a new target
 /// connection.
 pub const MAX_REWINDS: u8 = 2;
@@ -183,6 +184,9 @@ impl Stream {
     /// Segments sent and not answered yet (acknowledged or not).
     pub fn unanswered_len(&self) -> usize {
         self.unacked.len() + self.unanswered.len()
+    }
+    pub fn unacked_len(&self) -> usize {
+        self.unacked.len()
     }
     /// Would a target connection closing now leave acknowledged data
     /// unanswered that the next one should get again?
@@ -498,7 +502,11 @@ mod tests {
         s.answered_where(|ack| ack <= 160);
         assert_eq!(s.unanswered_len(), 2);
         let r = s.requeue_unanswered();
-        assert_eq!((r.segments.len(), s.una, s.nxt), (2, 4, 4), "B and C go again");
+        assert_eq!(
+            (r.segments.len(), s.una, s.nxt),
+            (2, 4, 4),
+            "B and C go again"
+        );
     }
 
     #[test]

@@ -1591,41 +1591,21 @@ fn a_session_behind_its_client_catches_up_pipelined_and_closes_with_fin() {
         sent.extend(out);
     }
     assert_eq!(sent.len(), 31, "a window of 32 in flight: {sent:?}");
-    // An acknowledgement alone does not open the window: the target holds
-    // them, unanswered.
-    let out = l.respond(key, TISN + 1, seq(32), 0x10, 0, None);
-    assert!(out.iter().all(|o| o.payload.is_empty()), "{out:?}");
-    // Each answer opens it again.
+    // Each acknowledgement opens the window again.
     let mut acked = 32;
-    let mut answered = 0;
     while acked < 66 {
-        let out = l.respond(key, TISN + 1 + answered, seq(acked), 0x18, 10, None);
-        answered += 10;
+        let out = l.respond(key, TISN + 1, seq(acked), 0x10, 0, None);
         acked += out.iter().filter(|o| !o.payload.is_empty()).count() as u32;
         assert!(!out.is_empty(), "window reopened at {acked}");
         sent.extend(out);
     }
-    let payloads: Vec<_> = sent
-        .iter()
-        .filter(|o| !o.payload.is_empty())
-        .map(|o| o.payload.clone())
-        .collect();
+    let payloads: Vec<_> = sent.iter().map(|o| o.payload.clone()).collect();
     let expected: Vec<_> = (1..=65).map(req).collect();
     assert_eq!(payloads, expected, "in order, each once");
-    // The window's 31 went pipelined; each later one went on the answer
-    // that let it (the answers matched the client's, so the target had
-    // caught up with everything before it).
-    assert_eq!(l.e.counters().requests_pipelined, 31);
+    assert_eq!(l.e.counters().requests_pipelined, 65);
     assert_eq!(l.e.counters().requests_replayed, 66);
     // All acknowledged and answered; the client resets the connection.
-    l.respond(
-        key,
-        TISN + 1 + answered,
-        seq(66),
-        0x18,
-        660 - answered,
-        None,
-    );
+    l.respond(key, TISN + 1, seq(66), 0x18, 660, None);
     let mut out = l.capture(P, seq(66), 777 + 660, 0x14, &[]);
     out.extend(l.advance(10)); // the response's quiet period releases it
     let fin = out.iter().find(|o| o.flags & 0x01 != 0).expect("a FIN");

@@ -26,9 +26,12 @@ pub enum Timer {
     GapSkip,
     /// The SYN goes again while the handshake is pending.
     SynRetransmit,
+    /// Sent data is unanswered: if the target stays silent until then, it
+    /// has answered all it acknowledged.
+    AnswerQuiet,
 }
 
-const TIMERS: usize = 9;
+const TIMERS: usize = 10;
 
 impl Timer {
     fn slot(self) -> usize {

@@ -196,10 +196,11 @@ impl Session {
         // between.
         let continuation = self.pacing.continues_request(ack);
         let pipelined = self.pacing.waiting && !continuation;
-        // Catching up, requests go without waiting, at most a flight of
-        // segments beyond the last answer: the target holds no more
-        // unanswered than a restart of it could cost.
-        let catching_up = self.pacing.catching_up && self.stream.unanswered_len() < CATCH_UP_FLIGHT;
+        // Catching up, requests go without waiting for answers, a flight
+        // of unacknowledged segments at a time (what the target holds
+        // unanswered is kept, see `Stream::acknowledge`, so a restart of
+        // it loses none of them).
+        let catching_up = self.pacing.catching_up && self.stream.unacked_len() < CATCH_UP_FLIGHT;
         if pipelined && !catching_up {
             return Err(Stop::Held);
         }

@@ -39,11 +39,10 @@ const SYN_RTO_MS: u64 = 1000;
 /// carry it (Linux's minimum delayed-ACK time, TCP_DELACK_MIN): a replayed
 /// keep-alive client then sends no ACK of its own, as a real one does not.
 const DELAYED_ACK_MS: u64 = 40;
-/// Segments a catching-up session keeps sent and unanswered: a window of
-/// its own, so a backlog of thousands goes out at the target's pace
-/// instead of one burst that overflows the send path, and a target that
-/// restarts holds no more than this of it read and unanswered.
-const CATCH_UP_FLIGHT: usize = 32;
+/// Segments a catching-up session keeps in flight toward the target: a
+/// window of its own, so a backlog of thousands goes out at the target's
+/// pace instead of one burst that overflows the send path.
+pub(crate) const CATCH_UP_FLIGHT: usize = 32;
 /// With memory exhausted (`-m`), a session holding more captured segments
 /// than this is given up rather than let grow.
 const SHED_BACKLOG: usize = 16;

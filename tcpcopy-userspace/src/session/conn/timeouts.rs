@@ -47,6 +47,9 @@ impl Session {
         if self.timers.take_due(Timer::ResponseTick, now) {
             self.on_response_tick(now, ctx);
         }
+        if self.timers.take_due(Timer::AnswerQuiet, now) {
+            self.on_answer_quiet(now);
+        }
         if self.timers.is_due(Timer::AckOwed, now) {
             self.send_ack(ctx);
         }
@@ -99,29 +102,30 @@ impl Session {
             return;
         }
         // No response data for a whole interval after some came.
-        let mut release = false;
         if self.stream.unanswered_len() > 0 {
-            // Silent for GAP_QUIET_MS, the target has answered all it
-            // acknowledged, whatever the sizes of its answers (a shorter
-            // silence may be a server stopping, its requests unanswered).
-            let quiet_at = self.peer.last_response + GAP_QUIET_MS;
-            if now >= quiet_at {
-                self.stream.answered_up_to_una();
-                release = self.pacing.catching_up;
-            } else {
-                self.timers.set(Timer::ResponseTick, quiet_at);
-            }
+            self.timers
+                .set(Timer::AnswerQuiet, self.peer.last_response + GAP_QUIET_MS);
         }
         if self.pacing.waiting && self.pacing.response_for_request {
             // The response is complete; release the next request. (A quiet
             // period left over from the previous response must not release
             // it: that pipelined requests the target then answered late.)
             self.pacing.waiting = false;
-            release = true;
-        }
-        if release {
             self.pump(now, ctx);
         }
+    }
+
+    /// The target has been silent since `GAP_QUIET_MS` after its last
+    /// response data: it has answered all it acknowledged, whatever the
+    /// sizes of its answers (a shorter silence may be a server stopping,
+    /// its requests unanswered).
+    fn on_answer_quiet(&mut self, now: u64) {
+        let quiet_at = self.peer.last_response + GAP_QUIET_MS;
+        if now < quiet_at {
+            self.timers.set(Timer::AnswerQuiet, quiet_at);
+            return;
+        }
+        self.stream.answered_up_to_una();
     }
 
     /// The target said nothing within the response wait.
