@@ -19,7 +19,9 @@
 //! - [`offline`]: capture files: reading them as a paced source, recording
 //!   live captures to pcapng;
 //! - [`tcpcopy`]: the tcpcopy program (options, channel client, workers, summary);
-//! - [`intercept`]: the intercept program (router, control channel server).
+//! - [`intercept`]: the intercept program (router, control channel server);
+//! - [`wake`]: when a woken worker takes its work (a pause after small
+//!   batches, so one wake serves many).
 
 pub mod capture;
 pub mod docs;
@@ -34,5 +36,6 @@ pub mod send;
 pub mod session;
 pub mod stats;
 pub mod tcpcopy;
+pub mod wake;
 pub mod wire;
 pub mod xdp;

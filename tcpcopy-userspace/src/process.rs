@@ -62,6 +62,12 @@ pub struct CommonOptions {
     /// Print the version and exit
     #[arg(short = 'v', long = "version", help_heading = "Process")]
     pub version: bool,
+    /// After a wake that found little work, pause this long before
+    /// taking it, so that one wake serves many packets (0: take work at
+    /// once; at most 10000)
+    #[arg(long = "wake-pause", value_name = "MICROSECONDS", default_value_t = 200,
+        value_parser = clap::value_parser!(u64).range(0..=10_000), help_heading = "Process")]
+    pub wake_pause_us: u64,
     /// Check what this run needs (kernel, privileges, interfaces, the
     /// eBPF program, routes; tcpcopy: intercept and a probe of the loop;
     /// intercept: the control port, forwarding off), print a checklist
@@ -72,6 +78,13 @@ pub struct CommonOptions {
     /// packaging)
     #[arg(long = "generate", value_enum, value_name = "WHAT", hide = true)]
     pub generate: Option<crate::docs::Generate>,
+}
+
+impl CommonOptions {
+    /// `--wake-pause`.
+    pub fn wake_pause(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.wake_pause_us)
+    }
 }
 
 /// Set once tracing writes to a `-l` file rather than stderr.

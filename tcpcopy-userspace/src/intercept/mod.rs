@@ -171,6 +171,7 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
         allow: opts.allow.clone(),
     })?;
     server.register_source(&source)?;
+    server.set_wake_pause(opts.common.wake_pause());
     // Attach only once the channel is up: from here on responses are dropped.
     for iface in &opts.ifaces {
         xdp.attach(iface, opts.xdp_mode)?;

@@ -28,7 +28,10 @@ use super::{
     peer::{Misbehaved, PeerProtocol, Request},
     router::{Disposition, PeerId, Router, RouterStats},
 };
-use crate::proto::{Framing, ResponseRecord, INTERNAL_VERSION};
+use crate::{
+    proto::{Framing, ResponseRecord, INTERNAL_VERSION},
+    wake::Coalesce,
+};
 
 const LISTENER: Token = Token(0);
 const SOURCE: Token = Token(1);
@@ -78,6 +81,8 @@ pub struct ControlServer {
     // A turn's lists, kept to reuse their memory.
     ready: Vec<(Token, bool, bool)>,
     with_pending: Vec<PeerId>,
+    /// When a wake's work is taken (`--wake-pause`; none by default).
+    coalesce: Coalesce,
 }
 
 /// Where response records come from: the XDP ring buffer in production, a
@@ -111,7 +116,14 @@ impl ControlServer {
             read_buf: vec![0u8; 16 * 1024].into_boxed_slice(),
             ready: Vec::new(),
             with_pending: Vec::new(),
+            coalesce: Coalesce::new(Duration::ZERO),
         })
+    }
+
+    /// After a wake that follows a small turn, pause this long before
+    /// taking the work (`--wake-pause`).
+    pub fn set_wake_pause(&mut self, pause: Duration) {
+        self.coalesce = Coalesce::new(pause);
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -159,6 +171,9 @@ impl ControlServer {
                     Err(e)
                 }
             })?;
+        if !self.events.is_empty() && !timeout.is_zero() {
+            self.coalesce.after_wake();
+        }
         let mut ready = std::mem::take(&mut self.ready);
         ready.clear();
         ready.extend(self.events.iter().map(|e| {
@@ -187,6 +202,7 @@ impl ControlServer {
         // Records are drained every turn, to the last: the ring wakes the
         // poll only for the first record after the reader caught up.
         let now = self.now_ms();
+        let records_before = self.stats.records_in;
         loop {
             self.scratch.clear();
             source.drain(&mut self.scratch, 65536);
@@ -207,6 +223,8 @@ impl ControlServer {
                 break;
             }
         }
+        self.coalesce
+            .took((self.stats.records_in - records_before) as usize);
         self.router.expire(now);
         let mut ids = std::mem::take(&mut self.with_pending);
         ids.clear();

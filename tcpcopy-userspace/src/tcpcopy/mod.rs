@@ -434,6 +434,7 @@ fn build_workers(
             lonely: plan.lonely,
             backpressure: sources.offline.is_some(),
             record: record.cloned(),
+            wake_pause: plan.wake_pause,
         }));
     }
     if let Some(limit) = plan.memory_limit {

@@ -430,6 +430,8 @@ pub struct Settings {
     pub lonely: bool,
     pub stats_interval: std::time::Duration,
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--wake-pause`.
+    pub wake_pause: std::time::Duration,
 }
 
 impl Settings {
@@ -535,6 +537,7 @@ impl TcpcopyOptions {
             lonely: self.lonely,
             stats_interval: std::time::Duration::from_secs(self.common.stats_interval.max(1)),
             metrics: self.common.metrics,
+            wake_pause: self.common.wake_pause(),
         })
     }
 

@@ -25,6 +25,7 @@ use crate::{
         claims::{Claims, WorkerIndex},
         Config, Counters, Engine,
     },
+    wake::Coalesce,
 };
 
 /// A target's address and port.
@@ -64,6 +65,8 @@ pub struct Worker {
     backpressure: bool,
     /// `--record`: a copy of every captured segment goes here.
     record: Option<RecordTap>,
+    /// When a woken worker takes its work.
+    coalesce: Coalesce,
 }
 
 /// What a worker is made of: worker `id`, its capture end, its intercept
@@ -86,6 +89,8 @@ pub struct WorkerParts {
     pub backpressure: bool,
     /// `--record`: a copy of every captured segment goes here.
     pub record: Option<RecordTap>,
+    /// `--wake-pause`.
+    pub wake_pause: Duration,
 }
 
 const BATCH: usize = 256;
@@ -116,6 +121,7 @@ impl Worker {
             lonely,
             backpressure,
             record,
+            wake_pause,
         } = parts;
         let mut engine = Engine::new(config);
         if let Some(ports) = ports {
@@ -132,6 +138,7 @@ impl Worker {
             epoch,
             backpressure,
             record,
+            coalesce: Coalesce::new(wake_pause),
         }
     }
 
@@ -225,8 +232,9 @@ impl Worker {
                     .map(|t| Duration::from_millis(t.saturating_sub(self.now())));
                 next_timer.map_or(HOUSEKEEPING, |t| t.min(HOUSEKEEPING))
             };
+            self.coalesce.took(got + records.len());
             let capture = (!congested).then_some(&*self.capture);
-            channel_ready = waiter.wait(capture, &self.channel, timeout);
+            channel_ready = waiter.wait(capture, &self.channel, timeout, &self.coalesce);
         }
         Ok(())
     }
@@ -375,6 +383,7 @@ impl Waiter {
         capture: Option<&dyn Capture>,
         channel: &Channel,
         timeout: Duration,
+        coalesce: &Coalesce,
     ) -> bool {
         self.want.clear();
         self.raw.clear();
@@ -400,6 +409,9 @@ impl Waiter {
         if n < 0 {
             // EINTR: look at everything once more.
             return true;
+        }
+        if n > 0 && !timeout.is_zero() {
+            coalesce.after_wake();
         }
         self.events[..n as usize].iter().any(|e| e.u64 == 1)
     }
