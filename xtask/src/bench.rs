@@ -89,16 +89,33 @@ pub fn bench(quick: bool) -> Result<()> {
          ## 5. Scaling\n\n{scaling_md}\n\
          ## 6. Offline replay\n\n{offline_md}\n\
          ## 7. What a replayed request costs\n\n{cost_md}\n\
-         ## 8. Elephant flows and large values\n\n{elephants_md}\n",
+         ## 8. Elephant flows and large values\n\n{elephants_md}\n\
+         ## 9. Faults over a long run\n\n{}\n",
         machine(),
         if quick { " --quick" } else { "" },
         demote(&read("intercept.md")),
         demote(&read("engine.md")),
+        soak_faults(),
     );
     let path = results().join("REPORT.md");
     std::fs::write(&path, report)?;
     println!("bench: wrote {}", path.display());
     Ok(())
+}
+
+/// The latest `bench --soak MINUTES --faults` (a separate, long run; not
+/// repeated here): its per-fault table.
+fn soak_faults() -> String {
+    let md = std::fs::read_to_string(results().join("SOAK-FAULTS.md")).unwrap_or_default();
+    if md.is_empty() {
+        return "*not run yet: `cargo xtask bench --soak 10 --faults`*\n".into();
+    }
+    let upto = md.find("\nEvery round:").unwrap_or(md.len());
+    format!(
+        "From the latest `cargo xtask bench --soak MINUTES --faults` (its own run, \
+         `SOAK-FAULTS.md` has every round):\n\n{}",
+        demote(&md[..upto])
+    )
 }
 
 /// A sub-report's own `# title` becomes a plain line under our heading.
