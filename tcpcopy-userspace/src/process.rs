@@ -65,7 +65,7 @@ pub struct CommonOptions {
     /// After a wake that found little work, pause this long before
     /// taking it, so that one wake serves many packets (0: take work at
     /// once; at most 10000)
-    #[arg(long = "wake-pause", value_name = "MICROSECONDS", default_value_t = 200,
+    #[arg(long = "wake-pause", value_name = "MICROSECONDS", default_value_t = crate::wake::DEFAULT_PAUSE_US,
         value_parser = clap::value_parser!(u64).range(0..=10_000), help_heading = "Process")]
     pub wake_pause_us: u64,
     /// Check what this run needs (kernel, privileges, interfaces, the

@@ -8,6 +8,10 @@
 
 use std::time::Duration;
 
+/// `--wake-pause`'s default, microseconds: far below a replayed round
+/// trip through intercept, far above what a wake costs.
+pub const DEFAULT_PAUSE_US: u64 = 200;
+
 /// A turn that found fewer items than this was a small batch.
 const SMALL_BATCH: usize = 16;
 
@@ -21,10 +25,6 @@ pub struct Coalesce {
 }
 
 impl Coalesce {
-    /// The pause tcpcopy and intercept use by default: far below any
-    /// replayed round trip through intercept, far above a wake's cost.
-    pub const DEFAULT_PAUSE: Duration = Duration::from_micros(200);
-
     pub fn new(pause: Duration) -> Coalesce {
         Coalesce {
             pause,

@@ -1,8 +1,9 @@
 //! The client's byte stream toward the target: what was captured (with
 //! its holes), what is sent, what the target acknowledged, what it has
-//! answered, and where the client's FIN lies. Positions are stream offsets (bytes after the
-//! client's ISN), so they never wrap; [`Stream::seq_at`] and
-//! [`Stream::offset_of`] translate to and from sequence numbers.
+//! answered, and where the client's FIN lies. Positions are stream
+//! offsets (bytes after the client's ISN), so they never wrap;
+//! [`Stream::seq_at`] and [`Stream::offset_of`] translate to and from
+//! sequence numbers.
 
 use super::segment::ClientSegment;
 use crate::wire::SeqNumber;
@@ -328,10 +329,10 @@ impl Stream {
             .map(|f| f.seg.ack)
     }
 
-    /// Every sent request is answered that a later
-    /// sent segment follows whose captured ack `answered` says the target
-    /// has matched (the client had no more response than that when it
-    /// sent it). Never past what the target acknowledged.
+    /// Every sent request is answered that a later sent request follows
+    /// whose captured ack `answered` says the target has matched (the
+    /// client had no more response than that when it sent it). Never past
+    /// what the target acknowledged.
     pub fn answered_where(&mut self, answered: impl Fn(u32) -> bool) {
         let mut sent = self.unanswered.iter().chain(self.unacked.iter());
         let Some(first) = sent.next() else { return };

@@ -171,8 +171,8 @@ impl Worker {
             let congested = self.backpressure && self.engine.backlog() >= BACKLOG_LIMIT;
             // Responses first: they release held requests.
             let now = self.now();
+            records.clear();
             if channel_ready {
-                records.clear();
                 self.channel.poll_records(&mut records);
                 for r in &records {
                     self.engine.handle_response(now, &r.header());

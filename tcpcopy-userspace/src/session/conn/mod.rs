@@ -42,7 +42,7 @@ const DELAYED_ACK_MS: u64 = 40;
 /// Segments a catching-up session keeps in flight toward the target: a
 /// window of its own, so a backlog of thousands goes out at the target's
 /// pace instead of one burst that overflows the send path.
-pub(crate) const CATCH_UP_FLIGHT: usize = 32;
+const CATCH_UP_FLIGHT: usize = 32;
 /// With memory exhausted (`-m`), a session holding more captured segments
 /// than this is given up rather than let grow.
 const SHED_BACKLOG: usize = 16;

@@ -189,7 +189,7 @@ impl Session {
         // as the client had before the next one; all are once its answer
         // to the last one sent has begun. (Sizes as online's; a target
         // whose answers differ is caught up with by its silence, see
-        // `on_response_tick`.)
+        // `on_answer_quiet`.)
         let (close, rcv_nxt) = (&self.close, self.peer.rcv_nxt);
         if self
             .stream
