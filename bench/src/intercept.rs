@@ -353,7 +353,7 @@ impl tcpcopy::intercept::RecordSource for MemorySource {
     fn drain(&mut self, out: &mut Vec<tcpcopy::proto::ResponseRecord>, max: usize) {
         let n = (max as u64).min(self.remaining).min(4096);
         self.remaining -= n;
-        out.extend(std::iter::repeat_n(self.record, n as usize));
+        out.extend(std::iter::repeat_n(self.record.clone(), n as usize));
     }
 }
 
@@ -394,7 +394,7 @@ fn server_ceiling(total: u64) -> Result<f64> {
     }
     let mut idle = MemorySource {
         remaining: 0,
-        record,
+        record: record.clone(),
     };
     // Let the CLIENT_ADD in before the records.
     for _ in 0..50 {

@@ -5,12 +5,14 @@
 //! `RECORDS0..3` ring buffers (by the client's flow hash, so a connection's
 //! records stay in order), and is then dropped: the assistant is a black hole, whether
 //! the ring had room or not. Everything else (ARP, SSH, the control channel)
-//! passes.
+//! passes. Once a tcpcopy asked for them (`PREFIX`, set by intercept), the
+//! first bytes of a response's payload follow its record in the ring.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::generated::bpf_xdp_load_bytes,
     macros::{map, xdp},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
@@ -18,8 +20,25 @@ use aya_ebpf::{
 use tcpcopy_common::{
     flow_hash, intercept_counter as ctr,
     xdp::{self, ptr_at},
-    PortKey, ResponseRecord, RECORD_IP_LEN, RECORD_RINGS, RECORD_RING_BYTES,
+    PortKey, ResponseRecord, RECORD_IP_LEN, RECORD_PREFIX_MAX, RECORD_RINGS, RECORD_RING_BYTES,
+    RESPONSE_RECORD_LEN,
 };
+
+/// Payload bytes to put after each record (0: none), set by intercept
+/// when a tcpcopy is granted our extension.
+#[map]
+static PREFIX: Array<u32> = Array::with_max_entries(1, 0);
+
+/// A record and the payload after it, staged before it goes to a ring
+/// with its real length.
+#[repr(C)]
+pub struct WithPrefix {
+    record: [u8; RESPONSE_RECORD_LEN],
+    prefix: [u8; RECORD_PREFIX_MAX],
+}
+
+#[map]
+static SCRATCH: PerCpuArray<WithPrefix> = PerCpuArray::with_max_entries(1, 0);
 
 /// (source address, source port) of responses to capture; address 0 = any.
 #[map]
@@ -93,16 +112,6 @@ fn export(ctx: &XdpContext, ip: &[u8; 20], tcp: &[u8; 20], tcp_off: usize, doff:
         2 => &RECORDS2,
         _ => &RECORDS3,
     };
-    let Some(mut entry) = ring.reserve::<ResponseRecord>(0) else {
-        bump(ctr::RING_FULL);
-        if xdp::first_time(&LOGGED, LOG_RING_FULL) {
-            aya_log_ebpf::warn!(
-                ctx,
-                "a record ring is full: intercept falls behind; records are lost from here on (the responses are still dropped), counted as ring_full"
-            );
-        }
-        return;
-    };
     let mut rec = ResponseRecord { bytes: [0u8; 64] };
     rec.bytes[..RECORD_IP_LEN].copy_from_slice(ip);
     rec.bytes[RECORD_IP_LEN..RECORD_IP_LEN + 20].copy_from_slice(tcp);
@@ -124,11 +133,87 @@ fn export(ctx: &XdpContext, ip: &[u8; 20], tcp: &[u8; 20], tcp_off: usize, doff:
     option_word!(3);
     option_word!(4);
     option_word!(5);
-    entry.write(rec);
-    // Flags 0: the kernel wakes the reader only when it had caught up, so
-    // a busy ring costs no wakeup per record and a quiet one no latency.
-    entry.submit(0);
+    let sent = match prefix_len(ctx, ip, tcp_off, doff) {
+        Some((off, n)) => with_prefix(ctx, ring, &rec, off, n),
+        None => match ring.reserve::<ResponseRecord>(0) {
+            Some(mut entry) => {
+                entry.write(rec);
+                // Flags 0: the kernel wakes the reader only when it had
+                // caught up, so a busy ring costs no wakeup per record and
+                // a quiet one no latency.
+                entry.submit(0);
+                true
+            }
+            None => false,
+        },
+    };
+    if !sent {
+        bump(ctr::RING_FULL);
+        if xdp::first_time(&LOGGED, LOG_RING_FULL) {
+            aya_log_ebpf::warn!(
+                ctx,
+                "a record ring is full: intercept falls behind; records are lost from here on (the responses are still dropped), counted as ring_full"
+            );
+        }
+        return;
+    }
     bump(ctr::EXPORTED);
+}
+
+/// Where the payload starts and how much of it goes after the record,
+/// when a tcpcopy asked for payloads and this response carries one.
+#[inline(always)]
+fn prefix_len(
+    ctx: &XdpContext,
+    ip: &[u8; 20],
+    tcp_off: usize,
+    doff: usize,
+) -> Option<(usize, usize)> {
+    let want = PREFIX.get(0).copied().unwrap_or(0) as usize;
+    if want == 0 {
+        return None;
+    }
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let payload = total.checked_sub(ihl + doff)?;
+    let off = tcp_off + doff;
+    let room = (ctx.data_end() - ctx.data()).checked_sub(off)?;
+    let n = payload.min(room).min(want).min(RECORD_PREFIX_MAX);
+    (n > 0).then_some((off, n))
+}
+
+/// Output the record with `n` payload bytes from `off` (the plain record
+/// if they cannot be read).
+#[inline(always)]
+fn with_prefix(
+    ctx: &XdpContext,
+    ring: &RingBuf,
+    rec: &ResponseRecord,
+    off: usize,
+    n: usize,
+) -> bool {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // Bound the length in a form the verifier can follow.
+    let n = unsafe { core::ptr::read_volatile(&(n as u32)) };
+    let bounded = ((n - 1) & (RECORD_PREFIX_MAX as u32 - 1)) + 1;
+    let ret = unsafe {
+        (*scratch).record = rec.bytes;
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            off as u32,
+            (*scratch).prefix.as_mut_ptr() as *mut _,
+            bounded,
+        )
+    };
+    let total = if ret == 0 {
+        RESPONSE_RECORD_LEN + bounded as usize
+    } else {
+        RESPONSE_RECORD_LEN
+    };
+    let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, total) };
+    ring.output::<[u8]>(bytes, 0).is_ok()
 }
 
 #[cfg(not(test))]

@@ -109,6 +109,10 @@ pub const RECORD_IP_LEN: usize = 20;
 /// TCP header bytes (with options) kept at most in a response record.
 pub const RECORD_TCP_MAX: usize = 44;
 
+/// Most payload bytes the intercept program puts after a record (our
+/// extension, for tcpcopy's `--verdict`); a power of two.
+pub const RECORD_PREFIX_MAX: usize = 256;
+
 /// A response record as the intercept program writes it.
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -20,6 +20,7 @@
 //!   live captures to pcapng;
 //! - [`tcpcopy`]: the tcpcopy program (options, channel client, workers, summary);
 //! - [`intercept`]: the intercept program (router, control channel server);
+//! - [`verdict`]: does the target answer like production (`--verdict`);
 //! - [`wake`]: when a woken worker takes its work (a pause after small
 //!   batches, so one wake serves many).
 
@@ -36,6 +37,7 @@ pub mod send;
 pub mod session;
 pub mod stats;
 pub mod tcpcopy;
+pub mod verdict;
 pub mod wake;
 pub mod wire;
 pub mod xdp;

@@ -18,7 +18,34 @@ use prometheus_client::{
     registry::Registry,
 };
 
-type Labels = Vec<(String, String)>;
+pub type Labels = Vec<(String, String)>;
+/// One histogram: its labels, sum, count and buckets (upper bound, count
+/// in the bucket).
+pub type HistogramSeries = (Labels, f64, u64, Vec<(f64, u64)>);
+
+/// Histograms whose buckets were counted elsewhere (the verdict keeps its
+/// latencies to the millisecond and adds them up across workers).
+#[derive(Debug)]
+struct FixedHistograms(Vec<HistogramSeries>);
+
+impl prometheus_client::encoding::EncodeMetric for FixedHistograms {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        for (labels, sum, count, buckets) in &self.0 {
+            encoder
+                .encode_family(labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    *sum, *count, buckets, None,
+                )?;
+        }
+        Ok(())
+    }
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
 
 /// One scrape's worth of metrics, built from plain numbers.
 #[derive(Default)]
@@ -49,6 +76,21 @@ impl Exposition {
                 .inc_by(n);
         }
         self.registry.register(name, help, family);
+    }
+
+    /// A counter with several labels, one series per (labels, value).
+    pub fn labelled_counters(&mut self, name: &str, help: &str, series: Vec<(Labels, u64)>) {
+        let family = Family::<Labels, Counter>::default();
+        for (labels, n) in series {
+            family.get_or_create(&labels).inc_by(n);
+        }
+        self.registry.register(name, help, family);
+    }
+
+    /// Histograms counted elsewhere: per series (labels, sum, count,
+    /// buckets as (upper bound, count in the bucket)).
+    pub fn histograms(&mut self, name: &str, help: &str, series: Vec<HistogramSeries>) {
+        self.registry.register(name, help, FixedHistograms(series));
     }
 
     /// `NAME_info{labels} 1`: what is running (version, protocol).

@@ -193,7 +193,7 @@ fn intercept_program_drops_matched_responses_exports_headers_and_passes_the_rest
                 while let Some(item) = ring.next() {
                     let mut r = [0u8; 64];
                     r.copy_from_slice(&item[..64]);
-                    records.push(ResponseRecord(r));
+                    records.push(ResponseRecord::new(r));
                 }
             }
             drop(xdp);

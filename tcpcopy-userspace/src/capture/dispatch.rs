@@ -37,7 +37,7 @@ use hashbrown::HashSet;
 use super::{Capture, CaptureStats};
 use crate::session::{
     claims::{Claims, WorkerIndex},
-    SessionKey,
+    Config, SessionKey,
 };
 
 const BATCH: usize = 64;
@@ -125,11 +125,14 @@ pub type Ends = Vec<Box<dyn Capture>>;
 /// `stop` is raised. Returns the workers' ends and the thread, which yields
 /// [`DispatchStats`] when it ends. `lossless` (offline replay): wait for a
 /// full worker queue instead of dropping, which holds the source back.
+/// `answers` (`--verdict`): the online server's answers (from a `-x`
+/// source) go to the worker of the client they travel to.
 pub fn start(
     source: Box<dyn Capture>,
     workers: usize,
     stop: Arc<AtomicBool>,
     lossless: bool,
+    answers: Option<Arc<Config>>,
 ) -> io::Result<(Ends, Dispatcher)> {
     let depth = if lossless {
         LOSSLESS_QUEUE_BATCHES
@@ -149,6 +152,7 @@ pub fn start(
         lanes,
         stop,
         lossless,
+        answers,
         queue_full: Arc::clone(&queue_full),
         source_dropped: Arc::clone(&source_dropped),
     };
@@ -174,6 +178,8 @@ struct DispatchLoop {
     pending: Vec<Batch>,
     stop: Arc<AtomicBool>,
     lossless: bool,
+    /// `--verdict`: which packets are the online server's answers.
+    answers: Option<Arc<Config>>,
     queue_full: Arc<AtomicU64>,
     source_dropped: Arc<AtomicU64>,
 }
@@ -189,8 +195,9 @@ impl DispatchLoop {
                 next_stats += std::time::Duration::from_millis(100);
             }
             let pending = &mut self.pending;
+            let answers = self.answers.as_deref();
             let got = self.source.read_batch(1024, &mut |p| {
-                pending[lane_of(p, n)].push(p.to_vec());
+                pending[lane_of(p, n, answers)].push(p.to_vec());
             });
             self.hand_over(got == 1024);
             if got == 0 {
@@ -270,12 +277,33 @@ fn lanes(workers: usize, depth: usize) -> io::Result<(Vec<DispatchedCapture>, Ve
     Ok((inboxes, lanes))
 }
 
-/// The worker that owns the flow of IPv4/TCP packet `p`, of `n`.
-fn lane_of(p: &[u8], n: u32) -> usize {
-    match flow_of(p) {
+/// The worker that owns the flow of IPv4/TCP packet `p`, of `n`: its
+/// client's (the source; the destination of an online answer).
+fn lane_of(p: &[u8], n: u32, answers: Option<&Config>) -> usize {
+    let flow = match answers {
+        Some(cfg) if is_answer(p, cfg) => answer_flow_of(p),
+        _ => flow_of(p),
+    };
+    match flow {
         Some((ip, port)) => (tcpcopy_common::flow_hash(ip, port) % n) as usize,
         None => 0,
     }
+}
+
+/// Does `p` come from a `-x` source (an online server's answer)?
+fn is_answer(p: &[u8], cfg: &Config) -> bool {
+    let Some((ip, port)) = flow_of(p) else {
+        return false;
+    };
+    !cfg.rule_for(std::net::Ipv4Addr::from(ip), port).is_empty()
+}
+
+/// The destination (address, port) of IPv4/TCP packet `p`, host order.
+fn answer_flow_of(p: &[u8]) -> Option<(u32, u16)> {
+    let ihl = ((*p.first()? & 0x0f) as usize) * 4;
+    let ip = u32::from_be_bytes(p.get(16..20)?.try_into().ok()?);
+    let port = u16::from_be_bytes(p.get(ihl + 2..ihl + 4)?.try_into().ok()?);
+    Some((ip, port))
 }
 
 /// Give each worker its own sources (`sources[i]` for worker `i`, possibly

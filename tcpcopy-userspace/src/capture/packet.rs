@@ -38,7 +38,13 @@ fn check(r: libc::c_int, what: &str) -> io::Result<()> {
 impl PacketSocket {
     /// `ifindex` 0 = every interface.
     pub fn open(ifindex: u32, config: Arc<Config>) -> io::Result<Self> {
-        let proto = (libc::ETH_P_IP as u16).to_be();
+        // The host's outgoing packets reach only ETH_P_ALL sockets: with
+        // `--verdict` the online server's answers are among them.
+        let proto = if config.verdict.is_some() {
+            (libc::ETH_P_ALL as u16).to_be()
+        } else {
+            (libc::ETH_P_IP as u16).to_be()
+        };
         // SAFETY: plain socket(2); the fd is owned right away.
         let raw = unsafe {
             libc::socket(
@@ -86,7 +92,7 @@ impl PacketSocket {
         })
     }
 
-    fn wanted(&self, p: &[u8]) -> bool {
+    fn wanted(&self, p: &[u8], outgoing: bool) -> bool {
         let Ok(ip) = crate::wire::Ipv4View::new_checked(p) else {
             return false;
         };
@@ -95,9 +101,21 @@ impl PacketSocket {
         }
         let t = ip.payload();
         let dport = u16::from_be_bytes([t[2], t[3]]);
-        self.config
-            .transfer_for(std::net::Ipv4Addr::from(ip.dst()), dport)
-            .is_some()
+        if !outgoing
+            && self
+                .config
+                .transfer_for(std::net::Ipv4Addr::from(ip.dst()), dport)
+                .is_some()
+        {
+            return true;
+        }
+        // `--verdict`: the online server's answers, from a `-x` source.
+        let sport = u16::from_be_bytes([t[0], t[1]]);
+        self.config.verdict.is_some()
+            && !self
+                .config
+                .rule_for(std::net::Ipv4Addr::from(ip.src()), sport)
+                .is_empty()
     }
 }
 
@@ -127,7 +145,11 @@ impl Capture for PacketSocket {
                 break;
             }
             let packet = &self.buf[..r as usize];
-            if sll.sll_pkttype == libc::PACKET_OUTGOING || !self.wanted(packet) {
+            // The host's own outgoing packets are skipped, except the
+            // online server's answers the verdict reads.
+            let outgoing = sll.sll_pkttype == libc::PACKET_OUTGOING;
+            let ipv4 = sll.sll_protocol == (libc::ETH_P_IP as u16).to_be();
+            if !ipv4 || !self.wanted(packet, outgoing) {
                 self.stats.skipped += 1;
                 continue;
             }

@@ -37,7 +37,9 @@ const HOUSEKEEPING: Duration = Duration::from_millis(250);
 /// The XDP program's ring buffer as a record source.
 pub struct RingSource {
     rings: Vec<RingBuf<MapData>>,
-    /// Records whose length was not 64 bytes (never expected).
+    /// Payload bytes the program puts after each record (`PREFIX`).
+    prefix: aya::maps::Array<MapData, u32>,
+    /// Records shorter than 64 bytes (never expected).
     pub malformed: u64,
 }
 
@@ -51,14 +53,24 @@ impl RingSource {
                 .with_context(|| format!("ring buffer RECORDS{i} missing from intercept-ebpf"))?;
             rings.push(RingBuf::try_from(map)?);
         }
+        let prefix = xdp
+            .ebpf_mut()
+            .take_map("PREFIX")
+            .context("map PREFIX missing from intercept-ebpf")?;
         Ok(RingSource {
             rings,
+            prefix: aya::maps::Array::try_from(prefix)?,
             malformed: 0,
         })
     }
 }
 
 impl RecordSource for RingSource {
+    fn want_prefixes(&mut self, bytes: u16) {
+        if let Err(e) = self.prefix.set(0, bytes as u32, 0) {
+            tracing::warn!(error = %e, "cannot ask the XDP program for payload prefixes: records go without");
+        }
+    }
     fn fds(&self, out: &mut Vec<RawFd>) {
         out.extend(self.rings.iter().map(|r| r.as_raw_fd()));
     }
@@ -78,7 +90,12 @@ impl RecordSource for RingSource {
                 }
                 let mut r = [0u8; RECORD_LEN];
                 r.copy_from_slice(&item[..RECORD_LEN]);
-                out.push(ResponseRecord(r));
+                let mut record = ResponseRecord::new(r);
+                // The payload prefix follows when a peer asked for it.
+                if item.len() > RECORD_LEN {
+                    record.prefix = Some(item[RECORD_LEN..].into());
+                }
+                out.push(record);
             }
         }
     }

@@ -4,7 +4,7 @@
 //! bounded. The server only moves bytes between this and the socket.
 
 use crate::proto::{
-    encode_records, Framing, ResponseRecord, RouteDecoder, RouteMsg, INTERNAL_VERSION,
+    encode_records, Extension, Framing, ResponseRecord, RouteDecoder, RouteMsg, INTERNAL_VERSION,
     MAX_COMBINED, MSG_CLIENT_ADD, MSG_CLIENT_DEL,
 };
 
@@ -31,6 +31,9 @@ pub struct Received {
     /// The peer announced this version, not ours (served anyway, as the C
     /// intercept does).
     pub other_version: Option<u16>,
+    /// The peer's version message offered our extension, now granted:
+    /// its records carry this much of each response's payload.
+    pub granted: Option<Extension>,
 }
 
 /// How many records and frames a flush encoded.
@@ -50,6 +53,9 @@ pub struct PeerProtocol {
     out: Vec<u8>,
     out_pos: usize,
     messages: Vec<RouteMsg>,
+    /// Our extension, granted to this peer (never to one that did not
+    /// offer it: a C tcpcopy sees protocol 6 only).
+    granted: Option<Extension>,
 }
 
 impl PeerProtocol {
@@ -61,7 +67,14 @@ impl PeerProtocol {
             out: Vec::new(),
             out_pos: 0,
             messages: Vec::new(),
+            granted: None,
         }
+    }
+
+    /// The extension this peer was granted.
+    #[cfg(test)]
+    pub fn granted(&self) -> Option<Extension> {
+        self.granted
     }
 
     /// Bytes the peer sent.
@@ -75,6 +88,14 @@ impl PeerProtocol {
         if let Some(v) = self.decoder.version() {
             if !knew_version && v != INTERNAL_VERSION {
                 r.other_version = Some(v);
+            }
+        }
+        if !knew_version {
+            if let Some(ext) = self.decoder.offered() {
+                // The acknowledgement goes before any record.
+                self.granted = Some(ext);
+                encode_records(self.framing, None, &[ext.acknowledgement()], &mut self.out);
+                r.granted = Some(ext);
             }
         }
         for m in &self.messages {
@@ -117,7 +138,7 @@ impl PeerProtocol {
             self.out_pos = 0;
         }
         let records = self.pending.len() as u64;
-        encode_records(self.framing, &self.pending, &mut self.out);
+        encode_records(self.framing, self.granted, &self.pending, &mut self.out);
         self.pending.clear();
         let frames = match self.framing {
             Framing::Combined => records.div_ceil(MAX_COMBINED as u64),
@@ -204,8 +225,8 @@ mod tests {
     #[test]
     fn records_become_frames_and_a_peer_that_stops_reading_is_named() {
         let mut p = PeerProtocol::new(Framing::Combined);
-        let rec = ResponseRecord([0u8; RECORD_LEN]);
-        p.queue(&[rec; 17]);
+        let rec = ResponseRecord::new([0u8; RECORD_LEN]);
+        p.queue(&vec![rec.clone(); 17]);
         let e = p.encode_pending();
         assert_eq!((e.records, e.frames), (17, 2));
         let n = p.unwritten().len();
@@ -221,5 +242,34 @@ mod tests {
             .unwrap_err()
             .0
             .starts_with("stopped reading"));
+    }
+
+    #[test]
+    fn the_extension_is_granted_only_to_a_peer_that_offered_it() {
+        use crate::proto::{Extension, Negotiation, RecordDecoder};
+        let rec = super::super::router::test_record(0x18, 40000, 1);
+        // A C tcpcopy: plain version message, plain records.
+        let mut c = PeerProtocol::new(Framing::Combined);
+        let r = c.receive(&RouteMsg::version().encode()).unwrap();
+        assert_eq!((r.granted, c.granted()), (None, None));
+        c.queue(std::slice::from_ref(&rec));
+        c.encode_pending();
+        assert_eq!(c.unwritten().len(), 2 + RECORD_LEN, "protocol 6 bytes only");
+        // Ours: the offer, then the acknowledgement before any record.
+        let ext = Extension::asking(128);
+        let mut ours = PeerProtocol::new(Framing::Combined);
+        let r = ours
+            .receive(&RouteMsg::version_offering(ext).encode())
+            .unwrap();
+        assert_eq!(r.granted, Some(ext));
+        let mut with_prefix = rec.clone();
+        with_prefix.prefix = Some(b"HTTP/1.1 200 OK".as_slice().into());
+        ours.queue(&[with_prefix.clone()]);
+        ours.encode_pending();
+        let mut dec = RecordDecoder::offering(Framing::Combined);
+        let mut out = Vec::new();
+        dec.feed(ours.unwritten(), &mut out).unwrap();
+        assert_eq!(dec.negotiation(), Negotiation::Granted(ext));
+        assert_eq!(out, vec![with_prefix]);
     }
 }

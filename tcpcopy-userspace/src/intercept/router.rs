@@ -164,7 +164,7 @@ impl Router {
         }
         if let Some(p) = self.parked.get_mut(&key) {
             if p.records.len() < MAX_PARKED_PER_KEY {
-                p.records.push(*record);
+                p.records.push(record.clone());
                 self.stats.parked += 1;
                 return Disposition::Parked;
             }
@@ -179,7 +179,7 @@ impl Router {
             key,
             Parked {
                 since_ms: now_ms,
-                records: vec![*record],
+                records: vec![record.clone()],
             },
         );
         self.parked_order.push_back((key, now_ms));
@@ -224,7 +224,7 @@ pub(super) fn test_record(flags: u8, client_port: u16, seq: u32) -> ResponseReco
     b[24..28].copy_from_slice(&seq.to_be_bytes());
     b[32] = 5 << 4;
     b[33] = flags;
-    ResponseRecord(b)
+    ResponseRecord::new(b)
 }
 
 #[cfg(test)]
@@ -252,7 +252,7 @@ mod tests {
         assert_eq!(r.route(0, &record(0x10, 40000)), Disposition::Send(2));
         // Another target address is another key.
         let mut other = record(0x10, 40000);
-        other.0[12..16].copy_from_slice(&[10, 0, 2, 3]);
+        other.head[12..16].copy_from_slice(&[10, 0, 2, 3]);
         assert_eq!(r.route(0, &other), Disposition::Unrouted);
         assert_eq!(r.stats().unrouted, 2);
     }

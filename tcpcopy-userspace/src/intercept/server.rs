@@ -83,6 +83,10 @@ pub struct ControlServer {
     with_pending: Vec<PeerId>,
     /// When a wake's work is taken (`--wake-pause`; none by default).
     coalesce: Coalesce,
+    /// The most payload bytes a granted peer asked for (0: none): the
+    /// source is told once it grows.
+    prefix_wanted: u16,
+    prefix_told: u16,
 }
 
 /// Where response records come from: the XDP ring buffer in production, a
@@ -93,6 +97,10 @@ pub trait RecordSource {
     fn fds(&self, out: &mut Vec<RawFd>);
     /// Append up to `max` waiting records to `out`.
     fn drain(&mut self, out: &mut Vec<ResponseRecord>, max: usize);
+    /// From now on, records carry up to `bytes` of their response's
+    /// payload (a tcpcopy was granted our extension). Sources without
+    /// payloads ignore it.
+    fn want_prefixes(&mut self, _bytes: u16) {}
 }
 
 impl ControlServer {
@@ -117,6 +125,8 @@ impl ControlServer {
             ready: Vec::new(),
             with_pending: Vec::new(),
             coalesce: Coalesce::new(Duration::ZERO),
+            prefix_wanted: 0,
+            prefix_told: 0,
         })
     }
 
@@ -199,6 +209,10 @@ impl ControlServer {
             }
         }
         self.ready = ready;
+        if self.prefix_wanted > self.prefix_told {
+            source.want_prefixes(self.prefix_wanted);
+            self.prefix_told = self.prefix_wanted;
+        }
         // Records are drained every turn, to the last: the ring wakes the
         // poll only for the first record after the reader caught up.
         let now = self.now_ms();
@@ -320,6 +334,11 @@ impl ControlServer {
                     if let Some(v) = r.other_version {
                         tracing::warn!(addr = %peer.addr, peer = id,
                             "not compatible, client:{v}, intercept:{INTERNAL_VERSION} (served anyway, as the C intercept does)");
+                    }
+                    if let Some(ext) = r.granted {
+                        tracing::info!(addr = %peer.addr, peer = id, bytes = ext.prefix_bytes,
+                            "tcpcopy asked for the target's payload prefixes (--verdict): granted");
+                        self.prefix_wanted = self.prefix_wanted.max(ext.prefix_bytes);
                     }
                     self.apply(id, &r.requests);
                 }

@@ -2,6 +2,13 @@
 //! the C tools at protocol version 6: 14-byte route messages from tcpcopy,
 //! 64-byte response records from intercept, in combined frames (a u16 count,
 //! at most 16 records) or bare. Pure encode/decode; no sockets.
+//!
+//! Our extension (the verdict's payload prefix) is negotiated so that a C
+//! peer on either side sees exactly protocol 6: tcpcopy offers it in the
+//! version message's target fields, which the C intercept reads and
+//! ignores (spec §3.2); only an intercept that understood the offer
+//! answers it, with one acknowledgement record before any other, and only
+//! then are the records longer (see [`Extension`]).
 
 use std::net::Ipv4Addr;
 use thiserror::Error;
@@ -47,6 +54,19 @@ impl RouteMsg {
             target_port: 0,
         }
     }
+    /// The version message offering our extension: the magic in the
+    /// target address, the payload prefix asked for in the target port.
+    pub fn version_offering(ext: Extension) -> Self {
+        RouteMsg {
+            target_ip: Ipv4Addr::from(EXT_MAGIC),
+            target_port: ext.prefix_bytes,
+            ..RouteMsg::version()
+        }
+    }
+    /// The extension a version message offers, if any.
+    pub fn offered(&self) -> Option<Extension> {
+        (self.target_ip.octets() == EXT_MAGIC).then(|| Extension::asking(self.target_port))
+    }
     pub fn client_add(client: (Ipv4Addr, u16), target: (Ipv4Addr, u16)) -> Self {
         RouteMsg {
             client_ip: client.0,
@@ -86,10 +106,61 @@ impl RouteMsg {
     }
 }
 
+/// Our extension's magic: in the version message's target address
+/// (tcpcopy's offer) and in bytes 1..5 of intercept's acknowledgement.
+pub const EXT_MAGIC: [u8; 4] = *b"TCPX";
+/// Most payload bytes a record may carry under the extension.
+pub const PREFIX_MAX: u16 = tcpcopy_common::RECORD_PREFIX_MAX as u16;
+
+/// Our extension, as offered or granted: each record carries the first
+/// `prefix_bytes` of its response's TCP payload.
+///
+/// On the wire, once intercept granted it, a record is the 64 protocol-6
+/// bytes, a u16 (network order) of how many payload bytes follow are
+/// real, and `prefix_bytes` of payload, zero-padded: every record of the
+/// connection has the same length, and the combined framing is unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extension {
+    pub prefix_bytes: u16,
+}
+
+impl Extension {
+    /// An offer or grant of `prefix_bytes`, held to 1..=[`PREFIX_MAX`].
+    pub fn asking(prefix_bytes: u16) -> Extension {
+        Extension {
+            prefix_bytes: prefix_bytes.clamp(1, PREFIX_MAX),
+        }
+    }
+    /// Bytes of one record under this extension.
+    pub fn record_len(self) -> usize {
+        RECORD_LEN + 2 + self.prefix_bytes as usize
+    }
+    /// intercept's acknowledgement, sent as a record of 64 bytes before
+    /// any other: byte 0 is 0 (never an IPv4 header's first byte), then
+    /// the magic and the prefix granted.
+    pub fn acknowledgement(self) -> ResponseRecord {
+        let mut head = [0u8; RECORD_LEN];
+        head[1..5].copy_from_slice(&EXT_MAGIC);
+        head[5..7].copy_from_slice(&self.prefix_bytes.to_be_bytes());
+        ResponseRecord::new(head)
+    }
+    /// The extension a record acknowledges, if it is the acknowledgement.
+    fn acknowledged(head: &[u8; RECORD_LEN]) -> Option<Extension> {
+        (head[0] == 0 && head[1..5] == EXT_MAGIC)
+            .then(|| Extension::asking(u16::from_be_bytes([head[5], head[6]])))
+    }
+}
+
 /// A response header record: the target's IPv4 header (20 bytes) and the
-/// first 44 bytes of its TCP header, all as on the wire.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct ResponseRecord(pub [u8; RECORD_LEN]);
+/// first 44 bytes of its TCP header, all as on the wire; under our
+/// extension, also the first bytes of its payload.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ResponseRecord {
+    pub head: [u8; RECORD_LEN],
+    /// The first bytes of the response's payload (none without the
+    /// extension, or when the response carries none).
+    pub prefix: Option<Box<[u8]>>,
+}
 
 impl std::fmt::Debug for ResponseRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,6 +198,15 @@ pub struct ResponseHeader {
 }
 
 impl ResponseRecord {
+    /// A record of protocol 6, with no payload bytes.
+    pub fn new(head: [u8; RECORD_LEN]) -> Self {
+        ResponseRecord { head, prefix: None }
+    }
+    /// The payload bytes carried, if any.
+    pub fn prefix(&self) -> &[u8] {
+        self.prefix.as_deref().unwrap_or(&[])
+    }
+
     /// Build a record from a captured IPv4 packet the way intercept does.
     pub fn from_ipv4_packet(packet: &[u8]) -> Option<Self> {
         let ip = crate::wire::Ipv4View::new_checked(packet).ok()?;
@@ -135,29 +215,40 @@ impl ResponseRecord {
         r[..20].copy_from_slice(&packet[..20]);
         let n = tcp.header_len().min(44);
         r[20..20 + n].copy_from_slice(&ip.payload()[..n]);
-        Some(ResponseRecord(r))
+        Some(ResponseRecord::new(r))
+    }
+    /// The same, with up to `prefix` bytes of the payload (the extension).
+    pub fn from_ipv4_packet_with_prefix(packet: &[u8], prefix: usize) -> Option<Self> {
+        let mut r = Self::from_ipv4_packet(packet)?;
+        let ip = crate::wire::Ipv4View::new_checked(packet).ok()?;
+        let tcp = crate::wire::TcpView::new_checked(ip.payload()).ok()?;
+        let payload = tcp.payload();
+        if !payload.is_empty() {
+            r.prefix = Some(payload[..payload.len().min(prefix)].into());
+        }
+        Some(r)
     }
 
     /// The target's address and port (the response's source).
     pub fn target(&self) -> (Ipv4Addr, u16) {
-        let b = &self.0;
+        let b = &self.head;
         let ip = Ipv4Addr::new(b[12], b[13], b[14], b[15]);
         (ip, u16::from_be_bytes([b[20], b[21]]))
     }
     /// The replayed client's address and port (the response's destination).
     pub fn client(&self) -> (Ipv4Addr, u16) {
-        let b = &self.0;
+        let b = &self.head;
         let ip = Ipv4Addr::new(b[16], b[17], b[18], b[19]);
         (ip, u16::from_be_bytes([b[22], b[23]]))
     }
     pub fn flags(&self) -> crate::wire::TcpFlags {
-        crate::wire::TcpFlags(self.0[33])
+        crate::wire::TcpFlags(self.head[33])
     }
 
     /// Decode the record. The TCP header always sits at offset 20 (IP options
     /// are not carried; the C tool's ihl-based offset is a quirk we fix).
     pub fn header(&self) -> ResponseHeader {
-        let b = &self.0;
+        let b = &self.head;
         let ip_hl = ((b[0] & 0x0f) as u32) * 4;
         let tot = u16::from_be_bytes([b[2], b[3]]) as u32;
         let t = &b[20..];
@@ -194,23 +285,54 @@ pub enum Framing {
     Bare,
 }
 
-/// Encode records as one or more frames and append them to `out`.
-pub fn encode_records(framing: Framing, records: &[ResponseRecord], out: &mut Vec<u8>) {
+/// Encode records as one or more frames and append them to `out`; under
+/// `ext`, each with its payload prefix (see [`Extension`]).
+pub fn encode_records(
+    framing: Framing,
+    ext: Option<Extension>,
+    records: &[ResponseRecord],
+    out: &mut Vec<u8>,
+) {
+    let one = |r: &ResponseRecord, out: &mut Vec<u8>| {
+        out.extend_from_slice(&r.head);
+        if let Some(e) = ext {
+            let room = e.prefix_bytes as usize;
+            let p = &r.prefix()[..r.prefix().len().min(room)];
+            out.extend_from_slice(&(p.len() as u16).to_be_bytes());
+            out.extend_from_slice(p);
+            out.resize(out.len() + room - p.len(), 0);
+        }
+    };
     match framing {
         Framing::Bare => {
             for r in records {
-                out.extend_from_slice(&r.0);
+                one(r, out);
             }
         }
         Framing::Combined => {
             for chunk in records.chunks(MAX_COMBINED) {
                 out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
                 for r in chunk {
-                    out.extend_from_slice(&r.0);
+                    one(r, out);
                 }
             }
         }
     }
+}
+
+/// Where our extension stands on a tcpcopy connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Negotiation {
+    /// Not offered: protocol 6.
+    #[default]
+    NotOffered,
+    /// Offered; intercept's first record tells.
+    Offered,
+    /// intercept acknowledged it: records carry payload prefixes.
+    Granted(Extension),
+    /// intercept's first record was a plain one (a C intercept, or ours
+    /// from before the extension): protocol 6.
+    Declined,
 }
 
 /// Incremental decoder for the intercept → tcpcopy byte stream. Feed it
@@ -219,6 +341,7 @@ pub fn encode_records(framing: Framing, records: &[ResponseRecord], out: &mut Ve
 #[derive(Debug, Default)]
 pub struct RecordDecoder {
     framing: Framing,
+    negotiation: Negotiation,
     buf: Vec<u8>,
     /// Records still expected in the current combined frame.
     remaining: usize,
@@ -228,9 +351,20 @@ impl RecordDecoder {
     pub fn new(framing: Framing) -> Self {
         RecordDecoder {
             framing,
-            buf: Vec::new(),
-            remaining: 0,
+            ..RecordDecoder::default()
         }
+    }
+    /// A decoder for a connection whose version message offered our
+    /// extension.
+    pub fn offering(framing: Framing) -> Self {
+        RecordDecoder {
+            framing,
+            negotiation: Negotiation::Offered,
+            ..RecordDecoder::default()
+        }
+    }
+    pub fn negotiation(&self) -> Negotiation {
+        self.negotiation
     }
 
     /// Append bytes and decode every complete record into `out`. Returns the
@@ -258,16 +392,38 @@ impl RecordDecoder {
                 frames += 1;
                 pos += 2;
             }
-            if self.buf.len() - pos < RECORD_LEN {
+            let granted = match self.negotiation {
+                Negotiation::Granted(e) => Some(e),
+                _ => None,
+            };
+            let len = granted.map_or(RECORD_LEN, Extension::record_len);
+            if self.buf.len() - pos < len {
                 break;
             }
-            let mut r = [0u8; RECORD_LEN];
-            r.copy_from_slice(&self.buf[pos..pos + RECORD_LEN]);
-            out.push(ResponseRecord(r));
-            pos += RECORD_LEN;
+            let bytes = &self.buf[pos..pos + len];
+            pos += len;
             if self.framing == Framing::Combined {
                 self.remaining -= 1;
             }
+            let mut head = [0u8; RECORD_LEN];
+            head.copy_from_slice(&bytes[..RECORD_LEN]);
+            if self.negotiation == Negotiation::Offered {
+                if let Some(e) = Extension::acknowledged(&head) {
+                    self.negotiation = Negotiation::Granted(e);
+                    continue;
+                }
+                self.negotiation = Negotiation::Declined;
+            }
+            let mut record = ResponseRecord::new(head);
+            if let Some(e) = granted {
+                let tail = &bytes[RECORD_LEN..];
+                let n =
+                    (u16::from_be_bytes([tail[0], tail[1]]) as usize).min(e.prefix_bytes as usize);
+                if n > 0 {
+                    record.prefix = Some(tail[2..2 + n].into());
+                }
+            }
+            out.push(record);
         }
         self.buf.drain(..pos);
         Ok(frames)
@@ -281,6 +437,8 @@ pub struct RouteDecoder {
     buf: Vec<u8>,
     /// The peer's protocol version, once its version message came.
     version: Option<u16>,
+    /// The extension its version message offered.
+    offered: Option<Extension>,
 }
 
 impl RouteDecoder {
@@ -293,6 +451,10 @@ impl RouteDecoder {
     pub fn version(&self) -> Option<u16> {
         self.version
     }
+    /// The extension the peer offered in its version message.
+    pub fn offered(&self) -> Option<Extension> {
+        self.offered
+    }
 
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<RouteMsg>) -> Result<(), ProtoError> {
         self.buf.extend_from_slice(data);
@@ -304,6 +466,7 @@ impl RouteDecoder {
             let msg = RouteMsg::decode(&m);
             if self.version.is_none() {
                 self.version = Some(msg.check_version()?);
+                self.offered = msg.offered();
                 continue;
             }
             out.push(msg);
@@ -374,9 +537,9 @@ mod tests {
     fn record_layout_matches_scenario_23() {
         let p = sample_packet(300);
         let r = ResponseRecord::from_ipv4_packet(&p).unwrap();
-        assert_eq!(&r.0[..20], &p[..20]);
-        assert_eq!(&r.0[20..52], &p[20..52]);
-        assert_eq!(&r.0[52..], &[0u8; 12]);
+        assert_eq!(&r.head[..20], &p[..20]);
+        assert_eq!(&r.head[20..52], &p[20..52]);
+        assert_eq!(&r.head[52..], &[0u8; 12]);
         let h = r.header();
         assert_eq!(h.payload_len, 300);
         assert_eq!((h.seq, h.ack), (1000, 2000));
@@ -389,7 +552,7 @@ mod tests {
         let rec = ResponseRecord::from_ipv4_packet(&sample_packet(0)).unwrap();
         let records = vec![rec; 100];
         let mut wire = Vec::new();
-        encode_records(Framing::Combined, &records, &mut wire);
+        encode_records(Framing::Combined, None, &records, &mut wire);
         assert_eq!(wire.len(), 100 * 64 + 7 * 2);
         assert_eq!(&wire[..2], &[0, 16]);
         let mut dec = RecordDecoder::new(Framing::Combined);
@@ -406,13 +569,86 @@ mod tests {
     fn bare_framing_round_trip() {
         let rec = ResponseRecord::from_ipv4_packet(&sample_packet(1)).unwrap();
         let mut wire = Vec::new();
-        encode_records(Framing::Bare, &[rec, rec, rec], &mut wire);
+        encode_records(
+            Framing::Bare,
+            None,
+            &[rec.clone(), rec.clone(), rec.clone()],
+            &mut wire,
+        );
         assert_eq!(wire.len(), 192);
         let mut out = Vec::new();
         RecordDecoder::new(Framing::Bare)
             .feed(&wire, &mut out)
             .unwrap();
         assert_eq!(out, vec![rec; 3]);
+    }
+
+    #[test]
+    fn the_offer_rides_in_bytes_a_c_intercept_ignores() {
+        let offer = RouteMsg::version_offering(Extension::asking(64)).encode();
+        assert_eq!(
+            offer,
+            [0, 0, 0, 0, 0, 0, 0, 6, b'T', b'C', b'P', b'X', 0, 64],
+            "bytes 0..8 are protocol 6's version message, as a C intercept checks them"
+        );
+        let m = RouteMsg::decode(&offer);
+        assert_eq!(m.check_version(), Ok(6));
+        assert_eq!(m.offered(), Some(Extension { prefix_bytes: 64 }));
+        assert_eq!(RouteMsg::version().offered(), None);
+        assert_eq!(Extension::asking(4000).prefix_bytes, PREFIX_MAX);
+    }
+
+    #[test]
+    fn a_protocol_6_intercept_declines_by_its_first_record() {
+        // What a C intercept sends: plain combined frames, recorded bytes.
+        let rec = ResponseRecord::from_ipv4_packet(&sample_packet(300)).unwrap();
+        let mut wire = Vec::new();
+        encode_records(Framing::Combined, None, &vec![rec.clone(); 20], &mut wire);
+        assert_eq!(wire.len(), 2 + 16 * 64 + 2 + 4 * 64);
+        let mut dec = RecordDecoder::offering(Framing::Combined);
+        let mut out = Vec::new();
+        for chunk in wire.chunks(50) {
+            dec.feed(chunk, &mut out).unwrap();
+        }
+        assert_eq!(dec.negotiation(), Negotiation::Declined);
+        assert_eq!(
+            out,
+            vec![rec; 20],
+            "every record kept, none taken for an answer"
+        );
+    }
+
+    #[test]
+    fn a_granted_extension_carries_payload_prefixes() {
+        let ext = Extension::asking(64);
+        let long = sample_packet(300);
+        let mut short = sample_packet(5);
+        short[52..57].copy_from_slice(b"HTTP/");
+        let records = [
+            ResponseRecord::from_ipv4_packet_with_prefix(&long, 64).unwrap(),
+            ResponseRecord::from_ipv4_packet_with_prefix(&short, 64).unwrap(),
+            ResponseRecord::from_ipv4_packet(&sample_packet(0)).unwrap(),
+        ];
+        for framing in [Framing::Combined, Framing::Bare] {
+            let mut wire = Vec::new();
+            encode_records(framing, None, &[ext.acknowledgement()], &mut wire);
+            let ack_len = wire.len();
+            let many: Vec<_> = records.iter().cycle().take(40).cloned().collect();
+            encode_records(framing, Some(ext), &many, &mut wire);
+            let frames = if framing == Framing::Combined { 3 } else { 0 };
+            assert_eq!(wire.len() - ack_len, 40 * (64 + 2 + 64) + frames * 2);
+            let mut dec = RecordDecoder::offering(framing);
+            let mut out = Vec::new();
+            for chunk in wire.chunks(33) {
+                dec.feed(chunk, &mut out).unwrap();
+            }
+            assert_eq!(dec.negotiation(), Negotiation::Granted(ext));
+            assert_eq!(out, many);
+            assert_eq!(out[0].prefix().len(), 64);
+            assert_eq!(out[1].prefix(), b"HTTP/");
+            assert_eq!(out[2].prefix, None);
+            assert_eq!(out[1].header().payload_len, 5);
+        }
     }
 
     #[test]

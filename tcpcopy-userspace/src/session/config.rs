@@ -263,6 +263,8 @@ pub struct Config {
     /// before the session is given up; its captured requests wait (within
     /// the session's buffer and `-m`). 0: give up at once, as the C tool.
     pub retry_refused_ms: u64,
+    /// `--verdict`: each request's answers, online and target, compared.
+    pub verdict: Option<crate::verdict::VerdictConfig>,
 }
 
 impl Default for Config {
@@ -298,6 +300,7 @@ impl Default for Config {
             catch_up_segments: 64,
             gap_skip_ms: 1_000,
             retry_refused_ms: 5_000,
+            verdict: None,
         }
     }
 }

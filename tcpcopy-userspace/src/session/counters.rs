@@ -2,7 +2,8 @@
 //! "where did my requests go?":
 //!
 //! 1. `captured = accepted + not_tcp + malformed + no_transfer + localhost_dropped
-//!    + client_filtered + sampled_out + skipped_ramp + skipped_rate_limit`
+//!    + client_filtered + sampled_out + skipped_ramp + skipped_rate_limit
+//!    + online_answers`
 //! 2. `session_inputs = replayed + pure_acks_absorbed + duplicates + no_session
 //!    + only_complete_skipped + port_conflicts + late_for_closed
 //!    + session_limit + lost_* + buffered`
@@ -109,6 +110,9 @@ counters! {
     malformed: Segments,
     /// No `-x` entry matched the destination.
     no_transfer: Segments,
+    /// `--verdict`: the online server's segments toward its clients (the
+    /// online answers), read by the verdict.
+    online_answers: Segments,
     /// Localhost rules of spec §4.2 step 5.
     localhost_dropped: Segments,
     /// Not in the `-r` sample.
@@ -225,9 +229,11 @@ counters! {
 }
 
 impl Counters {
-    /// Sum of the named drop reasons of invariant 1.
+    /// Sum of what invariant 1 sets aside besides `accepted`: the named
+    /// drop reasons, and the online answers the verdict reads.
     pub fn ingress_dropped(&self) -> u64 {
-        self.not_tcp
+        self.online_answers
+            + self.not_tcp
             + self.malformed
             + self.no_transfer
             + self.localhost_dropped

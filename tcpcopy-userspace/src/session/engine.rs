@@ -17,6 +17,7 @@ use super::{
 use crate::{
     memory::Pressure,
     proto::{ResponseHeader, RouteMsg},
+    verdict::VerdictStats,
     wire::{SegmentError, SegmentRepr, TcpFlags},
 };
 use hashbrown::{HashMap, HashSet};
@@ -126,6 +127,8 @@ pub struct Engine {
     intercept_down: bool,
     /// When an intercept last came back (see [`Engine::reannounce`]).
     intercept_back_at: u64,
+    /// `--verdict`: the figures of each target (empty without).
+    verdicts: Vec<VerdictStats>,
 }
 
 impl Engine {
@@ -194,6 +197,7 @@ impl Engine {
 
     pub fn new(cfg: Arc<Config>) -> Self {
         let targets = cfg.targets().len();
+        let cfg_verdict = cfg.verdict.is_some();
         Engine {
             cfg,
             sessions: HashMap::new(),
@@ -217,7 +221,17 @@ impl Engine {
             skipped: SkippedFlows::default(),
             intercept_down: false,
             intercept_back_at: 0,
+            verdicts: match cfg_verdict {
+                true => vec![VerdictStats::default(); targets.max(1)],
+                false => Vec::new(),
+            },
         }
+    }
+
+    /// `--verdict`: each target's figures, in the order of
+    /// [`Config::targets`] (empty without).
+    pub fn verdicts(&self) -> &[VerdictStats] {
+        &self.verdicts
     }
 
     /// How short memory is (`-m`): from `Refuse` on, no new sessions; at
@@ -310,7 +324,11 @@ impl Engine {
         }
         let rule = self.cfg.rule_for(seg.dst, seg.dst_port);
         if rule.is_empty() {
-            self.counters.no_transfer += 1;
+            if self.cfg.verdict.is_some() && !self.cfg.rule_for(seg.src, seg.src_port).is_empty() {
+                self.on_online_answer(now, &seg);
+            } else {
+                self.counters.no_transfer += 1;
+            }
             return;
         }
         if !self.cfg.client_filter.admits(seg.src) {
@@ -358,6 +376,33 @@ impl Engine {
                     self.counters.session_inputs += 1;
                     self.dispatch(now, origin, src, target, s.clone());
                 }
+            }
+        }
+    }
+
+    /// `--verdict`: a segment of the online server's, toward a client:
+    /// its data is the answer of every copy of that client's session.
+    fn on_online_answer(&mut self, now: u64, seg: &SegmentRepr) {
+        self.counters.online_answers += 1;
+        if seg.payload.is_empty() {
+            return;
+        }
+        let captured = seg.dst;
+        let copies = self.cfg.copies();
+        for copy in 0..copies {
+            let origin = OriginKey {
+                client: captured,
+                port: seg.dst_port,
+                copy,
+            };
+            let Some(&key) = self.origins.get(&origin) else {
+                continue;
+            };
+            let (mut ctx, sessions) = self.ctx();
+            if let Some(e) = sessions.get_mut(&key) {
+                ctx.target = e.target as usize;
+                e.session
+                    .on_online_answer(now, seg.seq.0, seg.payload, &mut ctx);
             }
         }
     }
@@ -504,6 +549,7 @@ impl Engine {
                 shed: self.memory == Pressure::Shed,
                 intercept_down: self.intercept_down,
                 intercept_back_at: self.intercept_back_at,
+                verdicts: &mut self.verdicts,
             },
             &mut self.sessions,
         )
@@ -689,6 +735,13 @@ impl Engine {
 
     fn remove(&mut self, key: SessionKey) {
         self.let_go(key);
+        if !self.verdicts.is_empty() {
+            let (mut ctx, sessions) = self.ctx();
+            if let Some(e) = sessions.get_mut(&key) {
+                ctx.target = e.target as usize;
+                e.session.finish_verdict(&mut ctx);
+            }
+        }
         if let Some(e) = self.sessions.remove(&key) {
             self.lane.release(key);
             // A session detached by a newer connection on its port no
@@ -744,8 +797,9 @@ impl Engine {
         }
     }
 
-    /// A response header from intercept.
-    pub fn handle_response(&mut self, now: u64, h: &ResponseHeader) {
+    /// A response header from intercept, with the first bytes of its
+    /// payload when intercept sends them (`--verdict`; else empty).
+    pub fn handle_response(&mut self, now: u64, h: &ResponseHeader, prefix: &[u8]) {
         let key = SessionKey {
             client: h.dst_ip,
             port: h.dst_port,
@@ -756,7 +810,7 @@ impl Engine {
             return;
         };
         ctx.target = e.target as usize;
-        e.session.on_response(now, h, &mut ctx);
+        e.session.on_response(now, h, prefix, &mut ctx);
         self.after(key);
     }
 

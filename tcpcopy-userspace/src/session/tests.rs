@@ -165,7 +165,7 @@ impl Lab {
             timestamps: ts,
             mss: None,
         };
-        self.e.handle_response(self.now, &h);
+        self.e.handle_response(self.now, &h, &[]);
         self.drain()
     }
     fn check_invariants(&self) {

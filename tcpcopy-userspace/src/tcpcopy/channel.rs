@@ -18,7 +18,9 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::proto::{Framing, ProtoError, RecordDecoder, ResponseRecord, RouteMsg};
+use crate::proto::{
+    Extension, Framing, Negotiation, ProtoError, RecordDecoder, ResponseRecord, RouteMsg,
+};
 
 struct Conn {
     stream: TcpStream,
@@ -46,10 +48,18 @@ pub struct ChannelStats {
     pub conns_lost: u64,
 }
 
+/// How tcpcopy greets an intercept: the framing it expects, and our
+/// extension when it asks for the target's payload prefixes (`--verdict`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Greeting {
+    pub framing: Framing,
+    pub offer: Option<Extension>,
+}
+
 pub struct Channel {
     servers: Vec<Server>,
     per_server: usize,
-    framing: Framing,
+    greeting: Greeting,
     pub stats: ChannelStats,
     /// Where records are read into, allocated once.
     read_buf: Box<[u8]>,
@@ -67,32 +77,40 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// given up (and started again on the backoff).
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn open(addr: SocketAddrV4, framing: Framing, timeout: Duration) -> io::Result<Conn> {
+fn open(addr: SocketAddrV4, greeting: Greeting, timeout: Duration) -> io::Result<Conn> {
     greet(
         TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?,
-        framing,
+        greeting,
     )
 }
 
-/// A connected stream, greeted with the version message.
-fn greet(mut stream: TcpStream, framing: Framing) -> io::Result<Conn> {
+/// A connected stream, greeted with the version message (offering our
+/// extension when asked to).
+fn greet(mut stream: TcpStream, greeting: Greeting) -> io::Result<Conn> {
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
-    stream.write_all(&RouteMsg::version().encode())?;
+    let (version, decoder) = match greeting.offer {
+        Some(ext) => (
+            RouteMsg::version_offering(ext),
+            RecordDecoder::offering(greeting.framing),
+        ),
+        None => (RouteMsg::version(), RecordDecoder::new(greeting.framing)),
+    };
+    stream.write_all(&version.encode())?;
     stream.set_nonblocking(true)?;
     Ok(Conn {
         stream,
-        decoder: RecordDecoder::new(framing),
+        decoder,
         out: Vec::new(),
     })
 }
 
 impl Channel {
-    pub fn connect(addrs: &[SocketAddrV4], per_server: usize, framing: Framing) -> Result<Self> {
+    pub fn connect(addrs: &[SocketAddrV4], per_server: usize, greeting: Greeting) -> Result<Self> {
         let mut servers = Vec::new();
         for &addr in addrs {
             let conns = (0..per_server)
-                .map(|_| open(addr, framing, CONNECT_TIMEOUT))
+                .map(|_| open(addr, greeting, CONNECT_TIMEOUT))
                 .collect::<io::Result<Vec<_>>>()
                 .with_context(|| format!("cannot connect to intercept at {addr}"))?;
             servers.push(Server {
@@ -105,7 +123,7 @@ impl Channel {
         Ok(Channel {
             servers,
             per_server,
-            framing,
+            greeting,
             stats: ChannelStats::default(),
             read_buf: vec![0u8; READ_BUF].into_boxed_slice(),
             generation: 0,
@@ -229,6 +247,21 @@ impl Channel {
         self.stats.records += (out.len() - before) as u64;
     }
 
+    /// Whether the intercepts send the target's payload prefixes: any
+    /// connection that declined our extension makes the answer no (its
+    /// responses carry none); None while no connection has told yet.
+    pub fn prefixes_granted(&self) -> Option<bool> {
+        let mut told = None;
+        for c in self.servers.iter().flat_map(|s| &s.conns) {
+            match c.decoder.negotiation() {
+                Negotiation::Granted(_) => told = Some(told.unwrap_or(true)),
+                Negotiation::Declined | Negotiation::NotOffered => return Some(false),
+                Negotiation::Offered => {}
+            }
+        }
+        told
+    }
+
     /// Servers with no connection left.
     pub fn inactive(&self) -> usize {
         self.servers.len() - self.active()
@@ -269,14 +302,14 @@ impl Channel {
                 continue;
             }
             let addr = s.addr;
-            let framing = self.framing;
+            let greeting = self.greeting;
             let mut conns = Vec::new();
             s.pending
                 .retain(|(sock, started)| match connect_state(sock) {
                     Connecting::Done => {
                         match sock
                             .try_clone()
-                            .and_then(|c| greet(TcpStream::from(c), framing))
+                            .and_then(|c| greet(TcpStream::from(c), greeting))
                         {
                             Ok(conn) => conns.push(conn),
                             Err(e) => {

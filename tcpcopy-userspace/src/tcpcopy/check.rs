@@ -16,13 +16,13 @@ use std::{
 use anyhow::Result;
 
 use super::{
-    channel::Channel,
+    channel::{Channel, Greeting},
     load_capture_program,
     options::{CaptureMode, SendPlan, Settings, Source},
 };
 use crate::{
     preflight::{self, Checklist},
-    proto::{Framing, ResponseRecord},
+    proto::ResponseRecord,
     send::{RawSender, Sender},
     session::{Counters, Engine},
     wire::build::{build, SegmentSpec},
@@ -79,7 +79,7 @@ pub fn run(plan: &Settings, probe_from: Option<Ipv4Addr>) -> Result<()> {
             }
         }
     }
-    let channel = match Channel::connect(&plan.servers, 1, Framing::Combined) {
+    let channel = match Channel::connect(&plan.servers, 1, Greeting::default()) {
         Ok(c) => {
             for s in &plan.servers {
                 list.ok(format!(
@@ -163,7 +163,7 @@ fn probe_loop(list: &mut Checklist, plan: &Settings, mut channel: Channel, clien
         records.clear();
         channel.poll_records(&mut records);
         for r in &records {
-            engine.handle_response(now(), &r.header());
+            engine.handle_response(now(), &r.header(), r.prefix());
         }
         engine.handle_timeout(now());
         if answered_all(&engine, cfg.targets().len()) {

@@ -38,7 +38,6 @@ use crate::{
     capture::{dispatch, rx_queues, Capture, PacketSocket, RxRing, TapRing, XskSocket},
     offline::{record, OfflineSource},
     process,
-    proto::Framing,
     send::{neighbour, RawSender, Sender, XskSender},
     session::{claims::Claims, Config},
     wire::Cidr,
@@ -246,12 +245,22 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
         totals.packet_socket_dropped = end.source.kernel_dropped;
     }
     tracing::info!("{}", totals.stats_line());
+    write_verdict_json(&plan, &totals);
     process::tell(&exit_summary(&plan, &totals, &sources, recorder), false);
     drop(sources); // detaches XDP
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// `--verdict`: the configuration that tells the dispatcher which packets
+/// are online answers.
+fn answers(plan: &Settings) -> Option<Arc<crate::session::Config>> {
+    plan.config
+        .verdict
+        .is_some()
+        .then(|| Arc::clone(&plan.config))
 }
 
 /// Open the capture source the plan names, one end per worker.
@@ -276,8 +285,13 @@ fn open_sources(plan: &Settings, stop: &Arc<std::sync::atomic::AtomicBool>) -> R
                 passes = offline.passes,
                 "offline replay"
             );
-            let (ends, handle) =
-                dispatch::start(Box::new(source), workers, Arc::clone(stop), true)?;
+            let (ends, handle) = dispatch::start(
+                Box::new(source),
+                workers,
+                Arc::clone(stop),
+                true,
+                answers(plan),
+            )?;
             s.ends = ends;
             s.dispatcher = Some(handle);
             s.offline = Some((offline.clone(), progress));
@@ -289,8 +303,13 @@ fn open_sources(plan: &Settings, stop: &Arc<std::sync::atomic::AtomicBool>) -> R
             };
             let socket =
                 PacketSocket::open(idx, Arc::clone(&plan.config)).context("--capture packet")?;
-            let (ends, handle) =
-                dispatch::start(Box::new(socket), workers, Arc::clone(stop), false)?;
+            let (ends, handle) = dispatch::start(
+                Box::new(socket),
+                workers,
+                Arc::clone(stop),
+                false,
+                answers(plan),
+            )?;
             s.ends = ends;
             s.dispatcher = Some(handle);
         }
@@ -415,7 +434,7 @@ fn build_workers(
     let mut workers = Vec::new();
     let ports = (count > 1).then(|| Arc::new(Claims::default()));
     for (id, capture) in std::mem::take(&mut sources.ends).into_iter().enumerate() {
-        let channel = Channel::connect(&plan.servers, plan.connections, Framing::Combined)?;
+        let channel = Channel::connect(&plan.servers, plan.connections, plan.greeting())?;
         let sender: Box<dyn Sender> = match xsk.get_mut(id).and_then(Option::take) {
             Some(s) => s,
             None => Box::new(
@@ -541,11 +560,16 @@ fn supervise(
             if let (Some(limit), false) = (plan.memory_limit, memory_warned) {
                 memory_warned = warn_over_memory_limit(limit);
             }
-            let line = Totals::collect(&running.reports, sources.xdp.as_ref()).stats_line();
+            let totals = Totals::collect(&running.reports, sources.xdp.as_ref());
+            let line = totals.stats_line();
             match &watch {
                 Some(w) => w.log(&format!("{} | {}", w.position(), line)),
                 None => tracing::info!("{line}"),
             }
+            if let Some(tables) = totals.verdict_tables() {
+                tracing::info!("{tables}");
+            }
+            write_verdict_json(plan, &totals);
             next_stats += plan.stats_interval;
         }
     }
@@ -553,6 +577,19 @@ fn supervise(
         w.finish();
     }
     Ok(())
+}
+
+/// `--verdict-json FILE`: the verdict as JSON, replaced whole (written
+/// beside it, then renamed: a reader never sees half a file).
+fn write_verdict_json(plan: &Settings, totals: &Totals) {
+    let Some(path) = &plan.verdict_json else {
+        return;
+    };
+    let tmp = path.with_extension("json.tmp");
+    let r = std::fs::write(&tmp, totals.verdict_json()).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
+        tracing::warn!(path = %path.display(), error = %e, "--verdict-json: cannot write");
+    }
 }
 
 /// The totals while running, with the dispatcher's drops.
@@ -598,6 +635,10 @@ fn exit_summary(
     recorder: Option<record::Recorder>,
 ) -> String {
     let mut summary = totals.summary();
+    if let Some(tables) = totals.verdict_tables() {
+        summary.push_str(&tables);
+        summary.push('\n');
+    }
     if let Some((offline, progress)) = &sources.offline {
         summary.push_str(&offline_words(offline, progress));
     }

@@ -19,6 +19,8 @@ use crate::{
         parse_client_pool, parse_transfers, ClientFilter, ClientPool, Config, Ramp, SessionRate,
         Transfer,
     },
+    tcpcopy::channel::Greeting,
+    verdict::{Protocol, VerdictConfig},
     wire::Cidr,
     xdp::AttachMode,
 };
@@ -226,6 +228,18 @@ pub struct TcpcopyOptions {
     /// the others are skipped whole [default: no cap]
     #[arg(long = "max-session-rate", value_name = "N", help_heading = "Replay")]
     pub max_session_rate: Option<u32>,
+    /// Compare each replayed request's answers, online and target: status
+    /// (http: the status code; resp: the reply type and error word;
+    /// bytes: the first bytes; auto: picked per flow) and latency
+    #[arg(long = "verdict", value_name = "PROTOCOL", num_args = 0..=1, default_missing_value = "auto", require_equals = false, help_heading = "Verdict")]
+    pub verdict: Option<String>,
+    /// Payload bytes of each answer the verdict reads (and asks of
+    /// intercept), 16 to 256
+    #[arg(long = "verdict-bytes", value_name = "N", default_value_t = crate::verdict::DEFAULT_PREFIX_BYTES, help_heading = "Verdict")]
+    pub verdict_bytes: u16,
+    /// Write the verdict as JSON to FILE every stats interval and at exit
+    #[arg(long = "verdict-json", value_name = "FILE", help_heading = "Verdict")]
+    pub verdict_json: Option<PathBuf>,
     /// MTU: captured segments longer than this are cut
     #[arg(
         short = 'M',
@@ -432,9 +446,23 @@ pub struct Settings {
     pub metrics: Option<std::net::SocketAddr>,
     /// `--wake-pause`.
     pub wake_pause: std::time::Duration,
+    /// `--verdict-json`.
+    pub verdict_json: Option<PathBuf>,
 }
 
 impl Settings {
+    /// How the workers greet intercept: our extension is offered only
+    /// with `--verdict` (the target's payload prefixes).
+    pub fn greeting(&self) -> Greeting {
+        Greeting {
+            framing: crate::proto::Framing::Combined,
+            offer: self
+                .config
+                .verdict
+                .map(|v| crate::proto::Extension::asking(v.prefix_bytes)),
+        }
+    }
+
     /// A live capture's `-i` interfaces must exist: said before anything
     /// starts (before intercept is reached, before `-d` lets the shell go).
     pub fn check_interfaces(&self) -> Result<()> {
@@ -538,7 +566,28 @@ impl TcpcopyOptions {
             stats_interval: std::time::Duration::from_secs(self.common.stats_interval.max(1)),
             metrics: self.common.metrics,
             wake_pause: self.common.wake_pause(),
+            verdict_json: self.verdict_json.clone(),
         })
+    }
+
+    /// `--verdict`, `--verdict-bytes`, `--verdict-json`.
+    fn verdict(&self) -> Result<Option<VerdictConfig>> {
+        let Some(p) = &self.verdict else {
+            if self.verdict_json.is_some() {
+                bail!("--verdict-json needs --verdict");
+            }
+            return Ok(None);
+        };
+        let protocol = Protocol::parse(p)
+            .with_context(|| format!("--verdict {p}: one of auto, http, resp, bytes"))?;
+        let n = self.verdict_bytes;
+        if !(16..=crate::proto::PREFIX_MAX).contains(&n) {
+            bail!("--verdict-bytes {n}: 16 to {}", crate::proto::PREFIX_MAX);
+        }
+        Ok(Some(VerdictConfig {
+            protocol,
+            prefix_bytes: n,
+        }))
     }
 
     /// The session engine's configuration.
@@ -589,6 +638,7 @@ impl TcpcopyOptions {
             max_buffered_bytes: self
                 .memory_mb
                 .map_or(64 << 20, |mb| (mb << 20).div_ceil(8).min(64 << 20)),
+            verdict: self.verdict()?,
             ..Config::default()
         })
     }

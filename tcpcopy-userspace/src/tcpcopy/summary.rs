@@ -12,6 +12,7 @@ use crate::{
     metrics::Exposition,
     session::Counters,
     stats::{Figure, Report, Section},
+    verdict::VerdictStats,
     xdp::AttachedXdp,
 };
 
@@ -41,6 +42,11 @@ pub struct Totals {
     pub kernel: Option<Vec<u64>>,
     /// Replay workers.
     pub workers: usize,
+    /// `--verdict`: each target's figures, named `IP:PORT`.
+    pub verdicts: Vec<(String, VerdictStats)>,
+    /// Whether the intercepts send the target's payload prefixes (None:
+    /// not told yet).
+    pub target_prefixes: Option<bool>,
 }
 
 impl Totals {
@@ -69,6 +75,21 @@ impl Totals {
             t.active_sessions += r.active_sessions;
             t.buffered += r.buffered;
             t.awaiting_target += r.awaiting_target;
+            if t.verdicts.len() < r.verdicts.len() {
+                t.verdicts = r
+                    .verdicts
+                    .iter()
+                    .map(|((ip, port), _)| (format!("{ip}:{port}"), VerdictStats::default()))
+                    .collect();
+            }
+            for (sum, (_, v)) in t.verdicts.iter_mut().zip(&r.verdicts) {
+                sum.1.add(v);
+            }
+            t.target_prefixes = match (t.target_prefixes, r.target_prefixes) {
+                (Some(false), _) | (_, Some(false)) => Some(false),
+                (Some(true), _) | (_, Some(true)) => Some(true),
+                (None, None) => None,
+            };
         }
         t.kernel = xdp.and_then(|x| x.read_counters("COUNTERS", kc::COUNT).ok());
         t.workers = reports.len();
@@ -258,8 +279,114 @@ impl Totals {
             "Captured client segments that were not replayed, by reason.",
         )));
         x.build_info("tcpcopy");
+        if !self.verdicts.is_empty() {
+            verdict_metrics(&mut x, &self.verdicts);
+        }
         x
     }
+
+    /// `--verdict`: the table of each target, for the log.
+    pub fn verdict_tables(&self) -> Option<String> {
+        (!self.verdicts.is_empty()).then(|| {
+            self.verdicts
+                .iter()
+                .map(|(name, v)| v.table(name, self.target_prefixes))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    /// `--verdict-json`: the same as JSON, one object per target.
+    pub fn verdict_json(&self) -> String {
+        let targets: Vec<String> = self
+            .verdicts
+            .iter()
+            .map(|(name, v)| v.json(name, self.target_prefixes))
+            .collect();
+        format!("{{\"verdict\":[{}]}}\n", targets.join(","))
+    }
+}
+
+/// The verdict's metrics, per target.
+fn verdict_metrics(x: &mut Exposition, verdicts: &[(String, VerdictStats)]) {
+    let lab = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let mut responses = Vec::new();
+    let mut mismatches = Vec::new();
+    let mut compared = Vec::new();
+    let mut failures = Vec::new();
+    let mut unpaired = Vec::new();
+    let mut latency = Vec::new();
+    for (target, v) in verdicts {
+        for (side, mix) in [("online", &v.online_status), ("target", &v.target_status)] {
+            for (status, n) in mix {
+                responses.push((
+                    lab(&[
+                        ("target", target),
+                        ("side", side),
+                        ("status", status.as_str()),
+                    ]),
+                    *n,
+                ));
+            }
+        }
+        mismatches.push((lab(&[("target", target)]), v.mismatched));
+        compared.push((lab(&[("target", target)]), v.compared));
+        for (f, n) in &v.failures {
+            failures.push((lab(&[("target", target), ("failure", f.name())]), *n));
+        }
+        unpaired.push((
+            lab(&[("target", target), ("missing", "online")]),
+            v.unpaired_online,
+        ));
+        unpaired.push((
+            lab(&[("target", target), ("missing", "target")]),
+            v.unpaired_target,
+        ));
+        for (side, l) in [("online", &v.online_latency), ("target", &v.target_latency)] {
+            let (buckets, sum) = l.buckets();
+            latency.push((
+                lab(&[("target", target), ("side", side)]),
+                sum,
+                l.count(),
+                buckets,
+            ));
+        }
+    }
+    x.labelled_counters(
+        "tcpcopy_verdict_responses",
+        "Answers the verdict read, by side (online, target) and status.",
+        responses,
+    );
+    x.labelled_counters(
+        "tcpcopy_verdict_compared",
+        "Requests whose two answers were read and compared.",
+        compared,
+    );
+    x.labelled_counters(
+        "tcpcopy_verdict_mismatches",
+        "Compared requests whose target status differed from the online one.",
+        mismatches,
+    );
+    x.labelled_counters(
+        "tcpcopy_verdict_failures",
+        "Requests the target failed: reset, timeout, refused.",
+        failures,
+    );
+    x.labelled_counters(
+        "tcpcopy_verdict_unpaired",
+        "Requests left without one of their answers, by the side missing.",
+        unpaired,
+    );
+    x.histograms(
+        "tcpcopy_verdict_latency_seconds",
+        "Time to an answer's first byte, online (from the request's last captured segment) and target (from its last byte sent, through intercept).",
+        latency,
+    );
 }
 
 /// tcpcopy-ebpf's counters (tap mode).

@@ -25,6 +25,7 @@ use crate::{
         claims::{Claims, WorkerIndex},
         Config, Counters, Engine,
     },
+    verdict::VerdictStats,
     wake::Coalesce,
 };
 
@@ -46,6 +47,10 @@ pub struct WorkerReport {
     pub buffered: u64,
     /// Sessions whose pipelined requests the target may still be answering.
     pub awaiting_target: u64,
+    /// `--verdict`: each target's figures.
+    pub verdicts: Vec<(Endpoint, VerdictStats)>,
+    /// Whether its intercepts send the target's payload prefixes.
+    pub target_prefixes: Option<bool>,
     pub finished: bool,
 }
 
@@ -175,7 +180,7 @@ impl Worker {
             if channel_ready {
                 self.channel.poll_records(&mut records);
                 for r in &records {
-                    self.engine.handle_response(now, &r.header());
+                    self.engine.handle_response(now, &r.header(), r.prefix());
                 }
             }
             self.engine.set_memory_pressure(crate::memory::pressure());
@@ -315,6 +320,14 @@ impl Worker {
         r.active_sessions = self.engine.active_sessions();
         r.buffered = self.engine.backlog();
         r.awaiting_target = self.engine.awaiting_target(self.now());
+        r.verdicts = self
+            .engine
+            .config()
+            .targets()
+            .into_iter()
+            .zip(self.engine.verdicts().iter().cloned())
+            .collect();
+        r.target_prefixes = self.channel.prefixes_granted();
         r.finished = finished;
     }
 }

@@ -64,6 +64,9 @@ impl Session {
             return;
         }
         self.pacing.measure_rtt(now);
+        if let Some(v) = &mut self.verdict {
+            v.on_request(now, seg.ack, seg.seq(), &seg.payload, ctx.verdict());
+        }
         match self.stream.capture(off, seg) {
             Captured::Duplicate => {
                 ctx.note(Event::Duplicate);
@@ -260,6 +263,9 @@ impl Session {
     ) {
         let seq = self.stream.seq_at(self.stream.nxt);
         self.emit_captured(&seg, seq, ACK | (seg.flags & PSH), ctx);
+        if let Some(v) = &mut self.verdict {
+            v.on_sent(now, self.stream.seq_at(end), self.peer.rcv_nxt.0);
+        }
         ctx.note(Event::Sent(Sent::Captured));
         ctx.note(Event::Replayed {
             bytes: end - self.stream.nxt,
@@ -331,6 +337,9 @@ impl Session {
     /// Forget the target connection: the next pump opens a new one (after
     /// an RTT, so the old one's reset goes first) for what is unsent.
     pub(super) fn restart_connection(&mut self, now: u64) {
+        if let Some(v) = &mut self.verdict {
+            v.on_reconnect();
+        }
         self.stream.fin_sent = false;
         self.stream.gap_since = None;
         self.recovery.reset();

@@ -10,6 +10,7 @@ use crate::{
         segment::ClientSegment,
         timers::Timer,
     },
+    verdict::Failure,
     wire::TcpFlags,
 };
 
@@ -148,6 +149,12 @@ impl Session {
 
     /// The session is over: linger to absorb late packets.
     pub(super) fn finish(&mut self, now: u64, reason: Loss, ctx: &mut Ctx) {
+        self.verdict_failure = match reason {
+            Loss::TargetRefused => Some(Failure::Refused),
+            Loss::HandshakeTimeout | Loss::TimedOut => Some(Failure::Timeout),
+            Loss::TargetClosed => Some(Failure::Reset),
+            _ => None,
+        };
         self.abandon(reason, ctx);
         self.phase = Phase::Lingering {
             given_up: reason.drops_rest_of_flow().then_some(reason),

@@ -29,7 +29,11 @@ use super::{
     target::{Recovery, TargetSide},
     timers::{Timer, TimerTable},
 };
-use crate::{proto::RouteMsg, wire::SeqNumber};
+use crate::{
+    proto::RouteMsg,
+    verdict::{Failure, Pairing, VerdictStats},
+    wire::SeqNumber,
+};
 use std::{collections::VecDeque, net::Ipv4Addr};
 
 /// SYN retransmission interval while the handshake is pending (Linux's
@@ -84,9 +88,17 @@ pub struct Ctx<'a> {
     /// When an intercept last came back: a handshake's time runs from
     /// then at the earliest (its SYN-ACK could not come before).
     pub intercept_back_at: u64,
+    /// `--verdict`: the figures of each target (empty without).
+    pub verdicts: &'a mut [VerdictStats],
 }
 
 impl Ctx<'_> {
+    /// The verdict's figures for the session at hand's target.
+    pub fn verdict(&mut self) -> &mut VerdictStats {
+        let i = self.target.min(self.verdicts.len().saturating_sub(1));
+        &mut self.verdicts[i]
+    }
+
     /// Report what happened.
     #[inline]
     pub fn note(&mut self, e: Event) {
@@ -158,6 +170,10 @@ pub struct Session {
     timers: TimerTable,
     /// The IP ID of the last packet sent.
     ip_id: u16,
+    /// `--verdict`: its requests waiting for their answers, and what the
+    /// target failed with if the session ended in a failure of its.
+    verdict: Option<Box<Pairing>>,
+    verdict_failure: Option<Failure>,
 }
 
 impl Session {
@@ -225,6 +241,25 @@ impl Session {
             close: CloseState::default(),
             timers: TimerTable::new(now + cfg.handshake_timeout_ms),
             ip_id: seg.ip_id,
+            verdict: cfg.verdict.map(|v| Box::new(Pairing::new(v.protocol))),
+            verdict_failure: None,
+        }
+    }
+
+    // ---- the verdict
+
+    /// The online server's answer data at `seq` (`--verdict`).
+    pub fn on_online_answer(&mut self, now: u64, seq: u32, prefix: &[u8], ctx: &mut Ctx) {
+        if let Some(v) = &mut self.verdict {
+            v.on_online(now, seq, prefix, ctx.verdict());
+        }
+    }
+
+    /// The session leaves the table: its requests still waiting are
+    /// reported (as the target's failure if it ended in one).
+    pub fn finish_verdict(&mut self, ctx: &mut Ctx) {
+        if let Some(v) = &mut self.verdict {
+            v.finish(self.verdict_failure, ctx.verdict());
         }
     }
 

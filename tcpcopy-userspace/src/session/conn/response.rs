@@ -21,7 +21,15 @@ const RST: u8 = TcpFlags::RST;
 const ACK: u8 = TcpFlags::ACK;
 
 impl Session {
-    pub fn on_response(&mut self, now: u64, h: &ResponseHeader, ctx: &mut Ctx) {
+    /// A record of the target's, with the first bytes of its payload when
+    /// intercept sends them (`--verdict`).
+    pub fn on_response(&mut self, now: u64, h: &ResponseHeader, prefix: &[u8], ctx: &mut Ctx) {
+        let established = self.is_established();
+        if let Some(v) = &mut self.verdict {
+            if established && h.payload_len > 0 && !prefix.is_empty() {
+                v.on_target(now, h.seq, prefix, ctx.verdict());
+            }
+        }
         match self.phase {
             Phase::Lingering { .. } | Phase::Over => {
                 if h.flags & RST == 0 && (h.payload_len > 0 || h.flags & FIN != 0) {

@@ -1,0 +1,242 @@
+//! What a response says, read from its first bytes: the HTTP/1.x status
+//! code, the RESP (redis) reply type and error word, or for any other
+//! protocol the first bytes themselves. Parsers take the bytes seen so far
+//! and say whether they need more (a status line split across segments).
+
+use std::fmt;
+
+/// Which parser reads a flow's answers (`--verdict`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// Picked per flow from the request's first bytes.
+    #[default]
+    Auto,
+    Http,
+    Resp,
+    Bytes,
+}
+
+impl Protocol {
+    pub fn parse(s: &str) -> Option<Protocol> {
+        Some(match s {
+            "auto" => Protocol::Auto,
+            "http" => Protocol::Http,
+            "resp" => Protocol::Resp,
+            "bytes" => Protocol::Bytes,
+            _ => return None,
+        })
+    }
+
+    /// The protocol of a flow whose first request begins with `request`:
+    /// an HTTP method followed by a space, a RESP array or inline command,
+    /// else bytes.
+    pub fn detect(self, request: &[u8]) -> Protocol {
+        if self != Protocol::Auto {
+            return self;
+        }
+        const METHODS: [&[u8]; 9] = [
+            b"GET ",
+            b"POST ",
+            b"PUT ",
+            b"HEAD ",
+            b"DELETE ",
+            b"OPTIONS ",
+            b"PATCH ",
+            b"CONNECT ",
+            b"TRACE ",
+        ];
+        if METHODS.iter().any(|m| request.starts_with(m)) {
+            Protocol::Http
+        } else if request.first() == Some(&b'*') {
+            Protocol::Resp
+        } else {
+            Protocol::Bytes
+        }
+    }
+
+    /// Read a response's first bytes.
+    pub fn status(self, bytes: &[u8]) -> Parse {
+        match self {
+            Protocol::Http => http_status(bytes),
+            Protocol::Resp => resp_status(bytes),
+            Protocol::Auto | Protocol::Bytes => bytes_status(bytes),
+        }
+    }
+}
+
+/// The outcome of reading a response's first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parse {
+    Done(Status),
+    /// Too few bytes yet to tell.
+    NeedMore,
+}
+
+/// Bytes kept of a response's start when its status is not readable yet.
+pub const STATUS_BYTES: usize = 64;
+
+/// A response's status, as a short label: `200`, `-ERR`, `$-1`, `bytes
+/// 48545450`; two answers agree when their labels do.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Status {
+    len: u8,
+    text: [u8; 23],
+}
+
+impl Status {
+    fn new(s: &[u8]) -> Status {
+        let mut text = [0u8; 23];
+        let n = s.len().min(text.len());
+        text[..n].copy_from_slice(&s[..n]);
+        Status { len: n as u8, text }
+    }
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.text[..self.len as usize]).unwrap_or("?")
+    }
+    /// The label of an answer that was not a response of its protocol.
+    pub fn garbage() -> Status {
+        Status::new(b"garbage")
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Status({})", self.as_str())
+    }
+}
+
+/// `HTTP/1.x NNN ...`: the three digits.
+fn http_status(b: &[u8]) -> Parse {
+    const START: &[u8] = b"HTTP/1.";
+    let n = b.len().min(START.len());
+    if b[..n] != START[..n] {
+        return Parse::Done(Status::garbage());
+    }
+    // "HTTP/1.1 200" is 12 bytes.
+    if b.len() < 12 {
+        return Parse::NeedMore;
+    }
+    let code = &b[9..12];
+    if b[8] != b' ' || !code.iter().all(u8::is_ascii_digit) {
+        return Parse::Done(Status::garbage());
+    }
+    Parse::Done(Status::new(code))
+}
+
+/// A RESP reply: its type byte; an error's first word (`-ERR`,
+/// `-WRONGTYPE`); a nil bulk string or array (`$-1`, `*-1`).
+fn resp_status(b: &[u8]) -> Parse {
+    let Some(&kind) = b.first() else {
+        return Parse::NeedMore;
+    };
+    match kind {
+        b'-' => match b.iter().position(|&c| c == b' ' || c == b'\r') {
+            Some(end) => Parse::Done(Status::new(&b[..end])),
+            None if b.len() >= STATUS_BYTES => Parse::Done(Status::new(b)),
+            None => Parse::NeedMore,
+        },
+        b'$' | b'*' => {
+            if b.len() < 3 {
+                return Parse::NeedMore;
+            }
+            if &b[1..3] == b"-1" {
+                Parse::Done(Status::new(&b[..3]))
+            } else {
+                Parse::Done(Status::new(&b[..1]))
+            }
+        }
+        b'+' | b':' | b'_' | b',' | b'#' | b'!' | b'=' | b'(' | b'%' | b'~' | b'>' | b'|' => {
+            Parse::Done(Status::new(&b[..1]))
+        }
+        _ => Parse::Done(Status::garbage()),
+    }
+}
+
+/// Any other protocol: the first 8 bytes, in hex (two answers agree when
+/// they begin alike).
+fn bytes_status(b: &[u8]) -> Parse {
+    if b.len() < 8 {
+        return Parse::NeedMore;
+    }
+    let mut hex = [0u8; 22];
+    hex[..6].copy_from_slice(b"bytes ");
+    for (i, byte) in b[..8].iter().enumerate() {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        hex[6 + 2 * i] = DIGITS[(byte >> 4) as usize];
+        hex[7 + 2 * i] = DIGITS[(byte & 15) as usize];
+    }
+    Parse::Done(Status::new(&hex))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(p: Parse) -> String {
+        match p {
+            Parse::Done(s) => s.to_string(),
+            Parse::NeedMore => "more".into(),
+        }
+    }
+
+    #[test]
+    fn http_status_lines() {
+        let h = Protocol::Http;
+        assert_eq!(done(h.status(b"HTTP/1.1 200 OK\r\n")), "200");
+        assert_eq!(done(h.status(b"HTTP/1.0 503 Service Unavailable")), "503");
+        assert_eq!(done(h.status(b"HTTP/1.1 404")), "404");
+        // Split anywhere before the code: more is needed.
+        assert_eq!(done(h.status(b"HTT")), "more");
+        assert_eq!(done(h.status(b"HTTP/1.1 5")), "more");
+        assert_eq!(done(h.status(b"")), "more");
+        // Not a status line.
+        assert_eq!(done(h.status(b"<html>")), "garbage");
+        assert_eq!(done(h.status(b"HTTP/1.1 OK!")), "garbage");
+        assert_eq!(done(h.status(b"HTTP/2.0 200")), "garbage");
+    }
+
+    #[test]
+    fn resp_replies() {
+        let r = Protocol::Resp;
+        assert_eq!(done(r.status(b"+OK\r\n")), "+");
+        assert_eq!(done(r.status(b":42\r\n")), ":");
+        assert_eq!(done(r.status(b"$5\r\nhello\r\n")), "$");
+        assert_eq!(done(r.status(b"$-1\r\n")), "$-1");
+        assert_eq!(done(r.status(b"*-1\r\n")), "*-1");
+        assert_eq!(done(r.status(b"*2\r\n$1\r\na\r\n")), "*");
+        assert_eq!(done(r.status(b"-ERR unknown command\r\n")), "-ERR");
+        assert_eq!(
+            done(r.status(b"-WRONGTYPE Operation against a key\r\n")),
+            "-WRONGTYPE"
+        );
+        assert_eq!(done(r.status(b"-ER")), "more");
+        assert_eq!(done(r.status(b"$")), "more");
+        assert_eq!(done(r.status(b"hello")), "garbage");
+    }
+
+    #[test]
+    fn other_protocols_compare_their_first_bytes() {
+        let b = Protocol::Bytes;
+        assert_eq!(
+            done(b.status(b"\x00\x01\x02\x03\x04\x05\x06\x07\x08")),
+            "bytes 0001020304050607"
+        );
+        assert_eq!(done(b.status(b"short")), "more");
+    }
+
+    #[test]
+    fn auto_picks_per_flow() {
+        let a = Protocol::Auto;
+        assert_eq!(a.detect(b"GET / HTTP/1.1\r\n"), Protocol::Http);
+        assert_eq!(a.detect(b"POST /x HTTP/1.1\r\n"), Protocol::Http);
+        assert_eq!(a.detect(b"*3\r\n$3\r\nSET\r\n"), Protocol::Resp);
+        assert_eq!(a.detect(b"\x16\x03\x01"), Protocol::Bytes);
+        assert_eq!(Protocol::Resp.detect(b"GET / HTTP/1.1"), Protocol::Resp);
+    }
+}

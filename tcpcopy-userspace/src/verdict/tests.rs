@@ -1,0 +1,155 @@
+//! The pairing machine, scenario by scenario.
+
+use super::{
+    pairing::{Pairing, MAX_PENDING},
+    report::{Failure, VerdictStats},
+    status::Protocol,
+};
+use crate::wire::SeqNumber;
+
+/// A keep-alive client's request `i` (100 bytes each), acknowledging
+/// `i` answers of 200 bytes (online server ISN 5000).
+fn request(i: u32) -> (u32, SeqNumber, Vec<u8>) {
+    let line = format!("GET /{i} HTTP/1.1\r\nHost: x\r\n");
+    let mut body = line.into_bytes();
+    body.resize(100, b'x');
+    (5000 + 200 * i, SeqNumber(1000 + 100 * i), body)
+}
+
+#[test]
+fn keep_alive_requests_pair_in_order_and_a_differing_status_is_a_mismatch() {
+    let mut p = Pairing::new(Protocol::Auto);
+    let mut st = VerdictStats::default();
+    for i in 0..3u32 {
+        let now = 100 * i as u64;
+        let (ack, seq, body) = request(i);
+        p.on_request(now, ack, seq, &body, &mut st);
+        p.on_online(now + 1, ack, b"HTTP/1.1 200 OK\r\n", &mut st);
+        p.on_sent(now + 2, seq.plus(100), 70_000 + 150 * i);
+        let answer: &[u8] = if i == 1 {
+            b"HTTP/1.1 503 Service"
+        } else {
+            b"HTTP/1.1 200 OK\r\n"
+        };
+        p.on_target(now + 12, 70_000 + 150 * i, answer, &mut st);
+    }
+    assert_eq!((st.compared, st.mismatched), (3, 1));
+    assert_eq!(st.examples[0].request, "GET /1 HTTP/1.1");
+    assert_eq!(st.online_latency.quantile_ms(0.5), 1);
+    assert_eq!(st.target_latency.quantile_ms(0.5), 10);
+    assert_eq!(p.waiting(), 0);
+}
+
+#[test]
+fn the_rest_of_a_long_answer_is_not_taken_for_the_next_one() {
+    let mut p = Pairing::new(Protocol::Http);
+    let mut st = VerdictStats::default();
+    let (ack, seq, body) = request(0);
+    p.on_request(0, ack, seq, &body, &mut st);
+    p.on_sent(1, seq.plus(100), 9000);
+    p.on_target(2, 9000, b"HTTP/1.1 200 OK\r\n", &mut st);
+    let (ack1, seq1, body1) = request(1);
+    p.on_request(3, ack1, seq1, &body1, &mut st);
+    p.on_sent(3, seq1.plus(100), 9100);
+    // The first answer's body goes on; then the second answer.
+    p.on_target(4, 9100, b"<html>...", &mut st);
+    p.on_target(5, 9300, b"HTTP/1.1 404 Not Found", &mut st);
+    p.on_online(6, ack, b"HTTP/1.1 200 OK", &mut st);
+    p.on_online(7, ack1, b"HTTP/1.1 200 OK", &mut st);
+    assert_eq!((st.compared, st.mismatched), (2, 1));
+    assert_eq!(st.examples[0].request, "GET /1 HTTP/1.1");
+}
+
+#[test]
+fn a_status_line_split_across_segments_is_read_whole() {
+    let mut p = Pairing::new(Protocol::Http);
+    let mut st = VerdictStats::default();
+    let (ack, seq, body) = request(0);
+    p.on_request(0, ack, seq, &body, &mut st);
+    p.on_online(1, ack, b"HTTP/1.1 2", &mut st);
+    p.on_online(1, ack + 10, b"00 OK\r\n", &mut st);
+    p.on_sent(1, seq.plus(100), 7);
+    p.on_target(2, 7, b"HTTP/", &mut st);
+    p.on_target(2, 12, b"1.1 200 OK", &mut st);
+    assert_eq!((st.compared, st.mismatched), (1, 0));
+}
+
+#[test]
+fn segments_of_one_request_and_retransmissions_make_one_request() {
+    let mut p = Pairing::new(Protocol::Http);
+    let mut st = VerdictStats::default();
+    let (ack, seq, body) = request(0);
+    p.on_request(0, ack, seq, &body[..50], &mut st);
+    p.on_request(1, ack, seq.plus(50), &body[50..], &mut st);
+    p.on_request(2, ack, seq, &body[..50], &mut st);
+    assert_eq!(p.waiting(), 1);
+    // Not sent whole yet: a target answer cannot be its.
+    p.on_sent(2, seq.plus(50), 100);
+    p.on_target(3, 100, b"HTTP/1.1 200 OK", &mut st);
+    p.on_sent(4, seq.plus(100), 100);
+    p.on_online(4, ack, b"HTTP/1.1 200 OK", &mut st);
+    assert_eq!(st.compared, 0);
+    p.on_target(5, 100, b"HTTP/1.1 200 OK", &mut st);
+    assert_eq!(st.compared, 1);
+}
+
+#[test]
+fn redis_nil_against_a_value() {
+    let mut p = Pairing::new(Protocol::Auto);
+    let mut st = VerdictStats::default();
+    let get = b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n";
+    p.on_request(0, 1, SeqNumber(1), get, &mut st);
+    p.on_online(0, 1, b"$5\r\nvalue\r\n", &mut st);
+    p.on_sent(0, SeqNumber(1 + get.len() as u32), 50);
+    p.on_target(1, 50, b"$-1\r\n", &mut st);
+    assert_eq!((st.compared, st.mismatched), (1, 1));
+    assert_eq!(st.examples[0].online.as_str(), "$");
+    assert_eq!(st.examples[0].target.as_str(), "$-1");
+    assert_eq!(st.examples[0].request, "*2");
+}
+
+#[test]
+fn what_is_left_at_the_end_is_unpaired_or_the_targets_failure() {
+    let mut p = Pairing::new(Protocol::Http);
+    let mut st = VerdictStats::default();
+    let (ack, seq, body) = request(0);
+    p.on_request(0, ack, seq, &body, &mut st);
+    p.on_online(1, ack, b"HTTP/1.1 200 OK", &mut st);
+    p.on_sent(1, seq.plus(100), 0);
+    let (ack1, seq1, body1) = request(1);
+    p.on_request(2, ack1, seq1, &body1, &mut st);
+    p.finish(Some(Failure::Reset), &mut st);
+    assert_eq!(st.failures[&Failure::Reset], 1, "the sent one failed");
+    assert_eq!(st.unpaired_online, 1, "the one never sent nor answered");
+    assert_eq!(st.compared, 0);
+}
+
+#[test]
+fn a_session_that_never_gets_answers_stays_bounded() {
+    let mut p = Pairing::new(Protocol::Http);
+    let mut st = VerdictStats::default();
+    for i in 0..(MAX_PENDING as u32 + 10) {
+        let (ack, seq, body) = request(i);
+        p.on_request(i as u64, ack, seq, &body, &mut st);
+    }
+    assert_eq!(p.waiting(), MAX_PENDING);
+    assert_eq!(st.unpaired_online, 10);
+}
+
+#[test]
+fn an_answer_missing_on_one_side_is_unpaired_once_a_later_request_is_compared() {
+    let mut p = Pairing::new(Protocol::Http);
+    let mut st = VerdictStats::default();
+    let (ack, seq, body) = request(0);
+    p.on_request(0, ack, seq, &body, &mut st);
+    p.on_sent(0, seq.plus(100), 0);
+    p.on_target(1, 0, b"HTTP/1.1 200 OK", &mut st);
+    // Its online answer was never captured.
+    let (ack1, seq1, body1) = request(1);
+    p.on_request(2, ack1, seq1, &body1, &mut st);
+    p.on_sent(2, seq1.plus(100), 150);
+    p.on_online(3, ack1, b"HTTP/1.1 200 OK", &mut st);
+    p.on_target(3, 150, b"HTTP/1.1 200 OK", &mut st);
+    assert_eq!((st.compared, st.unpaired_online), (1, 1));
+    assert_eq!(p.waiting(), 0);
+}
