@@ -51,7 +51,13 @@ pub mod tcpcopy_counter {
     /// Segments to a `-x` source from a client that `--only-clients` /
     /// `--skip-clients` leave out: passed, not copied (not in `matched`).
     pub const CLIENT_SKIPPED: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// `--verdict`, tap mode: the online server's answers the TC egress
+    /// program saw.
+    pub const ANSWERS_SEEN: u32 = 8;
+    /// Those copied into a tap ring (the rest: `ring_full`, or too short
+    /// to be TCP).
+    pub const ANSWERS_TAPPED: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const NAMES: [&str; COUNT as usize] = [
         "seen",
         "matched",
@@ -61,6 +67,8 @@ pub mod tcpcopy_counter {
         "redirect_failed",
         "too_big",
         "client_skipped",
+        "answers_seen",
+        "answers_tapped",
     ];
 }
 

@@ -12,15 +12,21 @@
 //! `--only-clients` / `--skip-clients` are LPM tries on the source address
 //! (`ONLY_CLIENTS`, `SKIP_CLIENTS`, in use per the global `CLIENT_FILTER`):
 //! a segment they leave out is counted and passed, never copied.
+//!
+//! `tcpcopy_answers` (TC egress, tap mode with `--verdict`): the online
+//! server's answers, segments from a `-x` source, have their headers and
+//! first `ANSWER_BYTES` of payload copied into the tap ring of the worker
+//! that owns their client's flow (the copy's IPv4 total length says what
+//! was copied). The packet itself always goes on, untouched.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::generated::bpf_xdp_load_bytes,
-    macros::{map, xdp},
+    bindings::{xdp_action, TC_ACT_UNSPEC},
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    macros::{classifier, map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf, XskMap},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use tcpcopy_common::{
     capture_mode, client_filter, flow_hash, tcpcopy_counter as ctr,
@@ -38,6 +44,10 @@ static CAPTURE_MODE: u32 = capture_mode::COUNT_ONLY;
 /// Number of tap rings in use (one per worker), 1..=MAX_TAP_RINGS (16).
 #[unsafe(no_mangle)]
 static TAP_RINGS: u32 = 1;
+
+/// `--verdict` in tap mode: payload bytes copied of each online answer.
+#[unsafe(no_mangle)]
+static ANSWER_BYTES: u32 = 0;
 
 /// Which client filter maps are in use (`client_filter` bits).
 #[unsafe(no_mangle)]
@@ -235,10 +245,29 @@ fn tap(ctx: &XdpContext, m: &Matched) {
         bump(ctr::TOO_BIG);
         return;
     }
+    let total = core::mem::size_of::<TapHeader>() + bounded as usize;
+    let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, total as usize) };
+    let ring = ring_of(m.flow_hash);
+    if to_ring(ring, bytes) {
+        bump(ctr::TAPPED);
+    } else {
+        bump(ctr::RING_FULL);
+        if xdp::first_time(&LOGGED, LOG_RING_FULL) {
+            aya_log_ebpf::warn!(
+                ctx,
+                "tap ring {} is full: its worker falls behind; segments are lost from here on, counted as kernel ring_full (a larger --tap-ring-mb absorbs longer bursts)",
+                ring
+            );
+        }
+    }
+}
+
+/// The tap ring of the worker that owns flow hash `h`.
+#[inline(always)]
+fn ring_of(h: u32) -> u32 {
     // Constant divisors only: a variable one brings in a panic path that
     // the verifier rejects.
-    let h = m.flow_hash;
-    let ring = match unsafe { core::ptr::read_volatile(&TAP_RINGS) } {
+    match unsafe { core::ptr::read_volatile(&TAP_RINGS) } {
         2 => h % 2,
         3 => h % 3,
         4 => h % 4,
@@ -255,10 +284,13 @@ fn tap(ctx: &XdpContext, m: &Matched) {
         15 => h % 15,
         16 => h % 16,
         _ => 0,
-    };
-    let total = core::mem::size_of::<TapHeader>() + bounded as usize;
-    let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, total as usize) };
-    let out = match ring {
+    }
+}
+
+/// Put `bytes` into tap ring `ring`; false if it is full.
+#[inline(always)]
+fn to_ring(ring: u32, bytes: &[u8]) -> bool {
+    match ring {
         0 => output(&TAP0, bytes),
         1 => output(&TAP1, bytes),
         2 => output(&TAP2, bytes),
@@ -275,19 +307,105 @@ fn tap(ctx: &XdpContext, m: &Matched) {
         13 => output(&TAP13, bytes),
         14 => output(&TAP14, bytes),
         _ => output(&TAP15, bytes),
+    }
+}
+
+/// Most bytes of an answer copied: IPv4 and TCP headers with options (at
+/// most 60 + 60) and the payload asked for (at most 256), in a power of
+/// two.
+const ANSWER_COPY_MAX: usize = 512;
+
+#[repr(C)]
+pub struct AnswerScratch {
+    hdr: TapHeader,
+    data: [u8; ANSWER_COPY_MAX],
+}
+
+#[map]
+static ANSWER_SCRATCH: PerCpuArray<AnswerScratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[classifier]
+pub fn tcpcopy_answers(ctx: TcContext) -> i32 {
+    copy_answer(&ctx);
+    // Whatever happened, the packet goes on (and the next program runs).
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn copy_answer(ctx: &TcContext) -> Option<()> {
+    let mut ip_off = 14usize;
+    let mut proto = u16::from_be(ctx.load::<u16>(12).ok()?);
+    if proto == 0x8100 || proto == 0x88a8 {
+        proto = u16::from_be(ctx.load::<u16>(16).ok()?);
+        ip_off += 4;
+    }
+    if proto != 0x0800 {
+        return None;
+    }
+    let ip = ctx.load::<[u8; 20]>(ip_off).ok()?;
+    if ip[0] >> 4 != 4 || ip[9] != 6 {
+        return None;
+    }
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    let tcp = ctx.load::<[u8; 20]>(ip_off + ihl).ok()?;
+    let sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
+    let saddr = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    let hit = unsafe {
+        SOURCES.get(PortKey::new(saddr, sport)).is_some()
+            || SOURCES.get(PortKey::new(0, sport)).is_some()
     };
-    if out {
-        bump(ctr::TAPPED);
+    if !hit {
+        return None;
+    }
+    bump(ctr::ANSWERS_SEEN);
+    let doff = ((tcp[12] >> 4) as usize) * 4;
+    let headers = ihl + doff;
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    // A GSO packet's total length may be 0 or its first segment's: the
+    // skb's length bounds what there is.
+    let room = (ctx.len() as usize).checked_sub(ip_off)?;
+    let payload = if total >= headers {
+        total - headers
+    } else {
+        room - headers.min(room)
+    };
+    let want = unsafe { core::ptr::read_volatile(&ANSWER_BYTES) } as usize;
+    let len = (headers + payload.min(want)).min(room);
+    if len < 40 || len > ANSWER_COPY_MAX {
+        return None;
+    }
+    let scratch = ANSWER_SCRATCH.get_ptr_mut(0)?;
+    let len = unsafe { core::ptr::read_volatile(&(len as u32)) };
+    let bounded = ((len - 1) & (ANSWER_COPY_MAX as u32 - 1)) + 1;
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            ip_off as u32,
+            (*scratch).data.as_mut_ptr() as *mut _,
+            bounded,
+        )
+    };
+    if ret != 0 {
+        return None;
+    }
+    unsafe {
+        (*scratch).hdr.len = bounded;
+        (*scratch).hdr.ifindex = (*ctx.skb.skb).ifindex;
+        // The copy's total length: what was copied.
+        (*scratch).data[2] = (bounded >> 8) as u8;
+        (*scratch).data[3] = bounded as u8;
+    }
+    let bytes_total = core::mem::size_of::<TapHeader>() + bounded as usize;
+    let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, bytes_total) };
+    // The client is the answer's destination.
+    let daddr = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    if to_ring(ring_of(flow_hash(daddr, dport)), bytes) {
+        bump(ctr::ANSWERS_TAPPED);
     } else {
         bump(ctr::RING_FULL);
-        if xdp::first_time(&LOGGED, LOG_RING_FULL) {
-            aya_log_ebpf::warn!(
-                ctx,
-                "tap ring {} is full: its worker falls behind; segments are lost from here on, counted as kernel ring_full (a larger --tap-ring-mb absorbs longer bursts)",
-                ring
-            );
-        }
     }
+    Some(())
 }
 
 #[inline(always)]

@@ -1,4 +1,5 @@
-//! Loading the embedded eBPF objects and attaching their XDP programs behind
+//! Loading the embedded eBPF objects and attaching their XDP programs (and
+//! tcpcopy's TC egress program, for `--verdict` in tap mode) behind
 //! a guard: dropping an [`AttachedXdp`] detaches every attachment it made
 //! (Ctrl-C, SIGTERM, errors and panics all end in a drop). Attachments are
 //! made through bpf_link where the kernel has it, so even a SIGKILLed
@@ -12,7 +13,7 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
         HashMap as BpfHashMap, MapData, PerCpuArray,
     },
-    programs::{Xdp, XdpMode},
+    programs::{tc::TcAttachType, SchedClassifier, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use tcpcopy_common::PortKey;
@@ -50,6 +51,8 @@ pub struct AttachedXdp {
     ebpf: Ebpf,
     program: &'static str,
     ifaces: Vec<String>,
+    /// Interfaces a TC egress program of the object is attached to.
+    egress: Vec<String>,
     /// The program's aya-log lines (rare events), read by [`AttachedXdp::flush_log`].
     log: Option<std::sync::Mutex<aya_log::EbpfLogger<ToTracing>>>,
 }
@@ -120,6 +123,7 @@ impl AttachedXdp {
             ebpf,
             program,
             ifaces: Vec::new(),
+            egress: Vec::new(),
             log,
         };
         for iface in ifaces {
@@ -139,6 +143,29 @@ impl AttachedXdp {
         })?;
         tracing::info!(iface, ?mode, program = self.program, "XDP program attached");
         self.ifaces.push(iface.to_string());
+        Ok(())
+    }
+
+    /// Attach the object's TC program `program` to `iface`'s egress (a tcx
+    /// link: kernel 6.6 or later; it goes with the process like the XDP
+    /// links). Loaded on first use.
+    pub fn attach_egress(&mut self, program: &str, iface: &str) -> Result<()> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("loading TC program {program} (verifier)"))?;
+        }
+        prog.attach(iface, TcAttachType::Egress).with_context(|| {
+            format!(
+                "attaching TC program {program} to {iface} egress (needs tcx: Linux 6.6 or later)"
+            )
+        })?;
+        tracing::info!(iface, program, "TC egress program attached");
+        self.egress.push(iface.to_string());
         Ok(())
     }
 
@@ -207,6 +234,9 @@ impl Drop for AttachedXdp {
     fn drop(&mut self) {
         if !self.ifaces.is_empty() {
             tracing::info!(ifaces = ?self.ifaces, program = self.program, "detaching XDP program");
+        }
+        if !self.egress.is_empty() {
+            tracing::info!(ifaces = ?self.egress, "detaching TC egress program");
         }
         // The Ebpf object owns the links; dropping it (right after this)
         // detaches every attachment.

@@ -231,6 +231,13 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
         for iface in &plan.ifaces {
             x.attach(iface, plan.xdp_mode)?;
         }
+        // `--verdict` in tap mode: the online server's answers leave
+        // through the same interfaces.
+        if plan.config.verdict.is_some() && plan.source == Source::Live(CaptureMode::Tap) {
+            for iface in &plan.ifaces {
+                x.attach_egress("tcpcopy_answers", iface)?;
+            }
+        }
     }
     let mut running = Running::spawn(workers, &stop)?;
     tracing::info!("tcpcopy ready: replaying to the target");
@@ -363,7 +370,12 @@ fn load_capture_program(plan: &Settings, mode: u32) -> Result<AttachedXdp> {
     }
     let filter_bits = (!filter.only.is_empty() as u32 * tcpcopy_common::client_filter::ONLY)
         | (!filter.skip.is_empty() as u32 * tcpcopy_common::client_filter::SKIP);
-    let mut globals = vec![("CAPTURE_MODE", mode), ("CLIENT_FILTER", filter_bits)];
+    let answer_bytes = plan.config.verdict.map_or(0, |v| v.prefix_bytes as u32);
+    let mut globals = vec![
+        ("CAPTURE_MODE", mode),
+        ("CLIENT_FILTER", filter_bits),
+        ("ANSWER_BYTES", answer_bytes),
+    ];
     let rings = if mode == capture_mode::TAP {
         globals.push(("TAP_RINGS", plan.workers as u32));
         plan.workers as u32

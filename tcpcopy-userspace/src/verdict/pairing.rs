@@ -90,8 +90,9 @@ struct Pending {
     online_at: u32,
     /// The end of its bytes in the client's captured sequence space.
     end: SeqNumber,
-    /// Its first line (for the examples).
+    /// Its first line (for the examples), and whether it is whole.
     line: Vec<u8>,
+    line_done: bool,
     /// When its last segment was captured.
     captured_at: u64,
     /// When its last byte went to the target, and where the target's
@@ -99,6 +100,17 @@ struct Pending {
     sent: Option<(u64, u32)>,
     online: Answer,
     target: Answer,
+}
+
+impl Pending {
+    /// More of the request's bytes: its first line grows up to its end or
+    /// `LINE_BYTES`.
+    fn extend_line(&mut self, bytes: &[u8]) {
+        let end = bytes.iter().position(|&b| b == b'\r' || b == b'\n');
+        let take = end.unwrap_or(bytes.len()).min(LINE_BYTES - self.line.len());
+        self.line.extend_from_slice(&bytes[..take]);
+        self.line_done = end.is_some() || self.line.len() == LINE_BYTES;
+    }
 }
 
 /// A session's verdict: its requests waiting for answers.
@@ -141,6 +153,11 @@ impl Pairing {
         if let Some(last) = self.pending.back_mut() {
             if last.online_at == ack {
                 if end.is_after(last.end) {
+                    // The next segment of the request: its first line may
+                    // go on here.
+                    if last.end == seq && !last.line_done {
+                        last.extend_line(payload);
+                    }
                     last.end = end;
                     last.captured_at = now;
                 }
@@ -160,20 +177,18 @@ impl Pairing {
                 stats.unpaired(p.online.is_read(), p.target.is_read());
             }
         }
-        let line_end = payload
-            .iter()
-            .position(|&b| b == b'\r' || b == b'\n')
-            .unwrap_or(payload.len())
-            .min(LINE_BYTES);
-        self.pending.push_back(Pending {
+        let mut p = Pending {
             online_at: ack,
             end,
-            line: payload[..line_end].to_vec(),
+            line: Vec::new(),
+            line_done: false,
             captured_at: now,
             sent: None,
             online: Answer::Waiting,
             target: Answer::Waiting,
-        });
+        };
+        p.extend_line(payload);
+        self.pending.push_back(p);
     }
 
     /// Client bytes up to `end` (captured sequence space) went to the
@@ -230,14 +245,19 @@ impl Pairing {
         if protocol == Protocol::Http && !starts_status_line(prefix) {
             return;
         }
-        let hit = self.pending.iter_mut().find(|p| {
-            matches!(p.target, Answer::Waiting)
-                && p.sent
-                    .is_some_and(|(_, from)| !SeqNumber(from).is_after(SeqNumber(seq)))
-        });
-        if let Some(p) = hit {
+        // Answers to pipelined requests may share the segment.
+        for at in protocol.answers_in(prefix) {
+            let seq_at = seq.wrapping_add(at as u32);
+            let hit = self.pending.iter_mut().find(|p| {
+                matches!(p.target, Answer::Waiting)
+                    && p.sent
+                        .is_some_and(|(_, from)| !SeqNumber(from).is_after(SeqNumber(seq)))
+            });
+            let Some(p) = hit else {
+                break;
+            };
             let since = p.sent.map_or(now, |s| s.0);
-            p.target.take(protocol, now, seq, prefix, since);
+            p.target.take(protocol, now, seq_at, &prefix[at..], since);
         }
         self.settle(stats);
     }

@@ -64,6 +64,64 @@ impl Protocol {
     }
 }
 
+impl Protocol {
+    /// Where answers begin in `bytes`, a segment that begins with one: a
+    /// target that answers pipelined requests may send several in one
+    /// segment, and those whose start lies within the bytes seen are read
+    /// too (0 first; later ones only where their status is readable).
+    pub fn answers_in(self, bytes: &[u8]) -> Vec<usize> {
+        let mut at = vec![0];
+        match self {
+            Protocol::Http => {
+                let mut from = 1;
+                while let Some(i) = find(&bytes[from..], b"\nHTTP/1.") {
+                    let start = from + i + 1;
+                    if matches!(http_status(&bytes[start..]), Parse::Done(_)) {
+                        at.push(start);
+                    }
+                    from = start;
+                }
+            }
+            Protocol::Resp => {
+                let mut pos = 0;
+                while let Some(next) = resp_reply_end(&bytes[pos..]) {
+                    pos += next;
+                    if pos >= bytes.len()
+                        || !matches!(resp_status(&bytes[pos..]), Parse::Done(s) if s != Status::garbage())
+                    {
+                        break;
+                    }
+                    at.push(pos);
+                }
+            }
+            Protocol::Auto | Protocol::Bytes => {}
+        }
+        at
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The length of the RESP reply at the start of `b`, when it is a simple
+/// one (a line, or a bulk string) held whole in `b`.
+fn resp_reply_end(b: &[u8]) -> Option<usize> {
+    let line = find(b, b"\r\n")? + 2;
+    match b.first()? {
+        b'+' | b'-' | b':' | b'_' | b',' | b'#' => Some(line),
+        b'$' => {
+            let n: i64 = std::str::from_utf8(&b[1..line - 2]).ok()?.parse().ok()?;
+            if n < 0 {
+                return Some(line);
+            }
+            let end = line + n as usize + 2;
+            (end <= b.len()).then_some(end)
+        }
+        _ => None,
+    }
+}
+
 /// The outcome of reading a response's first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parse {
@@ -228,6 +286,26 @@ mod tests {
             "bytes 0001020304050607"
         );
         assert_eq!(done(b.status(b"short")), "more");
+    }
+
+    #[test]
+    fn several_answers_in_one_segment() {
+        let two = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 503 No\r\n";
+        // "hi" ends without a newline: only answers after a line are found.
+        assert_eq!(Protocol::Http.answers_in(two), vec![0]);
+        let two = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nhi\nHTTP/1.1 503 No\r\n";
+        assert_eq!(Protocol::Http.answers_in(two), vec![0, 41]);
+        // A status line cut short by the end of the bytes is not taken.
+        assert_eq!(
+            Protocol::Http.answers_in(b"HTTP/1.1 200 OK\r\n\r\nHTTP/1.1 2"),
+            vec![0]
+        );
+        assert_eq!(
+            Protocol::Resp.answers_in(b"+OK\r\n$3\r\nabc\r\n$-1\r\n:5\r\n$10\r\nab"),
+            vec![0, 5, 14, 19, 23]
+        );
+        assert_eq!(Protocol::Resp.answers_in(b"*2\r\n$1\r\na\r\n"), vec![0]);
+        assert_eq!(Protocol::Bytes.answers_in(b"anything"), vec![0]);
     }
 
     #[test]

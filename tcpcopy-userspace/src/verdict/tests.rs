@@ -79,7 +79,8 @@ fn segments_of_one_request_and_retransmissions_make_one_request() {
     let mut p = Pairing::new(Protocol::Http);
     let mut st = VerdictStats::default();
     let (ack, seq, body) = request(0);
-    p.on_request(0, ack, seq, &body[..50], &mut st);
+    p.on_request(0, ack, seq, &body[..4], &mut st);
+    p.on_request(1, ack, seq.plus(4), &body[4..50], &mut st);
     p.on_request(1, ack, seq.plus(50), &body[50..], &mut st);
     p.on_request(2, ack, seq, &body[..50], &mut st);
     assert_eq!(p.waiting(), 1);
@@ -89,8 +90,12 @@ fn segments_of_one_request_and_retransmissions_make_one_request() {
     p.on_sent(4, seq.plus(100), 100);
     p.on_online(4, ack, b"HTTP/1.1 200 OK", &mut st);
     assert_eq!(st.compared, 0);
-    p.on_target(5, 100, b"HTTP/1.1 200 OK", &mut st);
+    p.on_target(5, 100, b"HTTP/1.1 500 Oops", &mut st);
     assert_eq!(st.compared, 1);
+    assert_eq!(
+        st.examples[0].request, "GET /0 HTTP/1.1",
+        "the line from both segments"
+    );
 }
 
 #[test]
@@ -152,4 +157,23 @@ fn an_answer_missing_on_one_side_is_unpaired_once_a_later_request_is_compared() 
     p.on_target(3, 150, b"HTTP/1.1 200 OK", &mut st);
     assert_eq!((st.compared, st.unpaired_online), (1, 1));
     assert_eq!(p.waiting(), 0);
+}
+
+#[test]
+fn pipelined_answers_sharing_a_segment_are_paired_in_order() {
+    let mut p = Pairing::new(Protocol::Http);
+    let mut st = VerdictStats::default();
+    for i in 0..3u32 {
+        let (ack, seq, body) = request(i);
+        p.on_request(0, ack, seq, &body, &mut st);
+        p.on_online(0, ack, b"HTTP/1.1 200 OK", &mut st);
+        p.on_sent(1, seq.plus(100), 40);
+    }
+    // All three answers in one segment; the third's status lies beyond
+    // the bytes seen.
+    let seg = b"HTTP/1.1 200 OK\r\n\r\nHTTP/1.1 503 No\r\n\r\nHTTP/1.";
+    p.on_target(2, 40, seg, &mut st);
+    assert_eq!((st.compared, st.mismatched), (2, 1));
+    assert_eq!(st.examples[0].request, "GET /1 HTTP/1.1");
+    assert_eq!(p.waiting(), 1, "the third waits, unread");
 }
