@@ -1411,6 +1411,14 @@ const SCENARIOS: &[Scenario] = &[
     ),
     ("-r 50 halves", sampling_halves),
     (
+        "verdict: a path the target answers 503 is counted exactly, in tap and packet capture",
+        crate::verdict::http_status_mismatches_counted_exactly,
+    ),
+    (
+        "verdict: redis GETs of a key the target lacks, nil against a value",
+        crate::verdict::redis_nil_against_a_value,
+    ),
+    (
         "--skip-clients leaves out one client, in tap, xdp and packet capture",
         crate::shaping::skip_clients_leaves_out_one_address,
     ),

@@ -18,6 +18,7 @@ mod setup;
 mod shaping;
 mod soak;
 mod util;
+mod verdict;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

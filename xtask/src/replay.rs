@@ -479,15 +479,19 @@ pub fn reset_logs() -> Result<()> {
 /// Run `redis-benchmark ARGS` from the client at the online redis; returns
 /// the commands the online and (once quiet) the target redis processed.
 pub fn redis_load(args: &str) -> Result<(u64, u64)> {
+    use crate::lab::ONLINE_IP;
+    redis_load_with(&format!("redis-benchmark -h {ONLINE_IP} {args} -q"))
+}
+
+/// Run `command` in the client namespace; returns the commands the online
+/// and (once quiet) the target redis processed meanwhile.
+pub fn redis_load_with(command: &str) -> Result<(u64, u64)> {
     use crate::lab::{in_ns, CLIENT, ONLINE, ONLINE_IP, TARGET, TARGET_IP};
     let before = (
         redis_commands(ONLINE, ONLINE_IP)?,
         redis_commands(TARGET, TARGET_IP)?,
     );
-    in_ns(
-        CLIENT,
-        &format!("redis-benchmark -h {ONLINE_IP} {args} -q > /dev/null"),
-    )?;
+    in_ns(CLIENT, &format!("{command} > /dev/null"))?;
     let online = redis_commands(ONLINE, ONLINE_IP)? - before.0;
     let (target, _) = wait_until_quiet(
         &|| redis_commands(TARGET, TARGET_IP).unwrap_or(0),

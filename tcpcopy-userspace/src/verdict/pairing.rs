@@ -18,10 +18,12 @@ use super::{
 use crate::wire::SeqNumber;
 
 /// Requests a session keeps waiting for their answers; beyond, the oldest
-/// is given up as unpaired (the verdict's state stays bounded).
-pub const MAX_PENDING: usize = 64;
-/// Bytes of a request's first line kept for the examples.
-const LINE_BYTES: usize = 64;
+/// is given up as unpaired (the verdict's state stays bounded: about 200
+/// bytes a request). A replay running behind its client holds many: each
+/// is answered only once sent.
+pub const MAX_PENDING: usize = 4096;
+/// Bytes of a request kept for the examples.
+const HEAD_BYTES: usize = 64;
 
 /// One side's answer to a request.
 #[derive(Clone, Debug, Default)]
@@ -90,9 +92,10 @@ struct Pending {
     online_at: u32,
     /// The end of its bytes in the client's captured sequence space.
     end: SeqNumber,
-    /// Its first line (for the examples), and whether it is whole.
-    line: Vec<u8>,
-    line_done: bool,
+    /// Its first bytes (for the examples), and whether they are all
+    /// kept.
+    head: Vec<u8>,
+    head_done: bool,
     /// When its last segment was captured.
     captured_at: u64,
     /// When its last byte went to the target, and where the target's
@@ -103,14 +106,20 @@ struct Pending {
 }
 
 impl Pending {
-    /// More of the request's bytes: its first line grows up to its end or
-    /// `LINE_BYTES`.
-    fn extend_line(&mut self, bytes: &[u8]) {
-        let end = bytes.iter().position(|&b| b == b'\r' || b == b'\n');
-        let take = end.unwrap_or(bytes.len()).min(LINE_BYTES - self.line.len());
-        self.line.extend_from_slice(&bytes[..take]);
-        self.line_done = end.is_some() || self.line.len() == LINE_BYTES;
+    /// More of the request's bytes, up to `HEAD_BYTES` in all.
+    fn extend_head(&mut self, bytes: &[u8]) {
+        let take = bytes.len().min(HEAD_BYTES - self.head.len());
+        self.head.extend_from_slice(&bytes[..take]);
+        self.head_done = self.head.len() == HEAD_BYTES;
     }
+}
+
+/// The last target answer read: which request's (by its online answer's
+/// position) and where it began in the target's sequence space.
+#[derive(Clone, Copy, Debug)]
+struct Anchor {
+    online_at: u32,
+    target_at: u32,
 }
 
 /// A session's verdict: its requests waiting for answers.
@@ -120,6 +129,10 @@ pub struct Pairing {
     protocol: Protocol,
     decided: bool,
     pending: VecDeque<Pending>,
+    anchor: Option<Anchor>,
+    /// Where the answer after the last one placed begins, when that is
+    /// known (its length showed, or its segment was seen whole).
+    follows: Option<u32>,
 }
 
 impl Pairing {
@@ -128,6 +141,8 @@ impl Pairing {
             protocol,
             decided: protocol != Protocol::Auto,
             pending: VecDeque::new(),
+            anchor: None,
+            follows: None,
         }
     }
 
@@ -155,8 +170,8 @@ impl Pairing {
                 if end.is_after(last.end) {
                     // The next segment of the request: its first line may
                     // go on here.
-                    if last.end == seq && !last.line_done {
-                        last.extend_line(payload);
+                    if last.end == seq && !last.head_done {
+                        last.extend_head(payload);
                     }
                     last.end = end;
                     last.captured_at = now;
@@ -180,14 +195,14 @@ impl Pairing {
         let mut p = Pending {
             online_at: ack,
             end,
-            line: Vec::new(),
-            line_done: false,
+            head: Vec::new(),
+            head_done: false,
             captured_at: now,
             sent: None,
             online: Answer::Waiting,
             target: Answer::Waiting,
         };
-        p.extend_line(payload);
+        p.extend_head(payload);
         self.pending.push_back(p);
     }
 
@@ -205,6 +220,8 @@ impl Pairing {
     /// The target connection is opened again: requests it had not
     /// answered go again, on a new sequence space.
     pub fn on_reconnect(&mut self) {
+        self.anchor = None;
+        self.follows = None;
         for p in self.pending.iter_mut().filter(|p| !p.target.is_read()) {
             p.sent = None;
             p.target = Answer::Waiting;
@@ -226,9 +243,18 @@ impl Pairing {
         self.settle(stats);
     }
 
-    /// The target's data at `seq` (its first bytes in `prefix`).
-    pub fn on_target(&mut self, now: u64, seq: u32, prefix: &[u8], stats: &mut VerdictStats) {
+    /// The target's data at `seq`, `len` bytes (its first bytes in
+    /// `prefix`).
+    pub fn on_target(
+        &mut self,
+        now: u64,
+        seq: u32,
+        len: u32,
+        prefix: &[u8],
+        stats: &mut VerdictStats,
+    ) {
         let protocol = self.protocol;
+        let follows = self.follows == Some(seq);
         // A continuation of an answer begun.
         if let Some(p) = self
             .pending
@@ -245,21 +271,100 @@ impl Pairing {
         if protocol == Protocol::Http && !starts_status_line(prefix) {
             return;
         }
-        // Answers to pipelined requests may share the segment.
+        // Answers to pipelined requests may share the segment: those
+        // after the first answer the requests after its.
+        let mut last: Option<usize> = None;
+        let mut all_placed = true;
+        let whole = prefix.len() as u32 >= len;
         for at in protocol.answers_in(prefix) {
             let seq_at = seq.wrapping_add(at as u32);
-            let hit = self.pending.iter_mut().find(|p| {
-                matches!(p.target, Answer::Waiting)
-                    && p.sent
-                        .is_some_and(|(_, from)| !SeqNumber(from).is_after(SeqNumber(seq)))
-            });
-            let Some(p) = hit else {
+            let next = match last {
+                None if follows => self.next_after_anchor(),
+                None => self.whose_answer(seq_at),
+                Some(i) => (i + 1..self.pending.len()).find(|&n| self.pending[n].sent.is_some()),
+            }
+            .filter(|&n| matches!(self.pending[n].target, Answer::Waiting));
+            let Some(i) = next else {
+                tracing::trace!(seq = seq_at, anchor = ?self.anchor, waiting = self.pending.len(),
+                    "verdict: a target answer whose request is not known for sure");
+                all_placed = false;
                 break;
             };
+            last = Some(i);
+            let p = &mut self.pending[i];
             let since = p.sent.map_or(now, |s| s.0);
             p.target.take(protocol, now, seq_at, &prefix[at..], since);
+            self.anchor = Some(Anchor {
+                online_at: p.online_at,
+                target_at: seq_at,
+            });
+            // Where the next answer begins, when this one's length shows.
+            self.follows = protocol
+                .answer_len(&prefix[at..])
+                .map(|n| seq_at.wrapping_add(n as u32));
+        }
+        // A segment seen whole, every answer in it placed: an answer that
+        // begins right after it is the next request's.
+        if whole && all_placed && last.is_some() {
+            self.follows = Some(seq.wrapping_add(len));
         }
         self.settle(stats);
+    }
+
+    /// The first request sent after the one whose answer was read last.
+    fn next_after_anchor(&self) -> Option<usize> {
+        let a = self.anchor?;
+        self.pending.iter().position(|p| {
+            p.sent.is_some() && SeqNumber(p.online_at).is_after(SeqNumber(a.online_at))
+        })
+    }
+
+    /// Which waiting request a target answer beginning at `seq` answers,
+    /// if that can be told for sure (never a guess: a request left
+    /// without its answer is reported unpaired, not compared with another
+    /// request's answer):
+    /// 1. the one whose answer would begin exactly there if the target's
+    ///    answers since the last one read had the online answers' sizes;
+    /// 2. the oldest sent when the target's answers stood exactly there
+    ///    (nothing of another answer can lie between);
+    /// 3. the only one sent and waiting.
+    fn whose_answer(&self, seq: u32) -> Option<usize> {
+        let after_anchor = |p: &Pending| {
+            self.anchor
+                .is_none_or(|a| SeqNumber(p.online_at).is_after(SeqNumber(a.online_at)))
+        };
+        let waiting = |p: &Pending| {
+            matches!(p.target, Answer::Waiting)
+                && after_anchor(p)
+                && p.sent
+                    .is_some_and(|(_, from)| !SeqNumber(from).is_after(SeqNumber(seq)))
+        };
+        if let Some(a) = self.anchor {
+            let same_sizes = |p: &Pending| {
+                a.target_at
+                    .wrapping_add(p.online_at.wrapping_sub(a.online_at))
+                    == seq
+            };
+            if let Some(i) = self
+                .pending
+                .iter()
+                .position(|p| waiting(p) && same_sizes(p))
+            {
+                return Some(i);
+            }
+        }
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|p| waiting(p) && p.sent.is_some_and(|(_, from)| from == seq))
+        {
+            return Some(i);
+        }
+        let mut candidates = self.pending.iter().enumerate().filter(|(_, p)| waiting(p));
+        match (candidates.next(), candidates.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        }
     }
 
     /// Report every request whose two answers are read.
@@ -290,8 +395,9 @@ impl Pairing {
             else {
                 return;
             };
+            let protocol = self.protocol;
             stats.compared(*online, *target, *ol, *tl, || Example {
-                request: String::from_utf8_lossy(&p.line).into_owned(),
+                request: protocol.describe(&p.head),
                 online: *online,
                 target: *target,
             });

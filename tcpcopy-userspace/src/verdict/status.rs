@@ -100,6 +100,85 @@ impl Protocol {
     }
 }
 
+impl Protocol {
+    /// A request, in a few words, from its first bytes: HTTP's request
+    /// line (`GET /differs HTTP/1.1`), a RESP command's first words
+    /// (`GET key:1`), else the first line with odd bytes escaped.
+    pub fn describe(self, request: &[u8]) -> String {
+        if self == Protocol::Resp {
+            if let Some(words) = resp_words(request) {
+                return words;
+            }
+        }
+        let end = request
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n')
+            .unwrap_or(request.len());
+        request[..end].escape_ascii().to_string()
+    }
+}
+
+/// The first three words of a RESP command (an array of bulk strings),
+/// as far as `b` holds them.
+fn resp_words(b: &[u8]) -> Option<String> {
+    let mut words = Vec::new();
+    let mut pos = find(b, b"\r\n")? + 2;
+    if b.first() != Some(&b'*') {
+        return None;
+    }
+    while words.len() < 3 && pos < b.len() {
+        let word = &b[pos..];
+        let line = find(word, b"\r\n")? + 2;
+        let n: usize = std::str::from_utf8(word.get(1..line - 2)?)
+            .ok()?
+            .parse()
+            .ok()?;
+        let text = word.get(line..(line + n).min(word.len()))?;
+        words.push(text.escape_ascii().to_string());
+        pos += line + n + 2;
+    }
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+impl Protocol {
+    /// The length of the answer at the start of `bytes`, when what is seen
+    /// of it tells: an HTTP header that ends within the bytes and gives a
+    /// Content-Length (or a status without a body), a RESP reply held
+    /// whole. The next answer begins right after.
+    pub fn answer_len(self, bytes: &[u8]) -> Option<usize> {
+        match self {
+            Protocol::Http => http_answer_len(bytes),
+            Protocol::Resp => resp_reply_end(bytes),
+            Protocol::Auto | Protocol::Bytes => None,
+        }
+    }
+}
+
+fn http_answer_len(b: &[u8]) -> Option<usize> {
+    let header = find(b, b"\r\n\r\n")? + 4;
+    let Parse::Done(status) = http_status(b) else {
+        return None;
+    };
+    let code = status.as_str();
+    if code.starts_with('1') || code == "204" || code == "304" {
+        return Some(header);
+    }
+    let head = std::str::from_utf8(&b[..header]).ok()?;
+    let mut length = None;
+    for line in head.split("\r\n").skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            return None;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.trim().parse::<usize>().ok();
+        }
+    }
+    Some(header + length?)
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -306,6 +385,53 @@ mod tests {
         );
         assert_eq!(Protocol::Resp.answers_in(b"*2\r\n$1\r\na\r\n"), vec![0]);
         assert_eq!(Protocol::Bytes.answers_in(b"anything"), vec![0]);
+    }
+
+    #[test]
+    fn answer_lengths_when_the_bytes_tell() {
+        let h = b"HTTP/1.1 503 No\r\nContent-Length: 9\r\nServer: x\r\n\r\nnot here\n";
+        assert_eq!(Protocol::Http.answer_len(h), Some(h.len()));
+        assert_eq!(
+            Protocol::Http.answer_len(&h[..30]),
+            None,
+            "header not whole"
+        );
+        assert_eq!(
+            Protocol::Http.answer_len(b"HTTP/1.1 204 No\r\n\r\n"),
+            Some(19)
+        );
+        assert_eq!(
+            Protocol::Http.answer_len(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            Protocol::Http.answer_len(b"HTTP/1.1 200 OK\r\n\r\n"),
+            None,
+            "no length"
+        );
+        assert_eq!(Protocol::Resp.answer_len(b"$-1\r\n$3"), Some(5));
+        assert_eq!(Protocol::Resp.answer_len(b"$6\r\nonline\r\n"), Some(12));
+        assert_eq!(Protocol::Resp.answer_len(b"$6\r\nonl"), None);
+    }
+
+    #[test]
+    fn requests_in_a_few_words() {
+        assert_eq!(
+            Protocol::Http.describe(b"GET /differs HTTP/1.1\r\nHost: x\r\n"),
+            "GET /differs HTTP/1.1"
+        );
+        assert_eq!(
+            Protocol::Resp.describe(b"*2\r\n$3\r\nGET\r\n$16\r\nkey:000000000000\r\n"),
+            "GET key:000000000000"
+        );
+        assert_eq!(
+            Protocol::Resp.describe(b"*3\r\n$3\r\nSET\r\n$2\r\nk"),
+            "SET k"
+        );
+        assert_eq!(
+            Protocol::Bytes.describe(b"\x16\x03\x01\n"),
+            "\\x16\\x03\\x01"
+        );
     }
 
     #[test]

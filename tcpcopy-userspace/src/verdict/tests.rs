@@ -16,6 +16,11 @@ fn request(i: u32) -> (u32, SeqNumber, Vec<u8>) {
     (5000 + 200 * i, SeqNumber(1000 + 100 * i), body)
 }
 
+/// The target's data at `seq`: a segment longer than the `bytes` seen of it.
+fn target_part(p: &mut Pairing, now: u64, seq: u32, bytes: &[u8], st: &mut VerdictStats) {
+    p.on_target(now, seq, bytes.len() as u32 + 100, bytes, st);
+}
+
 #[test]
 fn keep_alive_requests_pair_in_order_and_a_differing_status_is_a_mismatch() {
     let mut p = Pairing::new(Protocol::Auto);
@@ -31,7 +36,7 @@ fn keep_alive_requests_pair_in_order_and_a_differing_status_is_a_mismatch() {
         } else {
             b"HTTP/1.1 200 OK\r\n"
         };
-        p.on_target(now + 12, 70_000 + 150 * i, answer, &mut st);
+        target_part(&mut p, now + 12, 70_000 + 150 * i, answer, &mut st);
     }
     assert_eq!((st.compared, st.mismatched), (3, 1));
     assert_eq!(st.examples[0].request, "GET /1 HTTP/1.1");
@@ -47,13 +52,13 @@ fn the_rest_of_a_long_answer_is_not_taken_for_the_next_one() {
     let (ack, seq, body) = request(0);
     p.on_request(0, ack, seq, &body, &mut st);
     p.on_sent(1, seq.plus(100), 9000);
-    p.on_target(2, 9000, b"HTTP/1.1 200 OK\r\n", &mut st);
+    target_part(&mut p, 2, 9000, b"HTTP/1.1 200 OK\r\n", &mut st);
     let (ack1, seq1, body1) = request(1);
     p.on_request(3, ack1, seq1, &body1, &mut st);
     p.on_sent(3, seq1.plus(100), 9100);
     // The first answer's body goes on; then the second answer.
-    p.on_target(4, 9100, b"<html>...", &mut st);
-    p.on_target(5, 9300, b"HTTP/1.1 404 Not Found", &mut st);
+    target_part(&mut p, 4, 9100, b"<html>...", &mut st);
+    target_part(&mut p, 5, 9300, b"HTTP/1.1 404 Not Found", &mut st);
     p.on_online(6, ack, b"HTTP/1.1 200 OK", &mut st);
     p.on_online(7, ack1, b"HTTP/1.1 200 OK", &mut st);
     assert_eq!((st.compared, st.mismatched), (2, 1));
@@ -69,8 +74,8 @@ fn a_status_line_split_across_segments_is_read_whole() {
     p.on_online(1, ack, b"HTTP/1.1 2", &mut st);
     p.on_online(1, ack + 10, b"00 OK\r\n", &mut st);
     p.on_sent(1, seq.plus(100), 7);
-    p.on_target(2, 7, b"HTTP/", &mut st);
-    p.on_target(2, 12, b"1.1 200 OK", &mut st);
+    target_part(&mut p, 2, 7, b"HTTP/", &mut st);
+    target_part(&mut p, 2, 12, b"1.1 200 OK", &mut st);
     assert_eq!((st.compared, st.mismatched), (1, 0));
 }
 
@@ -86,11 +91,11 @@ fn segments_of_one_request_and_retransmissions_make_one_request() {
     assert_eq!(p.waiting(), 1);
     // Not sent whole yet: a target answer cannot be its.
     p.on_sent(2, seq.plus(50), 100);
-    p.on_target(3, 100, b"HTTP/1.1 200 OK", &mut st);
+    target_part(&mut p, 3, 100, b"HTTP/1.1 200 OK", &mut st);
     p.on_sent(4, seq.plus(100), 100);
     p.on_online(4, ack, b"HTTP/1.1 200 OK", &mut st);
     assert_eq!(st.compared, 0);
-    p.on_target(5, 100, b"HTTP/1.1 500 Oops", &mut st);
+    target_part(&mut p, 5, 100, b"HTTP/1.1 500 Oops", &mut st);
     assert_eq!(st.compared, 1);
     assert_eq!(
         st.examples[0].request, "GET /0 HTTP/1.1",
@@ -106,11 +111,11 @@ fn redis_nil_against_a_value() {
     p.on_request(0, 1, SeqNumber(1), get, &mut st);
     p.on_online(0, 1, b"$5\r\nvalue\r\n", &mut st);
     p.on_sent(0, SeqNumber(1 + get.len() as u32), 50);
-    p.on_target(1, 50, b"$-1\r\n", &mut st);
+    target_part(&mut p, 1, 50, b"$-1\r\n", &mut st);
     assert_eq!((st.compared, st.mismatched), (1, 1));
     assert_eq!(st.examples[0].online.as_str(), "$");
     assert_eq!(st.examples[0].target.as_str(), "$-1");
-    assert_eq!(st.examples[0].request, "*2");
+    assert_eq!(st.examples[0].request, "GET key");
 }
 
 #[test]
@@ -148,13 +153,13 @@ fn an_answer_missing_on_one_side_is_unpaired_once_a_later_request_is_compared() 
     let (ack, seq, body) = request(0);
     p.on_request(0, ack, seq, &body, &mut st);
     p.on_sent(0, seq.plus(100), 0);
-    p.on_target(1, 0, b"HTTP/1.1 200 OK", &mut st);
+    target_part(&mut p, 1, 0, b"HTTP/1.1 200 OK", &mut st);
     // Its online answer was never captured.
     let (ack1, seq1, body1) = request(1);
     p.on_request(2, ack1, seq1, &body1, &mut st);
     p.on_sent(2, seq1.plus(100), 150);
     p.on_online(3, ack1, b"HTTP/1.1 200 OK", &mut st);
-    p.on_target(3, 150, b"HTTP/1.1 200 OK", &mut st);
+    target_part(&mut p, 3, 150, b"HTTP/1.1 200 OK", &mut st);
     assert_eq!((st.compared, st.unpaired_online), (1, 1));
     assert_eq!(p.waiting(), 0);
 }
@@ -172,8 +177,73 @@ fn pipelined_answers_sharing_a_segment_are_paired_in_order() {
     // All three answers in one segment; the third's status lies beyond
     // the bytes seen.
     let seg = b"HTTP/1.1 200 OK\r\n\r\nHTTP/1.1 503 No\r\n\r\nHTTP/1.";
-    p.on_target(2, 40, seg, &mut st);
+    target_part(&mut p, 2, 40, seg, &mut st);
     assert_eq!((st.compared, st.mismatched), (2, 1));
     assert_eq!(st.examples[0].request, "GET /1 HTTP/1.1");
     assert_eq!(p.waiting(), 1, "the third waits, unread");
+}
+
+#[test]
+fn an_answer_never_seen_does_not_shift_the_pairs_after_it() {
+    let mut p = Pairing::new(Protocol::Http);
+    let mut st = VerdictStats::default();
+    // Request 0's answer (at 100, 200 bytes) is never seen.
+    let (ack, seq, body) = request(0);
+    p.on_request(0, ack, seq, &body, &mut st);
+    p.on_online(0, ack, b"HTTP/1.1 200 OK", &mut st);
+    p.on_sent(0, seq.plus(100), 100);
+    for i in 1..4u32 {
+        let (ack, seq, body) = request(i);
+        p.on_request(0, ack, seq, &body, &mut st);
+        p.on_online(0, ack, b"HTTP/1.1 200 OK", &mut st);
+        p.on_sent(0, seq.plus(100), 100 + 200 * i);
+        let answer: &[u8] = if i == 2 {
+            b"HTTP/1.1 503 No"
+        } else {
+            b"HTTP/1.1 200 OK"
+        };
+        target_part(&mut p, 1, 100 + 200 * i, answer, &mut st);
+    }
+    assert_eq!((st.compared, st.mismatched, st.unpaired_target), (3, 1, 1));
+    assert_eq!(st.examples[0].request, "GET /2 HTTP/1.1");
+}
+
+#[test]
+fn pipelined_answers_of_the_online_sizes_are_placed_by_them() {
+    let mut p = Pairing::new(Protocol::Http);
+    let mut st = VerdictStats::default();
+    // Four requests sent together; the answers come one per segment, at
+    // the online answers' offsets (200 bytes each), the second one lost.
+    for i in 0..4u32 {
+        let (ack, seq, body) = request(i);
+        p.on_request(0, ack, seq, &body, &mut st);
+        p.on_online(0, ack, b"HTTP/1.1 200 OK", &mut st);
+        p.on_sent(0, seq.plus(100), 7000);
+    }
+    target_part(&mut p, 1, 7000, b"HTTP/1.1 200 OK", &mut st);
+    target_part(&mut p, 1, 7400, b"HTTP/1.1 404 No", &mut st);
+    target_part(&mut p, 1, 7600, b"HTTP/1.1 200 OK", &mut st);
+    assert_eq!((st.compared, st.mismatched, st.unpaired_target), (3, 1, 1));
+    assert_eq!(st.examples[0].request, "GET /2 HTTP/1.1");
+}
+
+#[test]
+fn answers_right_after_a_segment_seen_whole_are_the_next_requests() {
+    // Redis: the online answers are values (12 bytes), the target's nil
+    // (5 bytes): sizes differ, yet segments seen whole chain the answers.
+    let mut p = Pairing::new(Protocol::Resp);
+    let mut st = VerdictStats::default();
+    let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    for i in 0..6u32 {
+        let seq = SeqNumber(1 + i * get.len() as u32);
+        p.on_request(0, 100 + 12 * i, seq, get, &mut st);
+        p.on_online(0, 100 + 12 * i, b"$6\r\nonline\r\n", &mut st);
+        p.on_sent(0, seq.plus(get.len() as u32), 500);
+    }
+    // Two answers, then three, then one: each segment seen whole.
+    p.on_target(1, 500, 10, b"$-1\r\n$-1\r\n", &mut st);
+    p.on_target(1, 510, 15, b"$-1\r\n$-1\r\n$-1\r\n", &mut st);
+    p.on_target(1, 525, 5, b"$-1\r\n", &mut st);
+    assert_eq!((st.compared, st.mismatched), (6, 6));
+    assert_eq!(p.waiting(), 0);
 }

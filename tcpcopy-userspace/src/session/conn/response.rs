@@ -27,7 +27,7 @@ impl Session {
         let established = self.is_established();
         if let Some(v) = &mut self.verdict {
             if established && h.payload_len > 0 && !prefix.is_empty() {
-                v.on_target(now, h.seq, prefix, ctx.verdict());
+                v.on_target(now, h.seq, h.payload_len, prefix, ctx.verdict());
             }
         }
         match self.phase {

@@ -1,0 +1,258 @@
+//! Lab tests of the verdict (#22): the target nginx answers 503 on
+//! `/differs` where the online one answers 200, and the target redis lacks
+//! a key the online one holds. Each test builds a known number of
+//! differing requests and checks what `--verdict-json` says: exactly that
+//! many mismatches, every other request matching, every request the
+//! online server served accounted for once.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+
+use crate::{
+    lab::{self, in_ns, CLIENT, ONLINE_IP, TARGET_IP},
+    lab_client::LabClient,
+    replay::{self, Replay},
+};
+
+/// Requests to `/differs` among the lab client's.
+const DIFFERS: u64 = 10;
+/// The lab client's requests in all.
+const CLIENT_REQUESTS: u64 = 200;
+
+/// `--verdict-json`'s figures for the one target.
+struct Verdict(Value);
+
+impl Verdict {
+    /// The figures of `target` (`IP:PORT`) in `--verdict-json` `path`.
+    fn read(path: &PathBuf, target: &str) -> Result<Verdict> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--verdict-json {} was not written", path.display()))?;
+        let v: Value = serde_json::from_str(&text).context("--verdict-json is not JSON")?;
+        let found = v["verdict"]
+            .as_array()
+            .and_then(|a| a.iter().find(|t| t["target"] == target))
+            .with_context(|| format!("no verdict for {target} in {text}"))?;
+        Ok(Verdict(found.clone()))
+    }
+    fn n(&self, path: &[&str]) -> u64 {
+        let mut v = &self.0;
+        for p in path {
+            v = &v[*p];
+        }
+        v.as_u64().unwrap_or(0)
+    }
+    fn statuses(&self, side: &str) -> Vec<(String, u64)> {
+        self.0["status"][side]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    /// Requests accounted for: compared, failed or left unpaired.
+    fn accounted(&self) -> u64 {
+        let failed: u64 = self.0["failures"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        self.n(&["compared"])
+            + self.n(&["unpaired", "online"])
+            + self.n(&["unpaired", "target"])
+            + failed
+    }
+    fn examples(&self) -> Vec<String> {
+        self.0["examples"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| format!("{} {} {}", e["request"], e["online"], e["target"]))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn json_path(tag: &str) -> PathBuf {
+    lab::run_dir().join(format!("{tag}.json"))
+}
+
+/// wrk keep-alive at saturation from the client, and the lab client's 200
+/// requests on a connection of their own, 10 of them to `/differs`, in
+/// tap and packet capture.
+pub fn http_status_mismatches_counted_exactly() -> Result<()> {
+    for (mode, base) in [("tap", replay::TAP_HTTP), ("packet", replay::PACKET_HTTP)] {
+        let tag = format!("verdict-http-{mode}");
+        let json = json_path(&tag);
+        let _ = std::fs::remove_file(&json);
+        let mut args = base.to_vec();
+        let json_arg = json.display().to_string();
+        args.extend(["--verdict", "--verdict-json", &json_arg]);
+        replay::reset_logs()?;
+        let r = Replay::start(&tag, &args)?;
+        let mut wrk = Command::new("ip")
+            .args(["netns", "exec", CLIENT, "wrk", "-t1", "-c4", "-d3s"])
+            .arg(format!("http://{ONLINE_IP}/"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting wrk")?;
+        let mut client = LabClient::spawn(&format!("{ONLINE_IP}:80"))?;
+        for i in 0..CLIENT_REQUESTS {
+            let path = if i % (CLIENT_REQUESTS / DIFFERS) == 7 {
+                "/differs".to_string()
+            } else {
+                format!("/same{i}")
+            };
+            client.command(&format!("get {path}"))?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        client.command("close").ok();
+        wrk.wait().context("wrk")?;
+        let (target, _) = replay::settle(|| lab::count_lines("target-nginx-access.log"));
+        let online = replay::online_served();
+        let log = r.stop()?;
+        let v = Verdict::read(&json, "10.0.2.2:8080")?;
+        println!(
+            "    {mode}: online {online}, target {target}; verdict: {} compared, {} mismatched, unpaired {} (online) {} (target), target statuses {:?}",
+            v.n(&["compared"]),
+            v.n(&["mismatched"]),
+            v.n(&["unpaired", "online"]),
+            v.n(&["unpaired", "target"]),
+            v.statuses("target"),
+        );
+        ensure!(
+            target == online,
+            "{mode}: the replay itself was not exact: online {online}, target {target}"
+        );
+        ensure!(
+            v.0["target_side"] == "available",
+            "{mode}: the target's answers were not read: {}",
+            v.0
+        );
+        ensure!(
+            v.n(&["mismatched"]) == DIFFERS,
+            "{mode}: {} mismatches, {DIFFERS} requests to /differs: {:?}",
+            v.n(&["mismatched"]),
+            v.examples()
+        );
+        ensure!(
+            v.statuses("online").iter().all(|(s, _)| s == "200"),
+            "{mode}: the online nginx answers 200 only: {:?}",
+            v.statuses("online")
+        );
+        let target_503 = v
+            .statuses("target")
+            .iter()
+            .filter(|(s, _)| s == "503")
+            .map(|(_, n)| *n)
+            .sum::<u64>();
+        ensure!(target_503 == DIFFERS, "{mode}: target 503s: {target_503}");
+        ensure!(
+            v.n(&["compared"]) - v.n(&["mismatched"])
+                == v.statuses("target")
+                    .iter()
+                    .filter(|(s, _)| s == "200")
+                    .map(|(_, n)| *n)
+                    .sum::<u64>(),
+            "{mode}: every other compared request matches"
+        );
+        let examples = v.examples();
+        ensure!(
+            !examples.is_empty()
+                && examples
+                    .iter()
+                    .all(|e| e == "\"GET /differs HTTP/1.1\" \"200\" \"503\""),
+            "{mode}: the examples name /differs: {examples:?}"
+        );
+        ensure!(
+            v.accounted() == online,
+            "{mode}: {} requests accounted for by the verdict, the online server served {online}",
+            v.accounted()
+        );
+        ensure!(
+            log.contains("verdict for 10.0.2.2:8080"),
+            "{mode}: no verdict table in the exit summary"
+        );
+    }
+    Ok(())
+}
+
+/// redis: the online server holds `verdict:key`, the target does not. A
+/// redis-cli on one connection GETs it 300 times, one every 5 ms (a pace
+/// the replay keeps, so each GET's answers are paired for certain), while
+/// redis-benchmark SETs other keys at saturation: every GET of the key
+/// answers a value online and nil on the target; the SETs match.
+pub fn redis_nil_against_a_value() -> Result<()> {
+    use crate::lab::{ONLINE, TARGET};
+    let tag = "verdict-redis";
+    let json = json_path(tag);
+    let _ = std::fs::remove_file(&json);
+    in_ns(
+        ONLINE,
+        &format!("redis-cli -h {ONLINE_IP} set verdict:key online > /dev/null"),
+    )?;
+    in_ns(
+        TARGET,
+        &format!("redis-cli -h {TARGET_IP} del verdict:key > /dev/null"),
+    )?;
+    let json_arg = json.display().to_string();
+    let mut args = crate::e2e::TAP.to_vec();
+    args.extend(["--verdict", "--verdict-json", &json_arg]);
+    let r = Replay::start(tag, &args)?;
+    const GETS: u64 = 300;
+    let bench = Command::new("ip")
+        .args(["netns", "exec", CLIENT, "redis-benchmark", "-h", ONLINE_IP])
+        .args(["-t", "set", "-n", "30000", "-c", "4", "-q"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting redis-benchmark")?;
+    let (online, target) = replay::redis_load_with(&format!(
+        "redis-cli -h {ONLINE_IP} -i 0.005 -r {GETS} get verdict:key"
+    ))?;
+    let mut bench = bench;
+    bench.wait().context("redis-benchmark")?;
+    let (target_all, _) = replay::wait_until_quiet(
+        &|| replay::redis_commands(TARGET, TARGET_IP).unwrap_or(0),
+        Duration::from_millis(2000),
+        Duration::from_secs(30),
+    );
+    r.stop()?;
+    let v = Verdict::read(&json, "10.0.2.2:6379")?;
+    println!(
+        "    redis: commands while the GETs ran: online {online}, target {target} (at the target in all: {target_all}); verdict: {} compared, {} mismatched, unpaired {} (target), online {:?}, target {:?}",
+        v.n(&["compared"]),
+        v.n(&["mismatched"]),
+        v.n(&["unpaired", "target"]),
+        v.statuses("online"),
+        v.statuses("target")
+    );
+    ensure!(
+        v.n(&["mismatched"]) == GETS,
+        "{} mismatches, {GETS} GETs of a key the target lacks: {:?}",
+        v.n(&["mismatched"]),
+        v.examples()
+    );
+    let nil = v
+        .statuses("target")
+        .iter()
+        .filter(|(s, _)| s == "$-1")
+        .map(|(_, n)| *n)
+        .sum::<u64>();
+    ensure!(nil == GETS, "target nil answers: {nil}");
+    ensure!(
+        v.examples()
+            .iter()
+            .all(|e| e == "\"get verdict:key\" \"$\" \"$-1\""),
+        "the examples name the GET: {:?}",
+        v.examples()
+    );
+    in_ns(
+        ONLINE,
+        &format!("redis-cli -h {ONLINE_IP} del verdict:key > /dev/null"),
+    )
+    .ok();
+    Ok(())
+}
