@@ -73,7 +73,7 @@ pub fn bench(quick: bool) -> Result<()> {
     let cost_md = if quick {
         "Not in `--quick`: see `cargo xtask bench --cost`.\n".to_string()
     } else {
-        crate::cost::section(None)?
+        crate::cost::section(crate::cost::Compare::Alone)?
     };
     bench("charts")?;
     let read = |name: &str| std::fs::read_to_string(results().join(name)).unwrap_or_default();

@@ -7,7 +7,9 @@
 //! then each tool's CPU over a few idle seconds. With `--baseline REV`,
 //! every cell also runs with the binaries of commit REV (built in
 //! `target/tcl-baseline/`), alternating with this build's, so every figure
-//! has its before and after from the same run. Writes `bench/results/COST.md` and `cost.csv`; the full
+//! has its before and after from the same run. With `--verdict`, every
+//! cell runs with `--verdict` off and on instead (packet and tap capture),
+//! into `COST-VERDICT.md`. Writes `bench/results/COST.md` and `cost.csv`; the full
 //! `cargo xtask bench` includes the same section without a baseline.
 //! Figures, never assertions.
 
@@ -74,19 +76,56 @@ struct Idle {
     intercept: f64,
 }
 
+/// What one column of the comparison runs: a build (None: this one) and
+/// tcpcopy arguments added to the mode's.
+struct Variant {
+    label: String,
+    bins: Option<PathBuf>,
+    extra: &'static [&'static str],
+}
+
+/// What is compared: this build alone, against a baseline commit, or
+/// with `--verdict` off and on.
+pub enum Compare<'a> {
+    Alone,
+    Baseline(&'a str),
+    Verdict,
+}
+
 /// The section's markdown (and `cost.csv` beside the report).
-pub fn section(baseline: Option<&str>) -> Result<String> {
-    let base_bins = match baseline {
-        Some(rev) => Some(build_baseline(rev)?),
-        None => None,
-    };
-    let builds: Vec<(String, Option<PathBuf>)> = match (&base_bins, baseline) {
-        (Some(dir), Some(rev)) => vec![
-            (format!("before ({rev})"), Some(dir.clone())),
-            ("after".into(), None),
+pub fn section(compare: Compare) -> Result<String> {
+    let builds: Vec<Variant> = match compare {
+        Compare::Baseline(rev) => vec![
+            Variant {
+                label: format!("before ({rev})"),
+                bins: Some(build_baseline(rev)?),
+                extra: &[],
+            },
+            Variant {
+                label: "after".into(),
+                bins: None,
+                extra: &[],
+            },
         ],
-        _ => vec![("this build".into(), None)],
+        Compare::Verdict => vec![
+            Variant {
+                label: "verdict off".into(),
+                bins: None,
+                extra: &[],
+            },
+            Variant {
+                label: "--verdict".into(),
+                bins: None,
+                extra: &["--verdict"],
+            },
+        ],
+        Compare::Alone => vec![Variant {
+            label: "this build".into(),
+            bins: None,
+            extra: &[],
+        }],
     };
+    let verdict = matches!(compare, Compare::Verdict);
     let mut rows = Vec::new();
     let mut table = String::new();
     let mut idle_table = String::new();
@@ -95,6 +134,10 @@ pub fn section(baseline: Option<&str>) -> Result<String> {
     // reported: the builds see the same conditions, whatever drifts.
     let repeats = if builds.len() > 1 { REPEATS } else { 1 };
     for (mode, _) in modes() {
+        // The verdict does not run with xdp capture yet.
+        if verdict && mode == "xdp" {
+            continue;
+        }
         for (load, wrk) in LOADS {
             let mut sums: Vec<Cell> = builds.iter().map(|_| Cell::default()).collect();
             for rep in 0..repeats {
@@ -104,14 +147,14 @@ pub fn section(baseline: Option<&str>) -> Result<String> {
                     } else {
                         builds.len() - 1 - k
                     };
-                    replay::use_binaries(builds[b].1.clone());
-                    let r = start(mode)?;
+                    replay::use_binaries(builds[b].bins.clone());
+                    let r = start(mode, builds[b].extra)?;
                     let c = measure(&r, mode, wrk)?;
                     r.stop()?;
                     sums[b].add(&c);
                 }
             }
-            for ((build, _), c) in builds.iter().zip(&sums) {
+            for (Variant { label: build, .. }, c) in builds.iter().zip(&sums) {
                 let per = |x: f64| x / c.requests.max(1) as f64;
                 let us = |cpu: f64| cpu * 1e6 / c.requests.max(1) as f64;
                 let line = format!(
@@ -139,9 +182,14 @@ pub fn section(baseline: Option<&str>) -> Result<String> {
                 ));
             }
         }
-        for (build, bins) in &builds {
+        for Variant {
+            label: build,
+            bins,
+            extra,
+        } in &builds
+        {
             replay::use_binaries(bins.clone());
-            let r = start(mode)?;
+            let r = start(mode, extra)?;
             let idle = idle(&r, mode)?;
             r.stop()?;
             writeln!(
@@ -179,21 +227,23 @@ pub fn section(baseline: Option<&str>) -> Result<String> {
     ))
 }
 
-/// `cargo xtask bench --cost`: the section alone, in `COST.md`.
-pub fn run(baseline: Option<&str>) -> Result<()> {
+/// `cargo xtask bench --cost`: the section alone, in `COST.md` (with
+/// `--verdict`: off against on, in `COST-VERDICT.md`).
+pub fn run(compare: Compare) -> Result<()> {
     util::cargo(&["build", "--release"])?;
     util::require_root("the cost benchmark")?;
     let _guard = lab::Guard;
     lab::up()?;
-    let md = section(baseline)?;
-    let path = results_dir().join("COST.md");
-    std::fs::write(
-        &path,
-        format!(
-            "# What a replayed request costs\n\n{}\n{md}",
-            machine_line()
+    let (file, title) = match compare {
+        Compare::Verdict => (
+            "COST-VERDICT.md",
+            "What --verdict costs per replayed request",
         ),
-    )?;
+        _ => ("COST.md", "What a replayed request costs"),
+    };
+    let md = section(compare)?;
+    let path = results_dir().join(file);
+    std::fs::write(&path, format!("# {title}\n\n{}\n{md}", machine_line()))?;
     println!("bench: wrote {}", path.display());
     Ok(())
 }
@@ -215,12 +265,17 @@ fn modes() -> [(&'static str, &'static str); 3] {
     [("packet", ONLINE), ("tap", ONLINE), ("xdp", MIRROR)]
 }
 
-fn start(mode: &str) -> Result<Replay> {
+fn start(mode: &str, extra: &[&str]) -> Result<Replay> {
     let tag = format!("cost-{mode}");
+    let with = |base: &[&'static str]| {
+        let mut v = base.to_vec();
+        v.extend_from_slice(extra);
+        v
+    };
     match mode {
-        "packet" => Replay::start(&tag, replay::PACKET_HTTP),
-        "tap" => Replay::start(&tag, replay::TAP_HTTP),
-        _ => Replay::start_mirror(&tag),
+        "packet" => Replay::start(&tag, &with(replay::PACKET_HTTP)),
+        "tap" => Replay::start(&tag, &with(replay::TAP_HTTP)),
+        _ => Replay::start_mirror_with(&tag, extra),
     }
 }
 

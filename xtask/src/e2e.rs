@@ -1419,6 +1419,10 @@ const SCENARIOS: &[Scenario] = &[
         crate::verdict::redis_nil_against_a_value,
     ),
     (
+        "verdict: a target slower by 50 ms shows it in its latency",
+        crate::verdict::a_slower_target_shows_in_its_latency,
+    ),
+    (
         "--skip-clients leaves out one client, in tap, xdp and packet capture",
         crate::shaping::skip_clients_leaves_out_one_address,
     ),

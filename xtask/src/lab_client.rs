@@ -11,6 +11,10 @@
 //!
 //! Each command is answered with a line `ok N` (N: connections open), or
 //! `error ...`.
+//!
+//! `cargo xtask lab-slow-server ADDR DELAY_MS` (hidden): the other end, an
+//! HTTP/1.1 server that answers every request `DELAY_MS` after it came, so
+//! a test knows by construction how much slower a target is.
 
 use std::{
     io::{BufRead, Read, Write},
@@ -151,4 +155,33 @@ impl Drop for LabClient {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Answer every HTTP request on `addr` with a short 200, `delay_ms` late;
+/// keep-alive, a thread per connection, until killed.
+pub fn slow_server(addr: SocketAddr, delay_ms: u64) -> Result<()> {
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..end + 4);
+                    std::thread::sleep(Duration::from_millis(delay_ms));
+                    let body = b"slow answer\n";
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    if conn.write_all(head.as_bytes()).is_err() || conn.write_all(body).is_err() {
+                        return;
+                    }
+                }
+                match conn.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+    }
+    Ok(())
 }

@@ -98,13 +98,29 @@ enum Cmd {
         #[arg(long)]
         cost: bool,
         /// With --cost: measure commit REV's binaries too, in the same run.
-        #[arg(long, value_name = "REV", requires = "cost")]
+        #[arg(
+            long,
+            value_name = "REV",
+            requires = "cost",
+            conflicts_with = "verdict"
+        )]
         baseline: Option<String>,
+        /// With --cost: each cell with --verdict off and on (packet and tap
+        /// capture), bench/results/COST-VERDICT.md.
+        #[arg(long, requires = "cost")]
+        verdict: bool,
     },
     /// A line-driven HTTP client the e2e tests run in the lab (see
     /// `lab_client.rs`).
     #[command(hide = true)]
     LabClient { addr: std::net::SocketAddr },
+    /// An HTTP server that answers every request after a delay, for the
+    /// verdict's latency test (see `lab_client.rs`).
+    #[command(hide = true)]
+    LabSlowServer {
+        addr: std::net::SocketAddr,
+        delay_ms: u64,
+    },
 }
 
 fn main() {
@@ -140,17 +156,23 @@ fn run(cli: Cli) -> Result<()> {
             e2e::run_all(only.as_deref())
         }
         Cmd::LabClient { addr } => lab_client::run(addr),
+        Cmd::LabSlowServer { addr, delay_ms } => lab_client::slow_server(addr, delay_ms),
         Cmd::Bench {
             quick,
             soak,
             faults,
             cost,
             baseline,
+            verdict,
         } => {
             setup::setup(false)?;
             match (soak, cost) {
                 (Some(minutes), _) => soak::soak(minutes, faults),
-                (None, true) => cost::run(baseline.as_deref()),
+                (None, true) => cost::run(match (&baseline, verdict) {
+                    (Some(rev), _) => cost::Compare::Baseline(rev),
+                    (None, true) => cost::Compare::Verdict,
+                    (None, false) => cost::Compare::Alone,
+                }),
                 (None, false) => bench::bench(quick),
             }
         }

@@ -262,8 +262,9 @@ pub fn scrape(ns: &str, addr: &str) -> Result<std::collections::HashMap<String, 
 
 /// The `-F` filter for the lab's target services.
 /// (5201: the bulk-stream sinks of the elephant-flow tests; 8081: the
-/// second target nginx, for fan-out.)
-pub const FILTER: &str = "tcp and src port 8080 or tcp and src port 8081 or tcp and src port 6379 or tcp and src port 5201";
+/// second target nginx, for fan-out; 8082: the verdict test's slow
+/// server.)
+pub const FILTER: &str = "tcp and src port 8080 or tcp and src port 8081 or tcp and src port 8082 or tcp and src port 6379 or tcp and src port 5201";
 
 impl Replay {
     /// tcpcopy on the online host; `tcpcopy_args` come after `-s` (which

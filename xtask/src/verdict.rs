@@ -256,3 +256,83 @@ pub fn redis_nil_against_a_value() -> Result<()> {
     .ok();
     Ok(())
 }
+
+/// The slow server's delay: the target answers this much later than it
+/// could.
+const SLOW_MS: u64 = 50;
+
+/// A target slower by a known delay: the lab's slow server answers every
+/// request 50 ms late. The lab client sends 40 requests, one every 80 ms
+/// (slower than the target answers, so the replay never runs behind): the
+/// target's median latency is the online one's plus at least the delay.
+pub fn a_slower_target_shows_in_its_latency() -> Result<()> {
+    use crate::lab::TARGET;
+    let tag = "verdict-latency";
+    let json = json_path(tag);
+    let _ = std::fs::remove_file(&json);
+    let me = std::env::current_exe()?;
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", TARGET])
+        .arg(&me)
+        .args([
+            "lab-slow-server",
+            &format!("{TARGET_IP}:8082"),
+            &SLOW_MS.to_string(),
+        ])
+        .spawn()
+        .context("starting the slow server")?;
+    let result = (|| -> Result<()> {
+        let json_arg = json.display().to_string();
+        let args = [
+            "-x",
+            "80-10.0.2.2:8082",
+            "-i",
+            "onl0",
+            "--workers",
+            "2",
+            "--verdict",
+            "--verdict-json",
+            &json_arg,
+        ];
+        let r = Replay::start(tag, &args)?;
+        let mut client = LabClient::spawn(&format!("{ONLINE_IP}:80"))?;
+        const REQUESTS: u64 = 40;
+        for i in 0..REQUESTS {
+            client.command(&format!("get /slow{i}"))?;
+            std::thread::sleep(Duration::from_millis(80));
+        }
+        client.command("close").ok();
+        std::thread::sleep(Duration::from_millis(500));
+        r.stop()?;
+        let v = Verdict::read(&json, "10.0.2.2:8082")?;
+        let p50 = |side: &str| v.n(&["latency", side, "p50_ms"]);
+        println!(
+            "    latency p50: online {} ms, target {} ms (the target delays {SLOW_MS} ms); {} compared",
+            p50("online"),
+            p50("target"),
+            v.n(&["compared"])
+        );
+        ensure!(
+            v.n(&["compared"]) == REQUESTS,
+            "{} of {REQUESTS} requests compared",
+            v.n(&["compared"])
+        );
+        ensure!(
+            p50("target") >= p50("online") + SLOW_MS,
+            "the target's p50 {} ms is not the online one's {} ms plus {SLOW_MS} ms",
+            p50("target"),
+            p50("online")
+        );
+        // Not much more either: the rest is the path through intercept.
+        ensure!(
+            p50("target") <= p50("online") + SLOW_MS + 50,
+            "the target's p50 {} ms is far beyond the online one's {} ms plus {SLOW_MS} ms",
+            p50("target"),
+            p50("online")
+        );
+        Ok(())
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
