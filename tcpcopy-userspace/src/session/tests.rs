@@ -2039,3 +2039,59 @@ fn a_fin_before_any_answer_follows_its_request() {
     l.check_invariants();
     m.check_invariants();
 }
+
+/// `--verdict` through the engine: the online server's answer (a captured
+/// segment from the `-x` source) and the target's (a record with its
+/// payload prefix) pair with the request; the counters still add up.
+#[test]
+fn the_verdict_pairs_online_and_target_answers() {
+    let mut cfg = Lab::default_cfg();
+    cfg.verdict = Some(crate::verdict::VerdictConfig {
+        protocol: crate::verdict::Protocol::Auto,
+        prefix_bytes: 64,
+    });
+    let mut l = Lab::new(cfg);
+    let key = handshake(&mut l);
+    let mut ack = 777;
+    let mut tseq = TISN + 1;
+    let mut seq = ISN + 1;
+    for (path, target) in [("/same", "200 OK"), ("/differs", "503 No")] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        l.capture(P, seq, ack, 0x18, req.as_bytes());
+        seq += req.len() as u32;
+        // The online answer, as captured on its way to the client.
+        let online = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let p = client_pkt((ONLINE, 80), (CLIENT, P), ack, seq, 0x18, online, &[]);
+        l.e.handle_client_packet(l.now, &p);
+        ack += online.len() as u32;
+        // The target's, with its first bytes.
+        let answer = format!("HTTP/1.1 {target}\r\nContent-Length: 2\r\n\r\nok");
+        let h = ResponseHeader {
+            src_ip: TARGET,
+            src_port: 8080,
+            dst_ip: key.0,
+            dst_port: key.1,
+            seq: tseq,
+            ack: seq,
+            flags: 0x18,
+            window: 65535,
+            ip_total_len: (40 + answer.len()) as u16,
+            payload_len: answer.len() as u32,
+            wscale: None,
+            timestamps: None,
+            mss: None,
+        };
+        l.advance(3);
+        l.e.handle_response(l.now, &h, answer.as_bytes());
+        l.drain();
+        tseq += answer.len() as u32;
+        l.advance(50);
+    }
+    l.check_invariants();
+    assert_eq!(l.e.counters().online_answers, 2);
+    l.e.shutdown();
+    let v = &l.e.verdicts()[0];
+    assert_eq!((v.compared, v.mismatched), (2, 1), "{v:#?}");
+    assert_eq!(v.examples[0].request, "GET /differs HTTP/1.1");
+    assert_eq!(v.target_latency.quantile_ms(0.5), 3);
+}

@@ -57,6 +57,17 @@ impl Answer {
     /// Take `bytes` at `seq` (the start of an answer when waiting, or its
     /// continuation when partial), `since` the moment latency runs from.
     fn take(&mut self, protocol: Protocol, now: u64, seq: u32, bytes: &[u8], since: u64) -> bool {
+        // The common case, an answer whose status its first segment
+        // shows: read in place, nothing kept.
+        if matches!(self, Answer::Waiting) {
+            if let Parse::Done(status) = protocol.status(&bytes[..bytes.len().min(STATUS_BYTES)]) {
+                *self = Answer::Read {
+                    status,
+                    latency_ms: now.saturating_sub(since),
+                };
+                return true;
+            }
+        }
         let (mut buf, began) = match std::mem::take(self) {
             Answer::Waiting => (Vec::new(), now),
             Answer::Partial { bytes, next, began } if next == seq => (bytes, began),
@@ -85,6 +96,28 @@ impl Answer {
     }
 }
 
+/// A request's first bytes, kept in place (no allocation per request).
+#[derive(Clone, Copy, Debug)]
+struct Head {
+    bytes: [u8; HEAD_BYTES],
+    len: u8,
+}
+
+impl Default for Head {
+    fn default() -> Self {
+        Head {
+            bytes: [0; HEAD_BYTES],
+            len: 0,
+        }
+    }
+}
+
+impl Head {
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
 /// A request waiting for its answers.
 #[derive(Clone, Debug)]
 struct Pending {
@@ -94,7 +127,7 @@ struct Pending {
     end: SeqNumber,
     /// Its first bytes (for the examples), and whether they are all
     /// kept.
-    head: Vec<u8>,
+    head: Head,
     head_done: bool,
     /// When its last segment was captured.
     captured_at: u64,
@@ -108,9 +141,11 @@ struct Pending {
 impl Pending {
     /// More of the request's bytes, up to `HEAD_BYTES` in all.
     fn extend_head(&mut self, bytes: &[u8]) {
-        let take = bytes.len().min(HEAD_BYTES - self.head.len());
-        self.head.extend_from_slice(&bytes[..take]);
-        self.head_done = self.head.len() == HEAD_BYTES;
+        let h = &mut self.head;
+        let take = bytes.len().min(HEAD_BYTES - h.len as usize);
+        h.bytes[h.len as usize..h.len as usize + take].copy_from_slice(&bytes[..take]);
+        h.len += take as u8;
+        self.head_done = h.len as usize == HEAD_BYTES;
     }
 }
 
@@ -195,7 +230,7 @@ impl Pairing {
         let mut p = Pending {
             online_at: ack,
             end,
-            head: Vec::new(),
+            head: Head::default(),
             head_done: false,
             captured_at: now,
             sent: None,
@@ -210,10 +245,13 @@ impl Pairing {
     /// target, whose answers stood at `target_next` (its next sequence
     /// number).
     pub fn on_sent(&mut self, now: u64, end: SeqNumber, target_next: u32) {
-        for p in self.pending.iter_mut().filter(|p| p.sent.is_none()) {
-            if end.is_after(p.end) || end == p.end {
-                p.sent = Some((now, target_next));
+        // Requests go in order: the sent ones are the first, and the
+        // walk stops at the first this send does not cover.
+        for p in self.pending.iter_mut().skip_while(|p| p.sent.is_some()) {
+            if !(end.is_after(p.end) || end == p.end) {
+                break;
             }
+            p.sent = Some((now, target_next));
         }
     }
 
@@ -231,16 +269,19 @@ impl Pairing {
     /// The online server's data at `seq` (its first bytes in `prefix`).
     pub fn on_online(&mut self, now: u64, seq: u32, prefix: &[u8], stats: &mut VerdictStats) {
         let protocol = self.protocol;
-        let hit = self.pending.iter_mut().find(|p| match &p.online {
+        // The online answer follows its request closely: look from the
+        // newest.
+        let hit = self.pending.iter().rposition(|p| match &p.online {
             Answer::Waiting => p.online_at == seq,
             Answer::Partial { next, .. } => *next == seq,
             Answer::Read { .. } => false,
         });
-        if let Some(p) = hit {
+        if let Some(i) = hit {
+            let p = &mut self.pending[i];
             let since = p.captured_at;
             p.online.take(protocol, now, seq, prefix, since);
         }
-        self.settle(stats);
+        self.settle(hit, stats);
     }
 
     /// The target's data at `seq`, `len` bytes (its first bytes in
@@ -256,14 +297,17 @@ impl Pairing {
         let protocol = self.protocol;
         let follows = self.follows == Some(seq);
         // A continuation of an answer begun.
-        if let Some(p) = self
+        // (Answers begin only for requests sent: the first ones.)
+        let partial = self
             .pending
-            .iter_mut()
-            .find(|p| matches!(&p.target, Answer::Partial { next, .. } if *next == seq))
-        {
+            .iter()
+            .take_while(|p| p.sent.is_some())
+            .position(|p| matches!(&p.target, Answer::Partial { next, .. } if *next == seq));
+        if let Some(i) = partial {
+            let p = &mut self.pending[i];
             let since = p.sent.map_or(now, |s| s.0);
             p.target.take(protocol, now, seq, prefix, since);
-            self.settle(stats);
+            self.settle(Some(i), stats);
             return;
         }
         // For HTTP only a segment that starts a status line begins an
@@ -281,7 +325,9 @@ impl Pairing {
             let next = match last {
                 None if follows => self.next_after_anchor(),
                 None => self.whose_answer(seq_at),
-                Some(i) => (i + 1..self.pending.len()).find(|&n| self.pending[n].sent.is_some()),
+                Some(i) => {
+                    Some(i + 1).filter(|&n| self.pending.get(n).is_some_and(|p| p.sent.is_some()))
+                }
             }
             .filter(|&n| matches!(self.pending[n].target, Answer::Waiting));
             let Some(i) = next else {
@@ -308,15 +354,21 @@ impl Pairing {
         if whole && all_placed && last.is_some() {
             self.follows = Some(seq.wrapping_add(len));
         }
-        self.settle(stats);
+        self.settle(last, stats);
+    }
+
+    /// The requests sent (the first ones: requests go in order).
+    fn sent(&self) -> impl Iterator<Item = &Pending> {
+        self.pending.iter().take_while(|p| p.sent.is_some())
     }
 
     /// The first request sent after the one whose answer was read last.
     fn next_after_anchor(&self) -> Option<usize> {
         let a = self.anchor?;
-        self.pending.iter().position(|p| {
-            p.sent.is_some() && SeqNumber(p.online_at).is_after(SeqNumber(a.online_at))
-        })
+        self.pending
+            .iter()
+            .take_while(|p| p.sent.is_some())
+            .position(|p| SeqNumber(p.online_at).is_after(SeqNumber(a.online_at)))
     }
 
     /// Which waiting request a target answer beginning at `seq` answers,
@@ -368,40 +420,50 @@ impl Pairing {
     }
 
     /// Report every request whose two answers are read.
-    fn settle(&mut self, stats: &mut VerdictStats) {
-        while let Some(i) = self
-            .pending
-            .iter()
-            .position(|p| p.online.is_read() && p.target.is_read())
-        {
-            // Requests before a compared one will not get the answers
-            // they lack any more (the streams moved past them).
-            for p in self.pending.drain(..i) {
-                stats.unpaired(p.online.is_read(), p.target.is_read());
+    /// After request `i`'s answers changed: once both are read, it and
+    /// every request before it leave (those before it will not get the
+    /// answers they lack any more: the streams moved past them), then any
+    /// complete ones that follow.
+    fn settle(&mut self, i: Option<usize>, stats: &mut VerdictStats) {
+        let complete = |p: &Pending| p.online.is_read() && p.target.is_read();
+        let Some(i) = i.filter(|&i| self.pending.get(i).is_some_and(complete)) else {
+            return;
+        };
+        let mut left = i + 1;
+        while let Some(p) = self.pending.front() {
+            if left == 0 && !complete(p) {
+                break;
             }
+            left = left.saturating_sub(1);
             let Some(p) = self.pending.pop_front() else {
-                return;
+                break;
             };
-            let (
-                Answer::Read {
-                    status: online,
-                    latency_ms: ol,
-                },
-                Answer::Read {
-                    status: target,
-                    latency_ms: tl,
-                },
-            ) = (&p.online, &p.target)
-            else {
-                return;
-            };
-            let protocol = self.protocol;
-            stats.compared(*online, *target, *ol, *tl, || Example {
-                request: protocol.describe(&p.head),
-                online: *online,
-                target: *target,
-            });
+            self.report(p, stats);
         }
+    }
+
+    /// A request leaves: compared, or unpaired.
+    fn report(&self, p: Pending, stats: &mut VerdictStats) {
+        let (
+            Answer::Read {
+                status: online,
+                latency_ms: ol,
+            },
+            Answer::Read {
+                status: target,
+                latency_ms: tl,
+            },
+        ) = (&p.online, &p.target)
+        else {
+            stats.unpaired(p.online.is_read(), p.target.is_read());
+            return;
+        };
+        let protocol = self.protocol;
+        stats.compared(*online, *target, *ol, *tl, || Example {
+            request: protocol.describe(p.head.as_slice()),
+            online: *online,
+            target: *target,
+        });
     }
 
     /// The session is over: what is still waiting is reported, as a
