@@ -1,5 +1,6 @@
 //! The control channel codecs: any byte stream, in any split, either
-//! decodes or is refused; never a panic, never an unbounded buffer.
+//! decodes or is refused; never a panic, never an unbounded buffer; with
+//! our extension offered too.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,8 +16,18 @@ fuzz_target!(|data: &[u8]| {
         }
         assert!(routes.buffered() < 14);
     }
-    for framing in [Framing::Combined, Framing::Bare] {
-        let mut records = RecordDecoder::new(framing);
+    for (framing, offered) in [
+        (Framing::Combined, false),
+        (Framing::Bare, false),
+        (Framing::Combined, true),
+        (Framing::Bare, true),
+    ] {
+        // Offered: our extension, acknowledged or not by the stream.
+        let mut records = if offered {
+            RecordDecoder::offering(framing)
+        } else {
+            RecordDecoder::new(framing)
+        };
         let mut out = Vec::new();
         for chunk in data.chunks(split) {
             if records.feed(chunk, &mut out).is_err() {
@@ -25,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
         }
         for r in &out {
             let _ = r.header();
+            assert!(r.prefix().len() <= tcpcopy::proto::PREFIX_MAX as usize);
         }
     }
 });

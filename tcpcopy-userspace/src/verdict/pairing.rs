@@ -397,29 +397,23 @@ impl Pairing {
                     .wrapping_add(p.online_at.wrapping_sub(a.online_at))
                     == seq
             };
-            if let Some(i) = self
-                .pending
-                .iter()
-                .position(|p| waiting(p) && same_sizes(p))
-            {
+            if let Some(i) = self.sent().position(|p| waiting(p) && same_sizes(p)) {
                 return Some(i);
             }
         }
         if let Some(i) = self
-            .pending
-            .iter()
+            .sent()
             .position(|p| waiting(p) && p.sent.is_some_and(|(_, from)| from == seq))
         {
             return Some(i);
         }
-        let mut candidates = self.pending.iter().enumerate().filter(|(_, p)| waiting(p));
+        let mut candidates = self.sent().enumerate().filter(|(_, p)| waiting(p));
         match (candidates.next(), candidates.next()) {
             (Some((i, _)), None) => Some(i),
             _ => None,
         }
     }
 
-    /// Report every request whose two answers are read.
     /// After request `i`'s answers changed: once both are read, it and
     /// every request before it leave (those before it will not get the
     /// answers they lack any more: the streams moved past them), then any

@@ -70,6 +70,9 @@ impl Protocol {
     /// segment, and those whose start lies within the bytes seen are read
     /// too (0 first; later ones only where their status is readable).
     pub fn answers_in(self, bytes: &[u8]) -> Vec<usize> {
+        if bytes.is_empty() {
+            return Vec::new();
+        }
         let mut at = vec![0];
         match self {
             Protocol::Http => {
@@ -135,7 +138,7 @@ fn resp_words(b: &[u8]) -> Option<String> {
             .ok()?;
         let text = word.get(line..(line + n).min(word.len()))?;
         words.push(text.escape_ascii().to_string());
-        pos += line + n + 2;
+        pos = pos.saturating_add(line).saturating_add(n).saturating_add(2);
     }
     (!words.is_empty()).then(|| words.join(" "))
 }
@@ -176,7 +179,7 @@ fn http_answer_len(b: &[u8]) -> Option<usize> {
             length = value.trim().parse::<usize>().ok();
         }
     }
-    Some(header + length?)
+    header.checked_add(length?)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -194,7 +197,7 @@ fn resp_reply_end(b: &[u8]) -> Option<usize> {
             if n < 0 {
                 return Some(line);
             }
-            let end = line + n as usize + 2;
+            let end = line.checked_add(n as usize)?.checked_add(2)?;
             (end <= b.len()).then_some(end)
         }
         _ => None,
@@ -432,6 +435,23 @@ mod tests {
             Protocol::Bytes.describe(b"\x16\x03\x01\n"),
             "\\x16\\x03\\x01"
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes, every reader answers and never panics, and
+        /// the answers it finds lie within them.
+        #[test]
+        fn any_bytes_are_read_without_a_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            for p in [Protocol::Http, Protocol::Resp, Protocol::Bytes, Protocol::Auto] {
+                let _ = p.status(&bytes);
+                let _ = p.describe(&bytes);
+                let _ = p.answer_len(&bytes);
+                for at in p.answers_in(&bytes) {
+                    proptest::prop_assert!(at < bytes.len());
+                }
+                let _ = Protocol::Auto.detect(&bytes);
+            }
+        }
     }
 
     #[test]

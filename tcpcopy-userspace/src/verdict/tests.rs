@@ -247,3 +247,40 @@ fn answers_right_after_a_segment_seen_whole_are_the_next_requests() {
     assert_eq!((st.compared, st.mismatched), (6, 6));
     assert_eq!(p.waiting(), 0);
 }
+
+proptest::proptest! {
+    /// Whatever the order and content of what comes, every request is
+    /// accounted for exactly once (compared, failed or unpaired), and
+    /// nothing panics.
+    #[test]
+    fn every_request_is_accounted_for_once(ops in proptest::collection::vec((0u8..4, 0u32..8, proptest::prelude::any::<bool>()), 0..200)) {
+        let mut p = Pairing::new(Protocol::Auto);
+        let mut st = VerdictStats::default();
+        let mut requests = 0u64;
+        let mut seq = SeqNumber(1);
+        let mut ack = 1000u32;
+        let mut target = 9000u32;
+        for (op, n, differs) in ops {
+            match op {
+                0 => {
+                    ack += 100;
+                    p.on_request(0, ack, seq, b"GET / HTTP/1.1\r\n\r\n", &mut st);
+                    seq = seq.plus(18);
+                    requests += 1;
+                }
+                1 => p.on_online(1, ack.wrapping_sub(100 * n), b"HTTP/1.1 200 OK\r\n", &mut st),
+                2 => p.on_sent(2, seq, target),
+                _ => {
+                    let answer: &[u8] = if differs { b"HTTP/1.1 500 x\r\n" } else { b"HTTP/1.1 200 OK\r\n" };
+                    p.on_target(3, target, 100, answer, &mut st);
+                    target = target.wrapping_add(100 * (n + 1));
+                }
+            }
+        }
+        p.finish(None, &mut st);
+        proptest::prop_assert_eq!(
+            st.compared + st.unpaired_online + st.unpaired_target + st.failed_total(),
+            requests
+        );
+    }
+}
