@@ -51,11 +51,12 @@ pub mod tcpcopy_counter {
     /// Segments to a `-x` source from a client that `--only-clients` /
     /// `--skip-clients` leave out: passed, not copied (not in `matched`).
     pub const CLIENT_SKIPPED: u32 = 7;
-    /// `--verdict`, tap mode: the online server's answers the TC egress
-    /// program saw.
+    /// `--verdict`: the online server's answers seen (tap mode: by the TC
+    /// egress program; xsk mode: on the mirror, by the XDP program).
     pub const ANSWERS_SEEN: u32 = 8;
-    /// Those copied into a tap ring (the rest: `ring_full`, or too short
-    /// to be TCP).
+    /// Those handed to user space: copied into a tap ring (the rest:
+    /// `ring_full`, or too short to be TCP), or redirected to an AF_XDP
+    /// socket (the rest: `redirect_failed`).
     pub const ANSWERS_TAPPED: u32 = 9;
     pub const COUNT: u32 = 10;
     pub const NAMES: [&str; COUNT as usize] = [

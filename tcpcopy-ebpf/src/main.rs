@@ -13,6 +13,9 @@
 //! (`ONLY_CLIENTS`, `SKIP_CLIENTS`, in use per the global `CLIENT_FILTER`):
 //! a segment they leave out is counted and passed, never copied.
 //!
+//! On a mirror (xsk mode) with `--verdict`, the online server's answers
+//! (segments from a `-x` source) are redirected to the AF_XDP sockets too.
+//!
 //! `tcpcopy_answers` (TC egress, tap mode with `--verdict`): the online
 //! server's answers, segments from a `-x` source, have their headers and
 //! first `ANSWER_BYTES` of payload copied into the tap ring of the worker
@@ -134,27 +137,42 @@ fn bump(index: u32) {
 pub fn tcpcopy_capture(ctx: XdpContext) -> u32 {
     bump(ctr::SEEN);
     let Some(m) = matched(&ctx) else {
+        // A mirror carries both directions: with `--verdict` the online
+        // server's answers go to user space too.
+        let mode = unsafe { core::ptr::read_volatile(&CAPTURE_MODE) };
+        let answers = unsafe { core::ptr::read_volatile(&ANSWER_BYTES) };
+        if mode == capture_mode::XSK && answers != 0 && is_answer(&ctx) {
+            bump(ctr::ANSWERS_SEEN);
+            return redirect(&ctx, ctr::ANSWERS_TAPPED);
+        }
         return xdp_action::XDP_PASS;
     };
     bump(ctr::MATCHED);
     let mode = unsafe { core::ptr::read_volatile(&CAPTURE_MODE) };
     if mode == capture_mode::XSK {
-        let queue = unsafe { (*ctx.ctx).rx_queue_index };
-        return match XSKS.redirect(queue, 0) {
-            Ok(action) => {
-                bump(ctr::REDIRECTED);
-                action
-            }
-            Err(_) => {
-                bump(ctr::REDIRECT_FAILED);
-                xdp_action::XDP_PASS
-            }
-        };
+        return redirect(&ctx, ctr::REDIRECTED);
     }
     if mode == capture_mode::TAP {
         tap(&ctx, &m);
     }
     xdp_action::XDP_PASS
+}
+
+/// A mirror port (xsk mode): the frame goes to the AF_XDP socket of its
+/// RX queue (counted under `done`).
+#[inline(always)]
+fn redirect(ctx: &XdpContext, done: u32) -> u32 {
+    let queue = unsafe { (*ctx.ctx).rx_queue_index };
+    match XSKS.redirect(queue, 0) {
+        Ok(action) => {
+            bump(done);
+            action
+        }
+        Err(_) => {
+            bump(ctr::REDIRECT_FAILED);
+            xdp_action::XDP_PASS
+        }
+    }
 }
 
 struct Matched {
@@ -191,6 +209,24 @@ fn matched(ctx: &XdpContext) -> Option<Matched> {
         ip_len: frame.total_len(),
         flow_hash: h,
     })
+}
+
+/// Is the frame a segment from a `-x` source (an online answer)?
+#[inline(always)]
+fn is_answer(ctx: &XdpContext) -> bool {
+    let Some(frame) = xdp::ipv4_tcp(ctx) else {
+        return false;
+    };
+    let Some(tcp) = ptr_at::<[u8; 4]>(ctx, frame.tcp_off) else {
+        return false;
+    };
+    let tcp = unsafe { *tcp };
+    let sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
+    let saddr = frame.saddr();
+    unsafe {
+        SOURCES.get(PortKey::new(saddr, sport)).is_some()
+            || SOURCES.get(PortKey::new(0, sport)).is_some()
+    }
 }
 
 /// Is a segment from `saddr` captured under `--only-clients` /

@@ -1411,7 +1411,7 @@ const SCENARIOS: &[Scenario] = &[
     ),
     ("-r 50 halves", sampling_halves),
     (
-        "verdict: a path the target answers 503 is counted exactly, in tap and packet capture",
+        "verdict: a path the target answers 503 is counted exactly, in tap, packet and xdp capture",
         crate::verdict::http_status_mismatches_counted_exactly,
     ),
     (

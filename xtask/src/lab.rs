@@ -10,7 +10,7 @@
 //!  target 10.0.6.2 ─tgt2──ast2─ assistant 10.0.6.3 (a second intercept's link, for tests
 //!                                    that route some clients' answers through it)
 //!  online 10.0.4.1 ─onl2──ast1─ assistant 10.0.4.3 (control channel, port 36524)
-//!  online 10.0.5.1 ─onl3──mir0─ mirror 10.0.5.2 (2 queues): client→online frames mirrored by tc,
+//!  online 10.0.5.1 ─onl3──mir0─ mirror 10.0.5.2 (2 queues): client↔online frames mirrored by tc,
 //!                                    as a switch port would; mirror reaches target and assistant via online
 //! ```
 //! target routes the client network (10.0.1.0/24) and the `-c` pool
@@ -179,12 +179,16 @@ fn build() -> Result<()> {
         "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.onl3.rp_filter=0",
     )?;
     in_ns(ASSISTANT, "ip route add 10.0.5.0/24 via 10.0.4.1")?;
-    // Switch-mirror port: copy every frame arriving from the client.
-    in_ns(ONLINE, "tc qdisc add dev onl0 ingress")?;
-    in_ns(
-        ONLINE,
-        "tc filter add dev onl0 parent ffff: protocol all u32 match u32 0 0 action mirred egress mirror dev onl3",
-    )?;
+    // Switch-mirror port: copy every frame arriving from the client, and
+    // every frame the online host sends back (a mirror carries both
+    // directions; the verdict reads the answers).
+    in_ns(ONLINE, "tc qdisc add dev onl0 clsact")?;
+    for dir in ["ingress", "egress"] {
+        in_ns(
+            ONLINE,
+            &format!("tc filter add dev onl0 {dir} protocol all u32 match u32 0 0 action mirred egress mirror dev onl3"),
+        )?;
+    }
     wait_for_carrier()?;
     start_servers()
 }

@@ -309,7 +309,13 @@ fn answer_flow_of(p: &[u8]) -> Option<(u32, u16)> {
 /// Give each worker its own sources (`sources[i]` for worker `i`, possibly
 /// none) plus an inbox for the segments of its flows that other workers
 /// read; `flows` is the run's table of who owns which captured flow.
-pub fn steer(sources: Vec<Vec<Box<dyn Capture>>>, flows: Arc<Claims>) -> io::Result<Ends> {
+/// `answers` (`--verdict`): the online server's answers belong to the flow
+/// of the client they travel to.
+pub fn steer(
+    sources: Vec<Vec<Box<dyn Capture>>>,
+    flows: Arc<Claims>,
+    answers: Option<Arc<Config>>,
+) -> io::Result<Ends> {
     let (inboxes, lanes) = lanes(sources.len(), QUEUE_BATCHES)?;
     let lanes = Arc::new(lanes);
     let n = sources.len();
@@ -327,6 +333,7 @@ pub fn steer(sources: Vec<Vec<Box<dyn Capture>>>, flows: Arc<Claims>) -> io::Res
                     worker: index as WorkerIndex,
                     table: Arc::clone(&flows),
                     mine: HashSet::new(),
+                    answers: answers.clone(),
                 },
                 queue_full: 0,
                 steered: 0,
@@ -341,13 +348,18 @@ struct OwnedFlows {
     worker: WorkerIndex,
     table: Arc<Claims>,
     mine: HashSet<SessionKey>,
+    /// `--verdict`: which packets are online answers.
+    answers: Option<Arc<Config>>,
 }
 
 impl OwnedFlows {
     /// The worker that must replay packet `p`: None for this one (also
     /// for what is not an IPv4/TCP packet: the engine counts it).
     fn owner_of(&mut self, p: &[u8]) -> Option<usize> {
-        let (ip, port) = flow_of(p)?;
+        let (ip, port) = match self.answers.as_deref() {
+            Some(cfg) if is_answer(p, cfg) => answer_flow_of(p)?,
+            _ => flow_of(p)?,
+        };
         let key = SessionKey {
             client: ip.into(),
             port,
@@ -436,6 +448,7 @@ impl Capture for Steered {
             worker,
             table,
             mine,
+            ..
         } = &mut self.owned;
         mine.retain(|&k| {
             let keep = held(k);
@@ -567,7 +580,7 @@ mod tests {
             .iter()
             .map(|q| vec![Box::new(q.clone()) as Box<dyn Capture>])
             .collect();
-        let mut ends = steer(sources, Arc::clone(&flows)).unwrap();
+        let mut ends = steer(sources, Arc::clone(&flows), None).unwrap();
         queues[0].push(1000);
         queues[1].push(2000);
         assert_eq!(read(&mut ends[0]), [1000]);

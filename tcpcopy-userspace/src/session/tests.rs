@@ -2082,6 +2082,14 @@ fn the_verdict_pairs_online_and_target_answers() {
             mss: None,
         };
         l.advance(3);
+        if path == "/differs" {
+            // The target sends its first answer again (a retransmission):
+            // not the answer of the request waiting now.
+            let first = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_string();
+            let again = ResponseHeader { seq: TISN + 1, ..h };
+            l.e.handle_response(l.now, &again, first.as_bytes());
+            l.drain();
+        }
         l.e.handle_response(l.now, &h, answer.as_bytes());
         l.drain();
         tseq += answer.len() as u32;
@@ -2094,4 +2102,59 @@ fn the_verdict_pairs_online_and_target_answers() {
     assert_eq!((v.compared, v.mismatched), (2, 1), "{v:#?}");
     assert_eq!(v.examples[0].request, "GET /differs HTTP/1.1");
     assert_eq!(v.target_latency.quantile_ms(0.5), 3);
+}
+
+/// `--verdict` with requests sent together (`-W`): the target's
+/// retransmission of the first answer is not taken for the second's.
+#[test]
+fn a_retransmitted_answer_is_not_the_next_requests() {
+    let mut cfg = Lab::default_cfg();
+    cfg.no_wait = true;
+    cfg.verdict = Some(crate::verdict::VerdictConfig {
+        protocol: crate::verdict::Protocol::Http,
+        prefix_bytes: 64,
+    });
+    let mut l = Lab::new(cfg);
+    let key = handshake(&mut l);
+    let online = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let mut seq = ISN + 1;
+    let mut ack = 777;
+    for path in ["/a", "/b"] {
+        let req = format!("GET {path} HTTP/1.1\r\n\r\n");
+        l.capture(P, seq, ack, 0x18, req.as_bytes());
+        seq += req.len() as u32;
+        let p = client_pkt((ONLINE, 80), (CLIENT, P), ack, seq, 0x18, online, &[]);
+        l.e.handle_client_packet(l.now, &p);
+        ack += online.len() as u32;
+    }
+    let answer = |tseq: u32, text: &str| {
+        let body = format!("HTTP/1.1 {text}\r\nContent-Length: 2\r\n\r\nok");
+        let h = ResponseHeader {
+            src_ip: TARGET,
+            src_port: 8080,
+            dst_ip: key.0,
+            dst_port: key.1,
+            seq: tseq,
+            ack: seq,
+            flags: 0x18,
+            window: 65535,
+            ip_total_len: (40 + body.len()) as u16,
+            payload_len: body.len() as u32,
+            wscale: None,
+            timestamps: None,
+            mss: None,
+        };
+        (h, body)
+    };
+    let (h1, b1) = answer(TISN + 1, "200 OK");
+    l.e.handle_response(l.now, &h1, b1.as_bytes());
+    // The same segment again, then the second request's answer.
+    l.e.handle_response(l.now, &h1, b1.as_bytes());
+    let (h2, b2) = answer(TISN + 1 + b1.len() as u32, "503 No");
+    l.e.handle_response(l.now, &h2, b2.as_bytes());
+    l.drain();
+    l.e.shutdown();
+    let v = &l.e.verdicts()[0];
+    assert_eq!((v.compared, v.mismatched), (2, 1), "{v:#?}");
+    assert_eq!(v.examples[0].request, "GET /b HTTP/1.1");
 }

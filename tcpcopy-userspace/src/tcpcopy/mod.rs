@@ -75,6 +75,7 @@ fn open_xsk_sockets(
     workers: usize,
     share_tx: bool,
     ring: RxRing,
+    answers: Option<Arc<crate::session::Config>>,
 ) -> Result<(Ends, Vec<Option<TxParts>>)> {
     if ifaces.len() > 1 {
         // XSKS is keyed by queue index only.
@@ -101,7 +102,7 @@ fn open_xsk_sockets(
     }
     tracing::info!(iface, queues, workers, "AF_XDP sockets bound");
     let flows = Arc::new(Claims::default());
-    Ok((dispatch::steer(per_worker, flows)?, tx))
+    Ok((dispatch::steer(per_worker, flows, answers)?, tx))
 }
 
 /// One capture end per worker.
@@ -343,8 +344,14 @@ fn open_sources(plan: &Settings, stop: &Arc<std::sync::atomic::AtomicBool>) -> R
                     ..
                 }
             );
-            let (ends, tx) =
-                open_xsk_sockets(&mut x, &plan.ifaces, workers, share_tx, plan.xsk_ring)?;
+            let (ends, tx) = open_xsk_sockets(
+                &mut x,
+                &plan.ifaces,
+                workers,
+                share_tx,
+                plan.xsk_ring,
+                answers(plan),
+            )?;
             s.ends = ends;
             s.shared_tx = tx;
             s.xdp = Some(x);
@@ -370,6 +377,9 @@ fn load_capture_program(plan: &Settings, mode: u32) -> Result<AttachedXdp> {
     }
     let filter_bits = (!filter.only.is_empty() as u32 * tcpcopy_common::client_filter::ONLY)
         | (!filter.skip.is_empty() as u32 * tcpcopy_common::client_filter::SKIP);
+    // `--verdict`: in tap mode the TC program copies this much of each
+    // online answer; in xsk mode (a mirror) the XDP program redirects the
+    // answers it sees (any non-zero value).
     let answer_bytes = plan.config.verdict.map_or(0, |v| v.prefix_bytes as u32);
     let mut globals = vec![
         ("CAPTURE_MODE", mode),

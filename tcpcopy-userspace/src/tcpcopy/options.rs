@@ -542,9 +542,6 @@ impl TcpcopyOptions {
         if self.replicas == 0 {
             bail!("-n 0: every session is replayed at least once (-n 1)");
         }
-        if config.verdict.is_some() && source == Source::Live(CaptureMode::Xdp) {
-            bail!("--verdict: not yet with --capture xdp (the mirror's return direction is not read); use --capture tap or packet, or an offline file");
-        }
         let frames = self.xsk_ring;
         if !(2048..=262_144).contains(&frames) || !frames.is_power_of_two() {
             bail!("--xsk-ring {frames}: a power of two from 2048 to 262144");

@@ -310,9 +310,10 @@ impl Pairing {
             self.settle(Some(i), stats);
             return;
         }
-        // For HTTP only a segment that starts a status line begins an
-        // answer (the rest of a long one is not the next one's).
-        if protocol == Protocol::Http && !starts_status_line(prefix) {
+        // Only a segment that can start an answer begins one (the rest of
+        // a long one is not the next one's): for HTTP a status line, for
+        // RESP a reply's type byte.
+        if !protocol.may_start_answer(prefix) {
             return;
         }
         // Answers to pipelined requests may share the segment: those
@@ -336,6 +337,7 @@ impl Pairing {
                 all_placed = false;
                 break;
             };
+
             last = Some(i);
             let p = &mut self.pending[i];
             let since = p.sent.map_or(now, |s| s.0);
@@ -377,17 +379,17 @@ impl Pairing {
     /// request's answer):
     /// 1. the one whose answer would begin exactly there if the target's
     ///    answers since the last one read had the online answers' sizes;
-    /// 2. the oldest sent when the target's answers stood exactly there
-    ///    (nothing of another answer can lie between);
+    /// 2. the oldest still waiting, when it went as the target's answers
+    ///    stood exactly there (no other answer can lie between);
     /// 3. the only one sent and waiting.
     fn whose_answer(&self, seq: u32) -> Option<usize> {
         let after_anchor = |p: &Pending| {
             self.anchor
                 .is_none_or(|a| SeqNumber(p.online_at).is_after(SeqNumber(a.online_at)))
         };
+        let waiting_loose = |p: &Pending| matches!(p.target, Answer::Waiting) && after_anchor(p);
         let waiting = |p: &Pending| {
-            matches!(p.target, Answer::Waiting)
-                && after_anchor(p)
+            waiting_loose(p)
                 && p.sent
                     .is_some_and(|(_, from)| !SeqNumber(from).is_after(SeqNumber(seq)))
         };
@@ -401,11 +403,15 @@ impl Pairing {
                 return Some(i);
             }
         }
-        if let Some(i) = self
-            .sent()
-            .position(|p| waiting(p) && p.sent.is_some_and(|(_, from)| from == seq))
-        {
-            return Some(i);
+        // The oldest request still waiting, if it went when the target's
+        // answers stood exactly here: an older request's answer came
+        // before the last one placed, and none waits between. (Whether the
+        // engine held a request until the one before it was answered says
+        // nothing for sure: a lagging replay sends in flights.)
+        if let Some(i) = self.sent().position(waiting_loose) {
+            if self.pending[i].sent.is_some_and(|(_, from)| from == seq) {
+                return Some(i);
+            }
         }
         let mut candidates = self.sent().enumerate().filter(|(_, p)| waiting(p));
         match (candidates.next(), candidates.next()) {
@@ -472,11 +478,4 @@ impl Pairing {
             }
         }
     }
-}
-
-/// Could `b` be the start of an HTTP/1.x status line?
-fn starts_status_line(b: &[u8]) -> bool {
-    const START: &[u8] = b"HTTP/1.";
-    let n = b.len().min(START.len());
-    n > 0 && b[..n] == START[..n]
 }

@@ -144,6 +144,23 @@ fn resp_words(b: &[u8]) -> Option<String> {
 }
 
 impl Protocol {
+    /// Could an answer begin with `bytes`? HTTP: a status line (as far as
+    /// the bytes go); RESP: a reply's type byte; other protocols: any.
+    pub fn may_start_answer(self, bytes: &[u8]) -> bool {
+        match self {
+            Protocol::Http => {
+                const START: &[u8] = b"HTTP/1.";
+                let n = bytes.len().min(START.len());
+                n > 0 && bytes[..n] == START[..n]
+            }
+            Protocol::Resp => {
+                matches!(resp_status(bytes), Parse::Done(s) if s != Status::garbage())
+                    || bytes.len() < 3 && !bytes.is_empty()
+            }
+            Protocol::Auto | Protocol::Bytes => !bytes.is_empty(),
+        }
+    }
+
     /// The length of the answer at the start of `bytes`, when what is seen
     /// of it tells: an HTTP header that ends within the bytes and gives a
     /// Content-Length (or a status without a body), a RESP reply held

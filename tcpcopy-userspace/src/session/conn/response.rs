@@ -24,9 +24,10 @@ impl Session {
     /// A record of the target's, with the first bytes of its payload when
     /// intercept sends them (`--verdict`).
     pub fn on_response(&mut self, now: u64, h: &ResponseHeader, prefix: &[u8], ctx: &mut Ctx) {
-        let established = self.is_established();
+        // Only new data: a retransmitted answer is not the next one's.
+        let fresh = self.is_established() && SeqNumber(h.seq).since(self.peer.rcv_nxt) >= 0;
         if let Some(v) = &mut self.verdict {
-            if established && h.payload_len > 0 && !prefix.is_empty() {
+            if fresh && h.payload_len > 0 && !prefix.is_empty() {
                 v.on_target(now, h.seq, h.payload_len, prefix, ctx.verdict());
             }
         }
