@@ -289,7 +289,8 @@ fn mirror_box_af_xdp() -> Result<()> {
 /// skip it (`--gap-skip`) and replay the rest. (Held, as the C tool does, a
 /// hole costs the rest of its connection: see the offline test.)
 fn mirror_outages_cost_only_the_requests_in_them() -> Result<()> {
-    const MIRROR: &str = "tc filter add dev onl0 parent ffff: protocol all u32 match u32 0 0 action mirred egress mirror dev onl3";
+    // The client→online direction's mirror (the lab's clsact ingress).
+    const MIRROR: &str = "tc filter add dev onl0 ingress protocol all u32 match u32 0 0 action mirred egress mirror dev onl3";
     let r = Replay::start_mirror("mirror-outage")?;
     replay::reset_logs()?;
     let load = std::thread::spawn(|| in_ns(CLIENT, &format!("{} > /dev/null 2>&1", wrk(4, 2, ""))));
@@ -297,7 +298,7 @@ fn mirror_outages_cost_only_the_requests_in_them() -> Result<()> {
     for pause in [400, 500, 500] {
         std::thread::sleep(Duration::from_millis(pause));
         let cut_at = std::time::Instant::now();
-        let cut = in_ns(ONLINE, "tc filter del dev onl0 parent ffff:");
+        let cut = in_ns(ONLINE, "tc filter del dev onl0 ingress");
         let back = in_ns(ONLINE, MIRROR);
         outage += cut_at.elapsed();
         cut.and(back)?;
