@@ -82,7 +82,7 @@ fn establish(e: &mut Engine, n: u32) -> Vec<(Ipv4Addr, u16)> {
     for i in 0..n {
         let c = (client_ip(i), 10_000 + (i % 50_000) as u16);
         e.handle_client_packet(0, &pkt(c, 1000, 0, 0x02, &[]));
-        e.handle_response(0, &resp(c, 5000, 1001, 0x12, 0), &[]);
+        e.handle_response(0, &resp(c, 5000, 1001, 0x12, 0), Default::default());
         e.handle_client_packet(0, &pkt(c, 1001, 5001, 0x10, &[]));
         drain(e);
         v.push(c);
@@ -130,7 +130,11 @@ fn engine_bench() -> String {
             e.handle_client_packet(now, p);
             let c = sessions[i];
             let acked = 1001 + (r as u32 + 1) * request.len() as u32;
-            e.handle_response(now, &resp(c, 5001 + r as u32 * 200, acked, 0x18, 200), &[]);
+            e.handle_response(
+                now,
+                &resp(c, 5001 + r as u32 * 200, acked, 0x18, 200),
+                Default::default(),
+            );
             segments += 2;
         }
         now += 2;

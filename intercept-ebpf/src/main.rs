@@ -6,13 +6,14 @@
 //! records stay in order), and is then dropped: the assistant is a black hole, whether
 //! the ring had room or not. Everything else (ARP, SSH, the control channel)
 //! passes. Once a tcpcopy asked for them (`PREFIX`, set by intercept), the
-//! first bytes of a response's payload follow its record in the ring.
+//! moment the program saw the response and the first bytes of its payload
+//! follow its record in the ring.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::bpf_xdp_load_bytes,
+    helpers::generated::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
     macros::{map, xdp},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
@@ -21,19 +22,20 @@ use tcpcopy_common::{
     flow_hash, intercept_counter as ctr,
     xdp::{self, ptr_at},
     PortKey, ResponseRecord, RECORD_IP_LEN, RECORD_PREFIX_MAX, RECORD_RINGS, RECORD_RING_BYTES,
-    RESPONSE_RECORD_LEN,
+    RECORD_STAMP_LEN, RESPONSE_RECORD_LEN,
 };
 
-/// Payload bytes to put after each record (0: none), set by intercept
-/// when a tcpcopy is granted our extension.
+/// Payload bytes to put after each record (0: none, and no time stamp),
+/// set by intercept when a tcpcopy is granted our extension.
 #[map]
 static PREFIX: Array<u32> = Array::with_max_entries(1, 0);
 
-/// A record and the payload after it, staged before it goes to a ring
-/// with its real length.
+/// A record, its time stamp and the payload after them, staged before it
+/// goes to a ring with its real length.
 #[repr(C)]
 pub struct WithPrefix {
     record: [u8; RESPONSE_RECORD_LEN],
+    seen_ns: [u8; RECORD_STAMP_LEN],
     prefix: [u8; RECORD_PREFIX_MAX],
 }
 
@@ -133,9 +135,12 @@ fn export(ctx: &XdpContext, ip: &[u8; 20], tcp: &[u8; 20], tcp_off: usize, doff:
     option_word!(3);
     option_word!(4);
     option_word!(5);
-    let sent = match prefix_len(ctx, ip, tcp_off, doff) {
-        Some((off, n)) => with_prefix(ctx, ring, &rec, off, n),
-        None => match ring.reserve::<ResponseRecord>(0) {
+    let want = PREFIX.get(0).copied().unwrap_or(0) as usize;
+    let sent = if want > 0 {
+        let payload = payload_at(ctx, ip, tcp_off, doff);
+        extended(ctx, ring, &rec, payload, want)
+    } else {
+        match ring.reserve::<ResponseRecord>(0) {
             Some(mut entry) => {
                 entry.write(rec);
                 // Flags 0: the kernel wakes the reader only when it had
@@ -145,7 +150,7 @@ fn export(ctx: &XdpContext, ip: &[u8; 20], tcp: &[u8; 20], tcp_off: usize, doff:
                 true
             }
             None => false,
-        },
+        }
     };
     if !sent {
         bump(ctr::RING_FULL);
@@ -160,58 +165,62 @@ fn export(ctx: &XdpContext, ip: &[u8; 20], tcp: &[u8; 20], tcp_off: usize, doff:
     bump(ctr::EXPORTED);
 }
 
-/// Where the payload starts and how much of it goes after the record,
-/// when a tcpcopy asked for payloads and this response carries one.
+/// Where the payload starts and how many of its bytes the frame holds
+/// (None: no payload).
 #[inline(always)]
-fn prefix_len(
+fn payload_at(
     ctx: &XdpContext,
     ip: &[u8; 20],
     tcp_off: usize,
     doff: usize,
 ) -> Option<(usize, usize)> {
-    let want = PREFIX.get(0).copied().unwrap_or(0) as usize;
-    if want == 0 {
-        return None;
-    }
     let ihl = ((ip[0] & 0x0f) as usize) * 4;
     let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
     let payload = total.checked_sub(ihl + doff)?;
     let off = tcp_off + doff;
     let room = (ctx.data_end() - ctx.data()).checked_sub(off)?;
-    let n = payload.min(room).min(want).min(RECORD_PREFIX_MAX);
+    let n = payload.min(room);
     (n > 0).then_some((off, n))
 }
 
-/// Output the record with `n` payload bytes from `off` (the plain record
-/// if they cannot be read).
+/// Output the record under our extension: its time stamp, then up to
+/// `want` payload bytes from `payload` (none if they cannot be read).
 #[inline(always)]
-fn with_prefix(
+fn extended(
     ctx: &XdpContext,
     ring: &RingBuf,
     rec: &ResponseRecord,
-    off: usize,
-    n: usize,
+    payload: Option<(usize, usize)>,
+    want: usize,
 ) -> bool {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return false;
     };
-    // Bound the length in a form the verifier can follow.
-    let n = unsafe { core::ptr::read_volatile(&(n as u32)) };
-    let bounded = ((n - 1) & (RECORD_PREFIX_MAX as u32 - 1)) + 1;
-    let ret = unsafe {
+    let head = RESPONSE_RECORD_LEN + RECORD_STAMP_LEN;
+    let mut total = head;
+    unsafe {
         (*scratch).record = rec.bytes;
-        bpf_xdp_load_bytes(
-            ctx.ctx,
-            off as u32,
-            (*scratch).prefix.as_mut_ptr() as *mut _,
-            bounded,
-        )
-    };
-    let total = if ret == 0 {
-        RESPONSE_RECORD_LEN + bounded as usize
-    } else {
-        RESPONSE_RECORD_LEN
-    };
+        (*scratch).seen_ns = bpf_ktime_get_ns().to_ne_bytes();
+    }
+    if let Some((off, n)) = payload {
+        let n = n.min(want).min(RECORD_PREFIX_MAX);
+        // Bound the length in a form the verifier can follow.
+        let n = unsafe { core::ptr::read_volatile(&(n as u32)) };
+        if n > 0 {
+            let bounded = ((n - 1) & (RECORD_PREFIX_MAX as u32 - 1)) + 1;
+            let ret = unsafe {
+                bpf_xdp_load_bytes(
+                    ctx.ctx,
+                    off as u32,
+                    (*scratch).prefix.as_mut_ptr() as *mut _,
+                    bounded,
+                )
+            };
+            if ret == 0 {
+                total = head + bounded as usize;
+            }
+        }
+    }
     let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, total) };
     ring.output::<[u8]>(bytes, 0).is_ok()
 }

@@ -121,6 +121,11 @@ pub const RECORD_TCP_MAX: usize = 44;
 /// Most payload bytes the intercept program puts after a record (our
 /// extension, for tcpcopy's `--verdict`); a power of two.
 pub const RECORD_PREFIX_MAX: usize = 256;
+/// Under our extension, a ring item is the record, then when the program
+/// saw the response (`bpf_ktime_get_ns`, CLOCK_MONOTONIC, native order:
+/// intercept tells its tcpcopy how long it held the record), then the
+/// payload's first bytes.
+pub const RECORD_STAMP_LEN: usize = 8;
 
 /// A response record as the intercept program writes it.
 #[repr(C)]

@@ -43,6 +43,14 @@ impl Verdict {
         }
         v.as_u64().unwrap_or(0)
     }
+    /// A latency figure, in milliseconds (to the microsecond).
+    fn ms(&self, path: &[&str]) -> f64 {
+        let mut v = &self.0;
+        for p in path {
+            v = &v[*p];
+        }
+        v.as_f64().unwrap_or(0.0)
+    }
     fn statuses(&self, side: &str) -> Vec<(String, u64)> {
         self.0["status"][side]
             .as_object()
@@ -332,11 +340,13 @@ pub fn a_slower_target_shows_in_its_latency() -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
         r.stop()?;
         let v = Verdict::read(&json, "10.0.2.2:8082")?;
-        let p50 = |side: &str| v.n(&["latency", side, "p50_ms"]);
+        let p50 = |side: &str| v.ms(&["latency", side, "p50_ms"]);
         println!(
-            "    latency p50: online {} ms, target {} ms (the target delays {SLOW_MS} ms); {} compared",
+            "    latency p50: online {} ms, target {} ms (the target delays {SLOW_MS} ms), of which intercept held the record {} ms (p99 {} ms); {} compared",
             p50("online"),
             p50("target"),
+            p50("intercept"),
+            v.ms(&["latency", "intercept", "p99_ms"]),
             v.n(&["compared"])
         );
         ensure!(
@@ -344,15 +354,22 @@ pub fn a_slower_target_shows_in_its_latency() -> Result<()> {
             "{} of {REQUESTS} requests compared",
             v.n(&["compared"])
         );
+        // Our intercept tells its share with every record.
         ensure!(
-            p50("target") >= p50("online") + SLOW_MS,
+            v.n(&["latency", "intercept", "count"]) == REQUESTS,
+            "intercept's share known for {} of {REQUESTS} compared requests",
+            v.n(&["latency", "intercept", "count"])
+        );
+        let slow = SLOW_MS as f64;
+        ensure!(
+            p50("target") >= p50("online") + slow,
             "the target's p50 {} ms is not the online one's {} ms plus {SLOW_MS} ms",
             p50("target"),
             p50("online")
         );
         // Not much more either: the rest is the path through intercept.
         ensure!(
-            p50("target") <= p50("online") + SLOW_MS + 50,
+            p50("target") <= p50("online") + slow + 50.0,
             "the target's p50 {} ms is far beyond the online one's {} ms plus {SLOW_MS} ms",
             p50("target"),
             p50("online")

@@ -21,11 +21,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{MapData, RingBuf};
-use tcpcopy_common::{intercept_counter, PortKey};
+use tcpcopy_common::{intercept_counter, PortKey, RECORD_STAMP_LEN};
 
 use crate::{
     process,
-    proto::{Framing, ResponseRecord, RECORD_LEN},
+    proto::{Framing, Held, ResponseRecord, RECORD_LEN},
     stats::{Figure, Report, Section},
     xdp::{AttachedXdp, INTERCEPT_EBPF},
 };
@@ -91,14 +91,33 @@ impl RecordSource for RingSource {
                 let mut r = [0u8; RECORD_LEN];
                 r.copy_from_slice(&item[..RECORD_LEN]);
                 let mut record = ResponseRecord::new(r);
-                // The payload prefix follows when a peer asked for it.
-                if item.len() > RECORD_LEN {
-                    record.prefix = Some(item[RECORD_LEN..].into());
+                // When a peer asked for them: when the program saw the
+                // response, and its payload's first bytes.
+                let stamped = RECORD_LEN + RECORD_STAMP_LEN;
+                if item.len() >= stamped {
+                    let mut t = [0u8; RECORD_STAMP_LEN];
+                    t.copy_from_slice(&item[RECORD_LEN..stamped]);
+                    record.held = Held::SeenAt(u64::from_ne_bytes(t));
+                    if item.len() > stamped {
+                        record.prefix = Some(item[stamped..].into());
+                    }
                 }
                 out.push(record);
             }
         }
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the XDP program's
+/// `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Map keys for the `-F` clauses.

@@ -94,7 +94,13 @@ impl PeerProtocol {
             if let Some(ext) = self.decoder.offered() {
                 // The acknowledgement goes before any record.
                 self.granted = Some(ext);
-                encode_records(self.framing, None, &[ext.acknowledgement()], &mut self.out);
+                encode_records(
+                    self.framing,
+                    None,
+                    &[ext.acknowledgement()],
+                    0,
+                    &mut self.out,
+                );
                 r.granted = Some(ext);
             }
         }
@@ -128,8 +134,9 @@ impl PeerProtocol {
         !self.pending.is_empty()
     }
 
-    /// Encode the queued records behind what is still unwritten.
-    pub fn encode_pending(&mut self) -> Encoded {
+    /// Encode the queued records behind what is still unwritten, at
+    /// `now_ns` (CLOCK_MONOTONIC: how long each was held is told from it).
+    pub fn encode_pending(&mut self, now_ns: u64) -> Encoded {
         if self.pending.is_empty() {
             return Encoded::default();
         }
@@ -138,7 +145,13 @@ impl PeerProtocol {
             self.out_pos = 0;
         }
         let records = self.pending.len() as u64;
-        encode_records(self.framing, self.granted, &self.pending, &mut self.out);
+        encode_records(
+            self.framing,
+            self.granted,
+            &self.pending,
+            now_ns,
+            &mut self.out,
+        );
         self.pending.clear();
         let frames = match self.framing {
             Framing::Combined => records.div_ceil(MAX_COMBINED as u64),
@@ -227,7 +240,7 @@ mod tests {
         let mut p = PeerProtocol::new(Framing::Combined);
         let rec = ResponseRecord::new([0u8; RECORD_LEN]);
         p.queue(&vec![rec.clone(); 17]);
-        let e = p.encode_pending();
+        let e = p.encode_pending(0);
         assert_eq!((e.records, e.frames), (17, 2));
         let n = p.unwritten().len();
         assert!(n >= 17 * RECORD_LEN);
@@ -236,7 +249,7 @@ mod tests {
         assert!(p.unwritten().is_empty());
         let many = vec![rec; MAX_UNSENT / RECORD_LEN + 16];
         p.queue(&many);
-        p.encode_pending();
+        p.encode_pending(0);
         assert!(p
             .check_backlog()
             .unwrap_err()
@@ -253,7 +266,7 @@ mod tests {
         let r = c.receive(&RouteMsg::version().encode()).unwrap();
         assert_eq!((r.granted, c.granted()), (None, None));
         c.queue(std::slice::from_ref(&rec));
-        c.encode_pending();
+        c.encode_pending(0);
         assert_eq!(c.unwritten().len(), 2 + RECORD_LEN, "protocol 6 bytes only");
         // Ours: the offer, then the acknowledgement before any record.
         let ext = Extension::asking(128);
@@ -265,7 +278,7 @@ mod tests {
         let mut with_prefix = rec.clone();
         with_prefix.prefix = Some(b"HTTP/1.1 200 OK".as_slice().into());
         ours.queue(&[with_prefix.clone()]);
-        ours.encode_pending();
+        ours.encode_pending(0);
         let mut dec = RecordDecoder::offering(Framing::Combined);
         let mut out = Vec::new();
         dec.feed(ours.unwritten(), &mut out).unwrap();

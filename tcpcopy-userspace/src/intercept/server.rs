@@ -369,7 +369,7 @@ impl ControlServer {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        let e = peer.protocol.encode_pending();
+        let e = peer.protocol.encode_pending(super::monotonic_ns());
         self.stats.records_sent += e.records;
         self.stats.frames_sent += e.frames;
         self.write_peer(id);

@@ -117,8 +117,11 @@ pub const PREFIX_MAX: u16 = tcpcopy_common::RECORD_PREFIX_MAX as u16;
 ///
 /// On the wire, once intercept granted it, a record is the 64 protocol-6
 /// bytes, a u16 (network order) of how many payload bytes follow are
-/// real, and `prefix_bytes` of payload, zero-padded: every record of the
-/// connection has the same length, and the combined framing is unchanged.
+/// real, a u32 (network order) of the microseconds intercept held the
+/// record (from its XDP program seeing the response to the write; all
+/// ones: not known), and `prefix_bytes` of payload, zero-padded: every
+/// record of the connection has the same length, and the combined framing
+/// is unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Extension {
     pub prefix_bytes: u16,
@@ -133,7 +136,7 @@ impl Extension {
     }
     /// Bytes of one record under this extension.
     pub fn record_len(self) -> usize {
-        RECORD_LEN + 2 + self.prefix_bytes as usize
+        RECORD_LEN + 2 + 4 + self.prefix_bytes as usize
     }
     /// intercept's acknowledgement, sent as a record of 64 bytes before
     /// any other: byte 0 is 0 (never an IPv4 header's first byte), then
@@ -160,6 +163,66 @@ pub struct ResponseRecord {
     /// The first bytes of the response's payload (none without the
     /// extension, or when the response carries none).
     pub prefix: Option<Box<[u8]>>,
+    /// How long intercept held it (under the extension).
+    pub held: Held,
+}
+
+/// How long intercept held a record, from its XDP program seeing the
+/// response to writing the record to tcpcopy: intercept's own share of
+/// the target's latency, as the verdict reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Held {
+    #[default]
+    Unknown,
+    /// In intercept: when its XDP program saw the response
+    /// (CLOCK_MONOTONIC, ns).
+    SeenAt(u64),
+    /// In tcpcopy: as intercept told, in microseconds.
+    Micros(u32),
+}
+
+impl Held {
+    /// On the wire: microseconds held by `now_ns` (all ones: not known).
+    fn wire(self, now_ns: u64) -> u32 {
+        match self {
+            Held::Unknown => u32::MAX,
+            Held::SeenAt(t) => (now_ns.saturating_sub(t) / 1000).min(u32::MAX as u64 - 1) as u32,
+            Held::Micros(us) => us,
+        }
+    }
+    fn from_wire(us: u32) -> Held {
+        if us == u32::MAX {
+            Held::Unknown
+        } else {
+            Held::Micros(us)
+        }
+    }
+    /// Microseconds held, when intercept told.
+    pub fn micros(self) -> Option<u32> {
+        match self {
+            Held::Micros(us) => Some(us),
+            _ => None,
+        }
+    }
+}
+
+/// What a record tells beside its headers, under our extension: the
+/// first bytes of the response's payload and intercept's share of its
+/// latency.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ResponseExtras<'a> {
+    pub prefix: &'a [u8],
+    pub held: Held,
+}
+
+impl<'a> ResponseExtras<'a> {
+    /// Payload bytes only (offline, and tests).
+    pub fn prefix(prefix: &'a [u8]) -> Self {
+        ResponseExtras {
+            prefix,
+            held: Held::Unknown,
+        }
+    }
 }
 
 impl std::fmt::Debug for ResponseRecord {
@@ -200,11 +263,22 @@ pub struct ResponseHeader {
 impl ResponseRecord {
     /// A record of protocol 6, with no payload bytes.
     pub fn new(head: [u8; RECORD_LEN]) -> Self {
-        ResponseRecord { head, prefix: None }
+        ResponseRecord {
+            head,
+            prefix: None,
+            held: Held::Unknown,
+        }
     }
     /// The payload bytes carried, if any.
     pub fn prefix(&self) -> &[u8] {
         self.prefix.as_deref().unwrap_or(&[])
+    }
+    /// What the record tells beside its headers.
+    pub fn extras(&self) -> ResponseExtras<'_> {
+        ResponseExtras {
+            prefix: self.prefix(),
+            held: self.held,
+        }
     }
 
     /// Build a record from a captured IPv4 packet the way intercept does.
@@ -286,11 +360,13 @@ pub enum Framing {
 }
 
 /// Encode records as one or more frames and append them to `out`; under
-/// `ext`, each with its payload prefix (see [`Extension`]).
+/// `ext`, each with its payload prefix and how long it was held by
+/// `now_ns` (CLOCK_MONOTONIC; see [`Extension`]).
 pub fn encode_records(
     framing: Framing,
     ext: Option<Extension>,
     records: &[ResponseRecord],
+    now_ns: u64,
     out: &mut Vec<u8>,
 ) {
     let one = |r: &ResponseRecord, out: &mut Vec<u8>| {
@@ -299,6 +375,7 @@ pub fn encode_records(
             let room = e.prefix_bytes as usize;
             let p = &r.prefix()[..r.prefix().len().min(room)];
             out.extend_from_slice(&(p.len() as u16).to_be_bytes());
+            out.extend_from_slice(&r.held.wire(now_ns).to_be_bytes());
             out.extend_from_slice(p);
             out.resize(out.len() + room - p.len(), 0);
         }
@@ -419,8 +496,10 @@ impl RecordDecoder {
                 let tail = &bytes[RECORD_LEN..];
                 let n =
                     (u16::from_be_bytes([tail[0], tail[1]]) as usize).min(e.prefix_bytes as usize);
+                record.held =
+                    Held::from_wire(u32::from_be_bytes([tail[2], tail[3], tail[4], tail[5]]));
                 if n > 0 {
-                    record.prefix = Some(tail[2..2 + n].into());
+                    record.prefix = Some(tail[6..6 + n].into());
                 }
             }
             out.push(record);
@@ -552,7 +631,7 @@ mod tests {
         let rec = ResponseRecord::from_ipv4_packet(&sample_packet(0)).unwrap();
         let records = vec![rec; 100];
         let mut wire = Vec::new();
-        encode_records(Framing::Combined, None, &records, &mut wire);
+        encode_records(Framing::Combined, None, &records, 0, &mut wire);
         assert_eq!(wire.len(), 100 * 64 + 7 * 2);
         assert_eq!(&wire[..2], &[0, 16]);
         let mut dec = RecordDecoder::new(Framing::Combined);
@@ -573,6 +652,7 @@ mod tests {
             Framing::Bare,
             None,
             &[rec.clone(), rec.clone(), rec.clone()],
+            0,
             &mut wire,
         );
         assert_eq!(wire.len(), 192);
@@ -603,7 +683,13 @@ mod tests {
         // What a C intercept sends: plain combined frames, recorded bytes.
         let rec = ResponseRecord::from_ipv4_packet(&sample_packet(300)).unwrap();
         let mut wire = Vec::new();
-        encode_records(Framing::Combined, None, &vec![rec.clone(); 20], &mut wire);
+        encode_records(
+            Framing::Combined,
+            None,
+            &vec![rec.clone(); 20],
+            0,
+            &mut wire,
+        );
         assert_eq!(wire.len(), 2 + 16 * 64 + 2 + 4 * 64);
         let mut dec = RecordDecoder::offering(Framing::Combined);
         let mut out = Vec::new();
@@ -624,26 +710,33 @@ mod tests {
         let long = sample_packet(300);
         let mut short = sample_packet(5);
         short[52..57].copy_from_slice(b"HTTP/");
-        let records = [
+        let mut records = [
             ResponseRecord::from_ipv4_packet_with_prefix(&long, 64).unwrap(),
             ResponseRecord::from_ipv4_packet_with_prefix(&short, 64).unwrap(),
             ResponseRecord::from_ipv4_packet(&sample_packet(0)).unwrap(),
         ];
+        // Seen by the XDP program 250 µs before the write.
+        records[0].held = Held::SeenAt(1_000_000);
         for framing in [Framing::Combined, Framing::Bare] {
             let mut wire = Vec::new();
-            encode_records(framing, None, &[ext.acknowledgement()], &mut wire);
+            encode_records(framing, None, &[ext.acknowledgement()], 0, &mut wire);
             let ack_len = wire.len();
             let many: Vec<_> = records.iter().cycle().take(40).cloned().collect();
-            encode_records(framing, Some(ext), &many, &mut wire);
+            encode_records(framing, Some(ext), &many, 1_250_000, &mut wire);
             let frames = if framing == Framing::Combined { 3 } else { 0 };
-            assert_eq!(wire.len() - ack_len, 40 * (64 + 2 + 64) + frames * 2);
+            assert_eq!(wire.len() - ack_len, 40 * (64 + 2 + 4 + 64) + frames * 2);
             let mut dec = RecordDecoder::offering(framing);
             let mut out = Vec::new();
             for chunk in wire.chunks(33) {
                 dec.feed(chunk, &mut out).unwrap();
             }
             assert_eq!(dec.negotiation(), Negotiation::Granted(ext));
-            assert_eq!(out, many);
+            assert_eq!(out.len(), many.len());
+            for (o, m) in out.iter().zip(&many) {
+                assert_eq!((o.head, &o.prefix), (m.head, &m.prefix));
+            }
+            assert_eq!(out[0].held, Held::Micros(250), "held 250 µs by intercept");
+            assert_eq!(out[1].held, Held::Unknown, "not stamped: not known");
             assert_eq!(out[0].prefix().len(), 64);
             assert_eq!(out[1].prefix(), b"HTTP/");
             assert_eq!(out[2].prefix, None);

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     memory::Pressure,
-    proto::{ResponseHeader, RouteMsg},
+    proto::{ResponseExtras, ResponseHeader, RouteMsg},
     verdict::VerdictStats,
     wire::{SegmentError, SegmentRepr, TcpFlags},
 };
@@ -797,9 +797,9 @@ impl Engine {
         }
     }
 
-    /// A response header from intercept, with the first bytes of its
-    /// payload when intercept sends them (`--verdict`; else empty).
-    pub fn handle_response(&mut self, now: u64, h: &ResponseHeader, prefix: &[u8]) {
+    /// A response header from intercept, with what our extension adds
+    /// when intercept sends it (`--verdict`; else nothing).
+    pub fn handle_response(&mut self, now: u64, h: &ResponseHeader, extras: ResponseExtras) {
         let key = SessionKey {
             client: h.dst_ip,
             port: h.dst_port,
@@ -810,7 +810,7 @@ impl Engine {
             return;
         };
         ctx.target = e.target as usize;
-        e.session.on_response(now, h, prefix, &mut ctx);
+        e.session.on_response(now, h, extras, &mut ctx);
         self.after(key);
     }
 

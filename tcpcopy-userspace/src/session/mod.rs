@@ -84,7 +84,11 @@ pub fn fuzz_engine(data: &[u8]) {
             let mut r = [0u8; crate::proto::RECORD_LEN];
             let n = chunk.len().min(r.len());
             r[..n].copy_from_slice(&chunk[..n]);
-            e.handle_response(now, &crate::proto::ResponseRecord::new(r).header(), &[]);
+            e.handle_response(
+                now,
+                &crate::proto::ResponseRecord::new(r).header(),
+                Default::default(),
+            );
         }
         e.handle_timeout(now);
         while e.poll_transmit().is_some() {}

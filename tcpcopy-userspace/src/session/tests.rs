@@ -3,7 +3,7 @@
 
 use super::{claims::Claims, *};
 use crate::{
-    proto::{ResponseHeader, RouteMsg},
+    proto::{ResponseExtras, ResponseHeader, RouteMsg},
     wire::{Ipv4View, TcpView},
 };
 use std::{net::Ipv4Addr, sync::Arc};
@@ -165,7 +165,8 @@ impl Lab {
             timestamps: ts,
             mss: None,
         };
-        self.e.handle_response(self.now, &h, &[]);
+        self.e
+            .handle_response(self.now, &h, ResponseExtras::default());
         self.drain()
     }
     fn check_invariants(&self) {
@@ -2087,10 +2088,10 @@ fn the_verdict_pairs_online_and_target_answers() {
             // not the answer of the request waiting now.
             let first = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_string();
             let again = ResponseHeader { seq: TISN + 1, ..h };
-            l.e.handle_response(l.now, &again, first.as_bytes());
+            l.e.handle_response(l.now, &again, ResponseExtras::prefix(first.as_bytes()));
             l.drain();
         }
-        l.e.handle_response(l.now, &h, answer.as_bytes());
+        l.e.handle_response(l.now, &h, ResponseExtras::prefix(answer.as_bytes()));
         l.drain();
         tseq += answer.len() as u32;
         l.advance(50);
@@ -2101,7 +2102,7 @@ fn the_verdict_pairs_online_and_target_answers() {
     let v = &l.e.verdicts()[0];
     assert_eq!((v.compared, v.mismatched), (2, 1), "{v:#?}");
     assert_eq!(v.examples[0].request, "GET /differs HTTP/1.1");
-    assert_eq!(v.target_latency.quantile_ms(0.5), 3);
+    assert_eq!(v.target_latency.quantile_us(0.5), 3_000);
 }
 
 /// `--verdict` with requests sent together (`-W`): the target's
@@ -2147,11 +2148,11 @@ fn a_retransmitted_answer_is_not_the_next_requests() {
         (h, body)
     };
     let (h1, b1) = answer(TISN + 1, "200 OK");
-    l.e.handle_response(l.now, &h1, b1.as_bytes());
+    l.e.handle_response(l.now, &h1, ResponseExtras::prefix(b1.as_bytes()));
     // The same segment again, then the second request's answer.
-    l.e.handle_response(l.now, &h1, b1.as_bytes());
+    l.e.handle_response(l.now, &h1, ResponseExtras::prefix(b1.as_bytes()));
     let (h2, b2) = answer(TISN + 1 + b1.len() as u32, "503 No");
-    l.e.handle_response(l.now, &h2, b2.as_bytes());
+    l.e.handle_response(l.now, &h2, ResponseExtras::prefix(b2.as_bytes()));
     l.drain();
     l.e.shutdown();
     let v = &l.e.verdicts()[0];

@@ -163,7 +163,7 @@ fn probe_loop(list: &mut Checklist, plan: &Settings, mut channel: Channel, clien
         records.clear();
         channel.poll_records(&mut records);
         for r in &records {
-            engine.handle_response(now(), &r.header(), r.prefix());
+            engine.handle_response(now(), &r.header(), r.extras());
         }
         engine.handle_timeout(now());
         if answered_all(&engine, cfg.targets().len()) {

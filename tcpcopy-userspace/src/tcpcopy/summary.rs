@@ -347,7 +347,11 @@ fn verdict_metrics(x: &mut Exposition, verdicts: &[(String, VerdictStats)]) {
             lab(&[("target", target), ("missing", "target")]),
             v.unpaired_target,
         ));
-        for (side, l) in [("online", &v.online_latency), ("target", &v.target_latency)] {
+        for (side, l) in [
+            ("online", &v.online_latency),
+            ("target", &v.target_latency),
+            ("intercept", &v.intercept_latency),
+        ] {
             let (buckets, sum) = l.buckets();
             latency.push((
                 lab(&[("target", target), ("side", side)]),
@@ -384,7 +388,7 @@ fn verdict_metrics(x: &mut Exposition, verdicts: &[(String, VerdictStats)]) {
     );
     x.histograms(
         "tcpcopy_verdict_latency_seconds",
-        "Time to an answer's first byte, online (from the request's last captured segment) and target (from its last byte sent, through intercept).",
+        "Time to an answer's first byte, online (from the request's last captured segment) and target (from its last byte sent, through intercept); side intercept: intercept's share of the target's (its XDP program seeing the answer to writing the record).",
         latency,
     );
 }

@@ -180,7 +180,7 @@ impl Worker {
             if channel_ready {
                 self.channel.poll_records(&mut records);
                 for r in &records {
-                    self.engine.handle_response(now, &r.header(), r.prefix());
+                    self.engine.handle_response(now, &r.header(), r.extras());
                 }
             }
             self.engine.set_memory_pressure(crate::memory::pressure());

@@ -12,10 +12,10 @@
 use std::collections::VecDeque;
 
 use super::{
-    report::{Example, Failure, VerdictStats},
+    report::{Example, Failure, Latencies, VerdictStats},
     status::{Parse, Protocol, Status, STATUS_BYTES},
 };
-use crate::wire::SeqNumber;
+use crate::{proto::ResponseExtras, wire::SeqNumber};
 
 /// Requests a session keeps waiting for their answers; beyond, the oldest
 /// is given up as unpaired (the verdict's state stays bounded: about 200
@@ -136,6 +136,9 @@ struct Pending {
     sent: Option<(u64, u32)>,
     online: Answer,
     target: Answer,
+    /// How long intercept held the record that began the target's answer
+    /// (µs), when it told.
+    intercept_us: Option<u32>,
 }
 
 impl Pending {
@@ -236,6 +239,7 @@ impl Pairing {
             sent: None,
             online: Answer::Waiting,
             target: Answer::Waiting,
+            intercept_us: None,
         };
         p.extend_head(payload);
         self.pending.push_back(p);
@@ -284,16 +288,17 @@ impl Pairing {
         self.settle(hit, stats);
     }
 
-    /// The target's data at `seq`, `len` bytes (its first bytes in
-    /// `prefix`).
+    /// The target's data at `seq`, `len` bytes (its first bytes, and
+    /// how long intercept held it, in `extras`).
     pub fn on_target(
         &mut self,
         now: u64,
         seq: u32,
         len: u32,
-        prefix: &[u8],
+        extras: ResponseExtras,
         stats: &mut VerdictStats,
     ) {
+        let prefix = extras.prefix;
         let protocol = self.protocol;
         let follows = self.follows == Some(seq);
         // A continuation of an answer begun.
@@ -342,6 +347,7 @@ impl Pairing {
             let p = &mut self.pending[i];
             let since = p.sent.map_or(now, |s| s.0);
             p.target.take(protocol, now, seq_at, &prefix[at..], since);
+            p.intercept_us = extras.held.micros();
             self.anchor = Some(Anchor {
                 online_at: p.online_at,
                 target_at: seq_at,
@@ -459,7 +465,12 @@ impl Pairing {
             return;
         };
         let protocol = self.protocol;
-        stats.compared(*online, *target, *ol, *tl, || Example {
+        let latency = Latencies {
+            online_ms: *ol,
+            target_ms: *tl,
+            intercept_us: p.intercept_us,
+        };
+        stats.compared(*online, *target, latency, || Example {
             request: protocol.describe(p.head.as_slice()),
             online: *online,
             target: *target,

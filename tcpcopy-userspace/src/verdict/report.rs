@@ -1,6 +1,7 @@
 //! The verdict's figures for one target: requests compared, the status
-//! mix on each side, mismatches with examples, latency on each side,
-//! failures and requests left unpaired. Workers keep their own and the
+//! mix on each side, mismatches with examples, latency on each side (and
+//! intercept's share of the target's), failures and requests left
+//! unpaired. Workers keep their own and the
 //! stats thread adds them up ([`VerdictStats::add`]); rendered as the
 //! table in the log, as JSON (`--verdict-json`) and as metrics.
 
@@ -41,64 +42,121 @@ pub struct Example {
     pub target: Status,
 }
 
-/// Latencies to the millisecond (a count per millisecond seen: few
-/// distinct values, cheap to copy and add up).
+/// A distribution of latencies, kept in microseconds to three
+/// significant digits (a count per bucket seen: at most 900 buckets a
+/// decade, cheap to copy and add up).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Latency {
     counts: BTreeMap<u64, u64>,
     total: u64,
-    sum_ms: u64,
+    sum_us: u64,
+}
+
+/// A latency's bucket: its first three digits (exact below 1 ms; within
+/// 1% above).
+fn bucket_us(us: u64) -> u64 {
+    let mut unit = 1;
+    while us / unit >= 1000 {
+        unit *= 10;
+    }
+    us / unit * unit
 }
 
 impl Latency {
-    pub fn record(&mut self, ms: u64) {
-        *self.counts.entry(ms).or_default() += 1;
+    pub fn record_us(&mut self, us: u64) {
+        *self.counts.entry(bucket_us(us)).or_default() += 1;
         self.total += 1;
-        self.sum_ms += ms;
+        self.sum_us += us;
+    }
+    pub fn record_ms(&mut self, ms: u64) {
+        self.record_us(ms.saturating_mul(1000));
     }
     pub fn add(&mut self, o: &Latency) {
-        for (ms, n) in &o.counts {
-            *self.counts.entry(*ms).or_default() += n;
+        for (us, n) in &o.counts {
+            *self.counts.entry(*us).or_default() += n;
         }
         self.total += o.total;
-        self.sum_ms += o.sum_ms;
+        self.sum_us += o.sum_us;
     }
     pub fn count(&self) -> u64 {
         self.total
     }
-    pub fn max_ms(&self) -> u64 {
+    pub fn max_us(&self) -> u64 {
         self.counts.keys().next_back().copied().unwrap_or(0)
     }
-    /// The `q` quantile (0..=1), in milliseconds.
-    pub fn quantile_ms(&self, q: f64) -> u64 {
+    /// The `q` quantile (0..=1), in microseconds.
+    pub fn quantile_us(&self, q: f64) -> u64 {
         if self.total == 0 {
             return 0;
         }
         let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
         let mut seen = 0;
-        for (ms, n) in &self.counts {
+        for (us, n) in &self.counts {
             seen += n;
             if seen >= rank {
-                return *ms;
+                return *us;
             }
         }
-        self.max_ms()
+        self.max_us()
     }
     /// Prometheus buckets (upper bound in seconds, count in the bucket),
-    /// and the sum in seconds. A latency of n ms lies in [n, n+1) ms.
+    /// and the sum in seconds.
     pub fn buckets(&self) -> (Vec<(f64, u64)>, f64) {
-        const BOUNDS_MS: [u64; 13] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000];
-        let mut out: Vec<(f64, u64)> = BOUNDS_MS.iter().map(|b| (*b as f64 / 1000.0, 0)).collect();
+        const BOUNDS_US: [u64; 17] = [
+            50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
+            500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000,
+        ];
+        let mut out: Vec<(f64, u64)> = BOUNDS_US.iter().map(|b| (*b as f64 / 1e6, 0)).collect();
         out.push((f64::INFINITY, 0));
-        for (ms, n) in &self.counts {
-            let i = BOUNDS_MS
+        for (us, n) in &self.counts {
+            let i = BOUNDS_US
                 .iter()
-                .position(|b| ms < b)
-                .unwrap_or(BOUNDS_MS.len());
+                .position(|b| us < b)
+                .unwrap_or(BOUNDS_US.len());
             out[i].1 += n;
         }
-        (out, self.sum_ms as f64 / 1000.0)
+        (out, self.sum_us as f64 / 1e6)
     }
+    /// p50, p90, p99 and max in words.
+    fn words(&self) -> String {
+        format!(
+            "p50 {}, p90 {}, p99 {}, max {}",
+            ms_words(self.quantile_us(0.5)),
+            ms_words(self.quantile_us(0.9)),
+            ms_words(self.quantile_us(0.99)),
+            ms_words(self.max_us())
+        )
+    }
+    fn json(&self) -> String {
+        format!(
+            "{{\"count\":{},\"p50_ms\":{},\"p90_ms\":{},\"p99_ms\":{},\"max_ms\":{}}}",
+            self.count(),
+            ms_number(self.quantile_us(0.5)),
+            ms_number(self.quantile_us(0.9)),
+            ms_number(self.quantile_us(0.99)),
+            ms_number(self.max_us())
+        )
+    }
+}
+
+/// Microseconds as milliseconds, to the microsecond: `0.043`, `12`.
+fn ms_number(us: u64) -> String {
+    let s = format!("{}.{:03}", us / 1000, us % 1000);
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn ms_words(us: u64) -> String {
+    format!("{} ms", ms_number(us))
+}
+
+/// One compared request's latencies: online and target (the engine's
+/// clock runs in milliseconds), and intercept's share of the target's
+/// when it told.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Latencies {
+    pub online_ms: u64,
+    pub target_ms: u64,
+    pub intercept_us: Option<u32>,
 }
 
 /// The verdict for one target.
@@ -111,6 +169,9 @@ pub struct VerdictStats {
     pub target_status: BTreeMap<Status, u64>,
     pub online_latency: Latency,
     pub target_latency: Latency,
+    /// intercept's share of the target's latency: from its XDP program
+    /// seeing the answer to writing its record to tcpcopy.
+    pub intercept_latency: Latency,
     pub failures: BTreeMap<Failure, u64>,
     /// Requests whose online answer never came (only the target's did, or
     /// neither).
@@ -127,15 +188,17 @@ impl VerdictStats {
         &mut self,
         online: Status,
         target: Status,
-        online_ms: u64,
-        target_ms: u64,
+        latency: Latencies,
         example: impl FnOnce() -> Example,
     ) {
         self.compared += 1;
         *self.online_status.entry(online).or_default() += 1;
         *self.target_status.entry(target).or_default() += 1;
-        self.online_latency.record(online_ms);
-        self.target_latency.record(target_ms);
+        self.online_latency.record_ms(latency.online_ms);
+        self.target_latency.record_ms(latency.target_ms);
+        if let Some(us) = latency.intercept_us {
+            self.intercept_latency.record_us(us as u64);
+        }
         if online != target {
             self.mismatched += 1;
             if self.examples.len() < MAX_EXAMPLES {
@@ -179,6 +242,7 @@ impl VerdictStats {
         }
         self.online_latency.add(&o.online_latency);
         self.target_latency.add(&o.target_latency);
+        self.intercept_latency.add(&o.intercept_latency);
         for (f, n) in &o.failures {
             *self.failures.entry(*f).or_default() += n;
         }
@@ -214,17 +278,13 @@ impl VerdictStats {
         }
         let _ = writeln!(t, "  status   online: {}", mix(&self.online_status));
         let _ = writeln!(t, "  status   target: {}", mix(&self.target_status));
-        for (side, l) in [
-            ("online", &self.online_latency),
-            ("target", &self.target_latency),
-        ] {
+        let _ = writeln!(t, "  latency  online: {}", self.online_latency.words());
+        let _ = writeln!(t, "  latency  target: {}", self.target_latency.words());
+        if self.intercept_latency.count() > 0 {
             let _ = writeln!(
                 t,
-                "  latency  {side}: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
-                l.quantile_ms(0.5),
-                l.quantile_ms(0.9),
-                l.quantile_ms(0.99),
-                l.max_ms()
+                "  of which intercept held the record: {}",
+                self.intercept_latency.words()
             );
         }
         for e in &self.examples {
@@ -245,16 +305,6 @@ impl VerdictStats {
                 .map(|(s, n)| format!("{}:{n}", json_str(s.as_str())))
                 .collect();
             format!("{{{}}}", items.join(","))
-        };
-        let lat = |l: &Latency| {
-            format!(
-                "{{\"count\":{},\"p50_ms\":{},\"p90_ms\":{},\"p99_ms\":{},\"max_ms\":{}}}",
-                l.count(),
-                l.quantile_ms(0.5),
-                l.quantile_ms(0.9),
-                l.quantile_ms(0.99),
-                l.max_ms()
-            )
         };
         let failures: Vec<String> = self
             .failures
@@ -279,15 +329,16 @@ impl VerdictStats {
             None => "\"unknown\"",
         };
         format!(
-            "{{\"target\":{},\"target_side\":{side},\"compared\":{},\"matched\":{},\"mismatched\":{},\"status\":{{\"online\":{},\"target\":{}}},\"latency\":{{\"online\":{},\"target\":{}}},\"failures\":{{{}}},\"unpaired\":{{\"online\":{},\"target\":{}}},\"examples\":[{}]}}",
+            "{{\"target\":{},\"target_side\":{side},\"compared\":{},\"matched\":{},\"mismatched\":{},\"status\":{{\"online\":{},\"target\":{}}},\"latency\":{{\"online\":{},\"target\":{},\"intercept\":{}}},\"failures\":{{{}}},\"unpaired\":{{\"online\":{},\"target\":{}}},\"examples\":[{}]}}",
             json_str(name),
             self.compared,
             self.compared - self.mismatched,
             self.mismatched,
             mix(&self.online_status),
             mix(&self.target_status),
-            lat(&self.online_latency),
-            lat(&self.target_latency),
+            self.online_latency.json(),
+            self.target_latency.json(),
+            self.intercept_latency.json(),
             failures.join(","),
             self.unpaired_online,
             self.unpaired_target,
@@ -352,17 +403,32 @@ mod tests {
     fn quantiles_and_buckets() {
         let mut l = Latency::default();
         for ms in 1..=100 {
-            l.record(ms);
+            l.record_ms(ms);
         }
-        assert_eq!(l.quantile_ms(0.5), 50);
-        assert_eq!(l.quantile_ms(0.9), 90);
-        assert_eq!(l.quantile_ms(0.99), 99);
-        assert_eq!(l.max_ms(), 100);
+        assert_eq!(l.quantile_us(0.5), 50_000);
+        assert_eq!(l.quantile_us(0.9), 90_000);
+        assert_eq!(l.quantile_us(0.99), 99_000);
+        assert_eq!(l.max_us(), 100_000);
+        assert_eq!(bucket_us(123_456), 123_000, "three digits");
+        assert_eq!(bucket_us(999), 999);
         let (b, sum) = l.buckets();
         assert_eq!(b.iter().map(|x| x.1).sum::<u64>(), 100);
-        assert_eq!(b[0], (0.001, 0), "under 1 ms: none");
-        assert_eq!(b[1], (0.002, 1), "1 ms");
+        assert_eq!(b[3], (0.0005, 0), "under 1 ms: none");
+        assert_eq!(b[4], (0.001, 0), "under 1 ms: none");
+        assert_eq!(b[5], (0.002, 1), "1 ms");
         assert!((sum - 5.05).abs() < 1e-9);
+        // Below 1 ms, exact: intercept's share is tens of microseconds.
+        let mut small = Latency::default();
+        for us in [12, 40, 41, 41, 127] {
+            small.record_us(us);
+        }
+        assert_eq!((small.quantile_us(0.5), small.max_us()), (41, 127));
+        assert_eq!(
+            small.words(),
+            "p50 0.041 ms, p90 0.127 ms, p99 0.127 ms, max 0.127 ms"
+        );
+        assert_eq!(ms_number(12_000), "12");
+        assert_eq!(ms_number(1_500), "1.5");
     }
 
     #[test]
@@ -374,7 +440,12 @@ mod tests {
             } else {
                 st(b"HTTP/1.1 200 x")
             };
-            a.compared(st(b"HTTP/1.1 200 OK"), target, 1, 2, || Example {
+            let latency = Latencies {
+                online_ms: 1,
+                target_ms: 2,
+                intercept_us: Some(30),
+            };
+            a.compared(st(b"HTTP/1.1 200 OK"), target, latency, || Example {
                 request: format!("GET /{i} HTTP/1.1"),
                 online: st(b"HTTP/1.1 200 OK"),
                 target,
@@ -399,6 +470,14 @@ mod tests {
         );
         let json = b.json("10.0.2.2:8080", Some(true));
         assert!(json.contains("\"mismatched\":30"), "{json}");
+        assert!(
+            json.contains("\"intercept\":{\"count\":60,\"p50_ms\":0.03,"),
+            "{json}"
+        );
+        assert!(
+            table.contains("of which intercept held the record: p50 0.03 ms"),
+            "{table}"
+        );
         assert!(
             json.contains("\"target\":{\"200\":30,\"503\":30}"),
             "{json}"

@@ -5,7 +5,10 @@ use super::{
     report::{Failure, VerdictStats},
     status::Protocol,
 };
-use crate::wire::SeqNumber;
+use crate::{
+    proto::{Held, ResponseExtras},
+    wire::SeqNumber,
+};
 
 /// A keep-alive client's request `i` (100 bytes each), acknowledging
 /// `i` answers of 200 bytes (online server ISN 5000).
@@ -18,7 +21,13 @@ fn request(i: u32) -> (u32, SeqNumber, Vec<u8>) {
 
 /// The target's data at `seq`: a segment longer than the `bytes` seen of it.
 fn target_part(p: &mut Pairing, now: u64, seq: u32, bytes: &[u8], st: &mut VerdictStats) {
-    p.on_target(now, seq, bytes.len() as u32 + 100, bytes, st);
+    p.on_target(
+        now,
+        seq,
+        bytes.len() as u32 + 100,
+        ResponseExtras::prefix(bytes),
+        st,
+    );
 }
 
 #[test]
@@ -40,9 +49,37 @@ fn keep_alive_requests_pair_in_order_and_a_differing_status_is_a_mismatch() {
     }
     assert_eq!((st.compared, st.mismatched), (3, 1));
     assert_eq!(st.examples[0].request, "GET /1 HTTP/1.1");
-    assert_eq!(st.online_latency.quantile_ms(0.5), 1);
-    assert_eq!(st.target_latency.quantile_ms(0.5), 10);
+    assert_eq!(st.online_latency.quantile_us(0.5), 1_000);
+    assert_eq!(st.target_latency.quantile_us(0.5), 10_000);
     assert_eq!(p.waiting(), 0);
+}
+
+/// intercept's share of the target's latency comes with the record that
+/// began the answer, and is reported beside the target's latency.
+#[test]
+fn intercepts_share_of_the_target_latency_is_reported() {
+    let mut p = Pairing::new(Protocol::Http);
+    let mut st = VerdictStats::default();
+    for i in 0..2u32 {
+        let (ack, seq, body) = request(i);
+        p.on_request(0, ack, seq, &body, &mut st);
+        p.on_online(1, ack, b"HTTP/1.1 200 OK\r\n", &mut st);
+        p.on_sent(2, seq.plus(100), 70_000 + 150 * i);
+        let extras = ResponseExtras {
+            prefix: b"HTTP/1.1 200 OK\r\n",
+            // Our intercept tells; a record it could not stamp does not.
+            held: if i == 0 {
+                Held::Micros(42)
+            } else {
+                Held::Unknown
+            },
+        };
+        p.on_target(7, 70_000 + 150 * i, 150, extras, &mut st);
+    }
+    assert_eq!(st.compared, 2);
+    assert_eq!(st.intercept_latency.count(), 1);
+    assert_eq!(st.intercept_latency.quantile_us(0.5), 42);
+    assert_eq!(st.target_latency.quantile_us(0.5), 5_000);
 }
 
 #[test]
@@ -243,9 +280,21 @@ fn answers_right_after_a_segment_seen_whole_are_the_next_requests() {
         p.on_sent(0, seq.plus(get.len() as u32), 500);
     }
     // Two answers, then three, then one: each segment seen whole.
-    p.on_target(1, 500, 10, b"$-1\r\n$-1\r\n", &mut st);
-    p.on_target(1, 510, 15, b"$-1\r\n$-1\r\n$-1\r\n", &mut st);
-    p.on_target(1, 525, 5, b"$-1\r\n", &mut st);
+    p.on_target(
+        1,
+        500,
+        10,
+        ResponseExtras::prefix(b"$-1\r\n$-1\r\n"),
+        &mut st,
+    );
+    p.on_target(
+        1,
+        510,
+        15,
+        ResponseExtras::prefix(b"$-1\r\n$-1\r\n$-1\r\n"),
+        &mut st,
+    );
+    p.on_target(1, 525, 5, ResponseExtras::prefix(b"$-1\r\n"), &mut st);
     assert_eq!((st.compared, st.mismatched), (6, 6));
     assert_eq!(p.waiting(), 0);
 }
@@ -274,7 +323,7 @@ proptest::proptest! {
                 2 => p.on_sent(2, seq, target),
                 _ => {
                     let answer: &[u8] = if differs { b"HTTP/1.1 500 x\r\n" } else { b"HTTP/1.1 200 OK\r\n" };
-                    p.on_target(3, target, 100, answer, &mut st);
+                    p.on_target(3, target, 100, ResponseExtras::prefix(answer), &mut st);
                     target = target.wrapping_add(100 * (n + 1));
                 }
             }

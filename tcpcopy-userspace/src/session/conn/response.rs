@@ -6,7 +6,7 @@ use super::{
     emit::Transmission, Ctx, Phase, Refused, Session, REFUSED_RETRY_FIRST_MS, REFUSED_RETRY_MAX_MS,
 };
 use crate::{
-    proto::ResponseHeader,
+    proto::{ResponseExtras, ResponseHeader},
     session::{
         event::{Event, Loss},
         target::RecoveryStep,
@@ -21,14 +21,21 @@ const RST: u8 = TcpFlags::RST;
 const ACK: u8 = TcpFlags::ACK;
 
 impl Session {
-    /// A record of the target's, with the first bytes of its payload when
-    /// intercept sends them (`--verdict`).
-    pub fn on_response(&mut self, now: u64, h: &ResponseHeader, prefix: &[u8], ctx: &mut Ctx) {
+    /// A record of the target's, with the first bytes of its payload and
+    /// how long intercept held it, when intercept sends them
+    /// (`--verdict`).
+    pub fn on_response(
+        &mut self,
+        now: u64,
+        h: &ResponseHeader,
+        extras: ResponseExtras,
+        ctx: &mut Ctx,
+    ) {
         // Only new data: a retransmitted answer is not the next one's.
         let fresh = self.is_established() && SeqNumber(h.seq).since(self.peer.rcv_nxt) >= 0;
         if let Some(v) = &mut self.verdict {
-            if fresh && h.payload_len > 0 && !prefix.is_empty() {
-                v.on_target(now, h.seq, h.payload_len, prefix, ctx.verdict());
+            if fresh && h.payload_len > 0 && !extras.prefix.is_empty() {
+                v.on_target(now, h.seq, h.payload_len, extras, ctx.verdict());
             }
         }
         match self.phase {
