@@ -54,6 +54,49 @@ fn keep_alive_requests_pair_in_order_and_a_differing_status_is_a_mismatch() {
     assert_eq!(p.waiting(), 0);
 }
 
+/// A mirror's two directions reach the session through different
+/// workers: an online answer may come before its request. It is kept
+/// (a few per session) and paired when the request comes.
+#[test]
+fn an_online_answer_that_overtook_its_request_is_paired() {
+    let mut p = Pairing::new(Protocol::Http);
+    let mut st = VerdictStats::default();
+    for i in 0..3u32 {
+        let (ack, seq, body) = request(i);
+        // The answer first, in two segments for request 1.
+        if i == 1 {
+            p.on_online(5, ack, b"HTTP/1.1 2", &mut st);
+            p.on_online(5, ack + 10, b"00 OK\r\n", &mut st);
+        } else {
+            p.on_online(5, ack, b"HTTP/1.1 200 OK\r\n", &mut st);
+        }
+        p.on_request(6, ack, seq, &body, &mut st);
+        p.on_sent(6, seq.plus(100), 70_000 + 150 * i);
+        target_part(&mut p, 9, 70_000 + 150 * i, b"HTTP/1.1 200 OK\r\n", &mut st);
+    }
+    assert_eq!((st.compared, st.mismatched, st.unpaired_online), (3, 0, 0));
+    assert_eq!(st.online_latency.max_us(), 0, "the answer came first: 0");
+    assert_eq!(p.waiting(), 0);
+}
+
+/// Online answers with no request to come stay bounded.
+#[test]
+fn answers_without_requests_are_not_kept_for_ever() {
+    let mut p = Pairing::new(Protocol::Http);
+    let mut st = VerdictStats::default();
+    for i in 0..100u32 {
+        p.on_online(1, 9_000 + 100 * i, b"HTTP/1.1 200 OK\r\n", &mut st);
+    }
+    // The newest are still kept: a request acknowledging one pairs.
+    let (_, seq, body) = request(0);
+    p.on_request(2, 9_000 + 100 * 99, seq, &body, &mut st);
+    // The oldest were dropped: one acknowledging it waits.
+    let (_, seq1, body1) = request(1);
+    p.on_request(2, 9_000, seq1, &body1, &mut st);
+    p.finish(None, &mut st);
+    assert_eq!((st.unpaired_online, st.unpaired_target), (1, 1));
+}
+
 /// intercept's share of the target's latency comes with the record that
 /// began the answer, and is reported beside the target's latency.
 #[test]
