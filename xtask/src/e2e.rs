@@ -1420,6 +1420,10 @@ const SCENARIOS: &[Scenario] = &[
         crate::verdict::redis_nil_against_a_value,
     ),
     (
+        "verdict: an offline file's online answers, a path the target answers 503 counted exactly",
+        crate::verdict::an_offline_file_holds_the_online_answers,
+    ),
+    (
         "verdict: a target slower by 50 ms shows it in its latency",
         crate::verdict::a_slower_target_shows_in_its_latency,
     ),

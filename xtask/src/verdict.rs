@@ -3,7 +3,8 @@
 //! a key the online one holds. Each test builds a known number of
 //! differing requests and checks what `--verdict-json` says: exactly that
 //! many mismatches, every other request matching, every request the
-//! online server served accounted for once.
+//! online server served accounted for once. An offline file holds both
+//! directions too.
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
@@ -123,17 +124,7 @@ pub fn http_status_mismatches_counted_exactly() -> Result<()> {
             &format!("wrk -t1 -c4 -d3s http://{ONLINE_IP}/ > /dev/null"),
         )?;
         replay::settle(|| lab::count_lines("target-nginx-access.log"));
-        let mut client = LabClient::spawn(&format!("{ONLINE_IP}:80"))?;
-        for i in 0..CLIENT_REQUESTS {
-            let path = if i % (CLIENT_REQUESTS / DIFFERS) == 7 {
-                "/differs".to_string()
-            } else {
-                format!("/same{i}")
-            };
-            client.command(&format!("get {path}"))?;
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        client.command("close").ok();
+        client_requests()?;
         let (target, _) = replay::settle(|| lab::count_lines("target-nginx-access.log"));
         let online = replay::online_served();
         let log = r.stop()?;
@@ -290,6 +281,108 @@ pub fn redis_nil_against_a_value() -> Result<()> {
 /// The slow server's delay: the target answers this much later than it
 /// could.
 const SLOW_MS: u64 = 50;
+
+/// The lab client's requests on one connection, `DIFFERS` of them to
+/// `/differs`, one every 5 ms.
+fn client_requests() -> Result<()> {
+    let mut client = LabClient::spawn(&format!("{ONLINE_IP}:80"))?;
+    for i in 0..CLIENT_REQUESTS {
+        let path = if i % (CLIENT_REQUESTS / DIFFERS) == 7 {
+            "/differs".to_string()
+        } else {
+            format!("/same{i}")
+        };
+        client.command(&format!("get {path}"))?;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    client.command("close").ok();
+    Ok(())
+}
+
+/// An offline file holds both directions: tcpdump on the online port while
+/// the lab client sends its requests (no replay running), then the file
+/// replayed offline with `--verdict`: every request compared, exactly the
+/// `/differs` ones mismatching.
+pub fn an_offline_file_holds_the_online_answers() -> Result<()> {
+    use crate::lab::ONLINE;
+    let tag = "verdict-offline";
+    replay::reset_logs()?;
+    let file = lab::run_dir().join("verdict-both-ways.pcap");
+    let mut tcpdump = Command::new("ip")
+        .args(["netns", "exec", ONLINE, "tcpdump", "-i", "onl0"])
+        // Each packet written as it comes (without, the last second's
+        // packets may still wait in the kernel's block when it stops).
+        .args(["--immediate-mode", "-U", "-w"])
+        .arg(&file)
+        .arg("tcp port 80")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting tcpdump")?;
+    // It writes the file's header once it listens.
+    let listening = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        std::fs::metadata(&file).is_ok_and(|m| m.len() >= 24)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = if listening {
+        client_requests()
+    } else {
+        Err(anyhow::anyhow!("tcpdump did not start listening in 5 s"))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill")
+        .args(["-INT", &tcpdump.id().to_string()])
+        .status();
+    let _ = tcpdump.wait();
+    sent?;
+    let want = replay::online_served();
+    ensure!(
+        want == CLIENT_REQUESTS,
+        "the online nginx served {want} of the lab client's {CLIENT_REQUESTS} requests"
+    );
+    let json = json_path(tag);
+    let _ = std::fs::remove_file(&json);
+    replay::reset_logs()?;
+    let mut intercept = replay::start_intercept(tag)?;
+    let (f, j) = (file.display().to_string(), json.display().to_string());
+    let args = [
+        "-x",
+        "80-10.0.2.2:8080",
+        "--offline",
+        f.as_str(),
+        "--verdict",
+        "--verdict-json",
+        j.as_str(),
+    ];
+    let ran = replay::run_offline(tag, &args, Duration::from_secs(60));
+    intercept.stop()?;
+    let log = ran?;
+    let v = Verdict::read(&json, "10.0.2.2:8080")?;
+    println!(
+        "    offline: {want} requests captured; verdict: {} compared, {} mismatched, unpaired {} (online) {} (target)",
+        v.n(&["compared"]),
+        v.n(&["mismatched"]),
+        v.n(&["unpaired", "online"]),
+        v.n(&["unpaired", "target"]),
+    );
+    ensure!(
+        v.n(&["compared"]) == CLIENT_REQUESTS && v.n(&["mismatched"]) == DIFFERS,
+        "{} compared of {CLIENT_REQUESTS}, {} mismatched of {DIFFERS}: {:?}\n{log}",
+        v.n(&["compared"]),
+        v.n(&["mismatched"]),
+        v.examples()
+    );
+    let examples = v.examples();
+    ensure!(
+        examples.len() as u64 == DIFFERS
+            && examples
+                .iter()
+                .all(|e| e == "\"GET /differs HTTP/1.1\" \"200\" \"503\""),
+        "the examples name /differs: {examples:?}"
+    );
+    Ok(())
+}
 
 /// A target slower by a known delay: the lab's slow server answers every
 /// request 50 ms late. The lab client sends 40 requests, one every 80 ms

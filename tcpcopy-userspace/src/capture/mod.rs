@@ -77,4 +77,9 @@ pub trait Capture: Send {
     fn release_flows(&mut self, _held: &dyn Fn(SessionKey) -> bool) {}
     /// Give back one flow at once: its last session is done with it.
     fn release_flow(&mut self, _flow: SessionKey) {}
+    /// A source paced by its own clock (an offline file, no fds): how
+    /// soon its next packet is due, if it knows.
+    fn next_due(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

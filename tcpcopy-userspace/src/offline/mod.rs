@@ -278,4 +278,11 @@ impl Capture for OfflineSource {
     fn stats(&self) -> CaptureStats {
         self.stats
     }
+
+    fn next_due(&self) -> Option<std::time::Duration> {
+        let (due, _) = self.pending.as_ref()?;
+        Some(std::time::Duration::from_nanos(
+            due.saturating_sub(self.elapsed_ns()),
+        ))
+    }
 }
