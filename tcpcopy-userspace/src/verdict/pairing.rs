@@ -188,6 +188,10 @@ pub struct Pairing {
     /// Online answers whose requests were not seen yet (at most
     /// [`MAX_EARLY`], the oldest dropped).
     early: VecDeque<Early>,
+    /// The end of the target's answer data seen (placed or not): a request
+    /// sent before it was answered, even if not knowably which answer is
+    /// its own, so the session's end is not its failure.
+    target_end: Option<SeqNumber>,
 }
 
 impl Pairing {
@@ -199,6 +203,7 @@ impl Pairing {
             anchor: None,
             follows: None,
             early: VecDeque::new(),
+            target_end: None,
         }
     }
 
@@ -302,6 +307,7 @@ impl Pairing {
     pub fn on_reconnect(&mut self) {
         self.anchor = None;
         self.follows = None;
+        self.target_end = None;
         for p in self.pending.iter_mut().filter(|p| !p.target.is_read()) {
             p.sent = None;
             p.target = Answer::Waiting;
@@ -349,6 +355,10 @@ impl Pairing {
         stats: &mut VerdictStats,
     ) {
         let prefix = extras.prefix;
+        let end = SeqNumber(seq).plus(len);
+        if self.target_end.is_none_or(|e| end.is_after(e)) {
+            self.target_end = Some(end);
+        }
         let protocol = self.protocol;
         let follows = self.follows == Some(seq);
         // A continuation of an answer begun.
@@ -528,11 +538,17 @@ impl Pairing {
     }
 
     /// The session is over: what is still waiting is reported, as a
-    /// failure of the target when the session ended in one.
+    /// failure of the target when the session ended in one and the target
+    /// sent nothing after the request went (else it is unpaired: the
+    /// target answered, but which answer was its own is not known).
     pub fn finish(&mut self, failure: Option<Failure>, stats: &mut VerdictStats) {
+        let target_end = self.target_end;
+        let unanswered = |from: u32| target_end.is_none_or(|e| !e.is_after(SeqNumber(from)));
         for p in self.pending.drain(..) {
             match failure {
-                Some(f) if !p.target.is_read() && p.sent.is_some() => {
+                Some(f)
+                    if !p.target.is_read() && p.sent.is_some_and(|(_, from)| unanswered(from)) =>
+                {
                     stats.failed(f, p.online.status())
                 }
                 _ => stats.unpaired(p.online.is_read(), p.target.is_read()),

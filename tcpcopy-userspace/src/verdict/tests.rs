@@ -84,12 +84,12 @@ fn an_online_answer_that_overtook_its_request_is_paired() {
 fn answers_without_requests_are_not_kept_for_ever() {
     let mut p = Pairing::new(Protocol::Http);
     let mut st = VerdictStats::default();
-    for i in 0..100u32 {
+    for i in 0..300u32 {
         p.on_online(1, 9_000 + 100 * i, b"HTTP/1.1 200 OK\r\n", &mut st);
     }
     // The newest are still kept: a request acknowledging one pairs.
     let (_, seq, body) = request(0);
-    p.on_request(2, 9_000 + 100 * 99, seq, &body, &mut st);
+    p.on_request(2, 9_000 + 100 * 299, seq, &body, &mut st);
     // The oldest were dropped: one acknowledging it waits.
     let (_, seq1, body1) = request(1);
     p.on_request(2, 9_000, seq1, &body1, &mut st);
@@ -212,6 +212,31 @@ fn what_is_left_at_the_end_is_unpaired_or_the_targets_failure() {
     assert_eq!(st.failures[&Failure::Reset], 1, "the sent one failed");
     assert_eq!(st.unpaired_online, 1, "the one never sent nor answered");
     assert_eq!(st.compared, 0);
+}
+
+/// A request the target answered, though which answer was its own is not
+/// known, is not the target's failure when the session ends in one: it is
+/// unpaired.
+#[test]
+fn an_answered_request_is_not_a_failure_at_the_end() {
+    let mut p = Pairing::new(Protocol::Http);
+    let mut st = VerdictStats::default();
+    // Two requests in one flight, the target's answers where the two
+    // could not be told apart: a continuation-looking first segment.
+    for i in 0..2u32 {
+        let (ack, seq, body) = request(i);
+        p.on_request(0, ack, seq, &body, &mut st);
+        p.on_online(1, ack, b"HTTP/1.1 200 OK", &mut st);
+    }
+    let (_, seq1, _) = request(1);
+    p.on_sent(1, seq1.plus(100), 9_000);
+    // Data at 9,000 that does not begin an answer, then an answer at
+    // 9,500 that cannot be placed for sure.
+    target_part(&mut p, 2, 9_000, b"<html>", &mut st);
+    target_part(&mut p, 2, 9_500, b"HTTP/1.1 200 OK\r\n", &mut st);
+    p.finish(Some(Failure::Reset), &mut st);
+    assert_eq!(st.failures.get(&Failure::Reset), None, "{st:?}");
+    assert_eq!(st.unpaired_target, 2);
 }
 
 #[test]
