@@ -55,10 +55,13 @@ pub mod tcpcopy_counter {
     /// egress program; xsk mode: on the mirror, by the XDP program).
     pub const ANSWERS_SEEN: u32 = 8;
     /// Those handed to user space: copied into a tap ring (the rest:
-    /// `ring_full`, or too short to be TCP), or redirected to an AF_XDP
+    /// `ring_full`, or `answers_unreadable`), or redirected to an AF_XDP
     /// socket (the rest: `redirect_failed`).
     pub const ANSWERS_TAPPED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Answers the TC program could not copy: shorter than their headers
+    /// say, or the skb would not give its bytes.
+    pub const ANSWERS_UNREADABLE: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const NAMES: [&str; COUNT as usize] = [
         "seen",
         "matched",
@@ -70,6 +73,7 @@ pub mod tcpcopy_counter {
         "client_skipped",
         "answers_seen",
         "answers_tapped",
+        "answers_unreadable",
     ];
 }
 

@@ -408,6 +408,7 @@ fn copy_answer(ctx: &TcContext) -> Option<()> {
     let want = unsafe { core::ptr::read_volatile(&ANSWER_BYTES) } as usize;
     let len = (headers + payload.min(want)).min(room);
     if len < 40 || len > ANSWER_COPY_MAX {
+        bump(ctr::ANSWERS_UNREADABLE);
         return None;
     }
     let scratch = ANSWER_SCRATCH.get_ptr_mut(0)?;
@@ -422,6 +423,7 @@ fn copy_answer(ctx: &TcContext) -> Option<()> {
         )
     };
     if ret != 0 {
+        bump(ctr::ANSWERS_UNREADABLE);
         return None;
     }
     unsafe {

@@ -231,7 +231,7 @@ counters! {
 impl Counters {
     /// Sum of what invariant 1 sets aside besides `accepted`: the named
     /// drop reasons, and the online answers the verdict reads.
-    pub fn ingress_dropped(&self) -> u64 {
+    pub fn not_accepted(&self) -> u64 {
         self.online_answers
             + self.not_tcp
             + self.malformed
