@@ -8,7 +8,7 @@
 //! every cell also runs with the binaries of commit REV (built in
 //! `target/tcl-baseline/`), alternating with this build's, so every figure
 //! has its before and after from the same run. With `--verdict`, every
-//! cell runs with `--verdict` off and on instead (packet and tap capture),
+//! cell runs with `--verdict` off and on instead (every capture mode),
 //! into `COST-VERDICT.md`. Writes `bench/results/COST.md` and `cost.csv`; the full
 //! `cargo xtask bench` includes the same section without a baseline.
 //! Figures, never assertions.
@@ -125,7 +125,6 @@ pub fn section(compare: Compare) -> Result<String> {
             extra: &[],
         }],
     };
-    let verdict = matches!(compare, Compare::Verdict);
     let mut rows = Vec::new();
     let mut table = String::new();
     let mut idle_table = String::new();
@@ -134,10 +133,6 @@ pub fn section(compare: Compare) -> Result<String> {
     // reported: the builds see the same conditions, whatever drifts.
     let repeats = if builds.len() > 1 { REPEATS } else { 1 };
     for (mode, _) in modes() {
-        // The verdict does not run with xdp capture yet.
-        if verdict && mode == "xdp" {
-            continue;
-        }
         for (load, wrk) in LOADS {
             let mut sums: Vec<Cell> = builds.iter().map(|_| Cell::default()).collect();
             for rep in 0..repeats {

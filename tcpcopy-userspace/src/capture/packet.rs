@@ -1,8 +1,9 @@
 //! AF_PACKET capture without eBPF (the C tool's raw-socket capture): one
 //! SOCK_DGRAM socket, read by the dispatcher (see `dispatch` for why not a
-//! kernel fanout group). Only frames arriving at the host
-//! are taken (our own replayed packets leave as "outgoing" and are skipped),
-//! and only IPv4/TCP segments that match a `-x` source.
+//! kernel fanout group), up to [`SLOTS`] frames a `recvmmsg`. Only frames
+//! arriving at the host are taken (our own replayed packets leave as
+//! "outgoing" and are skipped), and only IPv4/TCP segments that match a
+//! `-x` source (with `--verdict`, the online server's answers too).
 
 use std::{
     io,
@@ -17,10 +18,20 @@ use std::{
 use super::{Capture, CaptureStats};
 use crate::session::Config;
 
+/// Frames one `recvmmsg` takes at most.
+const SLOTS: usize = 32;
+/// Bytes of each frame's slot: a GRO frame may be this long.
+const SLOT_BYTES: usize = 65536;
+
 pub struct PacketSocket {
     fd: OwnedFd,
     config: Arc<Config>,
+    /// [`SLOTS`] slots of [`SLOT_BYTES`], one per frame of a `recvmmsg`.
     buf: Vec<u8>,
+    /// Each slot's sender address (its packet type and protocol) and
+    /// length.
+    addrs: Vec<libc::sockaddr_ll>,
+    lens: [usize; SLOTS],
     stats: CaptureStats,
     /// Frames the kernel dropped at this socket (its receive buffer was
     /// full), summed: PACKET_STATISTICS resets on every read.
@@ -86,37 +97,81 @@ impl PacketSocket {
         Ok(PacketSocket {
             fd,
             config,
-            buf: vec![0u8; 65536],
+            buf: vec![0u8; SLOTS * SLOT_BYTES],
+            // SAFETY: zeroed sockaddr_ll is valid for recvmmsg to fill.
+            addrs: vec![unsafe { zeroed() }; SLOTS],
+            lens: [0; SLOTS],
             stats: CaptureStats::default(),
             kernel_dropped: AtomicU64::new(0),
         })
     }
 
-    fn wanted(&self, p: &[u8], outgoing: bool) -> bool {
-        let Ok(ip) = crate::wire::Ipv4View::new_checked(p) else {
-            return false;
+    /// Up to `slots` waiting frames into the first slots (their lengths in
+    /// `lens`, their senders in `addrs`); how many came.
+    fn receive(&mut self, slots: usize) -> usize {
+        let slots = slots.min(SLOTS);
+        let base = self.buf.as_mut_ptr();
+        let mut iovs: [libc::iovec; SLOTS] = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; SLOTS];
+        // SAFETY: mmsghdr is plain data; all-zero is valid.
+        let mut msgs: [libc::mmsghdr; SLOTS] = unsafe { zeroed() };
+        for i in 0..slots {
+            // SAFETY: slot i lies inside `buf` (SLOTS × SLOT_BYTES).
+            iovs[i].iov_base = unsafe { base.add(i * SLOT_BYTES) } as *mut libc::c_void;
+            iovs[i].iov_len = SLOT_BYTES;
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_iov = &mut iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_name = &mut self.addrs[i] as *mut _ as *mut libc::c_void;
+            h.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
+        }
+        // SAFETY: `slots` valid headers, each naming a valid buffer and
+        // address of the stated sizes.
+        let r = unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                slots as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
         };
-        if ip.protocol() != 6 || ip.payload().len() < 4 {
-            return false;
+        if r <= 0 {
+            return 0;
         }
-        let t = ip.payload();
-        let dport = u16::from_be_bytes([t[2], t[3]]);
-        if !outgoing
-            && self
-                .config
-                .transfer_for(std::net::Ipv4Addr::from(ip.dst()), dport)
-                .is_some()
-        {
-            return true;
+        for (len, m) in self.lens.iter_mut().zip(&msgs[..r as usize]) {
+            *len = m.msg_len as usize;
         }
-        // `--verdict`: the online server's answers, from a `-x` source.
-        let sport = u16::from_be_bytes([t[0], t[1]]);
-        self.config.verdict.is_some()
-            && !self
-                .config
-                .rule_for(std::net::Ipv4Addr::from(ip.src()), sport)
-                .is_empty()
+        r as usize
     }
+}
+
+/// A frame to take: a segment to a `-x` source arriving at the host, or
+/// (`--verdict`) the online server's answer from one.
+fn wanted(config: &Config, p: &[u8], outgoing: bool) -> bool {
+    let Ok(ip) = crate::wire::Ipv4View::new_checked(p) else {
+        return false;
+    };
+    if ip.protocol() != 6 || ip.payload().len() < 4 {
+        return false;
+    }
+    let t = ip.payload();
+    let dport = u16::from_be_bytes([t[2], t[3]]);
+    if !outgoing
+        && config
+            .transfer_for(std::net::Ipv4Addr::from(ip.dst()), dport)
+            .is_some()
+    {
+        return true;
+    }
+    // `--verdict`: the online server's answers, from a `-x` source.
+    let sport = u16::from_be_bytes([t[0], t[1]]);
+    config.verdict.is_some()
+        && !config
+            .rule_for(std::net::Ipv4Addr::from(ip.src()), sport)
+            .is_empty()
 }
 
 impl Capture for PacketSocket {
@@ -127,40 +182,32 @@ impl Capture for PacketSocket {
     fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
         let mut n = 0;
         while n < max {
-            // SAFETY: zeroed sockaddr_ll is valid for recvfrom to fill.
-            let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
-            let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            // SAFETY: buffer and address are valid for the stated sizes.
-            let r = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr() as *mut libc::c_void,
-                    self.buf.len(),
-                    0,
-                    &mut sll as *mut _ as *mut libc::sockaddr,
-                    &mut len,
-                )
-            };
-            if r < 0 {
-                break;
-            }
-            let packet = &self.buf[..r as usize];
-            // The host's own outgoing packets are skipped, except the
-            // online server's answers the verdict reads.
-            let outgoing = sll.sll_pkttype == libc::PACKET_OUTGOING;
-            let ipv4 = sll.sll_protocol == (libc::ETH_P_IP as u16).to_be();
-            if !ipv4 || !self.wanted(packet, outgoing) {
-                self.stats.skipped += 1;
-                continue;
-            }
-            match crate::wire::trim_to_ip_len(packet) {
-                Ok(p) => f(p),
-                Err(_) => {
-                    self.stats.malformed += 1;
+            let asked = (max - n).min(SLOTS);
+            let got = self.receive(asked);
+            for i in 0..got {
+                let sll = &self.addrs[i];
+                let len = self.lens[i].min(SLOT_BYTES);
+                let packet = &self.buf[i * SLOT_BYTES..i * SLOT_BYTES + len];
+                // The host's own outgoing packets are skipped, except the
+                // online server's answers the verdict reads.
+                let outgoing = sll.sll_pkttype == libc::PACKET_OUTGOING;
+                let ipv4 = sll.sll_protocol == (libc::ETH_P_IP as u16).to_be();
+                if !ipv4 || !wanted(&self.config, packet, outgoing) {
+                    self.stats.skipped += 1;
                     continue;
                 }
+                match crate::wire::trim_to_ip_len(packet) {
+                    Ok(p) => f(p),
+                    Err(_) => {
+                        self.stats.malformed += 1;
+                        continue;
+                    }
+                }
+                n += 1;
             }
-            n += 1;
+            if got < asked {
+                break; // the socket is drained
+            }
         }
         self.stats.packets += n as u64;
         n
