@@ -133,6 +133,10 @@ struct Pending {
     /// kept.
     head: Head,
     head_done: bool,
+    /// Whether it is known to be one request (one answer to come): a
+    /// request the client pipelined has several, and the answers after its
+    /// first are not the next request's.
+    one_request: bool,
     /// When its last segment was captured.
     captured_at: u64,
     /// When its last byte went to the target, and where the target's
@@ -234,6 +238,10 @@ impl Pairing {
                     if last.end == seq && !last.head_done {
                         last.extend_head(payload);
                     }
+                    // Known only while the whole request fits the head.
+                    last.one_request = !last.head_done
+                        && last.end == seq
+                        && self.protocol.one_request(last.head.as_slice());
                     last.end = end;
                     last.captured_at = now;
                 }
@@ -258,6 +266,7 @@ impl Pairing {
             end,
             head: Head::default(),
             head_done: false,
+            one_request: self.protocol.one_request(payload),
             captured_at: now,
             sent: None,
             online: Answer::Waiting,
@@ -391,9 +400,12 @@ impl Pairing {
             let next = match last {
                 None if follows => self.next_after_anchor(),
                 None => self.whose_answer(seq_at),
-                Some(i) => {
-                    Some(i + 1).filter(|&n| self.pending.get(n).is_some_and(|p| p.sent.is_some()))
-                }
+                // The next answer in the segment is the next request's, if
+                // this one had one answer to come.
+                Some(i) => Some(i + 1).filter(|&n| {
+                    self.pending[i].one_request
+                        && self.pending.get(n).is_some_and(|p| p.sent.is_some())
+                }),
             }
             .filter(|&n| matches!(self.pending[n].target, Answer::Waiting));
             let Some(i) = next else {
@@ -412,14 +424,16 @@ impl Pairing {
                 online_at: p.online_at,
                 target_at: seq_at,
             });
-            // Where the next answer begins, when this one's length shows.
+            // Where the next request's answer begins, when this one's
+            // length shows (and it is the request's only one).
             self.follows = protocol
                 .answer_len(&prefix[at..])
+                .filter(|_| p.one_request)
                 .map(|n| seq_at.wrapping_add(n as u32));
         }
         // A segment seen whole, every answer in it placed: an answer that
         // begins right after it is the next request's.
-        if whole && all_placed && last.is_some() {
+        if whole && all_placed && last.is_some_and(|i| self.pending[i].one_request) {
             self.follows = Some(seq.wrapping_add(len));
         }
         self.settle(last, stats);

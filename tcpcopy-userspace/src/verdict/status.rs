@@ -174,6 +174,59 @@ impl Protocol {
     }
 }
 
+impl Protocol {
+    /// Whether `bytes` are exactly one whole request (one answer to
+    /// come): an HTTP message whose header ends within them and whose
+    /// Content-Length (none: no body) ends with them, one RESP command
+    /// (an array of bulk strings, or an inline line). A request the
+    /// client pipelined (several in one) is not: its answers are several.
+    /// Any other protocol: one request is one answer.
+    pub fn one_request(self, bytes: &[u8]) -> bool {
+        match self {
+            Protocol::Http => http_request_len(bytes) == Some(bytes.len()),
+            Protocol::Resp => resp_command_len(bytes) == Some(bytes.len()),
+            Protocol::Auto | Protocol::Bytes => true,
+        }
+    }
+}
+
+fn http_request_len(b: &[u8]) -> Option<usize> {
+    let header = find(b, b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&b[..header]).ok()?;
+    let mut length = 0;
+    for line in head.split("\r\n").skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            return None;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.trim().parse::<usize>().ok()?;
+        }
+    }
+    header.checked_add(length)
+}
+
+/// The length of the RESP command at the start of `b`, held whole: an
+/// array of bulk strings, or an inline command (one line).
+fn resp_command_len(b: &[u8]) -> Option<usize> {
+    let line = find(b, b"\r\n")? + 2;
+    if b.first()? != &b'*' {
+        return Some(line);
+    }
+    let n: usize = std::str::from_utf8(&b[1..line - 2]).ok()?.parse().ok()?;
+    let mut at = line;
+    for _ in 0..n {
+        let rest = b.get(at..)?;
+        if rest.first()? != &b'$' {
+            return None;
+        }
+        at += resp_reply_end(rest)?;
+    }
+    Some(at)
+}
+
 fn http_answer_len(b: &[u8]) -> Option<usize> {
     let header = find(b, b"\r\n\r\n")? + 4;
     let Parse::Done(status) = http_status(b) else {
@@ -334,6 +387,30 @@ fn bytes_status(b: &[u8]) -> Parse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_request_or_several() {
+        let get = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(Protocol::Http.one_request(get));
+        assert!(
+            !Protocol::Http.one_request(&[&get[..], &get[..]].concat()),
+            "pipelined"
+        );
+        assert!(!Protocol::Http.one_request(&get[..10]), "a part");
+        let post = b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+        assert!(Protocol::Http.one_request(post));
+        assert!(!Protocol::Http.one_request(&post[..post.len() - 1]));
+        let set = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r\n";
+        assert!(Protocol::Resp.one_request(set));
+        assert!(
+            !Protocol::Resp.one_request(&[&set[..], &set[..]].concat()),
+            "pipelined"
+        );
+        assert!(!Protocol::Resp.one_request(&set[..set.len() - 3]), "a part");
+        assert!(Protocol::Resp.one_request(b"PING\r\n"), "inline");
+        assert!(!Protocol::Resp.one_request(b"PING\r\nPING\r\n"));
+        assert!(Protocol::Bytes.one_request(b"anything"));
+    }
 
     fn done(p: Parse) -> String {
         match p {

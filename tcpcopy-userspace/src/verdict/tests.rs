@@ -13,9 +13,10 @@ use crate::{
 /// A keep-alive client's request `i` (100 bytes each), acknowledging
 /// `i` answers of 200 bytes (online server ISN 5000).
 fn request(i: u32) -> (u32, SeqNumber, Vec<u8>) {
-    let line = format!("GET /{i} HTTP/1.1\r\nHost: x\r\n");
+    let line = format!("GET /{i} HTTP/1.1\r\nHost: x\r\nPad: ");
     let mut body = line.into_bytes();
-    body.resize(100, b'x');
+    body.resize(96, b'x');
+    body.extend_from_slice(b"\r\n\r\n");
     (5000 + 200 * i, SeqNumber(1000 + 100 * i), body)
 }
 
@@ -426,4 +427,95 @@ fn an_answer_is_not_given_to_a_later_request_sent_where_it_began() {
     target_part(&mut p, 5, 200, b"HTTP/1.1 503 No", &mut st);
     assert_eq!(st.mismatched, 1);
     assert_eq!(st.examples[0].request, "GET /1 HTTP/1.1");
+}
+
+/// Requests the client pipelines itself (several with one acknowledgement
+/// number) are one request: the target's later answers in the same
+/// segment are its own, never the next request's.
+#[test]
+fn a_client_pipelined_group_is_one_request() {
+    let mut p = Pairing::new(Protocol::Resp);
+    let mut st = VerdictStats::default();
+    let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    let mut seq = SeqNumber(1);
+    let mut ack = 100u32;
+    let mut target = 500u32;
+    for group in 0..3u32 {
+        // Three GETs in one segment, one acknowledgement number.
+        let mut three = Vec::new();
+        for _ in 0..3 {
+            three.extend_from_slice(get);
+        }
+        p.on_request(0, ack, seq, &three, &mut st);
+        seq = seq.plus(three.len() as u32);
+        p.on_sent(0, seq, target);
+        // The second group's last GET is nil on the target.
+        let online = b"$1\r\nv\r\n$1\r\nv\r\n$1\r\nv\r\n";
+        let answers: &[u8] = if group == 1 {
+            b"$1\r\nv\r\n$1\r\nv\r\n$-1\r\n"
+        } else {
+            online
+        };
+        p.on_online(1, ack, online, &mut st);
+        p.on_target(
+            2,
+            target,
+            answers.len() as u32,
+            ResponseExtras::prefix(answers),
+            &mut st,
+        );
+        ack += online.len() as u32;
+        target += answers.len() as u32;
+    }
+    p.finish(None, &mut st);
+    assert_eq!(st.compared, 3, "{st:?}");
+    assert_eq!(
+        st.mismatched, 0,
+        "only the first answer of a group is compared: {st:?}"
+    );
+    assert_eq!(st.unpaired_online + st.unpaired_target, 0, "{st:?}");
+}
+
+/// The same when the groups went to the target in one flight: a group's
+/// later answers are not taken for the next group's.
+#[test]
+fn client_pipelined_groups_sent_in_one_flight_are_not_shifted() {
+    let mut p = Pairing::new(Protocol::Resp);
+    let mut st = VerdictStats::default();
+    let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    let online: &[u8] = b"$1\r\nv\r\n$1\r\nv\r\n$1\r\nv\r\n";
+    let mut seq = SeqNumber(1);
+    let mut ack = 100u32;
+    for _ in 0..3u32 {
+        let three: Vec<u8> = get.iter().copied().cycle().take(get.len() * 3).collect();
+        p.on_request(0, ack, seq, &three, &mut st);
+        p.on_online(1, ack, online, &mut st);
+        seq = seq.plus(three.len() as u32);
+        ack += online.len() as u32;
+    }
+    p.on_sent(1, seq, 500);
+    // The target answers each group in a segment of its own; the second
+    // group's first GET is nil there.
+    let mut target = 500u32;
+    for group in 0..3u32 {
+        let answers: &[u8] = if group == 1 {
+            b"$-1\r\n$1\r\nv\r\n$1\r\nv\r\n"
+        } else {
+            online
+        };
+        p.on_target(
+            2,
+            target,
+            answers.len() as u32,
+            ResponseExtras::prefix(answers),
+            &mut st,
+        );
+        target += answers.len() as u32;
+    }
+    p.finish(None, &mut st);
+    // Each group is compared with its own first answer: the second
+    // group's is nil (before, the first group's later answers were taken
+    // for the next groups', and the nil was never compared).
+    assert_eq!((st.compared, st.mismatched), (3, 1), "{st:?}");
+    assert_eq!(st.examples[0].target.as_str(), "$-1");
 }
