@@ -129,6 +129,8 @@ pub struct Engine {
     intercept_back_at: u64,
     /// `--verdict`: the figures of each target (empty without).
     verdicts: Vec<VerdictStats>,
+    /// The driver's clock in microseconds (see [`Engine::set_clock_us`]).
+    clock_us: u64,
 }
 
 impl Engine {
@@ -225,6 +227,7 @@ impl Engine {
                 true => vec![VerdictStats::default(); targets.max(1)],
                 false => Vec::new(),
             },
+            clock_us: 0,
         }
     }
 
@@ -238,6 +241,13 @@ impl Engine {
     /// `Shed`, sessions that keep buffering are given up too.
     pub fn set_memory_pressure(&mut self, p: Pressure) {
         self.memory = p;
+    }
+
+    /// The driver's clock in microseconds, read just before each call:
+    /// the verdict's latencies run on it (timers keep the millisecond
+    /// `now`). Never told, the verdict uses `now` × 1000.
+    pub fn set_clock_us(&mut self, us: u64) {
+        self.clock_us = us;
     }
 
     /// Whether an intercept is unreachable now: sessions given up
@@ -550,6 +560,7 @@ impl Engine {
                 intercept_down: self.intercept_down,
                 intercept_back_at: self.intercept_back_at,
                 verdicts: &mut self.verdicts,
+                clock_us: self.clock_us,
             },
             &mut self.sessions,
         )

@@ -151,6 +151,14 @@ impl Worker {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// The engine's millisecond clock, with the verdict's microseconds
+    /// told to the engine at the same moment.
+    fn tick(&mut self) -> u64 {
+        let elapsed = self.epoch.elapsed();
+        self.engine.set_clock_us(elapsed.as_micros() as u64);
+        elapsed.as_millis() as u64
+    }
+
     /// Run until `stop` is raised (or every intercept is gone without `-L`).
     pub fn run(mut self, stop: Arc<AtomicBool>) -> Result<()> {
         let result = self.run_loop(&stop);
@@ -175,7 +183,7 @@ impl Worker {
         while !stop.load(Ordering::Relaxed) {
             let congested = self.backpressure && self.engine.backlog() >= BACKLOG_LIMIT;
             // Responses first: they release held requests.
-            let now = self.now();
+            let now = self.tick();
             records.clear();
             if channel_ready {
                 self.channel.poll_records(&mut records);
@@ -185,6 +193,7 @@ impl Worker {
             }
             self.engine.set_memory_pressure(crate::memory::pressure());
             self.engine.set_intercept_down(self.channel.inactive() > 0);
+            let now = self.tick();
             let engine = &mut self.engine;
             let record = self.record.as_ref();
             let got = if congested {
@@ -197,7 +206,8 @@ impl Worker {
                     engine.handle_client_packet(now, p)
                 })
             };
-            self.engine.handle_timeout(self.now());
+            let now = self.tick();
+            self.engine.handle_timeout(now);
             self.flush_outputs();
             while let Some(flow) = self.engine.poll_released_flow() {
                 self.capture.release_flow(flow);

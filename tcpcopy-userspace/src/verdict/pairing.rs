@@ -8,6 +8,8 @@
 //! answer is the first response the target begins after the request went
 //! out (for HTTP, a segment that starts a status line: a long answer's
 //! later segments are not taken for the next one's).
+//!
+//! Times (`now`) are the driver's clock in microseconds.
 
 use std::collections::VecDeque;
 
@@ -43,7 +45,7 @@ enum Answer {
     },
     Read {
         status: Status,
-        latency_ms: u64,
+        latency_us: u64,
     },
 }
 
@@ -67,7 +69,7 @@ impl Answer {
             if let Parse::Done(status) = protocol.status(&bytes[..bytes.len().min(STATUS_BYTES)]) {
                 *self = Answer::Read {
                     status,
-                    latency_ms: now.saturating_sub(since),
+                    latency_us: now.saturating_sub(since),
                 };
                 return true;
             }
@@ -83,12 +85,12 @@ impl Answer {
         buf.extend_from_slice(
             &bytes[..bytes.len().min(STATUS_BYTES - buf.len().min(STATUS_BYTES))],
         );
-        let latency_ms = began.saturating_sub(since);
+        let latency_us = began.saturating_sub(since);
         *self = match protocol.status(&buf) {
-            Parse::Done(status) => Answer::Read { status, latency_ms },
+            Parse::Done(status) => Answer::Read { status, latency_us },
             Parse::NeedMore if buf.len() >= STATUS_BYTES => Answer::Read {
                 status: Status::garbage(),
-                latency_ms,
+                latency_us,
             },
             Parse::NeedMore => Answer::Partial {
                 next: seq.wrapping_add(bytes.len() as u32),
@@ -527,11 +529,11 @@ impl Pairing {
         let (
             Answer::Read {
                 status: online,
-                latency_ms: ol,
+                latency_us: ol,
             },
             Answer::Read {
                 status: target,
-                latency_ms: tl,
+                latency_us: tl,
             },
         ) = (&p.online, &p.target)
         else {
@@ -540,8 +542,8 @@ impl Pairing {
         };
         let protocol = self.protocol;
         let latency = Latencies {
-            online_ms: *ol,
-            target_ms: *tl,
+            online_us: *ol,
+            target_us: *tl,
             intercept_us: p.intercept_us,
         };
         stats.compared(*online, *target, latency, || Example {

@@ -149,13 +149,12 @@ fn ms_words(us: u64) -> String {
     format!("{} ms", ms_number(us))
 }
 
-/// One compared request's latencies: online and target (the engine's
-/// clock runs in milliseconds), and intercept's share of the target's
-/// when it told.
+/// One compared request's latencies, in microseconds: online and target,
+/// and intercept's share of the target's when it told.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Latencies {
-    pub online_ms: u64,
-    pub target_ms: u64,
+    pub online_us: u64,
+    pub target_us: u64,
     pub intercept_us: Option<u32>,
 }
 
@@ -194,8 +193,8 @@ impl VerdictStats {
         self.compared += 1;
         *self.online_status.entry(online).or_default() += 1;
         *self.target_status.entry(target).or_default() += 1;
-        self.online_latency.record_ms(latency.online_ms);
-        self.target_latency.record_ms(latency.target_ms);
+        self.online_latency.record_us(latency.online_us);
+        self.target_latency.record_us(latency.target_us);
         if let Some(us) = latency.intercept_us {
             self.intercept_latency.record_us(us as u64);
         }
@@ -441,8 +440,8 @@ mod tests {
                 st(b"HTTP/1.1 200 x")
             };
             let latency = Latencies {
-                online_ms: 1,
-                target_ms: 2,
+                online_us: 1_000,
+                target_us: 2_000,
                 intercept_us: Some(30),
             };
             a.compared(st(b"HTTP/1.1 200 OK"), target, latency, || Example {

@@ -65,7 +65,8 @@ impl Session {
         }
         self.pacing.measure_rtt(now);
         if let Some(v) = &mut self.verdict {
-            v.on_request(now, seg.ack, seg.seq(), &seg.payload, ctx.verdict());
+            let us = ctx.verdict_clock(now);
+            v.on_request(us, seg.ack, seg.seq(), &seg.payload, ctx.verdict());
         }
         match self.stream.capture(off, seg) {
             Captured::Duplicate => {
@@ -264,7 +265,11 @@ impl Session {
         let seq = self.stream.seq_at(self.stream.nxt);
         self.emit_captured(&seg, seq, ACK | (seg.flags & PSH), ctx);
         if let Some(v) = &mut self.verdict {
-            v.on_sent(now, self.stream.seq_at(end), self.peer.rcv_nxt.0);
+            v.on_sent(
+                ctx.verdict_clock(now),
+                self.stream.seq_at(end),
+                self.peer.rcv_nxt.0,
+            );
         }
         ctx.note(Event::Sent(Sent::Captured));
         ctx.note(Event::Replayed {

@@ -90,9 +90,22 @@ pub struct Ctx<'a> {
     pub intercept_back_at: u64,
     /// `--verdict`: the figures of each target (empty without).
     pub verdicts: &'a mut [VerdictStats],
+    /// The driver's clock in microseconds, for the verdict's latencies
+    /// (0: not told; the millisecond clock is used).
+    pub clock_us: u64,
 }
 
 impl Ctx<'_> {
+    /// The verdict's clock at `now` (ms): the driver's microseconds when
+    /// it tells them.
+    pub fn verdict_clock(&self, now: u64) -> u64 {
+        if self.clock_us > 0 {
+            self.clock_us
+        } else {
+            now.saturating_mul(1000)
+        }
+    }
+
     /// The verdict's figures for the session at hand's target.
     pub fn verdict(&mut self) -> &mut VerdictStats {
         let i = self.target.min(self.verdicts.len().saturating_sub(1));
@@ -251,7 +264,8 @@ impl Session {
     /// The online server's answer data at `seq` (`--verdict`).
     pub fn on_online_answer(&mut self, now: u64, seq: u32, prefix: &[u8], ctx: &mut Ctx) {
         if let Some(v) = &mut self.verdict {
-            v.on_online(now, seq, prefix, ctx.verdict());
+            let us = ctx.verdict_clock(now);
+            v.on_online(us, seq, prefix, ctx.verdict());
         }
     }
 

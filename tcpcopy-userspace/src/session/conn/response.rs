@@ -35,7 +35,8 @@ impl Session {
         let fresh = self.is_established() && SeqNumber(h.seq).since(self.peer.rcv_nxt) >= 0;
         if let Some(v) = &mut self.verdict {
             if fresh && h.payload_len > 0 && !extras.prefix.is_empty() {
-                v.on_target(now, h.seq, h.payload_len, extras, ctx.verdict());
+                let us = ctx.verdict_clock(now);
+                v.on_target(us, h.seq, h.payload_len, extras, ctx.verdict());
             }
         }
         match self.phase {
