@@ -391,7 +391,10 @@ fn capture_files() -> Result<(PathBuf, PathBuf)> {
         return Ok((dump, rec));
     }
     let mut tcpdump = std::process::Command::new("ip")
-        .args(["netns", "exec", ONLINE, "tcpdump", "-i", "onl0", "-U", "-w"])
+        .args(["netns", "exec", ONLINE, "tcpdump", "-i", "onl0"])
+        // Each packet written as it comes: without, the last block may
+        // still wait in the kernel when it stops.
+        .args(["--immediate-mode", "-U", "-w"])
         .arg(&dump)
         .arg("tcp dst port 80")
         .stdout(std::process::Stdio::null())
