@@ -390,16 +390,7 @@ fn capture_files() -> Result<(PathBuf, PathBuf)> {
     if dump.exists() && rec.exists() {
         return Ok((dump, rec));
     }
-    let mut tcpdump = std::process::Command::new("ip")
-        .args(["netns", "exec", ONLINE, "tcpdump", "-i", "onl0"])
-        // Each packet written as it comes: without, the last block may
-        // still wait in the kernel when it stops.
-        .args(["--immediate-mode", "-U", "-w"])
-        .arg(&dump)
-        .arg("tcp dst port 80")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+    let tcpdump = replay::Tcpdump::start(&dump, "tcp dst port 80")?;
     let rec_arg = rec.display().to_string();
     let mut args = replay::TAP_HTTP.to_vec();
     args.extend(["--record", &rec_arg]);
@@ -408,10 +399,7 @@ fn capture_files() -> Result<(PathBuf, PathBuf)> {
     // Below saturation, so tcpdump keeps up with every packet.
     in_ns(CLIENT, &format!("{} > /dev/null 2>&1", wrk(4, 2, "")))?;
     std::thread::sleep(Duration::from_millis(500));
-    let _ = std::process::Command::new("kill")
-        .args(["-INT", &tcpdump.id().to_string()])
-        .status();
-    let _ = tcpdump.wait();
+    tcpdump.stop();
     let log = r.stop()?;
     ensure!(
         log.contains("recorded "),

@@ -208,6 +208,57 @@ impl Drop for Tool {
     }
 }
 
+/// tcpdump on the online host's client-facing port, writing a capture file
+/// for the offline tests; stopped with SIGINT (on drop too).
+pub struct Tcpdump(Option<Child>);
+
+impl Tcpdump {
+    /// Capture what `filter` takes into `file`; returns once tcpdump
+    /// listens (it writes the file's header then).
+    pub fn start(file: &std::path::Path, filter: &str) -> Result<Tcpdump> {
+        let _ = std::fs::remove_file(file);
+        let child = Command::new("ip")
+            .args(["netns", "exec", lab::ONLINE, "tcpdump", "-i", "onl0"])
+            // Each packet written as it comes: without, the last block may
+            // still wait in the kernel when it stops.
+            .args(["--immediate-mode", "-U", "-w"])
+            .arg(file)
+            .arg(filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting tcpdump")?;
+        let dump = Tcpdump(Some(child));
+        let listening = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::metadata(file).is_ok_and(|m| m.len() >= 24)
+        });
+        ensure!(listening, "tcpdump did not start listening in 5 s");
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(dump)
+    }
+
+    /// Stop it: what it captured is in the file.
+    pub fn stop(mut self) {
+        self.end();
+    }
+
+    fn end(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Tcpdump {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
 /// A way to start the lab's replay, given a tag for the logs.
 pub type Start = fn(&str) -> Result<Replay>;
 

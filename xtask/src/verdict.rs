@@ -44,6 +44,17 @@ impl Verdict {
         }
         v.as_u64().unwrap_or(0)
     }
+    /// Compared, mismatched and unpaired, in words.
+    fn summary(&self) -> String {
+        format!(
+            "{} compared, {} mismatched, unpaired {} (online) {} (target), {} online answers without a request",
+            self.n(&["compared"]),
+            self.n(&["mismatched"]),
+            self.n(&["unpaired", "online"]),
+            self.n(&["unpaired", "target"]),
+            self.n(&["unpaired", "answers_without_request"]),
+        )
+    }
     /// A latency figure, in milliseconds (to the microsecond).
     fn ms(&self, path: &[&str]) -> f64 {
         let mut v = &self.0;
@@ -130,11 +141,8 @@ pub fn http_status_mismatches_counted_exactly() -> Result<()> {
         let log = r.stop()?;
         let v = Verdict::read(&json, "10.0.2.2:8080")?;
         println!(
-            "    {mode}: online {online}, target {target}; verdict: {} compared, {} mismatched, unpaired {} (online) {} (target), target statuses {:?}",
-            v.n(&["compared"]),
-            v.n(&["mismatched"]),
-            v.n(&["unpaired", "online"]),
-            v.n(&["unpaired", "target"]),
+            "    {mode}: online {online}, target {target}; verdict: {}, target statuses {:?}",
+            v.summary(),
             v.statuses("target"),
         );
         ensure!(
@@ -304,37 +312,13 @@ fn client_requests() -> Result<()> {
 /// replayed offline with `--verdict`: every request compared, exactly the
 /// `/differs` ones mismatching.
 pub fn an_offline_file_holds_the_online_answers() -> Result<()> {
-    use crate::lab::ONLINE;
     let tag = "verdict-offline";
     replay::reset_logs()?;
     let file = lab::run_dir().join("verdict-both-ways.pcap");
-    let mut tcpdump = Command::new("ip")
-        .args(["netns", "exec", ONLINE, "tcpdump", "-i", "onl0"])
-        // Each packet written as it comes (without, the last second's
-        // packets may still wait in the kernel's block when it stops).
-        .args(["--immediate-mode", "-U", "-w"])
-        .arg(&file)
-        .arg("tcp port 80")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("starting tcpdump")?;
-    // It writes the file's header once it listens.
-    let listening = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(50));
-        std::fs::metadata(&file).is_ok_and(|m| m.len() >= 24)
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    let sent = if listening {
-        client_requests()
-    } else {
-        Err(anyhow::anyhow!("tcpdump did not start listening in 5 s"))
-    };
+    let tcpdump = replay::Tcpdump::start(&file, "tcp port 80")?;
+    let sent = client_requests();
     std::thread::sleep(Duration::from_millis(300));
-    let _ = Command::new("kill")
-        .args(["-INT", &tcpdump.id().to_string()])
-        .status();
-    let _ = tcpdump.wait();
+    tcpdump.stop();
     sent?;
     let want = replay::online_served();
     ensure!(
@@ -360,11 +344,8 @@ pub fn an_offline_file_holds_the_online_answers() -> Result<()> {
     let log = ran?;
     let v = Verdict::read(&json, "10.0.2.2:8080")?;
     println!(
-        "    offline: {want} requests captured; verdict: {} compared, {} mismatched, unpaired {} (online) {} (target)",
-        v.n(&["compared"]),
-        v.n(&["mismatched"]),
-        v.n(&["unpaired", "online"]),
-        v.n(&["unpaired", "target"]),
+        "    offline: {want} requests captured; verdict: {}",
+        v.summary()
     );
     ensure!(
         v.n(&["compared"]) == CLIENT_REQUESTS && v.n(&["mismatched"]) == DIFFERS,

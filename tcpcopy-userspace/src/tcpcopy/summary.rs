@@ -347,6 +347,10 @@ fn verdict_metrics(x: &mut Exposition, verdicts: &[(String, VerdictStats)]) {
             lab(&[("target", target), ("missing", "target")]),
             v.unpaired_target,
         ));
+        unpaired.push((
+            lab(&[("target", target), ("missing", "request")]),
+            v.answers_without_request,
+        ));
         for (side, l) in [
             ("online", &v.online_latency),
             ("target", &v.target_latency),
@@ -383,7 +387,7 @@ fn verdict_metrics(x: &mut Exposition, verdicts: &[(String, VerdictStats)]) {
     );
     x.labelled_counters(
         "tcpcopy_verdict_unpaired",
-        "Requests left without one of their answers, by the side missing.",
+        "Requests left without one of their answers, by the side missing; missing=\"request\": online answers whose request never came.",
         unpaired,
     );
     x.histograms(

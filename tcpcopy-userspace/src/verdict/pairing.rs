@@ -336,23 +336,41 @@ impl Pairing {
             Answer::Read { .. } => false,
         });
         let Some(i) = hit else {
-            // Its request may be on its way still.
-            if !prefix.is_empty() {
-                if self.early.len() == MAX_EARLY {
-                    self.early.pop_front();
-                }
-                self.early.push_back(Early {
-                    seq,
-                    at: now,
-                    bytes: prefix[..prefix.len().min(STATUS_BYTES)].into(),
-                });
-            }
+            self.keep_early(now, seq, prefix, stats);
             return;
         };
         let p = &mut self.pending[i];
         let since = p.captured_at;
         p.online.take(protocol, now, seq, prefix, since);
         self.settle(hit, stats);
+    }
+
+    /// Online data no request waits for: kept if its request may be on its
+    /// way still (it begins an answer, or goes on with one kept, beyond
+    /// every request seen). The rest of a long answer, or an answer sent
+    /// again, is not.
+    fn keep_early(&mut self, now: u64, seq: u32, prefix: &[u8], stats: &mut VerdictStats) {
+        let beyond = self
+            .pending
+            .back()
+            .is_none_or(|p| SeqNumber(seq).is_after(SeqNumber(p.online_at)));
+        let begins = self.protocol.may_start_answer(prefix)
+            || self
+                .early
+                .iter()
+                .any(|e| e.seq.wrapping_add(e.bytes.len() as u32) == seq);
+        if prefix.is_empty() || !beyond || !begins {
+            return;
+        }
+        if self.early.len() == MAX_EARLY {
+            self.early.pop_front();
+            stats.answers_without_request += 1;
+        }
+        self.early.push_back(Early {
+            seq,
+            at: now,
+            bytes: prefix[..prefix.len().min(STATUS_BYTES)].into(),
+        });
     }
 
     /// The target's data at `seq`, `len` bytes (its first bytes, and
@@ -558,6 +576,8 @@ impl Pairing {
     /// sent nothing after the request went (else it is unpaired: the
     /// target answered, but which answer was its own is not known).
     pub fn finish(&mut self, failure: Option<Failure>, stats: &mut VerdictStats) {
+        stats.answers_without_request += self.early.len() as u64;
+        self.early.clear();
         let target_end = self.target_end;
         let unanswered = |from: u32| target_end.is_none_or(|e| !e.is_after(SeqNumber(from)));
         for p in self.pending.drain(..) {

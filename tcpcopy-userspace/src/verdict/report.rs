@@ -178,6 +178,9 @@ pub struct VerdictStats {
     /// Requests the online server answered and the target did not, with
     /// no failure to blame.
     pub unpaired_target: u64,
+    /// Online answers kept for a request that never came (dropped beyond
+    /// the bound, or left at the session's end).
+    pub answers_without_request: u64,
     pub examples: Vec<Example>,
 }
 
@@ -247,6 +250,7 @@ impl VerdictStats {
         }
         self.unpaired_online += o.unpaired_online;
         self.unpaired_target += o.unpaired_target;
+        self.answers_without_request += o.answers_without_request;
         for e in &o.examples {
             if self.examples.len() < MAX_EXAMPLES {
                 self.examples.push(e.clone());
@@ -264,13 +268,14 @@ impl VerdictStats {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "verdict for {name}: {} compared, {} matched, {} mismatched; failures {}; unpaired: {} without an online answer, {} without the target's",
+            "verdict for {name}: {} compared, {} matched, {} mismatched; failures {}; unpaired: {} without an online answer, {} without the target's, {} online answers without a request",
             self.compared,
             self.compared - self.mismatched,
             self.mismatched,
             failures_words(&self.failures),
             self.unpaired_online,
             self.unpaired_target,
+            self.answers_without_request,
         );
         if target_side == Some(false) {
             let _ = writeln!(t, "  target side unavailable: an intercept did not grant the payload extension (a C intercept, or an older one); only online answers are seen");
@@ -328,7 +333,7 @@ impl VerdictStats {
             None => "\"unknown\"",
         };
         format!(
-            "{{\"target\":{},\"target_side\":{side},\"compared\":{},\"matched\":{},\"mismatched\":{},\"status\":{{\"online\":{},\"target\":{}}},\"latency\":{{\"online\":{},\"target\":{},\"intercept\":{}}},\"failures\":{{{}}},\"unpaired\":{{\"online\":{},\"target\":{}}},\"examples\":[{}]}}",
+            "{{\"target\":{},\"target_side\":{side},\"compared\":{},\"matched\":{},\"mismatched\":{},\"status\":{{\"online\":{},\"target\":{}}},\"latency\":{{\"online\":{},\"target\":{},\"intercept\":{}}},\"failures\":{{{}}},\"unpaired\":{{\"online\":{},\"target\":{},\"answers_without_request\":{}}},\"examples\":[{}]}}",
             json_str(name),
             self.compared,
             self.compared - self.mismatched,
@@ -341,6 +346,7 @@ impl VerdictStats {
             failures.join(","),
             self.unpaired_online,
             self.unpaired_target,
+            self.answers_without_request,
             examples.join(",")
         )
     }

@@ -191,9 +191,17 @@ impl Protocol {
 }
 
 fn http_request_len(b: &[u8]) -> Option<usize> {
+    let (header, length) = http_header(b)?;
+    header.checked_add(length.unwrap_or(0))
+}
+
+/// An HTTP message's header read from `b`: where it ends, and its
+/// Content-Length if it gives one (None: no end within `b`, a chunked
+/// body, or a Content-Length that is not a number).
+fn http_header(b: &[u8]) -> Option<(usize, Option<usize>)> {
     let header = find(b, b"\r\n\r\n")? + 4;
     let head = std::str::from_utf8(&b[..header]).ok()?;
-    let mut length = 0;
+    let mut length = None;
     for line in head.split("\r\n").skip(1) {
         let Some((name, value)) = line.split_once(':') else {
             continue;
@@ -202,10 +210,10 @@ fn http_request_len(b: &[u8]) -> Option<usize> {
             return None;
         }
         if name.eq_ignore_ascii_case("content-length") {
-            length = value.trim().parse::<usize>().ok()?;
+            length = Some(value.trim().parse::<usize>().ok()?);
         }
     }
-    header.checked_add(length)
+    Some((header, length))
 }
 
 /// The length of the RESP command at the start of `b`, held whole: an
@@ -228,26 +236,13 @@ fn resp_command_len(b: &[u8]) -> Option<usize> {
 }
 
 fn http_answer_len(b: &[u8]) -> Option<usize> {
-    let header = find(b, b"\r\n\r\n")? + 4;
+    let (header, length) = http_header(b)?;
     let Parse::Done(status) = http_status(b) else {
         return None;
     };
     let code = status.as_str();
     if code.starts_with('1') || code == "204" || code == "304" {
         return Some(header);
-    }
-    let head = std::str::from_utf8(&b[..header]).ok()?;
-    let mut length = None;
-    for line in head.split("\r\n").skip(1) {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            return None;
-        }
-        if name.eq_ignore_ascii_case("content-length") {
-            length = value.trim().parse::<usize>().ok();
-        }
     }
     header.checked_add(length?)
 }

@@ -97,6 +97,25 @@ fn answers_without_requests_are_not_kept_for_ever() {
     p.on_request(2, 9_000, seq1, &body1, &mut st);
     p.finish(None, &mut st);
     assert_eq!((st.unpaired_online, st.unpaired_target), (1, 1));
+    // 300 kept in turn: 44 dropped beyond the bound, 255 left at the end.
+    assert_eq!(st.answers_without_request, 44 + 255);
+}
+
+/// The rest of a long online answer, or an answer sent again, is not kept
+/// for a request to come: only what may begin the next request's answer.
+#[test]
+fn only_what_may_begin_an_answer_is_kept_early() {
+    let mut p = Pairing::new(Protocol::Http);
+    let mut st = VerdictStats::default();
+    let (ack, seq, body) = request(0);
+    p.on_request(0, ack, seq, &body, &mut st);
+    p.on_online(1, ack, b"HTTP/1.1 200 OK\r\n", &mut st);
+    // The answer's later segments, then the same answer again.
+    p.on_online(1, ack + 1448, b"<html><body>", &mut st);
+    p.on_online(1, ack + 2896, b"more body", &mut st);
+    p.on_online(1, ack, b"HTTP/1.1 200 OK\r\n", &mut st);
+    p.finish(None, &mut st);
+    assert_eq!(st.answers_without_request, 0, "{st:?}");
 }
 
 /// intercept's share of the target's latency comes with the record that
