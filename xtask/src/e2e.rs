@@ -135,6 +135,26 @@ fn keepalive_and_short_connections() -> Result<()> {
     Ok(())
 }
 
+/// The same loads sent with `--send packet`: framed for the next hop out
+/// of the online host's port toward the target, not routed by the kernel.
+fn send_packet_keepalive_and_short() -> Result<()> {
+    let mut args = TAP.to_vec();
+    args.extend_from_slice(crate::elephants::SEND_PACKET);
+    let r = Replay::start("send-packet", &args)?;
+    let (o, t) = drive(&wrk(4, 2, ""))?;
+    let keepalive = exact("--send packet, wrk -c4 keep-alive", o, t);
+    let (o2, t2) = drive(&wrk(4, 2, "-H 'Connection: close'"))?;
+    let log = r.stop()?;
+    keepalive
+        .and_then(|_| exact("--send packet, 4 short", o2, t2))
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
+    ensure!(
+        log.contains("AF_PACKET senders ready"),
+        "expected AF_PACKET senders:\n{log}"
+    );
+    Ok(())
+}
+
 /// One keep-alive connection at saturation: wrk runs it faster than a
 /// replay paced by the target's responses (each one a round trip through
 /// intercept) can follow, so the session falls behind and catches up by
@@ -1392,6 +1412,14 @@ const SCENARIOS: &[Scenario] = &[
     (
         "elephants: one bulk stream at 500 Mbit/s, byte for byte",
         crate::elephants::one_bulk_stream_exact,
+    ),
+    (
+        "elephants: one bulk stream at 1 Gbit/s sent as GSO packets (--send packet), byte for byte",
+        crate::elephants::one_bulk_stream_sent_as_gso_exact,
+    ),
+    (
+        "--send packet (AF_PACKET): keep-alive and short connections, exactly once",
+        send_packet_keepalive_and_short,
     ),
     (
         "elephants: a stream the target cannot take is given up once",

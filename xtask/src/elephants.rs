@@ -121,24 +121,36 @@ pub(crate) struct BulkRun {
     pub online: u64,
     pub target: u64,
     pub drain: Duration,
+    /// tcpcopy's CPU time (user + system) from the stream's start until
+    /// the target had it all (or gave up waiting).
+    pub cpu_s: f64,
     pub log: String,
 }
 
-/// Replay one stream at `bits_per_s` for `secs` (tap, two workers).
-pub(crate) fn bulk_run(tag: &str, bits_per_s: f64, secs: f64) -> Result<BulkRun> {
+/// `--send packet` toward the target: AF_PACKET out of the online host's
+/// port toward it, a stream's segments sent together as GSO packets.
+pub(crate) const SEND_PACKET: &[&str] = &["--send", "packet", "-o", "onl1"];
+
+/// Replay one stream at `bits_per_s` for `secs` (tap, two workers, and
+/// `extra` tcpcopy arguments).
+pub(crate) fn bulk_run(tag: &str, bits_per_s: f64, secs: f64, extra: &[&str]) -> Result<BulkRun> {
     let online = Sink::start(ONLINE, &format!("{tag}-online"))?;
     let target = Sink::start(TARGET, &format!("{tag}-target"))?;
-    let args = bulk_args();
+    let mut args = bulk_args();
+    args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = Replay::start_on(tag, ONLINE, &args)?;
+    let cpu_before = r.tcpcopy.cpu_seconds();
     send_stream(bits_per_s, secs)?;
     let o = online.bytes();
     let (t, drain) = target_bytes_when(&target, o);
+    let cpu_s = r.tcpcopy.cpu_seconds() - cpu_before;
     let log = r.stop()?;
     Ok(BulkRun {
         online: o,
         target: t,
         drain,
+        cpu_s,
         log,
     })
 }
@@ -152,7 +164,8 @@ pub fn one_bulk_stream_exact() -> Result<()> {
         target: t,
         drain,
         log,
-    } = bulk_run("bulk", 5e8, 3.0)?;
+        ..
+    } = bulk_run("bulk", 5e8, 3.0, &[])?;
     println!(
         "    one stream at 500 Mbit/s: online {o} bytes, target {t} ({:.1} s after the sender)",
         drain.as_secs_f64()
@@ -166,6 +179,45 @@ pub fn one_bulk_stream_exact() -> Result<()> {
     ensure!(
         summary_counter(&log, "syns_sent") == 1,
         "one connection expected:\n{}",
+        summary(&log)
+    );
+    Ok(())
+}
+
+/// One bulk stream at 1 Gbit/s for 3 s (about 260,000 segments), sent
+/// with `--send packet`: the target's sink receives every byte, over one
+/// connection, and the stream left in GSO packets (each several segments
+/// that followed each other in a worker's batch).
+pub fn one_bulk_stream_sent_as_gso_exact() -> Result<()> {
+    let BulkRun {
+        online: o,
+        target: t,
+        drain,
+        log,
+        cpu_s,
+    } = bulk_run("bulk-gso", 1e9, 3.0, SEND_PACKET)?;
+    let sent = summary_counter(&log, "packets_sent_ok");
+    let gso = summary_counter(&log, "gso_frames");
+    println!(
+        "    one stream at 1 Gbit/s, --send packet: online {o} bytes, target {t} ({:.1} s after \
+         the sender); {sent} packets sent, {gso} GSO packets among the frames; tcpcopy {cpu_s:.2} \
+         s of CPU",
+        drain.as_secs_f64()
+    );
+    ensure!(o > 200_000_000, "too little load: {o} bytes");
+    ensure!(
+        t == o,
+        "the target received {t} bytes of {o}\n{}",
+        summary(&log)
+    );
+    ensure!(
+        summary_counter(&log, "syns_sent") == 1,
+        "one connection expected:\n{}",
+        summary(&log)
+    );
+    ensure!(
+        gso > 0,
+        "no segments were sent together:\n{}",
         summary(&log)
     );
     Ok(())
@@ -297,61 +349,72 @@ pub fn bench_section(quick: bool) -> Result<String> {
     let secs = if quick { 2.0 } else { 5.0 };
     let mut rows = Vec::new();
     let mut table = String::new();
-    let mut best = 0.0f64;
-    let mut rate = 2.5e8;
-    while rate <= 4e9 {
-        let run = bulk_run(
-            &format!("bench-bulk-{}", rate as u64 / 1_000_000),
-            rate,
-            secs,
-        )?;
-        let reached = run.online as f64 * 8.0 / secs;
-        let ratio = run.target as f64 / run.online.max(1) as f64;
-        let lost = crate::e2e::in_words(&run.log)
-            .split_once("; ")
-            .map_or("?".to_string(), |(_, l)| {
-                l.trim_end_matches('.').to_string()
-            });
-        println!(
-            "bench: bulk {:.0} Mbit/s: reached {:.0}, ratio {ratio:.4}; {lost}",
-            rate / 1e6,
-            reached / 1e6
-        );
-        rows.push(format!(
-            "{:.0},{:.0},{},{},{ratio:.6},{:.2}",
-            rate / 1e6,
-            reached / 1e6,
-            run.online,
-            run.target,
-            run.drain.as_secs_f64()
-        ));
-        writeln_table(
-            &mut table,
-            &format!(
-                "| {:.0} | {:.0} | {} | {} | {ratio:.4} | {} | {lost} |",
+    let mut best_line = String::new();
+    let senders: [(&str, &[&str]); 2] = [("raw", &[]), ("packet", SEND_PACKET)];
+    for (send, extra) in senders {
+        let mut best = 0.0f64;
+        let mut rate = 2.5e8;
+        while rate <= 4e9 {
+            let run = bulk_run(
+                &format!("bench-bulk-{send}-{}", rate as u64 / 1_000_000),
+                rate,
+                secs,
+                extra,
+            )?;
+            let reached = run.online as f64 * 8.0 / secs;
+            let ratio = run.target as f64 / run.online.max(1) as f64;
+            let lost = crate::e2e::in_words(&run.log)
+                .split_once("; ")
+                .map_or("?".to_string(), |(_, l)| {
+                    l.trim_end_matches('.').to_string()
+                });
+            let cpu = run.cpu_s / secs * 100.0;
+            println!(
+                "bench: bulk --send {send} {:.0} Mbit/s: reached {:.0}, ratio {ratio:.4}, tcpcopy {cpu:.0}% of a CPU; {lost}",
+                rate / 1e6,
+                reached / 1e6
+            );
+            rows.push(format!(
+                "{send},{:.0},{:.0},{},{},{ratio:.6},{:.2},{:.3}",
                 rate / 1e6,
                 reached / 1e6,
                 run.online,
                 run.target,
-                if run.target == run.online {
-                    format!("{:.1} s", run.drain.as_secs_f64())
-                } else {
-                    "-".into()
-                }
-            ),
-        );
-        if run.target != run.online {
-            break;
+                run.drain.as_secs_f64(),
+                run.cpu_s
+            ));
+            writeln_table(
+                &mut table,
+                &format!(
+                    "| {send} | {:.0} | {:.0} | {} | {} | {ratio:.4} | {} | {cpu:.0}% | {lost} |",
+                    rate / 1e6,
+                    reached / 1e6,
+                    run.online,
+                    run.target,
+                    if run.target == run.online {
+                        format!("{:.1} s", run.drain.as_secs_f64())
+                    } else {
+                        "-".into()
+                    }
+                ),
+            );
+            if run.target != run.online {
+                break;
+            }
+            best = best.max(reached);
+            if reached < 0.9 * rate {
+                break; // the sender is the limit here
+            }
+            rate *= 2.0;
         }
-        best = best.max(reached);
-        if reached < 0.9 * rate {
-            break; // the sender is the limit here
-        }
-        rate *= 2.0;
+        best_line.push_str(&format!(
+            "Highest rate replayed exactly, `--send {send}`: **{:.0} Mbit/s** (goal: 2,500).\n\n",
+            best / 1e6
+        ));
     }
     crate::bench::csv(
         "bulk.csv",
-        "asked_mbit,reached_mbit,online_bytes,target_bytes,ratio,drain_s",
+        "send,asked_mbit,reached_mbit,online_bytes,target_bytes,ratio,drain_s,tcpcopy_cpu_s",
         &rows,
     )?;
     let mut large = String::new();
@@ -375,18 +438,21 @@ pub fn bench_section(quick: bool) -> Result<String> {
     crate::bench::csv("large.csv", "mode,value_bytes,online,target", &large_rows)?;
     Ok(format!(
         "One TCP stream (`bench send`, 64 KiB writes, {secs:.0} s per step) from the client to \
-         the online host, tap capture with 2 workers, replayed to `bench sink` on the target; \
+         the online host, tap capture with 2 workers (the default 64 MiB ring each), replayed to \
+         `bench sink` on the target, sent by a raw socket (`--send raw`, the default) or by \
+         AF_PACKET with a stream's segments together as GSO packets (`--send packet -o onl1`); \
          ratio = bytes the target's sink received / bytes the online one did; drain = how long \
-         after the sender ended the replayed connection closed with every byte in. The steps double from 250 Mbit/s until one is \
-         not exact or the sender falls short of its rate.\n\n\
-         | asked Mbit/s | reached Mbit/s | online bytes | target bytes | ratio | drain | tcpcopy's losses |\n\
-         |---:|---:|---:|---:|---:|---:|---|\n{table}\n\
-         Highest rate replayed exactly: **{:.0} Mbit/s** (goal: 2,500).\n\n\
+         after the sender ended the replayed connection closed with every byte in; CPU = \
+         tcpcopy's user + system time over the step's seconds. The steps double from 250 Mbit/s \
+         until one is not exact or the sender falls short of its rate (on 2 CPUs the sender \
+         shares them with everything else).\n\n\
+         | send | asked Mbit/s | reached Mbit/s | online bytes | target bytes | ratio | drain | tcpcopy CPU | tcpcopy's losses |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---|\n{table}\n\
+         {best_line}\
          Large values: `redis-benchmark -t set` with 64 KiB values (500, 10 clients) and 1 MiB \
          values (20, 2 clients), commands the online and target redis processed (the counts \
          include redis-benchmark's own few); xdp with `--xsk-ring 32768`.\n\n\
-         | capture | value | online | target | ratio |\n|---|---:|---:|---:|---:|\n{large}\n",
-        best / 1e6
+         | capture | value | online | target | ratio |\n|---|---:|---:|---:|---:|\n{large}\n"
     ))
 }
 

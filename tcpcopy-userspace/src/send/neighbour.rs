@@ -1,4 +1,4 @@
-//! The Ethernet addresses `--send xdp` needs: the output interface's own
+//! The Ethernet addresses `--send xdp` and `--send packet` need: the output interface's own
 //! MAC, and the MAC of the next hop toward each target (the target itself
 //! on its link, else its gateway), asked of the kernel over rtnetlink
 //! (netlink-packet-route): the route as `ip route get` finds it (every
@@ -166,7 +166,7 @@ impl Rtnl {
 }
 
 /// The index of interface `iface`.
-fn ifindex(iface: &str) -> Result<u32> {
+pub fn ifindex(iface: &str) -> Result<u32> {
     std::fs::read_to_string(format!("/sys/class/net/{iface}/ifindex"))
         .with_context(|| format!("-o {iface}: no such interface"))?
         .trim()
@@ -187,7 +187,7 @@ fn next_hop_mac(
     let (oif, hop) = rtnl.route_get(dst)?;
     if oif != want {
         bail!(
-            "--send xdp: the kernel routes {dst} out of interface index {oif}, not -o {iface} ({want}): \
+            "-o {iface}: the kernel routes {dst} out of interface index {oif}, not -o {iface} ({want}): \
              send out of that interface, or route {dst} via {iface}"
         );
     }
@@ -203,7 +203,7 @@ fn next_hop_mac(
         }
         if start.elapsed() > wait {
             bail!(
-                "--send xdp: the next hop {hop} toward {dst} does not answer ARP on {iface}; \
+                "-o {iface}: the next hop {hop} toward {dst} does not answer ARP on {iface}; \
                  give its MAC as -x ...-{dst}:PORT@MAC"
             );
         }
@@ -303,7 +303,7 @@ pub fn watch(
                     match next_hop_mac(&mut rtnl, &iface, dst, Duration::from_millis(500)) {
                         Ok((hop, mac)) => {
                             if table.get(&dst) != Some(&mac) {
-                                tracing::info!(%dst, %hop, mac = ?mac, "--send xdp: next hop changed");
+                                tracing::info!(%dst, %hop, mac = ?mac, "-o: next hop changed");
                             }
                             table.insert(dst, mac);
                         }

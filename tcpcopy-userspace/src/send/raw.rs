@@ -135,7 +135,11 @@ impl super::Sender for RawSender {
         self.send_batch();
     }
 
-    fn counts(&self) -> (u64, u64) {
-        (self.sent, self.errors)
+    fn counts(&self) -> super::SendCounts {
+        super::SendCounts {
+            sent: self.sent,
+            errors: self.errors,
+            gso_frames: 0,
+        }
     }
 }

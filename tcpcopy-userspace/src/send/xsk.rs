@@ -134,7 +134,11 @@ impl Sender for XskSender {
         self.reclaim();
     }
 
-    fn counts(&self) -> (u64, u64) {
-        (self.sent, self.errors)
+    fn counts(&self) -> super::SendCounts {
+        super::SendCounts {
+            sent: self.sent,
+            errors: self.errors,
+            gso_frames: 0,
+        }
     }
 }

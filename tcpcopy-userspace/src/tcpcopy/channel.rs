@@ -219,7 +219,16 @@ impl Channel {
                         return false;
                     }
                     Ok(n) => match c.decoder.feed(&buf[..n], out) {
-                        Ok(f) => frames += f,
+                        Ok(f) => {
+                            frames += f;
+                            if n < buf.len() {
+                                // Drained: a read that would block is a
+                                // wasted system call (the wait is level-
+                                // triggered, so what came meanwhile wakes
+                                // the next turn).
+                                return true;
+                            }
+                        }
                         Err(e @ ProtoError::BadCount(_)) => {
                             tracing::warn!(%addr, "bad frame from intercept ({e}): closing the connection");
                             lost += 1;

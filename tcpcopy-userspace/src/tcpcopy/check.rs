@@ -18,7 +18,7 @@ use anyhow::Result;
 use super::{
     channel::{Channel, Greeting},
     load_capture_program,
-    options::{CaptureMode, SendPlan, Settings, Source},
+    options::{CaptureMode, Settings, Source},
 };
 use crate::{
     preflight::{self, Checklist},
@@ -62,16 +62,16 @@ pub fn run(plan: &Settings, probe_from: Option<Ipv4Addr>) -> Result<()> {
             Err(e) => list.fail(format!("target {ip}:{port}: no route ({e})")),
         }
     }
-    if let SendPlan::Xdp { out, .. } = &plan.send {
+    if let Some(out) = plan.send.out_iface() {
         for t in &plan.config.transfers {
             match t.dst_mac {
                 Some(mac) => list.ok(format!(
-                    "--send xdp: {} by its given MAC {mac:02x?}",
+                    "-o {out}: {} by its given MAC {mac:02x?}",
                     t.dst_ip
                 )),
                 None => match crate::send::neighbour::resolve(out, t.dst_ip) {
                     Ok(mac) => list.ok(format!(
-                        "--send xdp: the next hop toward {} out of {out} answers, MAC {mac:02x?}",
+                        "-o {out}: the next hop toward {}, MAC {mac:02x?}",
                         t.dst_ip
                     )),
                     Err(e) => list.fail(format!("{e:#}")),

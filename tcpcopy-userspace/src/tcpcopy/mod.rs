@@ -38,7 +38,7 @@ use crate::{
     capture::{dispatch, rx_queues, Capture, PacketSocket, RxRing, TapRing, XskSocket},
     offline::{record, OfflineSource},
     process,
-    send::{neighbour, RawSender, Sender, XskSender},
+    send::{neighbour, PacketSender, RawSender, Sender, XskSender},
     session::{claims::Claims, Config},
     wire::Cidr,
     xdp::{AttachedXdp, TCPCOPY_EBPF},
@@ -116,18 +116,9 @@ type TxParts = (
     Vec<xsk_rs::FrameDesc>,
 );
 
-/// `--send xdp`: one AF_XDP sender per worker on `-o`, sharing the
-/// worker's capture socket where `-o` is the capture interface, else on
-/// queue `worker` of `-o`. Also returns the bytes of the UMEMs opened for
-/// them (for `-m`).
-fn xsk_senders(
-    cfg: &Config,
-    out: &str,
-    workers: usize,
-    mut shared: Vec<Option<TxParts>>,
-    stop: &Arc<AtomicBool>,
-) -> Result<(Vec<Box<dyn Sender>>, u64)> {
-    let src_mac = neighbour::iface_mac(out)?;
+/// The next-hop MAC toward every target out of `out` (a target's own
+/// `@MAC`, else resolved), kept current by a watcher thread.
+fn next_hops(cfg: &Config, out: &str, stop: &Arc<AtomicBool>) -> Result<Arc<neighbour::NextHops>> {
     let mut table = std::collections::HashMap::new();
     let mut watched = Vec::new();
     for t in &cfg.transfers {
@@ -150,6 +141,42 @@ fn xsk_senders(
             Arc::clone(stop),
         )?;
     }
+    Ok(next_hop)
+}
+
+/// `--send packet`: one AF_PACKET sender per worker on `-o`.
+fn packet_senders(
+    cfg: &Config,
+    out: &str,
+    workers: usize,
+    stop: &Arc<AtomicBool>,
+) -> Result<Vec<Box<dyn Sender>>> {
+    let src_mac = neighbour::iface_mac(out)?;
+    let ifindex = neighbour::ifindex(out)?;
+    let next_hop = next_hops(cfg, out, stop)?;
+    let mut senders: Vec<Box<dyn Sender>> = Vec::new();
+    for _ in 0..workers {
+        let sender = PacketSender::new(ifindex, src_mac, Arc::clone(&next_hop))
+            .map_err(|e| anyhow!("--send packet: AF_PACKET socket (needs CAP_NET_RAW): {e}"))?;
+        senders.push(Box::new(sender));
+    }
+    tracing::info!(out, workers, next_hop = ?next_hop.snapshot(), "AF_PACKET senders ready");
+    Ok(senders)
+}
+
+/// `--send xdp`: one AF_XDP sender per worker on `-o`, sharing the
+/// worker's capture socket where `-o` is the capture interface, else on
+/// queue `worker` of `-o`. Also returns the bytes of the UMEMs opened for
+/// them (for `-m`).
+fn xsk_senders(
+    cfg: &Config,
+    out: &str,
+    workers: usize,
+    mut shared: Vec<Option<TxParts>>,
+    stop: &Arc<AtomicBool>,
+) -> Result<(Vec<Box<dyn Sender>>, u64)> {
+    let src_mac = neighbour::iface_mac(out)?;
+    let next_hop = next_hops(cfg, out, stop)?;
     let queues = rx_queues(out)? as usize;
     let mut senders: Vec<Box<dyn Sender>> = Vec::new();
     let mut umems = 0;
@@ -451,6 +478,10 @@ fn build_workers(
             reserved += umems;
             senders.into_iter().map(Some).collect()
         }
+        SendPlan::Packet { out } => packet_senders(&plan.config, out, count, stop)?
+            .into_iter()
+            .map(Some)
+            .collect(),
         SendPlan::Raw => Vec::new(),
     };
     let mut workers = Vec::new();

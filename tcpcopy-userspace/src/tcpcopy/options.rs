@@ -50,6 +50,9 @@ pub enum SendMode {
     Raw,
     /// AF_XDP TX on `-o`.
     Xdp,
+    /// AF_PACKET on `-o`; a bulk stream's segments leave together as GSO
+    /// packets.
+    Packet,
 }
 
 const EXAMPLES: &str = "\
@@ -116,10 +119,11 @@ pub struct TcpcopyOptions {
     )]
     pub connections: u8,
     /// How replayed packets leave: raw (a raw IPv4 socket, the kernel
-    /// routes) or xdp (AF_XDP TX on -o)
+    /// routes), xdp (AF_XDP TX on -o) or packet (AF_PACKET on -o, a bulk
+    /// stream's segments sent together as GSO packets)
     #[arg(long = "send", value_enum, value_name = "HOW", default_value_t = SendMode::Raw, help_heading = "Target and intercept")]
     pub send: SendMode,
-    /// Output interface for `--send xdp`
+    /// Output interface for `--send xdp` and `--send packet`
     #[arg(
         short = 'o',
         long = "out-iface",
@@ -495,6 +499,18 @@ pub enum SendPlan {
     /// AF_XDP on `out`; `share_capture`: `out` is the capture interface,
     /// so each worker sends on its capture socket's TX ring.
     Xdp { out: String, share_capture: bool },
+    /// AF_PACKET on `out`, with GSO for a flow's consecutive segments.
+    Packet { out: String },
+}
+
+impl SendPlan {
+    /// The interface the packets are framed for (`-o`), where they are.
+    pub fn out_iface(&self) -> Option<&str> {
+        match self {
+            SendPlan::Raw => None,
+            SendPlan::Xdp { out, .. } | SendPlan::Packet { out } => Some(out),
+        }
+    }
 }
 
 /// `--record`: where, and how large each file may grow.
@@ -678,6 +694,10 @@ impl TcpcopyOptions {
                 out: out.clone(),
                 share_capture: self.ifaces.first() == Some(out),
             },
+            (SendMode::Packet, None) => {
+                bail!("--send packet needs -o IFACE: the interface toward the target")
+            }
+            (SendMode::Packet, Some(out)) => SendPlan::Packet { out: out.clone() },
         })
     }
 

@@ -29,6 +29,7 @@ pub struct Totals {
     pub conns_lost: u64,
     pub sent: u64,
     pub send_errors: u64,
+    pub gso_frames: u64,
     pub active_sessions: usize,
     /// Captured segments held by sessions, not yet sent.
     pub buffered: u64,
@@ -70,8 +71,9 @@ impl Totals {
             t.routes_sent += r.channel.routes_sent;
             t.routes_unsent += r.channel.routes_unsent;
             t.conns_lost += r.channel.conns_lost;
-            t.sent += r.sent;
-            t.send_errors += r.send_errors;
+            t.sent += r.send.sent;
+            t.send_errors += r.send.errors;
+            t.gso_frames += r.send.gso_frames;
             t.active_sessions += r.active_sessions;
             t.buffered += r.buffered;
             t.awaiting_target += r.awaiting_target;
@@ -213,6 +215,13 @@ impl Totals {
             )
             .line(Section::Sent, "send_errors")
             .summary("send_errors"),
+            Figure::counter(
+                "tcpcopy_sent_gso_frames",
+                "GSO packets that carried several of the packets sent (--send packet).",
+                self.gso_frames,
+            )
+            .line(Section::Sent, "gso_frames")
+            .summary("gso_frames"),
             Figure::counter(
                 "tcpcopy_response_records",
                 "Response header records received from intercept.",

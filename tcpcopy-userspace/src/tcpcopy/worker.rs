@@ -20,7 +20,7 @@ use crate::{
     capture::{Capture, CaptureStats},
     offline::record::RecordTap,
     proto::ResponseRecord,
-    send::Sender,
+    send::{SendCounts, Sender},
     session::{
         claims::{Claims, WorkerIndex},
         Config, Counters, Engine,
@@ -40,8 +40,7 @@ pub struct WorkerReport {
     pub targets: Vec<(Endpoint, Counters)>,
     pub capture: CaptureStats,
     pub channel: ChannelStats,
-    pub sent: u64,
-    pub send_errors: u64,
+    pub send: SendCounts,
     pub active_sessions: usize,
     /// Captured segments the sessions hold, not yet sent.
     pub buffered: u64,
@@ -326,7 +325,7 @@ impl Worker {
         }
         r.capture = self.capture.stats();
         r.channel = self.channel.stats;
-        (r.sent, r.send_errors) = self.sender.counts();
+        r.send = self.sender.counts();
         r.active_sessions = self.engine.active_sessions();
         r.buffered = self.engine.backlog();
         r.awaiting_target = self.engine.awaiting_target(self.now());

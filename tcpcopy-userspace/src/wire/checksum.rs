@@ -40,6 +40,19 @@ pub fn tcp_checksum(src: [u8; 4], dst: [u8; 4], segment: &[u8]) -> u16 {
     !(sum(segment, s) as u16)
 }
 
+/// The TCP pseudo-header's sum (addresses, protocol, `tcp_len`) folded to
+/// 16 bits and not inverted: what the checksum field holds when the
+/// kernel or the NIC completes the checksum (a partial checksum, as for
+/// GSO packets).
+pub fn tcp_pseudo_header_sum(src: [u8; 4], dst: [u8; 4], tcp_len: u16) -> u16 {
+    let mut pseudo = [0u8; 12];
+    pseudo[..4].copy_from_slice(&src);
+    pseudo[4..8].copy_from_slice(&dst);
+    pseudo[9] = 6;
+    pseudo[10..12].copy_from_slice(&tcp_len.to_be_bytes());
+    sum(&pseudo, 0) as u16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ mod segment;
 mod seq;
 mod tcp;
 
-pub use checksum::{internet_checksum, tcp_checksum};
+pub use checksum::{internet_checksum, tcp_checksum, tcp_pseudo_header_sum};
 pub use cidr::{Cidr, CidrError};
 pub use ipv4::{Ipv4View, IPV4_MIN_HEADER};
 pub use segment::{SegmentError, SegmentRepr};

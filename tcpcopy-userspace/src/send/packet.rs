@@ -1,0 +1,416 @@
+//! `--send packet`: replayed packets leave through an AF_PACKET socket on
+//! `-o`, framed with the interface's MAC and the next hop's MAC toward
+//! each target (`neighbour`, as `--send xdp`), so they skip the kernel's
+//! routing and IP output. A flow's consecutive full-sized segments in one
+//! batch (a bulk stream catching up) leave as one GSO packet: a
+//! virtio-net header asks the kernel to cut it into the original segments
+//! (or hands it whole to a device that cuts it itself, and on veth to the
+//! target's stack), so a stream costs one send per up to 64 KiB, not one
+//! per segment. Every other packet leaves exactly as built.
+
+use std::{
+    collections::HashMap,
+    io,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::Arc,
+};
+
+use super::{neighbour::NextHops, SendCounts, Sender};
+use crate::wire::{internet_checksum, tcp_pseudo_header_sum, TcpFlags};
+
+/// Packets gathered before the batch goes out by itself.
+const BATCH: usize = 64;
+/// Most segments one GSO packet carries.
+const MAX_SEGMENTS: usize = 64;
+/// The virtio-net header before each frame (`struct virtio_net_hdr`).
+const VNET_HDR: usize = 10;
+const ETH_HDR: usize = 14;
+/// The largest IPv4 + TCP header (both with every option).
+const MAX_IP_TCP: usize = 60 + 60;
+const SOL_PACKET: libc::c_int = 263;
+const PACKET_VNET_HDR: libc::c_int = 15;
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+const ETH_P_IP: u16 = 0x0800;
+
+/// A TCP/IPv4 packet as the engine built it: the fields coalescing
+/// compares. `None` for anything that must leave as it is.
+#[derive(Clone, Copy, Debug)]
+struct Segment<'a> {
+    packet: &'a [u8],
+    /// IP + TCP header length: where the payload starts.
+    header: usize,
+    seq: u32,
+    flags: u8,
+}
+
+impl<'a> Segment<'a> {
+    fn parse(packet: &'a [u8]) -> Option<Segment<'a>> {
+        if packet.len() < 40 || packet[0] != 0x45 || packet[9] != 6 {
+            return None;
+        }
+        let tot = u16::from_be_bytes([packet[2], packet[3]]) as usize;
+        // No fragment (MF clear, offset 0).
+        let frag = u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff;
+        let header = 20 + ((packet[32] >> 4) as usize) * 4;
+        let flags = packet[33];
+        let allowed = TcpFlags::ACK | TcpFlags::PSH;
+        if tot != packet.len() || frag != 0 || header < 40 || header >= tot {
+            return None;
+        }
+        if flags & TcpFlags::ACK == 0 || flags & !allowed != 0 {
+            return None;
+        }
+        Some(Segment {
+            packet,
+            header,
+            seq: u32::from_be_bytes([packet[24], packet[25], packet[26], packet[27]]),
+            flags,
+        })
+    }
+
+    fn payload(&self) -> &'a [u8] {
+        &self.packet[self.header..]
+    }
+
+    /// Same addresses, ports, ack, window, options, TOS and TTL: only the
+    /// sequence number, payload, IP id and checksums may differ.
+    fn same_flow_and_header(&self, other: &Segment) -> bool {
+        let (a, b) = (self.packet, other.packet);
+        self.header == other.header
+            && a[1] == b[1]
+            && a[8] == b[8]
+            && a[12..20] == b[12..20]
+            && a[20..24] == b[20..24]
+            && a[28..32] == b[28..32]
+            && a[34..36] == b[34..36]
+            && a[40..self.header] == b[40..other.header]
+    }
+}
+
+/// Packets `first .. first + count` of a batch leave as one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    first: usize,
+    count: usize,
+}
+
+/// Group a batch into frames: a run of the same flow's segments that
+/// follow each other in sequence, every one but the last exactly as long
+/// as the first and without PSH, is one GSO frame; everything else is a
+/// frame of its own. The order of the batch is kept.
+fn plan_runs<'a>(packets: impl Iterator<Item = &'a [u8]>, out: &mut Vec<Run>) {
+    out.clear();
+    // The open run: its first segment, its last, and its IP length so far.
+    let mut open: Option<(Segment, Segment, usize)> = None;
+    for (i, p) in packets.enumerate() {
+        let seg = Segment::parse(p);
+        if let (Some((first, last, len)), Some(s)) = (open.as_mut(), seg) {
+            let mss = first.payload().len();
+            let joins = last.payload().len() == mss
+                && last.flags & TcpFlags::PSH == 0
+                && s.payload().len() <= mss
+                && s.seq == last.seq.wrapping_add(mss as u32)
+                && first.same_flow_and_header(&s)
+                && *len + s.payload().len() <= u16::MAX as usize
+                && out.last().is_some_and(|r| r.count < MAX_SEGMENTS);
+            if joins {
+                *last = s;
+                *len += s.payload().len();
+                if let Some(r) = out.last_mut() {
+                    r.count += 1;
+                }
+                continue;
+            }
+        }
+        out.push(Run { first: i, count: 1 });
+        open = seg
+            .filter(|s| !s.payload().is_empty())
+            .map(|s| (s, s, s.packet.len()));
+    }
+}
+
+/// The headers in front of a run's payloads: the virtio-net header, the
+/// Ethernet header and (for a GSO run) the first segment's IP and TCP
+/// headers made to cover the whole run.
+#[derive(Clone, Copy)]
+struct Head {
+    bytes: [u8; VNET_HDR + ETH_HDR + MAX_IP_TCP],
+    len: usize,
+}
+
+impl Head {
+    fn new(dst_mac: [u8; 6], src_mac: [u8; 6]) -> Head {
+        let mut bytes = [0u8; VNET_HDR + ETH_HDR + MAX_IP_TCP];
+        let e = &mut bytes[VNET_HDR..VNET_HDR + ETH_HDR];
+        e[..6].copy_from_slice(&dst_mac);
+        e[6..12].copy_from_slice(&src_mac);
+        e[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        Head {
+            bytes,
+            len: VNET_HDR + ETH_HDR,
+        }
+    }
+
+    /// Make this the head of a GSO frame for `segments` (a planned run of
+    /// two or more): their payloads follow it back to back.
+    fn gso(&mut self, segments: &[Segment]) {
+        let first = segments[0];
+        let last = segments[segments.len() - 1];
+        let header = first.header;
+        let mss = first.payload().len();
+        let payload: usize = segments.iter().map(|s| s.payload().len()).sum();
+        let tot = header + payload;
+        let at = VNET_HDR + ETH_HDR;
+        let h = &mut self.bytes[at..at + header];
+        h.copy_from_slice(&first.packet[..header]);
+        h[2..4].copy_from_slice(&(tot as u16).to_be_bytes());
+        h[10..12].fill(0);
+        let ipc = internet_checksum(&h[..20]);
+        h[10..12].copy_from_slice(&ipc.to_be_bytes());
+        // PSH, if any, was the last segment's: the kernel gives it to the
+        // last piece it cuts.
+        h[33] = first.flags | (last.flags & TcpFlags::PSH);
+        let tcp_len = (tot - 20) as u16;
+        let partial = tcp_pseudo_header_sum(
+            [h[12], h[13], h[14], h[15]],
+            [h[16], h[17], h[18], h[19]],
+            tcp_len,
+        );
+        h[36..38].copy_from_slice(&partial.to_be_bytes());
+        let v = &mut self.bytes[..VNET_HDR];
+        v[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        v[1] = VIRTIO_NET_HDR_GSO_TCPV4;
+        // Little-endian, as AF_PACKET reads the header on this host.
+        v[2..4].copy_from_slice(&((ETH_HDR + header) as u16).to_le_bytes());
+        v[4..6].copy_from_slice(&(mss as u16).to_le_bytes());
+        v[6..8].copy_from_slice(&((ETH_HDR + 20) as u16).to_le_bytes());
+        v[8..10].copy_from_slice(&16u16.to_le_bytes());
+        self.len = at + header;
+    }
+}
+
+pub struct PacketSender {
+    socket: OwnedFd,
+    /// Where every frame goes (protocol IPv4, `-o`).
+    address: libc::sockaddr_ll,
+    src_mac: [u8; 6],
+    /// Next-hop MAC for each target address: this sender's copy of
+    /// `hops`, reloaded when its generation moves.
+    next_hop: HashMap<Ipv4Addr, [u8; 6]>,
+    hops: Arc<NextHops>,
+    generation: u64,
+    /// The batch's packets, back to back, and where each ends.
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+    // Kept to reuse their memory.
+    runs: Vec<Run>,
+    /// The frames of the batch that have a next hop, with their heads.
+    frames: Vec<(Run, Head)>,
+    iovecs: Vec<libc::iovec>,
+    /// Each frame's iovecs: (first, how many).
+    spans: Vec<(usize, usize)>,
+    msgs: Vec<libc::mmsghdr>,
+    sent: u64,
+    errors: u64,
+    gso_frames: u64,
+}
+
+// SAFETY: the raw pointers inside `iovecs` and `msgs` are only written and
+// read within `send_batch`, pointing into buffers this struct owns;
+// between calls they are dead values.
+unsafe impl Send for PacketSender {}
+
+impl PacketSender {
+    /// An AF_PACKET socket for interface `ifindex` (needs CAP_NET_RAW). It
+    /// is bound to no protocol, so it never receives.
+    pub fn new(ifindex: u32, src_mac: [u8; 6], hops: Arc<NextHops>) -> io::Result<PacketSender> {
+        // SAFETY: plain socket call; the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd that nothing else owns.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        set_int(&socket, SOL_PACKET, PACKET_VNET_HDR, 1)?;
+        let _ = set_int(&socket, libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20);
+        // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_protocol = ETH_P_IP.to_be();
+        address.sll_ifindex = ifindex as i32;
+        Ok(PacketSender {
+            socket,
+            address,
+            src_mac,
+            next_hop: hops.snapshot(),
+            generation: hops.generation(),
+            hops,
+            bytes: Vec::with_capacity(BATCH * 1500),
+            ends: Vec::with_capacity(BATCH),
+            runs: Vec::with_capacity(BATCH),
+            frames: Vec::with_capacity(BATCH),
+            iovecs: Vec::with_capacity(BATCH * 2),
+            spans: Vec::with_capacity(BATCH),
+            msgs: Vec::with_capacity(BATCH),
+            sent: 0,
+            errors: 0,
+            gso_frames: 0,
+        })
+    }
+
+    /// Send the batch: frames planned and headed, then `sendmmsg` until
+    /// each went or failed (a frame that fails is counted, each of its
+    /// packets an error, and skipped; the engine's timers retransmit what
+    /// was lost).
+    fn send_batch(&mut self) {
+        if self.ends.is_empty() {
+            return;
+        }
+        let generation = self.hops.generation();
+        if generation != self.generation {
+            self.next_hop = self.hops.snapshot();
+            self.generation = generation;
+        }
+        let bytes = std::mem::take(&mut self.bytes);
+        let ends = std::mem::take(&mut self.ends);
+        let packet = |i: usize| &bytes[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
+        plan_runs((0..ends.len()).map(packet), &mut self.runs);
+        self.frames.clear();
+        for &run in &self.runs {
+            let first = packet(run.first);
+            let dst = Ipv4Addr::new(first[16], first[17], first[18], first[19]);
+            let Some(&mac) = self.next_hop.get(&dst) else {
+                self.errors += run.count as u64;
+                continue;
+            };
+            let mut head = Head::new(mac, self.src_mac);
+            if run.count > 1 {
+                let segments: Vec<Segment> = (run.first..run.first + run.count)
+                    .filter_map(|i| Segment::parse(packet(i)))
+                    .collect();
+                head.gso(&segments);
+                self.gso_frames += 1;
+            }
+            self.frames.push((run, head));
+        }
+        // The heads no longer move: point the iovecs at them and at the
+        // packets (whole, or a GSO run's payloads).
+        self.iovecs.clear();
+        self.spans.clear();
+        for (run, head) in &self.frames {
+            let start = self.iovecs.len();
+            self.iovecs.push(iovec(&head.bytes[..head.len]));
+            if run.count == 1 {
+                self.iovecs.push(iovec(packet(run.first)));
+            } else {
+                for i in run.first..run.first + run.count {
+                    if let Some(s) = Segment::parse(packet(i)) {
+                        self.iovecs.push(iovec(s.payload()));
+                    }
+                }
+            }
+            self.spans.push((start, self.iovecs.len() - start));
+        }
+        self.msgs.clear();
+        for &(start, len) in &self.spans {
+            // SAFETY: an all-zero msghdr is valid; the fields set point
+            // into `address` and `iovecs`, which outlive the calls below.
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_name = &mut self.address as *mut libc::sockaddr_ll as *mut libc::c_void;
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            m.msg_hdr.msg_iov = &mut self.iovecs[start];
+            m.msg_hdr.msg_iovlen = len;
+            self.msgs.push(m);
+        }
+        let fd = self.socket.as_raw_fd();
+        let mut at = 0;
+        while at < self.msgs.len() {
+            let left = self.msgs.len() - at;
+            // SAFETY: `msgs[at..]` is a valid array of `left` headers whose
+            // pointers are live: `bytes` and `frames` are not touched
+            // until the loop ends.
+            let r = unsafe { libc::sendmmsg(fd, self.msgs[at..].as_mut_ptr(), left as u32, 0) };
+            if r > 0 {
+                let done = at + r as usize;
+                self.sent += self.frames[at..done]
+                    .iter()
+                    .map(|(r, _)| r.count as u64)
+                    .sum::<u64>();
+                at = done;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::debug!(error = %e, "send to target failed");
+            self.errors += self.frames[at].0.count as u64;
+            at += 1;
+        }
+        self.bytes = bytes;
+        self.bytes.clear();
+        self.ends = ends;
+        self.ends.clear();
+    }
+}
+
+fn iovec(b: &[u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: b.as_ptr() as *mut libc::c_void,
+        iov_len: b.len(),
+    }
+}
+
+fn set_int(
+    socket: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: an int option on a socket we own.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Sender for PacketSender {
+    fn send(&mut self, packet: &[u8]) -> io::Result<()> {
+        if packet.len() < 20 {
+            self.errors += 1;
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "short packet"));
+        }
+        self.bytes.extend_from_slice(packet);
+        self.ends.push(self.bytes.len());
+        if self.ends.len() == BATCH {
+            self.send_batch();
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        self.send_batch();
+    }
+
+    fn counts(&self) -> SendCounts {
+        SendCounts {
+            sent: self.sent,
+            errors: self.errors,
+            gso_frames: self.gso_frames,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
