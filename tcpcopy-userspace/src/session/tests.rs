@@ -404,12 +404,14 @@ fn mid_stream_session_gets_a_fabricated_syn_and_o_skips_it() {
         "exactly one option, MSS = -D"
     );
     let out = l.respond((CLIENT, P), TISN, 7000, 0x12, 0, None);
+    // The request itself completes the handshake: no bare ACK before it.
+    assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(
         (out[0].flags, out[0].seq, out[0].ack),
-        (0x10, 7000, TISN + 1)
+        (0x18, 7000, TISN + 1)
     );
-    assert_eq!(out[1].payload, b"req2");
-    assert_eq!(out[1].window, 65535);
+    assert_eq!(out[0].payload, b"req2");
+    assert_eq!(out[0].window, 65535);
     let c = l.e.counters();
     assert_eq!((c.syns_sent, c.syns_fabricated, c.connections), (1, 1, 1));
     l.check_invariants();
@@ -1365,8 +1367,9 @@ fn timestamps_echo_the_target_and_never_go_backwards() {
 
 /// Found live: the client finished its handshake, sent a request, got the
 /// online answer and acknowledged it, all before the target's SYN-ACK came
-/// back. The handshake ACK must be the one replayed, and the request must
-/// not be held as if it waited for a server greeting.
+/// back. The handshake's ACK must be the replayed one (here carried by the
+/// request), and the request must not be held as if it waited for a server
+/// greeting.
 #[test]
 fn client_running_ahead_of_the_replayed_handshake_does_not_stall() {
     let mut l = Lab::new(Lab::default_cfg());
@@ -1377,12 +1380,54 @@ fn client_running_ahead_of_the_replayed_handshake_does_not_stall() {
     // The client acknowledges 166 bytes of the online server's response.
     assert!(l.capture(P, ISN + 9, 777 + 166, 0x10, &[]).is_empty());
     let out = l.respond(key, TISN, ISN + 1, 0x12, 0, None);
-    assert_eq!((out[0].flags, out[0].ack), (0x10, TISN + 1), "{out:?}");
+    // The request goes at once and completes the handshake itself (the
+    // client's handshake ACK is absorbed into it).
+    assert_eq!((out[0].flags, out[0].ack), (0x18, TISN + 1), "{out:?}");
     assert_eq!(
-        out[1].payload, b"GET / 1\n",
+        out[0].payload, b"GET / 1\n",
         "the request follows at once: {out:?}"
     );
-    assert_eq!(l.e.counters().pure_acks_absorbed, 1);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(l.e.counters().pure_acks_absorbed, 2);
+    l.check_invariants();
+}
+
+/// The handshake's last ACK is owed, not sent, when the target's SYN-ACK
+/// comes: a request captured in the same worker turn carries it, and only
+/// when nothing comes by the turn's end does it go bare.
+#[test]
+fn the_handshake_ack_rides_on_the_request_of_the_same_turn() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = l.capture(P, ISN, 0, 0x02, &[])[0].src;
+    assert!(
+        l.capture(P, ISN + 1, 777, 0x10, &[]).is_empty(),
+        "held for the SYN-ACK"
+    );
+    assert!(
+        l.respond(key, TISN, ISN + 1, 0x12, 0, None).is_empty(),
+        "owed until the turn ends"
+    );
+    let out = l.capture(P, ISN + 1, 777, 0x18, b"GET / 1\n");
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!((out[0].flags, out[0].ack), (0x18, TISN + 1));
+    assert!(l.advance(0).is_empty(), "nothing left owed: {:?}", l.sent);
+    let c = l.e.counters();
+    assert_eq!((c.pure_acks_absorbed, c.acks_fabricated), (1, 0));
+    l.check_invariants();
+
+    // Nothing to carry it this turn: the client's ACK goes bare at its end.
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = l.capture(P, ISN, 0, 0x02, &[])[0].src;
+    assert!(l.capture(P, ISN + 1, 777, 0x10, &[]).is_empty());
+    assert!(l.respond(key, TISN, ISN + 1, 0x12, 0, None).is_empty());
+    let out = l.advance(0);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        (out[0].flags, out[0].seq, out[0].ack, out[0].payload.len()),
+        (0x10, ISN + 1, TISN + 1, 0)
+    );
+    let c = l.e.counters();
+    assert_eq!((c.pure_acks_absorbed, c.acks_fabricated), (0, 0));
     l.check_invariants();
 }
 

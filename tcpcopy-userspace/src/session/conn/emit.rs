@@ -119,7 +119,7 @@ impl Session {
             tos: 0,
         });
         if flags & ACK != 0 {
-            self.note_ack_sent(ack);
+            self.note_ack_sent(ack, ctx);
         }
         if tx == Transmission::First {
             ctx.note(Event::Sent(if flags & RST != 0 {
@@ -150,9 +150,14 @@ impl Session {
     }
 
     /// A segment carrying acknowledgement `ack` went out.
-    fn note_ack_sent(&mut self, ack: SeqNumber) {
+    fn note_ack_sent(&mut self, ack: SeqNumber, ctx: &mut Ctx) {
         if self.peer.acknowledged(ack) {
             self.timers.stop(Timer::AckOwed);
+            if self.is_established() && self.handshake.held_ack.take().is_some() {
+                // The client's handshake ACK, owed since the SYN-ACK:
+                // this segment carries it.
+                ctx.note(Event::PureAckAbsorbed);
+            }
         }
     }
 
@@ -214,7 +219,7 @@ impl Session {
         };
         self.ip_id = seg.ip_id;
         let ack = if flags & ACK != 0 {
-            self.note_ack_sent(self.peer.rcv_nxt);
+            self.note_ack_sent(self.peer.rcv_nxt, ctx);
             self.peer.rcv_nxt
         } else {
             SeqNumber(0)

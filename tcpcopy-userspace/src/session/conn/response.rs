@@ -122,10 +122,17 @@ impl Session {
         self.peer.on_syn_ack(now, h);
         self.phase = Phase::Established;
         self.timers.set(Timer::Gc, now + ctx.cfg.gc_interval_ms);
-        if let Some(ack) = self.handshake.held_ack.take() {
-            self.send_handshake_ack(ack, ctx);
-        } else if self.handshake.fabricated {
-            self.send_ack(ctx);
+        // The handshake's last ACK is owed, not sent: the first data (or
+        // FIN) acknowledges the SYN-ACK itself, so a bare ACK before it
+        // would be one more packet, and one more pass through the target's
+        // stack, for nothing. It goes at the end of this turn (a timer due
+        // now) unless a segment sent first carries it: one the session
+        // holds already, or one the worker captures in the same turn.
+        if let Some(ack) = &self.handshake.held_ack {
+            self.pacing.last_captured_ack = Some(ack.ack);
+        }
+        if self.handshake.held_ack.is_some() || self.handshake.fabricated {
+            self.timers.set(Timer::AckOwed, now);
         }
         self.pump(now, ctx);
     }

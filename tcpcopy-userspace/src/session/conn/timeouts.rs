@@ -51,7 +51,15 @@ impl Session {
             self.on_answer_quiet(now);
         }
         if self.timers.is_due(Timer::AckOwed, now) {
-            self.send_ack(ctx);
+            match self.handshake.held_ack.take() {
+                // The handshake's ACK, owed since the SYN-ACK: nothing
+                // carried it this turn.
+                Some(ack) if self.is_established() => self.send_handshake_ack(ack, ctx),
+                held => {
+                    self.handshake.held_ack = held;
+                    self.send_ack(ctx);
+                }
+            }
         }
         if self.timers.take_due(Timer::ResponseWait, now) {
             self.on_response_wait_expired(now, ctx);
