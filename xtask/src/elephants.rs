@@ -341,6 +341,28 @@ fn capture_modes() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
     ]
 }
 
+/// `cargo xtask bench --elephants`: the elephant section alone, written to
+/// `bench/results/ELEPHANTS.md`.
+pub fn run_bench(quick: bool) -> Result<()> {
+    crate::util::cargo(&["build", "--release"])?;
+    crate::util::require_root("the elephant benchmark")?;
+    let _guard = lab::Guard;
+    lab::down();
+    lab::up()?;
+    let md = bench_section(quick)?;
+    let path = crate::util::root().join("bench/results/ELEPHANTS.md");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::fs::write(
+        &path,
+        format!(
+            "# Elephant flows and large values\n\nMachine: {cpus} CPUs; {}.\n\n{md}",
+            crate::util::stdout("date -u '+%Y-%m-%d %H:%M UTC'").trim()
+        ),
+    )?;
+    println!("bench: wrote {}", path.display());
+    Ok(())
+}
+
 /// `cargo xtask bench`'s elephant section: the highest single-stream rate
 /// replayed byte for byte (tap, from 250 Mbit/s doubling, until a step is
 /// not exact or the sender cannot reach its rate), and large redis values

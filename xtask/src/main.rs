@@ -109,6 +109,11 @@ enum Cmd {
         /// capture), bench/results/COST-VERDICT.md.
         #[arg(long, requires = "cost")]
         verdict: bool,
+        /// Instead: only the elephant section (one bulk stream by each
+        /// sender, large values per capture mode),
+        /// bench/results/ELEPHANTS.md.
+        #[arg(long, conflicts_with_all = ["cost", "soak"])]
+        elephants: bool,
     },
     /// A line-driven HTTP client the e2e tests run in the lab (see
     /// `lab_client.rs`).
@@ -164,8 +169,12 @@ fn run(cli: Cli) -> Result<()> {
             cost,
             baseline,
             verdict,
+            elephants,
         } => {
             setup::setup(false)?;
+            if elephants {
+                return crate::elephants::run_bench(quick);
+            }
             match (soak, cost) {
                 (Some(minutes), _) => soak::soak(minutes, faults),
                 (None, true) => cost::run(match (&baseline, verdict) {
