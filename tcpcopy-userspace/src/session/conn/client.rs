@@ -123,7 +123,11 @@ impl Session {
         // The client's third handshake ACK.
         self.pacing.measure_rtt(now);
         if self.is_established() {
-            self.send_handshake_ack(seg, ctx);
+            // Owed, as after a SYN-ACK (`on_syn_ack`): the request that
+            // usually follows in the same turn carries it.
+            self.pacing.last_captured_ack = Some(seg.ack);
+            self.handshake.held_ack = Some(seg);
+            self.timers.set(Timer::AckOwed, now);
         } else if self.handshake.held_ack.is_some() {
             // Keep the first: it is the handshake ACK. A later one (the
             // client already acknowledging response data while our SYN

@@ -249,14 +249,12 @@ impl Session {
 
     /// The target closed (FIN) or reset the connection.
     fn target_closed(&mut self, now: u64, by_fin: bool, ctx: &mut Ctx) {
-        if by_fin {
-            self.send_ack(ctx);
-        }
         if self.stream.has_unsent() || self.stream.may_rewind() {
             // Reconnect: a new connection carries what the target did not
             // acknowledge, and what it acknowledged and never answered
             // (a restarting server had read it and dropped it).
             if by_fin {
+                self.send_ack(ctx);
                 self.send_rst(ctx);
             }
             ctx.note(Event::Reconnected);
@@ -283,7 +281,18 @@ impl Session {
         // Nothing left to say: let a captured FIN go if it can, else reset.
         if by_fin {
             self.pacing.waiting = false;
+            // The client's FIN, when it goes now, acknowledges the target's
+            // FIN itself: a bare ACK before it would be a packet, and a pass
+            // through the target's stack, for nothing. Otherwise the ACK
+            // goes first (spec 4.14.2: ACK of the FIN, then what follows).
+            let fin_goes = self.stream.fin_off.is_some();
+            if !fin_goes {
+                self.send_ack(ctx);
+            }
             self.pump(now, ctx);
+            if fin_goes && !self.stream.fin_sent {
+                self.send_ack(ctx); // held after all
+            }
             if self.is_lingering() {
                 return;
             }
