@@ -35,7 +35,14 @@
 //!   resume from the first byte the target did not acknowledge, so no byte
 //!   the target acknowledged is sent twice and none it did not is skipped;
 //! - the response record's TCP header is always at offset 20 (the C tool
-//!   used the response's ihl, wrong with IP options).
+//!   used the response's ihl, wrong with IP options);
+//! - not a quirk, a cost: the handshake's last ACK is owed until the end of
+//!   the worker's turn, and the first request captured meanwhile carries
+//!   it (the C tool sent it bare, one packet more per connection); a
+//!   target FIN that comes while the client's FIN is in hand is
+//!   acknowledged by that FIN (no bare ACK before it). A target that
+//!   closes first with no client FIN in hand still gets the ACK, then the
+//!   RST (spec §4.14.2, scenario 13).
 //!
 //! Kept for compatibility: sampling bucket formula (`-r`), replica port
 //! formula, the C pacing of LAN clients (RTT ≤ 1 ms: the next request
