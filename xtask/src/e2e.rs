@@ -364,6 +364,15 @@ fn mirror_box_af_xdp_send() -> Result<()> {
     mirror_box(Replay::start_mirror_xdp_send("mirror-send")?)
 }
 
+/// The same, sending with `--send packet` out of the mirror port (framed
+/// for the next hop, as AF_XDP TX is).
+fn mirror_box_send_packet() -> Result<()> {
+    mirror_box(Replay::start_mirror_with(
+        "mirror-send-packet",
+        &["--send", "packet", "-o", "mir0"],
+    )?)
+}
+
 /// Four connections, below saturation, keep-alive then short.
 fn mirror_box(r: Replay) -> Result<()> {
     let (o, t) = drive(&wrk(4, 2, ""))?;
@@ -1494,6 +1503,10 @@ const SCENARIOS: &[Scenario] = &[
     (
         "--capture xdp --send xdp (AF_XDP TX) on the mirror box",
         mirror_box_af_xdp_send,
+    ),
+    (
+        "--capture xdp --send packet (AF_PACKET) on the mirror box",
+        mirror_box_send_packet,
     ),
     (
         "mirror outages: each hole costs only the requests in it",

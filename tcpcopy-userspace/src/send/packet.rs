@@ -74,12 +74,13 @@ impl<'a> Segment<'a> {
         &self.packet[self.header..]
     }
 
-    /// Same addresses, ports, ack, window, options, TOS and TTL: only the
-    /// sequence number, payload, IP id and checksums may differ.
+    /// Same addresses, ports, ack, window, options, TOS, DF and TTL: only
+    /// the sequence number, payload, IP id and checksums may differ.
     fn same_flow_and_header(&self, other: &Segment) -> bool {
         let (a, b) = (self.packet, other.packet);
         self.header == other.header
             && a[1] == b[1]
+            && a[6] == b[6]
             && a[8] == b[8]
             && a[12..20] == b[12..20]
             && a[20..24] == b[20..24]
