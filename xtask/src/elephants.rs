@@ -171,15 +171,21 @@ pub fn one_bulk_stream_exact() -> Result<()> {
         drain.as_secs_f64()
     );
     ensure!(o > 100_000_000, "too little load: {o} bytes");
+    whole_stream_over_one_connection(o, t, &log)
+}
+
+/// The target's sink got every byte the online one did, and the replay
+/// opened one connection for the stream.
+fn whole_stream_over_one_connection(online: u64, target: u64, log: &str) -> Result<()> {
     ensure!(
-        t == o,
-        "the target received {t} bytes of {o}\n{}",
-        summary(&log)
+        target == online,
+        "the target received {target} bytes of {online}\n{}",
+        summary(log)
     );
     ensure!(
-        summary_counter(&log, "syns_sent") == 1,
+        summary_counter(log, "syns_sent") == 1,
         "one connection expected:\n{}",
-        summary(&log)
+        summary(log)
     );
     Ok(())
 }
@@ -205,16 +211,7 @@ pub fn one_bulk_stream_sent_as_gso_exact() -> Result<()> {
         drain.as_secs_f64()
     );
     ensure!(o > 200_000_000, "too little load: {o} bytes");
-    ensure!(
-        t == o,
-        "the target received {t} bytes of {o}\n{}",
-        summary(&log)
-    );
-    ensure!(
-        summary_counter(&log, "syns_sent") == 1,
-        "one connection expected:\n{}",
-        summary(&log)
-    );
+    whole_stream_over_one_connection(o, t, &log)?;
     ensure!(
         gso > 0,
         "no segments were sent together:\n{}",

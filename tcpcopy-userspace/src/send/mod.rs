@@ -4,6 +4,7 @@
 //! socket that sends a bulk stream's segments together as GSO packets
 //! (`--send packet`).
 
+mod batch;
 pub mod neighbour;
 mod packet;
 mod raw;

@@ -16,11 +16,13 @@ use std::{
     sync::Arc,
 };
 
-use super::{neighbour::NextHops, SendCounts, Sender};
+use super::{
+    batch::{send_all, Batch, BATCH},
+    neighbour::NextHops,
+    SendCounts, Sender,
+};
 use crate::wire::{internet_checksum, tcp_pseudo_header_sum, TcpFlags};
 
-/// Packets gathered before the batch goes out by itself.
-const BATCH: usize = 64;
 /// Most segments one GSO packet carries.
 const MAX_SEGMENTS: usize = 64;
 /// The virtio-net header before each frame (`struct virtio_net_hdr`).
@@ -53,7 +55,7 @@ impl<'a> Segment<'a> {
         let tot = u16::from_be_bytes([packet[2], packet[3]]) as usize;
         // No fragment (MF clear, offset 0).
         let frag = u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff;
-        let header = 20 + ((packet[32] >> 4) as usize) * 4;
+        let header = headers_len(packet);
         let flags = packet[33];
         let allowed = TcpFlags::ACK | TcpFlags::PSH;
         if tot != packet.len() || frag != 0 || header < 40 || header >= tot {
@@ -88,6 +90,11 @@ impl<'a> Segment<'a> {
             && a[34..36] == b[34..36]
             && a[40..self.header] == b[40..other.header]
     }
+}
+
+/// Where the payload of a TCP/IPv4 packet with a 20-byte IP header starts.
+fn headers_len(packet: &[u8]) -> usize {
+    20 + ((packet[32] >> 4) as usize) * 4
 }
 
 /// Packets `first .. first + count` of a batch leave as one frame.
@@ -154,25 +161,23 @@ impl Head {
         }
     }
 
-    /// Make this the head of a GSO frame for `segments` (a planned run of
-    /// two or more): their payloads follow it back to back.
-    fn gso(&mut self, segments: &[Segment]) {
-        let first = segments[0];
-        let last = segments[segments.len() - 1];
-        let header = first.header;
-        let mss = first.payload().len();
-        let payload: usize = segments.iter().map(|s| s.payload().len()).sum();
+    /// Make this the head of a GSO frame for a planned run of two or more
+    /// segments, from its `first` and `last` packets and the `payload`
+    /// bytes they all carry: the payloads follow it back to back.
+    fn gso(&mut self, first: &[u8], last: &[u8], payload: usize) {
+        let header = headers_len(first);
+        let mss = first.len() - header;
         let tot = header + payload;
         let at = VNET_HDR + ETH_HDR;
         let h = &mut self.bytes[at..at + header];
-        h.copy_from_slice(&first.packet[..header]);
+        h.copy_from_slice(&first[..header]);
         h[2..4].copy_from_slice(&(tot as u16).to_be_bytes());
         h[10..12].fill(0);
         let ipc = internet_checksum(&h[..20]);
         h[10..12].copy_from_slice(&ipc.to_be_bytes());
         // PSH, if any, was the last segment's: the kernel gives it to the
         // last piece it cuts.
-        h[33] = first.flags | (last.flags & TcpFlags::PSH);
+        h[33] = first[33] | (last[33] & TcpFlags::PSH);
         let tcp_len = (tot - 20) as u16;
         let partial = tcp_pseudo_header_sum(
             [h[12], h[13], h[14], h[15]],
@@ -202,9 +207,7 @@ pub struct PacketSender {
     next_hop: HashMap<Ipv4Addr, [u8; 6]>,
     hops: Arc<NextHops>,
     generation: u64,
-    /// The batch's packets, back to back, and where each ends.
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
+    batch: Batch,
     // Kept to reuse their memory.
     runs: Vec<Run>,
     /// The frames of the batch that have a next hop, with their heads.
@@ -248,8 +251,7 @@ impl PacketSender {
             next_hop: hops.snapshot(),
             generation: hops.generation(),
             hops,
-            bytes: Vec::with_capacity(BATCH * 1500),
-            ends: Vec::with_capacity(BATCH),
+            batch: Batch::new(),
             runs: Vec::with_capacity(BATCH),
             frames: Vec::with_capacity(BATCH),
             iovecs: Vec::with_capacity(BATCH * 2),
@@ -261,12 +263,11 @@ impl PacketSender {
         })
     }
 
-    /// Send the batch: frames planned and headed, then `sendmmsg` until
-    /// each went or failed (a frame that fails is counted, each of its
-    /// packets an error, and skipped; the engine's timers retransmit what
-    /// was lost).
+    /// Send the batch: frames planned and headed, then `sendmmsg` (a frame
+    /// that fails is counted, each of its packets an error, and skipped;
+    /// the engine's timers retransmit what was lost).
     fn send_batch(&mut self) {
-        if self.ends.is_empty() {
+        if self.batch.is_empty() {
             return;
         }
         let generation = self.hops.generation();
@@ -274,13 +275,11 @@ impl PacketSender {
             self.next_hop = self.hops.snapshot();
             self.generation = generation;
         }
-        let bytes = std::mem::take(&mut self.bytes);
-        let ends = std::mem::take(&mut self.ends);
-        let packet = |i: usize| &bytes[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
-        plan_runs((0..ends.len()).map(packet), &mut self.runs);
+        let batch = &self.batch;
+        plan_runs(batch.iter(), &mut self.runs);
         self.frames.clear();
         for &run in &self.runs {
-            let first = packet(run.first);
+            let first = batch.get(run.first);
             let dst = Ipv4Addr::new(first[16], first[17], first[18], first[19]);
             let Some(&mac) = self.next_hop.get(&dst) else {
                 self.errors += run.count as u64;
@@ -288,10 +287,11 @@ impl PacketSender {
             };
             let mut head = Head::new(mac, self.src_mac);
             if run.count > 1 {
-                let segments: Vec<Segment> = (run.first..run.first + run.count)
-                    .filter_map(|i| Segment::parse(packet(i)))
-                    .collect();
-                head.gso(&segments);
+                // A run's segments share their header length (planned so).
+                let header = headers_len(first);
+                let members = run.first..run.first + run.count;
+                let payload = members.map(|i| batch.get(i).len() - header).sum();
+                head.gso(first, batch.get(run.first + run.count - 1), payload);
                 self.gso_frames += 1;
             }
             self.frames.push((run, head));
@@ -304,12 +304,11 @@ impl PacketSender {
             let start = self.iovecs.len();
             self.iovecs.push(iovec(&head.bytes[..head.len]));
             if run.count == 1 {
-                self.iovecs.push(iovec(packet(run.first)));
+                self.iovecs.push(iovec(batch.get(run.first)));
             } else {
+                let header = headers_len(batch.get(run.first));
                 for i in run.first..run.first + run.count {
-                    if let Some(s) = Segment::parse(packet(i)) {
-                        self.iovecs.push(iovec(s.payload()));
-                    }
+                    self.iovecs.push(iovec(&batch.get(i)[header..]));
                 }
             }
             self.spans.push((start, self.iovecs.len() - start));
@@ -317,7 +316,7 @@ impl PacketSender {
         self.msgs.clear();
         for &(start, len) in &self.spans {
             // SAFETY: an all-zero msghdr is valid; the fields set point
-            // into `address` and `iovecs`, which outlive the calls below.
+            // into `address` and `iovecs`, which outlive the call below.
             let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
             m.msg_hdr.msg_name = &mut self.address as *mut libc::sockaddr_ll as *mut libc::c_void;
             m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
@@ -325,35 +324,19 @@ impl PacketSender {
             m.msg_hdr.msg_iovlen = len;
             self.msgs.push(m);
         }
-        let fd = self.socket.as_raw_fd();
-        let mut at = 0;
-        while at < self.msgs.len() {
-            let left = self.msgs.len() - at;
-            // SAFETY: `msgs[at..]` is a valid array of `left` headers whose
-            // pointers are live: `bytes` and `frames` are not touched
-            // until the loop ends.
-            let r = unsafe { libc::sendmmsg(fd, self.msgs[at..].as_mut_ptr(), left as u32, 0) };
-            if r > 0 {
-                let done = at + r as usize;
-                self.sent += self.frames[at..done]
-                    .iter()
-                    .map(|(r, _)| r.count as u64)
-                    .sum::<u64>();
-                at = done;
-                continue;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            tracing::debug!(error = %e, "send to target failed");
-            self.errors += self.frames[at].0.count as u64;
-            at += 1;
-        }
-        self.bytes = bytes;
-        self.bytes.clear();
-        self.ends = ends;
-        self.ends.clear();
+        let frames = &self.frames;
+        let mut failed = 0;
+        // SAFETY: the headers point into `address`, `iovecs`, the heads in
+        // `frames` and the batch, none of which changes during the call.
+        unsafe {
+            send_all(self.socket.as_raw_fd(), &mut self.msgs, |i, _| {
+                failed += frames[i].0.count as u64;
+            })
+        };
+        let packets: u64 = frames.iter().map(|(r, _)| r.count as u64).sum();
+        self.sent += packets - failed;
+        self.errors += failed;
+        self.batch.clear();
     }
 }
 
@@ -388,13 +371,8 @@ fn set_int(
 
 impl Sender for PacketSender {
     fn send(&mut self, packet: &[u8]) -> io::Result<()> {
-        if packet.len() < 20 {
-            self.errors += 1;
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "short packet"));
-        }
-        self.bytes.extend_from_slice(packet);
-        self.ends.push(self.bytes.len());
-        if self.ends.len() == BATCH {
+        let full = self.batch.push(packet).inspect_err(|_| self.errors += 1)?;
+        if full {
             self.send_batch();
         }
         Ok(())

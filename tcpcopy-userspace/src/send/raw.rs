@@ -6,15 +6,11 @@ use std::{io, os::fd::AsRawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Packets gathered before a `sendmmsg` goes out by itself.
-const BATCH: usize = 64;
+use super::batch::{send_all, Batch, BATCH};
 
 pub struct RawSender {
     socket: Socket,
-    /// The batch's packets, back to back.
-    bytes: Vec<u8>,
-    /// Where each packet of the batch ends in `bytes`.
-    ends: Vec<usize>,
+    batch: Batch,
     // The system call's arrays, kept to reuse their memory.
     addrs: Vec<libc::sockaddr_in>,
     iovecs: Vec<libc::iovec>,
@@ -41,8 +37,7 @@ impl RawSender {
         let _ = socket.set_send_buffer_size(4 << 20);
         Ok(RawSender {
             socket,
-            bytes: Vec::with_capacity(BATCH * 1500),
-            ends: Vec::with_capacity(BATCH),
+            batch: Batch::new(),
             addrs: Vec::with_capacity(BATCH),
             iovecs: Vec::with_capacity(BATCH),
             msgs: Vec::with_capacity(BATCH),
@@ -51,19 +46,15 @@ impl RawSender {
         })
     }
 
-    /// Send the batch: `sendmmsg` until every packet went or failed (a
-    /// packet that fails is counted and skipped; the engine's timers
-    /// retransmit what was lost).
+    /// Send the batch, each packet to its destination address.
     fn send_batch(&mut self) {
-        if self.ends.is_empty() {
+        if self.batch.is_empty() {
             return;
         }
         self.addrs.clear();
         self.iovecs.clear();
         self.msgs.clear();
-        let mut start = 0;
-        for &end in &self.ends {
-            let p = &self.bytes[start..end];
+        for p in self.batch.iter() {
             self.addrs.push(libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: 0,
@@ -77,11 +68,10 @@ impl RawSender {
                 iov_base: p.as_ptr() as *mut libc::c_void,
                 iov_len: p.len(),
             });
-            start = end;
         }
-        for i in 0..self.ends.len() {
+        for i in 0..self.batch.len() {
             // SAFETY: an all-zero msghdr is valid; the fields set point into
-            // `addrs` and `iovecs`, which outlive the calls below.
+            // `addrs` and `iovecs`, which outlive the call below.
             let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
             m.msg_hdr.msg_name = &mut self.addrs[i] as *mut libc::sockaddr_in as *mut libc::c_void;
             m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -89,29 +79,13 @@ impl RawSender {
             m.msg_hdr.msg_iovlen = 1;
             self.msgs.push(m);
         }
-        let fd = self.socket.as_raw_fd();
-        let mut at = 0;
-        while at < self.msgs.len() {
-            let left = self.msgs.len() - at;
-            // SAFETY: `msgs[at..]` is a valid array of `left` headers whose
-            // pointers are live (see above).
-            let r = unsafe { libc::sendmmsg(fd, self.msgs[at..].as_mut_ptr(), left as u32, 0) };
-            if r > 0 {
-                self.sent += r as u64;
-                at += r as usize;
-                continue;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            // The packet at `at` failed: count it and go on with the rest.
-            tracing::debug!(error = %e, "send to target failed");
-            self.errors += 1;
-            at += 1;
-        }
-        self.bytes.clear();
-        self.ends.clear();
+        let mut failed = 0;
+        // SAFETY: the headers point into `addrs`, `iovecs` and the batch,
+        // none of which changes during the call.
+        unsafe { send_all(self.socket.as_raw_fd(), &mut self.msgs, |_, _| failed += 1) };
+        self.sent += (self.msgs.len() - failed) as u64;
+        self.errors += failed as u64;
+        self.batch.clear();
     }
 }
 
@@ -119,13 +93,8 @@ impl super::Sender for RawSender {
     /// Queue one IPv4 packet for its destination address; a full batch goes
     /// out at once.
     fn send(&mut self, packet: &[u8]) -> io::Result<()> {
-        if packet.len() < 20 {
-            self.errors += 1;
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "short packet"));
-        }
-        self.bytes.extend_from_slice(packet);
-        self.ends.push(self.bytes.len());
-        if self.ends.len() == BATCH {
+        let full = self.batch.push(packet).inspect_err(|_| self.errors += 1)?;
+        if full {
             self.send_batch();
         }
         Ok(())

@@ -145,8 +145,9 @@ fn a_gso_frame_cut_by_the_kernel_gives_back_the_segments() {
         .iter()
         .map(|p| Segment::parse(p).unwrap())
         .collect();
+    let payload = segments.iter().map(|s| s.payload().len()).sum();
     let mut head = Head::new([2; 6], [4; 6]);
-    head.gso(&segments);
+    head.gso(&originals[0], &originals[3], payload);
 
     let v = &head.bytes[..VNET_HDR];
     assert_eq!(v[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
