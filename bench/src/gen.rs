@@ -47,8 +47,8 @@ pub fn generate(a: &GenArgs) -> Result<(u64, f64)> {
     let packets: Vec<Vec<u8>> = (0..DISTINCT)
         .map(|i| {
             build(&SegmentSpec {
-                src: (a.src, 20000 + i + (a.queue as u16 % 8) * DISTINCT),
-                dst: (a.dst, 80),
+                src: (a.src.into(), 20000 + i + (a.queue as u16 % 8) * DISTINCT),
+                dst: (a.dst.into(), 80),
                 seq: 1_000_000 + i as u32,
                 ack: 1,
                 flags: 0x10,

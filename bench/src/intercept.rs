@@ -7,7 +7,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4, TcpStream},
     os::fd::{AsFd, AsRawFd},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -24,12 +24,12 @@ use tcpcopy::{
 };
 use tcpcopy_common::intercept_counter as ic;
 
-const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 9, 9, 5), 40000);
+const CLIENT: (IpAddr, u16) = (IpAddr::V4(Ipv4Addr::new(10, 9, 9, 5)), 40000);
 /// Connections the generators answer (client ports from CLIENT's on), so
 /// that their records spread over intercept's rings as many connections'
 /// do; each generator thread answers one.
 const CLIENTS: u16 = 16;
-const TARGET: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 0, 2, 2), 8080);
+const TARGET: (IpAddr, u16) = (IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2)), 8080);
 
 /// An Ethernet frame carrying the target's 166-byte HTTP answer header
 /// (timestamps on, as Linux sends them) to CLIENT.
@@ -361,7 +361,7 @@ impl tcpcopy::intercept::RecordSource for MemorySource {
 fn server_ceiling(total: u64) -> Result<f64> {
     let (mut server, mut conn) = server_and_fake_tcpcopy()?;
     let frame = response_frame();
-    let record = tcpcopy::proto::ResponseRecord::from_ipv4_packet(&frame[14..])
+    let record = tcpcopy::proto::ResponseRecord::from_ip_packet(&frame[14..])
         .ok_or_else(|| anyhow!("bad frame"))?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let reader = {

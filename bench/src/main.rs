@@ -19,21 +19,25 @@ mod charts;
 mod gen;
 mod intercept;
 
-use std::{net::Ipv4Addr, sync::Arc, time::Instant};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+    time::Instant,
+};
 use tcpcopy::{
     proto::ResponseHeader,
     session::{parse_transfers, Config, Engine},
     wire::build::{build, SegmentSpec},
 };
 
-const ONLINE: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
-const TARGET: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+const ONLINE: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1));
+const TARGET: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2));
 
-fn client_ip(i: u32) -> Ipv4Addr {
-    Ipv4Addr::from(0x0a00_0000u32 | (1 + i / 50_000) << 16 | (i % 50_000))
+fn client_ip(i: u32) -> IpAddr {
+    Ipv4Addr::from(0x0a00_0000u32 | (1 + i / 50_000) << 16 | (i % 50_000)).into()
 }
 
-fn pkt(src: (Ipv4Addr, u16), seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+fn pkt(src: (IpAddr, u16), seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
     build(&SegmentSpec {
         src,
         dst: (ONLINE, 80),
@@ -49,7 +53,7 @@ fn pkt(src: (Ipv4Addr, u16), seq: u32, ack: u32, flags: u8, payload: &[u8]) -> V
     })
 }
 
-fn resp(client: (Ipv4Addr, u16), seq: u32, ack: u32, flags: u8, len: u32) -> ResponseHeader {
+fn resp(client: (IpAddr, u16), seq: u32, ack: u32, flags: u8, len: u32) -> ResponseHeader {
     ResponseHeader {
         src_ip: TARGET,
         src_port: 8080,
@@ -77,7 +81,7 @@ fn drain(e: &mut Engine) -> usize {
 }
 
 /// Establish `n` sessions; returns their client addresses.
-fn establish(e: &mut Engine, n: u32) -> Vec<(Ipv4Addr, u16)> {
+fn establish(e: &mut Engine, n: u32) -> Vec<(IpAddr, u16)> {
     let mut v = Vec::with_capacity(n as usize);
     for i in 0..n {
         let c = (client_ip(i), 10_000 + (i % 50_000) as u16);

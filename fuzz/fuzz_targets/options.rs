@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use tcpcopy::{
     intercept::{parse_cidr, parse_filter},
-    session::{parse_client_pool, parse_transfers},
+    session::{parse_transfers, ClientPool},
     tcpcopy::parse_servers,
 };
 
@@ -14,8 +14,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(t) = parse_transfers(s) {
-        let _ = parse_client_pool(s, &t);
-        let _ = parse_client_pool("10.9.9.x", &t);
+        if let Ok(pool) = ClientPool::parse(s, &t) {
+            let _ = pool.bind("10.0.1.1".parse().unwrap());
+            let _ = pool.bind("2001:db8::1".parse().unwrap());
+        }
+        let _ = ClientPool::parse("10.9.9.x,2001:db8:ff::/112", &t);
     }
     let _ = parse_servers(s, 36524);
     let _ = parse_filter(s);

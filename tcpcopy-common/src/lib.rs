@@ -171,6 +171,14 @@ pub fn flow_hash(saddr: u32, sport: u16) -> u32 {
     h
 }
 
+/// An IPv6 address (four 32-bit words, host order) folded to the 32 bits
+/// [`flow_hash`] takes: XOR of its words. The eBPF programs and userspace
+/// share it.
+#[inline(always)]
+pub fn fold_ipv6(words: [u32; 4]) -> u32 {
+    words[0] ^ words[1] ^ words[2] ^ words[3]
+}
+
 /// Header in front of every tap record: the IPv4 packet's length, then the
 /// packet bytes.
 #[repr(C)]

@@ -7,7 +7,7 @@
 //! add lines to the same list.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    net::{IpAddr, SocketAddr, UdpSocket},
     path::Path,
 };
 
@@ -205,19 +205,21 @@ pub fn program_loads(list: &mut Checklist, what: &str, load: impl FnOnce() -> an
 
 /// The source address the kernel would send to `to` from (a UDP
 /// connect: nothing is sent), or why there is no route.
-pub fn route_to(to: Ipv4Addr) -> Result<Ipv4Addr, String> {
-    let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-    s.connect(SocketAddrV4::new(to, 9))
+pub fn route_to(to: IpAddr) -> Result<IpAddr, String> {
+    let any: SocketAddr = match to {
+        IpAddr::V4(_) => "0.0.0.0:0".parse().unwrap(),
+        IpAddr::V6(_) => "[::]:0".parse().unwrap(),
+    };
+    let s = UdpSocket::bind(any).map_err(|e| e.to_string())?;
+    s.connect(SocketAddr::new(to, 9))
         .map_err(|e| e.to_string())?;
-    match s.local_addr().map_err(|e| e.to_string())? {
-        std::net::SocketAddr::V4(a) => Ok(*a.ip()),
-        std::net::SocketAddr::V6(_) => Err("an IPv6 source".into()),
-    }
+    Ok(s.local_addr().map_err(|e| e.to_string())?.ip())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn the_checklist_counts_failures() {
@@ -232,6 +234,7 @@ mod tests {
 
     #[test]
     fn loopback_has_a_route() {
-        assert_eq!(route_to(Ipv4Addr::LOCALHOST), Ok(Ipv4Addr::LOCALHOST));
+        let lo = IpAddr::from(Ipv4Addr::LOCALHOST);
+        assert_eq!(route_to(lo), Ok(lo));
     }
 }

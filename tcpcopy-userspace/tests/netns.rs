@@ -467,7 +467,7 @@ fn intercept_binary_routes_real_nginx_responses_to_its_tcpcopy_and_drops_them() 
         .unwrap();
     let target = tri.target_ip();
     let control = tri.control_addr();
-    let client = (std::net::Ipv4Addr::new(10, 9, 9, 5), 40000u16);
+    let client = (std::net::IpAddr::from([10, 9, 9, 5]), 40000u16);
     let request = b"GET /replayed HTTP/1.1\r\nHost: t\r\n\r\n";
 
     let outcome = in_netns(&tri.r.clone(), move || {
@@ -497,7 +497,7 @@ fn intercept_binary_routes_real_nginx_responses_to_its_tcpcopy_and_drops_them() 
         sniffer.set_nonblocking(true).unwrap();
 
         let mut hello = RouteMsg::version().encode().to_vec();
-        hello.extend_from_slice(&RouteMsg::client_add(client, (target, 8080)).encode());
+        hello.extend_from_slice(&RouteMsg::client_add(client, (target.into(), 8080)).encode());
         conn.write_all(&hello).unwrap();
         std::thread::sleep(Duration::from_millis(100));
 
@@ -505,7 +505,7 @@ fn intercept_binary_routes_real_nginx_responses_to_its_tcpcopy_and_drops_them() 
         let seg = |seq, ack, flags, options: &[u8], payload: &[u8]| {
             build(&SegmentSpec {
                 src: client,
-                dst: (target, 8080),
+                dst: (target.into(), 8080),
                 seq,
                 ack,
                 flags,

@@ -22,6 +22,7 @@
 
 use std::{
     io,
+    net::IpAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -36,7 +37,7 @@ use hashbrown::HashSet;
 
 use super::{Capture, CaptureStats};
 use crate::session::{
-    claims::{Claims, WorkerIndex},
+    claims::{flow_hash, Claims, WorkerIndex},
     Config, SessionKey,
 };
 
@@ -286,7 +287,7 @@ fn lanes(workers: usize, depth: usize) -> io::Result<(Vec<DispatchedCapture>, Ve
     Ok((inboxes, lanes))
 }
 
-/// The worker that owns the flow of IPv4/TCP packet `p`, of `n`: its
+/// The worker that owns the flow of IP/TCP packet `p`, of `n`: its
 /// client's (the source; the destination of an online answer).
 fn lane_of(p: &[u8], n: u32, answers: Option<&Config>) -> usize {
     let flow = match answers {
@@ -294,7 +295,7 @@ fn lane_of(p: &[u8], n: u32, answers: Option<&Config>) -> usize {
         _ => flow_of(p),
     };
     match flow {
-        Some((ip, port)) => (tcpcopy_common::flow_hash(ip, port) % n) as usize,
+        Some((ip, port)) => (flow_hash(ip, port) % n) as usize,
         None => 0,
     }
 }
@@ -304,15 +305,12 @@ fn is_answer(p: &[u8], cfg: &Config) -> bool {
     let Some((ip, port)) = flow_of(p) else {
         return false;
     };
-    !cfg.rule_for(std::net::Ipv4Addr::from(ip), port).is_empty()
+    !cfg.rule_for(ip, port).is_empty()
 }
 
-/// The destination (address, port) of IPv4/TCP packet `p`, host order.
-fn answer_flow_of(p: &[u8]) -> Option<(u32, u16)> {
-    let ihl = ((*p.first()? & 0x0f) as usize) * 4;
-    let ip = u32::from_be_bytes(p.get(16..20)?.try_into().ok()?);
-    let port = u16::from_be_bytes(p.get(ihl + 2..ihl + 4)?.try_into().ok()?);
-    Some((ip, port))
+/// The destination (address, port) of IP/TCP packet `p`.
+fn answer_flow_of(p: &[u8]) -> Option<(IpAddr, u16)> {
+    flow_ends(p).map(|(_, dst)| dst)
 }
 
 /// Give each worker its own sources (`sources[i]` for worker `i`, possibly
@@ -369,10 +367,7 @@ impl OwnedFlows {
             Some(cfg) if is_answer(p, cfg) => answer_flow_of(p)?,
             _ => flow_of(p)?,
         };
-        let key = SessionKey {
-            client: ip.into(),
-            port,
-        };
+        let key = SessionKey { client: ip, port };
         if self.mine.contains(&key) {
             return None;
         }
@@ -516,12 +511,25 @@ pub struct DispatchStats {
     pub queue_full: u64,
 }
 
-/// (client address, client port) in host order, from an IPv4/TCP packet.
-fn flow_of(p: &[u8]) -> Option<(u32, u16)> {
-    let ihl = ((*p.first()? & 0x0f) as usize) * 4;
-    let ip = u32::from_be_bytes(p.get(12..16)?.try_into().ok()?);
-    let port = u16::from_be_bytes(p.get(ihl..ihl + 2)?.try_into().ok()?);
-    Some((ip, port))
+/// (client address, client port): the source of IP/TCP packet `p`.
+fn flow_of(p: &[u8]) -> Option<(IpAddr, u16)> {
+    flow_ends(p).map(|(src, _)| src)
+}
+
+/// Source and destination of IP/TCP packet `p`: IPv4 read in place (the
+/// common case, on every packet), IPv6 past its extension headers.
+fn flow_ends(p: &[u8]) -> Option<((IpAddr, u16), (IpAddr, u16))> {
+    let (src, dst, tcp) = if *p.first()? >> 4 == 4 {
+        let ihl = ((p[0] & 0x0f) as usize) * 4;
+        let src: [u8; 4] = p.get(12..16)?.try_into().ok()?;
+        let dst: [u8; 4] = p.get(16..20)?.try_into().ok()?;
+        (IpAddr::from(src), IpAddr::from(dst), p.get(ihl..)?)
+    } else {
+        let ip = crate::wire::IpPacket::parse(p).ok()?;
+        (ip.src, ip.dst, ip.payload())
+    };
+    let port = |i: usize| tcp.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    Some(((src, port(0)?), (dst, port(2)?)))
 }
 
 #[cfg(test)]
@@ -540,8 +548,8 @@ mod tests {
     impl Queue {
         fn push(&self, port: u16) {
             self.0.lock().unwrap().push(build(&SegmentSpec {
-                src: (Ipv4Addr::new(10, 0, 0, 1), port),
-                dst: (Ipv4Addr::new(10, 0, 0, 2), 80),
+                src: (Ipv4Addr::new(10, 0, 0, 1).into(), port),
+                dst: (Ipv4Addr::new(10, 0, 0, 2).into(), 80),
                 seq: 1,
                 ack: 1,
                 flags: 0x10,
@@ -607,7 +615,7 @@ mod tests {
         ends[0].release_flows(&|_| false);
         assert_eq!(
             flows.owner(SessionKey {
-                client: Ipv4Addr::new(10, 0, 0, 1),
+                client: Ipv4Addr::new(10, 0, 0, 1).into(),
                 port: 1000
             }),
             None
@@ -619,7 +627,7 @@ mod tests {
         ends[1].release_flows(&|k| k.port == 2000);
         assert_eq!(
             flows.owner(SessionKey {
-                client: Ipv4Addr::new(10, 0, 0, 1),
+                client: Ipv4Addr::new(10, 0, 0, 1).into(),
                 port: 2000
             }),
             Some(1)

@@ -2,8 +2,8 @@
 //! SOCK_DGRAM socket, read by the dispatcher (see `dispatch` for why not a
 //! kernel fanout group), up to [`SLOTS`] frames a `recvmmsg`. Only frames
 //! arriving at the host are taken (our own replayed packets leave as
-//! "outgoing" and are skipped), and only IPv4/TCP segments that match a
-//! `-x` source (with `--verdict`, the online server's answers too).
+//! "outgoing" and are skipped), and only IP/TCP segments (either family)
+//! that match a `-x` source (with `--verdict`, the online server's answers too).
 
 use std::{
     io,
@@ -50,8 +50,10 @@ impl PacketSocket {
     /// `ifindex` 0 = every interface.
     pub fn open(ifindex: u32, config: Arc<Config>) -> io::Result<Self> {
         // The host's outgoing packets reach only ETH_P_ALL sockets: with
-        // `--verdict` the online server's answers are among them.
-        let proto = if config.verdict.is_some() {
+        // `--verdict` the online server's answers are among them. An IPv6
+        // target needs IPv6 frames too.
+        let ipv6 = config.transfers.iter().any(|t| t.dst_ip.is_ipv6());
+        let proto = if config.verdict.is_some() || ipv6 {
             (libc::ETH_P_ALL as u16).to_be()
         } else {
             (libc::ETH_P_IP as u16).to_be()
@@ -151,27 +153,20 @@ impl PacketSocket {
 /// A frame to take: a segment to a `-x` source arriving at the host, or
 /// (`--verdict`) the online server's answer from one.
 fn wanted(config: &Config, p: &[u8], outgoing: bool) -> bool {
-    let Ok(ip) = crate::wire::Ipv4View::new_checked(p) else {
+    let Ok(ip) = crate::wire::IpPacket::parse(p) else {
         return false;
     };
-    if ip.protocol() != 6 || ip.payload().len() < 4 {
+    if ip.protocol != 6 || ip.payload().len() < 4 {
         return false;
     }
     let t = ip.payload();
     let dport = u16::from_be_bytes([t[2], t[3]]);
-    if !outgoing
-        && config
-            .transfer_for(std::net::Ipv4Addr::from(ip.dst()), dport)
-            .is_some()
-    {
+    if !outgoing && config.transfer_for(ip.dst, dport).is_some() {
         return true;
     }
     // `--verdict`: the online server's answers, from a `-x` source.
     let sport = u16::from_be_bytes([t[0], t[1]]);
-    config.verdict.is_some()
-        && !config
-            .rule_for(std::net::Ipv4Addr::from(ip.src()), sport)
-            .is_empty()
+    config.verdict.is_some() && !config.rule_for(ip.src, sport).is_empty()
 }
 
 impl Capture for PacketSocket {
@@ -191,8 +186,9 @@ impl Capture for PacketSocket {
                 // The host's own outgoing packets are skipped, except the
                 // online server's answers the verdict reads.
                 let outgoing = sll.sll_pkttype == libc::PACKET_OUTGOING;
-                let ipv4 = sll.sll_protocol == (libc::ETH_P_IP as u16).to_be();
-                if !ipv4 || !wanted(&self.config, packet, outgoing) {
+                let ip = sll.sll_protocol == (libc::ETH_P_IP as u16).to_be()
+                    || sll.sll_protocol == (libc::ETH_P_IPV6 as u16).to_be();
+                if !ip || !wanted(&self.config, packet, outgoing) {
                     self.stats.skipped += 1;
                     continue;
                 }

@@ -172,7 +172,7 @@ impl Capture for XskSocket {
             // SAFETY: the frame came off the RX ring, so the kernel is done
             // with it until we put it back on the fill ring below.
             let data = unsafe { self.umem.data(desc) };
-            match crate::wire::ipv4_in_ethernet(data.contents()) {
+            match crate::wire::ip_in_ethernet(data.contents()) {
                 Ok(p) => {
                     f(p);
                     n += 1;

@@ -249,11 +249,11 @@ mod tests {
     #[test]
     fn cidr() {
         let n = parse_cidr("10.0.4.0/24").unwrap();
-        assert!(n.contains(Ipv4Addr::new(10, 0, 4, 3)));
-        assert!(!n.contains(Ipv4Addr::new(10, 0, 5, 3)));
+        assert!(n.contains(Ipv4Addr::new(10, 0, 4, 3).into()));
+        assert!(!n.contains(Ipv4Addr::new(10, 0, 5, 3).into()));
         assert!(parse_cidr("0.0.0.0/0")
             .unwrap()
-            .contains(Ipv4Addr::new(1, 2, 3, 4)));
+            .contains(Ipv4Addr::new(1, 2, 3, 4).into()));
         assert!(parse_cidr("10.0.0.0/33").is_err());
         assert!(parse_cidr("x").is_err());
     }

@@ -197,8 +197,8 @@ mod tests {
 
     fn add(port: u16) -> RouteMsg {
         RouteMsg::client_add(
-            (Ipv4Addr::new(10, 9, 9, 5), port),
-            (Ipv4Addr::new(10, 0, 2, 2), 8080),
+            (Ipv4Addr::new(10, 9, 9, 5).into(), port),
+            (Ipv4Addr::new(10, 0, 2, 2).into(), 8080),
         )
     }
 

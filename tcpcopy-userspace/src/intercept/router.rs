@@ -4,7 +4,7 @@
 //! arriving before its CLIENT_ADD for up to 30 s. Sans-IO: no sockets, the
 //! caller passes the clock.
 
-use std::{collections::VecDeque, net::Ipv4Addr};
+use std::{collections::VecDeque, net::IpAddr};
 
 use hashbrown::HashMap;
 
@@ -20,9 +20,9 @@ const MAX_PARKED_PER_KEY: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RouteKey {
-    pub client_ip: Ipv4Addr,
+    pub client_ip: IpAddr,
     pub client_port: u16,
-    pub target_ip: Ipv4Addr,
+    pub target_ip: IpAddr,
     pub target_port: u16,
 }
 
@@ -230,6 +230,7 @@ pub(super) fn test_record(flags: u8, client_port: u16, seq: u32) -> ResponseReco
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn record(flags: u8, client_port: u16) -> ResponseRecord {
         test_record(flags, client_port, 0)
@@ -237,8 +238,8 @@ mod tests {
 
     fn add(port: u16) -> RouteMsg {
         RouteMsg::client_add(
-            (Ipv4Addr::new(10, 9, 9, 5), port),
-            (Ipv4Addr::new(10, 0, 2, 2), 8080),
+            (Ipv4Addr::new(10, 9, 9, 5).into(), port),
+            (Ipv4Addr::new(10, 0, 2, 2).into(), 8080),
         )
     }
 

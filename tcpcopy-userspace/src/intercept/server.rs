@@ -260,12 +260,11 @@ impl ControlServer {
             match self.listener.accept() {
                 Ok((mut stream, addr)) => {
                     let allowed = self.cfg.allow.is_empty()
-                        || match addr.ip() {
-                            std::net::IpAddr::V4(ip) => {
-                                self.cfg.allow.iter().any(|n| n.contains(ip))
-                            }
-                            _ => false,
-                        };
+                        || self
+                            .cfg
+                            .allow
+                            .iter()
+                            .any(|n| n.contains(addr.ip().to_canonical()));
                     if !allowed {
                         self.stats.refused += 1;
                         tracing::warn!(%addr, "refused control connection: not in --allow");
@@ -468,8 +467,8 @@ mod tests {
         let mut v = RouteMsg::version().encode().to_vec();
         v.extend_from_slice(
             &RouteMsg::client_add(
-                (Ipv4Addr::new(10, 9, 9, 5), port),
-                (Ipv4Addr::new(10, 0, 2, 2), 8080),
+                (Ipv4Addr::new(10, 9, 9, 5).into(), port),
+                (Ipv4Addr::new(10, 0, 2, 2).into(), 8080),
             )
             .encode(),
         );

@@ -1,4 +1,5 @@
-//! Reading a capture file as a stream of timestamped IPv4 packets: pcap
+//! Reading a capture file as a stream of timestamped IP packets (IPv4 and
+//! IPv6): pcap
 //! (either byte order, micro- or nanosecond timestamps) and pcapng, link
 //! types Ethernet (with one VLAN tag), Linux cooked (SLL and SLL2), raw IP
 //! and BSD loopback. Parsing is pcap-file's; this module only streams the
@@ -7,9 +8,9 @@
 //! Bad input never aborts a replay half-way: a record cut short by the end
 //! of the file or a corrupt record ends the stream with
 //! [`Next::Stopped`], which names the byte offset; records snapped short by
-//! the capture's snaplen and frames that are not IPv4 are skipped and
+//! the capture's snaplen and frames that are not IP are skipped and
 //! counted. A file that is not a capture, or whose first link type cannot
-//! carry IPv4, is refused by [`CaptureFile::open`] before anything is sent.
+//! carry IP, is refused by [`CaptureFile::open`] before anything is sent.
 
 use std::{
     fs::File,
@@ -27,7 +28,7 @@ use pcap_file::{
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 const CHUNK: usize = 1 << 20;
 
-/// How a link layer carries the IPv4 packet.
+/// How a link layer carries the IP packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Link {
     Ethernet,
@@ -43,27 +44,32 @@ impl Link {
             DataLink::ETHERNET => Link::Ethernet,
             DataLink::LINUX_SLL => Link::LinuxSll,
             DataLink::LINUX_SLL2 => Link::LinuxSll2,
-            DataLink::RAW | DataLink::IPV4 => Link::RawIp,
+            DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => Link::RawIp,
             DataLink::NULL | DataLink::LOOP => Link::Loopback,
             DataLink::Unknown(12) | DataLink::Unknown(14) => Link::RawIp,
             _ => return None,
         })
     }
 
-    /// The IPv4 packet inside a frame of this link type.
-    pub fn ipv4(self, frame: &[u8]) -> Option<&[u8]> {
+    /// The IP packet (either family) inside a frame of this link type.
+    pub fn ip(self, frame: &[u8]) -> Option<&[u8]> {
+        const IP: [u8; 2] = [0x08, 0x00];
+        const IPV6: [u8; 2] = [0x86, 0xdd];
+        let is_ip = |t: Option<&[u8]>| t == Some(&IP) || t == Some(&IPV6);
         let (proto_ok, ip) = match self {
-            Link::Ethernet => return crate::wire::ipv4_in_ethernet(frame).ok(),
-            Link::LinuxSll => (frame.get(14..16) == Some(&[0x08, 0x00]), frame.get(16..)?),
-            Link::LinuxSll2 => (frame.get(0..2) == Some(&[0x08, 0x00]), frame.get(20..)?),
+            Link::Ethernet => return crate::wire::ip_in_ethernet(frame).ok(),
+            Link::LinuxSll => (is_ip(frame.get(14..16)), frame.get(16..)?),
+            Link::LinuxSll2 => (is_ip(frame.get(0..2)), frame.get(20..)?),
             Link::RawIp => (true, frame),
-            // The address family in host order of the capturing machine.
+            // The address family in host order of the capturing machine:
+            // AF_INET is 2 everywhere, AF_INET6 24, 28 or 30 (BSDs, macOS).
             Link::Loopback => {
                 let fam = frame.get(0..4)?;
-                (fam == [2, 0, 0, 0] || fam == [0, 0, 0, 2], frame.get(4..)?)
+                let v = if fam[0] != 0 { fam[0] } else { fam[3] };
+                (matches!(v, 2 | 24 | 28 | 30), frame.get(4..)?)
             }
         };
-        if !proto_ok || ip.first()? >> 4 != 4 {
+        if !proto_ok || !matches!(ip.first()? >> 4, 4 | 6) {
             return None;
         }
         crate::wire::trim_to_ip_len(ip).ok()
@@ -73,9 +79,9 @@ impl Link {
 /// What the next read gives.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
-    /// An IPv4 packet and its capture time in nanoseconds.
+    /// An IP packet and its capture time in nanoseconds.
     Packet { ts_ns: u64, ip: Vec<u8> },
-    /// A record that is not an IPv4 packet or was snapped short (counted).
+    /// A record that is not an IP packet or was snapped short (counted).
     Skipped,
     /// The end of the file.
     End,
@@ -89,26 +95,26 @@ pub struct ReadStats {
     pub packets: u64,
     /// Records shorter than the packet on the wire (snaplen).
     pub snapped: u64,
-    /// Records that hold no IPv4 packet (other protocols, other links).
-    pub not_ipv4: u64,
+    /// Records that hold no IP packet (other protocols, other links).
+    pub not_ip: u64,
 }
 
 impl ReadStats {
     pub fn add(&mut self, o: &ReadStats) {
         self.packets += o.packets;
         self.snapped += o.snapped;
-        self.not_ipv4 += o.not_ipv4;
+        self.not_ip += o.not_ip;
     }
 }
 
 /// One record of a capture file, read.
 enum Record {
-    /// An IPv4 packet, at `ts_ns` on the file's clock.
+    /// An IP packet, at `ts_ns` on the file's clock.
     Packet { ts_ns: u64, ip: Vec<u8> },
     /// Cut short by the capture's snap length.
     Snapped,
-    /// A link type or frame without an IPv4 packet.
-    NotIpv4,
+    /// A link type or frame without an IP packet.
+    NotIp,
     /// Not a packet (pcapng section headers, interfaces, statistics, ...).
     Other,
 }
@@ -118,12 +124,12 @@ impl Record {
         if (data.len() as u32) < orig_len {
             return Record::Snapped;
         }
-        match link.and_then(|l| l.ipv4(data)) {
+        match link.and_then(|l| l.ip(data)) {
             Some(ip) => Record::Packet {
                 ts_ns,
                 ip: ip.to_vec(),
             },
-            None => Record::NotIpv4,
+            None => Record::NotIp,
         }
     }
 }
@@ -307,8 +313,8 @@ impl CaptureFile {
                             self.stats.snapped += 1;
                             return Next::Skipped;
                         }
-                        Record::NotIpv4 => {
-                            self.stats.not_ipv4 += 1;
+                        Record::NotIp => {
+                            self.stats.not_ip += 1;
                             return Next::Skipped;
                         }
                     }

@@ -20,8 +20,25 @@ use crate::wire::build::{build, SegmentSpec};
 
 fn ip_packet(sport: u16, payload: &[u8]) -> Vec<u8> {
     build(&SegmentSpec {
-        src: (Ipv4Addr::new(10, 0, 1, 10), sport),
-        dst: (Ipv4Addr::new(10, 0, 1, 1), 80),
+        src: (Ipv4Addr::new(10, 0, 1, 10).into(), sport),
+        dst: (Ipv4Addr::new(10, 0, 1, 1).into(), 80),
+        seq: 1000,
+        ack: 2000,
+        flags: 0x18,
+        window: 512,
+        options: &[],
+        payload,
+        ip_id: 1,
+        ttl: 64,
+        tos: 0,
+    })
+}
+
+/// The same segment over IPv6.
+fn ipv6_packet(sport: u16, payload: &[u8]) -> Vec<u8> {
+    build(&SegmentSpec {
+        src: ("2001:db8:1::10".parse().unwrap(), sport),
+        dst: ("2001:db8:1::1".parse().unwrap(), 80),
         seq: 1000,
         ack: 2000,
         flags: 0x18,
@@ -35,22 +52,26 @@ fn ip_packet(sport: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 fn frame(link: DataLink, ip: &[u8]) -> Vec<u8> {
+    let v6 = ip[0] >> 4 == 6;
+    let ethertype: [u8; 2] = if v6 { [0x86, 0xdd] } else { [0x08, 0x00] };
     let mut f = match link {
         DataLink::ETHERNET => {
             let mut h = vec![0u8; 12];
-            h.extend_from_slice(&[0x08, 0x00]);
+            h.extend_from_slice(&ethertype);
             h
         }
         DataLink::LINUX_SLL => {
             let mut h = vec![0u8; 14];
-            h.extend_from_slice(&[0x08, 0x00]);
+            h.extend_from_slice(&ethertype);
             h
         }
         DataLink::LINUX_SLL2 => {
-            let mut h = vec![0x08, 0x00];
+            let mut h = ethertype.to_vec();
             h.extend_from_slice(&[0u8; 18]);
             h
         }
+        // AF_INET6 of macOS (30), little-endian.
+        DataLink::NULL if v6 => vec![30, 0, 0, 0],
         DataLink::NULL => vec![2, 0, 0, 0],
         _ => Vec::new(),
     };
@@ -64,7 +85,8 @@ fn temp(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// Packets at 0, 1.5 and 3 s; the second one is ARP-like (not IPv4).
+/// Packets at 0, 1.5 and 3 s; the second one is ARP-like (not IP), the
+/// third IPv6.
 fn write_pcap(name: &str, link: DataLink, endianness: Endianness, res: TsResolution) -> PathBuf {
     let path = temp(name);
     let header = PcapHeader {
@@ -85,7 +107,7 @@ fn write_pcap(name: &str, link: DataLink, endianness: Endianness, res: TsResolut
         &junk,
     ))
     .unwrap();
-    let p3 = frame(link, &ip_packet(40001, b"x"));
+    let p3 = frame(link, &ipv6_packet(40001, b"x"));
     w.write_packet(&PcapPacket::new(
         base + Duration::from_nanos(3_000_000_123),
         p3.len() as u32,
@@ -134,7 +156,8 @@ fn pcap_every_link_type_byte_order_and_resolution() {
                 let what = format!("{link:?} {endianness:?} {res:?}");
                 assert_eq!(stop, None, "{what}");
                 assert_eq!(pkts.len(), 2, "{what}");
-                assert_eq!(skipped, 1, "{what}: the non-IPv4 record is skipped");
+                assert_eq!(skipped, 1, "{what}: the non-IP record is skipped");
+                assert_eq!(pkts[1].1, ipv6_packet(40001, b"x"), "{what}: IPv6 read");
                 assert_eq!(
                     pkts[0].1,
                     ip_packet(40000, b"GET / HTTP/1.1\r\n\r\n"),
@@ -225,7 +248,8 @@ fn a_truncated_file_gives_what_it_holds_and_where_it_stopped() {
     let (p, skipped, stop) = read_all(&cut);
     assert_eq!((p.len(), skipped), (1, 1));
     let (offset, _) = stop.unwrap();
-    assert_eq!(offset as usize, bytes.len() - (16 + 14 + 41));
+    // The cut record: its pcap header, Ethernet, IPv6 and TCP, one byte.
+    assert_eq!(offset as usize, bytes.len() - (16 + 14 + 40 + 20 + 1));
 }
 
 #[test]

@@ -3,14 +3,15 @@
 //! 64-byte response records from intercept, in combined frames (a u16 count,
 //! at most 16 records) or bare. Pure encode/decode; no sockets.
 //!
-//! Our extension (the verdict's payload prefix) is negotiated so that a C
-//! peer on either side sees exactly protocol 6: tcpcopy offers it in the
-//! version message's target fields, which the C intercept reads and
+//! Our extension (the verdict's payload prefix, IPv6) is negotiated so
+//! that a C peer on either side sees exactly protocol 6: tcpcopy offers it
+//! in the version message's target fields, which the C intercept reads and
 //! ignores (spec §3.2); only an intercept that understood the offer
 //! answers it, with one acknowledgement record before any other, and only
-//! then are the records longer (see [`Extension`]).
+//! then are the records longer (see [`Extension`]) and may route messages
+//! name IPv6 addresses (see [`RouteMsg::encode_into`]).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
 
 pub use tcpcopy_common::CONTROL_PORT;
@@ -24,6 +25,15 @@ pub const MAX_COMBINED: usize = 16;
 
 pub const MSG_CLIENT_ADD: u16 = 1;
 pub const MSG_CLIENT_DEL: u16 = 2;
+/// Under the IPv6 extension: set in a route message's type, the message's
+/// address fields are zero and the client's and the target's IPv6
+/// addresses follow it (32 bytes).
+pub const MSG_IPV6: u16 = 0x8000;
+/// Bytes of an IPv6 route message (14 + 2 × 16).
+pub const ROUTE_MSG_V6_LEN: usize = ROUTE_MSG_LEN + 32;
+/// A record's head under the IPv6 extension: room for an IPv6 header
+/// (40 bytes) and the first 44 bytes of the TCP header.
+pub const WIDE_HEAD_LEN: usize = 40 + 44;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ProtoError {
@@ -31,15 +41,20 @@ pub enum ProtoError {
     BadCount(u16),
     #[error("peer speaks the old 8-byte protocol (non-zero address in the version message)")]
     TooOld,
+    #[error("an IPv6 route message without the IPv6 extension")]
+    Ipv6NotNegotiated,
 }
 
-/// A 14-byte message from tcpcopy to intercept.
+/// A message from tcpcopy to intercept: 14 bytes for IPv4 (protocol 6),
+/// 46 for IPv6 (our extension). Both addresses are of one family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RouteMsg {
-    pub client_ip: Ipv4Addr,
+    pub client_ip: IpAddr,
     pub client_port: u16,
+    /// `MSG_CLIENT_ADD`, `MSG_CLIENT_DEL`, or the version (without
+    /// [`MSG_IPV6`]: that is the encoding's).
     pub kind: u16,
-    pub target_ip: Ipv4Addr,
+    pub target_ip: IpAddr,
     pub target_port: u16,
 }
 
@@ -47,10 +62,10 @@ impl RouteMsg {
     /// The first message on every connection.
     pub fn version() -> Self {
         RouteMsg {
-            client_ip: Ipv4Addr::UNSPECIFIED,
+            client_ip: Ipv4Addr::UNSPECIFIED.into(),
             client_port: 0,
             kind: INTERNAL_VERSION,
-            target_ip: Ipv4Addr::UNSPECIFIED,
+            target_ip: Ipv4Addr::UNSPECIFIED.into(),
             target_port: 0,
         }
     }
@@ -58,16 +73,19 @@ impl RouteMsg {
     /// target address, the payload prefix asked for in the target port.
     pub fn version_offering(ext: Extension) -> Self {
         RouteMsg {
-            target_ip: Ipv4Addr::from(EXT_MAGIC),
+            target_ip: Ipv4Addr::from(ext.magic()).into(),
             target_port: ext.prefix_bytes,
             ..RouteMsg::version()
         }
     }
     /// The extension a version message offers, if any.
     pub fn offered(&self) -> Option<Extension> {
-        (self.target_ip.octets() == EXT_MAGIC).then(|| Extension::asking(self.target_port))
+        match self.target_ip {
+            IpAddr::V4(m) => Extension::from_magic(m.octets(), self.target_port),
+            IpAddr::V6(_) => None,
+        }
     }
-    pub fn client_add(client: (Ipv4Addr, u16), target: (Ipv4Addr, u16)) -> Self {
+    pub fn client_add(client: (IpAddr, u16), target: (IpAddr, u16)) -> Self {
         RouteMsg {
             client_ip: client.0,
             client_port: client.1,
@@ -76,21 +94,58 @@ impl RouteMsg {
             target_port: target.1,
         }
     }
-    pub fn encode(&self) -> [u8; ROUTE_MSG_LEN] {
-        let mut b = [0u8; ROUTE_MSG_LEN];
-        b[0..4].copy_from_slice(&self.client_ip.octets());
-        b[4..6].copy_from_slice(&self.client_port.to_be_bytes());
-        b[6..8].copy_from_slice(&self.kind.to_be_bytes());
-        b[8..12].copy_from_slice(&self.target_ip.octets());
-        b[12..14].copy_from_slice(&self.target_port.to_be_bytes());
-        b
+    pub fn is_ipv6(&self) -> bool {
+        self.client_ip.is_ipv6()
     }
-    pub fn decode(b: &[u8; ROUTE_MSG_LEN]) -> Self {
+    /// Append the message's bytes: 14 for IPv4, exactly protocol 6; for
+    /// IPv6 (only once the IPv6 extension is granted) 14 with
+    /// [`MSG_IPV6`] in the type and zero addresses, then the client's and
+    /// the target's addresses.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let v4 = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => a.octets(),
+            IpAddr::V6(_) => [0; 4],
+        };
+        let kind = if self.is_ipv6() {
+            self.kind | MSG_IPV6
+        } else {
+            self.kind
+        };
+        out.extend_from_slice(&v4(self.client_ip));
+        out.extend_from_slice(&self.client_port.to_be_bytes());
+        out.extend_from_slice(&kind.to_be_bytes());
+        out.extend_from_slice(&v4(self.target_ip));
+        out.extend_from_slice(&self.target_port.to_be_bytes());
+        if let (IpAddr::V6(c), IpAddr::V6(t)) = (self.client_ip, self.target_ip) {
+            out.extend_from_slice(&c.octets());
+            out.extend_from_slice(&t.octets());
+        }
+    }
+    /// The message's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ROUTE_MSG_V6_LEN);
+        self.encode_into(&mut out);
+        out
+    }
+    /// A 14-byte message; with [`MSG_IPV6`] in its type, `v6` holds the
+    /// 32 bytes that followed it.
+    pub fn decode(b: &[u8; ROUTE_MSG_LEN], v6: Option<&[u8; 32]>) -> Self {
+        let kind = u16::from_be_bytes([b[6], b[7]]);
+        let (client_ip, target_ip): (IpAddr, IpAddr) = match v6 {
+            Some(a) => (
+                Ipv6Addr::from(<[u8; 16]>::try_from(&a[..16]).unwrap()).into(),
+                Ipv6Addr::from(<[u8; 16]>::try_from(&a[16..]).unwrap()).into(),
+            ),
+            None => (
+                Ipv4Addr::new(b[0], b[1], b[2], b[3]).into(),
+                Ipv4Addr::new(b[8], b[9], b[10], b[11]).into(),
+            ),
+        };
         RouteMsg {
-            client_ip: Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+            client_ip,
             client_port: u16::from_be_bytes([b[4], b[5]]),
-            kind: u16::from_be_bytes([b[6], b[7]]),
-            target_ip: Ipv4Addr::new(b[8], b[9], b[10], b[11]),
+            kind: kind & !MSG_IPV6,
+            target_ip,
             target_port: u16::from_be_bytes([b[12], b[13]]),
         }
     }
@@ -109,22 +164,44 @@ impl RouteMsg {
 /// Our extension's magic: in the version message's target address
 /// (tcpcopy's offer) and in bytes 1..5 of intercept's acknowledgement.
 pub const EXT_MAGIC: [u8; 4] = *b"TCPX";
+/// The same, for the extension with IPv6 (wide records, IPv6 route
+/// messages); the payload prefix may then be 0.
+pub const EXT_MAGIC_V6: [u8; 4] = *b"TCP6";
 /// Most payload bytes a record may carry under the extension.
 pub const PREFIX_MAX: u16 = tcpcopy_common::RECORD_PREFIX_MAX as u16;
 
+/// A response header record: the target's IPv4 header (20 bytes) and the
+/// first 44 bytes of its TCP header, all as on the wire (protocol 6); or,
+/// under the IPv6 extension, its IPv6 header (40 bytes) and the same 44.
+/// Under our extension, also the first bytes of its payload.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ResponseRecord {
+    /// [`WIDE_HEAD_LEN`] bytes; an IPv4 record's last 20 are zero.
+    pub head: [u8; WIDE_HEAD_LEN],
+    /// The first bytes of the response's payload (none without the
+    /// extension, or when the response carries none).
+    pub prefix: Option<Box<[u8]>>,
+    /// How long intercept held it (under the extension).
+    pub held: Held,
+}
+
 /// Our extension, as offered or granted: each record carries the first
-/// `prefix_bytes` of its response's TCP payload.
+/// `prefix_bytes` of its response's TCP payload and how long intercept
+/// held it; with `ipv6`, records are wide and route messages may be IPv6.
 ///
-/// On the wire, once intercept granted it, a record is the 64 protocol-6
-/// bytes, a u16 (network order) of how many payload bytes follow are
-/// real, a u32 (network order) of the microseconds intercept held the
-/// record (from its XDP program seeing the response to the write; all
-/// ones: not known), and `prefix_bytes` of payload, zero-padded: every
-/// record of the connection has the same length, and the combined framing
-/// is unchanged.
+/// On the wire, once intercept granted it, a record is its head (the 64
+/// protocol-6 bytes; with `ipv6`, [`WIDE_HEAD_LEN`] bytes: an IPv4
+/// record's 64 and 20 zeros, or an IPv6 header and the first 44 bytes of
+/// the TCP header), a u16 (network order) of how many payload bytes
+/// follow are real, a u32 (network order) of the microseconds intercept
+/// held the record (from its XDP program seeing the response to the
+/// write; all ones: not known), and `prefix_bytes` of payload,
+/// zero-padded: every record of the connection has the same length, and
+/// the combined framing is unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Extension {
     pub prefix_bytes: u16,
+    pub ipv6: bool,
 }
 
 impl Extension {
@@ -132,39 +209,61 @@ impl Extension {
     pub fn asking(prefix_bytes: u16) -> Extension {
         Extension {
             prefix_bytes: prefix_bytes.clamp(1, PREFIX_MAX),
+            ipv6: false,
+        }
+    }
+    /// The same with IPv6; `prefix_bytes` may be 0 (no payload asked).
+    pub fn with_ipv6(prefix_bytes: u16) -> Extension {
+        Extension {
+            prefix_bytes: prefix_bytes.min(PREFIX_MAX),
+            ipv6: true,
+        }
+    }
+    fn magic(self) -> [u8; 4] {
+        if self.ipv6 {
+            EXT_MAGIC_V6
+        } else {
+            EXT_MAGIC
+        }
+    }
+    fn from_magic(magic: [u8; 4], prefix_bytes: u16) -> Option<Extension> {
+        match magic {
+            EXT_MAGIC => Some(Extension::asking(prefix_bytes)),
+            EXT_MAGIC_V6 => Some(Extension::with_ipv6(prefix_bytes)),
+            _ => None,
+        }
+    }
+    /// Bytes of a record's head under this extension.
+    pub fn head_len(self) -> usize {
+        if self.ipv6 {
+            WIDE_HEAD_LEN
+        } else {
+            RECORD_LEN
         }
     }
     /// Bytes of one record under this extension.
     pub fn record_len(self) -> usize {
-        RECORD_LEN + 2 + 4 + self.prefix_bytes as usize
+        self.head_len() + 2 + 4 + self.prefix_bytes as usize
     }
     /// intercept's acknowledgement, sent as a record of 64 bytes before
-    /// any other: byte 0 is 0 (never an IPv4 header's first byte), then
-    /// the magic and the prefix granted.
+    /// any other: byte 0 is 0 (never an IP header's first byte), then the
+    /// magic and the prefix granted.
     pub fn acknowledgement(self) -> ResponseRecord {
         let mut head = [0u8; RECORD_LEN];
-        head[1..5].copy_from_slice(&EXT_MAGIC);
+        head[1..5].copy_from_slice(&self.magic());
         head[5..7].copy_from_slice(&self.prefix_bytes.to_be_bytes());
         ResponseRecord::new(head)
     }
     /// The extension a record acknowledges, if it is the acknowledgement.
-    fn acknowledged(head: &[u8; RECORD_LEN]) -> Option<Extension> {
-        (head[0] == 0 && head[1..5] == EXT_MAGIC)
-            .then(|| Extension::asking(u16::from_be_bytes([head[5], head[6]])))
+    fn acknowledged(head: &[u8]) -> Option<Extension> {
+        if head[0] != 0 {
+            return None;
+        }
+        Extension::from_magic(
+            [head[1], head[2], head[3], head[4]],
+            u16::from_be_bytes([head[5], head[6]]),
+        )
     }
-}
-
-/// A response header record: the target's IPv4 header (20 bytes) and the
-/// first 44 bytes of its TCP header, all as on the wire; under our
-/// extension, also the first bytes of its payload.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ResponseRecord {
-    pub head: [u8; RECORD_LEN],
-    /// The first bytes of the response's payload (none without the
-    /// extension, or when the response carries none).
-    pub prefix: Option<Box<[u8]>>,
-    /// How long intercept held it (under the extension).
-    pub held: Held,
 }
 
 /// How long intercept held a record, from its XDP program seeing the
@@ -242,18 +341,18 @@ impl std::fmt::Debug for ResponseRecord {
 /// The fields of a response record tcpcopy works with, in host order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResponseHeader {
-    pub src_ip: Ipv4Addr,
+    pub src_ip: IpAddr,
     pub src_port: u16,
-    pub dst_ip: Ipv4Addr,
+    pub dst_ip: IpAddr,
     pub dst_port: u16,
     pub seq: u32,
     pub ack: u32,
     pub flags: u8,
     pub window: u16,
-    /// IPv4 total length of the original response packet.
+    /// Length of the original response packet: the IPv4 total length, or
+    /// 40 + the IPv6 payload length (extension headers left out).
     pub ip_total_len: u16,
-    /// Response payload length, from the IPv4 total length of the original
-    /// packet minus the headers.
+    /// Response payload length, from that length minus the headers.
     pub payload_len: u32,
     pub wscale: Option<u8>,
     pub timestamps: Option<(u32, u32)>,
@@ -263,10 +362,44 @@ pub struct ResponseHeader {
 impl ResponseRecord {
     /// A record of protocol 6, with no payload bytes.
     pub fn new(head: [u8; RECORD_LEN]) -> Self {
+        let mut wide = [0u8; WIDE_HEAD_LEN];
+        wide[..RECORD_LEN].copy_from_slice(&head);
         ResponseRecord {
-            head,
+            head: wide,
             prefix: None,
             held: Held::Unknown,
+        }
+    }
+    /// A record from its head bytes: 64 (IPv4) or up to
+    /// [`WIDE_HEAD_LEN`] (either family), zero-padded.
+    pub fn from_head(head: &[u8]) -> Self {
+        let mut wide = [0u8; WIDE_HEAD_LEN];
+        let n = head.len().min(WIDE_HEAD_LEN);
+        wide[..n].copy_from_slice(&head[..n]);
+        ResponseRecord {
+            head: wide,
+            prefix: None,
+            held: Held::Unknown,
+        }
+    }
+    /// The record's head as protocol 6 writes it (the first 64 bytes) or,
+    /// under the IPv6 extension, the wide head.
+    pub fn head_bytes(&self, wide: bool) -> &[u8] {
+        if wide {
+            &self.head
+        } else {
+            &self.head[..RECORD_LEN]
+        }
+    }
+    pub fn is_ipv6(&self) -> bool {
+        self.head[0] >> 4 == 6
+    }
+    /// Where the TCP header starts in the head.
+    fn tcp_offset(&self) -> usize {
+        if self.is_ipv6() {
+            40
+        } else {
+            20
         }
     }
     /// The payload bytes carried, if any.
@@ -281,20 +414,32 @@ impl ResponseRecord {
         }
     }
 
-    /// Build a record from a captured IPv4 packet the way intercept does.
-    pub fn from_ipv4_packet(packet: &[u8]) -> Option<Self> {
-        let ip = crate::wire::Ipv4View::new_checked(packet).ok()?;
+    /// Build a record from a captured IP packet (either family) the way
+    /// intercept does: the IPv4 header (20 bytes, options left out) or the
+    /// IPv6 header (extension headers left out: next header TCP, payload
+    /// length the TCP segment's), then the first 44 bytes of the TCP
+    /// header.
+    pub fn from_ip_packet(packet: &[u8]) -> Option<Self> {
+        let ip = crate::wire::IpPacket::parse(packet).ok()?;
         let tcp = crate::wire::TcpView::new_checked(ip.payload()).ok()?;
-        let mut r = [0u8; RECORD_LEN];
-        r[..20].copy_from_slice(&packet[..20]);
+        let mut r = [0u8; WIDE_HEAD_LEN];
+        let at = if ip.src.is_ipv4() {
+            r[..20].copy_from_slice(&packet[..20]);
+            20
+        } else {
+            r[..40].copy_from_slice(&packet[..40]);
+            r[4..6].copy_from_slice(&(ip.payload().len() as u16).to_be_bytes());
+            r[6] = 6;
+            40
+        };
         let n = tcp.header_len().min(44);
-        r[20..20 + n].copy_from_slice(&ip.payload()[..n]);
-        Some(ResponseRecord::new(r))
+        r[at..at + n].copy_from_slice(&ip.payload()[..n]);
+        Some(ResponseRecord::from_head(&r))
     }
     /// The same, with up to `prefix` bytes of the payload (the extension).
-    pub fn from_ipv4_packet_with_prefix(packet: &[u8], prefix: usize) -> Option<Self> {
-        let mut r = Self::from_ipv4_packet(packet)?;
-        let ip = crate::wire::Ipv4View::new_checked(packet).ok()?;
+    pub fn from_ip_packet_with_prefix(packet: &[u8], prefix: usize) -> Option<Self> {
+        let mut r = Self::from_ip_packet(packet)?;
+        let ip = crate::wire::IpPacket::parse(packet).ok()?;
         let tcp = crate::wire::TcpView::new_checked(ip.payload()).ok()?;
         let payload = tcp.payload();
         if !payload.is_empty() {
@@ -303,31 +448,46 @@ impl ResponseRecord {
         Some(r)
     }
 
-    /// The target's address and port (the response's source).
-    pub fn target(&self) -> (Ipv4Addr, u16) {
+    fn addr(&self, at_v4: usize, at_v6: usize) -> IpAddr {
         let b = &self.head;
-        let ip = Ipv4Addr::new(b[12], b[13], b[14], b[15]);
-        (ip, u16::from_be_bytes([b[20], b[21]]))
+        if self.is_ipv6() {
+            Ipv6Addr::from(<[u8; 16]>::try_from(&b[at_v6..at_v6 + 16]).unwrap()).into()
+        } else {
+            Ipv4Addr::new(b[at_v4], b[at_v4 + 1], b[at_v4 + 2], b[at_v4 + 3]).into()
+        }
+    }
+    fn port(&self, at: usize) -> u16 {
+        let t = self.tcp_offset();
+        u16::from_be_bytes([self.head[t + at], self.head[t + at + 1]])
+    }
+    /// The target's address and port (the response's source).
+    pub fn target(&self) -> (IpAddr, u16) {
+        (self.addr(12, 8), self.port(0))
     }
     /// The replayed client's address and port (the response's destination).
-    pub fn client(&self) -> (Ipv4Addr, u16) {
-        let b = &self.head;
-        let ip = Ipv4Addr::new(b[16], b[17], b[18], b[19]);
-        (ip, u16::from_be_bytes([b[22], b[23]]))
+    pub fn client(&self) -> (IpAddr, u16) {
+        (self.addr(16, 24), self.port(2))
     }
     pub fn flags(&self) -> crate::wire::TcpFlags {
-        crate::wire::TcpFlags(self.head[33])
+        crate::wire::TcpFlags(self.head[self.tcp_offset() + 13])
     }
 
-    /// Decode the record. The TCP header always sits at offset 20 (IP options
-    /// are not carried; the C tool's ihl-based offset is a quirk we fix).
+    /// Decode the record. The TCP header always sits right after the
+    /// fixed IP header (IPv4 options and IPv6 extension headers are not
+    /// carried; the C tool's ihl-based offset is a quirk we fix).
     pub fn header(&self) -> ResponseHeader {
         let b = &self.head;
-        let ip_hl = ((b[0] & 0x0f) as u32) * 4;
-        let tot = u16::from_be_bytes([b[2], b[3]]) as u32;
-        let t = &b[20..];
+        let (ip_hl, tot) = if self.is_ipv6() {
+            (40, 40 + u16::from_be_bytes([b[4], b[5]]) as u32)
+        } else {
+            (
+                ((b[0] & 0x0f) as u32 * 4).max(20),
+                u16::from_be_bytes([b[2], b[3]]) as u32,
+            )
+        };
+        let t = &b[self.tcp_offset()..];
         let doff = ((t[12] >> 4) as u32) * 4;
-        let payload_len = tot.saturating_sub(ip_hl.max(20) + doff.max(20));
+        let payload_len = tot.saturating_sub(ip_hl + doff.max(20));
         let opt_end = (doff as usize).clamp(20, 44);
         let opts = crate::wire::TcpOptions::parse(&t[20..opt_end]);
         let ((src_ip, src_port), (dst_ip, dst_port)) = (self.target(), self.client());
@@ -340,7 +500,7 @@ impl ResponseRecord {
             ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
             flags: self.flags().0,
             window: u16::from_be_bytes([t[14], t[15]]),
-            ip_total_len: tot as u16,
+            ip_total_len: tot.min(u16::MAX as u32) as u16,
             payload_len,
             wscale: opts.wscale,
             timestamps: opts.timestamps,
@@ -369,8 +529,9 @@ pub fn encode_records(
     now_ns: u64,
     out: &mut Vec<u8>,
 ) {
+    let wide = ext.is_some_and(|e| e.ipv6);
     let one = |r: &ResponseRecord, out: &mut Vec<u8>| {
-        out.extend_from_slice(&r.head);
+        out.extend_from_slice(r.head_bytes(wide));
         if let Some(e) = ext {
             let room = e.prefix_bytes as usize;
             let p = &r.prefix()[..r.prefix().len().min(room)];
@@ -482,18 +643,17 @@ impl RecordDecoder {
             if self.framing == Framing::Combined {
                 self.remaining -= 1;
             }
-            let mut head = [0u8; RECORD_LEN];
-            head.copy_from_slice(&bytes[..RECORD_LEN]);
             if self.negotiation == Negotiation::Offered {
-                if let Some(e) = Extension::acknowledged(&head) {
+                if let Some(e) = Extension::acknowledged(bytes) {
                     self.negotiation = Negotiation::Granted(e);
                     continue;
                 }
                 self.negotiation = Negotiation::Declined;
             }
-            let mut record = ResponseRecord::new(head);
+            let head_len = granted.map_or(RECORD_LEN, Extension::head_len);
+            let mut record = ResponseRecord::from_head(&bytes[..head_len]);
             if let Some(e) = granted {
-                let tail = &bytes[RECORD_LEN..];
+                let tail = &bytes[head_len..];
                 let n =
                     (u16::from_be_bytes([tail[0], tail[1]]) as usize).min(e.prefix_bytes as usize);
                 record.held =
@@ -510,7 +670,8 @@ impl RecordDecoder {
 }
 
 /// Incremental decoder for the tcpcopy → intercept stream of 14-byte
-/// messages; the first message must be the version message.
+/// messages (46-byte IPv6 ones under the IPv6 extension); the first
+/// message must be the version message.
 #[derive(Debug, Default)]
 pub struct RouteDecoder {
     buf: Vec<u8>,
@@ -541,8 +702,23 @@ impl RouteDecoder {
         while self.buf.len() - pos >= ROUTE_MSG_LEN {
             let mut m = [0u8; ROUTE_MSG_LEN];
             m.copy_from_slice(&self.buf[pos..pos + ROUTE_MSG_LEN]);
-            pos += ROUTE_MSG_LEN;
-            let msg = RouteMsg::decode(&m);
+            let v6 = self.version.is_some() && u16::from_be_bytes([m[6], m[7]]) & MSG_IPV6 != 0;
+            let msg = if v6 {
+                if !self.offered.is_some_and(|e| e.ipv6) {
+                    self.buf.clear();
+                    return Err(ProtoError::Ipv6NotNegotiated);
+                }
+                if self.buf.len() - pos < ROUTE_MSG_V6_LEN {
+                    break;
+                }
+                let mut a = [0u8; 32];
+                a.copy_from_slice(&self.buf[pos + ROUTE_MSG_LEN..pos + ROUTE_MSG_V6_LEN]);
+                pos += ROUTE_MSG_V6_LEN;
+                RouteMsg::decode(&m, Some(&a))
+            } else {
+                pos += ROUTE_MSG_LEN;
+                RouteMsg::decode(&m, None)
+            };
             if self.version.is_none() {
                 self.version = Some(msg.check_version()?);
                 self.offered = msg.offered();
@@ -572,12 +748,12 @@ mod tests {
     fn client_add_bytes() {
         // Spec §11 scenario 3: type 00 01, everything in network order.
         let m = RouteMsg::client_add(
-            (Ipv4Addr::new(10, 9, 9, 5), 40000),
-            (Ipv4Addr::new(10, 0, 2, 2), 8080),
+            (Ipv4Addr::new(10, 9, 9, 5).into(), 40000),
+            (Ipv4Addr::new(10, 0, 2, 2).into(), 8080),
         );
         let b = m.encode();
         assert_eq!(b, [10, 9, 9, 5, 0x9c, 0x40, 0, 1, 10, 0, 2, 2, 0x1f, 0x90]);
-        assert_eq!(RouteMsg::decode(&b), m);
+        assert_eq!(RouteMsg::decode(&b[..].try_into().unwrap(), None), m);
     }
 
     #[test]
@@ -615,10 +791,10 @@ mod tests {
     #[test]
     fn record_layout_matches_scenario_23() {
         let p = sample_packet(300);
-        let r = ResponseRecord::from_ipv4_packet(&p).unwrap();
+        let r = ResponseRecord::from_ip_packet(&p).unwrap();
         assert_eq!(&r.head[..20], &p[..20]);
         assert_eq!(&r.head[20..52], &p[20..52]);
-        assert_eq!(&r.head[52..], &[0u8; 12]);
+        assert_eq!(&r.head[52..RECORD_LEN], &[0u8; 12]);
         let h = r.header();
         assert_eq!(h.payload_len, 300);
         assert_eq!((h.seq, h.ack), (1000, 2000));
@@ -628,7 +804,7 @@ mod tests {
 
     #[test]
     fn combined_frames_split_at_16_and_decode_across_reads() {
-        let rec = ResponseRecord::from_ipv4_packet(&sample_packet(0)).unwrap();
+        let rec = ResponseRecord::from_ip_packet(&sample_packet(0)).unwrap();
         let records = vec![rec; 100];
         let mut wire = Vec::new();
         encode_records(Framing::Combined, None, &records, 0, &mut wire);
@@ -646,7 +822,7 @@ mod tests {
 
     #[test]
     fn bare_framing_round_trip() {
-        let rec = ResponseRecord::from_ipv4_packet(&sample_packet(1)).unwrap();
+        let rec = ResponseRecord::from_ip_packet(&sample_packet(1)).unwrap();
         let mut wire = Vec::new();
         encode_records(
             Framing::Bare,
@@ -671,9 +847,18 @@ mod tests {
             [0, 0, 0, 0, 0, 0, 0, 6, b'T', b'C', b'P', b'X', 0, 64],
             "bytes 0..8 are protocol 6's version message, as a C intercept checks them"
         );
-        let m = RouteMsg::decode(&offer);
+        let m = RouteMsg::decode(&offer[..].try_into().unwrap(), None);
         assert_eq!(m.check_version(), Ok(6));
-        assert_eq!(m.offered(), Some(Extension { prefix_bytes: 64 }));
+        assert_eq!(m.offered(), Some(Extension::asking(64)));
+        let v6 = RouteMsg::version_offering(Extension::with_ipv6(0)).encode();
+        assert_eq!(v6, [0, 0, 0, 0, 0, 0, 0, 6, b'T', b'C', b'P', b'6', 0, 0]);
+        assert_eq!(
+            RouteMsg::decode(&v6[..].try_into().unwrap(), None).offered(),
+            Some(Extension {
+                prefix_bytes: 0,
+                ipv6: true
+            })
+        );
         assert_eq!(RouteMsg::version().offered(), None);
         assert_eq!(Extension::asking(4000).prefix_bytes, PREFIX_MAX);
     }
@@ -681,7 +866,7 @@ mod tests {
     #[test]
     fn a_protocol_6_intercept_declines_by_its_first_record() {
         // What a C intercept sends: plain combined frames, recorded bytes.
-        let rec = ResponseRecord::from_ipv4_packet(&sample_packet(300)).unwrap();
+        let rec = ResponseRecord::from_ip_packet(&sample_packet(300)).unwrap();
         let mut wire = Vec::new();
         encode_records(
             Framing::Combined,
@@ -711,9 +896,9 @@ mod tests {
         let mut short = sample_packet(5);
         short[52..57].copy_from_slice(b"HTTP/");
         let mut records = [
-            ResponseRecord::from_ipv4_packet_with_prefix(&long, 64).unwrap(),
-            ResponseRecord::from_ipv4_packet_with_prefix(&short, 64).unwrap(),
-            ResponseRecord::from_ipv4_packet(&sample_packet(0)).unwrap(),
+            ResponseRecord::from_ip_packet_with_prefix(&long, 64).unwrap(),
+            ResponseRecord::from_ip_packet_with_prefix(&short, 64).unwrap(),
+            ResponseRecord::from_ip_packet(&sample_packet(0)).unwrap(),
         ];
         // Seen by the XDP program 250 µs before the write.
         records[0].held = Held::SeenAt(1_000_000);
@@ -734,6 +919,7 @@ mod tests {
             assert_eq!(out.len(), many.len());
             for (o, m) in out.iter().zip(&many) {
                 assert_eq!((o.head, &o.prefix), (m.head, &m.prefix));
+                assert!(!o.is_ipv6());
             }
             assert_eq!(out[0].held, Held::Micros(250), "held 250 µs by intercept");
             assert_eq!(out[1].held, Held::Unknown, "not stamped: not known");
@@ -757,8 +943,8 @@ mod tests {
         let mut d = RouteDecoder::default();
         let mut out = Vec::new();
         let add = RouteMsg::client_add(
-            (Ipv4Addr::new(1, 2, 3, 4), 5),
-            (Ipv4Addr::new(6, 7, 8, 9), 10),
+            (Ipv4Addr::new(1, 2, 3, 4).into(), 5),
+            (Ipv4Addr::new(6, 7, 8, 9).into(), 10),
         );
         assert!(d.feed(&add.encode(), &mut out).is_err());
         let mut d = RouteDecoder::default();
@@ -768,5 +954,106 @@ mod tests {
         assert!(out.is_empty());
         d.feed(&bytes[20..], &mut out).unwrap();
         assert_eq!(out, vec![add]);
+    }
+
+    fn sample_v6_packet(payload: usize) -> Vec<u8> {
+        // The same segment over IPv6, behind an 8-byte hop-by-hop header.
+        let v4 = sample_packet(payload);
+        let mut p = vec![0u8; 48];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&((8 + v4.len() - 20) as u16).to_be_bytes());
+        p[6] = 0; // hop-by-hop
+        p[7] = 64;
+        p[8..24].copy_from_slice(&"2001:db8:2::2".parse::<Ipv6Addr>().unwrap().octets());
+        p[24..40].copy_from_slice(&"2001:db8:ff::5".parse::<Ipv6Addr>().unwrap().octets());
+        p[40] = 6; // then TCP
+        p.extend_from_slice(&v4[20..]);
+        p
+    }
+
+    #[test]
+    fn an_ipv6_record_is_wide_and_leaves_extension_headers_out() {
+        let r = ResponseRecord::from_ip_packet(&sample_v6_packet(300)).unwrap();
+        assert!(r.is_ipv6());
+        assert_eq!(r.head[6], 6, "next header: TCP");
+        assert_eq!(u16::from_be_bytes([r.head[4], r.head[5]]), 32 + 300);
+        let h = r.header();
+        assert_eq!(h.src_ip, "2001:db8:2::2".parse::<IpAddr>().unwrap());
+        assert_eq!(h.dst_ip, "2001:db8:ff::5".parse::<IpAddr>().unwrap());
+        assert_eq!((h.src_port, h.dst_port), (8080, 40000));
+        assert_eq!((h.seq, h.ack, h.flags), (1000, 2000, 0x18));
+        assert_eq!(h.payload_len, 300);
+        assert_eq!(h.timestamps, Some((7, 9)));
+        assert_eq!(h.ip_total_len, 40 + 32 + 300);
+    }
+
+    #[test]
+    fn the_ipv6_extension_carries_wide_records_and_ipv6_routes() {
+        // tcpcopy → intercept: the offer, an IPv4 route as protocol 6
+        // writes it, an IPv6 route of 46 bytes.
+        let ext = Extension::with_ipv6(0);
+        let v4 = RouteMsg::client_add(
+            (Ipv4Addr::new(10, 9, 9, 5).into(), 40000),
+            (Ipv4Addr::new(10, 0, 2, 2).into(), 8080),
+        );
+        let client: IpAddr = "2001:db8:ff::5".parse().unwrap();
+        let target: IpAddr = "2001:db8:2::2".parse().unwrap();
+        let v6 = RouteMsg::client_add((client, 40000), (target, 8080));
+        let mut wire = RouteMsg::version_offering(ext).encode();
+        wire.extend_from_slice(&v4.encode());
+        let b = v6.encode();
+        assert_eq!(b.len(), ROUTE_MSG_V6_LEN);
+        assert_eq!(
+            &b[..14],
+            &[0, 0, 0, 0, 0x9c, 0x40, 0x80, 1, 0, 0, 0, 0, 0x1f, 0x90]
+        );
+        assert_eq!(
+            &b[14..30],
+            &"2001:db8:ff::5".parse::<Ipv6Addr>().unwrap().octets()
+        );
+        wire.extend_from_slice(&b);
+        let mut d = RouteDecoder::default();
+        let mut out = Vec::new();
+        for chunk in wire.chunks(9) {
+            d.feed(chunk, &mut out).unwrap();
+        }
+        assert_eq!(d.offered(), Some(ext));
+        assert_eq!(out, vec![v4, v6]);
+        // Without the offer, an IPv6 route is refused, not misread.
+        let mut plain = RouteMsg::version().encode();
+        plain.extend_from_slice(&b);
+        assert_eq!(
+            RouteDecoder::default().feed(&plain, &mut out),
+            Err(ProtoError::Ipv6NotNegotiated)
+        );
+
+        // intercept → tcpcopy: the acknowledgement (64 bytes), then wide
+        // records of either family.
+        let records = [
+            ResponseRecord::from_ip_packet(&sample_packet(10)).unwrap(),
+            ResponseRecord::from_ip_packet(&sample_v6_packet(10)).unwrap(),
+        ];
+        let mut wire = Vec::new();
+        encode_records(
+            Framing::Combined,
+            None,
+            &[ext.acknowledgement()],
+            0,
+            &mut wire,
+        );
+        assert_eq!(&wire[2..8], &[0, b'T', b'C', b'P', b'6', 0]);
+        let ack_len = wire.len();
+        encode_records(Framing::Combined, Some(ext), &records, 0, &mut wire);
+        assert_eq!(wire.len() - ack_len, 2 + 2 * (WIDE_HEAD_LEN + 6));
+        let mut dec = RecordDecoder::offering(Framing::Combined);
+        let mut got = Vec::new();
+        for chunk in wire.chunks(7) {
+            dec.feed(chunk, &mut got).unwrap();
+        }
+        assert_eq!(dec.negotiation(), Negotiation::Granted(ext));
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].header(), records[0].header());
+        assert_eq!(got[1].header(), records[1].header());
+        assert!(got[1].is_ipv6() && !got[0].is_ipv6());
     }
 }

@@ -21,7 +21,7 @@ impl Batch {
         }
     }
 
-    /// Queue an IPv4 packet; `Ok(true)` when the batch is full. A packet
+    /// Queue an IP packet; `Ok(true)` when the batch is full. A packet
     /// shorter than an IPv4 header is refused.
     pub fn push(&mut self, packet: &[u8]) -> io::Result<bool> {
         if packet.len() < 20 {

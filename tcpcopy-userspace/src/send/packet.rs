@@ -179,11 +179,8 @@ impl Head {
         // last piece it cuts.
         h[33] = first[33] | (last[33] & TcpFlags::PSH);
         let tcp_len = (tot - 20) as u16;
-        let partial = tcp_pseudo_header_sum(
-            [h[12], h[13], h[14], h[15]],
-            [h[16], h[17], h[18], h[19]],
-            tcp_len,
-        );
+        let addr = |at: usize| std::net::Ipv4Addr::new(h[at], h[at + 1], h[at + 2], h[at + 3]);
+        let partial = tcp_pseudo_header_sum(addr(12).into(), addr(16).into(), tcp_len as u32);
         h[36..38].copy_from_slice(&partial.to_be_bytes());
         let v = &mut self.bytes[..VNET_HDR];
         v[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;

@@ -13,7 +13,7 @@
 //! segment, so the locks are off the hot path; the table is split into
 //! shards so that workers opening sessions at once rarely meet.
 
-use std::sync::Mutex;
+use std::{net::IpAddr, sync::Mutex};
 
 use hashbrown::{hash_map::Entry, HashMap};
 
@@ -36,12 +36,26 @@ impl Default for Claims {
     }
 }
 
+/// The flow hash the eBPF programs compute for a client of either family
+/// (an IPv6 address folded to 32 bits first).
+pub fn flow_hash(client: IpAddr, port: u16) -> u32 {
+    let addr = match client {
+        IpAddr::V4(v4) => u32::from(v4),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let w = |i: usize| u32::from_be_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            tcpcopy_common::fold_ipv6([w(0), w(4), w(8), w(12)])
+        }
+    };
+    tcpcopy_common::flow_hash(addr, port)
+}
+
 impl Claims {
     fn shard(
         &self,
         key: SessionKey,
     ) -> std::sync::MutexGuard<'_, HashMap<SessionKey, WorkerIndex>> {
-        let h = tcpcopy_common::flow_hash(u32::from(key.client), key.port) as usize;
+        let h = flow_hash(key.client, key.port) as usize;
         self.shards[h % SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -97,7 +111,7 @@ mod tests {
 
     fn key(port: u16) -> SessionKey {
         SessionKey {
-            client: Ipv4Addr::new(10, 0, 0, 1),
+            client: Ipv4Addr::new(10, 0, 0, 1).into(),
             port,
         }
     }

@@ -4,18 +4,21 @@
 //! parser error names the option and the bad element.
 
 use std::{
-    net::Ipv4Addr,
-    sync::{Arc, Mutex},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 use thiserror::Error;
 
-use super::shaping::{ClientFilter, Ramp, SessionRate};
+use super::{
+    pool::ClientPool,
+    shaping::{ClientFilter, Ramp, SessionRate},
+};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("-x: bad transfer `{0}`: expected [IP:]PORT-IP:PORT[+IP:PORT...]")]
+    #[error("-x: bad transfer `{0}`: expected [IP:]PORT-IP:PORT[+IP:PORT...] (an IPv6 address in brackets: [2001:db8::1]:80; one family per rule)")]
     Transfer(String),
-    #[error("-c: bad client address `{0}`: expected A.B.C.D or A.B.C.x")]
+    #[error("-c: bad client address `{0}`: expected A.B.C.D, A.B.C.x, an IPv6 address or an IPv6 prefix (2001:db8:ff::/112)")]
     ClientIp(String),
     #[error("-c: more than 4096 client addresses")]
     TooManyClientIps,
@@ -23,14 +26,14 @@ pub enum ConfigError {
     EmptyPool,
 }
 
-/// One target of a `-x` rule: traffic to `src` (address optional = any)
-/// goes to `dst`. A rule naming several targets (`80-A:8080+B:8080`,
+/// One target of a `-x` rule: traffic to `src` (address optional = any
+/// address of `dst`'s family) goes to `dst`. A rule naming several targets (`80-A:8080+B:8080`,
 /// fan-out) is one `Transfer` per target, side by side, sharing `rule`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transfer {
-    pub src_ip: Option<Ipv4Addr>,
+    pub src_ip: Option<IpAddr>,
     pub src_port: u16,
-    pub dst_ip: Ipv4Addr,
+    pub dst_ip: IpAddr,
     pub dst_port: u16,
     /// `IP:PORT@MAC`: the next hop's MAC for `--send xdp` (otherwise it
     /// comes from the neighbour table).
@@ -56,40 +59,53 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 impl Transfer {
-    /// Does a captured packet to (ip, port) match this entry?
-    pub fn matches(&self, ip: Ipv4Addr, port: u16) -> bool {
-        self.src_port == port && self.src_ip.is_none_or(|a| a == ip)
+    /// Does a captured packet to (ip, port) match this entry? Only one of
+    /// the target's family does: a session is replayed in its own family.
+    pub fn matches(&self, ip: IpAddr, port: u16) -> bool {
+        self.src_port == port
+            && self.dst_ip.is_ipv4() == ip.is_ipv4()
+            && self.src_ip.is_none_or(|a| a == ip)
     }
 }
 
-/// Parse a `-x` list: `[IP:]PORT-IP:PORT[+IP:PORT...][,...]`. MAC
-/// suffixes (`@MAC`) of the C tool's pcap-send build are accepted: the
-/// target's is kept for `--send xdp`, the source's is not needed.
+/// `IP:PORT`, `[IPV6]:PORT`; with `port_only`, also a bare `PORT`.
+fn parse_endpoint(s: &str, port_only: bool) -> Option<(Option<IpAddr>, u16)> {
+    let (ip, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (ip, port) = rest.split_once("]:")?;
+        (Some(IpAddr::V6(ip.parse::<Ipv6Addr>().ok()?)), port)
+    } else if let Some((ip, port)) = s.rsplit_once(':') {
+        (Some(IpAddr::V4(ip.parse::<Ipv4Addr>().ok()?)), port)
+    } else if port_only {
+        (None, s)
+    } else {
+        return None;
+    };
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    Some((ip, port))
+}
+
+/// Parse a `-x` list: `[IP:]PORT-IP:PORT[+IP:PORT...][,...]`, an IPv6
+/// address in brackets. MAC suffixes (`@MAC`) of the C tool's pcap-send
+/// build are accepted: the target's is kept for `--send xdp`, the
+/// source's is not needed.
 pub fn parse_transfers(s: &str) -> Result<Vec<Transfer>, ConfigError> {
     let mut out: Vec<Transfer> = Vec::new();
-    let mut targets: Vec<(Ipv4Addr, u16)> = Vec::new();
+    let mut targets: Vec<(IpAddr, u16)> = Vec::new();
     for (rule, item) in s.split(',').enumerate() {
         let bad = || ConfigError::Transfer(item.to_string());
         let (src, dsts) = item.split_once('-').ok_or_else(bad)?;
         let src = src.split('@').next().unwrap_or("");
-        let (src_ip, src_port) = match src.rsplit_once(':') {
-            Some((ip, port)) => (Some(ip.parse().map_err(|_| bad())?), port),
-            None => (None, src),
-        };
-        let src_port: u16 = src_port.parse().map_err(|_| bad())?;
-        if src_port == 0 {
-            return Err(bad());
-        }
+        let (src_ip, src_port) = parse_endpoint(src, true).ok_or_else(bad)?;
         for dst in dsts.split('+') {
             let (dst, dst_mac) = match dst.split_once('@') {
                 Some((d, mac)) => (d, Some(parse_mac(mac).ok_or_else(bad)?)),
                 None => (dst, None),
             };
-            let (dst_ip, dst_port) = dst.rsplit_once(':').ok_or_else(bad)?;
-            let dst_ip: Ipv4Addr = dst_ip.parse().map_err(|_| bad())?;
-            let dst_port: u16 = dst_port.parse().map_err(|_| bad())?;
-            if dst_port == 0 {
+            let (Some(dst_ip), dst_port) = parse_endpoint(dst, false).ok_or_else(bad)? else {
                 return Err(bad());
+            };
+            if src_ip.is_some_and(|s| s.is_ipv4() != dst_ip.is_ipv4()) {
+                return Err(bad()); // one family per rule
             }
             let target = match targets.iter().position(|&t| t == (dst_ip, dst_port)) {
                 Some(i) => i,
@@ -118,84 +134,15 @@ pub fn parse_transfers(s: &str) -> Result<Vec<Transfer>, ConfigError> {
     Ok(out)
 }
 
-/// Parse a `-c` list (`A.B.C.D` or `A.B.C.x` for .1–.254), leaving out
-/// every target address (spec §2.1.2).
-pub fn parse_client_pool(s: &str, targets: &[Transfer]) -> Result<Vec<Ipv4Addr>, ConfigError> {
-    let mut out = Vec::new();
-    for item in s.split(',').filter(|i| !i.is_empty()) {
-        if let Some(prefix) = item.strip_suffix('x') {
-            let parts: Vec<&str> = prefix.trim_end_matches('.').split('.').collect();
-            if parts.len() != 3 || !prefix.ends_with('.') {
-                return Err(ConfigError::ClientIp(item.into()));
-            }
-            let p: Vec<u8> = parts
-                .iter()
-                .map(|x| {
-                    x.parse::<u8>()
-                        .map_err(|_| ConfigError::ClientIp(item.into()))
-                })
-                .collect::<Result<_, _>>()?;
-            out.extend((1..=254).map(|d| Ipv4Addr::new(p[0], p[1], p[2], d)));
-        } else {
-            out.push(
-                item.parse()
-                    .map_err(|_| ConfigError::ClientIp(item.into()))?,
-            );
-        }
-    }
-    out.retain(|ip| !targets.iter().any(|t| t.dst_ip == *ip));
-    if out.len() > 4096 {
-        return Err(ConfigError::TooManyClientIps);
-    }
-    if out.is_empty() {
-        return Err(ConfigError::EmptyPool);
-    }
-    Ok(out)
-}
-
-/// The `-c` pool: each client address is bound, on first sight, to the next
-/// pool address in round-robin order, and keeps it for the life of the
-/// process. Shared by all workers (so a client keeps one address whichever
-/// worker sees it); each engine caches the bindings it has used, so the lock
-/// is taken only the first time a worker meets a client.
-#[derive(Debug)]
-pub struct ClientPool {
-    addrs: Vec<Ipv4Addr>,
-    bound: Mutex<(usize, hashbrown::HashMap<Ipv4Addr, Ipv4Addr>)>,
-}
-
-impl ClientPool {
-    pub fn new(addrs: Vec<Ipv4Addr>) -> Arc<Self> {
-        Arc::new(ClientPool {
-            addrs,
-            bound: Mutex::new((0, hashbrown::HashMap::new())),
-        })
-    }
-    pub fn bind(&self, client: Ipv4Addr) -> Ipv4Addr {
-        let mut g = self.bound.lock().unwrap_or_else(|e| e.into_inner());
-        let (next, map) = &mut *g;
-        *map.entry(client).or_insert_with(|| {
-            let a = self.addrs[*next % self.addrs.len()];
-            *next += 1;
-            a
-        })
-    }
-    pub fn len(&self) -> usize {
-        self.addrs.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.addrs.is_empty()
-    }
-}
-
 /// Everything the engine needs to know.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub transfers: Vec<Transfer>,
     /// `-c`: rewrite client addresses from this pool.
     pub client_pool: Option<Arc<ClientPool>>,
-    /// `-H`: replace source 127.0.0.1 with this address.
-    pub localhost_as: Option<Ipv4Addr>,
+    /// `-H`: replace a captured loopback source (127.0.0.1, ::1) with the
+    /// address of its family given here.
+    pub localhost_as: Vec<IpAddr>,
     /// `-n`: each session is replayed this many times (1 = once).
     pub replicas: u16,
     /// `-f`: port shift factor, 0 = off.
@@ -212,7 +159,7 @@ pub struct Config {
     pub client_filter: ClientFilter,
     /// `-M`: captured segments longer than this are cut.
     pub mtu: u16,
-    /// `-D`: MSS in fabricated SYNs.
+    /// `-D`: MSS in fabricated SYNs (over IPv4; see [`Config::syn_mss`]).
     pub mss: u16,
     /// `-t`, ms.
     pub session_timeout_ms: u64,
@@ -272,7 +219,7 @@ impl Default for Config {
         Config {
             transfers: Vec::new(),
             client_pool: None,
-            localhost_as: None,
+            localhost_as: Vec::new(),
             replicas: 1,
             port_shift: 0,
             random_offset: 0,
@@ -307,17 +254,17 @@ impl Default for Config {
 
 impl Config {
     /// First `-x` entry matching a captured destination.
-    pub fn transfer_for(&self, ip: Ipv4Addr, port: u16) -> Option<&Transfer> {
+    pub fn transfer_for(&self, ip: IpAddr, port: u16) -> Option<&Transfer> {
         self.transfers.iter().find(|t| t.matches(ip, port))
     }
     /// Every target of the first `-x` rule matching a captured
     /// destination (one, or several with fan-out).
-    pub fn targets_for(&self, ip: Ipv4Addr, port: u16) -> &[Transfer] {
+    pub fn targets_for(&self, ip: IpAddr, port: u16) -> &[Transfer] {
         &self.transfers[self.rule_for(ip, port)]
     }
     /// Where in `transfers` the targets of the first rule matching a
     /// captured destination are (empty if none).
-    pub fn rule_for(&self, ip: Ipv4Addr, port: u16) -> std::ops::Range<usize> {
+    pub fn rule_for(&self, ip: IpAddr, port: u16) -> std::ops::Range<usize> {
         let Some(first) = self.transfers.iter().position(|t| t.matches(ip, port)) else {
             return 0..0;
         };
@@ -329,8 +276,8 @@ impl Config {
         first..first + n
     }
     /// The run's distinct targets, in the order `Transfer::target` counts.
-    pub fn targets(&self) -> Vec<(Ipv4Addr, u16)> {
-        let mut v: Vec<(Ipv4Addr, u16)> = Vec::new();
+    pub fn targets(&self) -> Vec<(IpAddr, u16)> {
+        let mut v: Vec<(IpAddr, u16)> = Vec::new();
         for t in &self.transfers {
             if t.target as usize == v.len() {
                 v.push((t.dst_ip, t.dst_port));
@@ -349,18 +296,50 @@ impl Config {
             .unwrap_or(1) as u16;
         self.replicas.max(1) * fan_out
     }
-    pub fn target_is_localhost(&self) -> bool {
-        self.transfers
-            .iter()
-            .any(|t| t.dst_ip == Ipv4Addr::LOCALHOST)
+    /// The MSS a fabricated SYN to `target` advertises: `-D` over IPv4,
+    /// 20 less over IPv6 (its header is 20 bytes longer: 1460 → 1440).
+    pub fn syn_mss(&self, target: IpAddr) -> u16 {
+        match target {
+            IpAddr::V4(_) => self.mss,
+            IpAddr::V6(_) => self.mss.saturating_sub(20),
+        }
     }
+    /// A target on the loopback: only loopback traffic is replayed
+    /// (spec §4.2 step 5).
+    pub fn target_is_localhost(&self) -> bool {
+        self.transfers.iter().any(|t| is_localhost(t.dst_ip))
+    }
+    /// The `-H` address a captured loopback source stands for.
+    pub fn localhost_replacement(&self, captured: IpAddr) -> Option<IpAddr> {
+        if !is_localhost(captured) {
+            return None;
+        }
+        self.localhost_as
+            .iter()
+            .copied()
+            .find(|h| h.is_ipv4() == captured.is_ipv4())
+    }
+}
+
+/// 127.0.0.1 or ::1: the loopback address the C tool's `-H` rules name.
+pub fn is_localhost(ip: IpAddr) -> bool {
+    ip == Ipv4Addr::LOCALHOST || ip == Ipv6Addr::LOCALHOST
 }
 
 /// The C tool's sampling bucket (spec §4.2 step 8), computed on the client
 /// address after `-c` and the port before `-f`, so sessions are sampled
-/// whole and the same set is chosen on every run.
-pub fn sample_bucket(client_ip: Ipv4Addr, client_port: u16) -> u8 {
-    let [a, b, _, _] = client_ip.octets();
+/// whole and the same set is chosen on every run. An IPv6 address is
+/// folded (XOR of its four 32-bit words) to the four bytes the formula
+/// reads: its first two bytes alone are the same for most clients.
+pub fn sample_bucket(client_ip: IpAddr, client_port: u16) -> u8 {
+    let [a, b, _, _] = match client_ip {
+        IpAddr::V4(v4) => v4.octets(),
+        IpAddr::V6(v6) => {
+            let w = v6.octets();
+            let word = |i: usize| u32::from_be_bytes([w[i], w[i + 1], w[i + 2], w[i + 3]]);
+            (word(0) ^ word(4) ^ word(8) ^ word(12)).to_be_bytes()
+        }
+    };
     let [ph, pl] = client_port.to_be_bytes();
     let s = (((pl as u32) << 8) | ph as u32) + (((b as u32) << 8) | a as u32);
     let s = s & 0xffff;
@@ -394,18 +373,72 @@ pub fn preferred_port(cfg: &Config, port: u16, replica: u16) -> u16 {
 mod tests {
     use super::*;
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn transfers_parse_with_and_without_source_ip() {
         let t = parse_transfers("80-10.0.2.2:8080,10.0.0.1:81-10.0.2.3:9090").unwrap();
         assert_eq!(t[0].src_ip, None);
         assert_eq!(t[0].dst_port, 8080);
-        assert_eq!(t[1].src_ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
-        assert!(t[1].matches(Ipv4Addr::new(10, 0, 0, 1), 81));
-        assert!(!t[1].matches(Ipv4Addr::new(10, 0, 0, 2), 81));
+        assert_eq!(t[1].src_ip, Some(Ipv4Addr::new(10, 0, 0, 1).into()));
+        assert!(t[1].matches(Ipv4Addr::new(10, 0, 0, 1).into(), 81));
+        assert!(!t[0].matches(ip("2001:db8::1"), 80));
+        assert!(!t[1].matches(Ipv4Addr::new(10, 0, 0, 2).into(), 81));
         let mac = parse_transfers("80@00:13:21:B2:5E:42-1.2.3.4:18080@00:0F:1F:03:F2:E6").unwrap();
         assert_eq!(mac[0].dst_port, 18080);
         assert_eq!(mac[0].dst_mac, Some([0x00, 0x0f, 0x1f, 0x03, 0xf2, 0xe6]));
         assert!(parse_transfers("80-1.2.3.4:80@00:0F:1F").is_err());
+    }
+
+    #[test]
+    fn ipv6_transfers_match_their_own_family() {
+        let t = parse_transfers(
+            "80-10.0.2.2:8080,80-[2001:db8:2::2]:8080,[2001:db8:1::1]:81-[2001:db8:2::3]:9090",
+        )
+        .unwrap();
+        assert_eq!(t[1].dst_ip, ip("2001:db8:2::2"));
+        assert_eq!(t[2].src_ip, Some(ip("2001:db8:1::1")));
+        let cfg = Config {
+            transfers: t,
+            ..Config::default()
+        };
+        assert_eq!(
+            cfg.targets_for(ip("10.0.1.1"), 80)[0].dst_ip,
+            ip("10.0.2.2")
+        );
+        assert_eq!(
+            cfg.targets_for(ip("2001:db8:1::1"), 80)[0].dst_ip,
+            ip("2001:db8:2::2")
+        );
+        assert_eq!(cfg.targets_for(ip("2001:db8:1::1"), 81)[0].dst_port, 9090);
+        assert!(cfg.targets_for(ip("2001:db8:1::2"), 81).is_empty());
+        for bad in [
+            "10.0.0.1:80-[2001:db8::2]:80",
+            "80-2001:db8::2:80",
+            "80-[2001:db8::2]",
+            "[2001:db8::1]-[2001:db8::2]:80",
+        ] {
+            assert!(parse_transfers(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn localhost_as_stands_for_the_loopback_of_its_family() {
+        let cfg = Config {
+            localhost_as: vec![ip("10.0.0.5"), ip("2001:db8::5")],
+            ..Config::default()
+        };
+        assert_eq!(
+            cfg.localhost_replacement(ip("127.0.0.1")),
+            Some(ip("10.0.0.5"))
+        );
+        assert_eq!(
+            cfg.localhost_replacement(ip("::1")),
+            Some(ip("2001:db8::5"))
+        );
+        assert_eq!(cfg.localhost_replacement(ip("10.0.1.1")), None);
     }
 
     #[test]
@@ -415,10 +448,10 @@ mod tests {
             replicas: 2,
             ..Config::default()
         };
-        let t = cfg.targets_for(Ipv4Addr::new(10, 0, 1, 1), 80);
+        let t = cfg.targets_for(Ipv4Addr::new(10, 0, 1, 1).into(), 80);
         assert_eq!(t.len(), 2);
-        assert_eq!((t[1].dst_ip, t[1].target), (Ipv4Addr::new(10, 0, 2, 3), 1));
-        let t = cfg.targets_for(Ipv4Addr::new(10, 0, 1, 1), 81);
+        assert_eq!((t[1].dst_ip, t[1].target), (ip("10.0.2.3"), 1));
+        let t = cfg.targets_for(Ipv4Addr::new(10, 0, 1, 1).into(), 81);
         assert_eq!(
             (t.len(), t[0].target),
             (1, 0),
@@ -426,7 +459,9 @@ mod tests {
         );
         assert_eq!(cfg.targets().len(), 2);
         assert_eq!(cfg.copies(), 4);
-        assert!(cfg.targets_for(Ipv4Addr::new(10, 0, 1, 1), 82).is_empty());
+        assert!(cfg
+            .targets_for(Ipv4Addr::new(10, 0, 1, 1).into(), 82)
+            .is_empty());
         for bad in ["80-10.0.2.2:8080+", "80-10.0.2.2:8080+10.0.2.2:8080"] {
             assert!(parse_transfers(bad).is_err(), "{bad}");
         }
@@ -444,31 +479,6 @@ mod tests {
             let e = parse_transfers(bad).unwrap_err();
             assert!(e.to_string().contains(bad), "{e}");
         }
-    }
-
-    #[test]
-    fn client_pool_expands_x_and_excludes_targets() {
-        let t = parse_transfers("80-10.0.2.2:8080").unwrap();
-        let p = parse_client_pool("10.9.9.x", &t).unwrap();
-        assert_eq!(p.len(), 254);
-        assert_eq!(p[0], Ipv4Addr::new(10, 9, 9, 1));
-        let p = parse_client_pool("10.0.2.2,10.9.9.7", &t).unwrap();
-        assert_eq!(p, vec![Ipv4Addr::new(10, 9, 9, 7)]);
-        assert!(parse_client_pool("10.9.9.*", &t).is_err());
-        assert_eq!(
-            parse_client_pool("10.0.2.2", &t),
-            Err(ConfigError::EmptyPool)
-        );
-    }
-
-    #[test]
-    fn pool_binding_is_round_robin_and_sticky() {
-        let pool = ClientPool::new(vec![Ipv4Addr::new(10, 9, 9, 5), Ipv4Addr::new(10, 9, 9, 6)]);
-        let a = Ipv4Addr::new(10, 0, 1, 10);
-        let b = Ipv4Addr::new(10, 0, 1, 11);
-        assert_eq!(pool.bind(a), Ipv4Addr::new(10, 9, 9, 5));
-        assert_eq!(pool.bind(b), Ipv4Addr::new(10, 9, 9, 6));
-        assert_eq!(pool.bind(a), Ipv4Addr::new(10, 9, 9, 5));
     }
 
     #[test]
@@ -492,6 +502,15 @@ mod tests {
     #[test]
     fn sample_bucket_is_the_c_formula() {
         // ip 10.0.1.10, port 0x1234: S = 0x3412 + 0x000a = 0x341c; (0x34 + 0x1c) % 100 = 80.
-        assert_eq!(sample_bucket(Ipv4Addr::new(10, 0, 1, 10), 0x1234), 80);
+        assert_eq!(
+            sample_bucket(Ipv4Addr::new(10, 0, 1, 10).into(), 0x1234),
+            80
+        );
+        // IPv6 folds to the same formula: 2001:db8::1:a folds to
+        // 0x2001_0db8 ^ 0x0001_000a = 0x2000_0db2.
+        assert_eq!(
+            sample_bucket(ip("2001:db8::1:a"), 0x1234),
+            sample_bucket(ip("32.0.13.178"), 0x1234)
+        );
     }
 }

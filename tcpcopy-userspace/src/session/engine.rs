@@ -6,7 +6,7 @@
 
 use super::{
     claims::{Claims, WorkerIndex},
-    config::{preferred_port, sample_bucket, Config},
+    config::{is_localhost, preferred_port, sample_bucket, Config},
     conn::{Ctx, Endpoint, Session},
     counters::Counters,
     event::{Event, Loss},
@@ -24,14 +24,14 @@ use hashbrown::{HashMap, HashSet};
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, VecDeque},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
 /// A session's key: the client address and port it is replayed from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionKey {
-    pub client: Ipv4Addr,
+    pub client: IpAddr,
     pub port: u16,
 }
 
@@ -53,7 +53,7 @@ struct Target {
 /// of it (`-n` replicas of each fan-out target).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct OriginKey {
-    client: Ipv4Addr,
+    client: IpAddr,
     port: u16,
     copy: u16,
 }
@@ -107,7 +107,7 @@ pub struct Engine {
     /// only ones [`Engine::awaiting_target`] needs to look at.
     pipelined: HashSet<SessionKey>,
     origins: HashMap<OriginKey, SessionKey>,
-    pool_cache: HashMap<Ipv4Addr, Ipv4Addr>,
+    pool_cache: HashMap<IpAddr, IpAddr>,
     timers: BinaryHeap<Reverse<(u64, SessionKey)>>,
     packets: Outbox,
     routes: VecDeque<RouteMsg>,
@@ -146,9 +146,9 @@ impl Engine {
     /// Whether a session replays the captured flow from `client`:`port`
     /// (any copy of it, lingering ones aside): while one does, the flow
     /// stays this worker's.
-    pub fn holds_flow(&self, client: Ipv4Addr, port: u16) -> bool {
-        let client = match self.cfg.localhost_as {
-            Some(h) if client == Ipv4Addr::LOCALHOST && !self.cfg.target_is_localhost() => h,
+    pub fn holds_flow(&self, client: IpAddr, port: u16) -> bool {
+        let client = match self.cfg.localhost_replacement(client) {
+            Some(h) if !self.cfg.target_is_localhost() => h,
             _ => client,
         };
         (0..self.cfg.copies()).any(|copy| {
@@ -188,10 +188,14 @@ impl Engine {
             port: origin.port,
         };
         self.released_flows.push(flow);
-        if self.cfg.localhost_as == Some(origin.client) {
-            // It may have been captured as 127.0.0.1.
+        if self.cfg.localhost_as.contains(&origin.client) {
+            // It may have been captured as 127.0.0.1 (::1).
+            let loopback = match origin.client {
+                IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            };
             self.released_flows.push(SessionKey {
-                client: Ipv4Addr::LOCALHOST,
+                client: loopback,
                 ..flow
             });
         }
@@ -423,8 +427,8 @@ impl Engine {
     fn shaped_out(
         &mut self,
         now: u64,
-        captured: Ipv4Addr,
-        client: Ipv4Addr,
+        captured: IpAddr,
+        client: IpAddr,
         seg: &SegmentRepr,
     ) -> Option<Skip> {
         if self.cfg.ramp.is_none() && self.cfg.session_rate.is_none() {
@@ -464,7 +468,7 @@ impl Engine {
     /// Would `seg` open a session: it is the SYN of a connection no
     /// session replays yet, or data of one captured mid-stream (not with
     /// `-O`)?
-    fn starts_connection(&self, captured: Ipv4Addr, seg: &SegmentRepr) -> bool {
+    fn starts_connection(&self, captured: IpAddr, seg: &SegmentRepr) -> bool {
         let origin = OriginKey {
             client: captured,
             port: seg.src_port,
@@ -483,16 +487,14 @@ impl Engine {
     /// The client address a captured source is replayed from (spec §4.2
     /// step 5, `-c`), with the captured one it stands for; None if the
     /// localhost rules drop it.
-    fn client_address(&mut self, captured: Ipv4Addr) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    fn client_address(&mut self, captured: IpAddr) -> Option<(IpAddr, IpAddr)> {
         let mut src = captured;
         if self.cfg.target_is_localhost() {
-            if src != Ipv4Addr::LOCALHOST {
+            if !is_localhost(src) {
                 return None;
             }
-        } else if src == Ipv4Addr::LOCALHOST {
-            if let Some(h) = self.cfg.localhost_as {
-                src = h;
-            }
+        } else if let Some(h) = self.cfg.localhost_replacement(src) {
+            src = h;
         }
         let captured_src = src;
         if let Some(pool) = &self.cfg.client_pool {
@@ -570,7 +572,7 @@ impl Engine {
         &mut self,
         now: u64,
         origin: OriginKey,
-        client_ip: Ipv4Addr,
+        client_ip: IpAddr,
         target: Target,
         seg: ClientSegment,
     ) {
@@ -653,7 +655,7 @@ impl Engine {
         &mut self,
         now: u64,
         origin: OriginKey,
-        client_ip: Ipv4Addr,
+        client_ip: IpAddr,
         target: Target,
         seg: ClientSegment,
         early: Vec<ClientSegment>,
@@ -718,7 +720,7 @@ impl Engine {
     /// Choose the (client IP, port) a copy is replayed from: the C tool's
     /// port, or the next one that no live session uses, here or in another
     /// worker (claimed for this worker when found).
-    fn allocate(&self, ip: Ipv4Addr, origin: OriginKey) -> Option<SessionKey> {
+    fn allocate(&self, ip: IpAddr, origin: OriginKey) -> Option<SessionKey> {
         let first = preferred_port(&self.cfg, origin.port, origin.copy);
         (0..PORT_PROBES)
             .map(|i| {

@@ -57,6 +57,7 @@ mod engine;
 mod event;
 mod outbox;
 mod pacing;
+mod pool;
 mod segment;
 mod shaping;
 mod stream;
@@ -64,20 +65,22 @@ mod target;
 mod timers;
 
 pub use config::{
-    parse_client_pool, parse_mac, parse_transfers, preferred_port, sample_bucket, ClientPool,
-    Config, ConfigError, Transfer,
+    is_localhost, parse_mac, parse_transfers, preferred_port, sample_bucket, Config, ConfigError,
+    Transfer,
 };
 pub use counters::Counters;
+pub use pool::ClientPool;
 pub use shaping::{ClientFilter, Ramp, SessionRate};
 
 /// The `packet` fuzz target's driver, shared with its regression tests:
-/// `data` split on 0xa5, even chunks fed as captured client packets, odd
-/// ones as 64-byte response records; the counters' two invariants are
+/// `data` split on 0xa5, even chunks fed as captured client packets (IPv4
+/// or IPv6: both families have a rule), odd ones as response records (up
+/// to 84 bytes: IPv6 ones are wide); the counters' two invariants are
 /// checked after every chunk (a panic names the chunk).
 #[doc(hidden)]
 pub fn fuzz_engine(data: &[u8]) {
     let cfg = Config {
-        transfers: parse_transfers("80-10.0.2.2:8080").expect("constant"),
+        transfers: parse_transfers("80-10.0.2.2:8080,80-[fd00:2::2]:8080").expect("constant"),
         replicas: 2,
         ..Config::default()
     };
@@ -88,12 +91,9 @@ pub fn fuzz_engine(data: &[u8]) {
         if i % 2 == 0 {
             e.handle_client_packet(now, chunk);
         } else {
-            let mut r = [0u8; crate::proto::RECORD_LEN];
-            let n = chunk.len().min(r.len());
-            r[..n].copy_from_slice(&chunk[..n]);
             e.handle_response(
                 now,
-                &crate::proto::ResponseRecord::new(r).header(),
+                &crate::proto::ResponseRecord::from_head(chunk).header(),
                 Default::default(),
             );
         }

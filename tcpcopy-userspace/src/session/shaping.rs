@@ -11,7 +11,7 @@ use crate::wire::Cidr;
 use hashbrown::HashMap;
 use std::{
     collections::VecDeque,
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
         Mutex,
@@ -31,7 +31,7 @@ impl ClientFilter {
         self.only.is_empty() && self.skip.is_empty()
     }
     /// Is a client at `ip` replayed?
-    pub fn admits(&self, ip: Ipv4Addr) -> bool {
+    pub fn admits(&self, ip: IpAddr) -> bool {
         (self.only.is_empty() || self.only.iter().any(|c| c.contains(ip)))
             && !self.skip.iter().any(|c| c.contains(ip))
     }
@@ -76,7 +76,7 @@ impl Ramp {
 
     /// Is a new connection from (client after `-c`, captured port)
     /// replayed at `now`?
-    pub fn admits(&self, now: u64, client: Ipv4Addr, port: u16) -> bool {
+    pub fn admits(&self, now: u64, client: IpAddr, port: u16) -> bool {
         sample_bucket(client, port) < self.percent(now)
     }
 }
@@ -143,7 +143,7 @@ struct Skipped {
 /// segment forgets one.
 #[derive(Debug, Default)]
 pub struct SkippedFlows {
-    flows: HashMap<(Ipv4Addr, u16), Skipped>,
+    flows: HashMap<(IpAddr, u16), Skipped>,
     next_sweep: u64,
 }
 
@@ -151,7 +151,7 @@ impl SkippedFlows {
     /// Whether the connection `seg` belongs to is skipped, and why (the
     /// segment is then counted by the caller). A SYN of a new connection
     /// forgets the old decision: the caller decides again.
-    pub fn check(&mut self, now: u64, flow: (Ipv4Addr, u16), syn: Option<u32>) -> Option<Skip> {
+    pub fn check(&mut self, now: u64, flow: (IpAddr, u16), syn: Option<u32>) -> Option<Skip> {
         if self.flows.is_empty() {
             return None;
         }
@@ -165,7 +165,7 @@ impl SkippedFlows {
         Some(s.why)
     }
 
-    pub fn insert(&mut self, now: u64, flow: (Ipv4Addr, u16), syn: Option<u32>, why: Skip) {
+    pub fn insert(&mut self, now: u64, flow: (IpAddr, u16), syn: Option<u32>, why: Skip) {
         self.flows.insert(
             flow,
             Skipped {
@@ -205,10 +205,10 @@ mod tests {
             only: Cidr::parse_list("o", "10.0.1.0/24").unwrap(),
             skip: Cidr::parse_list("s", "10.0.1.11").unwrap(),
         };
-        assert!(f.admits(Ipv4Addr::new(10, 0, 1, 10)));
-        assert!(!f.admits(Ipv4Addr::new(10, 0, 1, 11)));
-        assert!(!f.admits(Ipv4Addr::new(10, 0, 2, 10)));
-        assert!(ClientFilter::default().admits(Ipv4Addr::new(1, 1, 1, 1)));
+        assert!(f.admits(IpAddr::from([10, 0, 1, 10])));
+        assert!(!f.admits(IpAddr::from([10, 0, 1, 11])));
+        assert!(!f.admits(IpAddr::from([10, 0, 2, 10])));
+        assert!(ClientFilter::default().admits(IpAddr::from([1, 1, 1, 1])));
     }
 
     #[test]
@@ -240,7 +240,7 @@ mod tests {
     #[test]
     fn skipped_flows_end_with_a_new_syn_or_quiet() {
         let mut s = SkippedFlows::default();
-        let f = (Ipv4Addr::new(10, 0, 1, 10), 4000);
+        let f = (IpAddr::from([10, 0, 1, 10]), 4000);
         s.insert(0, f, Some(100), Skip::RateLimit);
         assert_eq!(s.check(10, f, None), Some(Skip::RateLimit));
         assert_eq!(

@@ -27,6 +27,60 @@ struct Conn {
     decoder: RecordDecoder,
     /// Route messages not yet written (the socket is non-blocking).
     out: Vec<u8>,
+    /// IPv6 route messages waiting for intercept's answer to our offer:
+    /// written once it granted IPv6, dropped (and counted) if it did not.
+    held_v6: Vec<u8>,
+}
+
+/// What became of a route message given to a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Queued {
+    /// To be written.
+    Out,
+    /// An IPv6 route, held until intercept answers our offer.
+    Held,
+    /// An IPv6 route this intercept cannot take (a C intercept, or one
+    /// that did not grant IPv6).
+    Refused,
+}
+
+impl Conn {
+    fn queue(&mut self, msg: &RouteMsg) -> Queued {
+        if !msg.is_ipv6() {
+            msg.encode_into(&mut self.out);
+            return Queued::Out;
+        }
+        match self.decoder.negotiation() {
+            Negotiation::Granted(e) if e.ipv6 => {
+                msg.encode_into(&mut self.out);
+                Queued::Out
+            }
+            Negotiation::Offered => {
+                msg.encode_into(&mut self.held_v6);
+                Queued::Held
+            }
+            _ => Queued::Refused,
+        }
+    }
+    /// Once intercept answered our offer: write the IPv6 routes held for
+    /// it, or drop them; returns how many were dropped.
+    fn settle_held(&mut self) -> u64 {
+        if self.held_v6.is_empty() {
+            return 0;
+        }
+        match self.decoder.negotiation() {
+            Negotiation::Offered => 0,
+            Negotiation::Granted(e) if e.ipv6 => {
+                self.out.append(&mut self.held_v6);
+                0
+            }
+            _ => {
+                let n = self.held_v6.len() / crate::proto::ROUTE_MSG_V6_LEN;
+                self.held_v6.clear();
+                n as u64
+            }
+        }
+    }
 }
 
 struct Server {
@@ -45,11 +99,15 @@ pub struct ChannelStats {
     pub routes_sent: u64,
     /// CLIENT_ADDs that no server took (every connection was down).
     pub routes_unsent: u64,
+    /// CLIENT_ADDs of IPv6 sessions an intercept could not take (it did
+    /// not grant our IPv6 extension: a C intercept, or an older one).
+    pub routes_ipv6_refused: u64,
     pub conns_lost: u64,
 }
 
 /// How tcpcopy greets an intercept: the framing it expects, and our
-/// extension when it asks for the target's payload prefixes (`--verdict`).
+/// extension when it asks for the target's payload prefixes (`--verdict`)
+/// or has IPv6 targets.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Greeting {
     pub framing: Framing,
@@ -102,6 +160,7 @@ fn greet(mut stream: TcpStream, greeting: Greeting) -> io::Result<Conn> {
         stream,
         decoder,
         out: Vec::new(),
+        held_v6: Vec::new(),
     })
 }
 
@@ -151,7 +210,6 @@ impl Channel {
     ///
     /// [`flush`]: Channel::flush
     pub fn queue_route(&mut self, msg: &RouteMsg) -> bool {
-        let bytes = msg.encode();
         let mut any = false;
         for s in &mut self.servers {
             if s.conns.is_empty() {
@@ -159,8 +217,10 @@ impl Channel {
             }
             let i = s.next % s.conns.len();
             s.next = s.next.wrapping_add(1);
-            s.conns[i].out.extend_from_slice(&bytes);
-            any = true;
+            match s.conns[i].queue(msg) {
+                Queued::Out | Queued::Held => any = true,
+                Queued::Refused => self.stats.routes_ipv6_refused += 1,
+            }
         }
         if any {
             self.stats.routes_sent += 1;
@@ -209,6 +269,7 @@ impl Channel {
         let before = out.len();
         let mut lost = 0;
         let mut frames = 0;
+        let mut refused = 0;
         for s in &mut self.servers {
             let addr = s.addr;
             s.conns.retain_mut(|c| loop {
@@ -221,6 +282,7 @@ impl Channel {
                     Ok(n) => match c.decoder.feed(&buf[..n], out) {
                         Ok(f) => {
                             frames += f;
+                            refused += c.settle_held();
                             if n < buf.len() {
                                 // Drained: a read that would block is a
                                 // wasted system call (the wait is level-
@@ -250,6 +312,10 @@ impl Channel {
                 }
             });
         }
+        if refused > 0 && self.stats.routes_ipv6_refused == 0 {
+            tracing::warn!("intercept did not grant IPv6 (a C intercept, or an older one): IPv6 sessions cannot be routed");
+        }
+        self.stats.routes_ipv6_refused += refused;
         self.stats.conns_lost += lost;
         self.generation += lost;
         self.stats.frames += frames as u64;
@@ -355,8 +421,11 @@ impl Channel {
         }
         let i = s.next % s.conns.len();
         s.next = s.next.wrapping_add(1);
-        s.conns[i].out.extend_from_slice(&msg.encode());
-        self.stats.routes_sent += 1;
+        if s.conns[i].queue(msg) == Queued::Refused {
+            self.stats.routes_ipv6_refused += 1;
+        } else {
+            self.stats.routes_sent += 1;
+        }
     }
 }
 

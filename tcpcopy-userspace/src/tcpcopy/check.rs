@@ -58,18 +58,31 @@ pub fn run(plan: &Settings, probe_from: Option<Ipv4Addr>) -> Result<()> {
     }
     for (ip, port) in plan.config.targets() {
         match preflight::route_to(ip) {
-            Ok(src) => list.ok(format!("target {ip}:{port}: routed, from {src}")),
-            Err(e) => list.fail(format!("target {ip}:{port}: no route ({e})")),
+            Ok(src) => list.ok(format!(
+                "target {}: routed, from {src}",
+                std::net::SocketAddr::new(ip, port)
+            )),
+            Err(e) => list.fail(format!(
+                "target {}: no route ({e})",
+                std::net::SocketAddr::new(ip, port)
+            )),
         }
     }
     if let Some(out) = plan.send.out_iface() {
         for t in &plan.config.transfers {
+            let std::net::IpAddr::V4(dst) = t.dst_ip else {
+                list.fail(format!(
+                    "-o {out}: IPv6 target {}: --send xdp and --send packet frame IPv4 only (use --send raw)",
+                    t.dst_ip
+                ));
+                continue;
+            };
             match t.dst_mac {
                 Some(mac) => list.ok(format!(
                     "-o {out}: {} by its given MAC {mac:02x?}",
                     t.dst_ip
                 )),
-                None => match crate::send::neighbour::resolve(out, t.dst_ip) {
+                None => match crate::send::neighbour::resolve(out, dst) {
                     Ok(mac) => list.ok(format!(
                         "-o {out}: the next hop toward {}, MAC {mac:02x?}",
                         t.dst_ip
@@ -140,9 +153,16 @@ fn probe_loop(list: &mut Checklist, plan: &Settings, mut channel: Channel, clien
             continue;
         }
         rules.push(t.rule);
-        let dst = t.src_ip.unwrap_or(Ipv4Addr::new(192, 0, 2, 2));
+        if t.dst_ip.is_ipv6() {
+            list.warn(format!(
+                "loop probe {}:{}: IPv6 targets are not probed yet",
+                t.dst_ip, t.dst_port
+            ));
+            continue;
+        }
+        let dst = t.src_ip.unwrap_or(Ipv4Addr::new(192, 0, 2, 2).into());
         let syn = build(&SegmentSpec {
-            src: (client, port + t.rule),
+            src: (client.into(), port + t.rule),
             dst: (dst, t.src_port),
             seq: 0x7c0f_fee0,
             ack: 0,
@@ -178,8 +198,8 @@ fn probe_loop(list: &mut Checklist, plan: &Settings, mut channel: Channel, clien
     let pool = cfg
         .client_pool
         .as_ref()
-        .map(|p| p.bind(client))
-        .unwrap_or(client);
+        .map(|p| p.bind(client.into()))
+        .unwrap_or(client.into());
     for ((ip, tport), c) in cfg.targets().into_iter().zip(per_target) {
         let what = format!("loop probe {pool} → {ip}:{tport}");
         if c.connections > 0 {

@@ -44,13 +44,18 @@ use crate::{
     xdp::{AttachedXdp, TCPCOPY_EBPF},
 };
 
-/// XDP map keys for the `-x` sources.
+/// XDP map keys for the `-x` sources of IPv4 rules (the XDP programs
+/// parse IPv4 only).
 pub fn source_keys(cfg: &Config) -> Vec<PortKey> {
     cfg.transfers
         .iter()
-        .map(|t| {
-            let addr = t.src_ip.map_or(0, |ip| u32::from_ne_bytes(ip.octets()));
-            PortKey::new(addr, t.src_port.to_be())
+        .filter_map(|t| {
+            let addr = match (t.dst_ip, t.src_ip) {
+                (std::net::IpAddr::V6(_), _) => return None,
+                (_, Some(std::net::IpAddr::V4(ip))) => u32::from_ne_bytes(ip.octets()),
+                _ => 0,
+            };
+            Some(PortKey::new(addr, t.src_port.to_be()))
         })
         .collect()
 }
@@ -122,14 +127,18 @@ fn next_hops(cfg: &Config, out: &str, stop: &Arc<AtomicBool>) -> Result<Arc<neig
     let mut table = std::collections::HashMap::new();
     let mut watched = Vec::new();
     for t in &cfg.transfers {
+        // IPv6 targets are refused with these senders (options).
+        let std::net::IpAddr::V4(dst) = t.dst_ip else {
+            continue;
+        };
         let mac = match t.dst_mac {
             Some(m) => m,
             None => {
-                watched.push(t.dst_ip);
-                neighbour::resolve(out, t.dst_ip)?
+                watched.push(dst);
+                neighbour::resolve(out, dst)?
             }
         };
-        table.insert(t.dst_ip, mac);
+        table.insert(dst, mac);
     }
     let next_hop = neighbour::NextHops::new(table);
     if !watched.is_empty() {
@@ -392,8 +401,15 @@ fn open_sources(plan: &Settings, stop: &Arc<std::sync::atomic::AtomicBool>) -> R
 /// shrunk to a page.
 fn load_capture_program(plan: &Settings, mode: u32) -> Result<AttachedXdp> {
     let filter = &plan.config.client_filter;
+    // The programs see IPv4 only: its networks are theirs (an IPv6-only
+    // `--only-clients` leaves them none, so no IPv4 client, as it should).
     let nets = |c: &[Cidr]| -> Vec<(std::net::Ipv4Addr, u8)> {
-        c.iter().map(|c| (c.addr, c.len)).collect()
+        c.iter()
+            .filter_map(|c| match c.addr {
+                std::net::IpAddr::V4(a) => Some((a, c.len)),
+                _ => None,
+            })
+            .collect()
     };
     let too_many = |c: &[Cidr]| c.len() > tcpcopy_common::client_filter::MAX_ENTRIES as usize;
     if too_many(&filter.only) || too_many(&filter.skip) {

@@ -158,10 +158,10 @@ pub fn offline_words(plan: &OfflinePlan, progress: &Progress) -> String {
         plan.path.display(),
         progress.pass.load(Ordering::Relaxed)
     );
-    if r.snapped + r.not_ipv4 > 0 {
+    if r.snapped + r.not_ip > 0 {
         s.push_str(&format!(
-            "; skipped {} snapped short by the capture, {} not IPv4",
-            r.snapped, r.not_ipv4
+            "; skipped {} snapped short by the capture, {} not IP",
+            r.snapped, r.not_ip
         ));
     }
     if let Some(stop) = progress

@@ -15,10 +15,7 @@ use clap::{Parser, ValueEnum};
 use crate::{
     capture::RxRing,
     offline::Pace,
-    session::{
-        parse_client_pool, parse_transfers, ClientFilter, ClientPool, Config, Ramp, SessionRate,
-        Transfer,
-    },
+    session::{parse_transfers, ClientFilter, ClientPool, Config, Ramp, SessionRate, Transfer},
     tcpcopy::channel::Greeting,
     verdict::{Protocol, VerdictConfig},
     wire::Cidr,
@@ -185,14 +182,16 @@ pub struct TcpcopyOptions {
         help_heading = "Replay"
     )]
     pub client_ips: Option<String>,
-    /// Replace a captured 127.0.0.1 source with this address
+    /// Replace a captured 127.0.0.1 (or ::1) source with this address of
+    /// its family (one per family, comma-separated)
     #[arg(
         short = 'H',
         long = "localhost-as",
-        value_name = "IP",
+        value_name = "IP[,IP]",
+        value_delimiter = ',',
         help_heading = "Replay"
     )]
-    pub localhost_as: Option<std::net::Ipv4Addr>,
+    pub localhost_as: Vec<std::net::IpAddr>,
     /// Replay every session N times
     #[arg(
         short = 'n',
@@ -253,7 +252,7 @@ pub struct TcpcopyOptions {
         help_heading = "Replay"
     )]
     pub mtu: u16,
-    /// MSS advertised in fabricated SYNs
+    /// MSS advertised in fabricated SYNs (over IPv6, 20 less)
     #[arg(
         short = 'D',
         long = "mss",
@@ -456,14 +455,19 @@ pub struct Settings {
 
 impl Settings {
     /// How the workers greet intercept: our extension is offered only
-    /// with `--verdict` (the target's payload prefixes).
+    /// with `--verdict` (the target's payload prefixes) or IPv6 targets;
+    /// otherwise the greeting is protocol 6's.
     pub fn greeting(&self) -> Greeting {
+        use crate::proto::Extension;
+        let prefix = self.config.verdict.map(|v| v.prefix_bytes);
+        let ipv6 = self.config.transfers.iter().any(|t| t.dst_ip.is_ipv6());
         Greeting {
             framing: crate::proto::Framing::Combined,
-            offer: self
-                .config
-                .verdict
-                .map(|v| crate::proto::Extension::asking(v.prefix_bytes)),
+            offer: match (prefix, ipv6) {
+                (p, true) => Some(Extension::with_ipv6(p.unwrap_or(0))),
+                (Some(p), false) => Some(Extension::asking(p)),
+                (None, false) => None,
+            },
         }
     }
 
@@ -562,6 +566,22 @@ impl TcpcopyOptions {
         if !(2048..=262_144).contains(&frames) || !frames.is_power_of_two() {
             bail!("--xsk-ring {frames}: a power of two from 2048 to 262144");
         }
+        let v4 = self.localhost_as.iter().filter(|a| a.is_ipv4()).count();
+        if v4 > 1 || self.localhost_as.len() - v4 > 1 {
+            bail!("-H: one address per family (an IPv4 one for 127.0.0.1, an IPv6 one for ::1)");
+        }
+        if let Some(t) = config.transfers.iter().find(|t| t.dst_ip.is_ipv6()) {
+            let target = format!("[{}]:{}", t.dst_ip, t.dst_port);
+            if matches!(source, Source::Live(CaptureMode::Tap | CaptureMode::Xdp)) {
+                bail!(
+                    "-x {target}: the XDP capture programs read IPv4 only for now; \
+                     capture IPv6 with --capture packet (or replay a file)"
+                );
+            }
+            if send != SendPlan::Raw {
+                bail!("-x {target}: --send xdp and --send packet frame IPv4 only for now; use --send raw");
+            }
+        }
         Ok(Settings {
             config: Arc::new(config),
             servers,
@@ -609,7 +629,7 @@ impl TcpcopyOptions {
     /// The session engine's configuration.
     fn engine_config(&self, transfers: Vec<Transfer>) -> Result<Config> {
         let client_pool = match &self.client_ips {
-            Some(s) => Some(ClientPool::new(parse_client_pool(s, &transfers)?)),
+            Some(s) => Some(ClientPool::parse(s, &transfers)?),
             None => None,
         };
         let session_timeout_ms = self.session_timeout.max(1) * 1000;
@@ -620,7 +640,7 @@ impl TcpcopyOptions {
         Ok(Config {
             transfers,
             client_pool,
-            localhost_as: self.localhost_as,
+            localhost_as: self.localhost_as.clone(),
             replicas: self.replicas.max(1),
             port_shift: self.port_shift,
             sample_percent: if self.percent >= 100 { 0 } else { self.percent },

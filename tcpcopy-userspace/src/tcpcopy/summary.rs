@@ -26,6 +26,7 @@ pub struct Totals {
     pub records: u64,
     pub routes_sent: u64,
     pub routes_unsent: u64,
+    pub routes_ipv6_refused: u64,
     pub conns_lost: u64,
     pub sent: u64,
     pub send_errors: u64,
@@ -60,7 +61,12 @@ impl Totals {
                 t.targets = r
                     .targets
                     .iter()
-                    .map(|((ip, port), _)| (format!("{ip}:{port}"), Counters::default()))
+                    .map(|((ip, port), _)| {
+                        (
+                            std::net::SocketAddr::new(*ip, *port).to_string(),
+                            Counters::default(),
+                        )
+                    })
                     .collect();
             }
             for (sum, (_, c)) in t.targets.iter_mut().zip(&r.targets) {
@@ -70,6 +76,7 @@ impl Totals {
             t.records += r.channel.records;
             t.routes_sent += r.channel.routes_sent;
             t.routes_unsent += r.channel.routes_unsent;
+            t.routes_ipv6_refused += r.channel.routes_ipv6_refused;
             t.conns_lost += r.channel.conns_lost;
             t.sent += r.send.sent;
             t.send_errors += r.send.errors;
@@ -81,7 +88,12 @@ impl Totals {
                 t.verdicts = r
                     .verdicts
                     .iter()
-                    .map(|((ip, port), _)| (format!("{ip}:{port}"), VerdictStats::default()))
+                    .map(|((ip, port), _)| {
+                        (
+                            std::net::SocketAddr::new(*ip, *port).to_string(),
+                            VerdictStats::default(),
+                        )
+                    })
                     .collect();
             }
             for (sum, (_, v)) in t.verdicts.iter_mut().zip(&r.verdicts) {
@@ -241,6 +253,12 @@ impl Totals {
                 self.routes_unsent,
             )
             .summary("routes_unsent"),
+            Figure::counter(
+                "tcpcopy_routes_ipv6_refused",
+                "CLIENT_ADD messages of IPv6 sessions an intercept could not take (it did not grant IPv6).",
+                self.routes_ipv6_refused,
+            )
+            .summary("routes_ipv6_refused"),
             Figure::counter(
                 "tcpcopy_intercept_connections_lost",
                 "Control connections to intercept that were lost.",

@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// A target's address and port.
-pub type Endpoint = (std::net::Ipv4Addr, u16);
+pub type Endpoint = (std::net::IpAddr, u16);
 
 /// What a worker reports to the stats thread.
 #[derive(Clone, Debug, Default)]

@@ -1,13 +1,15 @@
-//! Building IPv4/TCP packets (what the session engine sends to the target),
-//! always with fresh checksums (captured ones are never trusted).
+//! Building IPv4/TCP and IPv6/TCP packets (what the session engine sends to
+//! the target), always with fresh checksums (captured ones are never
+//! trusted).
 
 use super::{internet_checksum, tcp_checksum};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// Everything that goes into one emitted segment.
 pub struct SegmentSpec<'a> {
-    pub src: (Ipv4Addr, u16),
-    pub dst: (Ipv4Addr, u16),
+    /// Both addresses are of one family, which the packet takes.
+    pub src: (IpAddr, u16),
+    pub dst: (IpAddr, u16),
     pub seq: u32,
     pub ack: u32,
     pub flags: u8,
@@ -15,12 +17,16 @@ pub struct SegmentSpec<'a> {
     /// TCP options, a multiple of 4 bytes long.
     pub options: &'a [u8],
     pub payload: &'a [u8],
+    /// IPv4 identification (IPv6 has none).
     pub ip_id: u16,
+    /// TTL or hop limit.
     pub ttl: u8,
+    /// TOS or traffic class.
     pub tos: u8,
 }
 
-/// An IPv4 packet (20-byte header, DF) carrying the segment.
+/// An IPv4 packet (20-byte header, DF) or an IPv6 packet (40-byte header,
+/// no extension headers, flow label 0) carrying the segment.
 pub fn build(s: &SegmentSpec) -> Vec<u8> {
     let mut p = Vec::new();
     build_into(s, &mut p);
@@ -30,23 +36,38 @@ pub fn build(s: &SegmentSpec) -> Vec<u8> {
 /// The same, written into `p` (its old contents replaced, its memory kept).
 pub fn build_into(s: &SegmentSpec, p: &mut Vec<u8>) {
     debug_assert_eq!(s.options.len() % 4, 0);
+    debug_assert_eq!(s.src.0.is_ipv4(), s.dst.0.is_ipv4());
     let tcp_len = 20 + s.options.len();
-    let tot = 20 + tcp_len + s.payload.len();
+    let ip_len = ip_header_len(s.dst.0);
+    let tot = ip_len + tcp_len + s.payload.len();
     p.clear();
     p.resize(tot, 0);
-    p[0] = 0x45;
-    p[1] = s.tos;
-    p[2..4].copy_from_slice(&(tot as u16).to_be_bytes());
-    p[4..6].copy_from_slice(&s.ip_id.to_be_bytes());
-    p[6] = 0x40; // DF
-    p[8] = s.ttl;
-    p[9] = 6;
-    p[12..16].copy_from_slice(&s.src.0.octets());
-    p[16..20].copy_from_slice(&s.dst.0.octets());
-    let ipc = internet_checksum(&p[..20]);
-    p[10..12].copy_from_slice(&ipc.to_be_bytes());
+    match (s.src.0, s.dst.0) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            p[0] = 0x45;
+            p[1] = s.tos;
+            p[2..4].copy_from_slice(&(tot as u16).to_be_bytes());
+            p[4..6].copy_from_slice(&s.ip_id.to_be_bytes());
+            p[6] = 0x40; // DF
+            p[8] = s.ttl;
+            p[9] = 6;
+            p[12..16].copy_from_slice(&src.octets());
+            p[16..20].copy_from_slice(&dst.octets());
+            let ipc = internet_checksum(&p[..20]);
+            p[10..12].copy_from_slice(&ipc.to_be_bytes());
+        }
+        (src, dst) => {
+            p[0] = 0x60 | (s.tos >> 4);
+            p[1] = s.tos << 4;
+            p[4..6].copy_from_slice(&((tot - ip_len) as u16).to_be_bytes());
+            p[6] = 6;
+            p[7] = s.ttl;
+            p[8..24].copy_from_slice(&v6(src).octets());
+            p[24..40].copy_from_slice(&v6(dst).octets());
+        }
+    }
     {
-        let t = &mut p[20..];
+        let t = &mut p[ip_len..];
         t[0..2].copy_from_slice(&s.src.1.to_be_bytes());
         t[2..4].copy_from_slice(&s.dst.1.to_be_bytes());
         t[4..8].copy_from_slice(&s.seq.to_be_bytes());
@@ -57,8 +78,24 @@ pub fn build_into(s: &SegmentSpec, p: &mut Vec<u8>) {
         t[20..tcp_len].copy_from_slice(s.options);
         t[tcp_len..].copy_from_slice(s.payload);
     }
-    let c = tcp_checksum(s.src.0.octets(), s.dst.0.octets(), &p[20..]);
-    p[36..38].copy_from_slice(&c.to_be_bytes());
+    let c = tcp_checksum(s.src.0, s.dst.0, &p[ip_len..]);
+    p[ip_len + 16..ip_len + 18].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Bytes of the IP header [`build`] writes for an address of this family.
+pub fn ip_header_len(ip: IpAddr) -> usize {
+    if ip.is_ipv4() {
+        20
+    } else {
+        40
+    }
+}
+
+fn v6(ip: IpAddr) -> std::net::Ipv6Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
 }
 
 /// Options of a fabricated SYN: a single MSS option (spec §4.10.2).
@@ -87,14 +124,15 @@ pub fn rewrite_ts(options: &mut [u8], ts_offset: usize, tsval: u32, tsecr: u32) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Ipv4View, TcpView};
+    use crate::wire::{IpPacket, Ipv4View, TcpView};
+    use std::net::Ipv4Addr;
 
     #[test]
     fn built_packet_parses_and_checksums_verify() {
         let opts = ts_options(5, 6);
         let spec = SegmentSpec {
-            src: (Ipv4Addr::new(10, 9, 9, 5), 40000),
-            dst: (Ipv4Addr::new(10, 0, 2, 2), 8080),
+            src: (Ipv4Addr::new(10, 9, 9, 5).into(), 40000),
+            dst: (Ipv4Addr::new(10, 0, 2, 2).into(), 8080),
             seq: 1,
             ack: 2,
             flags: 0x18,
@@ -113,6 +151,40 @@ mod tests {
         assert_eq!(t.payload(), b"GET /");
         assert_eq!(t.options().timestamps, Some((5, 6)));
         // A correct checksum sums to zero over pseudo-header + segment.
-        assert_eq!(tcp_checksum(ip.src(), ip.dst(), ip.payload()), 0);
+        assert_eq!(
+            tcp_checksum(
+                Ipv4Addr::from(ip.src()).into(),
+                Ipv4Addr::from(ip.dst()).into(),
+                ip.payload()
+            ),
+            0
+        );
+    }
+
+    #[test]
+    fn built_ipv6_packet_parses_and_checksum_verifies() {
+        let opts = ts_options(5, 6);
+        let src: IpAddr = "2001:db8:ff::5".parse().unwrap();
+        let dst: IpAddr = "2001:db8:2::2".parse().unwrap();
+        let p = build(&SegmentSpec {
+            src: (src, 40000),
+            dst: (dst, 8080),
+            seq: 1,
+            ack: 2,
+            flags: 0x18,
+            window: 65535,
+            options: &opts,
+            payload: b"GET /",
+            ip_id: 7,
+            ttl: 61,
+            tos: 0x28,
+        });
+        assert_eq!(p.len(), 40 + 32 + 5);
+        let ip = IpPacket::parse(&p).unwrap();
+        assert_eq!((ip.src, ip.dst, ip.ttl, ip.tos), (src, dst, 61, 0x28));
+        assert_eq!(ip.bytes.len(), p.len());
+        let t = TcpView::new_checked(ip.payload()).unwrap();
+        assert_eq!(t.payload(), b"GET /");
+        assert_eq!(tcp_checksum(src, dst, ip.payload()), 0);
     }
 }

@@ -1,4 +1,7 @@
-//! RFC 1071 internet checksum and the TCP pseudo-header checksum.
+//! RFC 1071 internet checksum and the TCP pseudo-header checksum (IPv4 and
+//! IPv6).
+
+use std::net::IpAddr;
 
 /// One's-complement sum of `data` folded to 16 bits (not inverted), starting
 /// from `initial`.
@@ -28,29 +31,44 @@ pub fn internet_checksum(data: &[u8]) -> u16 {
     !(sum(data, 0) as u16)
 }
 
-/// TCP checksum over the IPv4 pseudo-header and `segment` (TCP header with
-/// its checksum field zeroed, plus payload). Addresses in network order bytes.
-pub fn tcp_checksum(src: [u8; 4], dst: [u8; 4], segment: &[u8]) -> u16 {
-    let mut pseudo = [0u8; 12];
-    pseudo[..4].copy_from_slice(&src);
-    pseudo[4..8].copy_from_slice(&dst);
-    pseudo[9] = 6;
-    pseudo[10..12].copy_from_slice(&(segment.len() as u16).to_be_bytes());
-    let s = sum(&pseudo, 0);
-    !(sum(segment, s) as u16)
+/// TCP checksum over the pseudo-header of either family and `segment`
+/// (TCP header with its checksum field zeroed, plus payload).
+pub fn tcp_checksum(src: IpAddr, dst: IpAddr, segment: &[u8]) -> u16 {
+    let s = tcp_pseudo_header_sum(src, dst, segment.len() as u32);
+    !(sum(segment, s as u32) as u16)
 }
 
 /// The TCP pseudo-header's sum (addresses, protocol, `tcp_len`) folded to
 /// 16 bits and not inverted: what the checksum field holds when the
 /// kernel or the NIC completes the checksum (a partial checksum, as for
-/// GSO packets).
-pub fn tcp_pseudo_header_sum(src: [u8; 4], dst: [u8; 4], tcp_len: u16) -> u16 {
-    let mut pseudo = [0u8; 12];
-    pseudo[..4].copy_from_slice(&src);
-    pseudo[4..8].copy_from_slice(&dst);
-    pseudo[9] = 6;
-    pseudo[10..12].copy_from_slice(&tcp_len.to_be_bytes());
-    sum(&pseudo, 0) as u16
+/// GSO packets). Both addresses are of one family.
+pub fn tcp_pseudo_header_sum(src: IpAddr, dst: IpAddr, tcp_len: u32) -> u16 {
+    let mut pseudo = [0u8; 40];
+    let n = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            pseudo[..4].copy_from_slice(&s.octets());
+            pseudo[4..8].copy_from_slice(&d.octets());
+            pseudo[9] = 6;
+            pseudo[10..12].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+            12
+        }
+        _ => {
+            pseudo[..16].copy_from_slice(&v6_octets(src));
+            pseudo[16..32].copy_from_slice(&v6_octets(dst));
+            pseudo[32..36].copy_from_slice(&tcp_len.to_be_bytes());
+            pseudo[39] = 6;
+            40
+        }
+    };
+    sum(&pseudo[..n], 0) as u16
+}
+
+/// An address as IPv6 bytes (IPv4-mapped when it is IPv4).
+fn v6_octets(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
 }
 
 #[cfg(test)]

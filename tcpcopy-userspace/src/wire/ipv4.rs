@@ -17,7 +17,7 @@ impl<'a> Ipv4View<'a> {
             return Err(WireError::Truncated);
         }
         if b[0] >> 4 != 4 {
-            return Err(WireError::NotIpv4);
+            return Err(WireError::NotIp);
         }
         let hl = ((b[0] & 0x0f) as usize) * 4;
         if hl < IPV4_MIN_HEADER {

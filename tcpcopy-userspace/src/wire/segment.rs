@@ -1,15 +1,16 @@
 //! A captured TCP segment parsed and validated once (smoltcp's "repr"):
 //! the IP and TCP fields tcpcopy uses, borrowed options and payload. The
-//! engine reads a [`SegmentRepr`] and never an offset. IPv4 today; the
-//! addresses are the only IPv4-specific part.
+//! engine reads a [`SegmentRepr`] and never an offset. Either family: the
+//! addresses are `IpAddr`, TTL and TOS stand for the hop limit and the
+//! traffic class.
 
-use super::{Ipv4View, SeqNumber, TcpFlags, TcpOptions, TcpView, WireError};
-use std::net::Ipv4Addr;
+use super::{Fragmentation, IpPacket, SeqNumber, TcpFlags, TcpOptions, TcpView, WireError};
+use std::net::IpAddr;
 
 /// Why a captured packet is not a segment to replay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SegmentError {
-    /// Not IPv4, or not TCP.
+    /// Not IP, or not TCP.
     NotTcp,
     /// A fragment of a larger datagram (not a whole segment).
     Fragment,
@@ -20,8 +21,8 @@ pub enum SegmentError {
 /// The parts of a captured client segment the engine uses.
 #[derive(Clone, Copy, Debug)]
 pub struct SegmentRepr<'a> {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub src_port: u16,
     pub dst_port: u16,
     pub seq: SeqNumber,
@@ -37,44 +38,38 @@ pub struct SegmentRepr<'a> {
     pub ip_id: u16,
     pub ttl: u8,
     pub tos: u8,
-    /// IP and TCP header bytes together.
+    /// IP (options and extension headers included) and TCP header bytes
+    /// together.
     pub header_len: usize,
-    /// The IP header was not the plain "don't fragment, offset 0" (counted,
-    /// not refused).
+    /// The IPv4 header was not the plain "don't fragment, offset 0", or
+    /// IPv6 carried an atomic fragment header (counted, not refused).
     pub unusual_fragment_field: bool,
 }
 
 impl<'a> SegmentRepr<'a> {
-    /// Parse an IPv4 packet (link header removed). Link padding after the
-    /// IP total length is cut off; a total length of 0 (a TSO/GSO
+    /// Parse an IPv4 or IPv6 packet (link header removed). Link padding
+    /// after the stated length is cut off; a stated length of 0 (a TSO/GSO
     /// super-packet) means "what was captured".
     pub fn parse(packet: &'a [u8]) -> Result<SegmentRepr<'a>, SegmentError> {
-        let ip = match Ipv4View::new_checked(packet) {
+        let ip = match IpPacket::parse(packet) {
             Ok(ip) => ip,
-            Err(WireError::NotIpv4) => return Err(SegmentError::NotTcp),
+            Err(WireError::NotIp) => return Err(SegmentError::NotTcp),
             Err(_) => return Err(SegmentError::Malformed),
         };
-        if ip.protocol() != 6 {
+        if ip.protocol != 6 {
             return Err(SegmentError::NotTcp);
         }
-        let frag = ip.frag_field();
-        if frag & 0x3fff != 0 {
+        if ip.fragmentation == Fragmentation::Piece {
             return Err(SegmentError::Fragment);
         }
-        let tot = ip.total_len() as usize;
-        let end = if tot >= ip.header_len() && tot <= packet.len() {
-            tot
-        } else if tot == 0 {
-            packet.len()
-        } else {
+        if ip.truncated {
             return Err(SegmentError::Malformed); // truncated capture
-        };
-        let tcp = TcpView::new_checked(&packet[ip.header_len()..end])
-            .map_err(|_| SegmentError::Malformed)?;
+        }
+        let tcp = TcpView::new_checked(ip.payload()).map_err(|_| SegmentError::Malformed)?;
         let opts = TcpOptions::parse(tcp.options_bytes());
         Ok(SegmentRepr {
-            src: ip.src().into(),
-            dst: ip.dst().into(),
+            src: ip.src,
+            dst: ip.dst,
             src_port: tcp.src_port(),
             dst_port: tcp.dst_port(),
             seq: SeqNumber(tcp.seq()),
@@ -85,11 +80,11 @@ impl<'a> SegmentRepr<'a> {
             ts_offset: opts.ts_offset,
             tsval: opts.timestamps.map(|t| t.0),
             payload: tcp.payload(),
-            ip_id: ip.ident(),
-            ttl: ip.ttl(),
-            tos: ip.tos(),
-            header_len: ip.header_len() + tcp.header_len(),
-            unusual_fragment_field: frag != 0x4000,
+            ip_id: ip.ident,
+            ttl: ip.ttl,
+            tos: ip.tos,
+            header_len: ip.header_len + tcp.header_len(),
+            unusual_fragment_field: ip.fragmentation == Fragmentation::WholeUnusual,
         })
     }
 }
@@ -105,8 +100,8 @@ mod tests {
 
     fn packet(payload: &[u8]) -> Vec<u8> {
         build(&SegmentSpec {
-            src: (Ipv4Addr::new(10, 0, 0, 1), 40000),
-            dst: (Ipv4Addr::new(10, 0, 0, 2), 80),
+            src: (Ipv4Addr::new(10, 0, 0, 1).into(), 40000),
+            dst: (Ipv4Addr::new(10, 0, 0, 2).into(), 80),
             seq: 7,
             ack: 9,
             flags: 0x18,

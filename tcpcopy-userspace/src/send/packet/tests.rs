@@ -1,8 +1,9 @@
 use super::*;
 use crate::wire::{build::build, build::SegmentSpec, tcp_checksum};
+use std::net::IpAddr;
 
-const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 0, 1, 10), 40000);
-const TARGET: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 0, 2, 2), 8080);
+const CLIENT: (IpAddr, u16) = (IpAddr::V4(Ipv4Addr::new(10, 0, 1, 10)), 40000);
+const TARGET: (IpAddr, u16) = (IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2)), 8080);
 
 /// A segment of the test flow: `len` bytes of payload at `seq`.
 fn seg(seq: u32, len: usize, flags: u8, id: u16) -> Vec<u8> {
@@ -10,7 +11,7 @@ fn seg(seq: u32, len: usize, flags: u8, id: u16) -> Vec<u8> {
 }
 
 fn seg_with(
-    src: (Ipv4Addr, u16),
+    src: (IpAddr, u16),
     seq: u32,
     len: usize,
     flags: u8,
@@ -120,11 +121,7 @@ fn cut(packet: &[u8], mss: usize) -> Vec<Vec<u8>> {
                 p[33] &= !TcpFlags::PSH;
             }
             p[36..38].fill(0);
-            let c = tcp_checksum(
-                [p[12], p[13], p[14], p[15]],
-                [p[16], p[17], p[18], p[19]],
-                &p[20..],
-            );
+            let c = tcp_checksum(CLIENT.0, TARGET.0, &p[20..]);
             p[36..38].copy_from_slice(&c.to_be_bytes());
             p
         })
@@ -181,7 +178,7 @@ fn a_gso_frame_cut_by_the_kernel_gives_back_the_segments() {
     let partial = u16::from_be_bytes([packet[36], packet[37]]);
     assert_eq!(
         partial,
-        tcp_pseudo_header_sum([10, 0, 1, 10], [10, 0, 2, 2], (packet.len() - 20) as u16)
+        tcp_pseudo_header_sum(CLIENT.0, TARGET.0, (packet.len() - 20) as u32)
     );
     assert_eq!(cut(&packet, 1436), originals);
 }

@@ -66,7 +66,7 @@ impl Session {
     /// A SYN made up for a session without one (captured mid-stream, or
     /// reconnecting); returns its bytes.
     pub(super) fn emit_fabricated_syn(&mut self, ctx: &mut Ctx) -> Vec<u8> {
-        let opts = emit::syn_options(ctx.cfg.mss);
+        let opts = emit::syn_options(ctx.cfg.syn_mss(self.target.0));
         ctx.packets
             .emit(&SegmentSpec {
                 src: self.client,

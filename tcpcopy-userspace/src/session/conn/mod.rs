@@ -34,7 +34,7 @@ use crate::{
     verdict::{Failure, Pairing, VerdictStats},
     wire::SeqNumber,
 };
-use std::{collections::VecDeque, net::Ipv4Addr};
+use std::{collections::VecDeque, net::IpAddr};
 
 /// SYN retransmission interval while the handshake is pending (Linux's
 /// initial RTO).
@@ -68,7 +68,7 @@ const REFUSED_RETRY_MAX_MS: u64 = 1_000;
 const GAP_QUIET_MS: u64 = 200;
 
 /// An address and port.
-pub type Endpoint = (Ipv4Addr, u16);
+pub type Endpoint = (IpAddr, u16);
 
 /// Where the engine's outputs go while a session runs.
 pub struct Ctx<'a> {
