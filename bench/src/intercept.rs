@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use tcpcopy::{
-    intercept::{filter_keys, parse_filter, ControlServer, RingSource, ServerConfig},
+    intercept::{parse_filter, set_filter, ControlServer, RingSource, ServerConfig},
     proto::{Framing, RecordDecoder, RouteMsg},
     xdp::{AttachMode, AttachedXdp, INTERCEPT_EBPF},
 };
@@ -199,10 +199,7 @@ struct Step {
 pub fn intercept_bench(seconds_per_step: f64) -> Result<String> {
     let mut xdp = AttachedXdp::load(INTERCEPT_EBPF, "intercept", &[], &[], AttachMode::Auto)
         .context("loading intercept-ebpf (needs root)")?;
-    xdp.set_port_keys(
-        "FILTER",
-        &filter_keys(&parse_filter("tcp and src port 8080")?),
-    )?;
+    set_filter(&mut xdp, &parse_filter("tcp and src port 8080")?)?;
     let prog_fd = {
         let p: &mut aya::programs::Xdp = xdp
             .ebpf_mut()

@@ -122,6 +122,40 @@ pub const RECORD_IP_LEN: usize = 20;
 /// TCP header bytes (with options) kept at most in a response record.
 pub const RECORD_TCP_MAX: usize = 44;
 
+/// Size of an IPv6 response record (our extension; never sent to a C
+/// peer): the 40-byte IPv6 header (extension headers left out: next header
+/// TCP, payload length the TCP segment's) followed by the first 44 bytes of
+/// the TCP header. In the ring, a record's first byte tells its family.
+pub const RESPONSE_RECORD_V6_LEN: usize = 84;
+
+/// Key of intercept's IPv6 filter map: an IPv6 address and a TCP port (network
+/// byte order, as on the wire). Port-only clauses stay in the IPv4 map's
+/// "any address" keys, which both families match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey6 {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+impl PortKey6 {
+    pub const fn new(addr: [u8; 16], port_be: u16) -> Self {
+        PortKey6 {
+            addr,
+            port: port_be,
+            _pad: 0,
+        }
+    }
+}
+
+/// An IPv6 response record as the intercept program writes it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ResponseRecordV6 {
+    pub bytes: [u8; RESPONSE_RECORD_V6_LEN],
+}
+
 /// Most payload bytes the intercept program puts after a record (our
 /// extension, for tcpcopy's `--verdict`); a power of two.
 pub const RECORD_PREFIX_MAX: usize = 256;
@@ -192,5 +226,6 @@ pub struct TapHeader {
 mod pod {
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::ResponseRecord {}
+    unsafe impl aya::Pod for super::PortKey6 {}
     unsafe impl aya::Pod for super::TapHeader {}
 }

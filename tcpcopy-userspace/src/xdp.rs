@@ -16,7 +16,6 @@ use aya::{
     programs::{tc::TcAttachType, SchedClassifier, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use tcpcopy_common::PortKey;
 
 /// The tcpcopy capture program, built by build.rs.
 pub static TCPCOPY_EBPF: &[u8] =
@@ -184,13 +183,13 @@ impl AttachedXdp {
         &mut self.ebpf
     }
 
-    /// Insert match keys into a `HashMap<PortKey, u8>` map of the object.
-    pub fn set_port_keys(&mut self, map: &str, keys: &[PortKey]) -> Result<()> {
+    /// Fill a `HashMap<K, u8>` map of the object with `keys` (value 1).
+    pub fn set_keys<K: aya::Pod>(&mut self, map: &str, keys: &[K]) -> Result<()> {
         let m = self
             .ebpf
             .map_mut(map)
             .ok_or_else(|| anyhow!("map {map} missing"))?;
-        let mut hm: BpfHashMap<&mut MapData, PortKey, u8> = BpfHashMap::try_from(m)?;
+        let mut hm: BpfHashMap<&mut MapData, K, u8> = BpfHashMap::try_from(m)?;
         for k in keys {
             hm.insert(k, 1u8, 0)
                 .with_context(|| format!("filling map {map}"))?;

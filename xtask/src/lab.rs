@@ -15,7 +15,12 @@
 //! ```
 //! target routes the client network (10.0.1.0/24) and the `-c` pool
 //! (10.9.9.0/24) to assistant, so the target's answers to replayed sessions
-//! never reach the real client. `down` removes everything `up` made, also
+//! never reach the real client.
+//!
+//! The lab is dual-stack: each address 10.0.N.H has an IPv6 twin
+//! fd00:N::H (/64, no duplicate address detection), the servers listen on
+//! both, and target routes fd00:1::/64 and the IPv6 pool fd00:99::/64 to
+//! assistant the same way. `down` removes everything `up` made, also
 //! after a crash or a half-finished `up`.
 
 use crate::util::{sh, sh_quiet, stdout};
@@ -42,6 +47,16 @@ pub const CLIENT_IP: &str = "10.0.1.10";
 pub const ONLINE_IP: &str = "10.0.1.1";
 pub const TARGET_IP: &str = "10.0.2.2";
 pub const ASSISTANT_CTL_IP: &str = "10.0.4.3";
+pub const CLIENT_IP6: &str = "fd00:1::10";
+pub const ONLINE_IP6: &str = "fd00:1::1";
+pub const TARGET_IP6: &str = "fd00:2::2";
+
+/// The IPv6 twin of a lab address: 10.0.N.H/24 is fd00:N::H/64.
+fn ipv6_twin(v4: &str) -> String {
+    let (addr, _) = v4.split_once('/').unwrap_or((v4, ""));
+    let o: Vec<&str> = addr.split('.').collect();
+    format!("fd00:{}::{}/64", o[2], o[3])
+}
 /// The control channel's port (intercept's default).
 pub const CONTROL_PORT: u16 = 36524;
 
@@ -106,6 +121,12 @@ fn build() -> Result<()> {
         sh(&format!("ip netns add {ns}"))?;
         record_created(ns)?;
         in_ns(ns, "ip link set lo up")?;
+        // IPv6 addresses stay when a link goes down (fault tests take
+        // links down and up).
+        in_ns(
+            ns,
+            "sysctl -qw net.ipv6.conf.all.keep_addr_on_down=1 net.ipv6.conf.default.keep_addr_on_down=1",
+        )?;
     }
     let veth = |a: &str, ans: &str, b: &str, bns: &str, extra: &str| {
         sh(&format!(
@@ -141,6 +162,10 @@ fn build() -> Result<()> {
     ];
     for (ns, dev, addr) in addrs {
         in_ns(ns, &format!("ip addr add {addr} dev {dev}"))?;
+        in_ns(
+            ns,
+            &format!("ip -6 addr add {} dev {dev} nodad", ipv6_twin(addr)),
+        )?;
     }
     for (ns, dev) in LINKS {
         in_ns(ns, &format!("ip link set {dev} up"))?;
@@ -174,11 +199,13 @@ fn build() -> Result<()> {
     // The mirror box replays through online, which forwards to target and
     // assistant (and only that: client traffic is addressed to online).
     in_ns(MIRROR, "ip route add default via 10.0.5.1")?;
+    in_ns(MIRROR, "ip -6 route add default via fd00:5::1")?;
     in_ns(
         ONLINE,
-        "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.onl3.rp_filter=0",
+        "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.onl3.rp_filter=0 net.ipv6.conf.all.forwarding=1",
     )?;
     in_ns(ASSISTANT, "ip route add 10.0.5.0/24 via 10.0.4.1")?;
+    in_ns(ASSISTANT, "ip -6 route add fd00:5::/64 via fd00:4::1")?;
     // Switch-mirror port: copy every frame arriving from the client, and
     // every frame the online host sends back (a mirror carries both
     // directions; the verdict reads the answers).
@@ -227,7 +254,7 @@ fn wait_for_carrier() -> Result<()> {
     anyhow::bail!("the lab's links did not come up within 5 s")
 }
 
-fn nginx_conf(name: &str, listen: &str) -> String {
+fn nginx_conf(name: &str, listen: &[String]) -> String {
     // The version under test answers one path differently (the verdict's
     // tests): 503 where online says 200.
     let differs = if name.starts_with("target") {
@@ -235,24 +262,29 @@ fn nginx_conf(name: &str, listen: &str) -> String {
     } else {
         ""
     };
+    let listen: String = listen
+        .iter()
+        .map(|l| format!("listen {l} reuseport backlog=4096; "))
+        .collect();
     format!(
         "worker_processes 1;\npid {RUN_DIR}/{name}-nginx.pid;\nerror_log {RUN_DIR}/{name}-nginx-error.log;\n\
 events {{ worker_connections 16384; }}\n\
 http {{\n  log_format lab '$remote_addr $remote_port $connection_requests \"$request\" $status $request_time $msec';\n  access_log {RUN_DIR}/{name}-nginx-access.log lab;\n  client_body_temp_path {RUN_DIR}/{name}-body;\n\
   keepalive_requests 1000000;\n\
-  server {{ listen {listen} reuseport backlog=4096; {differs}location / {{ return 200 \"hello from {name}\\n\"; }} }}\n}}\n"
+  server {{ {listen}{differs}location / {{ return 200 \"hello from {name}\\n\"; }} }}\n}}\n"
     )
 }
 
 fn start_servers() -> Result<()> {
-    for (name, ns, listen) in [
-        ("online", ONLINE, "10.0.1.1:80"),
-        ("target", TARGET, "10.0.2.2:8080"),
+    for (name, ns, ip, ip6, port) in [
+        ("online", ONLINE, ONLINE_IP, ONLINE_IP6, 80),
+        ("target", TARGET, TARGET_IP, TARGET_IP6, 8080),
         // A second version under test, for fan-out (`-x 80-A+B`).
-        ("target2", TARGET, "10.0.2.2:8081"),
+        ("target2", TARGET, TARGET_IP, TARGET_IP6, 8081),
     ] {
         let conf = run_dir().join(format!("{name}-nginx.conf"));
-        std::fs::write(&conf, nginx_conf(name, listen))?;
+        let listen = [format!("{ip}:{port}"), format!("[{ip6}]:{port}")];
+        std::fs::write(&conf, nginx_conf(name, &listen))?;
         in_ns(
             ns,
             &format!(
@@ -262,7 +294,10 @@ fn start_servers() -> Result<()> {
         )
         .with_context(|| format!("starting nginx in {ns}"))?;
     }
-    for (name, ns, bind) in [("online", ONLINE, ONLINE_IP), ("target", TARGET, TARGET_IP)] {
+    for (name, ns, bind) in [
+        ("online", ONLINE, format!("{ONLINE_IP} {ONLINE_IP6}")),
+        ("target", TARGET, format!("{TARGET_IP} {TARGET_IP6}")),
+    ] {
         in_ns(
             ns,
             &format!(
@@ -281,6 +316,10 @@ fn start_servers() -> Result<()> {
             (TARGET, TARGET_IP, 8081),
             (ONLINE, ONLINE_IP, 6379),
             (TARGET, TARGET_IP, 6379),
+            (ONLINE, ONLINE_IP6, 80),
+            (TARGET, TARGET_IP6, 8080),
+            (ONLINE, ONLINE_IP6, 6379),
+            (TARGET, TARGET_IP6, 6379),
         ]
         .iter()
         .all(|(ns, ip, port)| {
@@ -301,7 +340,9 @@ fn start_servers() -> Result<()> {
 /// that went down took them along).
 pub fn restore_routes() -> Result<()> {
     in_ns(TARGET, "ip route replace 10.0.1.0/24 via 10.0.3.3")?;
-    in_ns(TARGET, "ip route replace 10.9.9.0/24 via 10.0.3.3")
+    in_ns(TARGET, "ip route replace 10.9.9.0/24 via 10.0.3.3")?;
+    in_ns(TARGET, "ip -6 route replace fd00:1::/64 via fd00:3::3")?;
+    in_ns(TARGET, "ip -6 route replace fd00:99::/64 via fd00:3::3")
 }
 
 /// Stop the target's nginx and start it again (a fault test).

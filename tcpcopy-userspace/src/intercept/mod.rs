@@ -13,7 +13,7 @@ pub use router::{Disposition, PeerId, RouteKey, Router, RouterStats};
 pub use server::{ControlServer, RecordSource, ServerConfig, ServerStats};
 
 use std::{
-    net::SocketAddrV4,
+    net::{IpAddr, SocketAddrV4},
     os::fd::{AsRawFd, RawFd},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -21,7 +21,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{MapData, RingBuf};
-use tcpcopy_common::{intercept_counter, PortKey, RECORD_STAMP_LEN};
+use tcpcopy_common::{
+    intercept_counter, PortKey, PortKey6, RECORD_STAMP_LEN, RESPONSE_RECORD_V6_LEN,
+};
 
 use crate::{
     process,
@@ -84,19 +86,22 @@ impl RecordSource for RingSource {
                     break;
                 };
                 left -= 1;
-                if item.len() < RECORD_LEN {
+                // The first byte tells the family: an IPv6 record is wide.
+                let head = match item.first().map(|b| b >> 4) {
+                    Some(6) => RESPONSE_RECORD_V6_LEN,
+                    _ => RECORD_LEN,
+                };
+                if item.len() < head {
                     self.malformed += 1;
                     continue;
                 }
-                let mut r = [0u8; RECORD_LEN];
-                r.copy_from_slice(&item[..RECORD_LEN]);
-                let mut record = ResponseRecord::new(r);
+                let mut record = ResponseRecord::from_head(&item[..head]);
                 // When a peer asked for them: when the program saw the
                 // response, and its payload's first bytes.
-                let stamped = RECORD_LEN + RECORD_STAMP_LEN;
+                let stamped = head + RECORD_STAMP_LEN;
                 if item.len() >= stamped {
                     let mut t = [0u8; RECORD_STAMP_LEN];
-                    t.copy_from_slice(&item[RECORD_LEN..stamped]);
+                    t.copy_from_slice(&item[head..stamped]);
                     record.held = Held::SeenAt(u64::from_ne_bytes(t));
                     if item.len() > stamped {
                         record.prefix = Some(item[stamped..].into());
@@ -120,15 +125,22 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Map keys for the `-F` clauses.
-pub fn filter_keys(clauses: &[FilterClause]) -> Vec<PortKey> {
-    clauses
-        .iter()
-        .map(|c| {
-            let addr = c.src_host.map_or(0, |ip| u32::from_ne_bytes(ip.octets()));
-            PortKey::new(addr, c.src_port.to_be())
-        })
-        .collect()
+/// Fill the XDP program's filter maps with the `-F` clauses: IPv4
+/// sources (and port-only clauses, which match either family) in
+/// `FILTER`, IPv6 sources in `FILTER6`.
+pub fn set_filter(xdp: &mut AttachedXdp, clauses: &[FilterClause]) -> Result<()> {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for c in clauses {
+        let port = c.src_port.to_be();
+        match c.src_host {
+            None => v4.push(PortKey::new(0, port)),
+            Some(IpAddr::V4(ip)) => v4.push(PortKey::new(u32::from_ne_bytes(ip.octets()), port)),
+            Some(IpAddr::V6(ip)) => v6.push(PortKey6::new(ip.octets(), port)),
+        }
+    }
+    xdp.set_keys("FILTER", &v4)?;
+    xdp.set_keys("FILTER6", &v6)
 }
 
 /// `intercept --check`: the preflight checklist (see
@@ -143,7 +155,7 @@ fn check(opts: &InterceptOptions, clauses: &[FilterClause]) -> Result<()> {
     preflight::interfaces(&mut list, &opts.ifaces, None);
     preflight::program_loads(&mut list, "intercept program", || {
         let mut x = AttachedXdp::load(INTERCEPT_EBPF, "intercept", &[], &[], opts.xdp_mode)?;
-        x.set_port_keys("FILTER", &filter_keys(clauses))
+        set_filter(&mut x, clauses)
     });
     let listen = SocketAddrV4::new(opts.bind, opts.port);
     match std::net::TcpListener::bind(listen) {
@@ -193,7 +205,7 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
     );
 
     let mut xdp = AttachedXdp::load(INTERCEPT_EBPF, "intercept", &[], &[], opts.xdp_mode)?;
-    xdp.set_port_keys("FILTER", &filter_keys(&clauses))?;
+    set_filter(&mut xdp, &clauses)?;
     let mut source = RingSource::new(&mut xdp)?;
     let mut server = ControlServer::bind(ServerConfig {
         listen: SocketAddrV4::new(opts.bind, opts.port),

@@ -2,7 +2,7 @@
 //! names, plus `--xdp-mode`, `--bare` and `--allow`; and the `-F` filter,
 //! a subset of pcap syntax that an XDP map can express.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use clap::Parser;
 use thiserror::Error;
@@ -104,7 +104,8 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, CidrError> {
 /// One alternative of `-F`: responses from this source port (and address).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FilterClause {
-    pub src_host: Option<Ipv4Addr>,
+    /// Either family.
+    pub src_host: Option<IpAddr>,
     pub src_port: u16,
 }
 
@@ -147,9 +148,9 @@ pub fn parse_filter(filter: &str) -> Result<Vec<FilterClause>, FilterError> {
                     }
                 }
                 ["src", "host", a] => {
-                    let ip: Ipv4Addr = a
+                    let ip: IpAddr = a
                         .parse()
-                        .map_err(|_| err(format!("`{a}` is not an IPv4 address")))?;
+                        .map_err(|_| err(format!("`{a}` is not an IP address")))?;
                     if host.replace(ip).is_some() {
                         return Err(err("two hosts in one alternative".into()));
                     }
@@ -221,11 +222,15 @@ mod tests {
             parse_filter("tcp and src port 80 and src host 10.0.2.2 or (tcp and src host 10.0.2.3 and src port 6379)")
                 .unwrap(),
             vec![
-                FilterClause { src_host: Some(Ipv4Addr::new(10, 0, 2, 2)), src_port: 80 },
-                FilterClause { src_host: Some(Ipv4Addr::new(10, 0, 2, 3)), src_port: 6379 },
+                FilterClause { src_host: Some(Ipv4Addr::new(10, 0, 2, 2).into()), src_port: 80 },
+                FilterClause { src_host: Some(Ipv4Addr::new(10, 0, 2, 3).into()), src_port: 6379 },
             ]
         );
         assert_eq!(parse_filter("src port 11211").unwrap()[0].src_port, 11211);
+        assert_eq!(
+            parse_filter("tcp and src port 8080 and src host fd00:2::2").unwrap()[0].src_host,
+            Some("fd00:2::2".parse().unwrap())
+        );
     }
 
     #[test]

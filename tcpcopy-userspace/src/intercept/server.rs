@@ -335,8 +335,14 @@ impl ControlServer {
                             "not compatible, client:{v}, intercept:{INTERNAL_VERSION} (served anyway, as the C intercept does)");
                     }
                     if let Some(ext) = r.granted {
-                        tracing::info!(addr = %peer.addr, peer = id, bytes = ext.prefix_bytes,
-                            "tcpcopy asked for the target's payload prefixes (--verdict): granted");
+                        if ext.prefix_bytes > 0 {
+                            tracing::info!(addr = %peer.addr, peer = id, bytes = ext.prefix_bytes,
+                                "tcpcopy asked for the target's payload prefixes (--verdict): granted");
+                        }
+                        if ext.ipv6 {
+                            tracing::info!(addr = %peer.addr, peer = id,
+                                "tcpcopy replays IPv6: IPv6 routes and records granted");
+                        }
                         self.prefix_wanted = self.prefix_wanted.max(ext.prefix_bytes);
                     }
                     self.apply(id, &r.requests);

@@ -459,7 +459,7 @@ fn load_capture_program(plan: &Settings, mode: u32) -> Result<AttachedXdp> {
         &[],
         plan.xdp_mode,
     )?;
-    x.set_port_keys("SOURCES", &source_keys(&plan.config))?;
+    x.set_keys("SOURCES", &source_keys(&plan.config))?;
     x.set_ipv4_networks("ONLY_CLIENTS", &nets(&filter.only))?;
     x.set_ipv4_networks("SKIP_CLIENTS", &nets(&filter.skip))?;
     Ok(x)
