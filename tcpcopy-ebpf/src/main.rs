@@ -1,6 +1,7 @@
-//! tcpcopy's XDP capture program. Parses Ethernet (one 802.1Q tag), IPv4 and
-//! TCP, and matches the destination against the `-x` sources in `SOURCES`
-//! (address 0 = any local address). What happens to a matched segment
+//! tcpcopy's XDP capture program. Parses Ethernet (one 802.1Q tag), IPv4 or
+//! IPv6 (hop-by-hop, routing and destination options skipped) and TCP, and
+//! matches the destination against the `-x` sources in `SOURCES` (IPv4)
+//! or `SOURCES6` (IPv6); address 0 = any local address of that family. What happens to a matched segment
 //! depends on the global `CAPTURE_MODE` (see `tcpcopy_common::capture_mode`):
 //! - count only: count it and pass;
 //! - tap (on the online server itself): copy the IPv4 packet into the ring
@@ -10,7 +11,8 @@
 //!   socket of its RX queue.
 //! Unmatched frames always pass (ARP and the host's own traffic keep working).
 //! `--only-clients` / `--skip-clients` are LPM tries on the source address
-//! (`ONLY_CLIENTS`, `SKIP_CLIENTS`, in use per the global `CLIENT_FILTER`):
+//! (`ONLY_CLIENTS`, `SKIP_CLIENTS` and their IPv6 twins `ONLY_CLIENTS6`,
+//! `SKIP_CLIENTS6`, in use per the global `CLIENT_FILTER`):
 //! a segment they leave out is counted and passed, never copied.
 //!
 //! On a mirror (xsk mode) with `--verdict`, the online server's answers
@@ -19,8 +21,9 @@
 //! `tcpcopy_answers` (TC egress, tap mode with `--verdict`): the online
 //! server's answers, segments from a `-x` source, have their headers and
 //! first `ANSWER_BYTES` of payload copied into the tap ring of the worker
-//! that owns their client's flow (the copy's IPv4 total length says what
-//! was copied). The packet itself always goes on, untouched.
+//! that owns their client's flow (the copy's IPv4 total length or IPv6
+//! payload length says what was copied; IPv6 answers with extension
+//! headers are not copied). The packet itself always goes on, untouched.
 #![no_std]
 #![no_main]
 
@@ -32,9 +35,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use tcpcopy_common::{
-    capture_mode, client_filter, flow_hash, tcpcopy_counter as ctr,
+    capture_mode, client_filter, flow_hash, fold_ipv6, tcpcopy_counter as ctr,
     xdp::{self, ptr_at},
-    PortKey, TapHeader, TAP_RING_BYTES,
+    PortKey, PortKey6, TapHeader, TAP_RING_BYTES,
 };
 
 /// Largest IPv4 packet copied into a tap record (power of two, for the
@@ -64,10 +67,20 @@ static ONLY_CLIENTS: LpmTrie<[u8; 4], u8> =
 #[map]
 static SKIP_CLIENTS: LpmTrie<[u8; 4], u8> =
     LpmTrie::with_max_entries(client_filter::MAX_ENTRIES, 0);
+/// The same for IPv6 sources.
+#[map]
+static ONLY_CLIENTS6: LpmTrie<[u8; 16], u8> =
+    LpmTrie::with_max_entries(client_filter::MAX_ENTRIES, 0);
+#[map]
+static SKIP_CLIENTS6: LpmTrie<[u8; 16], u8> =
+    LpmTrie::with_max_entries(client_filter::MAX_ENTRIES, 0);
 
 /// `-x` sources: (destination address, destination port); address 0 = any.
 #[map]
 static SOURCES: HashMap<PortKey, u8> = HashMap::with_max_entries(256, 0);
+/// The IPv6 ones (address all zeros = any).
+#[map]
+static SOURCES6: HashMap<PortKey6, u8> = HashMap::with_max_entries(256, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ctr::COUNT, 0);
@@ -183,7 +196,14 @@ struct Matched {
 
 #[inline(always)]
 fn matched(ctx: &XdpContext) -> Option<Matched> {
-    let frame = xdp::ipv4_tcp(ctx)?;
+    match xdp::ipv4_tcp(ctx) {
+        Some(frame) => matched_v4(ctx, &frame),
+        None => matched_v6(ctx, &xdp::ipv6_tcp(ctx)?),
+    }
+}
+
+#[inline(always)]
+fn matched_v4(ctx: &XdpContext, frame: &xdp::Ipv4Tcp) -> Option<Matched> {
     let ip = frame.ip;
     let tcp = unsafe { *ptr_at::<[u8; 4]>(ctx, frame.tcp_off)? };
     let daddr = frame.daddr();
@@ -211,10 +231,55 @@ fn matched(ctx: &XdpContext) -> Option<Matched> {
     })
 }
 
+#[inline(always)]
+fn matched_v6(ctx: &XdpContext, frame: &xdp::Ipv6Tcp) -> Option<Matched> {
+    let ip = &frame.ip;
+    let tcp = unsafe { *ptr_at::<[u8; 4]>(ctx, frame.tcp_off)? };
+    let mut daddr = [0u8; 16];
+    daddr.copy_from_slice(&ip[24..40]);
+    let dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
+    let hit = unsafe {
+        SOURCES6.get(PortKey6::new(daddr, dport)).is_some()
+            || SOURCES6.get(PortKey6::new([0; 16], dport)).is_some()
+    };
+    if !hit {
+        return None;
+    }
+    let mut saddr = [0u8; 16];
+    saddr.copy_from_slice(&ip[8..24]);
+    let filter = unsafe { core::ptr::read_volatile(&CLIENT_FILTER) };
+    if filter != 0 && !client_admitted6(filter, saddr) {
+        bump(ctr::CLIENT_SKIPPED);
+        return None;
+    }
+    let word = |i: usize| u32::from_be_bytes([ip[i], ip[i + 1], ip[i + 2], ip[i + 3]]);
+    let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+    let h = flow_hash(fold_ipv6([word(8), word(12), word(16), word(20)]), sport);
+    let payload = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    Some(Matched {
+        ip_off: frame.ip_off,
+        // 0 (not stated: a GSO super-packet) means the frame's length.
+        ip_len: if payload == 0 { 0 } else { 40 + payload },
+        flow_hash: h,
+    })
+}
+
 /// Is the frame a segment from a `-x` source (an online answer)?
 #[inline(always)]
 fn is_answer(ctx: &XdpContext) -> bool {
-    let Some(frame) = xdp::ipv4_tcp(ctx) else {
+    if let Some(frame) = xdp::ipv4_tcp(ctx) {
+        let Some(tcp) = ptr_at::<[u8; 4]>(ctx, frame.tcp_off) else {
+            return false;
+        };
+        let tcp = unsafe { *tcp };
+        let sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
+        let saddr = frame.saddr();
+        return unsafe {
+            SOURCES.get(PortKey::new(saddr, sport)).is_some()
+                || SOURCES.get(PortKey::new(0, sport)).is_some()
+        };
+    }
+    let Some(frame) = xdp::ipv6_tcp(ctx) else {
         return false;
     };
     let Some(tcp) = ptr_at::<[u8; 4]>(ctx, frame.tcp_off) else {
@@ -222,10 +287,11 @@ fn is_answer(ctx: &XdpContext) -> bool {
     };
     let tcp = unsafe { *tcp };
     let sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
-    let saddr = frame.saddr();
+    let mut saddr = [0u8; 16];
+    saddr.copy_from_slice(&frame.ip[8..24]);
     unsafe {
-        SOURCES.get(PortKey::new(saddr, sport)).is_some()
-            || SOURCES.get(PortKey::new(0, sport)).is_some()
+        SOURCES6.get(PortKey6::new(saddr, sport)).is_some()
+            || SOURCES6.get(PortKey6::new([0; 16], sport)).is_some()
     }
 }
 
@@ -238,6 +304,16 @@ fn client_admitted(filter: u32, saddr: [u8; 4]) -> bool {
         return false;
     }
     !(filter & client_filter::SKIP != 0 && SKIP_CLIENTS.get(&key).is_some())
+}
+
+/// The same for an IPv6 source.
+#[inline(always)]
+fn client_admitted6(filter: u32, saddr: [u8; 16]) -> bool {
+    let key = Key::new(128, saddr);
+    if filter & client_filter::ONLY != 0 && ONLY_CLIENTS6.get(&key).is_none() {
+        return false;
+    }
+    !(filter & client_filter::SKIP != 0 && SKIP_CLIENTS6.get(&key).is_some())
 }
 
 #[inline(always)]
@@ -367,6 +443,72 @@ pub fn tcpcopy_answers(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// An answer's IP header as the TC program reads it: where TCP starts,
+/// its source (for the `-x` match), its client (for the ring), and the
+/// packet length the header states.
+struct AnswerIp {
+    ihl: usize,
+    source_is_x: bool,
+    client: u32,
+    /// Total length (IPv4) or 40 + payload length (IPv6); 0: not stated.
+    total: usize,
+    ipv6: bool,
+}
+
+#[inline(always)]
+fn answer_ip(
+    ctx: &TcContext,
+    ip_off: usize,
+    proto: u16,
+    sport: impl Fn(usize) -> Option<u16>,
+) -> Option<AnswerIp> {
+    if proto == 0x0800 {
+        let ip = ctx.load::<[u8; 20]>(ip_off).ok()?;
+        if ip[0] >> 4 != 4 || ip[9] != 6 {
+            return None;
+        }
+        let ihl = ((ip[0] & 0x0f) as usize) * 4;
+        let port = sport(ip_off + ihl)?;
+        let saddr = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+        let source_is_x = unsafe {
+            SOURCES.get(PortKey::new(saddr, port)).is_some()
+                || SOURCES.get(PortKey::new(0, port)).is_some()
+        };
+        return Some(AnswerIp {
+            ihl,
+            source_is_x,
+            client: u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]),
+            total: u16::from_be_bytes([ip[2], ip[3]]) as usize,
+            ipv6: false,
+        });
+    }
+    if proto != 0x86dd {
+        return None;
+    }
+    // IPv6 without extension headers (the online server's own answers
+    // carry none).
+    let ip = ctx.load::<[u8; 40]>(ip_off).ok()?;
+    if ip[0] >> 4 != 6 || ip[6] != 6 {
+        return None;
+    }
+    let port = sport(ip_off + 40)?;
+    let mut saddr = [0u8; 16];
+    saddr.copy_from_slice(&ip[8..24]);
+    let source_is_x = unsafe {
+        SOURCES6.get(PortKey6::new(saddr, port)).is_some()
+            || SOURCES6.get(PortKey6::new([0; 16], port)).is_some()
+    };
+    let word = |i: usize| u32::from_be_bytes([ip[i], ip[i + 1], ip[i + 2], ip[i + 3]]);
+    let payload = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    Some(AnswerIp {
+        ihl: 40,
+        source_is_x,
+        client: fold_ipv6([word(24), word(28), word(32), word(36)]),
+        total: if payload == 0 { 0 } else { 40 + payload },
+        ipv6: true,
+    })
+}
+
 #[inline(always)]
 fn copy_answer(ctx: &TcContext) -> Option<()> {
     let mut ip_off = 14usize;
@@ -375,28 +517,21 @@ fn copy_answer(ctx: &TcContext) -> Option<()> {
         proto = u16::from_be(ctx.load::<u16>(16).ok()?);
         ip_off += 4;
     }
-    if proto != 0x0800 {
-        return None;
-    }
-    let ip = ctx.load::<[u8; 20]>(ip_off).ok()?;
-    if ip[0] >> 4 != 4 || ip[9] != 6 {
-        return None;
-    }
-    let ihl = ((ip[0] & 0x0f) as usize) * 4;
-    let tcp = ctx.load::<[u8; 20]>(ip_off + ihl).ok()?;
-    let sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
-    let saddr = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
-    let hit = unsafe {
-        SOURCES.get(PortKey::new(saddr, sport)).is_some()
-            || SOURCES.get(PortKey::new(0, sport)).is_some()
+    let sport = |at: usize| {
+        ctx.load::<[u8; 2]>(at)
+            .ok()
+            .map(|p| u16::from_ne_bytes([p[0], p[1]]))
     };
-    if !hit {
+    let a = answer_ip(ctx, ip_off, proto, sport)?;
+    if !a.source_is_x {
         return None;
     }
+    let ihl = a.ihl;
+    let tcp = ctx.load::<[u8; 20]>(ip_off + ihl).ok()?;
     bump(ctr::ANSWERS_SEEN);
     let doff = ((tcp[12] >> 4) as usize) * 4;
     let headers = ihl + doff;
-    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let total = a.total;
     // A GSO packet's total length may be 0 or its first segment's: the
     // skb's length bounds what there is.
     let room = (ctx.len() as usize).checked_sub(ip_off)?;
@@ -429,16 +564,21 @@ fn copy_answer(ctx: &TcContext) -> Option<()> {
     unsafe {
         (*scratch).hdr.len = bounded;
         (*scratch).hdr.ifindex = (*ctx.skb.skb).ifindex;
-        // The copy's total length: what was copied.
-        (*scratch).data[2] = (bounded >> 8) as u8;
-        (*scratch).data[3] = bounded as u8;
+        // The copy's stated length: what was copied.
+        if a.ipv6 {
+            let payload = bounded.saturating_sub(40);
+            (*scratch).data[4] = (payload >> 8) as u8;
+            (*scratch).data[5] = payload as u8;
+        } else {
+            (*scratch).data[2] = (bounded >> 8) as u8;
+            (*scratch).data[3] = bounded as u8;
+        }
     }
     let bytes_total = core::mem::size_of::<TapHeader>() + bounded as usize;
     let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, bytes_total) };
     // The client is the answer's destination.
-    let daddr = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
     let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-    if to_ring(ring_of(flow_hash(daddr, dport)), bytes) {
+    if to_ring(ring_of(flow_hash(a.client, dport)), bytes) {
         bump(ctr::ANSWERS_TAPPED);
     } else {
         bump(ctr::RING_FULL);

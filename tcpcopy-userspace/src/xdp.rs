@@ -7,6 +7,7 @@
 //! (aya-log) are passed into the process's `tracing` log by
 //! [`AttachedXdp::flush_log`].
 
+use crate::wire::Cidr;
 use anyhow::{anyhow, Context, Result};
 use aya::{
     maps::{
@@ -197,21 +198,33 @@ impl AttachedXdp {
         Ok(())
     }
 
-    /// Fill an `LpmTrie<[u8; 4], u8>` map of the object with IPv4
-    /// networks (address bytes as on the wire).
-    pub fn set_ipv4_networks(
-        &mut self,
-        map: &str,
-        nets: &[(std::net::Ipv4Addr, u8)],
-    ) -> Result<()> {
-        let m = self
-            .ebpf
-            .map_mut(map)
-            .ok_or_else(|| anyhow!("map {map} missing"))?;
-        let mut trie: LpmTrie<&mut MapData, [u8; 4], u8> = LpmTrie::try_from(m)?;
-        for (addr, len) in nets {
-            trie.insert(&Key::new(*len as u32, addr.octets()), 1u8, 0)
-                .with_context(|| format!("filling map {map}"))?;
+    /// Fill the `LpmTrie<[u8; 4], u8>` map `v4` and the `LpmTrie<[u8; 16],
+    /// u8>` map `v6` of the object with networks of their family (address
+    /// bytes as on the wire).
+    pub fn set_networks(&mut self, v4: &str, v6: &str, nets: &[Cidr]) -> Result<()> {
+        for family_v4 in [true, false] {
+            let map = if family_v4 { v4 } else { v6 };
+            let m = self
+                .ebpf
+                .map_mut(map)
+                .ok_or_else(|| anyhow!("map {map} missing"))?;
+            if family_v4 {
+                let mut trie: LpmTrie<&mut MapData, [u8; 4], u8> = LpmTrie::try_from(m)?;
+                for c in nets {
+                    if let std::net::IpAddr::V4(a) = c.addr {
+                        trie.insert(&Key::new(c.len as u32, a.octets()), 1u8, 0)
+                            .with_context(|| format!("filling map {map}"))?;
+                    }
+                }
+            } else {
+                let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(m)?;
+                for c in nets {
+                    if let std::net::IpAddr::V6(a) = c.addr {
+                        trie.insert(&Key::new(c.len as u32, a.octets()), 1u8, 0)
+                            .with_context(|| format!("filling map {map}"))?;
+                    }
+                }
+            }
         }
         Ok(())
     }

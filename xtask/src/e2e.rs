@@ -1440,6 +1440,26 @@ const SCENARIOS: &[Scenario] = &[
     ),
     ("-r 50 halves", sampling_halves),
     (
+        "IPv6: keep-alive and short connections, exactly once, in tap, packet and xdp capture",
+        crate::ipv6::keepalive_and_short_in_every_capture_mode,
+    ),
+    (
+        "IPv6: redis-benchmark commands, exactly once",
+        crate::ipv6::redis_over_ipv6,
+    ),
+    (
+        "IPv6: IPv4 and IPv6 clients replayed at once by one tcpcopy",
+        crate::ipv6::ipv4_and_ipv6_clients_at_once,
+    ),
+    (
+        "IPv6: -n 2 from an IPv6 -c pool doubles",
+        crate::ipv6::replicas_double_from_an_ipv6_pool,
+    ),
+    (
+        "IPv6: a tcpdump capture replayed offline, exactly",
+        crate::ipv6::tcpdump_capture_replayed_offline,
+    ),
+    (
         "verdict: a path the target answers 503 is counted exactly, in tap, packet and xdp capture",
         crate::verdict::http_status_mismatches_counted_exactly,
     ),

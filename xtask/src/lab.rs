@@ -47,7 +47,6 @@ pub const CLIENT_IP: &str = "10.0.1.10";
 pub const ONLINE_IP: &str = "10.0.1.1";
 pub const TARGET_IP: &str = "10.0.2.2";
 pub const ASSISTANT_CTL_IP: &str = "10.0.4.3";
-pub const CLIENT_IP6: &str = "fd00:1::10";
 pub const ONLINE_IP6: &str = "fd00:1::1";
 pub const TARGET_IP6: &str = "fd00:2::2";
 

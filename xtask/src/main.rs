@@ -11,6 +11,7 @@ mod e2e;
 mod elephants;
 mod faults;
 mod fuzz;
+mod ipv6;
 mod lab;
 mod lab_client;
 mod replay;

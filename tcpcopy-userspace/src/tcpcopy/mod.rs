@@ -27,7 +27,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{RingBuf, XskMap};
-use tcpcopy_common::{capture_mode, PortKey};
+use tcpcopy_common::{capture_mode, PortKey, PortKey6};
 
 use self::{
     channel::Channel,
@@ -44,20 +44,24 @@ use crate::{
     xdp::{AttachedXdp, TCPCOPY_EBPF},
 };
 
-/// XDP map keys for the `-x` sources of IPv4 rules (the XDP programs
-/// parse IPv4 only).
-pub fn source_keys(cfg: &Config) -> Vec<PortKey> {
-    cfg.transfers
-        .iter()
-        .filter_map(|t| {
-            let addr = match (t.dst_ip, t.src_ip) {
-                (std::net::IpAddr::V6(_), _) => return None,
-                (_, Some(std::net::IpAddr::V4(ip))) => u32::from_ne_bytes(ip.octets()),
-                _ => 0,
-            };
-            Some(PortKey::new(addr, t.src_port.to_be()))
-        })
-        .collect()
+/// XDP map keys for the `-x` sources: IPv4 rules' (`SOURCES`) and IPv6
+/// rules' (`SOURCES6`); a rule without a source address has the family's
+/// all-zeros key, "any address".
+pub fn source_keys(cfg: &Config) -> (Vec<PortKey>, Vec<PortKey6>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for t in &cfg.transfers {
+        let port = t.src_port.to_be();
+        match (t.dst_ip, t.src_ip) {
+            (std::net::IpAddr::V4(_), Some(std::net::IpAddr::V4(ip))) => {
+                v4.push(PortKey::new(u32::from_ne_bytes(ip.octets()), port))
+            }
+            (std::net::IpAddr::V4(_), _) => v4.push(PortKey::new(0, port)),
+            (_, Some(std::net::IpAddr::V6(ip))) => v6.push(PortKey6::new(ip.octets(), port)),
+            _ => v6.push(PortKey6::new([0; 16], port)),
+        }
+    }
+    (v4, v6)
 }
 
 fn ifindex(name: &str) -> Result<u32> {
@@ -401,16 +405,6 @@ fn open_sources(plan: &Settings, stop: &Arc<std::sync::atomic::AtomicBool>) -> R
 /// shrunk to a page.
 fn load_capture_program(plan: &Settings, mode: u32) -> Result<AttachedXdp> {
     let filter = &plan.config.client_filter;
-    // The programs see IPv4 only: its networks are theirs (an IPv6-only
-    // `--only-clients` leaves them none, so no IPv4 client, as it should).
-    let nets = |c: &[Cidr]| -> Vec<(std::net::Ipv4Addr, u8)> {
-        c.iter()
-            .filter_map(|c| match c.addr {
-                std::net::IpAddr::V4(a) => Some((a, c.len)),
-                _ => None,
-            })
-            .collect()
-    };
     let too_many = |c: &[Cidr]| c.len() > tcpcopy_common::client_filter::MAX_ENTRIES as usize;
     if too_many(&filter.only) || too_many(&filter.skip) {
         bail!(
@@ -459,9 +453,13 @@ fn load_capture_program(plan: &Settings, mode: u32) -> Result<AttachedXdp> {
         &[],
         plan.xdp_mode,
     )?;
-    x.set_keys("SOURCES", &source_keys(&plan.config))?;
-    x.set_ipv4_networks("ONLY_CLIENTS", &nets(&filter.only))?;
-    x.set_ipv4_networks("SKIP_CLIENTS", &nets(&filter.skip))?;
+    let (v4, v6) = source_keys(&plan.config);
+    x.set_keys("SOURCES", &v4)?;
+    x.set_keys("SOURCES6", &v6)?;
+    // Each family's networks in its own tries: an `--only-clients` of one
+    // family leaves the other's tries empty, so none of its clients.
+    x.set_networks("ONLY_CLIENTS", "ONLY_CLIENTS6", &filter.only)?;
+    x.set_networks("SKIP_CLIENTS", "SKIP_CLIENTS6", &filter.skip)?;
     Ok(x)
 }
 

@@ -572,12 +572,6 @@ impl TcpcopyOptions {
         }
         if let Some(t) = config.transfers.iter().find(|t| t.dst_ip.is_ipv6()) {
             let target = format!("[{}]:{}", t.dst_ip, t.dst_port);
-            if matches!(source, Source::Live(CaptureMode::Tap | CaptureMode::Xdp)) {
-                bail!(
-                    "-x {target}: the XDP capture programs read IPv4 only for now; \
-                     capture IPv6 with --capture packet (or replay a file)"
-                );
-            }
             if send != SendPlan::Raw {
                 bail!("-x {target}: --send xdp and --send packet frame IPv4 only for now; use --send raw");
             }
