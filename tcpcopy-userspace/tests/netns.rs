@@ -165,7 +165,7 @@ fn intercept_program_drops_matched_responses_exports_headers_and_passes_the_rest
                 AttachMode::Auto,
             )
             .expect("load and attach intercept program");
-            xdp.set_port_keys("FILTER", &[port_key(8080)]).unwrap();
+            xdp.set_keys("FILTER", &[port_key(8080)]).unwrap();
             let reached_8080 = TcpStream::connect_timeout(
                 &format!("{ip_b}:8080").parse().unwrap(),
                 Duration::from_millis(700),
@@ -259,7 +259,7 @@ fn tcpcopy_program_taps_matched_segments_and_passes_everything() {
                     AttachMode::Auto,
                 )
                 .expect("load and attach tcpcopy program");
-                xdp.set_port_keys("SOURCES", &[port_key(8080)]).unwrap();
+                xdp.set_keys("SOURCES", &[port_key(8080)]).unwrap();
                 tx.send(()).unwrap();
                 done_rx.recv().unwrap();
                 let counters = xdp
