@@ -37,12 +37,12 @@ const TICK: Duration = Duration::from_micros(200);
 /// Returns (packets sent, seconds they took).
 pub fn generate(a: &GenArgs) -> Result<(u64, f64)> {
     let src_mac = neighbour::iface_mac(&a.iface)?;
-    let dst_mac = neighbour::resolve(&a.iface, a.dst)
+    let dst_mac = neighbour::resolve(&a.iface, a.dst.into())
         .with_context(|| format!("next hop toward {}", a.dst))?;
     let parts = XskSocket::open(&a.iface, a.queue, Default::default())?
         .take_tx()
         .ok_or_else(|| anyhow!("no TX ring"))?;
-    let hops = tcpcopy::send::neighbour::NextHops::new(HashMap::from([(a.dst, dst_mac)]));
+    let hops = tcpcopy::send::neighbour::NextHops::new(HashMap::from([(a.dst.into(), dst_mac)]));
     let mut tx = XskSender::new(parts, src_mac, hops);
     let packets: Vec<Vec<u8>> = (0..DISTINCT)
         .map(|i| {

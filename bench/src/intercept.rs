@@ -7,7 +7,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{IpAddr, Ipv4Addr, TcpStream},
     os::fd::{AsFd, AsRawFd},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -171,7 +171,7 @@ fn offer(
 /// has sent the version message and the CLIENT_ADD of the benchmark's flow.
 fn server_and_fake_tcpcopy() -> Result<(ControlServer, TcpStream)> {
     let server = ControlServer::bind(ServerConfig {
-        listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+        listen: std::net::SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
         framing: Framing::Combined,
         max_routes: 1 << 20,
         delay_table_size: 65536,

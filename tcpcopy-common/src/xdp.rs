@@ -147,9 +147,10 @@ const MAX_EXTENSIONS: usize = 3;
 /// Bytes of extension headers taken at most (more: not parsed).
 const MAX_EXTENSION_BYTES: usize = 256;
 
-/// Parse Ethernet and IPv6, skipping hop-by-hop, routing and destination
-/// options headers to TCP; None if the frame is not IPv6/TCP, or is a
-/// fragment (the fragment header: counted by user space, never replayed).
+/// Parse Ethernet and IPv6, skipping hop-by-hop, routing, fragment and
+/// destination options headers to TCP; None if the frame is not IPv6/TCP.
+/// A fragment goes on as IPv4 ones do: user space counts it and never
+/// replays it.
 #[inline(always)]
 pub fn ipv6_tcp(ctx: &XdpContext) -> Option<Ipv6Tcp> {
     let (off, proto) = network(ctx)?;
@@ -164,7 +165,8 @@ pub fn ipv6_tcp(ctx: &XdpContext) -> Option<Ipv6Tcp> {
     let mut next = ip[6];
     let mut ext = 0usize;
     for _ in 0..MAX_EXTENSIONS {
-        if next != 0 && next != 43 && next != 60 {
+        // A fragment header's second byte is reserved (0): 8 bytes too.
+        if next != 0 && next != 43 && next != 44 && next != 60 {
             break;
         }
         let h = unsafe { *ptr_at::<[u8; 2]>(ctx, off + 40 + ext)? };

@@ -1089,18 +1089,17 @@ fn preflight_check_tells_what_is_wrong() -> Result<()> {
         "intercept --check should pass on the assistant:\n{text}"
     );
     let mut intercept = replay::start_intercept("check")?;
-    let tcpcopy = "-s 10.0.4.3 -i onl0 -c 10.9.9.x";
     let cases = [
         (
             "a working loop",
-            "-x 80-10.0.2.2:8080",
+            "-x 80-10.0.2.2:8080 -c 10.9.9.x",
             true,
             "the loop works",
         ),
         // Nothing listens on the target's 5201 (intercept takes its answers).
         (
             "a refused port",
-            "-x 80-10.0.2.2:5201",
+            "-x 80-10.0.2.2:5201 -c 10.9.9.x",
             false,
             "nothing listens on 10.0.2.2:5201",
         ),
@@ -1111,13 +1110,16 @@ fn preflight_check_tells_what_is_wrong() -> Result<()> {
             false,
             "no answer reported",
         ),
+        // Over IPv6, from the IPv6 pool the target routes to the assistant.
+        (
+            "a working IPv6 loop",
+            "-x '80-[fd00:2::2]:8080' -c fd00:99::/120",
+            true,
+            "loop probe fd00:99::1 → [fd00:2::2]:8080: SYN-ACK reported by intercept: the loop works",
+        ),
     ];
     for (what, x, pass, says) in cases {
-        let args = if x.contains("--check-from") {
-            format!("{x} -s 10.0.4.3 -i onl0")
-        } else {
-            format!("{x} {tcpcopy}")
-        };
+        let args = format!("{x} -s 10.0.4.3 -i onl0");
         let (ok, text) = check(ONLINE, "tcpcopy", &args)?;
         println!("    {what}: {}", if ok { "passed" } else { "failed" });
         ensure!(
@@ -1444,6 +1446,10 @@ const SCENARIOS: &[Scenario] = &[
         crate::ipv6::keepalive_and_short_in_every_capture_mode,
     ),
     (
+        "IPv6: --send packet and --send xdp (neighbour discovery), exactly once",
+        crate::ipv6::framed_senders_over_ipv6,
+    ),
+    (
         "IPv6: redis-benchmark commands, exactly once",
         crate::ipv6::redis_over_ipv6,
     ),
@@ -1462,6 +1468,10 @@ const SCENARIOS: &[Scenario] = &[
     (
         "verdict: a path the target answers 503 is counted exactly, in tap, packet and xdp capture",
         crate::verdict::http_status_mismatches_counted_exactly,
+    ),
+    (
+        "verdict: over IPv6, a path the target answers 503 is counted exactly",
+        crate::verdict::http_status_mismatches_over_ipv6,
     ),
     (
         "verdict: redis GETs of a key the target lacks, nil against a value",

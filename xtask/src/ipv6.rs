@@ -1,9 +1,10 @@
 //! The IPv6 scenarios of the lab (its dual-stack half: clients fd00:1::10
 //! and ::11, online fd00:1::1, target fd00:2::2, the pool fd00:99::/64
 //! routed to the assistant): keep-alive and short connections over IPv6 in
-//! every capture mode, redis over IPv6, IPv4 and IPv6 clients replayed at
-//! once by one tcpcopy, `-n 2` with an IPv6 `-c` pool, and a tcpdump
-//! capture of IPv6 traffic replayed offline. Each counts what a user would:
+//! every capture mode and with the framed senders, redis over IPv6, IPv4
+//! and IPv6 clients replayed at once by one tcpcopy (its control channel
+//! over IPv6), `-n 2` with an IPv6 `-c` pool, and a tcpdump capture of
+//! IPv6 traffic replayed offline. Each counts what a user would:
 //! requests in the servers' own logs and stats.
 
 use std::time::Duration;
@@ -20,7 +21,8 @@ use crate::{
 const RULES: &str = "80-[fd00:2::2]:8080,6379-[fd00:2::2]:6379";
 
 fn wrk6(conns: u32, secs: u32, extra: &str) -> String {
-    format!("wrk -t2 -c{conns} -d{secs}s {extra} http://[{ONLINE_IP6}]/")
+    // Quoted: brackets are a shell pattern.
+    format!("wrk -t2 -c{conns} -d{secs}s {extra} \"http://[{ONLINE_IP6}]/\"")
 }
 
 /// Lines of the target's nginx log whose client address is IPv6 and IPv4.
@@ -70,6 +72,62 @@ pub fn keepalive_and_short_in_every_capture_mode() -> Result<()> {
     Ok(())
 }
 
+/// The framed senders over IPv6: `--send packet` out of the online host's
+/// port toward the target (the target itself the next hop, found by
+/// neighbour discovery), and `--send xdp` out of the mirror port (the
+/// online host the next hop, a router): keep-alive and short connections,
+/// each exact.
+pub fn framed_senders_over_ipv6() -> Result<()> {
+    let modes: [(&str, &str, &[&str]); 2] = [
+        (
+            "--send packet",
+            ONLINE,
+            &[
+                "-i",
+                "onl0",
+                "--workers",
+                "2",
+                "--send",
+                "packet",
+                "-o",
+                "onl1",
+            ],
+        ),
+        (
+            "--send xdp (mirror)",
+            MIRROR,
+            &[
+                "--capture",
+                "xdp",
+                "-i",
+                "mir0",
+                "--send",
+                "xdp",
+                "-o",
+                "mir0",
+            ],
+        ),
+    ];
+    for (mode, host, send) in modes {
+        let mut args = vec!["-x", RULES];
+        args.extend_from_slice(send);
+        let r = Replay::start_on("ipv6-send", host, &args)?;
+        let keepalive = drive(&wrk6(4, 2, ""));
+        let short = drive(&wrk6(4, 2, "-H 'Connection: close'"));
+        let log = r.stop()?;
+        let fail = |e: anyhow::Error| anyhow::anyhow!("{e}\n{}", summary(&log));
+        let (o, t) = keepalive?;
+        exact(&format!("IPv6, {mode}: wrk -c4 keep-alive"), o, t).map_err(fail)?;
+        let (o, t) = short?;
+        exact(&format!("IPv6, {mode}: wrk -c4 short connections"), o, t).map_err(fail)?;
+        ensure!(
+            log.contains("none lost"),
+            "IPv6, {mode}: the summary should say none lost:\n{log}"
+        );
+    }
+    Ok(())
+}
+
 /// redis-benchmark against the online redis's IPv6 address, replayed to
 /// the target's: counted by both servers' `INFO commandstats`.
 pub fn redis_over_ipv6() -> Result<()> {
@@ -85,10 +143,23 @@ pub fn redis_over_ipv6() -> Result<()> {
 
 /// One tcpcopy with an IPv4 and an IPv6 rule replays IPv4 and IPv6
 /// clients loading the online nginx at the same time: every request once,
-/// each in its own family.
+/// each in its own family. Its control channel runs over IPv6 (intercept
+/// bound to `::`, tcpcopy told `-s [fd00:4::3]`).
 pub fn ipv4_and_ipv6_clients_at_once() -> Result<()> {
     let rules = "80-10.0.2.2:8080,80-[fd00:2::2]:8080";
-    let r = Replay::start("dual", &["-x", rules, "-i", "onl0", "--workers", "2"])?;
+    let mut intercept = replay::start_intercept_bound(
+        "dual",
+        "ast0",
+        "::",
+        lab::CONTROL_PORT,
+        replay::INTERCEPT_METRICS,
+    )?;
+    let mut tcpcopy = replay::start_tcpcopy(
+        "dual",
+        ONLINE,
+        "[fd00:4::3]",
+        &["-x", rules, "-i", "onl0", "--workers", "2"],
+    )?;
     let both = format!(
         "bash -c 'wrk -t1 -c5 -d3s http://{ONLINE_IP}/ & {} ; wait'",
         wrk6(5, 3, "").replace("-t2", "-t1")
@@ -101,7 +172,12 @@ pub fn ipv4_and_ipv6_clients_at_once() -> Result<()> {
         (v6, text.lines().count() as u64 - v6)
     };
     let (o, t) = drive(&both)?;
-    let log = r.stop()?;
+    let log = tcpcopy.stop()?;
+    let intercept_log = intercept.stop()?;
+    ensure!(
+        intercept_log.contains("addr=[fd00:4::1]"),
+        "tcpcopy should have connected over IPv6:\n{intercept_log}"
+    );
     let (online_v6, online_v4) = online_by_family();
     let (target_v6, target_v4) = target_lines_by_family();
     println!(

@@ -113,7 +113,7 @@ impl LabClient {
         let mut child = Command::new("ip")
             .args(["netns", "exec", crate::lab::CLIENT, "sh", "-c"])
             .arg(format!(
-                "ulimit -n $(ulimit -Hn) && exec {} lab-client {addr}",
+                "ulimit -n $(ulimit -Hn) && exec {} lab-client '{addr}'",
                 me.display()
             ))
             .stdin(Stdio::piped())

@@ -393,6 +393,17 @@ pub fn start_intercept(tag: &str) -> Result<Tool> {
 /// An intercept on the assistant's interface `iface`, taking tcpcopy's
 /// connections on `port` and serving metrics on `metrics`.
 pub fn start_intercept_on(tag: &str, iface: &str, port: u16, metrics: &str) -> Result<Tool> {
+    start_intercept_bound(tag, iface, ASSISTANT_CTL_IP, port, metrics)
+}
+
+/// The same, its control channel bound to `bind` (`-b`).
+pub fn start_intercept_bound(
+    tag: &str,
+    iface: &str,
+    bind: &str,
+    port: u16,
+    metrics: &str,
+) -> Result<Tool> {
     let port = port.to_string();
     let intercept_args: Vec<String> = [
         "-i",
@@ -400,7 +411,7 @@ pub fn start_intercept_on(tag: &str, iface: &str, port: u16, metrics: &str) -> R
         "-F",
         FILTER,
         "-b",
-        ASSISTANT_CTL_IP,
+        bind,
         "-p",
         &port,
         "--stats-interval",

@@ -100,31 +100,66 @@ fn json_path(tag: &str) -> PathBuf {
     lab::run_dir().join(format!("{tag}.json"))
 }
 
+/// Where an HTTP verdict scenario runs: the `-x` rule of its family, the
+/// online server's host (as a URL writes it) and the target's name in
+/// the verdict.
+struct Family {
+    rule: &'static str,
+    online: &'static str,
+    target: &'static str,
+}
+
+const IPV4: Family = Family {
+    rule: "80-10.0.2.2:8080",
+    online: ONLINE_IP,
+    target: "10.0.2.2:8080",
+};
+
+const IPV6: Family = Family {
+    rule: "80-[fd00:2::2]:8080",
+    online: "[fd00:1::1]",
+    target: "[fd00:2::2]:8080",
+};
+
 /// wrk keep-alive at saturation from the client, then the lab client's 200
 /// requests on a connection of their own, 10 of them to `/differs`, in
 /// tap, packet and xdp capture (xdp: on the mirror box, which sees both
 /// directions).
 pub fn http_status_mismatches_counted_exactly() -> Result<()> {
     for mode in ["tap", "packet", "xdp"] {
+        status_mismatches(mode, &IPV4)?;
+    }
+    Ok(())
+}
+
+/// The same over IPv6, in tap capture (the TC program copies the online
+/// server's IPv6 answers; intercept exports the target's IPv6 records
+/// with their payload).
+pub fn http_status_mismatches_over_ipv6() -> Result<()> {
+    status_mismatches("tap", &IPV6)
+}
+
+fn status_mismatches(mode: &str, family: &Family) -> Result<()> {
+    {
         let tag = format!("verdict-http-{mode}");
         let json = json_path(&tag);
         let _ = std::fs::remove_file(&json);
         let json_arg = json.display().to_string();
         let verdict = ["--verdict", "--verdict-json", json_arg.as_str()];
         replay::reset_logs()?;
-        let r = match mode {
-            "xdp" => Replay::start_mirror_with(&tag, &verdict)?,
-            _ => {
-                let base = if mode == "tap" {
-                    replay::TAP_HTTP
-                } else {
-                    replay::PACKET_HTTP
-                };
-                let mut args = base.to_vec();
-                args.extend(verdict);
-                Replay::start(&tag, &args)?
-            }
+        let mut args = vec!["-x", family.rule];
+        args.extend(match mode {
+            "xdp" => ["--capture", "xdp", "-i", "mir0"].as_slice(),
+            "packet" => &["--capture", "packet", "-i", "onl0", "--workers", "2"],
+            _ => &["-i", "onl0", "--workers", "2"],
+        });
+        args.extend(verdict);
+        let host = if mode == "xdp" {
+            lab::MIRROR
+        } else {
+            lab::ONLINE
         };
+        let r = Replay::start_on(&tag, host, &args)?;
         // wrk first, at saturation (the replay runs behind it and sends
         // in flights: some of its answers cannot be placed for certain
         // and are counted unpaired); then, once the replay caught up, the
@@ -132,14 +167,14 @@ pub fn http_status_mismatches_counted_exactly() -> Result<()> {
         // of those is compared for certain.
         in_ns(
             CLIENT,
-            &format!("wrk -t1 -c4 -d3s http://{ONLINE_IP}/ > /dev/null"),
+            &format!("wrk -t1 -c4 -d3s 'http://{}/' > /dev/null", family.online),
         )?;
         replay::settle(|| lab::count_lines("target-nginx-access.log"));
-        client_requests()?;
+        client_requests(family.online)?;
         let (target, _) = replay::settle(|| lab::count_lines("target-nginx-access.log"));
         let online = replay::online_served();
         let log = r.stop()?;
-        let v = Verdict::read(&json, "10.0.2.2:8080")?;
+        let v = Verdict::read(&json, family.target)?;
         println!(
             "    {mode}: online {online}, target {target}; verdict: {}, target statuses {:?}",
             v.summary(),
@@ -202,7 +237,7 @@ pub fn http_status_mismatches_counted_exactly() -> Result<()> {
             v.accounted()
         );
         ensure!(
-            log.contains("verdict for 10.0.2.2:8080"),
+            log.contains(&format!("verdict for {}", family.target)),
             "{mode}: no verdict table in the exit summary"
         );
     }
@@ -292,8 +327,8 @@ const SLOW_MS: u64 = 50;
 
 /// The lab client's requests on one connection, `DIFFERS` of them to
 /// `/differs`, one every 5 ms.
-fn client_requests() -> Result<()> {
-    let mut client = LabClient::spawn(&format!("{ONLINE_IP}:80"))?;
+fn client_requests(online: &str) -> Result<()> {
+    let mut client = LabClient::spawn(&format!("{online}:80"))?;
     for i in 0..CLIENT_REQUESTS {
         let path = if i % (CLIENT_REQUESTS / DIFFERS) == 7 {
             "/differs".to_string()
@@ -316,7 +351,7 @@ pub fn an_offline_file_holds_the_online_answers() -> Result<()> {
     replay::reset_logs()?;
     let file = lab::run_dir().join("verdict-both-ways.pcap");
     let tcpdump = replay::Tcpdump::start(&file, "tcp port 80")?;
-    let sent = client_requests();
+    let sent = client_requests(ONLINE_IP);
     std::thread::sleep(Duration::from_millis(300));
     tcpdump.stop();
     sent?;

@@ -13,7 +13,7 @@ pub use router::{Disposition, PeerId, RouteKey, Router, RouterStats};
 pub use server::{ControlServer, RecordSource, ServerConfig, ServerStats};
 
 use std::{
-    net::{IpAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd, RawFd},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -157,7 +157,7 @@ fn check(opts: &InterceptOptions, clauses: &[FilterClause]) -> Result<()> {
         let mut x = AttachedXdp::load(INTERCEPT_EBPF, "intercept", &[], &[], opts.xdp_mode)?;
         set_filter(&mut x, clauses)
     });
-    let listen = SocketAddrV4::new(opts.bind, opts.port);
+    let listen = SocketAddr::new(opts.bind, opts.port);
     match std::net::TcpListener::bind(listen) {
         Ok(_) => list.ok(format!("control channel: {listen} is free to listen on")),
         Err(e) => list.fail(format!("control channel: cannot listen on {listen}: {e}")),
@@ -208,7 +208,7 @@ pub fn run(opts: InterceptOptions) -> Result<()> {
     set_filter(&mut xdp, &clauses)?;
     let mut source = RingSource::new(&mut xdp)?;
     let mut server = ControlServer::bind(ServerConfig {
-        listen: SocketAddrV4::new(opts.bind, opts.port),
+        listen: SocketAddr::new(opts.bind, opts.port),
         framing: if opts.bare {
             Framing::Bare
         } else {

@@ -2,7 +2,7 @@
 //! names, plus `--xdp-mode`, `--bare` and `--allow`; and the `-F` filter,
 //! a subset of pcap syntax that an XDP map can express.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use clap::Parser;
 use thiserror::Error;
@@ -60,7 +60,8 @@ pub struct InterceptOptions {
     /// Port the control channel listens on
     #[arg(short = 'p', long = "port", value_name = "PORT", default_value_t = crate::proto::CONTROL_PORT, help_heading = "Control channel")]
     pub port: u16,
-    /// Address the control channel binds to [default: every address]
+    /// Address the control channel binds to [default: every IPv4 address;
+    /// `::` takes both families]
     #[arg(
         short = 'b',
         long = "bind",
@@ -69,7 +70,7 @@ pub struct InterceptOptions {
         hide_default_value = true,
         help_heading = "Control channel"
     )]
-    pub bind: Ipv4Addr,
+    pub bind: IpAddr,
     /// Only accept control connections from these networks (CIDR,
     /// repeatable) [default: any peer, with a warning]
     #[arg(long = "allow", value_name = "CIDR", value_parser = parse_cidr, help_heading = "Control channel")]
@@ -208,6 +209,7 @@ fn strip_parens(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn accepted_forms() {

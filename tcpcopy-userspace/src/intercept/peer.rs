@@ -121,7 +121,7 @@ impl PeerProtocol {
         match self.decoder.buffered() {
             0 => Ok(()),
             partial => Err(Misbehaved(format!(
-                "closed in the middle of a message ({partial} of 14 bytes)"
+                "closed in the middle of a message ({partial} bytes of it)"
             ))),
         }
     }

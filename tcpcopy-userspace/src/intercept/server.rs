@@ -11,7 +11,7 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{SocketAddr, SocketAddrV4},
+    net::SocketAddr,
     os::fd::RawFd,
     time::{Duration, Instant},
 };
@@ -38,7 +38,7 @@ const SOURCE: Token = Token(1);
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    pub listen: SocketAddrV4,
+    pub listen: SocketAddr,
     pub framing: Framing,
     pub max_routes: usize,
     pub delay_table_size: usize,
@@ -106,7 +106,7 @@ pub trait RecordSource {
 impl ControlServer {
     pub fn bind(cfg: ServerConfig) -> Result<Self> {
         let poll = Poll::new().context("creating epoll")?;
-        let mut listener = TcpListener::bind(SocketAddr::V4(cfg.listen))
+        let mut listener = TcpListener::bind(cfg.listen)
             .with_context(|| format!("listening on {}", cfg.listen))?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -444,7 +444,7 @@ mod tests {
 
     fn server(framing: Framing) -> ControlServer {
         ControlServer::bind(ServerConfig {
-            listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+            listen: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
             framing,
             max_routes: 1000,
             delay_table_size: 100,
@@ -600,7 +600,7 @@ mod tests {
     #[test]
     fn allow_list_refuses_other_peers() {
         let mut s = ControlServer::bind(ServerConfig {
-            listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+            listen: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
             framing: Framing::Combined,
             max_routes: 10,
             delay_table_size: 10,

@@ -1,9 +1,9 @@
 //! `--record FILE`: the client segments a live tcpcopy captured, written to
-//! pcapng (raw IPv4 link type, nanosecond timestamps) so the session can be
-//! replayed later with `--offline`. Workers hand copies to one writer
-//! thread over a bounded channel; a full channel drops the copy and counts
-//! it (recording never slows the replay). With `--record-size MB` the file
-//! rotates: FILE, then FILE.1, FILE.2, ...
+//! pcapng (raw IP link type, IPv4 and IPv6; nanosecond timestamps) so the
+//! session can be replayed later with `--offline`. Workers hand copies to
+//! one writer thread over a bounded channel; a full channel drops the copy
+//! and counts it (recording never slows the replay). With `--record-size
+//! MB` the file rotates: FILE, then FILE.1, FILE.2, ...
 
 use std::{
     borrow::Cow,

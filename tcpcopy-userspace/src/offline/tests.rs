@@ -314,15 +314,21 @@ fn files_that_cannot_be_replayed_are_refused_up_front() {
 fn recorded_pcapng_reads_back() {
     let path = temp("rec.pcapng");
     let (tap, rec) = record::start(&path, 0).unwrap();
+    // Both families, alternating: the raw-IP link type carries either.
+    let packet = |i: u16| match i % 2 {
+        0 => ip_packet(i, b"payload"),
+        _ => ipv6_packet(i, b"payload"),
+    };
     for i in 0..100u16 {
-        tap.record(&ip_packet(i, b"payload"));
+        tap.record(&packet(i));
     }
     drop(tap);
     let stats = rec.finish().unwrap();
     assert_eq!(stats.packets, 100);
     let (p, skipped, stop) = read_all(&path);
     assert_eq!((p.len(), skipped, stop), (100, 0, None));
-    assert_eq!(p[42].1, ip_packet(42, b"payload"));
+    assert_eq!(p[42].1, packet(42));
+    assert_eq!(p[43].1, packet(43), "an IPv6 packet read back");
     // Nanosecond timestamps near now.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -2,14 +2,15 @@
 //! MAC, and the MAC of the next hop toward each target (the target itself
 //! on its link, else its gateway), asked of the kernel over rtnetlink
 //! (netlink-packet-route): the route as `ip route get` finds it (every
-//! table and rule), then the neighbour table. A missing neighbour is
-//! resolved by sending the next hop one UDP datagram from the interface,
-//! as any first packet would. [`watch`] keeps the answers current: it
+//! table and rule), then the neighbour table (ARP for IPv4, neighbour
+//! discovery for IPv6). A missing neighbour is resolved by sending the
+//! next hop one UDP datagram from the interface, as any first packet
+//! would. [`watch`] keeps the answers current: it
 //! listens for route, rule and neighbour changes and resolves again.
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    net::{IpAddr, UdpSocket},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
@@ -104,12 +105,22 @@ impl Rtnl {
     /// (`ip route get`: every routing table and rule considered): the
     /// output interface's index and the next hop (the gateway, or `dst`
     /// itself on its link).
-    fn route_get(&mut self, dst: Ipv4Addr) -> Result<(u32, Ipv4Addr)> {
+    fn route_get(&mut self, dst: IpAddr) -> Result<(u32, IpAddr)> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
-        msg.header.destination_prefix_length = 32;
-        msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        match dst {
+            IpAddr::V4(d) => {
+                msg.header.address_family = AddressFamily::Inet;
+                msg.header.destination_prefix_length = 32;
+                msg.attributes
+                    .push(RouteAttribute::Destination(RouteAddress::Inet(d)));
+            }
+            IpAddr::V6(d) => {
+                msg.header.address_family = AddressFamily::Inet6;
+                msg.header.destination_prefix_length = 128;
+                msg.attributes
+                    .push(RouteAttribute::Destination(RouteAddress::Inet6(d)));
+            }
+        }
         let replies = self
             .ask(RouteNetlinkMessage::GetRoute(msg), false)
             .with_context(|| format!("no route to {dst}"))?;
@@ -121,7 +132,8 @@ impl Rtnl {
         for a in route.attributes {
             match a {
                 RouteAttribute::Oif(i) => oif = Some(i),
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => hop = g,
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => hop = g.into(),
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => hop = g.into(),
                 _ => {}
             }
         }
@@ -133,9 +145,12 @@ impl Rtnl {
 
     /// The link-layer address of `ip` on interface `ifindex`, if the
     /// neighbour table has a usable one.
-    fn neighbour(&mut self, ifindex: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
+    fn neighbour(&mut self, ifindex: u32, ip: IpAddr) -> Result<Option<[u8; 6]>> {
         let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = match ip {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
         msg.header.ifindex = ifindex;
         let replies = self.ask(RouteNetlinkMessage::GetNeighbour(msg), true)?;
         Ok(replies.into_iter().find_map(|r| {
@@ -153,7 +168,12 @@ impl Rtnl {
             let mut mac = None;
             for a in n.attributes {
                 match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(d),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => {
+                        dst = Some(IpAddr::from(d))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => {
+                        dst = Some(IpAddr::from(d))
+                    }
                     NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
                         mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
                     }
@@ -180,9 +200,9 @@ pub fn ifindex(iface: &str) -> Result<u32> {
 fn next_hop_mac(
     rtnl: &mut Rtnl,
     iface: &str,
-    dst: Ipv4Addr,
+    dst: IpAddr,
     wait: Duration,
-) -> Result<(Ipv4Addr, [u8; 6])> {
+) -> Result<(IpAddr, [u8; 6])> {
     let want = ifindex(iface)?;
     let (oif, hop) = rtnl.route_get(dst)?;
     if oif != want {
@@ -203,8 +223,8 @@ fn next_hop_mac(
         }
         if start.elapsed() > wait {
             bail!(
-                "-o {iface}: the next hop {hop} toward {dst} does not answer ARP on {iface}; \
-                 give its MAC as -x ...-{dst}:PORT@MAC"
+                "-o {iface}: the next hop {hop} toward {dst} does not answer ARP or neighbour \
+                 solicitation on {iface}; give its MAC as -x ...-{dst}:PORT@MAC"
             );
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -212,7 +232,7 @@ fn next_hop_mac(
 }
 
 /// The next hop's MAC toward `dst` out of `iface`, resolving it if needed.
-pub fn resolve(iface: &str, dst: Ipv4Addr) -> Result<[u8; 6]> {
+pub fn resolve(iface: &str, dst: IpAddr) -> Result<[u8; 6]> {
     let mut rtnl = Rtnl::open()?;
     Ok(next_hop_mac(&mut rtnl, iface, dst, Duration::from_secs(3))?.1)
 }
@@ -223,11 +243,11 @@ pub fn resolve(iface: &str, dst: Ipv4Addr) -> Result<[u8; 6]> {
 #[derive(Debug, Default)]
 pub struct NextHops {
     generation: AtomicU64,
-    table: Mutex<HashMap<Ipv4Addr, [u8; 6]>>,
+    table: Mutex<HashMap<IpAddr, [u8; 6]>>,
 }
 
 impl NextHops {
-    pub fn new(table: HashMap<Ipv4Addr, [u8; 6]>) -> Arc<NextHops> {
+    pub fn new(table: HashMap<IpAddr, [u8; 6]>) -> Arc<NextHops> {
         Arc::new(NextHops {
             generation: AtomicU64::new(1),
             table: Mutex::new(table),
@@ -236,10 +256,10 @@ impl NextHops {
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
-    pub fn snapshot(&self) -> HashMap<Ipv4Addr, [u8; 6]> {
+    pub fn snapshot(&self) -> HashMap<IpAddr, [u8; 6]> {
         self.table.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
-    fn update(&self, table: HashMap<Ipv4Addr, [u8; 6]>) {
+    fn update(&self, table: HashMap<IpAddr, [u8; 6]>) {
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
         if *t != table {
             *t = table;
@@ -248,8 +268,9 @@ impl NextHops {
     }
 }
 
-/// rtnetlink multicast groups: neighbours, IPv4 routes, IPv4 rules.
-const WATCHED_GROUPS: [u32; 3] = [3, 7, 8];
+/// rtnetlink multicast groups: neighbours, IPv4 routes, IPv4 rules, IPv6
+/// routes, IPv6 rules.
+const WATCHED_GROUPS: [u32; 5] = [3, 7, 8, 11, 19];
 
 /// A thread that re-resolves the next hop of each target in `targets`
 /// (those without a fixed `@MAC`) whenever the kernel's routes, rules or
@@ -257,7 +278,7 @@ const WATCHED_GROUPS: [u32; 3] = [3, 7, 8];
 /// that cannot be resolved keeps its last MAC (and is said once).
 pub fn watch(
     iface: String,
-    targets: Vec<Ipv4Addr>,
+    targets: Vec<IpAddr>,
     hops: Arc<NextHops>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>> {
@@ -321,14 +342,15 @@ pub fn watch(
 }
 
 /// One UDP datagram to the discard port of `hop`, out of `iface`, so the
-/// kernel resolves its address.
-fn poke(iface: &str, hop: Ipv4Addr) {
-    let Ok(sock) = UdpSocket::bind("0.0.0.0:0") else {
+/// kernel resolves its address (ARP, or neighbour discovery).
+fn poke(iface: &str, hop: IpAddr) {
+    let any = if hop.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let Ok(sock) = UdpSocket::bind(any) else {
         return;
     };
     let s2 = socket2::SockRef::from(&sock);
     let _ = s2.bind_device(Some(iface.as_bytes()));
-    let _ = sock.send_to(b"", SocketAddrV4::new(hop, 9));
+    let _ = sock.send_to(b"", std::net::SocketAddr::new(hop, 9));
 }
 
 #[cfg(test)]
@@ -338,14 +360,16 @@ mod tests {
     #[test]
     fn the_kernel_routes_loopback_out_of_lo() {
         let mut rtnl = Rtnl::open().unwrap();
-        let (oif, hop) = rtnl.route_get(Ipv4Addr::LOCALHOST).unwrap();
-        assert_eq!(oif, ifindex("lo").unwrap());
-        assert_eq!(hop, Ipv4Addr::LOCALHOST);
+        for lo in [IpAddr::from([127, 0, 0, 1]), "::1".parse().unwrap()] {
+            let (oif, hop) = rtnl.route_get(lo).unwrap();
+            assert_eq!(oif, ifindex("lo").unwrap(), "{lo}");
+            assert_eq!(hop, lo);
+        }
     }
 
     #[test]
     fn next_hops_move_their_generation_only_on_change() {
-        let a = Ipv4Addr::new(10, 0, 2, 2);
+        let a = IpAddr::from([10, 0, 2, 2]);
         let hops = NextHops::new(HashMap::from([(a, [1; 6])]));
         let g = hops.generation();
         hops.update(HashMap::from([(a, [1; 6])]));

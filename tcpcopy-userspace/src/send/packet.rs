@@ -6,12 +6,14 @@
 //! virtio-net header asks the kernel to cut it into the original segments
 //! (or hands it whole to a device that cuts it itself, and on veth to the
 //! target's stack), so a stream costs one send per up to 64 KiB, not one
-//! per segment. Every other packet leaves exactly as built.
+//! per segment. Every other packet leaves exactly as built. Either family:
+//! IPv6 runs are cut as TCPv6 (the packets the engine builds carry no
+//! extension headers).
 
 use std::{
     collections::HashMap,
     io,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::Arc,
 };
@@ -21,26 +23,32 @@ use super::{
     neighbour::NextHops,
     SendCounts, Sender,
 };
-use crate::wire::{internet_checksum, tcp_pseudo_header_sum, TcpFlags};
+use crate::wire::{
+    ethertype, internet_checksum, ip_destination, ip_source, tcp_pseudo_header_sum, TcpFlags,
+};
 
 /// Most segments one GSO packet carries.
 const MAX_SEGMENTS: usize = 64;
 /// The virtio-net header before each frame (`struct virtio_net_hdr`).
 const VNET_HDR: usize = 10;
 const ETH_HDR: usize = 14;
-/// The largest IPv4 + TCP header (both with every option).
+/// The largest IP + TCP header (IPv4 with every option, or IPv6, and TCP
+/// with every option).
 const MAX_IP_TCP: usize = 60 + 60;
 const SOL_PACKET: libc::c_int = 263;
 const PACKET_VNET_HDR: libc::c_int = 15;
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
-const ETH_P_IP: u16 = 0x0800;
+const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
 
-/// A TCP/IPv4 packet as the engine built it: the fields coalescing
-/// compares. `None` for anything that must leave as it is.
+/// A TCP packet as the engine built it (IPv4 with a 20-byte header, or
+/// IPv6 without extension headers): the fields coalescing compares.
+/// `None` for anything that must leave as it is.
 #[derive(Clone, Copy, Debug)]
 struct Segment<'a> {
     packet: &'a [u8],
+    /// IP header length: 20 or 40.
+    ip: usize,
     /// IP + TCP header length: where the payload starts.
     header: usize,
     seq: u32,
@@ -49,25 +57,35 @@ struct Segment<'a> {
 
 impl<'a> Segment<'a> {
     fn parse(packet: &'a [u8]) -> Option<Segment<'a>> {
-        if packet.len() < 40 || packet[0] != 0x45 || packet[9] != 6 {
-            return None;
-        }
-        let tot = u16::from_be_bytes([packet[2], packet[3]]) as usize;
-        // No fragment (MF clear, offset 0).
-        let frag = u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff;
+        let (ip, stated) = match packet.first()? >> 4 {
+            4 if packet.len() >= 40 && packet[0] == 0x45 && packet[9] == 6 => {
+                // No fragment (MF clear, offset 0).
+                let frag = u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff;
+                if frag != 0 {
+                    return None;
+                }
+                (20, u16::from_be_bytes([packet[2], packet[3]]) as usize)
+            }
+            6 if packet.len() >= 60 && packet[6] == 6 => {
+                (40, 40 + u16::from_be_bytes([packet[4], packet[5]]) as usize)
+            }
+            _ => return None,
+        };
         let header = headers_len(packet);
-        let flags = packet[33];
+        let flags = packet[ip + 13];
         let allowed = TcpFlags::ACK | TcpFlags::PSH;
-        if tot != packet.len() || frag != 0 || header < 40 || header >= tot {
+        if stated != packet.len() || header < ip + 20 || header >= stated {
             return None;
         }
         if flags & TcpFlags::ACK == 0 || flags & !allowed != 0 {
             return None;
         }
+        let s = &packet[ip + 4..ip + 8];
         Some(Segment {
             packet,
+            ip,
             header,
-            seq: u32::from_be_bytes([packet[24], packet[25], packet[26], packet[27]]),
+            seq: u32::from_be_bytes([s[0], s[1], s[2], s[3]]),
             flags,
         })
     }
@@ -76,25 +94,31 @@ impl<'a> Segment<'a> {
         &self.packet[self.header..]
     }
 
-    /// Same addresses, ports, ack, window, options, TOS, DF and TTL: only
-    /// the sequence number, payload, IP id and checksums may differ.
+    /// Same addresses, ports, ack, window, options, TOS (traffic class,
+    /// flow label), DF and TTL (hop limit): only the sequence number,
+    /// payload, IP id, lengths and checksums may differ.
     fn same_flow_and_header(&self, other: &Segment) -> bool {
         let (a, b) = (self.packet, other.packet);
-        self.header == other.header
-            && a[1] == b[1]
-            && a[6] == b[6]
-            && a[8] == b[8]
-            && a[12..20] == b[12..20]
-            && a[20..24] == b[20..24]
-            && a[28..32] == b[28..32]
-            && a[34..36] == b[34..36]
-            && a[40..self.header] == b[40..other.header]
+        let same_ip = match self.ip {
+            20 => a[1] == b[1] && a[6] == b[6] && a[8] == b[8] && a[12..20] == b[12..20],
+            _ => a[0..4] == b[0..4] && a[6..40] == b[6..40],
+        };
+        let t = self.ip;
+        self.ip == other.ip
+            && self.header == other.header
+            && same_ip
+            && a[t..t + 4] == b[t..t + 4]
+            && a[t + 8..t + 12] == b[t + 8..t + 12]
+            && a[t + 14..t + 16] == b[t + 14..t + 16]
+            && a[t + 20..self.header] == b[t + 20..other.header]
     }
 }
 
-/// Where the payload of a TCP/IPv4 packet with a 20-byte IP header starts.
+/// Where the payload of a TCP packet as the engine builds it starts
+/// (behind a 20-byte IPv4 or a 40-byte IPv6 header).
 fn headers_len(packet: &[u8]) -> usize {
-    20 + ((packet[32] >> 4) as usize) * 4
+    let ip = if packet[0] >> 4 == 6 { 40 } else { 20 };
+    ip + ((packet[ip + 12] >> 4) as usize) * 4
 }
 
 /// Packets `first .. first + count` of a batch leave as one frame.
@@ -149,12 +173,12 @@ struct Head {
 }
 
 impl Head {
-    fn new(dst_mac: [u8; 6], src_mac: [u8; 6]) -> Head {
+    fn new(dst_mac: [u8; 6], src_mac: [u8; 6], ethertype: u16) -> Head {
         let mut bytes = [0u8; VNET_HDR + ETH_HDR + MAX_IP_TCP];
         let e = &mut bytes[VNET_HDR..VNET_HDR + ETH_HDR];
         e[..6].copy_from_slice(&dst_mac);
         e[6..12].copy_from_slice(&src_mac);
-        e[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        e[12..14].copy_from_slice(&ethertype.to_be_bytes());
         Head {
             bytes,
             len: VNET_HDR + ETH_HDR,
@@ -165,30 +189,42 @@ impl Head {
     /// segments, from its `first` and `last` packets and the `payload`
     /// bytes they all carry: the payloads follow it back to back.
     fn gso(&mut self, first: &[u8], last: &[u8], payload: usize) {
+        let v6 = first[0] >> 4 == 6;
+        let ip = if v6 { 40 } else { 20 };
         let header = headers_len(first);
         let mss = first.len() - header;
         let tot = header + payload;
         let at = VNET_HDR + ETH_HDR;
         let h = &mut self.bytes[at..at + header];
         h.copy_from_slice(&first[..header]);
-        h[2..4].copy_from_slice(&(tot as u16).to_be_bytes());
-        h[10..12].fill(0);
-        let ipc = internet_checksum(&h[..20]);
-        h[10..12].copy_from_slice(&ipc.to_be_bytes());
+        if v6 {
+            h[4..6].copy_from_slice(&((tot - ip) as u16).to_be_bytes());
+        } else {
+            h[2..4].copy_from_slice(&(tot as u16).to_be_bytes());
+            h[10..12].fill(0);
+            let ipc = internet_checksum(&h[..20]);
+            h[10..12].copy_from_slice(&ipc.to_be_bytes());
+        }
         // PSH, if any, was the last segment's: the kernel gives it to the
         // last piece it cuts.
-        h[33] = first[33] | (last[33] & TcpFlags::PSH);
-        let tcp_len = (tot - 20) as u16;
-        let addr = |at: usize| std::net::Ipv4Addr::new(h[at], h[at + 1], h[at + 2], h[at + 3]);
-        let partial = tcp_pseudo_header_sum(addr(12).into(), addr(16).into(), tcp_len as u32);
-        h[36..38].copy_from_slice(&partial.to_be_bytes());
+        h[ip + 13] = first[ip + 13] | (last[ip + 13] & TcpFlags::PSH);
+        let (src, dst) = (ip_source(h), ip_destination(h));
+        let partial = match (src, dst) {
+            (Some(s), Some(d)) => tcp_pseudo_header_sum(s, d, (tot - ip) as u32),
+            _ => unreachable!("a parsed segment has addresses"),
+        };
+        h[ip + 16..ip + 18].copy_from_slice(&partial.to_be_bytes());
         let v = &mut self.bytes[..VNET_HDR];
         v[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-        v[1] = VIRTIO_NET_HDR_GSO_TCPV4;
+        v[1] = if v6 {
+            VIRTIO_NET_HDR_GSO_TCPV6
+        } else {
+            VIRTIO_NET_HDR_GSO_TCPV4
+        };
         // Little-endian, as AF_PACKET reads the header on this host.
         v[2..4].copy_from_slice(&((ETH_HDR + header) as u16).to_le_bytes());
         v[4..6].copy_from_slice(&(mss as u16).to_le_bytes());
-        v[6..8].copy_from_slice(&((ETH_HDR + 20) as u16).to_le_bytes());
+        v[6..8].copy_from_slice(&((ETH_HDR + ip) as u16).to_le_bytes());
         v[8..10].copy_from_slice(&16u16.to_le_bytes());
         self.len = at + header;
     }
@@ -196,19 +232,22 @@ impl Head {
 
 pub struct PacketSender {
     socket: OwnedFd,
-    /// Where every frame goes (protocol IPv4, `-o`).
-    address: libc::sockaddr_ll,
+    /// Where every frame goes (`-o`), with the protocol of IPv4 frames
+    /// and of IPv6 ones (the kernel takes the skb's protocol from it).
+    address_v4: libc::sockaddr_ll,
+    address_v6: libc::sockaddr_ll,
     src_mac: [u8; 6],
     /// Next-hop MAC for each target address: this sender's copy of
     /// `hops`, reloaded when its generation moves.
-    next_hop: HashMap<Ipv4Addr, [u8; 6]>,
+    next_hop: HashMap<IpAddr, [u8; 6]>,
     hops: Arc<NextHops>,
     generation: u64,
     batch: Batch,
     // Kept to reuse their memory.
     runs: Vec<Run>,
-    /// The frames of the batch that have a next hop, with their heads.
-    frames: Vec<(Run, Head)>,
+    /// The frames of the batch that have a next hop, with their heads
+    /// and whether they are IPv6.
+    frames: Vec<(Run, Head, bool)>,
     iovecs: Vec<libc::iovec>,
     /// Each frame's iovecs: (first, how many).
     spans: Vec<(usize, usize)>,
@@ -237,13 +276,16 @@ impl PacketSender {
         set_int(&socket, SOL_PACKET, PACKET_VNET_HDR, 1)?;
         let _ = set_int(&socket, libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20);
         // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
-        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        address.sll_family = libc::AF_PACKET as u16;
-        address.sll_protocol = ETH_P_IP.to_be();
-        address.sll_ifindex = ifindex as i32;
+        let mut address_v4: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address_v4.sll_family = libc::AF_PACKET as u16;
+        address_v4.sll_ifindex = ifindex as i32;
+        let mut address_v6 = address_v4;
+        address_v4.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+        address_v6.sll_protocol = (libc::ETH_P_IPV6 as u16).to_be();
         Ok(PacketSender {
             socket,
-            address,
+            address_v4,
+            address_v6,
             src_mac,
             next_hop: hops.snapshot(),
             generation: hops.generation(),
@@ -277,12 +319,13 @@ impl PacketSender {
         self.frames.clear();
         for &run in &self.runs {
             let first = batch.get(run.first);
-            let dst = Ipv4Addr::new(first[16], first[17], first[18], first[19]);
-            let Some(&mac) = self.next_hop.get(&dst) else {
+            let Some((dst, &mac)) =
+                ip_destination(first).and_then(|d| Some((d, self.next_hop.get(&d)?)))
+            else {
                 self.errors += run.count as u64;
                 continue;
             };
-            let mut head = Head::new(mac, self.src_mac);
+            let mut head = Head::new(mac, self.src_mac, ethertype(dst));
             if run.count > 1 {
                 // A run's segments share their header length (planned so).
                 let header = headers_len(first);
@@ -291,13 +334,13 @@ impl PacketSender {
                 head.gso(first, batch.get(run.first + run.count - 1), payload);
                 self.gso_frames += 1;
             }
-            self.frames.push((run, head));
+            self.frames.push((run, head, dst.is_ipv6()));
         }
         // The heads no longer move: point the iovecs at them and at the
         // packets (whole, or a GSO run's payloads).
         self.iovecs.clear();
         self.spans.clear();
-        for (run, head) in &self.frames {
+        for (run, head, _) in &self.frames {
             let start = self.iovecs.len();
             self.iovecs.push(iovec(&head.bytes[..head.len]));
             if run.count == 1 {
@@ -311,11 +354,16 @@ impl PacketSender {
             self.spans.push((start, self.iovecs.len() - start));
         }
         self.msgs.clear();
-        for &(start, len) in &self.spans {
+        for (&(start, len), &(_, _, v6)) in self.spans.iter().zip(&self.frames) {
+            let address = if v6 {
+                &mut self.address_v6
+            } else {
+                &mut self.address_v4
+            };
             // SAFETY: an all-zero msghdr is valid; the fields set point
-            // into `address` and `iovecs`, which outlive the call below.
+            // into the addresses and `iovecs`, which outlive the call below.
             let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_name = &mut self.address as *mut libc::sockaddr_ll as *mut libc::c_void;
+            m.msg_hdr.msg_name = address as *mut libc::sockaddr_ll as *mut libc::c_void;
             m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
             m.msg_hdr.msg_iov = &mut self.iovecs[start];
             m.msg_hdr.msg_iovlen = len;
@@ -330,7 +378,7 @@ impl PacketSender {
                 failed += frames[i].0.count as u64;
             })
         };
-        let packets: u64 = frames.iter().map(|(r, _)| r.count as u64).sum();
+        let packets: u64 = frames.iter().map(|(r, _, _)| r.count as u64).sum();
         self.sent += packets - failed;
         self.errors += failed;
         self.batch.clear();

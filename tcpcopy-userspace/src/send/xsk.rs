@@ -5,7 +5,7 @@
 //! capture socket when `-o` is the capture interface, else one bound to a
 //! queue of `-o` for this worker alone.
 
-use std::{collections::HashMap, io, io::Write, net::Ipv4Addr, sync::Arc};
+use std::{collections::HashMap, io, io::Write, net::IpAddr, sync::Arc};
 
 use xsk_rs::{CompQueue, FrameDesc, TxQueue, Umem};
 
@@ -24,7 +24,7 @@ pub struct XskSender {
     /// Next-hop MAC for each target address: this sender's copy of
     /// `hops`, reloaded when its generation moves (a route or neighbour
     /// changed).
-    next_hop: HashMap<Ipv4Addr, [u8; 6]>,
+    next_hop: HashMap<IpAddr, [u8; 6]>,
     hops: Arc<NextHops>,
     generation: u64,
     unkicked: usize,
@@ -75,10 +75,9 @@ impl XskSender {
 
 impl Sender for XskSender {
     fn send(&mut self, packet: &[u8]) -> io::Result<()> {
-        if packet.len() < 20 {
+        let Some(dst) = crate::wire::ip_destination(packet) else {
             return self.fail("short packet");
-        }
-        let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+        };
         let generation = self.hops.generation();
         if generation != self.generation {
             self.next_hop = self.hops.snapshot();
@@ -101,7 +100,8 @@ impl Sender for XskSender {
             c.set_pos(0);
             let ok = c.write_all(&dst_mac).is_ok()
                 && c.write_all(&self.src_mac).is_ok()
-                && c.write_all(&[0x08, 0x00]).is_ok()
+                && c.write_all(&crate::wire::ethertype(dst).to_be_bytes())
+                    .is_ok()
                 && c.write_all(packet).is_ok();
             if !ok {
                 self.free.push(desc);

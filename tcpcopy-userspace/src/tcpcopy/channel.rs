@@ -11,7 +11,7 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{SocketAddr, SocketAddrV4, TcpStream},
+    net::{SocketAddr, TcpStream},
     os::fd::{AsRawFd, RawFd},
     time::{Duration, Instant},
 };
@@ -84,7 +84,7 @@ impl Conn {
 }
 
 struct Server {
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     conns: Vec<Conn>,
     next: usize,
     /// Non-blocking connects in progress (while the server is inactive),
@@ -135,11 +135,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// given up (and started again on the backoff).
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn open(addr: SocketAddrV4, greeting: Greeting, timeout: Duration) -> io::Result<Conn> {
-    greet(
-        TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?,
-        greeting,
-    )
+fn open(addr: SocketAddr, greeting: Greeting, timeout: Duration) -> io::Result<Conn> {
+    greet(TcpStream::connect_timeout(&addr, timeout)?, greeting)
 }
 
 /// A connected stream, greeted with the version message (offering our
@@ -165,7 +162,7 @@ fn greet(mut stream: TcpStream, greeting: Greeting) -> io::Result<Conn> {
 }
 
 impl Channel {
-    pub fn connect(addrs: &[SocketAddrV4], per_server: usize, greeting: Greeting) -> Result<Self> {
+    pub fn connect(addrs: &[SocketAddr], per_server: usize, greeting: Greeting) -> Result<Self> {
         let mut servers = Vec::new();
         for &addr in addrs {
             let conns = (0..per_server)
@@ -430,10 +427,14 @@ impl Channel {
 }
 
 /// A non-blocking connect to `addr`, in progress.
-fn start_connect(addr: SocketAddrV4) -> io::Result<socket2::Socket> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+fn start_connect(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     sock.set_nonblocking(true)?;
-    match sock.connect(&SocketAddr::V4(addr).into()) {
+    match sock.connect(&addr.into()) {
         Ok(()) => Ok(sock),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(sock),
         Err(e) => Err(e),
@@ -521,9 +522,7 @@ mod tests {
     #[test]
     fn reconnects_never_wait_and_tell_done_from_refused() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
-            unreachable!()
-        };
+        let addr = listener.local_addr().unwrap();
         let started = Instant::now();
         let sock = start_connect(addr).unwrap();
         assert!(started.elapsed() < Duration::from_millis(50), "no waiting");
@@ -553,5 +552,119 @@ mod tests {
             now += d;
         }
         assert_eq!(delays, vec![200, 400, 500, 500, 500, 500, 500]);
+    }
+
+    /// What the fake intercept read: the version message, and what came
+    /// after it.
+    type Heard = std::thread::JoinHandle<(Vec<u8>, Vec<u8>)>;
+
+    /// A fake intercept on loopback: accepts one connection, reads the
+    /// version message, answers with `reply`; returns what tcpcopy wrote
+    /// after the version message within 300 ms.
+    fn fake_intercept(reply: Vec<u8>) -> (SocketAddr, Heard) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut version = vec![0u8; crate::proto::ROUTE_MSG_LEN];
+            s.read_exact(&mut version).unwrap();
+            s.write_all(&reply).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut rest = Vec::new();
+            let mut buf = [0u8; 512];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                rest.extend_from_slice(&buf[..n]);
+            }
+            (version, rest)
+        });
+        (addr, t)
+    }
+
+    fn routes() -> (RouteMsg, RouteMsg) {
+        let v4 = RouteMsg::client_add(
+            ("10.9.9.5".parse().unwrap(), 40000),
+            ("10.0.2.2".parse().unwrap(), 8080),
+        );
+        let v6 = RouteMsg::client_add(
+            ("fd00:99::5".parse().unwrap(), 40000),
+            ("fd00:2::2".parse().unwrap(), 8080),
+        );
+        (v4, v6)
+    }
+
+    /// Offer IPv6, queue an IPv4 and an IPv6 route before intercept has
+    /// answered, then read what it answers and flush.
+    fn run_against(reply: Vec<u8>) -> (Vec<u8>, Vec<u8>, ChannelStats) {
+        let (addr, t) = fake_intercept(reply);
+        let greeting = Greeting {
+            framing: Framing::Combined,
+            offer: Some(Extension::with_ipv6(0)),
+        };
+        let mut ch = Channel::connect(&[addr], 1, greeting).unwrap();
+        let (v4, v6) = routes();
+        assert!(ch.queue_route(&v4) && ch.queue_route(&v6));
+        ch.flush();
+        let mut records = Vec::new();
+        let start = Instant::now();
+        while records.is_empty() && start.elapsed() < Duration::from_secs(2) {
+            ch.poll_records(&mut records);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        ch.flush();
+        assert_eq!(records.len(), 1, "the one response record");
+        let (version, rest) = t.join().unwrap();
+        (version, rest, ch.stats)
+    }
+
+    fn one_record(granted: Option<Extension>) -> Vec<u8> {
+        let mut p = vec![0u8; 52];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&52u16.to_be_bytes());
+        p[9] = 6;
+        p[32] = 5 << 4;
+        let r = ResponseRecord::from_ip_packet(&p).unwrap();
+        let mut out = Vec::new();
+        if let Some(ext) = granted {
+            crate::proto::encode_records(
+                Framing::Combined,
+                None,
+                &[ext.acknowledgement()],
+                0,
+                &mut out,
+            );
+        }
+        crate::proto::encode_records(Framing::Combined, granted, &[r], 0, &mut out);
+        out
+    }
+
+    /// A protocol-6 intercept (recorded bytes: one plain record) declines
+    /// the offer: it gets the IPv4 route as protocol 6 writes it and never
+    /// the IPv6 one, which is counted.
+    #[test]
+    fn a_protocol_6_intercept_never_sees_an_ipv6_route() {
+        let plain = one_record(None);
+        assert_eq!(plain.len(), 2 + 64);
+        let (version, rest, stats) = run_against(plain);
+        assert_eq!(&version[8..12], b"TCP6", "the offer");
+        let (v4, _) = routes();
+        assert_eq!(rest, v4.encode(), "only the 14 protocol-6 bytes");
+        assert_eq!(stats.routes_ipv6_refused, 1);
+    }
+
+    /// An intercept that grants IPv6 gets the held IPv6 route once its
+    /// acknowledgement came.
+    #[test]
+    fn a_granting_intercept_gets_the_held_ipv6_route() {
+        let ext = Extension::with_ipv6(0);
+        let (_, rest, stats) = run_against(one_record(Some(ext)));
+        let (v4, v6) = routes();
+        let mut want = v4.encode();
+        want.extend_from_slice(&v6.encode());
+        assert_eq!(rest, want, "IPv4 at once, IPv6 after the grant");
+        assert_eq!(stats.routes_ipv6_refused, 0);
     }
 }

@@ -6,17 +6,17 @@
 //! path (routes to intercept first, then the SYN), and intercept's report
 //! of the answer. A SYN-ACK: the loop works (the probe is reset). A RST:
 //! the target refused (nothing listens there). Nothing: what that means
-//! and where to look, in order.
+//! and where to look, in order. Each target is probed in its own family.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
 
 use super::{
-    channel::{Channel, Greeting},
+    channel::Channel,
     load_capture_program,
     options::{CaptureMode, Settings, Source},
 };
@@ -35,7 +35,7 @@ const PROBE_WAIT: Duration = Duration::from_secs(3);
 const SYN_OPTIONS: [u8; 4] = [2, 4, 0x05, 0xb4];
 
 /// Run every check; an error when one failed (exit status 1).
-pub fn run(plan: &Settings, probe_from: Option<Ipv4Addr>) -> Result<()> {
+pub fn run(plan: &Settings, probe_from: &[IpAddr]) -> Result<()> {
     let mut list = Checklist::default();
     preflight::kernel(&mut list);
     let live = matches!(plan.source, Source::Live(_));
@@ -70,13 +70,7 @@ pub fn run(plan: &Settings, probe_from: Option<Ipv4Addr>) -> Result<()> {
     }
     if let Some(out) = plan.send.out_iface() {
         for t in &plan.config.transfers {
-            let std::net::IpAddr::V4(dst) = t.dst_ip else {
-                list.fail(format!(
-                    "-o {out}: IPv6 target {}: --send xdp and --send packet frame IPv4 only (use --send raw)",
-                    t.dst_ip
-                ));
-                continue;
-            };
+            let dst = t.dst_ip;
             match t.dst_mac {
                 Some(mac) => list.ok(format!(
                     "-o {out}: {} by its given MAC {mac:02x?}",
@@ -92,7 +86,8 @@ pub fn run(plan: &Settings, probe_from: Option<Ipv4Addr>) -> Result<()> {
             }
         }
     }
-    let channel = match Channel::connect(&plan.servers, 1, Greeting::default()) {
+    // Greeted as the replay will be (our extension offered for IPv6).
+    let channel = match Channel::connect(&plan.servers, 1, plan.greeting()) {
         Ok(c) => {
             for s in &plan.servers {
                 list.ok(format!(
@@ -108,31 +103,38 @@ pub fn run(plan: &Settings, probe_from: Option<Ipv4Addr>) -> Result<()> {
             None
         }
     };
-    match (channel, probe_client(plan, probe_from)) {
-        (Some(channel), Some(client)) => probe_loop(&mut list, plan, channel, client),
-        (None, _) => list.warn("the loop probe needs intercept: skipped"),
-        (_, None) => {
-            list.warn("the loop probe needs a replay client address: skipped");
-            list.note("give -c (the probe uses its first address) or --check-from IP (an address the target routes to the assistant)");
-        }
+    match channel {
+        Some(channel) => probe_loop(&mut list, plan, channel, probe_from),
+        None => list.warn("the loop probe needs intercept: skipped"),
     }
     list.finish()
 }
 
-/// The captured client address the probe pretends to be: with `-c` any
-/// address (the pool rewrites it), else `--check-from`.
-fn probe_client(plan: &Settings, probe_from: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
-    match (&plan.config.client_pool, probe_from) {
-        (_, Some(ip)) => Some(ip),
-        (Some(_), None) => Some(Ipv4Addr::new(192, 0, 2, 1)),
-        (None, None) => None,
+/// An address of documentation (RFC 5737, RFC 3849) of `target`'s family:
+/// `n` 1 for a client, 2 for an online server.
+fn documentation(target: IpAddr, n: u8) -> IpAddr {
+    match target {
+        IpAddr::V4(_) => Ipv4Addr::new(192, 0, 2, n).into(),
+        IpAddr::V6(_) => Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n as u16).into(),
     }
+}
+
+/// The captured client address the probe of `target` pretends to be, of
+/// its family: `--check-from`'s, else (with a `-c` pool of that family)
+/// any address, which the pool rewrites.
+fn probe_client(plan: &Settings, probe_from: &[IpAddr], target: IpAddr) -> Option<IpAddr> {
+    if let Some(ip) = probe_from.iter().find(|a| a.is_ipv4() == target.is_ipv4()) {
+        return Some(*ip);
+    }
+    let any = documentation(target, 1);
+    let pool = plan.config.client_pool.as_ref()?;
+    (pool.bind(any) != any).then_some(any)
 }
 
 /// One fabricated connection per `-x` rule (to each of its targets), the
 /// engine driving it as in a replay; the verdict per target from what
 /// intercept reported.
-fn probe_loop(list: &mut Checklist, plan: &Settings, mut channel: Channel, client: Ipv4Addr) {
+fn probe_loop(list: &mut Checklist, plan: &Settings, mut channel: Channel, probe_from: &[IpAddr]) {
     let mut sender = match RawSender::new() {
         Ok(s) => s,
         Err(e) => {
@@ -148,21 +150,27 @@ fn probe_loop(list: &mut Checklist, plan: &Settings, mut channel: Channel, clien
     let now = || epoch.elapsed().as_millis() as u64;
     let port = 40_000 + (std::process::id() % 20_000) as u16;
     let mut rules: Vec<u16> = Vec::new();
+    // The replay address each probed rule's connection comes from.
+    let mut probed: Vec<(u16, IpAddr)> = Vec::new();
     for t in &cfg.transfers {
         if rules.contains(&t.rule) {
             continue;
         }
         rules.push(t.rule);
-        if t.dst_ip.is_ipv6() {
+        let Some(client) = probe_client(plan, probe_from, t.dst_ip) else {
+            let family = if t.dst_ip.is_ipv4() { "IPv4" } else { "IPv6" };
             list.warn(format!(
-                "loop probe {}:{}: IPv6 targets are not probed yet",
-                t.dst_ip, t.dst_port
+                "loop probe of {}: needs a replay client address of its family ({family}): skipped",
+                SocketAddr::new(t.dst_ip, t.dst_port)
             ));
+            list.note(format!("give -c with an {family} address (the probe uses it) or --check-from IP (an {family} address the target routes to the assistant)"));
             continue;
-        }
-        let dst = t.src_ip.unwrap_or(Ipv4Addr::new(192, 0, 2, 2).into());
+        };
+        let replayed = cfg.client_pool.as_ref().map_or(client, |p| p.bind(client));
+        probed.push((t.rule, replayed));
+        let dst = t.src_ip.unwrap_or(documentation(t.dst_ip, 2));
         let syn = build(&SegmentSpec {
-            src: (client.into(), port + t.rule),
+            src: (client, port + t.rule),
             dst: (dst, t.src_port),
             seq: 0x7c0f_fee0,
             ack: 0,
@@ -176,6 +184,12 @@ fn probe_loop(list: &mut Checklist, plan: &Settings, mut channel: Channel, clien
         });
         engine.handle_client_packet(now(), &syn);
     }
+    let probed_targets: Vec<usize> = cfg
+        .transfers
+        .iter()
+        .filter(|t| probed.iter().any(|(r, _)| *r == t.rule))
+        .map(|t| t.target as usize)
+        .collect();
     let mut records: Vec<ResponseRecord> = Vec::new();
     let deadline = Instant::now() + PROBE_WAIT;
     while Instant::now() < deadline {
@@ -186,7 +200,7 @@ fn probe_loop(list: &mut Checklist, plan: &Settings, mut channel: Channel, clien
             engine.handle_response(now(), &r.header(), r.extras());
         }
         engine.handle_timeout(now());
-        if answered_all(&engine, cfg.targets().len()) {
+        if answered_all(&engine, &probed_targets) {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -195,20 +209,25 @@ fn probe_loop(list: &mut Checklist, plan: &Settings, mut channel: Channel, clien
         [] => vec![engine.counters().clone()],
         many => many.to_vec(),
     };
-    let pool = cfg
-        .client_pool
-        .as_ref()
-        .map(|p| p.bind(client.into()))
-        .unwrap_or(client.into());
     for ((ip, tport), c) in cfg.targets().into_iter().zip(per_target) {
-        let what = format!("loop probe {pool} → {ip}:{tport}");
+        // The address the probe of this target came from (its first rule).
+        let from = cfg
+            .transfers
+            .iter()
+            .filter(|t| (t.dst_ip, t.dst_port) == (ip, tport))
+            .find_map(|t| probed.iter().find(|(r, _)| *r == t.rule));
+        let Some(&(_, pool)) = from else {
+            continue; // not probed: said above
+        };
+        let target = SocketAddr::new(ip, tport);
+        let what = format!("loop probe {pool} → {target}");
         if c.connections > 0 {
             list.ok(format!(
                 "{what}: SYN-ACK reported by intercept: the loop works (probe reset)"
             ));
         } else if c.response_rsts > 0 {
             list.fail(format!(
-                "{what}: the target answered RST: nothing listens on {ip}:{tport}"
+                "{what}: the target answered RST: nothing listens on {target}"
             ));
         } else {
             list.fail(format!(
@@ -219,7 +238,7 @@ fn probe_loop(list: &mut Checklist, plan: &Settings, mut channel: Channel, clien
                 "the SYN left from {pool}; look, in this order, at:\n\
                  1. the target's route back to {pool}: it must go via the assistant (ip route get {pool} on the target);\n\
                  2. rp_filter on the target's interface the probe arrives on (0 or 2: the source is not on that link);\n\
-                 3. ip_forward on the assistant: it must be 0, or the answer is forwarded instead of taken;\n\
+                 3. forwarding on the assistant (ip_forward; IPv6: net.ipv6.conf.all.forwarding): it must be 0, or the answer is forwarded instead of taken;\n\
                  4. intercept's -F filter: it must take tcp from {ip} port {tport};\n\
                  5. a firewall between this host and the target, or the target and the assistant."
             ));
@@ -242,10 +261,10 @@ fn send_outputs(engine: &mut Engine, channel: &mut Channel, sender: &mut RawSend
 }
 
 /// Has every target answered the probe (a SYN-ACK or a RST)?
-fn answered_all(engine: &Engine, targets: usize) -> bool {
+fn answered_all(engine: &Engine, probed: &[usize]) -> bool {
     let answered = |c: &Counters| c.connections > 0 || c.response_rsts > 0;
     match engine.target_counters() {
-        [] => targets <= 1 && answered(engine.counters()),
-        many => many.iter().all(answered),
+        [] => probed.is_empty() || answered(engine.counters()),
+        many => probed.iter().all(|&i| many.get(i).is_some_and(answered)),
     }
 }

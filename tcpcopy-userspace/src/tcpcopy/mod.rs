@@ -131,10 +131,7 @@ fn next_hops(cfg: &Config, out: &str, stop: &Arc<AtomicBool>) -> Result<Arc<neig
     let mut table = std::collections::HashMap::new();
     let mut watched = Vec::new();
     for t in &cfg.transfers {
-        // IPv6 targets are refused with these senders (options).
-        let std::net::IpAddr::V4(dst) = t.dst_ip else {
-            continue;
-        };
+        let dst = t.dst_ip;
         let mac = match t.dst_mac {
             Some(m) => m,
             None => {
@@ -240,7 +237,7 @@ struct Sources {
 pub fn run(opts: TcpcopyOptions) -> Result<()> {
     let plan = opts.settings()?;
     if opts.common.check {
-        return check::run(&plan, opts.check_from);
+        return check::run(&plan, &opts.check_from);
     }
     plan.check_interfaces()?;
     let (_pid, stop) = process::start(&opts.common)?;

@@ -4,7 +4,7 @@
 //! only to be refused with a message that says why.
 
 use std::{
-    net::SocketAddrV4,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -404,11 +404,12 @@ pub struct TcpcopyOptions {
     /// target routes to the assistant) [default: the first -c address]
     #[arg(
         long = "check-from",
-        value_name = "IP",
+        value_name = "IP[,IP]",
+        value_delimiter = ',',
         requires = "check",
         help_heading = "Process"
     )]
-    pub check_from: Option<std::net::Ipv4Addr>,
+    pub check_from: Vec<std::net::IpAddr>,
 
     // C options this port does not offer: refused with a reason.
     #[arg(short = 'R', hide = true)]
@@ -428,7 +429,7 @@ pub struct TcpcopyOptions {
 #[derive(Debug)]
 pub struct Settings {
     pub config: Arc<Config>,
-    pub servers: Vec<SocketAddrV4>,
+    pub servers: Vec<SocketAddr>,
     pub connections: usize,
     pub source: Source,
     pub workers: usize,
@@ -569,12 +570,6 @@ impl TcpcopyOptions {
         let v4 = self.localhost_as.iter().filter(|a| a.is_ipv4()).count();
         if v4 > 1 || self.localhost_as.len() - v4 > 1 {
             bail!("-H: one address per family (an IPv4 one for 127.0.0.1, an IPv6 one for ::1)");
-        }
-        if let Some(t) = config.transfers.iter().find(|t| t.dst_ip.is_ipv6()) {
-            let target = format!("[{}]:{}", t.dst_ip, t.dst_port);
-            if send != SendPlan::Raw {
-                bail!("-x {target}: --send xdp and --send packet frame IPv4 only for now; use --send raw");
-            }
         }
         Ok(Settings {
             config: Arc::new(config),
@@ -809,21 +804,21 @@ impl TcpcopyOptions {
 }
 
 /// `-s ip[:port][,...]`, at most 32.
-pub fn parse_servers(s: &str, default_port: u16) -> Result<Vec<SocketAddrV4>> {
+pub fn parse_servers(s: &str, default_port: u16) -> Result<Vec<SocketAddr>> {
     let mut out = Vec::new();
     for item in s.split(',').filter(|i| !i.is_empty()) {
-        let addr = match item.split_once(':') {
-            Some((ip, port)) => SocketAddrV4::new(
-                ip.parse()
-                    .with_context(|| format!("-s {item}: bad address"))?,
-                port.parse()
-                    .with_context(|| format!("-s {item}: bad port"))?,
-            ),
-            None => SocketAddrV4::new(
-                item.parse()
-                    .with_context(|| format!("-s {item}: bad address"))?,
-                default_port,
-            ),
+        let addr: SocketAddr = if let Ok(a) = item.parse::<SocketAddr>() {
+            a // A.B.C.D:PORT, [IPV6]:PORT
+        } else {
+            // A.B.C.D, IPV6, [IPV6]: the default port.
+            let ip: IpAddr = item
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .with_context(|| {
+                    format!("-s {item}: bad address (A.B.C.D[:PORT], IPV6 or [IPV6]:PORT)")
+                })?;
+            SocketAddr::new(ip, default_port)
         };
         out.push(addr);
     }
@@ -844,6 +839,29 @@ mod tests {
         let mut v = vec!["tcpcopy"];
         v.extend_from_slice(args);
         TcpcopyOptions::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn intercept_servers_of_either_family() {
+        let s = parse_servers(
+            "10.0.4.3,10.0.4.4:4000,[fd00:4::3]:4001,fd00:4::5,[fd00:4::6]",
+            36524,
+        )
+        .unwrap();
+        let want: Vec<SocketAddr> = [
+            "10.0.4.3:36524",
+            "10.0.4.4:4000",
+            "[fd00:4::3]:4001",
+            "[fd00:4::5]:36524",
+            "[fd00:4::6]:36524",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        assert_eq!(s, want);
+        for bad in ["", "host", "10.0.4.3:x", "10.0.4.300"] {
+            assert!(parse_servers(bad, 1).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -81,6 +81,25 @@ pub fn trim_to_ip_len(packet: &[u8]) -> Result<&[u8], WireError> {
     Ok(IpPacket::parse(packet)?.bytes)
 }
 
+/// The destination address of an IP packet of either family (its fixed
+/// header only: the packets tcpcopy builds).
+pub fn ip_destination(packet: &[u8]) -> Option<std::net::IpAddr> {
+    match packet.first()? >> 4 {
+        4 => Some(<[u8; 4]>::try_from(packet.get(16..20)?).ok()?.into()),
+        6 => Some(<[u8; 16]>::try_from(packet.get(24..40)?).ok()?.into()),
+        _ => None,
+    }
+}
+
+/// The source address of the same.
+pub fn ip_source(packet: &[u8]) -> Option<std::net::IpAddr> {
+    match packet.first()? >> 4 {
+        4 => Some(<[u8; 4]>::try_from(packet.get(12..16)?).ok()?.into()),
+        6 => Some(<[u8; 16]>::try_from(packet.get(8..24)?).ok()?.into()),
+        _ => None,
+    }
+}
+
 /// The Ethernet type of an IP packet of this family.
 pub fn ethertype(ip: std::net::IpAddr) -> u16 {
     if ip.is_ipv4() {

@@ -1,6 +1,6 @@
 use super::*;
 use crate::wire::{build::build, build::SegmentSpec, tcp_checksum};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 const CLIENT: (IpAddr, u16) = (IpAddr::V4(Ipv4Addr::new(10, 0, 1, 10)), 40000);
 const TARGET: (IpAddr, u16) = (IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2)), 8080);
@@ -18,10 +18,22 @@ fn seg_with(
     id: u16,
     options: &[u8],
 ) -> Vec<u8> {
+    seg_to(src, TARGET, seq, len, flags, id, options)
+}
+
+fn seg_to(
+    src: (IpAddr, u16),
+    dst: (IpAddr, u16),
+    seq: u32,
+    len: usize,
+    flags: u8,
+    id: u16,
+    options: &[u8],
+) -> Vec<u8> {
     let payload: Vec<u8> = (0..len).map(|i| (seq as usize + i) as u8).collect();
     build(&SegmentSpec {
         src,
-        dst: TARGET,
+        dst,
         seq,
         ack: 7777,
         flags,
@@ -95,12 +107,16 @@ fn a_run_holds_at_most_64_segments_and_64_kib() {
 }
 
 /// Cut a GSO frame's IP packet as the kernel does (tcp_gso_segment):
-/// each piece gets the next sequence number and IP id, PSH only on the
-/// last, full checksums.
+/// each piece gets the next sequence number (and, over IPv4, IP id), PSH
+/// only on the last, full checksums.
 fn cut(packet: &[u8], mss: usize) -> Vec<Vec<u8>> {
-    let header = 20 + ((packet[32] >> 4) as usize) * 4;
+    let v6 = packet[0] >> 4 == 6;
+    let ip = if v6 { 40 } else { 20 };
+    let header = ip + ((packet[ip + 12] >> 4) as usize) * 4;
+    let (src, dst) = (ip_source(packet).unwrap(), ip_destination(packet).unwrap());
     let payload = &packet[header..];
-    let seq = u32::from_be_bytes([packet[24], packet[25], packet[26], packet[27]]);
+    let s = &packet[ip + 4..ip + 8];
+    let seq = u32::from_be_bytes([s[0], s[1], s[2], s[3]]);
     let id = u16::from_be_bytes([packet[4], packet[5]]);
     let chunks: Vec<&[u8]> = payload.chunks(mss).collect();
     let n = chunks.len();
@@ -110,19 +126,24 @@ fn cut(packet: &[u8], mss: usize) -> Vec<Vec<u8>> {
         .map(|(k, chunk)| {
             let mut p = packet[..header].to_vec();
             p.extend_from_slice(chunk);
-            let tot = p.len() as u16;
-            p[2..4].copy_from_slice(&tot.to_be_bytes());
-            p[4..6].copy_from_slice(&id.wrapping_add(k as u16).to_be_bytes());
-            p[10..12].fill(0);
-            let ipc = internet_checksum(&p[..20]);
-            p[10..12].copy_from_slice(&ipc.to_be_bytes());
-            p[24..28].copy_from_slice(&seq.wrapping_add((k * mss) as u32).to_be_bytes());
-            if k + 1 < n {
-                p[33] &= !TcpFlags::PSH;
+            if v6 {
+                let len = (p.len() - 40) as u16;
+                p[4..6].copy_from_slice(&len.to_be_bytes());
+            } else {
+                let tot = p.len() as u16;
+                p[2..4].copy_from_slice(&tot.to_be_bytes());
+                p[4..6].copy_from_slice(&id.wrapping_add(k as u16).to_be_bytes());
+                p[10..12].fill(0);
+                let ipc = internet_checksum(&p[..20]);
+                p[10..12].copy_from_slice(&ipc.to_be_bytes());
             }
-            p[36..38].fill(0);
-            let c = tcp_checksum(CLIENT.0, TARGET.0, &p[20..]);
-            p[36..38].copy_from_slice(&c.to_be_bytes());
+            p[ip + 4..ip + 8].copy_from_slice(&seq.wrapping_add((k * mss) as u32).to_be_bytes());
+            if k + 1 < n {
+                p[ip + 13] &= !TcpFlags::PSH;
+            }
+            p[ip + 16..ip + 18].fill(0);
+            let c = tcp_checksum(src, dst, &p[ip..]);
+            p[ip + 16..ip + 18].copy_from_slice(&c.to_be_bytes());
             p
         })
         .collect()
@@ -130,55 +151,85 @@ fn cut(packet: &[u8], mss: usize) -> Vec<Vec<u8>> {
 
 #[test]
 fn a_gso_frame_cut_by_the_kernel_gives_back_the_segments() {
-    let ts = crate::wire::build::ts_options(123, 456);
-    let originals: Vec<Vec<u8>> = (0..4u32)
-        .map(|k| {
-            let (len, flags) = if k == 3 { (700, PSH_ACK) } else { (1436, ACK) };
-            seg_with(CLIENT, 5000 + k * 1436, len, flags, 40 + k as u16, &ts)
-        })
-        .collect();
-    assert_eq!(runs(&originals), vec![Run { first: 0, count: 4 }]);
-    let segments: Vec<Segment> = originals
-        .iter()
-        .map(|p| Segment::parse(p).unwrap())
-        .collect();
-    let payload = segments.iter().map(|s| s.payload().len()).sum();
-    let mut head = Head::new([2; 6], [4; 6]);
-    head.gso(&originals[0], &originals[3], payload);
+    let v6_client: IpAddr = "fd00:1::10".parse().unwrap();
+    let v6_target: IpAddr = "fd00:2::2".parse().unwrap();
+    for ((client, target), ip, gso_type, eth_type) in [
+        (
+            (CLIENT.0, TARGET.0),
+            20,
+            VIRTIO_NET_HDR_GSO_TCPV4,
+            [0x08, 0x00],
+        ),
+        (
+            (v6_client, v6_target),
+            40,
+            VIRTIO_NET_HDR_GSO_TCPV6,
+            [0x86, 0xdd],
+        ),
+    ] {
+        let ts = crate::wire::build::ts_options(123, 456);
+        // Over IPv6 the v6 ids stay 0 (there is none): every segment alike.
+        let originals: Vec<Vec<u8>> = (0..4u32)
+            .map(|k| {
+                let (len, flags) = if k == 3 { (700, PSH_ACK) } else { (1436, ACK) };
+                let id = if ip == 20 { 40 + k as u16 } else { 0 };
+                seg_to(
+                    (client, 40000),
+                    (target, 8080),
+                    5000 + k * 1436,
+                    len,
+                    flags,
+                    id,
+                    &ts,
+                )
+            })
+            .collect();
+        assert_eq!(runs(&originals), vec![Run { first: 0, count: 4 }]);
+        let segments: Vec<Segment> = originals
+            .iter()
+            .map(|p| Segment::parse(p).unwrap())
+            .collect();
+        let payload = segments.iter().map(|s| s.payload().len()).sum();
+        let mut head = Head::new([2; 6], [4; 6], ethertype(target));
+        head.gso(&originals[0], &originals[3], payload);
 
-    let v = &head.bytes[..VNET_HDR];
-    assert_eq!(v[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
-    assert_eq!(v[1], VIRTIO_NET_HDR_GSO_TCPV4);
-    let le = |i: usize| u16::from_le_bytes([v[i], v[i + 1]]);
-    assert_eq!(
-        le(2) as usize,
-        ETH_HDR + 20 + 32,
-        "hdr_len: Ethernet, IP, TCP with options"
-    );
-    assert_eq!(le(4), 1436, "gso_size: the first segment's payload");
-    assert_eq!(le(6) as usize, ETH_HDR + 20, "csum_start: the TCP header");
-    assert_eq!(le(8), 16, "csum_offset: TCP's checksum field");
-    let eth = &head.bytes[VNET_HDR..VNET_HDR + ETH_HDR];
-    assert_eq!(eth, [2, 2, 2, 2, 2, 2, 4, 4, 4, 4, 4, 4, 0x08, 0x00]);
+        let v = &head.bytes[..VNET_HDR];
+        assert_eq!(v[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
+        assert_eq!(v[1], gso_type);
+        let le = |i: usize| u16::from_le_bytes([v[i], v[i + 1]]);
+        assert_eq!(
+            le(2) as usize,
+            ETH_HDR + ip + 32,
+            "hdr_len: Ethernet, IP, TCP with options"
+        );
+        assert_eq!(le(4), 1436, "gso_size: the first segment's payload");
+        assert_eq!(le(6) as usize, ETH_HDR + ip, "csum_start: the TCP header");
+        assert_eq!(le(8), 16, "csum_offset: TCP's checksum field");
+        let eth = &head.bytes[VNET_HDR..VNET_HDR + ETH_HDR];
+        let mut want = vec![2, 2, 2, 2, 2, 2, 4, 4, 4, 4, 4, 4];
+        want.extend_from_slice(&eth_type);
+        assert_eq!(eth, want);
 
-    // The frame's IP packet: the head's headers and the payloads.
-    let mut packet = head.bytes[VNET_HDR + ETH_HDR..head.len].to_vec();
-    for s in &segments {
-        packet.extend_from_slice(s.payload());
+        // The frame's IP packet: the head's headers and the payloads.
+        let mut packet = head.bytes[VNET_HDR + ETH_HDR..head.len].to_vec();
+        for s in &segments {
+            packet.extend_from_slice(s.payload());
+        }
+        let parsed = crate::wire::IpPacket::parse(&packet).unwrap();
+        assert_eq!(parsed.bytes.len(), packet.len(), "the stated length");
+        assert!(!parsed.truncated);
+        if ip == 20 {
+            assert_eq!(
+                internet_checksum(&packet[..20]),
+                0,
+                "a valid IP header checksum"
+            );
+        }
+        let partial = u16::from_be_bytes([packet[ip + 16], packet[ip + 17]]);
+        assert_eq!(
+            partial,
+            tcp_pseudo_header_sum(client, target, (packet.len() - ip) as u32)
+        );
+        assert_eq!(cut(&packet, 1436), originals);
     }
-    assert_eq!(
-        u16::from_be_bytes([packet[2], packet[3]]) as usize,
-        packet.len()
-    );
-    assert_eq!(
-        internet_checksum(&packet[..20]),
-        0,
-        "a valid IP header checksum"
-    );
-    let partial = u16::from_be_bytes([packet[36], packet[37]]);
-    assert_eq!(
-        partial,
-        tcp_pseudo_header_sum(CLIENT.0, TARGET.0, (packet.len() - 20) as u32)
-    );
-    assert_eq!(cut(&packet, 1436), originals);
 }
