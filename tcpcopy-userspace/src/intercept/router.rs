@@ -18,12 +18,22 @@ pub const DELAY_MS: u64 = 30_000;
 /// Most responses parked per 4-tuple (a handshake needs one or two).
 const MAX_PARKED_PER_KEY: usize = 8;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteKey {
     pub client_ip: IpAddr,
     pub client_port: u16,
     pub target_ip: IpAddr,
     pub target_port: u16,
+}
+
+/// Two writes to the hasher (each address as one word, its port beside
+/// it), not `IpAddr`'s discriminant-and-slice ones: looked up per record.
+impl std::hash::Hash for RouteKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let word = crate::session::address_word;
+        state.write_u128(word(self.client_ip) ^ ((self.client_port as u128) << 112));
+        state.write_u128(word(self.target_ip) ^ ((self.target_port as u128) << 112));
+    }
 }
 
 impl RouteKey {

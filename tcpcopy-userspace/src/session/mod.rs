@@ -110,7 +110,7 @@ pub fn fuzz_engine(data: &[u8]) {
     }
     e.shutdown();
 }
-pub use engine::{Engine, SessionKey};
+pub use engine::{address_word, Engine, SessionKey};
 
 #[cfg(test)]
 mod tests;
