@@ -10,7 +10,7 @@ pub mod xdp;
 /// Default TCP port of the tcpcopy ⇄ intercept control channel.
 pub const CONTROL_PORT: u16 = 36524;
 
-/// Key of the port-match maps of both programs: an IPv4 address and a TCP
+/// Key of the IPv4 port-match maps of both programs: an IPv4 address and a TCP
 /// port, both in network byte order as they appear on the wire. An address of
 /// 0 means "any address" (a `-x 80-...` entry without an IP, or a `-F` clause
 /// without `src host`).
@@ -36,7 +36,7 @@ impl PortKey {
 pub mod tcpcopy_counter {
     /// Frames the program ran on.
     pub const SEEN: u32 = 0;
-    /// IPv4/TCP segments that matched a `-x` source.
+    /// IP/TCP segments (either family) that matched a `-x` source.
     pub const MATCHED: u32 = 1;
     /// Matched segments copied into a tap ring buffer.
     pub const TAPPED: u32 = 2;
@@ -81,7 +81,8 @@ pub mod tcpcopy_counter {
 pub mod intercept_counter {
     /// Frames the program ran on.
     pub const SEEN: u32 = 0;
-    /// IPv4/TCP responses that matched the `-F` filter (all of them dropped).
+    /// IP/TCP responses (either family) that matched the `-F` filter (all
+    /// of them dropped).
     pub const MATCHED: u32 = 1;
     /// Matched responses whose header record went into the ring buffer.
     pub const EXPORTED: u32 = 2;
@@ -172,7 +173,7 @@ pub struct ResponseRecord {
     pub bytes: [u8; RESPONSE_RECORD_LEN],
 }
 
-/// Largest IPv4 packet a tap record carries; longer segments are counted as
+/// Largest IP packet a tap record carries; longer segments are counted as
 /// `too_big` (GSO super-packets seen by generic XDP can exceed it).
 pub const TAP_MAX_PACKET: usize = 65535;
 
@@ -213,7 +214,7 @@ pub fn fold_ipv6(words: [u32; 4]) -> u32 {
     words[0] ^ words[1] ^ words[2] ^ words[3]
 }
 
-/// Header in front of every tap record: the IPv4 packet's length, then the
+/// Header in front of every tap record: the IP packet's length, then the
 /// packet bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

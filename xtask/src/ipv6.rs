@@ -25,13 +25,17 @@ fn wrk6(conns: u32, secs: u32, extra: &str) -> String {
     format!("wrk -t2 -c{conns} -d{secs}s {extra} \"http://[{ONLINE_IP6}]/\"")
 }
 
-/// Lines of the target's nginx log whose client address is IPv6 and IPv4.
-fn target_lines_by_family() -> (u64, u64) {
-    let text =
-        std::fs::read_to_string(lab::run_dir().join("target-nginx-access.log")).unwrap_or_default();
+/// Lines of a lab nginx log (`online` or `target`) whose client address is
+/// IPv6, and IPv4.
+fn lines_by_family(server: &str) -> (u64, u64) {
+    let log = lab::run_dir().join(format!("{server}-nginx-access.log"));
+    let text = std::fs::read_to_string(log).unwrap_or_default();
     let v6 = text.lines().filter(|l| l.starts_with("fd00:")).count() as u64;
-    let total = text.lines().count() as u64;
-    (v6, total - v6)
+    (v6, text.lines().count() as u64 - v6)
+}
+
+fn target_lines_by_family() -> (u64, u64) {
+    lines_by_family("target")
 }
 
 /// Keep-alive and short connections from IPv6 clients, each exact, with
@@ -165,12 +169,6 @@ pub fn ipv4_and_ipv6_clients_at_once() -> Result<()> {
         wrk6(5, 3, "").replace("-t2", "-t1")
     );
     replay::reset_logs()?;
-    let online_by_family = || {
-        let text = std::fs::read_to_string(lab::run_dir().join("online-nginx-access.log"))
-            .unwrap_or_default();
-        let v6 = text.lines().filter(|l| l.starts_with("fd00:")).count() as u64;
-        (v6, text.lines().count() as u64 - v6)
-    };
     let (o, t) = drive(&both)?;
     let log = tcpcopy.stop()?;
     let intercept_log = intercept.stop()?;
@@ -178,7 +176,7 @@ pub fn ipv4_and_ipv6_clients_at_once() -> Result<()> {
         intercept_log.contains("addr=[fd00:4::1]"),
         "tcpcopy should have connected over IPv6:\n{intercept_log}"
     );
-    let (online_v6, online_v4) = online_by_family();
+    let (online_v6, online_v4) = lines_by_family("online");
     let (target_v6, target_v4) = target_lines_by_family();
     println!(
         "    online: {online_v4} IPv4 + {online_v6} IPv6; target: {target_v4} IPv4 + {target_v6} IPv6"

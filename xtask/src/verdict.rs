@@ -140,107 +140,105 @@ pub fn http_status_mismatches_over_ipv6() -> Result<()> {
 }
 
 fn status_mismatches(mode: &str, family: &Family) -> Result<()> {
-    {
-        let tag = format!("verdict-http-{mode}");
-        let json = json_path(&tag);
-        let _ = std::fs::remove_file(&json);
-        let json_arg = json.display().to_string();
-        let verdict = ["--verdict", "--verdict-json", json_arg.as_str()];
-        replay::reset_logs()?;
-        let mut args = vec!["-x", family.rule];
-        args.extend(match mode {
-            "xdp" => ["--capture", "xdp", "-i", "mir0"].as_slice(),
-            "packet" => &["--capture", "packet", "-i", "onl0", "--workers", "2"],
-            _ => &["-i", "onl0", "--workers", "2"],
-        });
-        args.extend(verdict);
-        let host = if mode == "xdp" {
-            lab::MIRROR
-        } else {
-            lab::ONLINE
-        };
-        let r = Replay::start_on(&tag, host, &args)?;
-        // wrk first, at saturation (the replay runs behind it and sends
-        // in flights: some of its answers cannot be placed for certain
-        // and are counted unpaired); then, once the replay caught up, the
-        // lab client's requests one by one, which it keeps pace with: each
-        // of those is compared for certain.
-        in_ns(
-            CLIENT,
-            &format!("wrk -t1 -c4 -d3s 'http://{}/' > /dev/null", family.online),
-        )?;
-        replay::settle(|| lab::count_lines("target-nginx-access.log"));
-        client_requests(family.online)?;
-        let (target, _) = replay::settle(|| lab::count_lines("target-nginx-access.log"));
-        let online = replay::online_served();
-        let log = r.stop()?;
-        let v = Verdict::read(&json, family.target)?;
-        println!(
-            "    {mode}: online {online}, target {target}; verdict: {}, target statuses {:?}",
-            v.summary(),
-            v.statuses("target"),
-        );
-        ensure!(
-            target == online,
-            "{mode}: the replay itself was not exact: online {online}, target {target}"
-        );
-        ensure!(
-            v.0["target_side"] == "available",
-            "{mode}: the target's answers were not read: {}",
-            v.0
-        );
-        // Every /differs request is compared, in every mode (xdp: an
-        // online answer that overtook its request on the way to the
-        // session is kept for it).
-        let expected = DIFFERS;
-        ensure!(
-            v.n(&["mismatched"]) == expected,
-            "{mode}: {} mismatches, {DIFFERS} requests to /differs: {:?}",
-            v.n(&["mismatched"]),
-            v.examples()
-        );
-        ensure!(
-            v.statuses("online").iter().all(|(s, _)| s == "200"),
-            "{mode}: the online nginx answers 200 only: {:?}",
-            v.statuses("online")
-        );
-        let target_503 = v
-            .statuses("target")
-            .iter()
-            .filter(|(s, _)| s == "503")
-            .map(|(_, n)| *n)
-            .sum::<u64>();
-        ensure!(
-            target_503 == expected,
-            "{mode}: target 503s: {target_503}, {expected} mismatches"
-        );
-        ensure!(
-            v.n(&["compared"]) - v.n(&["mismatched"])
-                == v.statuses("target")
-                    .iter()
-                    .filter(|(s, _)| s == "200")
-                    .map(|(_, n)| *n)
-                    .sum::<u64>(),
-            "{mode}: every other compared request matches"
-        );
-        let examples = v.examples();
-        ensure!(
-            !examples.is_empty()
-                && examples
-                    .iter()
-                    .all(|e| e == "\"GET /differs HTTP/1.1\" \"200\" \"503\""),
-            "{mode}: the examples name /differs: {examples:?}"
-        );
-        ensure!(
-            v.accounted() == online,
-            "{mode}: {} requests accounted for by the verdict, the online server served {online}",
-            v.accounted()
-        );
-        ensure!(
-            log.contains(&format!("verdict for {}", family.target)),
-            "{mode}: no verdict table in the exit summary"
-        );
-    }
+    let tag = format!("verdict-http-{mode}");
+    let json = json_path(&tag);
+    let _ = std::fs::remove_file(&json);
+    let json_arg = json.display().to_string();
+    let verdict = ["--verdict", "--verdict-json", json_arg.as_str()];
+    replay::reset_logs()?;
+    let mut args = vec!["-x", family.rule];
+    args.extend(match mode {
+        "xdp" => ["--capture", "xdp", "-i", "mir0"].as_slice(),
+        "packet" => &["--capture", "packet", "-i", "onl0", "--workers", "2"],
+        _ => &["-i", "onl0", "--workers", "2"],
+    });
+    args.extend(verdict);
+    let host = if mode == "xdp" {
+        lab::MIRROR
+    } else {
+        lab::ONLINE
+    };
+    let r = Replay::start_on(&tag, host, &args)?;
+    // wrk first, at saturation (the replay runs behind it and sends
+    // in flights: some of its answers cannot be placed for certain
+    // and are counted unpaired); then, once the replay caught up, the
+    // lab client's requests one by one, which it keeps pace with: each
+    // of those is compared for certain.
+    in_ns(
+        CLIENT,
+        &format!("wrk -t1 -c4 -d3s 'http://{}/' > /dev/null", family.online),
+    )?;
+    replay::settle(|| lab::count_lines("target-nginx-access.log"));
+    client_requests(family.online)?;
+    let (target, _) = replay::settle(|| lab::count_lines("target-nginx-access.log"));
+    let online = replay::online_served();
+    let log = r.stop()?;
+    let v = Verdict::read(&json, family.target)?;
+    println!(
+        "    {mode}: online {online}, target {target}; verdict: {}, target statuses {:?}",
+        v.summary(),
+        v.statuses("target"),
+    );
+    ensure!(
+        target == online,
+        "{mode}: the replay itself was not exact: online {online}, target {target}"
+    );
+    ensure!(
+        v.0["target_side"] == "available",
+        "{mode}: the target's answers were not read: {}",
+        v.0
+    );
+    // Every /differs request is compared, in every mode (xdp: an
+    // online answer that overtook its request on the way to the
+    // session is kept for it).
+    let expected = DIFFERS;
+    ensure!(
+        v.n(&["mismatched"]) == expected,
+        "{mode}: {} mismatches, {DIFFERS} requests to /differs: {:?}",
+        v.n(&["mismatched"]),
+        v.examples()
+    );
+    ensure!(
+        v.statuses("online").iter().all(|(s, _)| s == "200"),
+        "{mode}: the online nginx answers 200 only: {:?}",
+        v.statuses("online")
+    );
+    let target_503 = v
+        .statuses("target")
+        .iter()
+        .filter(|(s, _)| s == "503")
+        .map(|(_, n)| *n)
+        .sum::<u64>();
+    ensure!(
+        target_503 == expected,
+        "{mode}: target 503s: {target_503}, {expected} mismatches"
+    );
+    ensure!(
+        v.n(&["compared"]) - v.n(&["mismatched"])
+            == v.statuses("target")
+                .iter()
+                .filter(|(s, _)| s == "200")
+                .map(|(_, n)| *n)
+                .sum::<u64>(),
+        "{mode}: every other compared request matches"
+    );
+    let examples = v.examples();
+    ensure!(
+        !examples.is_empty()
+            && examples
+                .iter()
+                .all(|e| e == "\"GET /differs HTTP/1.1\" \"200\" \"503\""),
+        "{mode}: the examples name /differs: {examples:?}"
+    );
+    ensure!(
+        v.accounted() == online,
+        "{mode}: {} requests accounted for by the verdict, the online server served {online}",
+        v.accounted()
+    );
+    ensure!(
+        log.contains(&format!("verdict for {}", family.target)),
+        "{mode}: no verdict table in the exit summary"
+    );
     Ok(())
 }
 

@@ -64,7 +64,7 @@ fn signal(fd: RawFd) {
     unsafe { libc::write(fd, &one as *const u64 as *const libc::c_void, 8) };
 }
 
-/// A batch of IPv4 packets for one worker.
+/// A batch of IP packets for one worker.
 type Batch = Vec<Vec<u8>>;
 /// The dispatcher's side of a worker: its queue and its eventfd.
 type Lane = (Sender<Batch>, Arc<OwnedFd>);
@@ -361,7 +361,7 @@ struct OwnedFlows {
 
 impl OwnedFlows {
     /// The worker that must replay packet `p`: None for this one (also
-    /// for what is not an IPv4/TCP packet: the engine counts it).
+    /// for what is not an IP/TCP packet: the engine counts it).
     fn owner_of(&mut self, p: &[u8]) -> Option<usize> {
         let (ip, port) = match self.answers.as_deref() {
             Some(cfg) if is_answer(p, cfg) => answer_flow_of(p)?,

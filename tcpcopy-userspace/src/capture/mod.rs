@@ -1,5 +1,5 @@
 //! Sources of captured client segments. Each worker owns one source and
-//! reads IPv4 packets from it:
+//! reads IP packets (either family) from it:
 //! - [`TapRing`]: the tcpcopy-ebpf tap ring buffer of this worker (the XDP
 //!   program already chose the worker by flow hash);
 //! - [`PacketSocket`]: an AF_PACKET socket, filtered by `-x` here, whose
@@ -27,7 +27,7 @@ use crate::session::SessionKey;
 pub struct CaptureStats {
     /// Packets handed to the engine.
     pub packets: u64,
-    /// Frames read that were not a matching IPv4/TCP segment (packet mode).
+    /// Frames read that were not a matching IP/TCP segment (packet mode).
     pub skipped: u64,
     /// Records or frames too short to hold what they claim.
     pub malformed: u64,
@@ -62,7 +62,7 @@ pub trait Capture: Send {
     /// readable whenever it has packets: a ring's wakeup, a socket, an
     /// eventfd.
     fn fds(&self, out: &mut Vec<RawFd>);
-    /// Hand up to `max` waiting IPv4 packets to `f`; returns how many.
+    /// Hand up to `max` waiting IP packets to `f`; returns how many.
     fn read_batch(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize;
     fn stats(&self) -> CaptureStats;
     /// Memory this source maps that fills as traffic comes (rings, UMEM),

@@ -1,5 +1,5 @@
 //! A worker's tap ring buffer (`TAPn` of tcpcopy-ebpf): records of a
-//! [`TapHeader`] followed by the IPv4 packet.
+//! [`TapHeader`] followed by the IP packet.
 
 use std::os::fd::{AsRawFd, RawFd};
 

@@ -6,7 +6,7 @@
 //! socket is put into our map instead.
 //!
 //! The fill ring is kept full: every frame read is handed straight back
-//! once its IPv4 packet has been given to the engine (the engine copies what
+//! once its IP packet has been given to the engine (the engine copies what
 //! it keeps). A share of the UMEM and the socket's TX ring can be taken by
 //! `--send xdp` (`take_tx`), since no second socket may bind the queue.
 

@@ -145,8 +145,9 @@ pub fn set_filter(xdp: &mut AttachedXdp, clauses: &[FilterClause]) -> Result<()>
 
 /// `intercept --check`: the preflight checklist (see
 /// [`crate::preflight`]), plus what only the assistant needs: the control
-/// port free to bind, and IPv4 forwarding off (the assistant must take
-/// the target's answers, not forward them).
+/// port free to bind, and forwarding off (the assistant must take the
+/// target's answers, not forward them): IPv4's a failure, IPv6's a
+/// warning (it matters only when IPv6 sessions are replayed).
 fn check(opts: &InterceptOptions, clauses: &[FilterClause]) -> Result<()> {
     use crate::preflight::{self, Checklist};
     let mut list = Checklist::default();
@@ -174,6 +175,15 @@ fn check(opts: &InterceptOptions, clauses: &[FilterClause]) -> Result<()> {
             "IPv4 forwarding is on: answers XDP does not take would be forwarded to the real clients (sysctl net.ipv4.ip_forward=0)",
         ),
         Err(e) => list.warn(format!("IPv4 forwarding unknown: {e}")),
+    }
+    match std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding")
+        .map(|s| s.trim().to_string())
+    {
+        Ok(f) if f == "0" => list.ok("IPv6 forwarding is off: the target's IPv6 answers stop here"),
+        Ok(_) => list.warn(
+            "IPv6 forwarding is on: IPv6 answers XDP does not take would be forwarded to the real clients (sysctl net.ipv6.conf.all.forwarding=0)",
+        ),
+        Err(_) => list.ok("IPv6 is off on this host: only IPv4 sessions can be replayed through it"),
     }
     list.finish()
 }

@@ -1,7 +1,7 @@
 //! Capture files of every supported kind, written with pcap-file, read back;
 //! bad files refused or cut where they break; the pacer's clock.
 
-use std::{borrow::Cow, net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{borrow::Cow, path::PathBuf, time::Duration};
 
 use pcap_file::{
     pcap::{PcapHeader, PcapPacket, PcapWriter},
@@ -19,26 +19,18 @@ use super::*;
 use crate::wire::build::{build, SegmentSpec};
 
 fn ip_packet(sport: u16, payload: &[u8]) -> Vec<u8> {
-    build(&SegmentSpec {
-        src: (Ipv4Addr::new(10, 0, 1, 10).into(), sport),
-        dst: (Ipv4Addr::new(10, 0, 1, 1).into(), 80),
-        seq: 1000,
-        ack: 2000,
-        flags: 0x18,
-        window: 512,
-        options: &[],
-        payload,
-        ip_id: 1,
-        ttl: 64,
-        tos: 0,
-    })
+    segment("10.0.1.10", "10.0.1.1", sport, payload)
 }
 
 /// The same segment over IPv6.
 fn ipv6_packet(sport: u16, payload: &[u8]) -> Vec<u8> {
+    segment("2001:db8:1::10", "2001:db8:1::1", sport, payload)
+}
+
+fn segment(src: &str, dst: &str, sport: u16, payload: &[u8]) -> Vec<u8> {
     build(&SegmentSpec {
-        src: ("2001:db8:1::10".parse().unwrap(), sport),
-        dst: ("2001:db8:1::1".parse().unwrap(), 80),
+        src: (src.parse().unwrap(), sport),
+        dst: (dst.parse().unwrap(), 80),
         seq: 1000,
         ack: 2000,
         flags: 0x18,

@@ -121,6 +121,10 @@ pub struct RawSender {
     v4: RawSocket<libc::sockaddr_in>,
     /// Opened with the first IPv6 packet.
     v6: Option<RawSocket<libc::sockaddr_in6>>,
+    /// It could not be opened (IPv6 off on this host): said once, and
+    /// every IPv6 packet after counted as a send error without trying
+    /// again.
+    v6_failed: bool,
     sent: u64,
     errors: u64,
 }
@@ -136,6 +140,7 @@ impl RawSender {
         Ok(RawSender {
             v4: RawSocket::open()?,
             v6: None,
+            v6_failed: false,
             sent: 0,
             errors: 0,
         })
@@ -147,8 +152,18 @@ impl RawSender {
     }
 
     fn v6(&mut self) -> io::Result<&mut RawSocket<libc::sockaddr_in6>> {
+        if self.v6_failed {
+            return Err(io::Error::other("no raw IPv6 socket"));
+        }
         if self.v6.is_none() {
-            self.v6 = Some(RawSocket::open()?);
+            match RawSocket::open() {
+                Ok(s) => self.v6 = Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot open the raw IPv6 send socket: IPv6 sessions are not replayed (counted as send_errors)");
+                    self.v6_failed = true;
+                    return Err(e);
+                }
+            }
         }
         Ok(self.v6.as_mut().expect("just opened"))
     }

@@ -43,7 +43,7 @@ pub enum CaptureMode {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SendMode {
-    /// Raw IPv4 socket: the kernel routes and resolves the next hop.
+    /// Raw IP sockets: the kernel routes and resolves the next hop.
     Raw,
     /// AF_XDP TX on `-o`.
     Xdp,
@@ -115,7 +115,7 @@ pub struct TcpcopyOptions {
         help_heading = "Target and intercept"
     )]
     pub connections: u8,
-    /// How replayed packets leave: raw (a raw IPv4 socket, the kernel
+    /// How replayed packets leave: raw (raw IP sockets, the kernel
     /// routes), xdp (AF_XDP TX on -o) or packet (AF_PACKET on -o, a bulk
     /// stream's segments sent together as GSO packets)
     #[arg(long = "send", value_enum, value_name = "HOW", default_value_t = SendMode::Raw, help_heading = "Target and intercept")]
@@ -499,7 +499,7 @@ pub enum Source {
 /// How replayed packets leave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendPlan {
-    /// A raw IPv4 socket (the kernel routes).
+    /// Raw IP sockets (the kernel routes).
     Raw,
     /// AF_XDP on `out`; `share_capture`: `out` is the capture interface,
     /// so each worker sends on its capture socket's TX ring.

@@ -2,7 +2,7 @@
 //! the target), always with fresh checksums (captured ones are never
 //! trusted).
 
-use super::{internet_checksum, tcp_checksum};
+use super::{checksum::ipv6_octets, internet_checksum, tcp_checksum};
 use std::net::IpAddr;
 
 /// Everything that goes into one emitted segment.
@@ -62,8 +62,8 @@ pub fn build_into(s: &SegmentSpec, p: &mut Vec<u8>) {
             p[4..6].copy_from_slice(&((tot - ip_len) as u16).to_be_bytes());
             p[6] = 6;
             p[7] = s.ttl;
-            p[8..24].copy_from_slice(&v6(src).octets());
-            p[24..40].copy_from_slice(&v6(dst).octets());
+            p[8..24].copy_from_slice(&ipv6_octets(src));
+            p[24..40].copy_from_slice(&ipv6_octets(dst));
         }
     }
     {
@@ -88,13 +88,6 @@ pub fn ip_header_len(ip: IpAddr) -> usize {
         20
     } else {
         40
-    }
-}
-
-fn v6(ip: IpAddr) -> std::net::Ipv6Addr {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
     }
 }
 

@@ -53,8 +53,8 @@ pub fn tcp_pseudo_header_sum(src: IpAddr, dst: IpAddr, tcp_len: u32) -> u16 {
             12
         }
         _ => {
-            pseudo[..16].copy_from_slice(&v6_octets(src));
-            pseudo[16..32].copy_from_slice(&v6_octets(dst));
+            pseudo[..16].copy_from_slice(&ipv6_octets(src));
+            pseudo[16..32].copy_from_slice(&ipv6_octets(dst));
             pseudo[32..36].copy_from_slice(&tcp_len.to_be_bytes());
             pseudo[39] = 6;
             40
@@ -64,7 +64,7 @@ pub fn tcp_pseudo_header_sum(src: IpAddr, dst: IpAddr, tcp_len: u32) -> u16 {
 }
 
 /// An address as IPv6 bytes (IPv4-mapped when it is IPv4).
-fn v6_octets(ip: IpAddr) -> [u8; 16] {
+pub(super) fn ipv6_octets(ip: IpAddr) -> [u8; 16] {
     match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),
