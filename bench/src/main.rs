@@ -2,6 +2,8 @@
 //! - `engine`: the session engine on one core (segments per second for
 //!   small HTTP-sized keep-alive requests, memory per idle session) →
 //!   `bench/results/engine.md`;
+//! - `engine-work NAME ROUNDS`: one of the engine's fixed workloads, whose
+//!   instructions `cargo xtask bench --instructions` counts;
 //! - `intercept`: intercept's ring-buffer-to-tcpcopy record rate →
 //!   `bench/results/intercept.md` (needs root);
 //! - `gen IFACE SRC DST RATE SECONDS [QUEUE]`: the lab's packet generator
@@ -16,164 +18,9 @@
 mod bulk;
 mod chart;
 mod charts;
+mod engine;
 mod gen;
 mod intercept;
-
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    sync::Arc,
-    time::Instant,
-};
-use tcpcopy::{
-    proto::ResponseHeader,
-    session::{parse_transfers, Config, Engine},
-    wire::build::{build, SegmentSpec},
-};
-
-const ONLINE: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1));
-const TARGET: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2));
-
-fn client_ip(i: u32) -> IpAddr {
-    Ipv4Addr::from(0x0a00_0000u32 | (1 + i / 50_000) << 16 | (i % 50_000)).into()
-}
-
-fn pkt(src: (IpAddr, u16), seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
-    build(&SegmentSpec {
-        src,
-        dst: (ONLINE, 80),
-        seq,
-        ack,
-        flags,
-        window: 501,
-        options: &[],
-        payload,
-        ip_id: 1,
-        ttl: 64,
-        tos: 0,
-    })
-}
-
-fn resp(client: (IpAddr, u16), seq: u32, ack: u32, flags: u8, len: u32) -> ResponseHeader {
-    ResponseHeader {
-        src_ip: TARGET,
-        src_port: 8080,
-        dst_ip: client.0,
-        dst_port: client.1,
-        seq,
-        ack,
-        flags,
-        window: 65535,
-        ip_total_len: 40 + len as u16,
-        payload_len: len,
-        wscale: Some(7),
-        timestamps: None,
-        mss: None,
-    }
-}
-
-fn drain(e: &mut Engine) -> usize {
-    let mut n = 0;
-    while e.poll_route().is_some() {}
-    while e.poll_transmit().is_some() {
-        n += 1;
-    }
-    n
-}
-
-/// Establish `n` sessions; returns their client addresses.
-fn establish(e: &mut Engine, n: u32) -> Vec<(IpAddr, u16)> {
-    let mut v = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let c = (client_ip(i), 10_000 + (i % 50_000) as u16);
-        e.handle_client_packet(0, &pkt(c, 1000, 0, 0x02, &[]));
-        e.handle_response(0, &resp(c, 5000, 1001, 0x12, 0), Default::default());
-        e.handle_client_packet(0, &pkt(c, 1001, 5001, 0x10, &[]));
-        drain(e);
-        v.push(c);
-    }
-    v
-}
-
-fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = s
-        .split_whitespace()
-        .nth(1)
-        .and_then(|x| x.parse().ok())
-        .unwrap_or(0);
-    pages * 4
-}
-
-fn engine_bench() -> String {
-    let cfg = Arc::new(Config {
-        transfers: parse_transfers("80-10.0.2.2:8080").unwrap(),
-        ..Config::default()
-    });
-    // Throughput: 1000 keep-alive sessions, rounds of request → response.
-    let mut e = Engine::new(cfg.clone());
-    let sessions = establish(&mut e, 1000);
-    let request =
-        b"GET /index.html HTTP/1.1\r\nHost: example\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n";
-    let rounds = if quick() { 60 } else { 300 };
-    let packets: Vec<Vec<Vec<u8>>> = (0..rounds)
-        .map(|r| {
-            sessions
-                .iter()
-                .map(|&c| {
-                    let seq = 1001 + r * request.len() as u32;
-                    pkt(c, seq, 5001 + r * 200, 0x18, request)
-                })
-                .collect()
-        })
-        .collect();
-    let mut now = 1;
-    let mut segments = 0u64;
-    let start = Instant::now();
-    for (r, round) in packets.iter().enumerate() {
-        for (i, p) in round.iter().enumerate() {
-            e.handle_client_packet(now, p);
-            let c = sessions[i];
-            let acked = 1001 + (r as u32 + 1) * request.len() as u32;
-            e.handle_response(
-                now,
-                &resp(c, 5001 + r as u32 * 200, acked, 0x18, 200),
-                Default::default(),
-            );
-            segments += 2;
-        }
-        now += 2;
-        e.handle_timeout(now);
-        drain(&mut e);
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let c = e.counters();
-    assert_eq!(c.requests_replayed, rounds as u64 * sessions.len() as u64);
-    let rate = segments as f64 / secs;
-
-    // Memory per idle established session.
-    let before = rss_kib();
-    let mut idle = Engine::new(cfg);
-    let n = 200_000;
-    establish(&mut idle, n);
-    let after = rss_kib();
-    let per_session = (after.saturating_sub(before) * 1024) as f64 / n as f64;
-    let million_gib = per_session * 1e6 / (1u64 << 30) as f64;
-
-    format!(
-        "# Session engine micro-benchmark\n\n\
-         One core, release build, in-process (no I/O): 1000 keep-alive sessions,\n\
-         {rounds} rounds of one {}-byte request and one 200-byte response each.\n\n\
-         | measure | value |\n|---|---|\n\
-         | segments handled (captured requests + response records) | {segments} |\n\
-         | wall time | {secs:.3} s |\n\
-         | **segments per second, one core** | **{rate:.0}** |\n\
-         | requests replayed | {} |\n\
-         | memory per idle established session (RSS delta over {n}) | {per_session:.0} B |\n\
-         | → 1 million idle sessions | {million_gib:.2} GiB |\n",
-        request.len(),
-        c.requests_replayed,
-    )
-}
 
 fn quick() -> bool {
     std::env::var_os("BENCH_QUICK").is_some()
@@ -201,7 +48,28 @@ fn write_report(name: &str, report: &str) {
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "engine".into());
     match what.as_str() {
-        "engine" => write_report("engine.md", &engine_bench()),
+        "engine" => write_report("engine.md", &engine::timed_bench(quick())),
+        "engine-work" => {
+            let a: Vec<String> = std::env::args().skip(2).collect();
+            let (Some(name), Some(Ok(rounds))) = (a.first(), a.get(1).map(|r| r.parse::<u32>()))
+            else {
+                eprintln!(
+                    "usage: bench engine-work NAME ROUNDS (names: {:?})",
+                    engine::WORKLOADS
+                );
+                std::process::exit(2);
+            };
+            match engine::work(name, rounds) {
+                Ok(w) => println!(
+                    "inputs {} requests {} packets_sent {}",
+                    w.inputs, w.requests, w.packets_sent
+                ),
+                Err(e) => {
+                    eprintln!("bench engine-work: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
         "gen" => {
             let a: Vec<String> = std::env::args().skip(2).collect();
             let parsed = (|| -> Option<gen::GenArgs> {
@@ -279,7 +147,7 @@ fn main() {
             }
         },
         other => {
-            eprintln!("bench: unknown benchmark `{other}` (known: engine, intercept, gen, send, sink, charts, soak-chart)");
+            eprintln!("bench: unknown benchmark `{other}` (known: engine, engine-work, intercept, gen, send, sink, charts, soak-chart)");
             std::process::exit(2);
         }
     }

@@ -15,12 +15,12 @@
 
 use std::{
     fmt::Write as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::{
     lab::{self, in_ns, CLIENT, MIRROR, ONLINE, ONLINE_IP},
@@ -98,7 +98,11 @@ pub fn section(compare: Compare) -> Result<String> {
         Compare::Baseline(rev) => vec![
             Variant {
                 label: format!("before ({rev})"),
-                bins: Some(build_baseline(rev)?),
+                bins: Some(util::build_commit(
+                    rev,
+                    "tcpcopy",
+                    &["tcpcopy", "intercept"],
+                )?),
                 extra: &[],
             },
             Variant {
@@ -381,38 +385,4 @@ impl Drop for Syscalls {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Build commit `rev`'s release binaries in `target/tcl-baseline/`; returns
-/// the folder that holds them.
-fn build_baseline(rev: &str) -> Result<PathBuf> {
-    let root = util::root();
-    let src = root.join("target/tcl-baseline/src");
-    let _ = std::fs::remove_dir_all(&src);
-    std::fs::create_dir_all(&src)?;
-    let ok = util::sh_ok(&format!(
-        "cd {} && git archive {rev} | tar -x -C {}",
-        root.display(),
-        src.display()
-    ));
-    if !ok {
-        bail!("--baseline {rev}: git archive failed (is it a commit of this repository?)");
-    }
-    println!("bench: building the baseline {rev} (a few minutes)");
-    let target = root.join("target/tcl-baseline/target");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--package", "tcpcopy"])
-        .current_dir(&src)
-        .env("CARGO_TARGET_DIR", &target)
-        .status()?;
-    if !status.success() {
-        bail!("--baseline {rev}: the build failed");
-    }
-    let bins = target.join("release");
-    for b in ["tcpcopy", "intercept"] {
-        if !Path::new(&bins.join(b)).exists() {
-            bail!("--baseline {rev}: no {b} built");
-        }
-    }
-    Ok(bins)
 }

@@ -11,6 +11,7 @@ mod e2e;
 mod elephants;
 mod faults;
 mod fuzz;
+mod instructions;
 mod ipv6;
 mod lab;
 mod lab_client;
@@ -98,13 +99,9 @@ enum Cmd {
         /// packets per request; idle CPU), bench/results/COST.md.
         #[arg(long)]
         cost: bool,
-        /// With --cost: measure commit REV's binaries too, in the same run.
-        #[arg(
-            long,
-            value_name = "REV",
-            requires = "cost",
-            conflicts_with = "verdict"
-        )]
+        /// With --cost or --instructions: measure commit REV's binaries
+        /// too, in the same run.
+        #[arg(long, value_name = "REV", conflicts_with = "verdict")]
         baseline: Option<String>,
         /// With --cost: each cell with --verdict off and on (packet and tap
         /// capture), bench/results/COST-VERDICT.md.
@@ -115,6 +112,10 @@ enum Cmd {
         /// bench/results/ELEPHANTS.md.
         #[arg(long, conflicts_with_all = ["cost", "soak"])]
         elephants: bool,
+        /// Instead: the session engine's instructions per segment, counted
+        /// by valgrind (no lab, no root), bench/results/INSTRUCTIONS.md.
+        #[arg(long, conflicts_with_all = ["cost", "soak", "elephants"])]
+        instructions: bool,
     },
     /// A line-driven HTTP client the e2e tests run in the lab (see
     /// `lab_client.rs`).
@@ -171,7 +172,14 @@ fn run(cli: Cli) -> Result<()> {
             baseline,
             verdict,
             elephants,
+            instructions,
         } => {
+            if baseline.is_some() && !(cost || instructions) {
+                anyhow::bail!("--baseline goes with --cost or --instructions");
+            }
+            if instructions {
+                return crate::instructions::run(baseline.as_deref());
+            }
             setup::setup(false)?;
             if elephants {
                 return crate::elephants::run_bench(quick);

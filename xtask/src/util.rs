@@ -110,3 +110,38 @@ pub fn exec_replace(path: &std::path::Path, args: &[String]) -> Result<()> {
     let err = Command::new(path).args(args).exec();
     Err(err).with_context(|| format!("executing {}", path.display()))
 }
+
+/// Build package `package` of commit `rev` in release, in
+/// `target/tcl-baseline/` (a baseline for the benchmarks); returns the
+/// folder that holds its binaries, each of `bins` checked there.
+pub fn build_commit(rev: &str, package: &str, bins: &[&str]) -> Result<PathBuf> {
+    let root = root();
+    let src = root.join("target/tcl-baseline/src");
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(&src)?;
+    let ok = sh_ok(&format!(
+        "cd {} && git archive {rev} | tar -x -C {}",
+        root.display(),
+        src.display()
+    ));
+    if !ok {
+        bail!("--baseline {rev}: git archive failed (is it a commit of this repository?)");
+    }
+    println!("bench: building the baseline {rev} (a few minutes)");
+    let target = root.join("target/tcl-baseline/target");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--package", package])
+        .current_dir(&src)
+        .env("CARGO_TARGET_DIR", &target)
+        .status()?;
+    if !status.success() {
+        bail!("--baseline {rev}: the build failed");
+    }
+    let dir = target.join("release");
+    for b in bins {
+        if !dir.join(b).exists() {
+            bail!("--baseline {rev}: no {b} built");
+        }
+    }
+    Ok(dir)
+}
