@@ -30,6 +30,9 @@ const REQUEST: &[u8] =
 /// Response payload bytes per request.
 const RESPONSE: u32 = 200;
 const CLIENT_ISN: u32 = 1000;
+/// NOP, NOP and a timestamp option (tsval 7, tsecr 9), as a Linux client
+/// sends on every segment: the engine rewrites it on each one it sends.
+const TIMESTAMPS: [u8; 12] = [1, 1, 8, 10, 0, 0, 0, 7, 0, 0, 0, 9];
 const TARGET_ISN: u32 = 5000;
 
 /// The addresses of one family's lab: online server, target, clients.
@@ -120,7 +123,7 @@ impl Wire {
                     ack: 0,
                     flags,
                     window: 501,
-                    options: &[],
+                    options: &TIMESTAMPS,
                     payload,
                     ip_id: 1,
                     ttl: 64,
@@ -170,10 +173,10 @@ impl Wire {
             ack,
             flags,
             window: 65535,
-            ip_total_len: (ip_header + 20 + len) as u16,
+            ip_total_len: (ip_header + 32 + len) as u16,
             payload_len: len,
             wscale: Some(7),
-            timestamps: None,
+            timestamps: Some((11, 7)),
             mss: None,
         }
     }
@@ -385,8 +388,8 @@ fn short_connections(rounds: u32) -> Work {
 /// Segments a bulk-stream round carries (acknowledged two by two, as
 /// Linux acknowledges every second full segment).
 const BULK_SEGMENTS: u32 = 64;
-/// A full segment's payload (1500-byte MTU, no options).
-const BULK_MSS: u32 = 1460;
+/// A full segment's payload (1500-byte MTU, timestamps).
+const BULK_MSS: u32 = 1448;
 
 /// One client streaming to the target (an upload): a round is 64 full
 /// segments of one request, and 32 ACKs from the target.
