@@ -11,7 +11,7 @@ use super::{
     counters::Counters,
     event::{Event, Loss},
     outbox::Outbox,
-    segment::ClientSegment,
+    segment::{ClientSegment, Options},
     shaping::{Skip, SkippedFlows},
 };
 use crate::{
@@ -21,12 +21,16 @@ use crate::{
     wire::{SegmentError, SegmentRepr, TcpFlags},
 };
 use hashbrown::{HashMap, HashSet};
+use smallvec::{smallvec, SmallVec};
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
+
+/// A captured segment as sessions take it: in pieces when `-M` cuts it.
+type Pieces = SmallVec<[ClientSegment; 1]>;
 
 /// A session's key: the client address and port it is replayed from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -397,10 +401,12 @@ impl Engine {
             return;
         }
         self.counters.accepted += 1;
-        let segs = self.split_oversize(&seg);
+        let mut pieces = self.split_oversize(&seg);
         let replicas = self.cfg.replicas.max(1);
+        let mut copies_left = rule.len() * replicas as usize;
         // Fan-out: `-n` copies for each target of the rule; copy 0 is the
-        // first target's original.
+        // first target's original. The last copy takes the pieces, the
+        // others a clone.
         for (i, t) in rule.enumerate() {
             let t = self.cfg.transfers[t];
             let target = Target {
@@ -413,9 +419,15 @@ impl Engine {
                     port: seg.src_port,
                     copy: i as u16 * replicas + replica,
                 };
-                for s in &segs {
+                copies_left -= 1;
+                let copy = if copies_left == 0 {
+                    std::mem::take(&mut pieces)
+                } else {
+                    pieces.clone()
+                };
+                for s in copy {
                     self.counters.session_inputs += 1;
-                    self.dispatch(now, origin, src, target, s.clone());
+                    self.dispatch(now, origin, src, target, s);
                 }
             }
         }
@@ -534,14 +546,15 @@ impl Engine {
     }
 
     /// The segment as sessions hold it, cut into pieces that fit the MTU
-    /// (`-M`) if it is longer.
-    fn split_oversize(&mut self, seg: &SegmentRepr) -> Vec<ClientSegment> {
+    /// (`-M`) if it is longer (one piece, the usual case, allocates only
+    /// its payload).
+    fn split_oversize(&mut self, seg: &SegmentRepr) -> Pieces {
         let whole = ClientSegment {
             seq: seg.seq.0,
             ack: seg.ack.0,
             flags: seg.flags.0,
             window: seg.window,
-            options: seg.options.to_vec(),
+            options: Options::new(seg.options),
             ts_offset: seg.ts_offset,
             tsval: seg.tsval,
             payload: Vec::new(),
@@ -553,7 +566,7 @@ impl Engine {
             .saturating_sub(seg.header_len)
             .max(1);
         if seg.payload.len() <= max {
-            return vec![ClientSegment {
+            return smallvec![ClientSegment {
                 payload: seg.payload.to_vec(),
                 ..whole
             }];

@@ -408,7 +408,7 @@ mod tests {
             ack,
             flags: 0x18,
             window: 100,
-            options: Vec::new(),
+            options: Default::default(),
             ts_offset: None,
             tsval: None,
             payload: payload.to_vec(),

@@ -198,19 +198,14 @@ impl Session {
         flags: u8,
         ctx: &mut Ctx,
     ) {
-        let opts_buf;
-        let mut options: &[u8] = &seg.options;
+        let mut options = seg.options;
         if let (Some(off), Some(recent)) = (seg.ts_offset, self.peer.ts_recent) {
             let tsval = self.peer.client_tsval(seg.tsval.unwrap_or(0));
-            let mut o = seg.options.clone();
-            emit::rewrite_ts(&mut o, off, tsval, recent);
-            opts_buf = o;
-            options = &opts_buf;
+            emit::rewrite_ts(&mut options, off, tsval, recent);
         } else if seg.ts_offset.is_some() && self.peer.ts_recent.is_none() && self.is_established()
         {
             // The target does not use timestamps: leave the option out.
-            opts_buf = seg.options_without_timestamps();
-            options = &opts_buf;
+            options = seg.options_without_timestamps();
         }
         let window = if self.handshake.fabricated {
             65535
@@ -231,7 +226,7 @@ impl Session {
             ack: ack.0,
             flags,
             window,
-            options,
+            options: &options,
             payload: seg.payload_from(seq),
             ip_id: seg.ip_id,
             ttl: seg.ttl,
