@@ -9,6 +9,7 @@ use super::{
     config::{is_localhost, preferred_port, sample_bucket, Config},
     conn::{Ctx, Endpoint, Session},
     counters::Counters,
+    deadlines::Deadlines,
     event::{Event, Loss},
     outbox::Outbox,
     segment::{ClientSegment, Options},
@@ -23,8 +24,7 @@ use crate::{
 use hashbrown::{HashMap, HashSet};
 use smallvec::{smallvec, SmallVec};
 use std::{
-    cmp::Reverse,
-    collections::{BinaryHeap, VecDeque},
+    collections::VecDeque,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
@@ -139,7 +139,7 @@ pub struct Engine {
     pipelined: HashSet<SessionKey>,
     origins: HashMap<OriginKey, SessionKey>,
     pool_cache: HashMap<IpAddr, IpAddr>,
-    timers: BinaryHeap<Reverse<(u64, SessionKey)>>,
+    deadlines: Deadlines,
     packets: Outbox,
     routes: VecDeque<RouteMsg>,
     counters: Counters,
@@ -241,7 +241,7 @@ impl Engine {
             pipelined: HashSet::new(),
             origins: HashMap::new(),
             pool_cache: HashMap::new(),
-            timers: BinaryHeap::new(),
+            deadlines: Deadlines::default(),
             packets: Outbox::default(),
             routes: VecDeque::new(),
             per_target: match targets {
@@ -343,7 +343,7 @@ impl Engine {
     }
     /// When `handle_timeout` should next be called.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        self.deadlines.next()
     }
 
     /// A packet as captured: an IPv4 packet (link header removed).
@@ -828,11 +828,14 @@ impl Engine {
             self.remove(key);
             return;
         }
-        if e.session.is_lingering() && !e.let_go {
+        let e = if e.session.is_lingering() && !e.let_go {
             self.let_go(key);
-        }
-        let Some(e) = self.sessions.get_mut(&key) else {
-            return;
+            let Some(e) = self.sessions.get_mut(&key) else {
+                return;
+            };
+            e
+        } else {
+            e
         };
         if e.session.is_pipelined() != e.pipelined {
             e.pipelined = !e.pipelined;
@@ -845,7 +848,7 @@ impl Engine {
         if let Some(d) = e.session.next_deadline() {
             if e.scheduled.is_none_or(|s| d < s) {
                 e.scheduled = Some(d);
-                self.timers.push(Reverse((d, key)));
+                self.deadlines.push(d, key);
             }
         }
     }
@@ -870,11 +873,7 @@ impl Engine {
     /// Run every timer due at `now`.
     pub fn handle_timeout(&mut self, now: u64) {
         self.skipped.sweep(now, self.cfg.linger_ms);
-        while let Some(&Reverse((t, key))) = self.timers.peek() {
-            if t > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some((t, key)) = self.deadlines.pop_due(now) {
             let (mut ctx, sessions) = self.ctx();
             let Some(e) = sessions.get_mut(&key) else {
                 continue;
@@ -888,10 +887,7 @@ impl Engine {
             self.after(key);
         }
         // Give a burst's memory back once it is over (`-m` counts it).
-        let len = self.timers.len();
-        if self.timers.capacity() > 4 * len + 4096 {
-            self.timers.shrink_to(2 * len);
-        }
+        self.deadlines.shrink();
         let idle = self.packets.is_empty() && self.routes.is_empty();
         if idle && self.packets.capacity().max(self.routes.capacity()) > 4096 {
             self.packets.shrink_to(64);
@@ -932,6 +928,6 @@ impl Engine {
         for k in keys {
             self.remove(k);
         }
-        self.timers.clear();
+        self.deadlines.clear();
     }
 }

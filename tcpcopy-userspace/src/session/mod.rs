@@ -53,6 +53,7 @@ mod close;
 mod config;
 mod conn;
 mod counters;
+mod deadlines;
 mod engine;
 mod event;
 mod outbox;
