@@ -40,8 +40,11 @@ pub fn build_into(s: &SegmentSpec, p: &mut Vec<u8>) {
     let tcp_len = 20 + s.options.len();
     let ip_len = ip_header_len(s.dst.0);
     let tot = ip_len + tcp_len + s.payload.len();
+    // The headers' fixed part zeroed and written in place; options and
+    // payload appended (no zeroing of what is then copied over).
     p.clear();
-    p.resize(tot, 0);
+    p.reserve(tot);
+    p.resize(ip_len + 20, 0);
     match (s.src.0, s.dst.0) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
             p[0] = 0x45;
@@ -75,9 +78,9 @@ pub fn build_into(s: &SegmentSpec, p: &mut Vec<u8>) {
         t[12] = ((tcp_len / 4) as u8) << 4;
         t[13] = s.flags;
         t[14..16].copy_from_slice(&s.window.to_be_bytes());
-        t[20..tcp_len].copy_from_slice(s.options);
-        t[tcp_len..].copy_from_slice(s.payload);
     }
+    p.extend_from_slice(s.options);
+    p.extend_from_slice(s.payload);
     let c = tcp_checksum(s.src.0, s.dst.0, &p[ip_len..]);
     p[ip_len + 16..ip_len + 18].copy_from_slice(&c.to_be_bytes());
 }

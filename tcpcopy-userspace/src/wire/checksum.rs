@@ -4,26 +4,36 @@
 use std::net::IpAddr;
 
 /// One's-complement sum of `data` folded to 16 bits (not inverted), starting
-/// from `initial`.
+/// from `initial`. The words are added 8 bytes at a time in the machine's
+/// byte order, with end-around carries, and the folded sum is turned to
+/// network order once at the end (RFC 1071 §2: the sum does not depend
+/// on byte order up to that swap).
 fn sum(data: &[u8], initial: u32) -> u32 {
-    let mut acc = initial as u64;
+    let add = |acc: u64, w: u64| {
+        let (s, carry) = acc.overflowing_add(w);
+        s + carry as u64 // cannot overflow: s ≤ 2^64 − 2 when there is a carry
+    };
+    // `initial` is at most 17 bits in network order: its two 16-bit
+    // halves, each turned to the machine's order.
+    let mut acc =
+        ((initial & 0xffff) as u16).to_be() as u64 + ((initial >> 16) as u16).to_be() as u64;
     let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
-        acc += u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64;
-        acc += u32::from_be_bytes([c[4], c[5], c[6], c[7]]) as u64;
+        acc = add(acc, u64::from_ne_bytes(c.try_into().unwrap()));
     }
-    let mut rest = chunks.remainder();
-    while rest.len() >= 2 {
-        acc += u16::from_be_bytes([rest[0], rest[1]]) as u64;
-        rest = &rest[2..];
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        // Zero-padded at the end: the rest starts at an even offset, so
+        // its bytes keep their places in their 16-bit words.
+        let mut last = [0u8; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        acc = add(acc, u64::from_ne_bytes(last));
     }
-    if let [b] = rest {
-        acc += (*b as u64) << 8;
+    let mut folded = (acc >> 32) + (acc & 0xffff_ffff);
+    while folded >> 16 != 0 {
+        folded = (folded & 0xffff) + (folded >> 16);
     }
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u32
+    u16::from_be(folded as u16) as u32
 }
 
 /// Internet checksum of `data` (ready to store, already inverted).
@@ -80,6 +90,40 @@ mod tests {
         // Example from RFC 1071 section 3: sum 0xddf2, checksum 0x220d.
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(internet_checksum(&data), !0xddf2u16);
+    }
+
+    /// RFC 1071 as written: 16-bit big-endian words, one at a time.
+    fn reference_sum(data: &[u8], initial: u32) -> u32 {
+        let mut acc = initial as u64;
+        for w in data.chunks(2) {
+            acc += u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u64;
+        }
+        while acc >> 16 != 0 {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        acc as u32
+    }
+
+    #[test]
+    fn the_word_at_a_time_sum_is_rfc_1071s() {
+        // Every length up to 3 chunks and then some, with sums that carry
+        // (0xff bytes) and starting values of 17 bits.
+        let mut x = 0x1234_5678u32;
+        let mut data = Vec::new();
+        for len in 0..200 {
+            data.clear();
+            for _ in 0..len {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                data.push(if len % 3 == 0 { 0xff } else { (x >> 16) as u8 });
+            }
+            for initial in [0, 1, 0xffff, 0x1_fffe, x & 0x1_ffff] {
+                assert_eq!(
+                    sum(&data, initial),
+                    reference_sum(&data, initial),
+                    "len {len} initial {initial:#x}"
+                );
+            }
+        }
     }
 
     #[test]
