@@ -25,8 +25,9 @@ pub struct CloseState {
     pub anchor: Option<ResponseAnchor>,
     /// The FIN came on a bare segment (a disposition of its own).
     pub fin_bare: bool,
-    /// A captured RST waiting until what came before it is sent.
-    pub rst: Option<ClientSegment>,
+    /// A captured RST waiting until what came before it is sent (boxed:
+    /// rare, and every session would carry its size).
+    pub rst: Option<Box<ClientSegment>>,
 }
 
 impl CloseState {

@@ -43,7 +43,7 @@ impl Session {
             if seg.has(ACK) {
                 self.close.close_ack.get_or_insert(seg.ack);
             }
-            if self.close.rst.replace(seg).is_some() {
+            if self.close.rst.replace(Box::new(seg)).is_some() {
                 ctx.note(Event::Duplicate);
             }
             self.pump(now, ctx);
@@ -126,7 +126,7 @@ impl Session {
             // Owed, as after a SYN-ACK (`on_syn_ack`): the request that
             // usually follows in the same turn carries it.
             self.pacing.last_captured_ack = Some(seg.ack);
-            self.handshake.held_ack = Some(seg);
+            self.handshake.held_ack = Some(Box::new(seg));
             self.timers.set(Timer::AckOwed, now);
         } else if self.handshake.held_ack.is_some() {
             // Keep the first: it is the handshake ACK. A later one (the
@@ -135,7 +135,7 @@ impl Session {
             // has not reached.
             ctx.note(Event::PureAckAbsorbed);
         } else {
-            self.handshake.held_ack = Some(seg);
+            self.handshake.held_ack = Some(Box::new(seg));
         }
     }
 

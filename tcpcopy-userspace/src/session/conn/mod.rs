@@ -157,8 +157,10 @@ struct Handshake {
     reconnecting: bool,
     /// When the current handshake began.
     started: u64,
-    /// The client's handshake ACK, held until the target's SYN-ACK.
-    held_ack: Option<ClientSegment>,
+    /// The client's handshake ACK, held until the target's SYN-ACK (boxed:
+    /// held once per connection, it would cost every idle session its
+    /// size).
+    held_ack: Option<Box<ClientSegment>>,
     /// The target refuses the connection: since when, and how often.
     refused: Option<Refused>,
 }

@@ -54,7 +54,7 @@ impl Session {
             match self.handshake.held_ack.take() {
                 // The handshake's ACK, owed since the SYN-ACK: nothing
                 // carried it this turn.
-                Some(ack) if self.is_established() => self.send_handshake_ack(ack, ctx),
+                Some(ack) if self.is_established() => self.send_handshake_ack(*ack, ctx),
                 held => {
                     self.handshake.held_ack = held;
                     self.send_ack(ctx);
