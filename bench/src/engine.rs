@@ -317,8 +317,8 @@ pub fn work(name: &str, rounds: u32) -> Result<Work, String> {
 /// Sessions in the keep-alive workload.
 const KEEP_ALIVE_SESSIONS: u32 = 200;
 
-/// 200 keep-alive sessions; a round is one 73-byte request and one
-/// 200-byte answer on each.
+/// 200 keep-alive sessions; a round (10 ms) is one 73-byte request and
+/// one 200-byte answer on each: 20,000 requests a second.
 fn keep_alive(family: Family, rounds: u32) -> Work {
     let mut w = Wire::new(family);
     let mut e = Engine::new(family.config());
@@ -327,7 +327,7 @@ fn keep_alive(family: Family, rounds: u32) -> Work {
     let mut packets_sent = 0;
     for r in 0..rounds {
         keep_alive_round(&mut e, &mut w, now, &sessions, r);
-        now += 2;
+        now += 10;
         e.handle_timeout(now);
         packets_sent += drain(&mut e) as u64;
     }
@@ -391,8 +391,8 @@ const BULK_SEGMENTS: u32 = 64;
 /// A full segment's payload (1500-byte MTU, timestamps).
 const BULK_MSS: u32 = 1448;
 
-/// One client streaming to the target (an upload): a round is 64 full
-/// segments of one request, and 32 ACKs from the target.
+/// One client streaming to the target (an upload): a round (4 ms) is 64
+/// full segments of one request, and 32 ACKs from the target: 185 Mbit/s.
 fn bulk(rounds: u32) -> Work {
     let family = Family::V4;
     let mut w = Wire::new(family);

@@ -102,6 +102,7 @@ pub fn section(compare: Compare) -> Result<String> {
                     rev,
                     "tcpcopy",
                     &["tcpcopy", "intercept"],
+                    &[],
                 )?),
                 extra: &[],
             },

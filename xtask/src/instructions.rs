@@ -9,8 +9,9 @@
 //! keep-alive over IPv4 and IPv6, short connections, one bulk stream)
 //! runs at two round counts; the difference of the two counts, over the
 //! difference of the inputs handled, is the steady-state cost of one
-//! input with the setup taken out. With a baseline, commit REV's bench
-//! binary runs the same workloads. Writes
+//! input with the setup taken out. With a baseline, commit REV's engine
+//! runs the same workloads (this tree's `bench/src` built against it).
+//! Writes
 //! `bench/results/INSTRUCTIONS.md`. Figures, never assertions (the
 //! workloads assert what they construct themselves).
 
@@ -20,13 +21,14 @@ use anyhow::{bail, Context, Result};
 
 use crate::util;
 
-/// The workloads, with their two round counts (both past the point where
-/// a workload is steady: short connections linger 6 rounds).
+/// The workloads, with their two round counts: both past the point where
+/// a workload is steady (the engine's deadline wheel has turned once, 1 s;
+/// short connections linger 6 rounds).
 const WORKLOADS: &[(&str, u32, u32)] = &[
-    ("keep-alive", 10, 40),
-    ("keep-alive-ipv6", 10, 40),
+    ("keep-alive", 150, 300),
+    ("keep-alive-ipv6", 150, 300),
     ("short", 10, 30),
-    ("bulk", 20, 80),
+    ("bulk", 300, 600),
 ];
 
 /// What one run of a workload reported, and its instructions.
@@ -57,10 +59,11 @@ pub fn run(baseline: Option<&str>) -> Result<()> {
     util::cargo(&["build", "--release", "--package", "bench"])?;
     let this = util::root().join("target/release/bench");
     let base = match baseline {
-        Some(rev) => Some((
-            rev,
-            util::build_commit(rev, "bench", &["bench"])?.join("bench"),
-        )),
+        Some(rev) => {
+            // The commit's engine, driven by this tree's workloads.
+            let dir = util::build_commit(rev, "bench", &["bench"], &["bench/src"])?;
+            Some((rev, dir.join("bench")))
+        }
         None => None,
     };
     let mut md = String::new();
@@ -73,11 +76,12 @@ pub fn run(baseline: Option<&str>) -> Result<()> {
          workload runs twice, with two round counts; the difference of the counts over the \
          difference of the inputs is one input's steady-state cost (inputs = captured \
          packets + response records). The same binary gives the same count run after run.\n\n\
-         - keep-alive: 200 sessions, a round is one 73-byte request and one 200-byte \
-         answer on each (IPv4; and IPv6);\n\
-         - short: 100 new connections a round: handshake, request, answer, both FINs \
-         (8 inputs each);\n\
-         - bulk: one upload, a round is 64 segments of 1448 bytes and 32 ACKs.\n\n\
+         - keep-alive: 200 sessions, a round (10 ms) is one 73-byte request and one \
+         200-byte answer on each (IPv4; and IPv6), rounds 150 to 300;\n\
+         - short: 100 new connections a round (1 s): handshake, request, answer, both \
+         FINs (8 inputs each), rounds 10 to 30;\n\
+         - bulk: one upload, a round (4 ms) is 64 segments of 1448 bytes and 32 ACKs, \
+         rounds 300 to 600.\n\n\
          Every packet and record carries timestamps, as Linux's do.\n"
     )?;
     let head = if base.is_some() {

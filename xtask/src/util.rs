@@ -112,9 +112,11 @@ pub fn exec_replace(path: &std::path::Path, args: &[String]) -> Result<()> {
 }
 
 /// Build package `package` of commit `rev` in release, in
-/// `target/tcl-baseline/` (a baseline for the benchmarks); returns the
-/// folder that holds its binaries, each of `bins` checked there.
-pub fn build_commit(rev: &str, package: &str, bins: &[&str]) -> Result<PathBuf> {
+/// `target/tcl-baseline/` (a baseline for the benchmarks), with the
+/// folders `overlay` taken from this tree instead of the commit's (the
+/// benchmark's own code, so both builds run the same workloads); returns
+/// the folder that holds its binaries, each of `bins` checked there.
+pub fn build_commit(rev: &str, package: &str, bins: &[&str], overlay: &[&str]) -> Result<PathBuf> {
     let root = root();
     let src = root.join("target/tcl-baseline/src");
     let _ = std::fs::remove_dir_all(&src);
@@ -126,6 +128,11 @@ pub fn build_commit(rev: &str, package: &str, bins: &[&str]) -> Result<PathBuf> 
     ));
     if !ok {
         bail!("--baseline {rev}: git archive failed (is it a commit of this repository?)");
+    }
+    for dir in overlay {
+        let (from, to) = (root.join(dir), src.join(dir));
+        let _ = std::fs::remove_dir_all(&to);
+        sh(&format!("cp -r {} {}", from.display(), to.display()))?;
     }
     println!("bench: building the baseline {rev} (a few minutes)");
     let target = root.join("target/tcl-baseline/target");
