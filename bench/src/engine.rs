@@ -220,16 +220,45 @@ fn establish(e: &mut Engine, w: &mut Wire, n: u32) -> Vec<Client> {
 }
 
 /// One request and its answer on each of `sessions`, round `r` of a
-/// keep-alive run.
-fn keep_alive_round(e: &mut Engine, w: &mut Wire, now: u64, sessions: &[Client], r: u32) {
+/// keep-alive run: the requests captured at `now`, the answers 1 ms
+/// later; returns the packets sent.
+fn keep_alive_round(e: &mut Engine, w: &mut Wire, now: u64, sessions: &[Client], r: u32) -> usize {
     let len = REQUEST.len() as u32;
+    let (seq, ack) = (CLIENT_ISN + 1 + r * len, TARGET_ISN + 1 + r * RESPONSE);
     for &c in sessions {
-        let seq = CLIENT_ISN + 1 + r * len;
-        let ack = TARGET_ISN + 1 + r * RESPONSE;
         e.handle_client_packet(now, w.client_packet(Kind::Request, c, seq, ack));
-        let answer = w.record(c, ack, seq + len, PSH_ACK, RESPONSE);
-        e.handle_response(now, &answer, Default::default());
     }
+    let mut sent = turn(e, now);
+    for &c in sessions {
+        let answer = w.record(c, ack, seq + len, PSH_ACK, RESPONSE);
+        e.handle_response(now + 1, &answer, Default::default());
+    }
+    sent += turn(e, now + 1);
+    sent
+}
+
+/// The end of a worker's turn at `now`: timers due, then what is to send;
+/// returns the packets sent.
+fn turn(e: &mut Engine, now: u64) -> usize {
+    e.handle_timeout(now);
+    drain(e)
+}
+
+/// What a worker does while no input comes, from `now` to `until`: wake
+/// at each deadline; returns the packets sent.
+fn idle(e: &mut Engine, mut now: u64, until: u64) -> usize {
+    let mut sent = 0;
+    while let Some(due) = e.poll_timeout() {
+        if due > until {
+            break;
+        }
+        now = now.max(due).max(now + 1).min(until);
+        sent += turn(e, now);
+        if now == until {
+            break;
+        }
+    }
+    sent
 }
 
 fn rss_kib() -> u64 {
@@ -255,8 +284,6 @@ pub fn timed_bench(quick: bool) -> String {
     for r in 0..rounds {
         keep_alive_round(&mut e, &mut w, now, &sessions, r);
         now += 2;
-        e.handle_timeout(now);
-        drain(&mut e);
     }
     let secs = start.elapsed().as_secs_f64();
     let segments = 2 * rounds as u64 * sessions.len() as u64;
@@ -326,10 +353,9 @@ fn keep_alive(family: Family, rounds: u32) -> Work {
     let mut now = 1;
     let mut packets_sent = 0;
     for r in 0..rounds {
-        keep_alive_round(&mut e, &mut w, now, &sessions, r);
+        packets_sent += keep_alive_round(&mut e, &mut w, now, &sessions, r) as u64;
+        packets_sent += idle(&mut e, now + 1, now + 9) as u64;
         now += 10;
-        e.handle_timeout(now);
-        packets_sent += drain(&mut e) as u64;
     }
     let requests = rounds as u64 * sessions.len() as u64;
     check(&e, requests);
@@ -351,28 +377,37 @@ fn short_connections(rounds: u32) -> Work {
     let mut w = Wire::new(family);
     let mut e = Engine::new(family.config());
     let len = REQUEST.len() as u32;
-    let mut now = 1;
-    let mut packets_sent = 0;
+    let (req_end, answer_end) = (CLIENT_ISN + 1 + len, TARGET_ISN + 1 + RESPONSE);
+    let mut packets_sent = 0usize;
     for r in 0..rounds {
+        // One connection every 5 ms: its handshake and request at `t`,
+        // the answer and both FINs 1 ms later.
         for i in 0..SHORT_PER_ROUND {
+            let t = 1 + r as u64 * 1000 + i as u64 * 5;
             let port = 1024 + ((r * SHORT_PER_ROUND + i) % 60_000) as u16;
             let c = (family.client(i), port);
-            packets_sent += handshake(&mut e, &mut w, now, c) as u64;
-            let (req_end, answer_end) = (CLIENT_ISN + 1 + len, TARGET_ISN + 1 + RESPONSE);
+            let e = &mut e;
+            e.handle_client_packet(t, w.client_packet(Kind::Syn, c, CLIENT_ISN, 0));
+            packets_sent += turn(e, t);
+            let syn_ack = w.record(c, TARGET_ISN, CLIENT_ISN + 1, SYN_ACK, 0);
+            e.handle_response(t, &syn_ack, Default::default());
+            let ack = w.client_packet(Kind::Ack, c, CLIENT_ISN + 1, TARGET_ISN + 1);
+            e.handle_client_packet(t, ack);
             let request = w.client_packet(Kind::Request, c, CLIENT_ISN + 1, TARGET_ISN + 1);
-            e.handle_client_packet(now, request);
+            e.handle_client_packet(t, request);
+            packets_sent += turn(e, t);
             let answer = w.record(c, TARGET_ISN + 1, req_end, PSH_ACK, RESPONSE);
-            e.handle_response(now, &answer, Default::default());
-            e.handle_client_packet(now, w.client_packet(Kind::Fin, c, req_end, answer_end));
+            e.handle_response(t + 1, &answer, Default::default());
+            e.handle_client_packet(t + 1, w.client_packet(Kind::Fin, c, req_end, answer_end));
             let target_fin = w.record(c, answer_end, req_end + 1, FIN_ACK, 0);
-            e.handle_response(now, &target_fin, Default::default());
+            e.handle_response(t + 1, &target_fin, Default::default());
             let last_ack = w.client_packet(Kind::Ack, c, req_end + 1, answer_end + 1);
-            e.handle_client_packet(now, last_ack);
-            packets_sent += drain(&mut e) as u64;
+            e.handle_client_packet(t + 1, last_ack);
+            packets_sent += turn(e, t + 1);
+            packets_sent += idle(e, t + 1, t + 4);
         }
-        now += 1000;
-        e.handle_timeout(now);
-        packets_sent += drain(&mut e) as u64;
+        let last = 1 + r as u64 * 1000 + SHORT_PER_ROUND as u64 * 5;
+        packets_sent += idle(&mut e, last, 1 + (r as u64 + 1) * 1000 - 1);
     }
     let requests = rounds as u64 * SHORT_PER_ROUND as u64;
     check(&e, requests);
@@ -381,7 +416,7 @@ fn short_connections(rounds: u32) -> Work {
         // SYN-ACK, answer, FIN records.
         inputs: 8 * requests,
         requests,
-        packets_sent,
+        packets_sent: packets_sent as u64,
     }
 }
 
@@ -412,11 +447,10 @@ fn bulk(rounds: u32) -> Work {
             let ack = w.record(c, TARGET_ISN + 1, seq, ACK, 0);
             e.handle_response(now, &ack, Default::default());
             if pair % 8 == 7 {
+                packets_sent += turn(&mut e, now) as u64;
                 now += 1;
-                e.handle_timeout(now);
             }
         }
-        packets_sent += drain(&mut e) as u64;
     }
     let requests = (rounds > 0) as u64;
     check(&e, requests);
