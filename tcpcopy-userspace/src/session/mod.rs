@@ -36,11 +36,6 @@
 //!   the target acknowledged is sent twice and none it did not is skipped;
 //! - the response record's TCP header is always at offset 20 (the C tool
 //!   used the response's ihl, wrong with IP options);
-//! - the C tool ticked every half RTT after response data and called the
-//!   response complete at a tick with none since the one before (two
-//!   timers per answer, and a quiet as short as half an RTT): a response
-//!   is complete once no data came for an RTT, seen at the first tick
-//!   when the answer came at once;
 //! - not a quirk, a cost: the handshake's last ACK is owed until the end of
 //!   the worker's turn, and the first request captured meanwhile carries
 //!   it (the C tool sent it bare, one packet more per connection); a

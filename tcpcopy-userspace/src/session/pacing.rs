@@ -19,11 +19,11 @@ pub struct Pacing {
     current_request_ack: u32,
     /// Response data came since the last response tick.
     pub response_since_tick: bool,
-    /// When the last response data came.
-    pub last_data_at: u64,
     /// Response data came since the current request was sent: only then
     /// can a quiet period mean "the response is complete".
     pub response_for_request: bool,
+    /// The last response segment was full-sized (more is likely coming).
+    pub last_response_full: bool,
     /// The captured ack the last forwarded segment carried (None: none
     /// forwarded on this target connection yet).
     pub last_captured_ack: Option<u32>,
@@ -44,8 +44,8 @@ impl Pacing {
             pipelined: false,
             current_request_ack: 0,
             response_since_tick: false,
-            last_data_at: 0,
             response_for_request: false,
+            last_response_full: false,
             last_captured_ack: None,
             first_request_sent: false,
             greeting_received: false,

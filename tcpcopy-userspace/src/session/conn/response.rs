@@ -232,9 +232,11 @@ impl Session {
             return;
         }
         self.pacing.response_since_tick = true;
-        self.pacing.last_data_at = now;
         self.pacing.response_for_request = true;
         self.timers.stop(Timer::ResponseWait);
+        let tot = h.ip_total_len;
+        self.pacing.last_response_full =
+            tot >= 2048 || [576, 1492, 1500, ctx.cfg.mtu].contains(&tot);
         self.timers
             .set_if_unarmed(Timer::ResponseTick, now + self.pacing.rtt);
         self.owe_ack(now);

@@ -89,22 +89,24 @@ impl Session {
         announced
     }
 
-    /// A response tick: acknowledge what must be, and once no response
-    /// data has come for an RTT, the response is complete. The tick is
-    /// set an RTT after the first data, so an answer that came at once is
-    /// complete at the first tick. (The C tool ticked every half RTT and
-    /// wanted a tick with no data since the one before, so every answer
-    /// cost two ticks, and an answer's quiet could be as short as half an
-    /// RTT.)
+    /// A response tick: acknowledge what must be, and when no response
+    /// data came for a whole tick after some did, the response is
+    /// complete.
     fn on_response_tick(&mut self, now: u64, ctx: &mut Ctx) {
-        if std::mem::take(&mut self.pacing.response_since_tick) && self.ack_due(now, ctx) {
+        if self.pacing.response_since_tick {
+            self.pacing.response_since_tick = false;
             // Ack now only what must be: the rest rides on the next
             // request, or goes when the delayed-ACK time is up.
-            self.send_ack(ctx);
-        }
-        let quiet_at = self.pacing.last_data_at + self.pacing.rtt;
-        if now < quiet_at {
-            self.timers.set(Timer::ResponseTick, quiet_at);
+            if self.ack_due(now, ctx) {
+                self.send_ack(ctx);
+            }
+            let rtt = self.pacing.rtt;
+            let next = if self.pacing.last_response_full && self.stream.pending_len() == 0 {
+                rtt
+            } else {
+                (rtt / 2).max(1)
+            };
+            self.timers.set(Timer::ResponseTick, now + next);
             return;
         }
         // No response data for a whole interval after some came.
