@@ -47,6 +47,18 @@ struct Cost {
     packets_per_request: Option<f64>,
 }
 
+impl Cost {
+    /// The three figures as table cells.
+    fn cells(&self) -> String {
+        format!(
+            "{:.0} | {} | {}",
+            self.per_input,
+            per_request(self.per_request, 0),
+            per_request(self.packets_per_request, 2)
+        )
+    }
+}
+
 /// A per-request figure, or a dash where there is none.
 fn per_request(v: Option<f64>, decimals: usize) -> String {
     v.map_or("–".into(), |v| format!("{v:.decimals$}"))
@@ -98,28 +110,14 @@ pub fn run(baseline: Option<&str>) -> Result<()> {
                 let before = cost(bin, name, low, high)?;
                 let ratio = after.per_input / before.per_input;
                 ratios.push(ratio);
+                writeln!(md, "| {name} | before ({rev}) | {} | |", before.cells())?;
                 writeln!(
                     md,
-                    "| {name} | before ({rev}) | {:.0} | {} | {} | |",
-                    before.per_input,
-                    per_request(before.per_request, 0),
-                    per_request(before.packets_per_request, 2)
-                )?;
-                writeln!(
-                    md,
-                    "| {name} | after | {:.0} | {} | {} | **{ratio:.3}** |",
-                    after.per_input,
-                    per_request(after.per_request, 0),
-                    per_request(after.packets_per_request, 2)
+                    "| {name} | after | {} | **{ratio:.3}** |",
+                    after.cells()
                 )?;
             }
-            None => writeln!(
-                md,
-                "| {name} | {:.0} | {} | {} |",
-                after.per_input,
-                per_request(after.per_request, 0),
-                per_request(after.packets_per_request, 2)
-            )?,
+            None => writeln!(md, "| {name} | {} |", after.cells())?,
         }
     }
     if !ratios.is_empty() {

@@ -177,10 +177,10 @@ fn run(cli: Cli) -> Result<()> {
             if baseline.is_some() && !(cost || instructions) {
                 anyhow::bail!("--baseline goes with --cost or --instructions");
             }
+            setup::setup(false)?;
             if instructions {
                 return crate::instructions::run(baseline.as_deref());
             }
-            setup::setup(false)?;
             if elephants {
                 return crate::elephants::run_bench(quick);
             }
