@@ -205,8 +205,12 @@ pub fn target_link_flap_mid_load_loses_nothing() -> Result<()> {
 }
 
 fn link_flap_mid_load(r: Replay, ns: &'static str, link: &'static str, what: &str) -> Result<()> {
+    // Paced: while the link is down, and through the retransmission
+    // backoff after it (some 3 s in all), a session gathers at most a
+    // paced connection's requests, well inside its buffer on any host.
+    ensure!(lab::paced_backlog(Duration::from_secs(6)) * 2 < lab::SESSION_BUFFER_SEGMENTS);
     replay::reset_logs()?;
-    let load = format!("wrk -t1 -c4 -d6s http://{ONLINE_IP}/ > /dev/null 2>&1");
+    let load = format!("{} > /dev/null 2>&1", lab::paced_wrk(4, 6)?);
     let client = std::thread::spawn(move || in_ns(CLIENT, &load));
     std::thread::sleep(Duration::from_secs(2));
     let flapped = in_ns(ns, &format!("ip link set {link} down")).and_then(|_| {

@@ -95,6 +95,35 @@ pub fn in_ns(ns: &str, cmd: &str) -> Result<()> {
     sh(&format!("ip netns exec {ns} {cmd}"))
 }
 
+/// At most this many requests a second on each connection of a
+/// [`paced_wrk`] load: wrk waits a whole millisecond (its `delay()`, a
+/// timer of its event loop) before each request.
+pub const PACED_PER_CONNECTION: u64 = 1000;
+
+/// A keep-alive wrk load paced to at most [`PACED_PER_CONNECTION`]
+/// requests a second per connection, whatever the machine's speed: a test
+/// that holds requests back for a while (a fault) knows by construction
+/// how many a session can gather, not by how fast this host happens to be.
+pub fn paced_wrk(conns: u32, secs: u32) -> Result<String> {
+    let script = run_dir().join("paced.lua");
+    std::fs::write(&script, "function delay()\n  return 1\nend\n")?;
+    Ok(format!(
+        "wrk -t2 -c{conns} -d{secs}s -s {} http://{ONLINE_IP}/",
+        script.display()
+    ))
+}
+
+/// The most segments one session of a [`paced_wrk`] load gathers while
+/// its replay is held back for `held`: one request a segment.
+pub fn paced_backlog(held: std::time::Duration) -> u64 {
+    PACED_PER_CONNECTION * held.as_millis() as u64 / 1000
+}
+
+/// A session's buffer: the engine's default `max_buffered_segments`
+/// (`tcpcopy-userspace/src/session/config.rs`; xtask does not link the
+/// engine).
+pub const SESSION_BUFFER_SEGMENTS: u64 = 32_768;
+
 pub fn run_dir() -> PathBuf {
     PathBuf::from(RUN_DIR)
 }
