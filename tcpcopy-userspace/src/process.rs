@@ -1,7 +1,9 @@
 //! Process lifecycle shared by both programs: logging to stderr or a `-l`
 //! file, `-d` daemonizing, the `-P` pid file (written, unlike the C tools,
 //! and removed at exit), and the shutdown flag that SIGINT, SIGTERM and
-//! SIGHUP raise so the run loops end through their normal, detaching exit.
+//! SIGHUP raise so the run loops end through their normal, detaching exit,
+//! and its stop bell, which wakes a loop asleep in `poll`/`epoll` at once
+//! (so an idle loop may sleep long without making the exit wait).
 //!
 //! `-d` tells the truth: the shell's process waits until the daemon says
 //! it is ready ([`ready`]: interfaces found, XDP attached, intercept
@@ -11,11 +13,17 @@
 
 use std::{
     fs::OpenOptions,
+    io::Write as _,
+    os::{
+        fd::{AsRawFd, RawFd},
+        unix::net::UnixStream,
+    },
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, OnceLock,
     },
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -227,16 +235,86 @@ impl Drop for PidFile {
     }
 }
 
-/// A flag raised by SIGINT, SIGTERM or SIGHUP. SIGPIPE is ignored (a dead
-/// peer shows up as a write error, never as a shutdown: a C-tool quirk fixed).
+/// The stop bell: a socket pair whose reading end becomes readable, and
+/// stays readable (nothing reads it), once it is rung: by a signal
+/// (signal-hook writes a byte) or by [`raise_stop`]. A loop that sleeps
+/// in `poll` or `epoll` watches it too ([`stop_bell`]).
+pub struct StopBell {
+    read: UnixStream,
+    write: UnixStream,
+}
+
+impl StopBell {
+    pub fn new() -> Result<StopBell> {
+        let (read, write) = UnixStream::pair().context("creating the stop bell")?;
+        write.set_nonblocking(true)?;
+        Ok(StopBell { read, write })
+    }
+
+    pub fn ring(&self) {
+        let _ = (&self.write).write(&[1]);
+    }
+
+    /// The fd to watch for reading.
+    pub fn fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    /// Sleep up to `most`, less once the bell has rung.
+    pub fn sleep(&self, most: Duration) {
+        let mut pfd = libc::pollfd {
+            fd: self.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = most.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd. EINTR (a signal) just ends the sleep.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+    }
+}
+
+/// The process's bell, made by [`shutdown_flag`].
+static STOP_BELL: OnceLock<StopBell> = OnceLock::new();
+
+/// The process's stop bell's fd, once [`shutdown_flag`] made it.
+pub fn stop_bell() -> Option<RawFd> {
+    STOP_BELL.get().map(StopBell::fd)
+}
+
+/// Raise the shutdown flag from inside the program, and ring the bell.
+pub fn raise_stop(flag: &AtomicBool) {
+    flag.store(true, Ordering::Relaxed);
+    if let Some(bell) = STOP_BELL.get() {
+        bell.ring();
+    }
+}
+
+/// Sleep up to `most`; the process's stop bell ends it sooner.
+pub fn sleep_unless_stopped(most: Duration) {
+    match STOP_BELL.get() {
+        Some(bell) => bell.sleep(most),
+        None => std::thread::sleep(most),
+    }
+}
+
+/// A flag raised by SIGINT, SIGTERM or SIGHUP, each of which rings the
+/// stop bell too. SIGPIPE is ignored (a dead peer shows up as a write
+/// error, never as a shutdown: a C-tool quirk fixed).
 pub fn shutdown_flag() -> Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
+    if STOP_BELL.get().is_none() {
+        let _ = STOP_BELL.set(StopBell::new()?);
+    }
+    let bell = &STOP_BELL.get().expect("made above").write;
     for sig in [
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGHUP,
     ] {
+        // The flag first: whoever the bell wakes finds it raised.
         signal_hook::flag::register(sig, Arc::clone(&flag))
+            .context("installing signal handlers")?;
+        signal_hook::low_level::pipe::register(sig, bell.try_clone()?)
             .context("installing signal handlers")?;
     }
     // SAFETY: setting a signal disposition to SIG_IGN.
@@ -257,4 +335,38 @@ pub fn start(opts: &CommonOptions) -> Result<(Option<PidFile>, Arc<AtomicBool>)>
 
 pub fn should_stop(flag: &AtomicBool) -> bool {
     flag.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StopBell;
+    use std::time::{Duration, Instant};
+
+    /// Readable (a poll with no wait finds it), as many times as asked.
+    fn rung(bell: &StopBell) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: bell.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn the_bell_stays_rung_and_ends_every_sleep() {
+        let bell = StopBell::new().unwrap();
+        assert!(!rung(&bell));
+        bell.ring();
+        for _ in 0..3 {
+            assert!(rung(&bell), "nothing reads it, so it stays readable");
+            // A minute's sleep, ended by the bell already rung: it does
+            // not wait (the bound is far from any machine's speed).
+            let start = Instant::now();
+            bell.sleep(Duration::from_secs(60));
+            assert!(start.elapsed() < Duration::from_secs(30));
+        }
+        bell.ring(); // ringing again is harmless
+        assert!(rung(&bell));
+    }
 }

@@ -72,8 +72,12 @@ const REPEATS: usize = 2;
 
 /// Idle CPU, percent of one CPU.
 struct Idle {
+    /// tcpcopy's whole process, percent of a CPU, divided by its workers.
     per_worker: f64,
+    /// Times tcpcopy's threads were scheduled in, per second.
+    tcpcopy_wakes: f64,
     intercept: f64,
+    intercept_wakes: f64,
 }
 
 /// What one column of the comparison runs: a build (None: this one) and
@@ -194,8 +198,8 @@ pub fn section(compare: Compare) -> Result<String> {
             r.stop()?;
             writeln!(
                 idle_table,
-                "| {mode} | {build} | {:.3}% | {:.3}% |",
-                idle.per_worker, idle.intercept
+                "| {mode} | {build} | {:.3}% | {:.0} | {:.3}% | {:.0} |",
+                idle.per_worker, idle.tcpcopy_wakes, idle.intercept, idle.intercept_wakes
             )?;
         }
     }
@@ -221,9 +225,10 @@ pub fn section(compare: Compare) -> Result<String> {
          part of the target's (tcpcopy) or tcpcopy's (intercept) TCP receive path.\n\n\
          | capture | load | build | requests | tcpcopy µs | intercept µs | together µs | tcpcopy syscalls | intercept syscalls | packets sent |\n\
          |---|---|---|---:|---:|---:|---:|---:|---:|---:|\n{table}\n\
-         Idle: {IDLE_SECONDS} s with no traffic and no sessions, after the loads (percent of \
-         one CPU):\n\n\
-         | capture | build | tcpcopy (whole process) per worker | intercept |\n|---|---|---:|---:|\n{idle_table}"
+         Idle: {IDLE_SECONDS} s with no traffic and no sessions, a freshly started replay \
+         after the loads: percent of one CPU (time on a CPU from every thread's schedstat, in \
+         nanoseconds) and wake-ups per second (times its threads were scheduled in):\n\n\
+         | capture | build | tcpcopy (whole process) per worker | tcpcopy wake-ups/s | intercept | intercept wake-ups/s |\n|---|---|---:|---:|---:|---:|\n{idle_table}"
     ))
 }
 
@@ -336,13 +341,17 @@ fn idle(r: &Replay, mode: &str) -> Result<Idle> {
         std::thread::sleep(Duration::from_millis(250));
     }
     std::thread::sleep(Duration::from_secs(1));
-    let c0 = (r.tcpcopy.cpu_seconds(), r.intercept.cpu_seconds());
+    let t0 = (r.tcpcopy.run_time(), r.intercept.run_time());
     std::thread::sleep(Duration::from_secs(IDLE_SECONDS));
-    let c1 = (r.tcpcopy.cpu_seconds(), r.intercept.cpu_seconds());
-    let pct = |d: f64| d / IDLE_SECONDS as f64 * 100.0;
+    let t1 = (r.tcpcopy.run_time(), r.intercept.run_time());
+    let secs = IDLE_SECONDS as f64;
+    let (tcpcopy, tcpcopy_wakes) = t1.0.since(t0.0, secs);
+    let (intercept, intercept_wakes) = t1.1.since(t0.1, secs);
     Ok(Idle {
-        per_worker: pct(c1.0 - c0.0) / WORKERS,
-        intercept: pct(c1.1 - c0.1),
+        per_worker: tcpcopy / WORKERS,
+        tcpcopy_wakes,
+        intercept,
+        intercept_wakes,
     })
 }
 

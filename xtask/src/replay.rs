@@ -41,6 +41,24 @@ pub fn binary(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A process's time on a CPU and how often it was scheduled in (each
+/// wake-up is one), from [`Tool::run_time`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunTime {
+    pub on_cpu_ns: u64,
+    pub slices: u64,
+}
+
+impl RunTime {
+    /// Since `earlier`: the share of one CPU over `secs`, in percent, and
+    /// the times scheduled in per second.
+    pub fn since(self, earlier: RunTime, secs: f64) -> (f64, f64) {
+        let cpu = (self.on_cpu_ns - earlier.on_cpu_ns) as f64 / 1e9 / secs * 100.0;
+        let wakes = (self.slices - earlier.slices) as f64 / secs;
+        (cpu, wakes)
+    }
+}
+
 impl Tool {
     fn spawn(name: &'static str, ns: &str, args: &[String], tag: &str) -> Result<Tool> {
         let log = lab::run_dir().join(format!("{name}-{tag}.log"));
@@ -67,6 +85,32 @@ impl Tool {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Time on a CPU and times scheduled in, so far, summed over the
+    /// threads alive now (`/proc/PID/task/*/schedstat`: nanoseconds, not
+    /// the 10 ms ticks of `stat`, so a few idle seconds measure to better
+    /// than 0.01% of a CPU).
+    pub fn run_time(&self) -> RunTime {
+        let Some(pid) = self.pid() else {
+            return RunTime::default();
+        };
+        let mut total = RunTime::default();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return total;
+        };
+        for t in tasks.flatten() {
+            let text = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            let f: Vec<u64> = text
+                .split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            if let [on_cpu_ns, _waiting_ns, slices] = f[..] {
+                total.on_cpu_ns += on_cpu_ns;
+                total.slices += slices;
+            }
+        }
+        total
     }
 
     /// User + system CPU seconds the process has used so far.

@@ -241,7 +241,8 @@ impl DispatchLoop {
     }
 
     /// Nothing was read: sleep until the source has packets. A source with
-    /// fds (a socket) wakes us, so the timeout is only for the stop flag;
+    /// fds (a socket) wakes us, and so does the stop bell, so the timeout
+    /// is only a safety net;
     /// one without (a file paced by its own clock) is looked at when its
     /// next packet is due, at most 5 ms on. (Looked at only every 5 ms, a
     /// file's handshake measured a LAN client's RTT as 5–10 ms, and the
@@ -255,6 +256,7 @@ impl DispatchLoop {
             std::thread::sleep(due);
             return;
         }
+        fds.extend(crate::process::stop_bell());
         let mut pfds: Vec<libc::pollfd> = fds
             .iter()
             .map(|&fd| libc::pollfd {
@@ -263,7 +265,7 @@ impl DispatchLoop {
                 revents: 0,
             })
             .collect();
-        let ms = 100;
+        let ms = 1000;
         // SAFETY: a valid array of pollfd for its length.
         unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
     }

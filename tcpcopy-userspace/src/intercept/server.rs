@@ -110,6 +110,12 @@ impl ControlServer {
             .with_context(|| format!("listening on {}", cfg.listen))?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        // The stop bell ends a turn's sleep at once (a wake like the
+        // ring's: nothing to take from it).
+        if let Some(bell) = crate::process::stop_bell() {
+            poll.registry()
+                .register(&mut SourceFd(&bell), SOURCE, Interest::READABLE)?;
+        }
         Ok(ControlServer {
             poll,
             events: Events::with_capacity(256),
@@ -171,7 +177,8 @@ impl ControlServer {
 
     /// One turn of the loop: wait up to `timeout` for sockets or records,
     /// take in route messages, route every waiting record, flush frames.
-    pub fn turn(&mut self, source: &mut dyn RecordSource, timeout: Duration) -> Result<()> {
+    /// Returns whether anything woke it before the timeout.
+    pub fn turn(&mut self, source: &mut dyn RecordSource, timeout: Duration) -> Result<bool> {
         self.poll
             .poll(&mut self.events, Some(timeout))
             .or_else(|e| {
@@ -252,7 +259,7 @@ impl ControlServer {
             self.flush_peer(id);
         }
         self.with_pending = ids;
-        Ok(())
+        Ok(!self.events.is_empty())
     }
 
     fn accept_all(&mut self) {

@@ -98,10 +98,14 @@ pub struct WorkerParts {
 }
 
 const BATCH: usize = 256;
-/// The longest a worker sleeps with nothing to do: it then looks at the
-/// stop flag, publishes its counters and reconnects. Traffic, the
-/// control channel and the engine's timers wake it sooner.
+/// The longest a worker with sessions, or with an intercept to reconnect,
+/// sleeps: it then publishes its counters and reconnects. Traffic, the
+/// control channel, the engine's timers and the stop bell wake it sooner.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// The longest a worker with nothing at all (no session, every intercept
+/// connected) sleeps: each wake of an idle process costs CPU on the
+/// production host for nothing. It publishes its counters before.
+const IDLE_HOUSEKEEPING: Duration = Duration::from_secs(1);
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 /// How often a worker gives back the captured flows none of its sessions
 /// holds any more (AF_XDP capture).
@@ -240,12 +244,25 @@ impl Worker {
             let timeout = if got == BATCH {
                 Duration::ZERO
             } else {
+                let idle = self.engine.active_sessions() == 0
+                    && self.channel.inactive() == 0
+                    && !self.channel.reconnecting();
+                let longest = if idle {
+                    IDLE_HOUSEKEEPING
+                } else {
+                    HOUSEKEEPING
+                };
                 let next_timer = self
                     .engine
                     .poll_timeout()
                     .map(|t| Duration::from_millis(t.saturating_sub(self.now())));
-                next_timer.map_or(HOUSEKEEPING, |t| t.min(HOUSEKEEPING))
+                next_timer.map_or(longest, |t| t.min(longest))
             };
+            if timeout > PUBLISH_EVERY {
+                // What is read while it sleeps is up to date.
+                self.publish(false);
+                last_publish = Instant::now();
+            }
             self.coalesce.took(got + records.len());
             let capture = (!congested).then_some(&*self.capture);
             channel_ready = waiter.wait(capture, &self.channel, timeout, &self.coalesce);
@@ -342,7 +359,7 @@ impl Worker {
 }
 
 /// The worker's sleep: an epoll set (level-triggered) over the capture's
-/// and the control channel's fds. The set is changed only when the fds
+/// and the control channel's fds and the stop bell. The set is changed only when the fds
 /// change (a reconnect, or an offline capture held back), so a wait costs
 /// one system call and no per-call registration.
 struct Waiter {
@@ -413,6 +430,8 @@ impl Waiter {
             c.fds(&mut self.raw);
         }
         self.want.extend(self.raw.iter().map(|&fd| (fd, false)));
+        self.want
+            .extend(crate::process::stop_bell().map(|fd| (fd, false)));
         self.raw.clear();
         channel.fds(&mut self.raw);
         self.want.extend(self.raw.iter().map(|&fd| (fd, true)));
