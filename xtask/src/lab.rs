@@ -105,12 +105,25 @@ pub const PACED_PER_CONNECTION: u64 = 1000;
 /// that holds requests back for a while (a fault) knows by construction
 /// how many a session can gather, not by how fast this host happens to be.
 pub fn paced_wrk(conns: u32, secs: u32) -> Result<String> {
+    paced_wrk_with(conns, secs, "")
+}
+
+/// The same with more wrk arguments (`-H 'Connection: close'`: short
+/// connections, at most [`PACED_PER_CONNECTION`] a second on each of
+/// `conns`).
+pub fn paced_wrk_with(conns: u32, secs: u32, extra: &str) -> Result<String> {
     let script = run_dir().join("paced.lua");
     std::fs::write(&script, "function delay()\n  return 1\nend\n")?;
     Ok(format!(
-        "wrk -t2 -c{conns} -d{secs}s -s {} http://{ONLINE_IP}/",
+        "wrk -t2 -c{conns} -d{secs}s -s {} {extra} http://{ONLINE_IP}/",
         script.display()
     ))
+}
+
+/// The most requests a [`paced_wrk`] load of `conns` connections sends in
+/// `secs` seconds.
+pub fn paced_most(conns: u32, secs: u32) -> u64 {
+    PACED_PER_CONNECTION * conns as u64 * secs as u64
 }
 
 /// The most segments one session of a [`paced_wrk`] load gathers while
