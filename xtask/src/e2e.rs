@@ -961,10 +961,14 @@ fn target_restart_mid_replay() -> Result<()> {
 /// while nothing is in flight: what a target that dies mid-request had
 /// acknowledged and not answered is a known loss of its own.
 fn target_down_mid_load() -> Result<()> {
+    // Paced: each session gathers its connection's requests while the
+    // target refuses, for the 2 s and up to a second of the retry's
+    // backoff; at full speed on a fast host that nears a session's buffer.
+    ensure!(lab::paced_backlog(Duration::from_secs(4)) * 2 < lab::SESSION_BUFFER_SEGMENTS);
     let r = Replay::start("target-down", TAP)?;
     lab::stop_target_nginx()?;
     let what = "the target down for the first 2 s of the load";
-    let log = load_with_fault(r, what, &wrk(4, 4, ""), |_| {
+    let log = load_with_fault(r, what, &lab::paced_wrk(4, 4)?, |_| {
         std::thread::sleep(Duration::from_secs(2));
         lab::start_target_nginx()
     })?;
