@@ -112,12 +112,18 @@ pub fn paced_wrk(conns: u32, secs: u32) -> Result<String> {
 /// connections, at most [`PACED_PER_CONNECTION`] a second on each of
 /// `conns`).
 pub fn paced_wrk_with(conns: u32, secs: u32, extra: &str) -> Result<String> {
-    let script = run_dir().join("paced.lua");
-    std::fs::write(&script, "function delay()\n  return 1\nend\n")?;
     Ok(format!(
         "wrk -t2 -c{conns} -d{secs}s -s {} {extra} http://{ONLINE_IP}/",
-        script.display()
+        paced_script()?.display()
     ))
+}
+
+/// wrk's script for a paced load (`-s`): a millisecond before each
+/// request.
+pub fn paced_script() -> Result<PathBuf> {
+    let script = run_dir().join("paced.lua");
+    std::fs::write(&script, "function delay()\n  return 1\nend\n")?;
+    Ok(script)
 }
 
 /// The most requests a [`paced_wrk`] load of `conns` connections sends in
