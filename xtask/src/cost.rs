@@ -4,7 +4,8 @@
 //! nginx, and per request the target served: CPU of tcpcopy and of
 //! intercept (user + system, all threads, from /proc), their system calls
 //! (`perf stat -e raw_syscalls:sys_enter`), and the packets tcpcopy sent;
-//! then each tool's CPU over a few idle seconds. With `--baseline REV`,
+//! then each tool's CPU (every thread's schedstat, in nanoseconds) and
+//! wake-ups over a few idle seconds. With `--baseline REV`,
 //! every cell also runs with the binaries of commit REV (built in
 //! `target/tcl-baseline/`), alternating with this build's, so every figure
 //! has its before and after from the same run. With `--verdict`, every

@@ -53,8 +53,10 @@ impl RunTime {
     /// Since `earlier`: the share of one CPU over `secs`, in percent, and
     /// the times scheduled in per second.
     pub fn since(self, earlier: RunTime, secs: f64) -> (f64, f64) {
-        let cpu = (self.on_cpu_ns - earlier.on_cpu_ns) as f64 / 1e9 / secs * 100.0;
-        let wakes = (self.slices - earlier.slices) as f64 / secs;
+        // Saturating: a thread that ended in between takes its figures
+        // out of the later sum (the tools' threads live as long as they).
+        let cpu = self.on_cpu_ns.saturating_sub(earlier.on_cpu_ns) as f64 / 1e9 / secs * 100.0;
+        let wakes = self.slices.saturating_sub(earlier.slices) as f64 / secs;
         (cpu, wakes)
     }
 }
@@ -90,7 +92,8 @@ impl Tool {
     /// Time on a CPU and times scheduled in, so far, summed over the
     /// threads alive now (`/proc/PID/task/*/schedstat`: nanoseconds, not
     /// the 10 ms ticks of `stat`, so a few idle seconds measure to better
-    /// than 0.01% of a CPU).
+    /// than 0.01% of a CPU). [`Tool::cpu_seconds`] stays for loads: it
+    /// counts threads that have ended too.
     pub fn run_time(&self) -> RunTime {
         let Some(pid) = self.pid() else {
             return RunTime::default();

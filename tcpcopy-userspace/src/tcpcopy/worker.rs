@@ -359,9 +359,9 @@ impl Worker {
 }
 
 /// The worker's sleep: an epoll set (level-triggered) over the capture's
-/// and the control channel's fds and the stop bell. The set is changed only when the fds
-/// change (a reconnect, or an offline capture held back), so a wait costs
-/// one system call and no per-call registration.
+/// and the control channel's fds and the stop bell. The set is changed
+/// only when the fds change (a reconnect, or an offline capture held
+/// back), so a wait costs one system call and no per-call registration.
 struct Waiter {
     epoll: OwnedFd,
     /// What the set holds now: (fd, is a channel connection), and the
