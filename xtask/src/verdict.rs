@@ -163,22 +163,13 @@ fn status_mismatches(mode: &str, family: &Family) -> Result<()> {
     // in flights: some of its answers cannot be placed for certain
     // and are counted unpaired); then, once the replay caught up, the
     // lab client's requests one by one, which it keeps pace with: each
-    // of those is compared for certain. In packet capture wrk is paced:
-    // there one dispatcher thread reads both directions for the workers,
-    // and at saturation on a fast host (50,000 requests a second) the
-    // workers' queues overflowed (5% of the segments), a capacity limit
-    // this test is not about.
-    let paced = if mode == "packet" {
-        format!("-s {}", lab::paced_script()?.display())
-    } else {
-        String::new()
-    };
+    // of those is compared for certain. (Packet capture was paced here
+    // while one dispatcher thread read both directions for the workers:
+    // on a fast host its queues overflowed. Each worker now reads its
+    // own socket, as in tap and xdp.)
     in_ns(
         CLIENT,
-        &format!(
-            "wrk -t1 -c4 -d3s {paced} 'http://{}/' > /dev/null",
-            family.online
-        ),
+        &format!("wrk -t1 -c4 -d3s 'http://{}/' > /dev/null", family.online),
     )?;
     replay::settle(|| lab::count_lines("target-nginx-access.log"));
     client_requests(family.online)?;

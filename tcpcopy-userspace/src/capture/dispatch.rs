@@ -1,5 +1,5 @@
-//! A dispatcher for sources that cannot split flows themselves: one thread
-//! reads the source and hands packets to the worker that owns each client
+//! A dispatcher for sources that cannot split flows themselves (an offline
+//! file): one thread reads the source and hands packets to the worker that owns each client
 //! (flow hash of client address and port, the same hash the XDP program
 //! uses), in batches over crossbeam channels. Each worker's end is a
 //! [`Capture`] whose fd is an eventfd the dispatcher signals after a batch.
@@ -14,11 +14,6 @@
 //! replayed twice, never split, and counted as `steered`. A worker gives
 //! its flows back once no session of its holds them
 //! ([`Capture::release_flows`]).
-//!
-//! Why not PACKET_FANOUT_HASH: the kernel's fanout hash is skb->hash, which
-//! on veth (and anything forwarding a local socket's packets) is the
-//! sender's random txhash, re-rolled by TCP on retransmissions, so one flow
-//! could land on two workers and be replayed twice.
 
 use std::{
     io,
@@ -146,7 +141,6 @@ pub fn start(
         .map(|i| Box::new(i) as Box<dyn Capture>)
         .collect();
     let queue_full = Arc::new(AtomicU64::new(0));
-    let source_dropped = Arc::new(AtomicU64::new(0));
     let mut worker = DispatchLoop {
         pending: vec![Vec::new(); lanes.len()],
         source,
@@ -155,19 +149,11 @@ pub fn start(
         lossless,
         answers,
         queue_full: Arc::clone(&queue_full),
-        source_dropped: Arc::clone(&source_dropped),
     };
     let handle = std::thread::Builder::new()
         .name("tcpcopy-dispatch".into())
         .spawn(move || worker.run())?;
-    Ok((
-        ends,
-        Dispatcher {
-            handle,
-            queue_full,
-            source_dropped,
-        },
-    ))
+    Ok((ends, Dispatcher { handle, queue_full }))
 }
 
 /// The dispatcher thread: reads the source in batches and hands each
@@ -182,19 +168,12 @@ struct DispatchLoop {
     /// `--verdict`: which packets are the online server's answers.
     answers: Option<Arc<Config>>,
     queue_full: Arc<AtomicU64>,
-    source_dropped: Arc<AtomicU64>,
 }
 
 impl DispatchLoop {
     fn run(&mut self) -> DispatchStats {
         let n = self.lanes.len() as u32;
-        let mut next_stats = std::time::Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
-            if std::time::Instant::now() >= next_stats {
-                let dropped = self.source.stats().kernel_dropped;
-                self.source_dropped.store(dropped, Ordering::Relaxed);
-                next_stats += std::time::Duration::from_millis(100);
-            }
             let pending = &mut self.pending;
             let answers = self.answers.as_deref();
             let got = self.source.read_batch(1024, &mut |p| {
@@ -206,7 +185,6 @@ impl DispatchLoop {
             }
         }
         DispatchStats {
-            source: self.source.stats(),
             queue_full: self.queue_full.load(Ordering::Relaxed),
         }
     }
@@ -485,19 +463,12 @@ impl Capture for Steered {
 pub struct Dispatcher {
     handle: JoinHandle<DispatchStats>,
     queue_full: Arc<AtomicU64>,
-    source_dropped: Arc<AtomicU64>,
 }
 
 impl Dispatcher {
     /// Packets dropped so far because a worker's queue was full.
     pub fn queue_full(&self) -> u64 {
         self.queue_full.load(Ordering::Relaxed)
-    }
-
-    /// Packets the kernel dropped at the source so far (an AF_PACKET
-    /// socket's full receive buffer), as of the last 100 ms.
-    pub fn source_dropped(&self) -> u64 {
-        self.source_dropped.load(Ordering::Relaxed)
     }
 
     /// Wait for the thread (after `stop` was raised).
@@ -508,7 +479,6 @@ impl Dispatcher {
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DispatchStats {
-    pub source: CaptureStats,
     /// Packets dropped because a worker's queue was full.
     pub queue_full: u64,
 }

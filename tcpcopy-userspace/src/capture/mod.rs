@@ -2,14 +2,15 @@
 //! reads IP packets (either family) from it:
 //! - [`TapRing`]: the tcpcopy-ebpf tap ring buffer of this worker (the XDP
 //!   program already chose the worker by flow hash);
-//! - [`PacketSocket`]: an AF_PACKET socket, filtered by `-x` here, whose
-//!   packets a [`dispatch`] thread hands to the workers by flow hash;
+//! - [`PacketSocket`]: an AF_PACKET socket of this worker, filtered by `-x`
+//!   here (a fanout group's program, `fanout`, chose the worker by flow);
 //! - [`XskSocket`]: the AF_XDP socket of one RX queue (mirror ports), read
 //!   by the worker that owns the queue, which owns the flows that arrive
 //!   there; [`dispatch::steer`] hands a flow that moved queues to its
 //!   owner.
 
 pub mod dispatch;
+mod fanout;
 mod packet;
 mod tap;
 mod xsk;
@@ -34,6 +35,9 @@ pub struct CaptureStats {
     /// Frames the kernel dropped at an AF_XDP socket (RX ring full, no
     /// fill frame).
     pub kernel_dropped: u64,
+    /// Frames the kernel dropped at an AF_PACKET socket (its receive
+    /// buffer was full).
+    pub socket_dropped: u64,
     /// Times the kernel found the AF_XDP fill ring empty.
     pub fill_ring_empty: u64,
     /// Segments of another worker's flow that could not be handed to it
@@ -50,6 +54,7 @@ impl CaptureStats {
         self.skipped += o.skipped;
         self.malformed += o.malformed;
         self.kernel_dropped += o.kernel_dropped;
+        self.socket_dropped += o.socket_dropped;
         self.fill_ring_empty += o.fill_ring_empty;
         self.queue_full += o.queue_full;
         self.steered += o.steered;

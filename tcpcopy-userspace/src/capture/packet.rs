@@ -1,6 +1,8 @@
 //! AF_PACKET capture without eBPF (the C tool's raw-socket capture): one
-//! SOCK_DGRAM socket, read by the dispatcher (see `dispatch` for why not a
-//! kernel fanout group), up to [`SLOTS`] frames a `recvmmsg`. Only frames
+//! SOCK_DGRAM socket per worker, read by that worker, up to [`SLOTS`]
+//! frames a `recvmmsg`; with more than one worker the sockets are a
+//! fanout group whose classic BPF program (`fanout`) gives each flow to
+//! one of them, so no thread hands segments on. Only frames
 //! arriving at the host are taken (our own replayed packets leave as
 //! "outgoing" and are skipped), and only IP/TCP segments (either family)
 //! that match a `-x` source (with `--verdict`, the online server's answers too).
@@ -22,6 +24,8 @@ use crate::session::Config;
 const SLOTS: usize = 32;
 /// Bytes of each frame's slot: a GRO frame may be this long.
 const SLOT_BYTES: usize = 65536;
+/// Each socket's receive buffer: what waits while its worker is busy.
+const RECEIVE_BUFFER: libc::c_int = 32 << 20;
 
 pub struct PacketSocket {
     fd: OwnedFd,
@@ -35,77 +39,233 @@ pub struct PacketSocket {
     stats: CaptureStats,
     /// Frames the kernel dropped at this socket (its receive buffer was
     /// full), summed: PACKET_STATISTICS resets on every read.
-    kernel_dropped: AtomicU64,
+    socket_dropped: AtomicU64,
 }
 
 fn check(r: libc::c_int, what: &str) -> io::Result<()> {
     if r < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+        return Err(context(io::Error::last_os_error(), what));
+    }
+    Ok(())
+}
+
+fn context(e: io::Error, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// The protocol the sockets take: IPv4 only, unless an IPv6 target or
+/// `--verdict` (the host's outgoing packets, the online server's answers
+/// among them, reach only ETH_P_ALL sockets) needs every frame.
+fn protocol(config: &Config) -> u16 {
+    let ipv6 = config.transfers.iter().any(|t| t.dst_ip.is_ipv6());
+    if config.verdict.is_some() || ipv6 {
+        (libc::ETH_P_ALL as u16).to_be()
+    } else {
+        (libc::ETH_P_IP as u16).to_be()
+    }
+}
+
+/// A SOCK_DGRAM packet socket for `proto` (network order), not bound yet.
+fn socket(proto: u16) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            proto as libc::c_int,
+        )
+    };
+    check(raw, "AF_PACKET socket (needs CAP_NET_RAW)")?;
+    // SAFETY: raw is a fresh, valid fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let rcvbuf: libc::c_int = RECEIVE_BUFFER;
+    // SAFETY: valid fd and option value of the stated size.
+    unsafe {
+        libc::setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &rcvbuf as *const _ as *const libc::c_void,
+            size_of::<libc::c_int>() as u32,
+        );
+    }
+    Ok(fd)
+}
+
+/// Bind `fd` to `ifindex` and `proto`: from here on frames reach it.
+fn bind(fd: &OwnedFd, ifindex: u32, proto: u16) -> io::Result<()> {
+    // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+    let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: valid fd and sockaddr of the stated size.
+    check(
+        unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const _ as *const libc::sockaddr,
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        },
+        "binding the AF_PACKET socket",
+    )
+}
+
+/// A classic BPF program that takes no frame.
+const REFUSE_ALL: libc::sock_filter = libc::sock_filter {
+    code: (libc::BPF_RET | libc::BPF_K) as u16,
+    jt: 0,
+    jf: 0,
+    k: 0,
+};
+
+fn program_of(code: &[libc::sock_filter]) -> libc::sock_fprog {
+    libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_ptr() as *mut libc::sock_filter,
+    }
+}
+
+/// Attach `code` as `fd`'s socket filter.
+fn set_filter(fd: &OwnedFd, code: &[libc::sock_filter]) -> io::Result<()> {
+    let prog = program_of(code);
+    // SAFETY: valid fd; `prog` names `code`, alive for the call.
+    check(
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                &prog as *const _ as *const libc::c_void,
+                size_of::<libc::sock_fprog>() as u32,
+            )
+        },
+        "SO_ATTACH_FILTER",
+    )
+}
+
+fn set_int(fd: &OwnedFd, option: libc::c_int, value: u32, what: &str) -> io::Result<()> {
+    // SAFETY: valid fd and option value of the stated size.
+    check(
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                option,
+                &value as *const _ as *const libc::c_void,
+                size_of::<u32>() as u32,
+            )
+        },
+        what,
+    )
+}
+
+/// Make `fds` one fanout group: the first asks the kernel for an id of
+/// its own (no other program's group can be joined by mistake) and sets
+/// the group's program; the rest join by that id.
+fn join_group(fds: &[OwnedFd]) -> io::Result<()> {
+    let kind = libc::PACKET_FANOUT_CBPF;
+    let first = &fds[0];
+    set_int(
+        first,
+        libc::PACKET_FANOUT,
+        (kind | libc::PACKET_FANOUT_FLAG_UNIQUEID) << 16,
+        "creating the AF_PACKET fanout group",
+    )?;
+    let mut group: u32 = 0;
+    let mut len = size_of::<u32>() as libc::socklen_t;
+    // SAFETY: valid fd; `group` is a u32 of the stated size.
+    check(
+        unsafe {
+            libc::getsockopt(
+                first.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_FANOUT,
+                &mut group as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        },
+        "reading the fanout group's id",
+    )?;
+    let id = group & 0xffff;
+    let code = super::fanout::program();
+    let prog = program_of(&code);
+    // SAFETY: valid fd; `prog` names `code`, alive for the call.
+    check(
+        unsafe {
+            libc::setsockopt(
+                first.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_FANOUT_DATA,
+                &prog as *const _ as *const libc::c_void,
+                size_of::<libc::sock_fprog>() as u32,
+            )
+        },
+        "setting the fanout program (PACKET_FANOUT_DATA)",
+    )?;
+    for fd in &fds[1..] {
+        set_int(
+            fd,
+            libc::PACKET_FANOUT,
+            id | kind << 16,
+            "joining the AF_PACKET fanout group",
+        )?;
     }
     Ok(())
 }
 
 impl PacketSocket {
-    /// `ifindex` 0 = every interface.
-    pub fn open(ifindex: u32, config: Arc<Config>) -> io::Result<Self> {
-        // The host's outgoing packets reach only ETH_P_ALL sockets: with
-        // `--verdict` the online server's answers are among them. An IPv6
-        // target needs IPv6 frames too.
-        let ipv6 = config.transfers.iter().any(|t| t.dst_ip.is_ipv6());
-        let proto = if config.verdict.is_some() || ipv6 {
-            (libc::ETH_P_ALL as u16).to_be()
-        } else {
-            (libc::ETH_P_IP as u16).to_be()
-        };
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                proto as libc::c_int,
-            )
-        };
-        check(raw, "AF_PACKET socket (needs CAP_NET_RAW)")?;
-        // SAFETY: raw is a fresh, valid fd.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: zeroed sockaddr_ll is valid; fields set below.
-        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: valid fd and sockaddr of the stated size.
-        check(
-            unsafe {
-                libc::bind(
-                    raw,
-                    &sll as *const _ as *const libc::sockaddr,
-                    size_of::<libc::sockaddr_ll>() as u32,
-                )
-            },
-            "binding the AF_PACKET socket",
-        )?;
-        let rcvbuf: libc::c_int = 32 << 20;
-        // SAFETY: valid fd and option value of the stated size.
-        unsafe {
-            libc::setsockopt(
-                raw,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                &rcvbuf as *const _ as *const libc::c_void,
-                size_of::<libc::c_int>() as u32,
-            );
+    /// One socket for each of `members` workers on `ifindex` (0 = every
+    /// interface). More than one form a `PACKET_FANOUT_CBPF` group whose
+    /// program (see `fanout`) gives each flow, both directions, to one
+    /// member. Each socket refuses every frame until the group is whole,
+    /// so no flow's first segments queue at a member that will not own
+    /// it.
+    pub fn open_group(ifindex: u32, config: Arc<Config>, members: usize) -> io::Result<Vec<Self>> {
+        let proto = protocol(&config);
+        let grouped = members > 1;
+        let mut fds = Vec::new();
+        for _ in 0..members.max(1) {
+            let fd = socket(proto)?;
+            if grouped {
+                set_filter(&fd, &[REFUSE_ALL]).map_err(|e| context(e, "refusing frames"))?;
+            }
+            bind(&fd, ifindex, proto)?;
+            fds.push(fd);
         }
-        Ok(PacketSocket {
-            fd,
-            config,
-            buf: vec![0u8; SLOTS * SLOT_BYTES],
-            // SAFETY: zeroed sockaddr_ll is valid for recvmmsg to fill.
-            addrs: vec![unsafe { zeroed() }; SLOTS],
-            lens: [0; SLOTS],
-            stats: CaptureStats::default(),
-            kernel_dropped: AtomicU64::new(0),
-        })
+        if grouped {
+            join_group(&fds)?;
+            for fd in &fds {
+                let none: libc::c_int = 0;
+                // SAFETY: valid fd and option value of the stated size.
+                check(
+                    unsafe {
+                        libc::setsockopt(
+                            fd.as_raw_fd(),
+                            libc::SOL_SOCKET,
+                            libc::SO_DETACH_FILTER,
+                            &none as *const _ as *const libc::c_void,
+                            size_of::<libc::c_int>() as u32,
+                        )
+                    },
+                    "taking frames (SO_DETACH_FILTER)",
+                )?;
+            }
+        }
+        Ok(fds
+            .into_iter()
+            .map(|fd| PacketSocket {
+                fd,
+                config: Arc::clone(&config),
+                buf: vec![0u8; SLOTS * SLOT_BYTES],
+                // SAFETY: zeroed sockaddr_ll is valid for recvmmsg to fill.
+                addrs: vec![unsafe { zeroed() }; SLOTS],
+                lens: [0; SLOTS],
+                stats: CaptureStats::default(),
+                socket_dropped: AtomicU64::new(0),
+            })
+            .collect())
     }
 
     /// Up to `slots` waiting frames into the first slots (their lengths in
@@ -224,11 +384,11 @@ impl Capture for PacketSocket {
             )
         };
         if r == 0 {
-            self.kernel_dropped
+            self.socket_dropped
                 .fetch_add(st.tp_drops as u64, Ordering::Relaxed);
         }
         CaptureStats {
-            kernel_dropped: self.kernel_dropped.load(Ordering::Relaxed),
+            socket_dropped: self.socket_dropped.load(Ordering::Relaxed),
             ..self.stats
         }
     }

@@ -1,6 +1,6 @@
 //! The `tcpcopy` program, live capture: loads tcpcopy-ebpf on `-i` in tap
-//! mode (ring buffers) or xdp mode (AF_XDP sockets), or opens an AF_PACKET
-//! socket and a dispatcher; connects every worker to every
+//! mode (ring buffers) or xdp mode (AF_XDP sockets), or opens one AF_PACKET
+//! socket per worker (a fanout group); connects every worker to every
 //! intercept, starts one pinned worker per ring/socket, prints statistics
 //! every `--stats-interval` and a summary at exit, and detaches on every
 //! exit path (the XDP guard is dropped last).
@@ -290,7 +290,6 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
     if let Some(d) = sources.dispatcher.take() {
         let end = d.join();
         totals.dispatch_queue_full = end.queue_full;
-        totals.packet_socket_dropped = end.source.kernel_dropped;
     }
     tracing::info!("{}", totals.stats_line());
     write_verdict_json(&plan, &totals);
@@ -349,17 +348,12 @@ fn open_sources(plan: &Settings, stop: &Arc<std::sync::atomic::AtomicBool>) -> R
                 Some(name) => ifindex(name)?,
                 None => 0,
             };
-            let socket =
-                PacketSocket::open(idx, Arc::clone(&plan.config)).context("--capture packet")?;
-            let (ends, handle) = dispatch::start(
-                Box::new(socket),
-                workers,
-                Arc::clone(stop),
-                false,
-                answers(plan),
-            )?;
-            s.ends = ends;
-            s.dispatcher = Some(handle);
+            let sockets = PacketSocket::open_group(idx, Arc::clone(&plan.config), workers)
+                .context("--capture packet")?;
+            s.ends = sockets
+                .into_iter()
+                .map(|s| Box::new(s) as Box<dyn Capture>)
+                .collect();
         }
         Source::Live(CaptureMode::Tap) => {
             let mut x = load_capture_program(plan, capture_mode::TAP)?;
@@ -667,7 +661,6 @@ fn live_totals(running: &Running, sources: &Sources) -> Totals {
     let mut t = Totals::collect(&running.reports, sources.xdp.as_ref());
     let d = sources.dispatcher.as_ref();
     t.dispatch_queue_full = d.map_or(0, |d| d.queue_full());
-    t.packet_socket_dropped = d.map_or(0, |d| d.source_dropped());
     t
 }
 

@@ -37,7 +37,8 @@ pub enum CaptureMode {
     Tap,
     /// XDP redirects matched frames to AF_XDP sockets (mirror ports).
     Xdp,
-    /// One AF_PACKET socket and a flow-hash dispatcher (no eBPF).
+    /// One AF_PACKET socket per worker, a fanout group split by flow (no
+    /// eBPF).
     Packet,
 }
 
@@ -492,7 +493,7 @@ pub enum Source {
     /// Live capture on the `-i` interfaces.
     Live(CaptureMode),
     /// `--offline` (or the C tool's `-i FILE`): a capture file, read
-    /// through the dispatcher as a packet socket would be.
+    /// through the dispatcher, which hands each flow to one worker.
     Offline(OfflinePlan),
 }
 

@@ -38,8 +38,6 @@ pub struct Totals {
     pub awaiting_target: u64,
     /// Packets the dispatcher dropped because a worker's queue was full.
     pub dispatch_queue_full: u64,
-    /// Dropped by the kernel at the dispatcher's AF_PACKET socket.
-    pub packet_socket_dropped: u64,
     /// Kernel counters of tcpcopy-ebpf (tap mode), by `tcpcopy_counter`.
     pub kernel: Option<Vec<u64>>,
     /// Replay workers.
@@ -200,12 +198,11 @@ impl Totals {
             event("queue_full", c.queue_full + self.dispatch_queue_full),
             Figure::derived(c.queue_full).summary("steer_queue_full"),
             Figure::derived(self.dispatch_queue_full).summary("dispatch_queue_full"),
-            Figure::derived(self.packet_socket_dropped).summary("packet_socket_dropped"),
+            Figure::derived(c.socket_dropped).summary("packet_socket_dropped"),
             // The ways the capture itself loses segments.
             Figure::derived(ring_full).loss("kernel_ring_full", "kernel ring full"),
             Figure::derived(c.kernel_dropped).loss("xsk_socket_full", "AF_XDP socket full"),
-            Figure::derived(self.packet_socket_dropped)
-                .loss("packet_socket_full", "AF_PACKET socket full"),
+            Figure::derived(c.socket_dropped).loss("packet_socket_full", "AF_PACKET socket full"),
             Figure::derived(self.dispatch_queue_full + c.queue_full)
                 .loss("worker_queue_full", "worker queue full"),
         ]
