@@ -1456,6 +1456,10 @@ const SCENARIOS: &[Scenario] = &[
         crate::elephants::one_bulk_stream_sent_as_gso_exact,
     ),
     (
+        "elephants: one bulk stream at 500 Mbit/s in AF_PACKET and AF_XDP capture, sent as GSO, exact",
+        crate::elephants::one_bulk_stream_exact_in_packet_and_xdp_capture,
+    ),
+    (
         "--send packet (AF_PACKET): keep-alive and short connections, exactly once",
         send_packet_keepalive_and_short,
     ),

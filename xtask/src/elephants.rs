@@ -75,18 +75,72 @@ impl Drop for Sink {
 }
 
 /// tcpcopy arguments for the bulk stream (tap, two workers).
-fn bulk_args() -> Vec<String> {
-    [
-        "-x",
-        &format!("{BULK_PORT}-{TARGET_IP}:{BULK_PORT}"),
-        "-i",
-        "onl0",
-        "--workers",
-        "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+/// Where and how a bulk stream is replayed: the capture mode and the
+/// sender, tcpcopy's namespace and arguments (2 workers, or the mirror's
+/// 2 queues).
+pub(crate) struct BulkReplay {
+    pub capture: &'static str,
+    pub send: &'static str,
+    host: &'static str,
+    args: Vec<String>,
+}
+
+impl BulkReplay {
+    fn new(capture: &'static str, send: &'static str, host: &'static str, args: &[&str]) -> Self {
+        let mut all = vec![
+            "-x".to_string(),
+            format!("{BULK_PORT}-{TARGET_IP}:{BULK_PORT}"),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        BulkReplay {
+            capture,
+            send,
+            host,
+            args: all,
+        }
+    }
+
+    /// Tap capture on the online host, sent by a raw socket.
+    pub fn tap_raw() -> Self {
+        Self::new("tap", "raw", ONLINE, &["-i", "onl0", "--workers", "2"])
+    }
+
+    /// Tap capture on the online host, `--send packet` (GSO).
+    pub fn tap_gso() -> Self {
+        let mut args = vec!["-i", "onl0", "--workers", "2"];
+        args.extend_from_slice(SEND_PACKET);
+        Self::new("tap", "packet", ONLINE, &args)
+    }
+
+    /// AF_PACKET capture on the online host (a fanout group of 2
+    /// sockets), `--send packet` (GSO).
+    pub fn packet_gso() -> Self {
+        let mut args = vec!["-i", "onl0", "--workers", "2", "--capture", "packet"];
+        args.extend_from_slice(SEND_PACKET);
+        Self::new("packet", "packet", ONLINE, &args)
+    }
+
+    /// AF_XDP capture on the mirror box (2 queues), `--send packet` out
+    /// of the mirror port (framed for online, which forwards).
+    pub fn mirror_gso() -> Self {
+        Self::new(
+            "xdp",
+            "packet",
+            MIRROR,
+            &[
+                "--capture",
+                "xdp",
+                "-i",
+                "mir0",
+                "--xsk-ring",
+                "32768",
+                "--send",
+                "packet",
+                "-o",
+                "mir0",
+            ],
+        )
+    }
 }
 
 /// One stream from the client: `bench send` at `bits_per_s` for `secs`.
@@ -131,15 +185,12 @@ pub(crate) struct BulkRun {
 /// port toward it, a stream's segments sent together as GSO packets.
 pub(crate) const SEND_PACKET: &[&str] = &["--send", "packet", "-o", "onl1"];
 
-/// Replay one stream at `bits_per_s` for `secs` (tap, two workers, and
-/// `extra` tcpcopy arguments).
-pub(crate) fn bulk_run(tag: &str, bits_per_s: f64, secs: f64, extra: &[&str]) -> Result<BulkRun> {
+/// Replay one stream at `bits_per_s` for `secs` as `how` says.
+pub(crate) fn bulk_run(tag: &str, how: &BulkReplay, bits_per_s: f64, secs: f64) -> Result<BulkRun> {
     let online = Sink::start(ONLINE, &format!("{tag}-online"))?;
     let target = Sink::start(TARGET, &format!("{tag}-target"))?;
-    let mut args = bulk_args();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = Replay::start_on(tag, ONLINE, &args)?;
+    let args: Vec<&str> = how.args.iter().map(String::as_str).collect();
+    let r = Replay::start_on(tag, how.host, &args)?;
     let cpu_before = r.tcpcopy.cpu_seconds();
     send_stream(bits_per_s, secs)?;
     let o = online.bytes();
@@ -165,7 +216,7 @@ pub fn one_bulk_stream_exact() -> Result<()> {
         drain,
         log,
         ..
-    } = bulk_run("bulk", 5e8, 3.0, &[])?;
+    } = bulk_run("bulk", &BulkReplay::tap_raw(), 5e8, 3.0)?;
     println!(
         "    one stream at 500 Mbit/s: online {o} bytes, target {t} ({:.1} s after the sender)",
         drain.as_secs_f64()
@@ -201,7 +252,7 @@ pub fn one_bulk_stream_sent_as_gso_exact() -> Result<()> {
         drain,
         log,
         cpu_s,
-    } = bulk_run("bulk-gso", 1e9, 3.0, SEND_PACKET)?;
+    } = bulk_run("bulk-gso", &BulkReplay::tap_gso(), 1e9, 3.0)?;
     let sent = summary_counter(&log, "packets_sent_ok");
     let gso = summary_counter(&log, "gso_frames");
     println!(
@@ -220,6 +271,32 @@ pub fn one_bulk_stream_sent_as_gso_exact() -> Result<()> {
     Ok(())
 }
 
+/// One bulk stream at 500 Mbit/s for 3 s (about 130,000 segments) in the
+/// other two capture modes, sent with `--send packet`: AF_PACKET on the
+/// online host (each flow to one socket of the fanout group) and AF_XDP
+/// on the mirror box. The target's sink receives every byte, over one
+/// connection.
+pub fn one_bulk_stream_exact_in_packet_and_xdp_capture() -> Result<()> {
+    for how in [BulkReplay::packet_gso(), BulkReplay::mirror_gso()] {
+        let capture = how.capture;
+        let run = bulk_run(&format!("bulk-{capture}"), &how, 5e8, 3.0)?;
+        println!(
+            "    {capture} capture: online {} bytes, target {} ({:.1} s after the sender)",
+            run.online,
+            run.target,
+            run.drain.as_secs_f64()
+        );
+        ensure!(
+            run.online > 100_000_000,
+            "too little load: {} bytes",
+            run.online
+        );
+        whole_stream_over_one_connection(run.online, run.target, &run.log)
+            .with_context(|| format!("{capture} capture"))?;
+    }
+    Ok(())
+}
+
 /// A stream the target cannot take: the target's sink is stopped before a
 /// 4 s stream at 500 Mbit/s starts (about 170,000 segments), so its
 /// receive window closes and the session's buffer (32,768 segments)
@@ -231,9 +308,9 @@ pub fn a_stream_the_target_cannot_take_is_given_up_once() -> Result<()> {
     let online = Sink::start(ONLINE, "online-2")?;
     let target = Sink::start(TARGET, "target-2")?;
     target.signal("-STOP");
-    let args = bulk_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = Replay::start_on("bulk-stopped", ONLINE, &args)?;
+    let how = BulkReplay::tap_raw();
+    let args: Vec<&str> = how.args.iter().map(String::as_str).collect();
+    let r = Replay::start_on("bulk-stopped", how.host, &args)?;
     send_stream(5e8, 4.0)?;
     std::thread::sleep(Duration::from_millis(1500));
     let log = r.stop()?;
@@ -360,25 +437,43 @@ pub fn run_bench(quick: bool) -> Result<()> {
     Ok(())
 }
 
+/// The bulk bench's rates: doubling from 250 Mbit/s to 2 Gbit/s, then
+/// by 500 Mbit/s (the goal, 2.5 Gbit/s, is a step of its own).
+fn bulk_steps() -> impl Iterator<Item = f64> {
+    [250, 500, 1000, 2000, 2500, 3000, 3500, 4000]
+        .into_iter()
+        .map(|mbit| mbit as f64 * 1e6)
+}
+
 /// `cargo xtask bench`'s elephant section: the highest single-stream rate
-/// replayed byte for byte (tap, from 250 Mbit/s doubling, until a step is
-/// not exact or the sender cannot reach its rate), and large redis values
-/// per capture mode.
+/// replayed byte for byte per capture mode and sender (the steps of
+/// [`bulk_steps`], until one is not exact or the sender cannot reach its
+/// rate), and large redis values per capture mode.
 pub fn bench_section(quick: bool) -> Result<String> {
     let secs = if quick { 2.0 } else { 5.0 };
     let mut rows = Vec::new();
     let mut table = String::new();
     let mut best_line = String::new();
-    let senders: [(&str, &[&str]); 2] = [("raw", &[]), ("packet", SEND_PACKET)];
-    for (send, extra) in senders {
+    let series = if quick {
+        vec![BulkReplay::tap_raw(), BulkReplay::tap_gso()]
+    } else {
+        vec![
+            BulkReplay::tap_raw(),
+            BulkReplay::tap_gso(),
+            BulkReplay::packet_gso(),
+            BulkReplay::mirror_gso(),
+        ]
+    };
+    let most = if quick { 1e9 } else { 4e9 };
+    for how in &series {
+        let (capture, send) = (how.capture, how.send);
         let mut best = 0.0f64;
-        let mut rate = 2.5e8;
-        while rate <= 4e9 {
+        for rate in bulk_steps().take_while(|&r| r <= most) {
             let run = bulk_run(
-                &format!("bench-bulk-{send}-{}", rate as u64 / 1_000_000),
+                &format!("bench-bulk-{capture}-{send}-{}", rate as u64 / 1_000_000),
+                how,
                 rate,
                 secs,
-                extra,
             )?;
             let reached = run.online as f64 * 8.0 / secs;
             let ratio = run.target as f64 / run.online.max(1) as f64;
@@ -389,12 +484,12 @@ pub fn bench_section(quick: bool) -> Result<String> {
                 });
             let cpu = run.cpu_s / secs * 100.0;
             println!(
-                "bench: bulk --send {send} {:.0} Mbit/s: reached {:.0}, ratio {ratio:.4}, tcpcopy {cpu:.0}% of a CPU; {lost}",
+                "bench: bulk, {capture} capture, --send {send}, {:.0} Mbit/s: reached {:.0}, ratio {ratio:.4}, tcpcopy {cpu:.0}% of a CPU; {lost}",
                 rate / 1e6,
                 reached / 1e6
             );
             rows.push(format!(
-                "{send},{:.0},{:.0},{},{},{ratio:.6},{:.2},{:.3}",
+                "{capture},{send},{:.0},{:.0},{},{},{ratio:.6},{:.2},{:.3}",
                 rate / 1e6,
                 reached / 1e6,
                 run.online,
@@ -405,7 +500,7 @@ pub fn bench_section(quick: bool) -> Result<String> {
             writeln_table(
                 &mut table,
                 &format!(
-                    "| {send} | {:.0} | {:.0} | {} | {} | {ratio:.4} | {} | {cpu:.0}% | {lost} |",
+                    "| {capture} | {send} | {:.0} | {:.0} | {} | {} | {ratio:.4} | {} | {cpu:.0}% | {lost} |",
                     rate / 1e6,
                     reached / 1e6,
                     run.online,
@@ -424,16 +519,15 @@ pub fn bench_section(quick: bool) -> Result<String> {
             if reached < 0.9 * rate {
                 break; // the sender is the limit here
             }
-            rate *= 2.0;
         }
         best_line.push_str(&format!(
-            "Highest rate replayed exactly, `--send {send}`: **{:.0} Mbit/s** (goal: 2,500).\n\n",
+            "Highest rate replayed exactly, {capture} capture, `--send {send}`: **{:.0} Mbit/s** (goal: 2,500).\n\n",
             best / 1e6
         ));
     }
     crate::bench::csv(
         "bulk.csv",
-        "send,asked_mbit,reached_mbit,online_bytes,target_bytes,ratio,drain_s,tcpcopy_cpu_s",
+        "capture,send,asked_mbit,reached_mbit,online_bytes,target_bytes,ratio,drain_s,tcpcopy_cpu_s",
         &rows,
     )?;
     let mut large = String::new();
@@ -457,16 +551,18 @@ pub fn bench_section(quick: bool) -> Result<String> {
     crate::bench::csv("large.csv", "mode,value_bytes,online,target", &large_rows)?;
     Ok(format!(
         "One TCP stream (`bench send`, 64 KiB writes, {secs:.0} s per step) from the client to \
-         the online host, tap capture with 2 workers (the default 64 MiB ring each), replayed to \
-         `bench sink` on the target, sent by a raw socket (`--send raw`, the default) or by \
-         AF_PACKET with a stream's segments together as GSO packets (`--send packet -o onl1`); \
-         ratio = bytes the target's sink received / bytes the online one did; drain = how long \
+         the online host, replayed to `bench sink` on the target. Captured by tap on the online \
+         host (2 workers, the default 64 MiB ring each), by AF_PACKET there (`--capture packet`, \
+         a fanout group of 2 sockets), or by AF_XDP on the mirror box (`--capture xdp -i mir0`, \
+         2 queues, `--xsk-ring 32768`); sent by a raw socket (`--send raw`, the default) or by \
+         AF_PACKET with a stream's segments together as GSO packets (`--send packet`, out of \
+         `onl1` on the online host, `mir0` on the mirror); ratio = bytes the target's sink received / bytes the online one did; drain = how long \
          after the sender ended the replayed connection closed with every byte in; CPU = \
          tcpcopy's user + system time over the step's seconds. The steps double from 250 Mbit/s \
-         until one is not exact or the sender falls short of its rate (on 2 CPUs the sender \
-         shares them with everything else).\n\n\
-         | send | asked Mbit/s | reached Mbit/s | online bytes | target bytes | ratio | drain | tcpcopy CPU | tcpcopy's losses |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---|\n{table}\n\
+         to 2 Gbit/s, then grow by 500 Mbit/s, until one is not exact or the sender falls short \
+         of its rate (on 2 CPUs the sender shares them with everything else).\n\n\
+         | capture | send | asked Mbit/s | reached Mbit/s | online bytes | target bytes | ratio | drain | tcpcopy CPU | tcpcopy's losses |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---|\n{table}\n\
          {best_line}\
          Large values: `redis-benchmark -t set` with 64 KiB values (500, 10 clients) and 1 MiB \
          values (20, 2 clients), commands the online and target redis processed (the counts \
