@@ -288,11 +288,40 @@ fn session_open_before_start_is_replayed_from_its_next_request() -> Result<()> {
     Ok(())
 }
 
+/// AF_PACKET capture (two workers, a fanout group): wrk's load replayed
+/// exactly; and the host's other traffic (redis on the online host, not a
+/// `-x` port) never reaches tcpcopy: each socket's filter refuses it in
+/// the kernel, where before every frame was copied to user space and
+/// skipped there.
 fn packet_capture() -> Result<()> {
     let r = Replay::start("packet", replay::PACKET_HTTP)?;
     let (o, t) = drive(&wrk(10, 2, ""))?;
     exact("--capture packet, wrk -c10", o, t)?;
+    let before = replay::redis_commands(ONLINE, ONLINE_IP)?;
+    in_ns(
+        CLIENT,
+        &format!("redis-benchmark -h {ONLINE_IP} -c 4 -n 5000 -t set -q > /dev/null"),
+    )?;
+    let other = replay::redis_commands(ONLINE, ONLINE_IP)? - before;
+    std::thread::sleep(Duration::from_millis(600));
+    let m = replay::scrape(ONLINE, replay::TCPCOPY_METRICS)?;
+    let frames = |e: &str| {
+        m.get(&format!("tcpcopy_capture_packets_total{{event=\"{e}\"}}"))
+            .copied()
+            .unwrap_or(-1.0)
+    };
+    let (read, skipped) = (frames("read"), frames("skipped"));
+    println!(
+        "    other traffic meanwhile: {other} redis commands; tcpcopy read {read} frames, skipped {skipped}"
+    );
     r.stop()?;
+    ensure!(other >= 5000, "the redis load ran {other} commands");
+    // Each command is at least one segment to port 6379: unfiltered, every
+    // one would have been read and skipped.
+    ensure!(
+        (0.0..other as f64 / 10.0).contains(&skipped) && read >= o as f64,
+        "the kernel filter should keep port 6379 away: read {read}, skipped {skipped}"
+    );
     Ok(())
 }
 

@@ -3,14 +3,14 @@
 //! - [`TapRing`]: the tcpcopy-ebpf tap ring buffer of this worker (the XDP
 //!   program already chose the worker by flow hash);
 //! - [`PacketSocket`]: an AF_PACKET socket of this worker, filtered by `-x`
-//!   here (a fanout group's program, `fanout`, chose the worker by flow);
+//!   here (a fanout group's program, `cbpf`, chose the worker by flow);
 //! - [`XskSocket`]: the AF_XDP socket of one RX queue (mirror ports), read
 //!   by the worker that owns the queue, which owns the flows that arrive
 //!   there; [`dispatch::steer`] hands a flow that moved queues to its
 //!   owner.
 
+mod cbpf;
 pub mod dispatch;
-mod fanout;
 mod packet;
 mod tap;
 mod xsk;

@@ -1,8 +1,9 @@
 //! AF_PACKET capture without eBPF (the C tool's raw-socket capture): one
 //! SOCK_DGRAM socket per worker, read by that worker, up to [`SLOTS`]
 //! frames a `recvmmsg`; with more than one worker the sockets are a
-//! fanout group whose classic BPF program (`fanout`) gives each flow to
-//! one of them, so no thread hands segments on. Only frames
+//! fanout group whose classic BPF program (`cbpf`) gives each flow to
+//! one of them, so no thread hands segments on. Each socket's filter
+//! (`cbpf` too) takes only TCP segments of the `-x` ports. Only frames
 //! arriving at the host are taken (our own replayed packets leave as
 //! "outgoing" and are skipped), and only IP/TCP segments (either family)
 //! that match a `-x` source (with `--verdict`, the online server's answers too).
@@ -17,7 +18,7 @@ use std::{
     },
 };
 
-use super::{Capture, CaptureStats};
+use super::{cbpf, Capture, CaptureStats};
 use crate::session::Config;
 
 /// Frames one `recvmmsg` takes at most.
@@ -141,7 +142,7 @@ fn set_filter(fd: &OwnedFd, code: &[libc::sock_filter]) -> io::Result<()> {
                 size_of::<libc::sock_fprog>() as u32,
             )
         },
-        "SO_ATTACH_FILTER",
+        "filtering the AF_PACKET socket (SO_ATTACH_FILTER)",
     )
 }
 
@@ -189,7 +190,7 @@ fn join_group(fds: &[OwnedFd]) -> io::Result<()> {
         "reading the fanout group's id",
     )?;
     let id = group & 0xffff;
-    let code = super::fanout::program();
+    let code = cbpf::fanout_program();
     let prog = program_of(&code);
     // SAFETY: valid fd; `prog` names `code`, alive for the call.
     check(
@@ -217,40 +218,30 @@ fn join_group(fds: &[OwnedFd]) -> io::Result<()> {
 
 impl PacketSocket {
     /// One socket for each of `members` workers on `ifindex` (0 = every
-    /// interface). More than one form a `PACKET_FANOUT_CBPF` group whose
-    /// program (see `fanout`) gives each flow, both directions, to one
-    /// member. Each socket refuses every frame until the group is whole,
-    /// so no flow's first segments queue at a member that will not own
-    /// it.
+    /// interface), each filtered in the kernel to the `-x` ports (see
+    /// `cbpf`). More than one form a `PACKET_FANOUT_CBPF` group whose
+    /// program gives each flow, both directions, to one member. Each
+    /// socket refuses every frame until the group is whole, so no flow's
+    /// first segments queue at a member that will not own it.
     pub fn open_group(ifindex: u32, config: Arc<Config>, members: usize) -> io::Result<Vec<Self>> {
         let proto = protocol(&config);
         let grouped = members > 1;
+        let mut ports: Vec<u16> = config.transfers.iter().map(|t| t.src_port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        let filter = cbpf::port_filter(&ports, config.verdict.is_some());
         let mut fds = Vec::new();
         for _ in 0..members.max(1) {
             let fd = socket(proto)?;
-            if grouped {
-                set_filter(&fd, &[REFUSE_ALL]).map_err(|e| context(e, "refusing frames"))?;
-            }
+            let first = if grouped { &[REFUSE_ALL][..] } else { &filter };
+            set_filter(&fd, first)?;
             bind(&fd, ifindex, proto)?;
             fds.push(fd);
         }
         if grouped {
             join_group(&fds)?;
             for fd in &fds {
-                let none: libc::c_int = 0;
-                // SAFETY: valid fd and option value of the stated size.
-                check(
-                    unsafe {
-                        libc::setsockopt(
-                            fd.as_raw_fd(),
-                            libc::SOL_SOCKET,
-                            libc::SO_DETACH_FILTER,
-                            &none as *const _ as *const libc::c_void,
-                            size_of::<libc::c_int>() as u32,
-                        )
-                    },
-                    "taking frames (SO_DETACH_FILTER)",
-                )?;
+                set_filter(fd, &filter)?;
             }
         }
         Ok(fds

@@ -1,9 +1,17 @@
-//! The classic BPF program that picks, for each packet, which socket of a
-//! `PACKET_FANOUT_CBPF` group (one AF_PACKET socket per worker) gets it:
-//! a hash of the flow that is the same in both directions (the addresses
-//! XORed, IPv6 folded word by word; the two ports added), so a client's
-//! segments and, with `--verdict`, the online server's answers to it land
-//! at the same worker. The kernel takes the result modulo the group size.
+//! The classic BPF programs of AF_PACKET capture (no eBPF needed):
+//!
+//! - [`fanout_program`] picks, for each packet, which socket of a
+//!   `PACKET_FANOUT_CBPF` group (one AF_PACKET socket per worker) gets it:
+//!   a hash of the flow that is the same in both directions (the addresses
+//!   XORed, IPv6 folded word by word; the two ports added), so a client's
+//!   segments and, with `--verdict`, the online server's answers to it
+//!   land at the same worker. The kernel takes the result modulo the group
+//!   size.
+//! - [`port_filter`] is each socket's filter: only TCP segments to a `-x`
+//!   port (with `--verdict`, from one too) are queued to the socket at
+//!   all, so the host's other traffic costs the kernel one short program
+//!   per frame instead of a copy to tcpcopy. User space still checks each
+//!   frame exactly (addresses, direction).
 //!
 //! Why not `PACKET_FANOUT_HASH`: the kernel's fanout hash is skb->hash,
 //! which on veth (and anything forwarding a local socket's packets) is
@@ -13,8 +21,8 @@
 //!
 //! Loads are relative to the network header (`SKF_NET_OFF`): a received
 //! frame's data starts there, an outgoing one's (the online answers) at
-//! the link header. Anything that is not IPv4/IPv6 TCP, or is too short,
-//! gets 0 (worker 0, which skips it as the dispatcher did).
+//! the link header. For the fanout, anything that is not IPv4/IPv6 TCP,
+//! or is too short, gets 0 (worker 0, whose filter refuses it anyway).
 
 use libc::sock_filter;
 
@@ -22,6 +30,8 @@ use libc::sock_filter;
 const NET: u32 = libc::SKF_NET_OFF as u32;
 
 const LD_B_ABS: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
+const LD_H_IND: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_IND) as u16;
+const LDX_IMM: u16 = (libc::BPF_LDX | libc::BPF_W | libc::BPF_IMM) as u16;
 const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
 const LD_W_IND: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_IND) as u16;
 const LD_MEM: u16 = (libc::BPF_LD | libc::BPF_MEM) as u16;
@@ -55,8 +65,17 @@ const HASH_MIX: u32 = 0x85eb_ca6b;
 enum Label {
     Ipv6,
     Mix,
+    Ports,
+    Take,
     Refuse,
 }
+
+/// What a socket filter returns to take a frame: more than any frame's
+/// length, so none is cut.
+const TAKE_WHOLE: u32 = 0x0004_0000;
+/// `-x` ports the filter names one by one; with more it takes every TCP
+/// segment (a conditional jump reaches at most 255 instructions on).
+pub const MOST_FILTERED_PORTS: usize = 64;
 
 /// A tiny assembler: instructions, and the forward jumps to patch once
 /// every label is placed.
@@ -80,6 +99,11 @@ impl Asm {
     /// `if A == k` go on, else jump to `otherwise`.
     fn require(&mut self, k: u32, otherwise: Label) {
         self.jumps.push((self.code.len(), None, Some(otherwise)));
+        self.op(JEQ_K, k);
+    }
+    /// `if A == k` jump to `then`, else go on.
+    fn when(&mut self, k: u32, then: Label) {
+        self.jumps.push((self.code.len(), Some(then), None));
         self.op(JEQ_K, k);
     }
     fn jump(&mut self, to: Label) {
@@ -115,7 +139,7 @@ impl Asm {
 }
 
 /// The fanout program (see the module's comment).
-pub fn program() -> Vec<sock_filter> {
+pub fn fanout_program() -> Vec<sock_filter> {
     let mut a = Asm::default();
     a.op(LD_B_ABS, NET);
     a.op(alu_k(libc::BPF_RSH), 4);
@@ -171,7 +195,51 @@ pub fn program() -> Vec<sock_filter> {
     a.finish()
 }
 
-/// What [`program`] computes for IP packet `p`, in plain Rust: the
+/// The socket filter (see the module's comment): TCP segments whose
+/// destination port is one of `ports` (with `answers`, whose source port
+/// is one too), IPv4 or IPv6 (TCP right after the fixed header); every
+/// TCP segment when `ports` are more than [`MOST_FILTERED_PORTS`].
+pub fn port_filter(ports: &[u16], answers: bool) -> Vec<sock_filter> {
+    let mut a = Asm::default();
+    a.op(LD_B_ABS, NET);
+    a.op(alu_k(libc::BPF_RSH), 4);
+    a.require(4, Label::Ipv6);
+    a.op(LD_B_ABS, NET + 9);
+    a.require(6, Label::Refuse);
+    a.op(LD_B_ABS, NET);
+    a.op(alu_k(libc::BPF_AND), 0xf);
+    a.op(alu_k(libc::BPF_LSH), 2);
+    a.op(TAX, 0);
+    a.jump(Label::Ports);
+    a.place(Label::Ipv6);
+    a.require(6, Label::Refuse);
+    a.op(LD_B_ABS, NET + 6);
+    a.require(6, Label::Refuse);
+    a.op(LDX_IMM, 40);
+    // X: where the TCP header starts.
+    a.place(Label::Ports);
+    if ports.len() > MOST_FILTERED_PORTS {
+        a.jump(Label::Take);
+    } else {
+        a.op(LD_H_IND, NET + 2);
+        for &p in ports {
+            a.when(p as u32, Label::Take);
+        }
+        if answers {
+            a.op(LD_H_IND, NET);
+            for &p in ports {
+                a.when(p as u32, Label::Take);
+            }
+        }
+    }
+    a.place(Label::Refuse);
+    a.op(RET_K, 0);
+    a.place(Label::Take);
+    a.op(RET_K, TAKE_WHOLE);
+    a.finish()
+}
+
+/// What [`fanout_program`] computes for IP packet `p`, in plain Rust: the
 /// reference the tests hold the program to.
 #[cfg(test)]
 pub fn symmetric_flow_hash(p: &[u8]) -> u32 {
@@ -246,6 +314,11 @@ mod tests {
                     Some(v) => a = v,
                     None => return 0,
                 },
+                LD_H_IND => match load(i.k.wrapping_add(x), 2) {
+                    Some(v) => a = v,
+                    None => return 0,
+                },
+                LDX_IMM => x = i.k,
                 LD_MEM => a = m[i.k as usize],
                 LDX_MEM => x = m[i.k as usize],
                 ST => m[i.k as usize] = a,
@@ -288,7 +361,7 @@ mod tests {
 
     #[test]
     fn the_program_computes_the_reference_hash() {
-        let prog = program();
+        let prog = fanout_program();
         let client = [10, 0, 1, 10];
         let server = [10, 0, 1, 1];
         let mut v6_client = [0u8; 16];
@@ -310,7 +383,7 @@ mod tests {
 
     #[test]
     fn both_directions_of_a_flow_hash_alike() {
-        let prog = program();
+        let prog = fanout_program();
         let request = ipv4([192, 168, 7, 9], [10, 0, 1, 1], 51234, 80, 0);
         let answer = ipv4([10, 0, 1, 1], [192, 168, 7, 9], 80, 51234, 8);
         assert_eq!(run(&prog, &request), run(&prog, &answer));
@@ -323,7 +396,7 @@ mod tests {
 
     #[test]
     fn what_is_not_tcp_or_is_cut_short_goes_to_the_first_member() {
-        let prog = program();
+        let prog = fanout_program();
         let mut udp = ipv4([1, 2, 3, 4], [5, 6, 7, 8], 1000, 53, 0);
         udp[9] = 17;
         assert_eq!(run(&prog, &udp), 0);
@@ -337,7 +410,7 @@ mod tests {
 
     #[test]
     fn clients_spread_over_the_members() {
-        let prog = program();
+        let prog = fanout_program();
         for members in [2u32, 3, 16] {
             let mut per = vec![0u32; members as usize];
             for port in 32768..33768u16 {
@@ -354,16 +427,67 @@ mod tests {
 
     #[test]
     fn every_jump_lands_inside_the_program() {
-        let prog = program();
-        assert!(prog.len() < 4096, "BPF_MAXINSNS");
-        assert_eq!(prog.last().map(|i| i.code), Some(RET_K));
-        for (i, insn) in prog.iter().enumerate() {
-            let far = match insn.code {
-                JEQ_K => insn.jt.max(insn.jf) as usize,
-                JA => insn.k as usize,
-                _ => continue,
-            };
-            assert!(i + 1 + far < prog.len(), "instruction {i}");
+        let many: Vec<u16> = (1..=MOST_FILTERED_PORTS as u16).collect();
+        let too_many: Vec<u16> = (1..=MOST_FILTERED_PORTS as u16 + 1).collect();
+        for prog in [
+            fanout_program(),
+            port_filter(&[80], false),
+            port_filter(&many, true),
+            port_filter(&too_many, true),
+        ] {
+            assert!(prog.len() < 4096, "BPF_MAXINSNS");
+            assert_eq!(prog.last().map(|i| i.code), Some(RET_K));
+            for (i, insn) in prog.iter().enumerate() {
+                let far = match insn.code {
+                    JEQ_K => insn.jt.max(insn.jf) as usize,
+                    JA => insn.k as usize,
+                    _ => continue,
+                };
+                assert!(i + 1 + far < prog.len(), "instruction {i}");
+            }
         }
+    }
+
+    #[test]
+    fn the_filter_takes_segments_to_and_with_answers_from_the_ports() {
+        let client = [10, 0, 1, 10];
+        let server = [10, 0, 1, 1];
+        let requests_only = port_filter(&[80, 6379], false);
+        let with_answers = port_filter(&[80, 6379], true);
+        for options in [0, 12] {
+            let to_80 = ipv4(client, server, 40000, 80, options);
+            let to_6379 = ipv4(client, server, 40001, 6379, options);
+            let from_80 = ipv4(server, client, 80, 40000, options);
+            let elsewhere = ipv4(client, server, 40000, 22, options);
+            assert_eq!(run(&requests_only, &to_80), TAKE_WHOLE);
+            assert_eq!(run(&requests_only, &to_6379), TAKE_WHOLE);
+            assert_eq!(run(&requests_only, &from_80), 0, "an answer, unasked");
+            assert_eq!(run(&requests_only, &elsewhere), 0);
+            assert_eq!(run(&with_answers, &from_80), TAKE_WHOLE);
+            assert_eq!(run(&with_answers, &elsewhere), 0);
+        }
+        let (c6, s6) = ([0x20; 16], [0x30; 16]);
+        assert_eq!(run(&requests_only, &ipv6(c6, s6, 40000, 80)), TAKE_WHOLE);
+        assert_eq!(run(&requests_only, &ipv6(c6, s6, 40000, 443)), 0);
+        assert_eq!(run(&with_answers, &ipv6(s6, c6, 6379, 40000)), TAKE_WHOLE);
+        let mut udp = ipv4(client, server, 40000, 80, 0);
+        udp[9] = 17;
+        assert_eq!(run(&with_answers, &udp), 0, "not TCP");
+        let mut v6_udp = ipv6(c6, s6, 40000, 80);
+        v6_udp[6] = 17;
+        assert_eq!(run(&with_answers, &v6_udp), 0, "not TCP");
+        let cut = ipv4(client, server, 40000, 80, 0);
+        assert_eq!(run(&with_answers, &cut[..21]), 0, "cut short");
+    }
+
+    #[test]
+    fn with_more_ports_than_it_names_the_filter_takes_all_tcp() {
+        let ports: Vec<u16> = (1000..1000 + MOST_FILTERED_PORTS as u16 + 1).collect();
+        let prog = port_filter(&ports, false);
+        let p = ipv4([1, 2, 3, 4], [5, 6, 7, 8], 40000, 22, 0);
+        assert_eq!(run(&prog, &p), TAKE_WHOLE);
+        let mut udp = p.clone();
+        udp[9] = 17;
+        assert_eq!(run(&prog, &udp), 0);
     }
 }
