@@ -127,18 +127,7 @@ impl BulkReplay {
             "xdp",
             "packet",
             MIRROR,
-            &[
-                "--capture",
-                "xdp",
-                "-i",
-                "mir0",
-                "--xsk-ring",
-                "32768",
-                "--send",
-                "packet",
-                "-o",
-                "mir0",
-            ],
+            &[MIRROR_CAPTURE, &["--send", "packet", "-o", "mir0"]].concat(),
         )
     }
 }
@@ -180,6 +169,10 @@ pub(crate) struct BulkRun {
     pub cpu_s: f64,
     pub log: String,
 }
+
+/// AF_XDP capture on the mirror box's 2-queue port, with a ring deep enough
+/// for a bulk stream's bursts.
+const MIRROR_CAPTURE: &[&str] = &["--capture", "xdp", "-i", "mir0", "--xsk-ring", "32768"];
 
 /// `--send packet` toward the target: AF_PACKET out of the online host's
 /// port toward it, a stream's segments sent together as GSO packets.
@@ -398,16 +391,11 @@ fn redis_sets(size: u32, clients: u32, n: u32) -> Result<(u64, u64)> {
 fn capture_modes() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
     let mut packet = TAP.to_vec();
     packet.extend(["--capture", "packet"]);
-    let xdp = vec![
-        "-x",
-        "80-10.0.2.2:8080,6379-10.0.2.2:6379",
-        "--capture",
-        "xdp",
-        "-i",
-        "mir0",
-        "--xsk-ring",
-        "32768",
-    ];
+    let xdp = [
+        &["-x", "80-10.0.2.2:8080,6379-10.0.2.2:6379"],
+        MIRROR_CAPTURE,
+    ]
+    .concat();
     vec![
         ("tap", ONLINE, TAP.to_vec()),
         ("packet", ONLINE, packet),

@@ -128,6 +128,27 @@ impl Asm {
         }
         self.code
     }
+    /// IPv4 TCP goes on (the header's length in X); IPv6 jumps to
+    /// [`Label::Ipv6`]; anything else is refused.
+    fn ipv4_tcp(&mut self) {
+        self.op(LD_B_ABS, NET);
+        self.op(alu_k(libc::BPF_RSH), 4);
+        self.require(4, Label::Ipv6);
+        self.op(LD_B_ABS, NET + 9);
+        self.require(6, Label::Refuse);
+        self.op(LD_B_ABS, NET);
+        self.op(alu_k(libc::BPF_AND), 0xf);
+        self.op(alu_k(libc::BPF_LSH), 2);
+        self.op(TAX, 0);
+    }
+    /// At [`Label::Ipv6`] (A holds the version): IPv6 with TCP right after
+    /// the fixed header goes on; anything else is refused.
+    fn ipv6_tcp(&mut self) {
+        self.place(Label::Ipv6);
+        self.require(6, Label::Refuse);
+        self.op(LD_B_ABS, NET + 6);
+        self.require(6, Label::Refuse);
+    }
     /// `h ^= h >> shift`, h in A.
     fn fold(&mut self, shift: u32) {
         self.op(ST, HASH);
@@ -141,31 +162,19 @@ impl Asm {
 /// The fanout program (see the module's comment).
 pub fn fanout_program() -> Vec<sock_filter> {
     let mut a = Asm::default();
-    a.op(LD_B_ABS, NET);
-    a.op(alu_k(libc::BPF_RSH), 4);
-    a.require(4, Label::Ipv6);
-    // IPv4: TCP only; the addresses XORed; the ports after the header's
-    // own length.
-    a.op(LD_B_ABS, NET + 9);
-    a.require(6, Label::Refuse);
+    // IPv4: the ports after the header's own length; the addresses XORed.
+    a.ipv4_tcp();
+    a.op(LD_W_IND, NET);
+    a.op(ST, PORTS);
     a.op(LD_W_ABS, NET + 12);
-    a.op(ST, ADDRESSES);
+    a.op(TAX, 0);
     a.op(LD_W_ABS, NET + 16);
-    a.op(LDX_MEM, ADDRESSES);
     a.op(alu_x(libc::BPF_XOR), 0);
     a.op(ST, ADDRESSES);
-    a.op(LD_B_ABS, NET);
-    a.op(alu_k(libc::BPF_AND), 0xf);
-    a.op(alu_k(libc::BPF_LSH), 2);
-    a.op(TAX, 0);
-    a.op(LD_W_IND, NET);
+    a.op(LD_MEM, PORTS);
     a.jump(Label::Mix);
-    // IPv6 (A still holds the version): TCP right after the fixed header
-    // only; the eight address words XORed.
-    a.place(Label::Ipv6);
-    a.require(6, Label::Refuse);
-    a.op(LD_B_ABS, NET + 6);
-    a.require(6, Label::Refuse);
+    // IPv6: the eight address words XORed.
+    a.ipv6_tcp();
     a.op(LD_W_ABS, NET + 8);
     for word in 1..8 {
         a.op(TAX, 0);
@@ -201,20 +210,9 @@ pub fn fanout_program() -> Vec<sock_filter> {
 /// TCP segment when `ports` are more than [`MOST_FILTERED_PORTS`].
 pub fn port_filter(ports: &[u16], answers: bool) -> Vec<sock_filter> {
     let mut a = Asm::default();
-    a.op(LD_B_ABS, NET);
-    a.op(alu_k(libc::BPF_RSH), 4);
-    a.require(4, Label::Ipv6);
-    a.op(LD_B_ABS, NET + 9);
-    a.require(6, Label::Refuse);
-    a.op(LD_B_ABS, NET);
-    a.op(alu_k(libc::BPF_AND), 0xf);
-    a.op(alu_k(libc::BPF_LSH), 2);
-    a.op(TAX, 0);
+    a.ipv4_tcp();
     a.jump(Label::Ports);
-    a.place(Label::Ipv6);
-    a.require(6, Label::Refuse);
-    a.op(LD_B_ABS, NET + 6);
-    a.require(6, Label::Refuse);
+    a.ipv6_tcp();
     a.op(LDX_IMM, 40);
     // X: where the TCP header starts.
     a.place(Label::Ports);

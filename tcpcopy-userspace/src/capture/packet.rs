@@ -79,17 +79,15 @@ fn socket(proto: u16) -> io::Result<OwnedFd> {
     check(raw, "AF_PACKET socket (needs CAP_NET_RAW)")?;
     // SAFETY: raw is a fresh, valid fd.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let rcvbuf: libc::c_int = RECEIVE_BUFFER;
-    // SAFETY: valid fd and option value of the stated size.
-    unsafe {
-        libc::setsockopt(
-            raw,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            &rcvbuf as *const _ as *const libc::c_void,
-            size_of::<libc::c_int>() as u32,
-        );
-    }
+    // Without CAP_NET_ADMIN the kernel's default buffer stays; its drops
+    // are counted all the same.
+    let _ = set_option(
+        &fd,
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        &RECEIVE_BUFFER,
+        "SO_RCVBUFFORCE",
+    );
     Ok(fd)
 }
 
@@ -128,38 +126,44 @@ fn program_of(code: &[libc::sock_filter]) -> libc::sock_fprog {
     }
 }
 
-/// Attach `code` as `fd`'s socket filter.
-fn set_filter(fd: &OwnedFd, code: &[libc::sock_filter]) -> io::Result<()> {
-    let prog = program_of(code);
-    // SAFETY: valid fd; `prog` names `code`, alive for the call.
+/// `setsockopt(fd, level, option, value)`, an error naming `what`.
+/// `value` must be the plain-data type the option takes (a `sock_fprog`
+/// names code that outlives the call).
+fn set_option<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: &T,
+    what: &str,
+) -> io::Result<()> {
+    // SAFETY: valid fd; `value` is a live T of the stated size.
     check(
         unsafe {
             libc::setsockopt(
                 fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                &prog as *const _ as *const libc::c_void,
-                size_of::<libc::sock_fprog>() as u32,
+                level,
+                option,
+                value as *const T as *const libc::c_void,
+                size_of::<T>() as libc::socklen_t,
             )
         },
+        what,
+    )
+}
+
+/// Attach `code` as `fd`'s socket filter.
+fn set_filter(fd: &OwnedFd, code: &[libc::sock_filter]) -> io::Result<()> {
+    set_option(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_FILTER,
+        &program_of(code),
         "filtering the AF_PACKET socket (SO_ATTACH_FILTER)",
     )
 }
 
 fn set_int(fd: &OwnedFd, option: libc::c_int, value: u32, what: &str) -> io::Result<()> {
-    // SAFETY: valid fd and option value of the stated size.
-    check(
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                option,
-                &value as *const _ as *const libc::c_void,
-                size_of::<u32>() as u32,
-            )
-        },
-        what,
-    )
+    set_option(fd, libc::SOL_PACKET, option, &value, what)
 }
 
 /// Make `fds` one fanout group: the first asks the kernel for an id of
@@ -191,18 +195,11 @@ fn join_group(fds: &[OwnedFd]) -> io::Result<()> {
     )?;
     let id = group & 0xffff;
     let code = cbpf::fanout_program();
-    let prog = program_of(&code);
-    // SAFETY: valid fd; `prog` names `code`, alive for the call.
-    check(
-        unsafe {
-            libc::setsockopt(
-                first.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_FANOUT_DATA,
-                &prog as *const _ as *const libc::c_void,
-                size_of::<libc::sock_fprog>() as u32,
-            )
-        },
+    set_option(
+        first,
+        libc::SOL_PACKET,
+        libc::PACKET_FANOUT_DATA,
+        &program_of(&code),
         "setting the fanout program (PACKET_FANOUT_DATA)",
     )?;
     for fd in &fds[1..] {
