@@ -11,7 +11,8 @@
 //!                                    that route some clients' answers through it)
 //!  online 10.0.4.1 ─onl2──ast1─ assistant 10.0.4.3 (control channel, port 36524)
 //!  online 10.0.5.1 ─onl3──mir0─ mirror 10.0.5.2 (2 queues): client↔online frames mirrored by tc,
-//!                                    as a switch port would; mirror reaches target and assistant via online
+//!                                    as a switch port would (a 10,000-frame port buffer);
+//!                                    mirror reaches target and assistant via online
 //! ```
 //! target routes the client network (10.0.1.0/24) and the `-c` pool
 //! (10.9.9.0/24) to assistant, so the target's answers to replayed sessions
@@ -138,10 +139,12 @@ pub fn paced_backlog(held: std::time::Duration) -> u64 {
     PACED_PER_CONNECTION * held.as_millis() as u64 / 1000
 }
 
-/// A session's buffer: the engine's default `max_buffered_segments`
-/// (`tcpcopy-userspace/src/session/config.rs`; xtask does not link the
-/// engine).
-pub const SESSION_BUFFER_SEGMENTS: u64 = 32_768;
+/// The fewest segments a session buffers at the engine's default bound:
+/// full frames, 64 MiB over 1,448 bytes and 184 of bookkeeping each
+/// (`max_buffered_bytes`, `SEGMENT_BOOKKEEPING` in
+/// `tcpcopy-userspace/src/session/`; xtask does not link the engine).
+/// Smaller segments fit more.
+pub const SESSION_BUFFER_SEGMENTS: u64 = 41_000;
 
 pub fn run_dir() -> PathBuf {
     PathBuf::from(RUN_DIR)
@@ -263,6 +266,12 @@ fn build() -> Result<()> {
             &format!("tc filter add dev onl0 {dir} protocol all u32 match u32 0 0 action mirred egress mirror dev onl3"),
         )?;
     }
+    // A switch's mirror port has a buffer. A veth has none of its own: a
+    // frame finding mir0's ring (256 frames) full is dropped unless onl3
+    // has a qdisc, which the veth then holds the frame in (veth's
+    // backpressure, in Linux since 2025). Without one, a 2.5 Gbit/s stream lost a frame whenever
+    // mir0's poll ran 1.2 ms late, a hole no replay can fill.
+    in_ns(ONLINE, "tc qdisc add dev onl3 root pfifo limit 10000")?;
     wait_for_carrier()?;
     start_servers()
 }

@@ -182,11 +182,10 @@ pub struct Config {
     pub rto_ms: u64,
     /// Retransmissions of one segment before the session is given up.
     pub max_retransmits: u32,
-    /// Captured segments a session may hold; more ends it.
-    pub max_buffered_segments: usize,
-    /// Captured payload bytes a session may hold; more ends it (64 MiB,
-    /// or an eighth of `-m`): 32,768 segments are 47 MB of MTU frames but
-    /// 2 GiB of GRO'd ones.
+    /// What a session's unsent backlog may hold, its payload and each
+    /// segment's bookkeeping counted (`stream::SEGMENT_BOOKKEEPING`); more
+    /// ends it. 64 MiB, or an eighth of `-m`: about 41,000 MTU frames,
+    /// a thousand GRO'd 64 KiB ones, 340,000 of 10 bytes.
     pub max_buffered_bytes: u64,
     /// Sessions a worker may hold; new ones beyond are refused and counted.
     pub max_sessions: usize,
@@ -239,7 +238,6 @@ impl Default for Config {
             gap_timeout_ms: 10_000,
             rto_ms: 100,
             max_retransmits: 8,
-            max_buffered_segments: 32_768,
             max_buffered_bytes: 64 << 20,
             max_sessions: 2_000_000,
             send_routes: true,

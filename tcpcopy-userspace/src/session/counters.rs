@@ -157,6 +157,9 @@ counters! {
     lost_capture_gap: Segments [loss "capture_gap" "capture gap never filled"],
     /// Lost because the session's buffer cap was reached.
     lost_buffer_full: Segments [loss "session_buffer_full" "session buffer full"],
+    /// Lost because the session's buffer overflowed behind a hole the
+    /// capture left (the target had acknowledged everything before it).
+    lost_behind_hole: Segments [loss "behind_capture_hole" "buffer full behind a capture hole"],
     /// Lost because the target reset/closed and no reconnect was possible.
     lost_target_closed: Segments [loss "target_closed" "target closed or reset"],
     /// Unsent data after the client's RST was forwarded.

@@ -12,6 +12,10 @@ pub enum Loss {
     TimedOut,
     CaptureGap,
     BufferFull,
+    /// The buffer overflowed while held behind a hole the capture left,
+    /// everything before it acknowledged: the capture lost a frame (a
+    /// mirror port that overflowed, say), the target kept up.
+    BehindHole,
     TargetClosed,
     ClientReset,
     Shutdown,
@@ -31,6 +35,7 @@ impl Loss {
         matches!(
             self,
             Loss::BufferFull
+                | Loss::BehindHole
                 | Loss::MemoryLimit
                 | Loss::TargetRefused
                 | Loss::HandshakeTimeout
@@ -168,6 +173,7 @@ impl Counters {
             Loss::HandshakeTimeout => &mut self.lost_handshake_timeout,
             Loss::TimedOut => &mut self.lost_timed_out,
             Loss::CaptureGap => &mut self.lost_capture_gap,
+            Loss::BehindHole => &mut self.lost_behind_hole,
             Loss::BufferFull => &mut self.lost_buffer_full,
             Loss::TargetClosed => &mut self.lost_target_closed,
             Loss::ClientReset => &mut self.lost_client_reset,

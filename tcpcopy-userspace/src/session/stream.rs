@@ -47,8 +47,15 @@ pub struct Requeued {
     pub duplicates: u64,
 }
 
+/// What a held segment costs the heap beyond its payload: its map entry
+/// (a B-tree leaves about a third of its slots empty: half again) and the
+/// payload allocation's malloc header. A session's backlog is bounded in
+/// bytes with this counted, so tiny segments cannot hold many times the
+/// bound.
+pub const SEGMENT_BOOKKEEPING: u64 = (size_of::<(u64, ClientSegment)>() * 3 / 2 + 16) as u64;
+
 /// Captured segments not sent yet, by stream offset, with their payload
-/// bytes counted (a session's backlog is bounded in bytes too).
+/// bytes counted.
 #[derive(Debug, Default)]
 struct Pending {
     segs: BTreeMap<u64, ClientSegment>,
@@ -179,8 +186,19 @@ impl Stream {
         self.pending.len()
     }
     /// Payload bytes captured and not sent yet.
+    #[cfg(test)]
     pub fn pending_bytes(&self) -> u64 {
         self.pending.bytes
+    }
+    /// What the unsent backlog holds: its payload and each segment's
+    /// bookkeeping ([`SEGMENT_BOOKKEEPING`]).
+    pub fn backlog_bytes(&self) -> u64 {
+        self.pending.bytes + self.pending.len() as u64 * SEGMENT_BOOKKEEPING
+    }
+    /// The next byte to send has not been captured: the first buffered
+    /// segment lies beyond a hole.
+    pub fn hole_at_send_position(&self) -> bool {
+        self.first_pending().is_some_and(|(off, _)| off > self.nxt)
     }
     /// Segments sent and not answered yet (acknowledged or not).
     pub fn unanswered_len(&self) -> usize {

@@ -111,8 +111,9 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 /// holds any more (AF_XDP capture).
 const RELEASE_FLOWS_EVERY: Duration = Duration::from_secs(1);
 /// Offline: captured segments a worker may hold unsent, over all its
-/// sessions, before it stops reading the file. Below half a session's cap
-/// (`max_buffered_segments`), so no session overflows while it waits.
+/// sessions, before it stops reading the file. Below half of what a
+/// session holds of full frames (`max_buffered_bytes`, 64 MiB: about
+/// 41,000), so no session overflows while it waits.
 const BACKLOG_LIMIT: u64 = 16_384;
 
 impl Worker {

@@ -76,15 +76,26 @@ impl Session {
             Captured::Replaced => ctx.note(Event::Duplicate),
             Captured::Buffered => {}
         }
-        if self.stream.pending_len() > ctx.cfg.max_buffered_segments
-            || self.stream.pending_bytes() > ctx.cfg.max_buffered_bytes
-        {
-            self.obsolete(now, Loss::BufferFull, ctx);
+        if self.stream.backlog_bytes() > ctx.cfg.max_buffered_bytes {
+            let reason = self.overflow_reason();
+            self.obsolete(now, reason, ctx);
             return;
         }
         self.pump(now, ctx);
         if ctx.shed && self.stream.pending_len() > SHED_BACKLOG {
             self.obsolete(now, Loss::MemoryLimit, ctx);
+        }
+    }
+
+    /// Why the backlog overflowed. Held behind a hole, with everything
+    /// before it acknowledged, it is the capture's loss (a mirror port
+    /// that dropped a frame, say): the target kept up. Otherwise the
+    /// target did not take the stream as fast as the client sent it.
+    fn overflow_reason(&self) -> Loss {
+        if self.stream.hole_at_send_position() && !self.stream.outstanding() {
+            Loss::BehindHole
+        } else {
+            Loss::BufferFull
         }
     }
 
