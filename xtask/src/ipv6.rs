@@ -117,18 +117,7 @@ pub fn framed_senders_over_ipv6() -> Result<()> {
         args.extend_from_slice(send);
         let r = Replay::start_on("ipv6-send", host, &args)?;
         let keepalive = drive(&wrk6(4, 2, ""));
-        // On the mirror, short connections are paced (at most 1,000 a
-        // second on each of 4), as the IPv4 mirror tests' are: at 12,500
-        // a second client ports come back while their last replay still
-        // runs, and one fresh-clone run lost one request of 24,967 there
-        // with tcpcopy counting none lost (not explained yet).
-        let close = "-H 'Connection: close'";
-        let short = if host == MIRROR {
-            let paced = format!("-s {} {close}", lab::paced_script()?.display());
-            drive(&wrk6(4, 2, &paced))
-        } else {
-            drive(&wrk6(4, 2, close))
-        };
+        let short = drive(&wrk6(4, 2, "-H 'Connection: close'"));
         let log = r.stop()?;
         let fail = |e: anyhow::Error| anyhow::anyhow!("{e}\n{}", summary(&log));
         let (o, t) = keepalive?;

@@ -146,6 +146,23 @@ pub fn paced_backlog(held: std::time::Duration) -> u64 {
 /// Smaller segments fit more.
 pub const SESSION_BUFFER_SEGMENTS: u64 = 41_000;
 
+/// Frames the mirror port (online's onl3) has dropped: the veth's and
+/// its queue's. tcpcopy on the mirror box never sees them.
+pub fn mirror_port_drops() -> u64 {
+    let veth = stdout(&format!(
+        "ip netns exec {ONLINE} cat /sys/class/net/onl3/statistics/tx_dropped"
+    ));
+    let queue = stdout(&format!("ip netns exec {ONLINE} tc -s qdisc show dev onl3"));
+    let queue = queue
+        .split_once("dropped ")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next());
+    [Some(veth.trim()), queue]
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
+}
+
 pub fn run_dir() -> PathBuf {
     PathBuf::from(RUN_DIR)
 }

@@ -313,6 +313,9 @@ pub type Start = fn(&str) -> Result<Replay>;
 pub struct Replay {
     pub tcpcopy: Tool,
     pub intercept: Tool,
+    /// On the mirror box: the frames its port had dropped when the replay
+    /// started.
+    mirror_drops: Option<u64>,
 }
 
 /// tcpcopy arguments for the lab's nginx: XDP tap capture, two workers.
@@ -405,13 +408,28 @@ impl Replay {
     ) -> Result<Replay> {
         let intercept = start_intercept(tag)?;
         let tcpcopy = start_tcpcopy(tag, host, servers, tcpcopy_args)?;
-        Ok(Replay { tcpcopy, intercept })
+        let mirror_drops = (host == lab::MIRROR).then(lab::mirror_port_drops);
+        Ok(Replay {
+            tcpcopy,
+            intercept,
+            mirror_drops,
+        })
     }
 
-    /// Stop both (tcpcopy first) and return tcpcopy's log.
+    /// Stop both (tcpcopy first) and return tcpcopy's log. Frames the
+    /// mirror port dropped meanwhile are reported: tcpcopy never saw
+    /// them, so a request missing at the target is the lab's loss.
     pub fn stop(mut self) -> Result<String> {
         let log = self.tcpcopy.stop()?;
         self.intercept.stop()?;
+        if let Some(before) = self.mirror_drops {
+            let dropped = lab::mirror_port_drops().saturating_sub(before);
+            if dropped > 0 {
+                println!(
+                    "    the mirror port dropped {dropped} frames during this replay (before tcpcopy: not counted by it)"
+                );
+            }
+        }
         Ok(log)
     }
 }
