@@ -338,8 +338,6 @@ fn mirror_box_af_xdp() -> Result<()> {
 /// skip it (`--gap-skip`) and replay the rest. (Held, as the C tool does, a
 /// hole costs the rest of its connection: see the offline test.)
 fn mirror_outages_cost_only_the_requests_in_them() -> Result<()> {
-    // The client→online direction's mirror (the lab's clsact ingress).
-    const MIRROR: &str = "tc filter add dev onl0 ingress protocol all u32 match u32 0 0 action mirred egress mirror dev onl3";
     let r = Replay::start_mirror("mirror-outage")?;
     replay::reset_logs()?;
     let load = std::thread::spawn(|| in_ns(CLIENT, &format!("{} > /dev/null 2>&1", wrk(4, 2, ""))));
@@ -347,10 +345,9 @@ fn mirror_outages_cost_only_the_requests_in_them() -> Result<()> {
     for pause in [400, 500, 500] {
         std::thread::sleep(Duration::from_millis(pause));
         let cut_at = std::time::Instant::now();
-        let cut = in_ns(ONLINE, "tc filter del dev onl0 ingress");
-        let back = in_ns(ONLINE, MIRROR);
+        let cut = lab::cut_mirror(Duration::ZERO);
         outage += cut_at.elapsed();
-        cut.and(back)?;
+        cut?;
     }
     load.join()
         .map_err(|_| anyhow::anyhow!("the wrk thread panicked"))??;
@@ -1495,6 +1492,10 @@ const SCENARIOS: &[Scenario] = &[
     (
         "elephants: a stream the target cannot take is given up once",
         crate::elephants::a_stream_the_target_cannot_take_is_given_up_once,
+    ),
+    (
+        "elephants: a hole the mirror port left in a bulk stream is named as the capture's loss",
+        crate::elephants::a_hole_in_a_mirrored_stream_is_named_as_the_captures_loss,
     ),
     (
         "elephants: 64 KiB and 1 MiB redis values, 1 MiB POSTs, in every capture mode",

@@ -278,10 +278,7 @@ fn build() -> Result<()> {
     // directions; the verdict reads the answers).
     in_ns(ONLINE, "tc qdisc add dev onl0 clsact")?;
     for dir in ["ingress", "egress"] {
-        in_ns(
-            ONLINE,
-            &format!("tc filter add dev onl0 {dir} protocol all u32 match u32 0 0 action mirred egress mirror dev onl3"),
-        )?;
+        in_ns(ONLINE, &mirror_rule(dir))?;
     }
     // A switch's mirror port has a buffer. A veth has none of its own: a
     // frame finding mir0's ring (256 frames) full is dropped unless onl3
@@ -291,6 +288,23 @@ fn build() -> Result<()> {
     in_ns(ONLINE, "tc qdisc add dev onl3 root pfifo limit 10000")?;
     wait_for_carrier()?;
     start_servers()
+}
+
+/// The tc rule that copies online's frames to the mirror port: `ingress`
+/// the client's, `egress` online's answers. Tests that cut the mirror
+/// (`tc filter del dev onl0 ingress`) put it back with this.
+pub fn mirror_rule(dir: &str) -> String {
+    format!("tc filter add dev onl0 {dir} protocol all u32 match u32 0 0 action mirred egress mirror dev onl3")
+}
+
+/// Cut the mirror of the client's frames for `gap` (a switch's mirror port
+/// dropping them), then put it back; it is put back also if the cut
+/// failed.
+pub fn cut_mirror(gap: std::time::Duration) -> Result<()> {
+    let cut = in_ns(ONLINE, "tc filter del dev onl0 ingress");
+    std::thread::sleep(gap);
+    let back = in_ns(ONLINE, &mirror_rule("ingress"));
+    cut.and(back)
 }
 
 /// Every veth end of the lab, by namespace.
