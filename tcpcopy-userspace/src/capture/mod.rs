@@ -8,13 +8,18 @@
 //!   by the worker that owns the queue, which owns the flows that arrive
 //!   there; [`dispatch::steer`] hands a flow that moved queues to its
 //!   owner.
+//!
+//! [`NicDrops`] reads what the capture interfaces dropped before any of
+//! these saw it.
 
 mod cbpf;
 pub mod dispatch;
+mod nic;
 mod packet;
 mod tap;
 mod xsk;
 
+pub use nic::NicDrops;
 pub use packet::PacketSocket;
 pub use tap::TapRing;
 pub use xsk::{rx_queues, RxRing, XskSocket};

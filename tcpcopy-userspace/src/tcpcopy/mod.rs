@@ -35,7 +35,7 @@ use self::{
     worker::{Worker, WorkerParts},
 };
 use crate::{
-    capture::{dispatch, rx_queues, Capture, PacketSocket, RxRing, TapRing, XskSocket},
+    capture::{dispatch, rx_queues, Capture, NicDrops, PacketSocket, RxRing, TapRing, XskSocket},
     offline::{record, OfflineSource},
     process,
     send::{neighbour, PacketSender, RawSender, Sender, XskSender},
@@ -234,6 +234,9 @@ struct Sources {
     offline: Option<(OfflinePlan, Arc<crate::offline::Progress>)>,
     /// `--send xdp` on the capture interface: each worker's TX ring.
     shared_tx: Vec<Option<TxParts>>,
+    /// The capture interfaces' drop counters at start (live capture on
+    /// `-i` interfaces).
+    nic: NicDrops,
 }
 
 /// Run tcpcopy until SIGINT/SIGTERM/SIGHUP or a fatal worker error.
@@ -287,6 +290,7 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
     process::raise_stop(&stop);
     let failure = running.join();
     let mut totals = Totals::collect(&running.reports, sources.xdp.as_ref());
+    totals.nic_dropped = sources.nic.since_start();
     if let Some(d) = sources.dispatcher.take() {
         let end = d.join();
         totals.dispatch_queue_full = end.queue_full;
@@ -318,6 +322,7 @@ fn open_sources(plan: &Settings, stop: &Arc<std::sync::atomic::AtomicBool>) -> R
         dispatcher: None,
         offline: None,
         shared_tx: Vec::new(),
+        nic: NicDrops::default(),
     };
     let workers = plan.workers;
     match &plan.source {
@@ -390,6 +395,9 @@ fn open_sources(plan: &Settings, stop: &Arc<std::sync::atomic::AtomicBool>) -> R
             s.shared_tx = tx;
             s.xdp = Some(x);
         }
+    }
+    if matches!(plan.source, Source::Live(_)) {
+        s.nic = NicDrops::start(&plan.ifaces);
     }
     Ok(s)
 }
@@ -624,7 +632,7 @@ fn supervise(
             if let (Some(limit), false) = (plan.memory_limit, memory_warned) {
                 memory_warned = warn_over_memory_limit(limit);
             }
-            let totals = Totals::collect(&running.reports, sources.xdp.as_ref());
+            let totals = live_totals(running, sources);
             let line = totals.stats_line();
             match &watch {
                 Some(w) => w.log(&format!("{} | {}", w.position(), line)),
@@ -656,11 +664,13 @@ fn write_verdict_json(plan: &Settings, totals: &Totals) {
     }
 }
 
-/// The totals while running, with the dispatcher's drops.
+/// The totals while running, with the dispatcher's drops and the capture
+/// interfaces'.
 fn live_totals(running: &Running, sources: &Sources) -> Totals {
     let mut t = Totals::collect(&running.reports, sources.xdp.as_ref());
     let d = sources.dispatcher.as_ref();
     t.dispatch_queue_full = d.map_or(0, |d| d.queue_full());
+    t.nic_dropped = sources.nic.since_start();
     t
 }
 

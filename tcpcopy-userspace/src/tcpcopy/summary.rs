@@ -38,6 +38,9 @@ pub struct Totals {
     pub awaiting_target: u64,
     /// Packets the dispatcher dropped because a worker's queue was full.
     pub dispatch_queue_full: u64,
+    /// Frames the capture interfaces dropped before capture (their RX
+    /// ring or FIFO overflowed) since tcpcopy started.
+    pub nic_dropped: u64,
     /// Kernel counters of tcpcopy-ebpf (tap mode), by `tcpcopy_counter`.
     pub kernel: Option<Vec<u64>>,
     /// Replay workers.
@@ -205,6 +208,14 @@ impl Totals {
             Figure::derived(c.socket_dropped).loss("packet_socket_full", "AF_PACKET socket full"),
             Figure::derived(self.dispatch_queue_full + c.queue_full)
                 .loss("worker_queue_full", "worker queue full"),
+            // Before capture: not segments of ours, so not among the losses.
+            Figure::counter(
+                "tcpcopy_nic_dropped_frames",
+                "Frames the capture interfaces dropped before capture since tcpcopy started \
+                 (rx_missed, rx_fifo and rx_over errors): tcpcopy never saw them.",
+                self.nic_dropped,
+            )
+            .summary("nic_dropped_before_capture"),
         ]
     }
 
@@ -293,6 +304,13 @@ impl Totals {
         let mut out = String::from("tcpcopy summary\n");
         out.push_str(&report.summary_lines());
         out.push_str(&in_words(&self.engine, &report));
+        if self.nic_dropped > 0 {
+            out.push_str(&format!(
+                "The capture interfaces dropped {} frames before tcpcopy saw them (their receive \
+                 rings overflowed): whatever they carried is missing above, uncounted.\n",
+                self.nic_dropped
+            ));
+        }
         out
     }
 
@@ -552,6 +570,30 @@ mod tests {
             ),
             "{summary}"
         );
+    }
+
+    /// Frames the NIC dropped are said apart from the losses: a counter,
+    /// a metric, and a sentence after the answer, only when there were any.
+    #[test]
+    fn frames_the_nic_dropped_are_reported_apart_from_the_losses() {
+        let quiet = totals().summary();
+        assert!(!quiet.contains("nic_dropped"), "{quiet}");
+        assert!(!quiet.contains("capture interfaces"), "{quiet}");
+        let mut t = totals();
+        t.nic_dropped = 12;
+        let summary = t.summary();
+        assert!(summary.contains("  nic_dropped_before_capture "), "{summary}");
+        assert!(
+            summary.contains("; 10 lost: ")
+                && summary.ends_with(
+                    "The capture interfaces dropped 12 frames before tcpcopy saw them (their \
+                     receive rings overflowed): whatever they carried is missing above, \
+                     uncounted.\n"
+                ),
+            "not among the losses, said after them: {summary}"
+        );
+        let text = t.exposition().render();
+        assert!(text.contains("tcpcopy_nic_dropped_frames_total 12"), "{text}");
     }
 
     #[test]
