@@ -290,7 +290,7 @@ pub fn run(opts: TcpcopyOptions) -> Result<()> {
     process::raise_stop(&stop);
     let failure = running.join();
     let mut totals = Totals::collect(&running.reports, sources.xdp.as_ref());
-    totals.nic_dropped = sources.nic.since_start();
+    totals.nic_dropped = sources.nic.read_now();
     if let Some(d) = sources.dispatcher.take() {
         let end = d.join();
         totals.dispatch_queue_full = end.queue_full;

@@ -582,7 +582,10 @@ mod tests {
         let mut t = totals();
         t.nic_dropped = 12;
         let summary = t.summary();
-        assert!(summary.contains("  nic_dropped_before_capture "), "{summary}");
+        assert!(
+            summary.contains("  nic_dropped_before_capture "),
+            "{summary}"
+        );
         assert!(
             summary.contains("; 10 lost: ")
                 && summary.ends_with(
@@ -593,7 +596,10 @@ mod tests {
             "not among the losses, said after them: {summary}"
         );
         let text = t.exposition().render();
-        assert!(text.contains("tcpcopy_nic_dropped_frames_total 12"), "{text}");
+        assert!(
+            text.contains("tcpcopy_nic_dropped_frames_total 12"),
+            "{text}"
+        );
     }
 
     #[test]
