@@ -61,8 +61,8 @@ impl NicDrops {
     }
 
     /// Frames the interfaces dropped since start, read now, all of them
-    /// together (a counter that went back, a driver reset, counts from
-    /// where it went).
+    /// together (a counter that went back, a driver reset, counts none
+    /// until it passes where it stood at start).
     pub fn read_now(&self) -> u64 {
         let n = self
             .ifaces
