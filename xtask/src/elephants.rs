@@ -294,10 +294,10 @@ pub fn one_bulk_stream_exact_in_packet_and_xdp_capture() -> Result<()> {
 /// A stream the target cannot take: the target's sink is stopped before a
 /// 4 s stream at 500 Mbit/s starts (about 170,000 segments), so its
 /// receive window closes and the session's buffer (64 MiB, about 41,000
-/// full frames) overflows by construction. The replay is given up once and counted
-/// ("session buffer full"), the rest of the flow is counted under the same
-/// reason, and the target sees that one connection: no SYN is fabricated
-/// for the segments that follow (before: thousands).
+/// full frames) overflows by construction. The replay is given up once
+/// and counted ("session buffer full"), the rest of the flow is counted
+/// under the same reason, and the target sees that one connection: no SYN
+/// is fabricated for the segments that follow (before: thousands).
 pub fn a_stream_the_target_cannot_take_is_given_up_once() -> Result<()> {
     let online = Sink::start(ONLINE, "online-2")?;
     let target = Sink::start(TARGET, "target-2")?;

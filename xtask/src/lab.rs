@@ -283,8 +283,9 @@ fn build() -> Result<()> {
     // A switch's mirror port has a buffer. A veth has none of its own: a
     // frame finding mir0's ring (256 frames) full is dropped unless onl3
     // has a qdisc, which the veth then holds the frame in (veth's
-    // backpressure, in Linux since 2025). Without one, a 2.5 Gbit/s stream lost a frame whenever
-    // mir0's poll ran 1.2 ms late, a hole no replay can fill.
+    // backpressure, in Linux since 2025). Without one, a 2.5 Gbit/s
+    // stream lost a frame whenever mir0's poll ran 1.2 ms late, a hole no
+    // replay can fill.
     in_ns(ONLINE, "tc qdisc add dev onl3 root pfifo limit 10000")?;
     wait_for_carrier()?;
     start_servers()

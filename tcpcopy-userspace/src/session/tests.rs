@@ -1206,6 +1206,10 @@ fn session_buffer_is_bounded_in_bytes() {
         let data = vec![b'x'; payload as usize];
         let mut captured = 0u64;
         while l.e.counters().obsolete == 0 {
+            assert!(
+                captured < 100_000,
+                "{payload}-byte segments: never given up"
+            );
             l.capture(P, ISN + 1 + captured as u32 * payload, 777, 0x18, &data);
             captured += 1;
         }
