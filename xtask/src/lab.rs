@@ -25,7 +25,7 @@
 //! after a crash or a half-finished `up`.
 
 use crate::util::{sh, sh_quiet, stdout};
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use clap::Subcommand;
 use std::path::PathBuf;
 
@@ -457,23 +457,33 @@ pub fn stop_target_nginx() -> Result<()> {
     )
 }
 
-/// Start the target's nginx again after [`stop_target_nginx`].
+/// Start the target's nginx again after [`stop_target_nginx`], and wait
+/// until it runs (its pid file is written once it listens).
 pub fn start_target_nginx() -> Result<()> {
     let conf = run_dir().join("target-nginx.conf");
-    // The old master may still be exiting: wait for its pid file to go.
-    for _ in 0..50 {
-        if !run_dir().join("target-nginx.pid").exists() {
-            break;
+    let pid_file = run_dir().join("target-nginx.pid");
+    let wait_for = |present: bool, what: &str| -> Result<()> {
+        let start = std::time::Instant::now();
+        while pid_file.exists() != present {
+            ensure!(
+                start.elapsed() < std::time::Duration::from_secs(5),
+                "the target's nginx: {what} after 5 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        Ok(())
+    };
+    // The old master may still be exiting: its pid file goes last but one
+    // (before its listening socket closes: the new one's bind retries).
+    wait_for(false, "the old master still runs")?;
     in_ns(
         TARGET,
         &format!(
             "nginx -e {RUN_DIR}/target-nginx-error.log -c {}",
             conf.display()
         ),
-    )
+    )?;
+    wait_for(true, "no pid file")
 }
 
 /// The namespaces this lab made and has not removed yet.

@@ -54,6 +54,14 @@ impl CloseState {
         }
     }
 
+    /// Has the target sent exactly as much response as the client had
+    /// received when it acknowledged `ack`?
+    pub fn answered_exactly(&self, ack: u32, rcv_nxt: SeqNumber) -> bool {
+        self.anchor.is_some_and(|a| {
+            rcv_nxt.since(a.target_rcv_nxt) == SeqNumber(ack).since(a.captured_ack)
+        })
+    }
+
     /// Has the target sent more response than the client had received
     /// when it acknowledged `ack` (its answer to what followed has begun)?
     pub fn answer_began(&self, ack: u32, rcv_nxt: SeqNumber) -> bool {

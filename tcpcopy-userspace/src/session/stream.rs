@@ -102,6 +102,10 @@ pub struct Stream {
     /// First byte not known to be answered (everything before it was, or
     /// was let go past [`UNANSWERED_MAX_BYTES`]).
     answered: u64,
+    /// What the target had acknowledged when its latest response data
+    /// came: the most its silence after that can say it answered (what it
+    /// acknowledged later, without a word, a stalled server holds unread).
+    acked_at_last_answer: u64,
     /// Where the last rewind to the first unanswered byte went, and how
     /// often it went there: a target that keeps closing before answering
     /// anything past it gets [`MAX_REWINDS`] and no more (a request that
@@ -130,6 +134,7 @@ impl Stream {
             unacked: VecDeque::new(),
             unanswered: VecDeque::new(),
             unanswered_bytes: 0,
+            acked_at_last_answer: 0,
             answered: 0,
             rewound: None,
             una: 0,
@@ -334,9 +339,22 @@ impl Stream {
     }
 
     /// Everything the target acknowledged is answered (its answer to the
-    /// one request out came, or it fell quiet after answering).
+    /// last request sent has begun).
     pub fn answered_up_to_una(&mut self) {
         self.let_go_unanswered(self.una.min(self.nxt));
+    }
+
+    /// New response data came: the target held what it had acknowledged.
+    pub fn answer_heard(&mut self) {
+        self.acked_at_last_answer = self.una;
+    }
+
+    /// The target fell quiet after its latest response data: it answered
+    /// what it held then, whatever the sizes of its answers. Not what it
+    /// acknowledged after (a server that stalls, then dies, never read
+    /// it).
+    pub fn answered_by_silence(&mut self) {
+        self.let_go_unanswered(self.acked_at_last_answer.min(self.una).min(self.nxt));
     }
 
     /// The captured ack of the last segment sent and not answered.
@@ -369,6 +387,14 @@ impl Stream {
         if let Some(off) = upto {
             self.let_go_unanswered(off.min(self.una));
         }
+    }
+
+    /// The captured acks of the segments sent and not answered, in order.
+    pub fn unanswered_acks(&self) -> impl Iterator<Item = u32> + '_ {
+        self.unanswered
+            .iter()
+            .chain(self.unacked.iter())
+            .map(|f| f.seg.ack)
     }
 
     /// Everything before `off` is answered, or will not be sent again.
@@ -411,6 +437,7 @@ impl Stream {
         }
         self.unanswered_bytes = 0;
         self.nxt = self.una;
+        self.acked_at_last_answer = self.una;
         r
     }
 }

@@ -951,6 +951,71 @@ fn target_reset_reconnects_from_the_first_unanswered_byte() {
     l.check_invariants();
 }
 
+/// A target that stalls (acknowledges a request, leaves it unread and
+/// says nothing) and then dies has not answered it: its silence follows no
+/// answer to it, so the request goes again on the next connection. Found
+/// by restarting nginx under load: its worker stalled 0.2-0.7 s before it
+/// went, and the requests it took meanwhile were lost, uncounted.
+fn a_target_that_stalls_then_dies_gets_the_stalled_request_again() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    l.capture(P, ISN + 1, 777, 0x18, b"req1");
+    l.capture(P, ISN + 5, 787, 0x18, b"req2");
+    // req1's answer releases req2 (a LAN client's next request follows
+    // the first response segment).
+    let out = l.respond(key, TISN + 1, ISN + 5, 0x18, 10, None);
+    assert!(out.iter().any(|o| o.payload == b"req2"), "{out:?}");
+    // req2 acknowledged by a bare ACK, then a second of silence.
+    l.respond(key, TISN + 11, ISN + 9, 0x10, 0, None);
+    l.advance(1_000);
+    l.respond(key, TISN + 11, ISN + 9, 0x14, 0, None);
+    let out = l.advance(5);
+    let syn = out.iter().find(|o| o.flags == 0x02).expect("a new SYN");
+    assert_eq!(
+        syn.seq,
+        ISN + 4,
+        "seq(req2) - 1: req1 was answered, req2 not"
+    );
+    let out = l.respond(key, TISN + 9000, ISN + 5, 0x12, 0, None);
+    assert!(out.iter().any(|o| o.payload == b"req2"), "{out:?}");
+    // Answered on the new connection (a shorter answer than online's),
+    // then silent, then reset: answered, not sent a third time.
+    l.respond(key, TISN + 9001, ISN + 9, 0x18, 3, None);
+    l.advance(1_000);
+    l.respond(key, TISN + 9004, ISN + 9, 0x14, 0, None);
+    let out = l.advance(5);
+    assert!(out.iter().all(|o| o.flags != 0x02), "no third SYN: {out:?}");
+    assert_eq!(l.sent.iter().filter(|o| o.payload == b"req2").count(), 2);
+    assert_eq!(l.sent.iter().filter(|o| o.payload == b"req1").count(), 1);
+    l.check_invariants();
+}
+
+/// The same with the stalled request acknowledged by the last of the
+/// answer data (written before the stall, sent after): the answers so far
+/// end exactly where online's did, at req3's, so their sizes agree and
+/// req3 is unanswered; the silence does not say otherwise.
+fn a_stalled_request_acknowledged_with_answer_data_goes_again() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    for (i, req) in [&b"req1"[..], b"req2", b"req3"].iter().enumerate() {
+        l.capture(P, ISN + 1 + 4 * i as u32, 777 + 10 * i as u32, 0x18, req);
+    }
+    let out = l.respond(key, TISN + 1, ISN + 5, 0x18, 10, None);
+    assert!(out.iter().any(|o| o.payload == b"req2"), "{out:?}");
+    let out = l.respond(key, TISN + 11, ISN + 9, 0x18, 5, None);
+    assert!(out.iter().any(|o| o.payload == b"req3"), "{out:?}");
+    // The rest of req2's answer carries the ack of req3; then silence.
+    l.respond(key, TISN + 16, ISN + 13, 0x18, 5, None);
+    l.advance(1_000);
+    l.respond(key, TISN + 21, ISN + 13, 0x14, 0, None);
+    let out = l.advance(5);
+    let syn = out.iter().find(|o| o.flags == 0x02).expect("a new SYN");
+    assert_eq!(syn.seq, ISN + 8, "seq(req3) - 1");
+    let out = l.respond(key, TISN + 9000, ISN + 9, 0x12, 0, None);
+    assert!(out.iter().any(|o| o.payload == b"req3"), "{out:?}");
+    l.check_invariants();
+}
+
 /// A target that resets the connection every time it gets a request gets
 /// it again twice (a restarting server may close once more from its old
 /// process), not over and over.
@@ -2357,6 +2422,8 @@ both_families!(
     target_closing_first_gets_ack_then_rst,
     target_reset_reconnects_from_the_first_unanswered_byte,
     a_request_the_target_resets_on_goes_again_only_twice,
+    a_target_that_stalls_then_dies_gets_the_stalled_request_again,
+    a_stalled_request_acknowledged_with_answer_data_goes_again,
     refused_and_unanswered_handshakes,
     idle_sessions_time_out_after_keepalive,
     duplicate_captures_reach_the_target_once,

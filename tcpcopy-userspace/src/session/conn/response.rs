@@ -205,7 +205,9 @@ impl Session {
     /// the next request.
     fn on_response_data(&mut self, now: u64, h: &ResponseHeader, ctx: &mut Ctx) {
         ctx.note(Event::ResponsePayload);
-        if !self.peer.receive(SeqNumber(h.seq).plus(h.payload_len)) {
+        if self.peer.receive(SeqNumber(h.seq).plus(h.payload_len)) {
+            self.stream.answer_heard();
+        } else {
             // The target retransmitted: our ACK was lost; ack again now.
             self.send_ack(ctx);
         }

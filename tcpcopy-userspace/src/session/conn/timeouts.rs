@@ -124,16 +124,28 @@ impl Session {
     }
 
     /// The target has been silent since `GAP_QUIET_MS` after its last
-    /// response data: it has answered all it acknowledged, whatever the
-    /// sizes of its answers (a shorter silence may be a server stopping,
-    /// its requests unanswered).
+    /// response data, its answers not the sizes of online's: it has
+    /// answered all it had acknowledged by then (a shorter silence may be
+    /// a server stopping, its requests unanswered).
     fn on_answer_quiet(&mut self, now: u64) {
         let quiet_at = self.peer.last_response + GAP_QUIET_MS;
         if now < quiet_at {
             self.timers.set(Timer::AnswerQuiet, quiet_at);
             return;
         }
-        self.stream.answered_up_to_una();
+        // Answers that end exactly where online's did before a request
+        // sent say that the sizes agree: that request and those after it
+        // are unanswered (a server that stalled with them unread), not
+        // answered in fewer bytes.
+        let (close, rcv_nxt) = (&self.close, self.peer.rcv_nxt);
+        if self
+            .stream
+            .unanswered_acks()
+            .any(|ack| close.answered_exactly(ack, rcv_nxt))
+        {
+            return;
+        }
+        self.stream.answered_by_silence();
     }
 
     /// The target said nothing within the response wait.
