@@ -1478,11 +1478,11 @@ const SCENARIOS: &[Scenario] = &[
         crate::elephants::one_bulk_stream_exact,
     ),
     (
-        "elephants: one bulk stream at 2.5 Gbit/s sent as GSO packets (--send packet), byte for byte",
+        "elephants: one bulk stream at 1 Gbit/s sent as GSO packets (--send packet), byte for byte",
         crate::elephants::one_bulk_stream_sent_as_gso_exact,
     ),
     (
-        "elephants: one bulk stream at 2.5 Gbit/s in AF_PACKET and AF_XDP capture, sent as GSO, exact",
+        "elephants: one bulk stream at 1 Gbit/s in AF_PACKET and AF_XDP capture, sent as GSO, exact",
         crate::elephants::one_bulk_stream_exact_in_packet_and_xdp_capture,
     ),
     (
