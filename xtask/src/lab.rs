@@ -473,8 +473,9 @@ pub fn start_target_nginx() -> Result<()> {
         }
         Ok(())
     };
-    // The old master may still be exiting: its pid file goes last but one
-    // (before its listening socket closes: the new one's bind retries).
+    // The old master may still be exiting: wait for its pid file to go
+    // (it deletes it just before it closes its listening socket; the new
+    // master's bind retries meanwhile).
     wait_for(false, "the old master still runs")?;
     in_ns(
         TARGET,
