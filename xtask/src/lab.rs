@@ -445,6 +445,22 @@ pub fn restart_target_nginx_after(down: std::time::Duration) -> Result<()> {
     start_target_nginx()
 }
 
+/// Restart the target's nginx as a service manager does (`-s quit`: it
+/// finishes the requests it has begun and closes each connection after
+/// its current answer), down for 300 ms before it starts again.
+pub fn restart_target_nginx_gracefully() -> Result<()> {
+    let conf = run_dir().join("target-nginx.conf");
+    in_ns(
+        TARGET,
+        &format!(
+            "nginx -e {RUN_DIR}/target-nginx-error.log -c {} -s quit",
+            conf.display()
+        ),
+    )?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    start_target_nginx()
+}
+
 /// Stop the target's nginx (its port then refuses connections).
 pub fn stop_target_nginx() -> Result<()> {
     let conf = run_dir().join("target-nginx.conf");
