@@ -952,10 +952,11 @@ fn intercept_lost_without_lonely() -> Result<()> {
 /// and short connections: nothing is lost. (With `-s stop` nginx may be
 /// cut off part way through an answer, the request never logged, which
 /// counts as answered: a rare loss the README names; this test failed on
-/// it in 2 of 9 fresh-clone CI runs.) Requests the target had acknowledged and not answered
-/// when it went (read into its socket, reset at the stop) go again on the
-/// next connection, from the first unanswered byte; connections refused
-/// while it is down are asked again (`--retry-refused`).
+/// it in 2 of 9 fresh-clone CI runs.) Requests the target had
+/// acknowledged and not answered when it went (read into its socket,
+/// reset at the stop) go again on the next connection, from the first
+/// unanswered byte; connections refused while it is down are asked again
+/// (`--retry-refused`).
 fn target_restart_mid_replay() -> Result<()> {
     for (what, extra) in [
         ("keep-alive", ""),
