@@ -131,13 +131,41 @@ struct Entry {
     let_go: bool,
 }
 
+/// The sessions replaying an origin's connections.
+#[derive(Clone, Copy)]
+struct OriginSessions {
+    /// The latest connection's.
+    current: SessionKey,
+    /// The previous connection's, if the latest one's SYN detached it
+    /// while it still ran: its segments captured after that SYN (from
+    /// another RX queue) go there.
+    previous: Option<SessionKey>,
+}
+
+/// What became of a segment offered to its origin's session.
+enum Offer {
+    /// The session took it (or counted it).
+    Taken,
+    /// It opens a new connection's session.
+    Opens(Opening),
+}
+
+/// A segment that opens a new session, and what goes with it.
+struct Opening {
+    seg: ClientSegment,
+    /// The new connection's segments captured before its SYN.
+    early: Vec<ClientSegment>,
+    /// The previous connection's session on the origin, left running.
+    displaced: Option<SessionKey>,
+}
+
 pub struct Engine {
     cfg: Arc<Config>,
     sessions: HashMap<SessionKey, Entry>,
     /// Sessions whose target connection carries pipelined requests: the
     /// only ones [`Engine::awaiting_target`] needs to look at.
     pipelined: HashSet<SessionKey>,
-    origins: HashMap<OriginKey, SessionKey>,
+    origins: HashMap<OriginKey, OriginSessions>,
     pool_cache: HashMap<IpAddr, IpAddr>,
     deadlines: Deadlines,
     packets: Outbox,
@@ -175,18 +203,25 @@ impl Engine {
     }
 
     /// Whether a session replays the captured flow from `client`:`port`
-    /// (any copy of it, lingering ones aside): while one does, the flow
-    /// stays this worker's.
+    /// (any copy of it, the current connection's or the previous one's,
+    /// lingering ones aside): while one does, the flow stays this
+    /// worker's.
     pub fn holds_flow(&self, client: IpAddr, port: u16) -> bool {
         let client = match self.cfg.localhost_replacement(client) {
             Some(h) if !self.cfg.target_is_localhost() => h,
             _ => client,
         };
         (0..self.cfg.copies()).any(|copy| {
-            self.origins
-                .get(&OriginKey { client, port, copy })
-                .and_then(|k| self.sessions.get(k))
-                .is_some_and(|e| !e.let_go)
+            let origin = OriginKey { client, port, copy };
+            let Some(o) = self.origins.get(&origin) else {
+                return false;
+            };
+            let running = |key: &SessionKey| {
+                self.sessions
+                    .get(key)
+                    .is_some_and(|e| e.origin == origin && !e.let_go)
+            };
+            running(&o.current) || o.previous.is_some_and(|p| running(&p))
         })
     }
 
@@ -448,7 +483,7 @@ impl Engine {
                 port: seg.dst_port,
                 copy,
             };
-            let Some(&key) = self.origins.get(&origin) else {
+            let Some(key) = self.origins.get(&origin).map(|o| o.current) else {
                 continue;
             };
             let (mut ctx, sessions) = self.ctx();
@@ -514,7 +549,11 @@ impl Engine {
             copy: 0,
         };
         let syn = seg.flags.syn();
-        match self.origins.get(&origin).and_then(|k| self.sessions.get(k)) {
+        match self
+            .origins
+            .get(&origin)
+            .and_then(|o| self.sessions.get(&o.current))
+        {
             Some(e) => {
                 let s = &e.session;
                 syn && s.captured_isn() != seg.seq.0 && !s.is_late_syn(seg.seq.0)
@@ -616,27 +655,79 @@ impl Engine {
         target: Target,
         seg: ClientSegment,
     ) {
-        let mut early = Vec::new();
-        let mut seg = seg;
-        if let Some(&key) = self.origins.get(&origin) {
-            match self.offer_to_session(now, origin, key, seg) {
-                Some(rest) => (seg, early) = rest,
-                None => return,
+        let Some(&sessions) = self.origins.get(&origin) else {
+            let opening = Opening {
+                seg,
+                early: Vec::new(),
+                displaced: None,
+            };
+            self.open_session(now, origin, client_ip, target, opening);
+            return;
+        };
+        if let Some(previous) = sessions.previous {
+            if self.continues_previous(origin, sessions.current, previous, &seg) {
+                self.offer_to_previous(now, previous, seg);
+                return;
             }
         }
-        self.open_session(now, origin, client_ip, target, seg, early);
+        if let Offer::Opens(opening) = self.offer_to_session(now, origin, sessions.current, seg) {
+            self.open_session(now, origin, client_ip, target, opening);
+        }
     }
 
-    /// A segment of a connection that has a session (`key`). None if the
-    /// session took it; else the segment opens a new session, with the
-    /// segments of its connection captured before it.
+    /// Does `seg` belong to the origin's previous connection rather than
+    /// its current one? It does if it continues the previous one's
+    /// captured stream and lies nearer that stream's end than the current
+    /// one's (a SYN never does).
+    fn continues_previous(
+        &self,
+        origin: OriginKey,
+        current: SessionKey,
+        previous: SessionKey,
+        seg: &ClientSegment,
+    ) -> bool {
+        if seg.has(TcpFlags::SYN) {
+            return false;
+        }
+        let distance = |key: &SessionKey| {
+            self.sessions
+                .get(key)
+                .filter(|e| e.origin == origin)
+                .and_then(|e| e.session.distance_from_capture(seg.seq))
+        };
+        match (distance(&previous), distance(&current)) {
+            (Some(p), Some(c)) => p < c,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// A late segment of a previous connection whose session was detached
+    /// by the next connection's SYN.
+    fn offer_to_previous(&mut self, now: u64, key: SessionKey, seg: ClientSegment) {
+        let (mut ctx, sessions) = self.ctx();
+        let Some(e) = sessions.get_mut(&key) else {
+            return;
+        };
+        ctx.target = e.target as usize;
+        let s = &mut e.session;
+        if s.given_up().is_some() {
+            s.drop_given_up(now, &seg, &mut ctx);
+        } else {
+            s.on_client_segment(now, seg, &mut ctx);
+        }
+        self.after(key);
+    }
+
+    /// A segment of a connection that has a session (`key`): the session
+    /// takes it, or the segment opens a new session.
     fn offer_to_session(
         &mut self,
         now: u64,
         origin: OriginKey,
         key: SessionKey,
         seg: ClientSegment,
-    ) -> Option<(ClientSegment, Vec<ClientSegment>)> {
+    ) -> Offer {
         let (mut ctx, sessions) = self.ctx();
         let e = sessions
             .get_mut(&key)
@@ -649,17 +740,17 @@ impl Engine {
             (false, false) => {
                 s.on_client_segment(now, seg, &mut ctx);
                 self.after(key);
-                return None;
+                return Offer::Taken;
             }
             (false, true) => {
                 if s.given_up().is_some() {
                     s.drop_given_up(now, &seg, &mut ctx);
                     self.after(key);
-                    return None;
+                    return Offer::Taken;
                 }
                 if seg.payload.is_empty() || !s.is_beyond(seg.seq) {
                     ctx.note(Event::LateForClosed);
-                    return None;
+                    return Offer::Taken;
                 }
             }
             (true, false) => {
@@ -667,39 +758,51 @@ impl Engine {
                     // The client's SYN retransmission, or its first SYN
                     // captured after its data.
                     ctx.note(Event::Duplicate);
-                    return None;
+                    return Offer::Taken;
                 }
                 // Segments of this new connection that came before its SYN.
                 early = s.take_newer(seg.seq);
                 // A new connection on this port while the old replay still
                 // has captured data to send (the replay runs behind the
-                // capture): the old one finishes on its own, the new one
+                // capture), or before the old connection's FIN or RST was
+                // captured (the rest of it comes later, from another RX
+                // queue): the old one finishes on its own, the new one
                 // takes the next free port.
-                detach = s.buffered() > 0;
+                detach = s.buffered() > 0 || !s.client_closed();
             }
             (true, true) => {}
         }
-        if detach {
+        let displaced = if detach {
             self.origins.remove(&origin);
             self.counters.sessions_overlapped += 1;
+            Some(key)
         } else {
             // The old replay ends now.
             self.end_session(now, key);
-        }
-        Some((seg, early))
+            None
+        };
+        Offer::Opens(Opening {
+            seg,
+            early,
+            displaced,
+        })
     }
 
-    /// A new session for `seg`'s connection, if it may have one: `early`
-    /// are its segments captured before a SYN `seg`.
+    /// A new session for the opening segment's connection, if it may have
+    /// one.
     fn open_session(
         &mut self,
         now: u64,
         origin: OriginKey,
         client_ip: IpAddr,
         target: Target,
-        seg: ClientSegment,
-        early: Vec<ClientSegment>,
+        opening: Opening,
     ) {
+        let Opening {
+            seg,
+            early,
+            displaced,
+        } = opening;
         let syn = seg.has(TcpFlags::SYN);
         if !syn {
             if seg.payload.is_empty() {
@@ -749,7 +852,13 @@ impl Engine {
                 let_go: false,
             },
         );
-        self.origins.insert(origin, key);
+        self.origins.insert(
+            origin,
+            OriginSessions {
+                current: key,
+                previous: displaced,
+            },
+        );
         self.counters.sessions_created += 1;
         if let Some(c) = self.per_target.get_mut(target.index as usize) {
             c.sessions_created += 1;
@@ -797,11 +906,7 @@ impl Engine {
         }
         if let Some(e) = self.sessions.remove(&key) {
             self.lane.release(key);
-            // A session detached by a newer connection on its port no
-            // longer owns the origin.
-            if self.origins.get(&e.origin) == Some(&key) {
-                self.origins.remove(&e.origin);
-            }
+            self.forget_origin_session(e.origin, key);
             if e.pipelined {
                 self.pipelined.remove(&key);
             }
@@ -815,6 +920,32 @@ impl Engine {
             }
             if self.pipelined.capacity() > 4 * self.pipelined.len() + 1024 {
                 self.pipelined.shrink_to(2 * self.pipelined.len());
+            }
+        }
+    }
+
+    /// `key`'s session is gone: its origin no longer routes to it. The
+    /// previous connection's session, if still running, becomes the
+    /// origin's current one again when the latest one goes first.
+    fn forget_origin_session(&mut self, origin: OriginKey, key: SessionKey) {
+        let Some(o) = self.origins.get_mut(&origin) else {
+            return;
+        };
+        if o.previous == Some(key) {
+            o.previous = None;
+        } else if o.current == key {
+            match o.previous.take() {
+                Some(previous)
+                    if self
+                        .sessions
+                        .get(&previous)
+                        .is_some_and(|e| e.origin == origin) =>
+                {
+                    o.current = previous;
+                }
+                _ => {
+                    self.origins.remove(&origin);
+                }
             }
         }
     }

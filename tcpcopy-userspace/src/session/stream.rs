@@ -173,6 +173,14 @@ impl Stream {
         self.offset_of(seq) >= self.captured_end.max(self.nxt) as i64
     }
 
+    /// How far `seq` lies from the end of the captured stream, if it is
+    /// not before the stream's start and at most `ahead` bytes past its end.
+    pub fn distance_from_end(&self, seq: SeqNumber, ahead: u64) -> Option<u64> {
+        let off = self.offset_of(seq);
+        let end = self.captured_end.max(self.nxt) as i64;
+        (off >= 0 && off <= end + ahead as i64).then(|| off.abs_diff(end))
+    }
+
     // ---- state
 
     /// Data sent and unacknowledged, or a FIN sent and unacknowledged.

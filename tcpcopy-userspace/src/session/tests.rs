@@ -1751,6 +1751,127 @@ fn a_reused_port_does_not_cut_the_replay_still_running_on_it() {
     l.check_invariants();
 }
 
+/// The SYN of a client's next connection on a port, captured before the
+/// end of its previous connection there (the two came in on different RX
+/// queues; a mirror port spreads one 4-tuple's packets by the sending
+/// socket's hash): the old connection's request and FIN, captured late,
+/// still go to the target on the old connection's port, the new
+/// connection takes another port, and nothing is reset or lost. Once with
+/// the old handshake done, once with its SYN-ACK still owed; the new ISN
+/// on either side of the old one.
+fn a_next_connection_captured_before_the_last_ones_tail_loses_nothing() {
+    for (handshake_done, isn2) in [
+        (true, ISN.wrapping_sub(1_000_000)),
+        (true, ISN.wrapping_add(2_000_000_000)),
+        (false, ISN.wrapping_sub(1_000_000)),
+        (false, ISN.wrapping_add(2_000_000_000)),
+    ] {
+        let case = format!("handshake done: {handshake_done}, new ISN {isn2}");
+        let mut l = Lab::new(Lab::default_cfg());
+        let key = if handshake_done {
+            handshake(&mut l)
+        } else {
+            let out = l.capture(P, ISN, 0, 0x02, &[]);
+            out[0].src
+        };
+        let out = l.capture(P, isn2, 0, 0x02, &[]);
+        let syn2 = out
+            .iter()
+            .find(|o| o.flags == 0x02)
+            .unwrap_or_else(|| panic!("{case}: the new SYN"));
+        assert_ne!(
+            syn2.src, key,
+            "{case}: the new connection takes another port"
+        );
+        // The old connection's tail, captured late.
+        if !handshake_done {
+            l.capture(P, ISN + 1, 777, 0x10, &[]);
+        }
+        l.capture(P, ISN + 1, 777, 0x18, b"GET /1\r\n\r\n");
+        l.capture(P, ISN + 11, 877, 0x11, &[]);
+        if !handshake_done {
+            l.respond(key, TISN, ISN + 1, 0x12, 0, None);
+        }
+        l.respond(key, TISN + 1, ISN + 11, 0x19, 100, None);
+        // The new connection goes on.
+        l.respond(syn2.src, TISN + 7, isn2 + 1, 0x12, 0, None);
+        l.capture(P, isn2 + 1, 777, 0x10, &[]);
+        l.capture(P, isn2 + 1, 777, 0x18, b"GET /2\r\n\r\n");
+        l.respond(syn2.src, TISN + 8, isn2 + 11, 0x18, 100, None);
+        l.advance(0);
+        let requests: Vec<(u16, Vec<u8>)> = l
+            .sent
+            .iter()
+            .filter(|o| !o.payload.is_empty())
+            .map(|o| (o.src.1, o.payload.clone()))
+            .collect();
+        assert_eq!(
+            requests,
+            vec![
+                (key.1, b"GET /1\r\n\r\n".to_vec()),
+                (syn2.src.1, b"GET /2\r\n\r\n".to_vec()),
+            ],
+            "{case}"
+        );
+        assert!(
+            !l.sent.iter().any(|o| o.flags & 0x04 != 0),
+            "{case}: nothing reset: {:?}",
+            l.sent
+        );
+        assert!(
+            l.sent.iter().any(|o| o.src == key && o.flags & 0x01 != 0),
+            "{case}: the old connection's FIN"
+        );
+        assert_eq!(l.e.counters().lost(), 0, "{case}");
+        assert_eq!(l.e.counters().duplicates, 0, "{case}");
+        l.check_invariants();
+    }
+}
+
+/// The next connection's session ends and goes before the previous
+/// connection's, which it displaced, has all of its segments: the origin
+/// routes to the previous one again, so its request, captured later still,
+/// goes on its own connection, not on a new mid-stream one.
+fn a_previous_connection_outlives_the_next_one_on_its_port() {
+    let mut cfg = Lab::default_cfg();
+    cfg.linger_ms = 500;
+    let mut l = Lab::new(cfg);
+    let key = handshake(&mut l);
+    let isn2 = ISN.wrapping_add(2_000_000_000);
+    let out = l.capture(P, isn2, 0, 0x02, &[]);
+    let syn2 = out
+        .iter()
+        .find(|o| o.flags == 0x02)
+        .expect("new SYN")
+        .clone();
+    l.respond(syn2.src, TISN + 7, isn2 + 1, 0x12, 0, None);
+    l.capture(P, isn2 + 1, 777, 0x10, &[]);
+    l.capture(P, isn2 + 1, 777, 0x18, b"GET /2\r\n\r\n");
+    l.respond(syn2.src, TISN + 8, isn2 + 11, 0x19, 100, None);
+    l.capture(P, isn2 + 11, 878, 0x11, &[]);
+    // Past the linger: the next connection's session is gone.
+    l.advance(1_000);
+    assert_eq!(l.e.active_sessions(), 1, "only the previous connection's");
+    l.capture(P, ISN + 1, 777, 0x18, b"GET /1\r\n\r\n");
+    l.respond(key, TISN + 1, ISN + 11, 0x19, 100, None);
+    let requests: Vec<(u16, Vec<u8>)> = l
+        .sent
+        .iter()
+        .filter(|o| !o.payload.is_empty())
+        .map(|o| (o.src.1, o.payload.clone()))
+        .collect();
+    assert_eq!(
+        requests,
+        vec![
+            (syn2.src.1, b"GET /2\r\n\r\n".to_vec()),
+            (key.1, b"GET /1\r\n\r\n".to_vec()),
+        ]
+    );
+    assert_eq!(l.e.counters().sessions_created, 2, "no mid-stream session");
+    assert_eq!(l.e.counters().lost(), 0);
+    l.check_invariants();
+}
+
 /// The target's listen queue dropped our SYN: it is sent again after 1 s,
 /// and the session goes on when the SYN-ACK comes.
 fn a_lost_syn_is_retransmitted() {
@@ -1782,12 +1903,13 @@ fn a_new_connections_data_captured_before_its_syn_goes_with_it() {
     let isn2 = ISN + 6_500_000;
     let held = l.capture(P, isn2 + 1, 901, 0x18, b"GET /b\r\n\r\n");
     assert!(held.is_empty(), "beyond the old stream: held as a gap");
-    // The old session sent all it had, so it ends here and its port is
-    // free again for the new connection.
+    // The old connection's FIN is not captured yet: its session goes on
+    // (its rest may come later, from another RX queue), and the new
+    // connection takes another port.
     let out = l.capture(P, isn2, 0, 0x02, &[]);
     assert!(
-        out.iter().any(|o| o.src == key && o.flags & 0x04 != 0),
-        "old one reset"
+        !out.iter().any(|o| o.flags & 0x04 != 0),
+        "the old connection is not reset: {out:?}"
     );
     let syn2 = out
         .iter()
@@ -1797,6 +1919,7 @@ fn a_new_connections_data_captured_before_its_syn_goes_with_it() {
     assert_eq!(syn2.seq, isn2);
     l.respond(syn2.src, TISN + 9, isn2 + 1, 0x12, 0, None);
     l.respond(syn2.src, TISN + 10, isn2 + 11, 0x18, 100, None);
+    l.respond(key, TISN + 1, ISN + 11, 0x18, 100, None);
     l.advance(3000);
     let requests: Vec<(u16, Vec<u8>)> = l
         .sent
@@ -2444,6 +2567,8 @@ both_families!(
     a_quiet_period_from_the_previous_response_does_not_release_the_next_request,
     a_late_syn_joins_its_mid_stream_session,
     a_reused_port_does_not_cut_the_replay_still_running_on_it,
+    a_next_connection_captured_before_the_last_ones_tail_loses_nothing,
+    a_previous_connection_outlives_the_next_one_on_its_port,
     a_lost_syn_is_retransmitted,
     a_new_connections_data_captured_before_its_syn_goes_with_it,
     fuzz_regressions,

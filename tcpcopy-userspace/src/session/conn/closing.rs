@@ -98,6 +98,8 @@ impl Session {
     /// side, linger.
     pub fn obsolete(&mut self, now: u64, reason: Loss, ctx: &mut Ctx) {
         ctx.note(Event::Obsolete);
+        tracing::debug!(client = ?self.client, ?reason, phase = ?self.phase, stream = ?self.stream,
+            pacing = ?self.pacing, peer = ?self.peer, close = ?self.close, "session given up");
         // Without intercept the target's answers cannot come back: a
         // session that filled its buffer or timed out meanwhile lost its
         // data to the outage, not to its own size or a silent target.

@@ -66,6 +66,10 @@ const REFUSED_RETRY_MAX_MS: u64 = 1_000;
 /// before it and sent nothing for this long: it has answered what it got
 /// (pipelined requests included: it has had the whole `gap_skip_ms`).
 const GAP_QUIET_MS: u64 = 200;
+/// How far past a connection's captured end one of its segments may lie
+/// (the client's largest window): with random ISNs, another connection's
+/// segment falls in that reach about once in 64.
+const CAPTURE_REACH: u64 = 64 << 20;
 
 /// An address and port.
 pub type Endpoint = (IpAddr, u16);
@@ -316,6 +320,17 @@ impl Session {
     pub fn is_late_syn(&self, seq: u32) -> bool {
         let ahead = self.stream.bytes_before_start(SeqNumber(seq).plus(1));
         self.handshake.fabricated && ahead < (1 << 20)
+    }
+    /// Has the client's FIN or RST of this connection been captured?
+    pub fn client_closed(&self) -> bool {
+        self.stream.fin_off.is_some() || self.close.rst.is_some()
+    }
+    /// How far a captured segment's `seq` lies from the end of this
+    /// connection's captured stream, if it can continue it (not before its
+    /// start, at most [`CAPTURE_REACH`] past its end): which of a port's
+    /// connections a late segment belongs to.
+    pub fn distance_from_capture(&self, seq: u32) -> Option<u64> {
+        self.stream.distance_from_end(SeqNumber(seq), CAPTURE_REACH)
     }
     pub fn captured_isn(&self) -> u32 {
         self.stream.captured_isn().0
