@@ -483,9 +483,10 @@ impl Engine {
                 port: seg.dst_port,
                 copy,
             };
-            let Some(key) = self.origins.get(&origin).map(|o| o.current) else {
+            let Some(&origin_sessions) = self.origins.get(&origin) else {
                 continue;
             };
+            let key = self.continued_session(origin, origin_sessions, seg.ack.0);
             let (mut ctx, sessions) = self.ctx();
             if let Some(e) = sessions.get_mut(&key) {
                 ctx.target = e.target as usize;
@@ -664,9 +665,10 @@ impl Engine {
             self.open_session(now, origin, client_ip, target, opening);
             return;
         };
-        if let Some(previous) = sessions.previous {
-            if self.continues_previous(origin, sessions.current, previous, &seg) {
-                self.offer_to_previous(now, previous, seg);
+        if sessions.previous.is_some() && !seg.has(TcpFlags::SYN) {
+            let key = self.continued_session(origin, sessions, seg.seq);
+            if key != sessions.current {
+                self.offer_to_previous(now, key, seg);
                 return;
             }
         }
@@ -675,30 +677,30 @@ impl Engine {
         }
     }
 
-    /// Does `seg` belong to the origin's previous connection rather than
-    /// its current one? It does if it continues the previous one's
-    /// captured stream and lies nearer that stream's end than the current
-    /// one's (a SYN never does).
-    fn continues_previous(
+    /// Which of the origin's sessions a segment in the client's sequence
+    /// space (`client_seq`: a client segment's seq, an online answer's
+    /// ack) belongs to: the previous connection's if it continues that
+    /// one's captured stream and lies nearer its end than the current
+    /// one's, else the current one.
+    fn continued_session(
         &self,
         origin: OriginKey,
-        current: SessionKey,
-        previous: SessionKey,
-        seg: &ClientSegment,
-    ) -> bool {
-        if seg.has(TcpFlags::SYN) {
-            return false;
-        }
+        sessions: OriginSessions,
+        client_seq: u32,
+    ) -> SessionKey {
+        let Some(previous) = sessions.previous else {
+            return sessions.current;
+        };
         let distance = |key: &SessionKey| {
             self.sessions
                 .get(key)
                 .filter(|e| e.origin == origin)
-                .and_then(|e| e.session.distance_from_capture(seg.seq))
+                .and_then(|e| e.session.distance_from_capture(client_seq))
         };
-        match (distance(&previous), distance(&current)) {
-            (Some(p), Some(c)) => p < c,
-            (Some(_), None) => true,
-            (None, _) => false,
+        match (distance(&previous), distance(&sessions.current)) {
+            (Some(p), Some(c)) if p < c => previous,
+            (Some(_), None) => previous,
+            _ => sessions.current,
         }
     }
 

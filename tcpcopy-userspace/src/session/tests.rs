@@ -2460,6 +2460,45 @@ fn the_verdict_pairs_online_and_target_answers() {
     assert_eq!(v.target_latency.quantile_us(0.5), 3_000);
 }
 
+/// `--verdict` when a port's next connection was captured before the
+/// online server's answer on the previous one: the answer pairs with the
+/// previous connection's request (its ack continues that connection's
+/// stream), not with the next connection's.
+fn an_online_answer_after_the_next_syn_pairs_with_its_own_connection() {
+    let mut cfg = Lab::default_cfg();
+    cfg.verdict = Some(crate::verdict::VerdictConfig {
+        protocol: crate::verdict::Protocol::Http,
+        prefix_bytes: 64,
+    });
+    let mut l = Lab::new(cfg);
+    let key = handshake(&mut l);
+    let req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    l.capture(P, ISN + 1, 777, 0x18, req);
+    let end = ISN + 1 + req.len() as u32;
+    // The next connection's SYN, captured before the online answer.
+    let isn2 = ISN.wrapping_add(2_000_000_000);
+    l.capture(P, isn2, 0, 0x02, &[]);
+    let answer_online = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let p = client_pkt(
+        (online(), 80),
+        (client(), P),
+        777,
+        end,
+        0x18,
+        answer_online,
+        &[],
+    );
+    l.e.handle_client_packet(l.now, &p);
+    l.advance(3);
+    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let h = target_header(key, TISN + 1, end, 0x18, answer.len() as u32);
+    l.e.handle_response(l.now, &h, ResponseExtras::prefix(answer));
+    l.drain();
+    l.e.shutdown();
+    let v = &l.e.verdicts()[0];
+    assert_eq!((v.compared, v.mismatched), (1, 0), "{v:#?}");
+}
+
 /// `--verdict` with requests sent together (`-W`): the target's
 /// retransmission of the first answer is not taken for the second's.
 fn a_retransmitted_answer_is_not_the_next_requests() {
@@ -2569,6 +2608,7 @@ both_families!(
     a_reused_port_does_not_cut_the_replay_still_running_on_it,
     a_next_connection_captured_before_the_last_ones_tail_loses_nothing,
     a_previous_connection_outlives_the_next_one_on_its_port,
+    an_online_answer_after_the_next_syn_pairs_with_its_own_connection,
     a_lost_syn_is_retransmitted,
     a_new_connections_data_captured_before_its_syn_goes_with_it,
     fuzz_regressions,
