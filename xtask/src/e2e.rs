@@ -937,11 +937,24 @@ fn intercept_outage_mid_load_loses_nothing() -> Result<()> {
 /// wait for the replay to settle and stop it: the target must have served
 /// exactly what online did. Returns tcpcopy's log.
 fn load_with_fault(
-    mut r: Replay,
+    r: Replay,
     what: &str,
     load: &str,
     fault: impl FnOnce(&mut Replay) -> Result<()>,
 ) -> Result<String> {
+    let (o, t, log) = run_with_fault(r, load, fault)?;
+    exact(what, o, t).map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
+    Ok(log)
+}
+
+/// Run `load` from the client while `fault` does its work on the replay,
+/// wait for the replay to settle and stop it. Returns the requests online
+/// and the target served, and tcpcopy's log.
+fn run_with_fault(
+    mut r: Replay,
+    load: &str,
+    fault: impl FnOnce(&mut Replay) -> Result<()>,
+) -> Result<(u64, u64, String)> {
     replay::reset_logs()?;
     let load = format!("{load} > /dev/null 2>&1");
     let client = std::thread::spawn(move || in_ns(CLIENT, &load));
@@ -954,8 +967,7 @@ fn load_with_fault(
     let o = online();
     let log = r.stop()?;
     println!("    {}", in_words(&log));
-    exact(what, o, t).map_err(|e| anyhow::anyhow!("{e}\n{}", summary(&log)))?;
-    Ok(log)
+    Ok((o, t, log))
 }
 
 /// Without -L, losing every intercept connection stops tcpcopy with a
@@ -985,34 +997,54 @@ fn intercept_lost_without_lonely() -> Result<()> {
 
 /// The target's nginx restarted in the middle of the load as a service
 /// manager does (`-s quit`, started again 300 ms later), under keep-alive
-/// and short connections: nothing is lost. (With `-s stop` nginx may be
-/// cut off part way through an answer, the request never logged, which
-/// counts as answered: a rare loss the README names; this test failed on
-/// it in 2 of 9 fresh-clone CI runs.) Requests the target had
-/// acknowledged and not answered when it went (read into its socket,
-/// reset at the stop) go again on the next connection, from the first
-/// unanswered byte; connections refused while it is down are asked again
-/// (`--retry-refused`).
+/// and short connections: nothing is lost. Each request has its own path,
+/// so the logs name every request missing or served twice. Requests the
+/// target had acknowledged and not answered when it went (read into its
+/// socket, dropped at the stop) go again on the next connection, from the
+/// first unanswered byte; connections refused while it is down are asked
+/// again (`--retry-refused`). Whether the request at that boundary was
+/// served is judged from the answers seen, and a close can leave it
+/// ambiguous (the README's known problem): each connection the target
+/// closed may have one request served twice, and no more. (A fresh-clone
+/// CI run saw exactly that, once on each of 4 connections, under a
+/// pipelined catch-up; 10 runs here saw none.) With `-s stop` nginx may
+/// be cut off part way through an answer, the request never logged, which
+/// counts as answered: a rare loss the README names, left to `bench
+/// --soak --faults`.
 fn target_restart_mid_replay() -> Result<()> {
     for (what, extra) in [
         ("keep-alive", ""),
         ("short connections", "-H 'Connection: close'"),
     ] {
+        let script = lab::numbered_requests_script()?;
         let r = Replay::start("target-restart", TAP)?;
-        let log = load_with_fault(
-            r,
-            &format!("the target restarted 1 s into the load ({what})"),
-            &wrk(4, 3, extra),
-            |_| {
-                std::thread::sleep(Duration::from_secs(1));
-                lab::restart_target_nginx_gracefully()
-            },
-        )?;
+        let load = wrk(4, 3, &format!("{extra} -s {}", script.display()));
+        let (online, target, log) = run_with_fault(r, &load, |_| {
+            std::thread::sleep(Duration::from_secs(1));
+            lab::restart_target_nginx_gracefully()
+        })?;
+        let closes = summary_counter(&log, "reconnects");
+        let paths = lab::compare_paths();
         println!(
-            "    {what}: {} target resets, {} connections refused and asked again, {} reconnects",
-            summary_counter(&log, "response_rsts"),
+            "    the target restarted 1 s into the load ({what}): online {online}, target {target}; \
+             {} missing, {} served twice; {closes} connections the target closed and tcpcopy opened again, {} refused and asked again",
+            paths.missing.len(),
+            paths.served_again,
             summary_counter(&log, "refused_retries"),
-            summary_counter(&log, "reconnects")
+        );
+        ensure!(online > 100, "{what}: too little load ({online} requests)");
+        ensure!(
+            paths.missing.is_empty(),
+            "{what}: the target never served {} of online's requests: {:?}\n{}",
+            paths.missing.len(),
+            &paths.missing[..paths.missing.len().min(10)],
+            summary(&log)
+        );
+        ensure!(
+            paths.served_again <= closes,
+            "{what}: {} requests served twice, more than the {closes} connections the target closed\n{}",
+            paths.served_again,
+            summary(&log)
         );
     }
     Ok(())

@@ -610,6 +610,60 @@ impl Drop for Guard {
     }
 }
 
+/// A wrk script that gives every request its own path, `/THREAD/N`, so
+/// the two nginx logs name each request lost or served twice
+/// ([`compare_paths`]). Written to the run dir; returns its path.
+pub fn numbered_requests_script() -> Result<PathBuf> {
+    let path = run_dir().join("numbered-requests.lua");
+    std::fs::write(
+        &path,
+        "local threads = 0\n\
+         function setup(thread) threads = threads + 1; thread:set(\"id\", threads) end\n\
+         local n = 0\n\
+         function request() n = n + 1; return wrk.format(\"GET\", \"/\" .. id .. \"/\" .. n) end\n",
+    )?;
+    Ok(path)
+}
+
+/// The online and the target nginx logs compared request by request
+/// (by path: [`numbered_requests_script`]'s loads).
+pub struct PathComparison {
+    /// Paths online served and the target never did.
+    pub missing: Vec<String>,
+    /// Times the target served a path more often than online did.
+    pub served_again: u64,
+}
+
+pub fn compare_paths() -> PathComparison {
+    let paths = |name: &str| {
+        let mut counts = std::collections::HashMap::<String, i64>::new();
+        let text = std::fs::read_to_string(run_dir().join(name)).unwrap_or_default();
+        // `$request` is the fourth field: "GET /1/7 HTTP/1.1".
+        for path in text.lines().filter_map(|l| l.split(' ').nth(4)) {
+            *counts.entry(path.to_string()).or_default() += 1;
+        }
+        counts
+    };
+    let (online, target) = (
+        paths("online-nginx-access.log"),
+        paths("target-nginx-access.log"),
+    );
+    let mut missing: Vec<String> = online
+        .keys()
+        .filter(|p| !target.contains_key(*p))
+        .cloned()
+        .collect();
+    missing.sort();
+    let served_again = target
+        .iter()
+        .map(|(p, n)| (n - online.get(p).copied().unwrap_or(0)).max(0) as u64)
+        .sum();
+    PathComparison {
+        missing,
+        served_again,
+    }
+}
+
 /// Count lines of a file in the lab's run dir (0 when absent).
 pub fn count_lines(name: &str) -> u64 {
     std::fs::read_to_string(run_dir().join(name))

@@ -260,6 +260,8 @@ impl Session {
                 self.send_rst(ctx);
             }
             ctx.note(Event::Reconnected);
+            tracing::debug!(client = ?self.client, by_fin, stream = ?self.stream, close = ?self.close,
+                rcv_nxt = ?self.peer.rcv_nxt, "target closed: reconnecting");
             self.handshake.reconnecting = true;
             // Not answered, so not known to have been served: it goes
             // again on the new connection, and its first-transmission
