@@ -397,6 +397,35 @@ impl Stream {
         }
     }
 
+    /// Every sent request whose answer has begun (`began` says the target
+    /// sent more than the client had received when it sent it) is
+    /// answered: at a target's FIN, its last answer may be shorter than
+    /// production's. Never past what the target acknowledged.
+    pub fn answered_once_begun(&mut self, began: impl Fn(u32) -> bool) {
+        let mut upto = None;
+        let mut begun: Option<u32> = None;
+        let mut all_begun = true;
+        for f in self.unanswered.iter().chain(self.unacked.iter()) {
+            if begun == Some(f.seg.ack) {
+                continue; // the same request goes on
+            }
+            if begun.is_some() {
+                upto = Some(f.off); // where the request before it ends
+            }
+            if !began(f.seg.ack) {
+                all_begun = false;
+                break;
+            }
+            begun = Some(f.seg.ack);
+        }
+        if all_begun && begun.is_some() {
+            upto = Some(self.una);
+        }
+        if let Some(off) = upto {
+            self.let_go_unanswered(off.min(self.una));
+        }
+    }
+
     /// The captured acks of the segments sent and not answered, in order.
     pub fn unanswered_acks(&self) -> impl Iterator<Item = u32> + '_ {
         self.unanswered

@@ -1994,6 +1994,40 @@ fn a_session_behind_its_client_catches_up_pipelined_and_closes_with_fin() {
     l.check_invariants();
 }
 
+/// A target that closes gracefully in the middle of a pipelined catch-up
+/// (nginx `-s quit`) answers the request it is serving and then closes:
+/// that last answer is shorter than production's (its header says
+/// "Connection: close", not "keep-alive"). Begun, then closed with a FIN,
+/// it counts as answered: only the requests after it go again on the next
+/// connection (found by the lab's restart test: one request served twice
+/// on each connection).
+fn a_shorter_last_answer_before_a_graceful_close_counts_as_answered() {
+    let mut l = Lab::new(Lab::default_cfg());
+    let key = handshake(&mut l);
+    let req = |i: u32| format!("req{i:05}").into_bytes(); // 8 bytes each
+    let seq = |i: u32| ISN + 1 + i * 8;
+    // The client ran ahead, each request after a 10-byte response.
+    for i in 0..=70 {
+        l.capture(P, seq(i), 777 + i * 10, 0x18, &req(i));
+    }
+    assert!(l.e.counters().requests_pipelined > 0);
+    // req0 answered in full; req1 with 5 bytes, and the target closes.
+    l.respond(key, TISN + 1, seq(32), 0x18, 10, None);
+    l.respond(key, TISN + 11, seq(32), 0x19, 5, None);
+    let out = l.advance(5);
+    let syn = out.iter().find(|o| o.flags == 0x02).expect("a new SYN");
+    assert_eq!(syn.seq, seq(2) - 1, "the next connection starts at req2");
+    let out = l.respond(key, TISN + 9000, seq(2), 0x12, 0, None);
+    assert_eq!(
+        out.iter()
+            .find(|o| !o.payload.is_empty())
+            .map(|o| o.payload.clone()),
+        Some(req(2))
+    );
+    assert_eq!(l.sent.iter().filter(|o| o.payload == req(1)).count(), 1);
+    l.check_invariants();
+}
+
 /// Below the threshold nothing is pipelined: the C tool's pacing holds.
 fn a_short_backlog_is_still_paced_by_responses() {
     let mut l = Lab::new(Lab::default_cfg());
@@ -2608,6 +2642,7 @@ both_families!(
     a_reused_port_does_not_cut_the_replay_still_running_on_it,
     a_next_connection_captured_before_the_last_ones_tail_loses_nothing,
     a_previous_connection_outlives_the_next_one_on_its_port,
+    a_shorter_last_answer_before_a_graceful_close_counts_as_answered,
     an_online_answer_after_the_next_syn_pairs_with_its_own_connection,
     a_lost_syn_is_retransmitted,
     a_new_connections_data_captured_before_its_syn_goes_with_it,

@@ -251,6 +251,14 @@ impl Session {
 
     /// The target closed (FIN) or reset the connection.
     fn target_closed(&mut self, now: u64, by_fin: bool, ctx: &mut Ctx) {
+        if by_fin {
+            // A target closing gracefully answers the request it serves,
+            // and that last answer is shorter than production's
+            // ("Connection: close"): an answer begun before a FIN counts.
+            let (close, data_end) = (&self.close, self.peer.rcv_nxt.minus(1));
+            self.stream
+                .answered_once_begun(|ack| close.answer_began(ack, data_end));
+        }
         if self.stream.has_unsent() || self.stream.may_rewind() {
             // Reconnect: a new connection carries what the target did not
             // acknowledge, and what it acknowledged and never answered
