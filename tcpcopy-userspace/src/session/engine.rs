@@ -156,7 +156,7 @@ struct Opening {
     /// The new connection's segments captured before its SYN.
     early: Vec<ClientSegment>,
     /// The previous connection's session on the origin, left running.
-    displaced: Option<SessionKey>,
+    previous: Option<SessionKey>,
 }
 
 pub struct Engine {
@@ -660,7 +660,7 @@ impl Engine {
             let opening = Opening {
                 seg,
                 early: Vec::new(),
-                displaced: None,
+                previous: None,
             };
             self.open_session(now, origin, client_ip, target, opening);
             return;
@@ -774,7 +774,7 @@ impl Engine {
             }
             (true, true) => {}
         }
-        let displaced = if detach {
+        let previous = if detach {
             self.origins.remove(&origin);
             self.counters.sessions_overlapped += 1;
             Some(key)
@@ -786,7 +786,7 @@ impl Engine {
         Offer::Opens(Opening {
             seg,
             early,
-            displaced,
+            previous,
         })
     }
 
@@ -803,7 +803,7 @@ impl Engine {
         let Opening {
             seg,
             early,
-            displaced,
+            previous,
         } = opening;
         let syn = seg.has(TcpFlags::SYN);
         if !syn {
@@ -858,7 +858,7 @@ impl Engine {
             origin,
             OriginSessions {
                 current: key,
-                previous: displaced,
+                previous,
             },
         );
         self.counters.sessions_created += 1;

@@ -184,6 +184,15 @@ impl Lab {
             ..Config::default()
         }
     }
+    /// The data segments sent so far, as (source port, payload).
+    fn requests_by_port(&self) -> Vec<(u16, Vec<u8>)> {
+        self.sent
+            .iter()
+            .filter(|o| !o.payload.is_empty())
+            .map(|o| (o.src.1, o.payload.clone()))
+            .collect()
+    }
+
     fn drain(&mut self) -> Vec<Out> {
         let mut v = Vec::new();
         while let Some(r) = self.e.poll_route() {
@@ -1728,12 +1737,7 @@ fn a_reused_port_does_not_cut_the_replay_still_running_on_it() {
     // The target answers the old connection's requests: both go out.
     l.respond(key, TISN + 1, ISN + 11, 0x18, 100, None);
     l.respond(key, TISN + 101, ISN + 21, 0x18, 100, None);
-    let requests: Vec<(u16, Vec<u8>)> = l
-        .sent
-        .iter()
-        .filter(|o| !o.payload.is_empty())
-        .map(|o| (o.src.1, o.payload.clone()))
-        .collect();
+    let requests = l.requests_by_port();
     assert_eq!(
         requests,
         vec![
@@ -1799,12 +1803,7 @@ fn a_next_connection_captured_before_the_last_ones_tail_loses_nothing() {
         l.capture(P, isn2 + 1, 777, 0x18, b"GET /2\r\n\r\n");
         l.respond(syn2.src, TISN + 8, isn2 + 11, 0x18, 100, None);
         l.advance(0);
-        let requests: Vec<(u16, Vec<u8>)> = l
-            .sent
-            .iter()
-            .filter(|o| !o.payload.is_empty())
-            .map(|o| (o.src.1, o.payload.clone()))
-            .collect();
+        let requests = l.requests_by_port();
         assert_eq!(
             requests,
             vec![
@@ -1854,12 +1853,7 @@ fn a_previous_connection_outlives_the_next_one_on_its_port() {
     assert_eq!(l.e.active_sessions(), 1, "only the previous connection's");
     l.capture(P, ISN + 1, 777, 0x18, b"GET /1\r\n\r\n");
     l.respond(key, TISN + 1, ISN + 11, 0x19, 100, None);
-    let requests: Vec<(u16, Vec<u8>)> = l
-        .sent
-        .iter()
-        .filter(|o| !o.payload.is_empty())
-        .map(|o| (o.src.1, o.payload.clone()))
-        .collect();
+    let requests = l.requests_by_port();
     assert_eq!(
         requests,
         vec![
@@ -1921,12 +1915,7 @@ fn a_new_connections_data_captured_before_its_syn_goes_with_it() {
     l.respond(syn2.src, TISN + 10, isn2 + 11, 0x18, 100, None);
     l.respond(key, TISN + 1, ISN + 11, 0x18, 100, None);
     l.advance(3000);
-    let requests: Vec<(u16, Vec<u8>)> = l
-        .sent
-        .iter()
-        .filter(|o| !o.payload.is_empty())
-        .map(|o| (o.src.1, o.payload.clone()))
-        .collect();
+    let requests = l.requests_by_port();
     assert_eq!(
         requests,
         vec![
